@@ -1,0 +1,142 @@
+"""The 784 → h1 → h2 → 10 multilayer perceptron with a hand-written forward and backward pass."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from mlp.functions import ACTIVATIONS, INITIALISERS, cross_entropy, cross_entropy_grad
+
+N_INPUTS = 784
+N_CLASSES = 10
+DTYPES = ("float32", "float64")
+
+
+def parameter_count(hidden_1: int, hidden_2: int) -> int:
+    """Exact number of weights and biases: (784+1)·h1 + (h1+1)·h2 + (h2+1)·10.
+
+    >>> parameter_count(512, 768)
+    803594
+    """
+    return (N_INPUTS + 1) * hidden_1 + (hidden_1 + 1) * hidden_2 + (hidden_2 + 1) * N_CLASSES
+
+
+class Cache(NamedTuple):
+    """What backward needs from forward: the input and each layer's activation output."""
+
+    x: np.ndarray  # (n, 784)
+    h1: np.ndarray  # (n, h1)
+    h2: np.ndarray  # (n, h2)
+
+
+class MLP:
+    """A two-hidden-layer perceptron; owns its weights, nothing else.
+
+    Weights are stored as (fan_in, fan_out) so a row-major batch x (n, fan_in) multiplies as
+    ``x @ W``. ``params`` is the list [W1, b1, W2, b2, W3, b3]; ``step`` updates them in place.
+    """
+
+    def __init__(
+        self,
+        hidden_1: int,
+        hidden_2: int,
+        *,
+        activation: str = "relu",
+        init: str = "glorot",
+        init_std: float = 1.0,
+        dtype: str = "float32",
+        seed: int = 0,
+    ) -> None:
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}")
+        if init not in INITIALISERS:
+            raise ValueError(f"init must be one of {sorted(INITIALISERS)}; got {init!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {list(DTYPES)}; got {dtype!r}")
+        if hidden_1 < 1 or hidden_2 < 1:
+            raise ValueError(f"hidden sizes must be >= 1; got ({hidden_1}, {hidden_2})")
+        self.sizes = (N_INPUTS, hidden_1, hidden_2, N_CLASSES)
+        self.activation = activation
+        self.dtype = np.dtype(dtype)
+        self._act = ACTIVATIONS[activation]
+        rng = np.random.default_rng(seed)
+        initialise = INITIALISERS[init]
+        self.params: list[np.ndarray] = []
+        for fan_in, fan_out in zip(self.sizes[:-1], self.sizes[1:], strict=True):
+            # Drawn in float64 then cast, so float32 and float64 models start from the same numbers.
+            w = initialise(fan_in, fan_out, rng, init_std).astype(self.dtype)
+            self.params += [w, np.zeros(fan_out, dtype=self.dtype)]
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.size for p in self.params)
+
+    def forward(self, x: np.ndarray) -> tuple[np.ndarray, Cache]:
+        """Logits and the cache for ``backward``.
+
+        x: (n, 784) in the model's dtype. Returns logits (n, 10) and Cache(x, h1, h2).
+        """
+        w1, b1, w2, b2, w3, b3 = self.params
+        h1 = x @ w1
+        h1 += b1
+        self._act.forward(h1)
+        h2 = h1 @ w2
+        h2 += b2
+        self._act.forward(h2)
+        logits = h2 @ w3
+        logits += b3
+        return logits, Cache(x, h1, h2)
+
+    def backward(self, logits: np.ndarray, cache: Cache, y: np.ndarray) -> list[np.ndarray]:
+        """Gradients of the mean cross-entropy, in the order of ``params``.
+
+        logits: (n, 10) from ``forward`` (overwritten); y: (n,) int labels.
+        """
+        _, probs = cross_entropy(logits, y)
+        return self.backward_from_probs(probs, cache, y)
+
+    def backward_from_probs(
+        self, probs: np.ndarray, cache: Cache, y: np.ndarray
+    ) -> list[np.ndarray]:
+        """Like ``backward`` for callers that already computed the softmax (``probs`` is
+        overwritten)."""
+        _, w2, _, w3, _ = self.params[1:]
+        d3 = cross_entropy_grad(probs, y)  # dL/dlogits (n, 10)
+        gw3 = cache.h2.T @ d3
+        gb3 = d3.sum(axis=0)
+        d2 = self._act.grad(cache.h2, d3 @ w3.T)  # dL/dz2 (n, h2)
+        gw2 = cache.h1.T @ d2
+        gb2 = d2.sum(axis=0)
+        d1 = self._act.grad(cache.h1, d2 @ w2.T)  # dL/dz1 (n, h1)
+        gw1 = cache.x.T @ d1
+        gb1 = d1.sum(axis=0)
+        return [gw1, gb1, gw2, gb2, gw3, gb3]
+
+    def step(self, grads: list[np.ndarray], learning_rate: float) -> None:
+        """Plain SGD, in place: p ← p - lr·g (the gradient arrays are scaled in place too)."""
+        for p, g in zip(self.params, grads, strict=True):
+            g *= learning_rate
+            p -= g
+
+    def loss(self, x: np.ndarray, y: np.ndarray) -> float:
+        """Mean cross-entropy on (x, y), in one forward pass."""
+        logits, _ = self.forward(x)
+        return cross_entropy(logits, y)[0]
+
+    def evaluate(
+        self, x: np.ndarray, y: np.ndarray, *, batch_size: int = 5000
+    ) -> tuple[float, float]:
+        """(mean cross-entropy, accuracy in [0, 1]) over a whole split, in batches."""
+        total_loss = 0.0
+        correct = 0
+        for start in range(0, len(y), batch_size):
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            logits, _ = self.forward(xb)
+            correct += int((logits.argmax(axis=1) == yb).sum())
+            total_loss += cross_entropy(logits, yb)[0] * len(yb)
+        return total_loss / len(y), correct / len(y)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Predicted class per row: (n,) int64."""
+        return self.forward(x)[0].argmax(axis=1)

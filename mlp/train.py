@@ -1,0 +1,124 @@
+"""Minibatch SGD for the MLP, with per-epoch metrics and a callback that can stop training."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mlp.data import Dataset
+from mlp.functions import cross_entropy
+from mlp.model import MLP
+
+
+class DivergedError(ArithmeticError):
+    """Training produced a non-finite loss; carries where it happened."""
+
+    def __init__(self, epoch: int, batch: int, loss: float) -> None:
+        super().__init__(f"training diverged: loss {loss} at epoch {epoch}, batch {batch}")
+        self.epoch, self.batch, self.loss = epoch, batch, loss
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train; the model's shape and initialisation live in the MLP itself."""
+
+    epochs: int = 10  # full passes over the training split
+    batch_size: int = 128  # examples per SGD step; the last batch of an epoch may be smaller
+    learning_rate: float = 0.1  # SGD step size on the mean minibatch loss
+    shuffle: bool = False  # reshuffle the training split every epoch (off: the notebook's order)
+    seed: int = 0  # seeds the shuffling
+    # Training loss/accuracy as the notebook measured them: one extra pass over the whole
+    # training split at the end of each epoch. Off: the running mean over the epoch's
+    # minibatches, which costs nothing.
+    full_train_eval: bool = True
+    eval_batch_size: int = 5000  # batch size of the evaluation passes (memory, not results)
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    """What one epoch produced. Accuracies are fractions in [0, 1]."""
+
+    epoch: int  # 1-based
+    train_loss: float
+    train_accuracy: float
+    valid_loss: float
+    valid_accuracy: float
+    seconds: float  # wall time of this epoch, evaluation included
+
+
+@dataclass
+class History:
+    """Every epoch's metrics, in order; ``stopped_early`` when the callback asked to stop."""
+
+    epochs: list[EpochMetrics] = field(default_factory=list)
+    stopped_early: bool = False
+
+    def column(self, name: str) -> list[float]:
+        return [getattr(m, name) for m in self.epochs]
+
+
+#: Called after every epoch; returning True stops training (exceptions propagate).
+EpochCallback = Callable[[EpochMetrics], "bool | None"]
+
+
+# Overflow in a diverging run is reported once, as DivergedError, not as numpy warnings.
+@np.errstate(over="ignore", invalid="ignore")
+def fit(
+    model: MLP,
+    data: Dataset,
+    config: TrainConfig,
+    *,
+    on_epoch: EpochCallback | None = None,
+) -> History:
+    """Train ``model`` in place on ``data.train``, evaluating on ``data.valid`` every epoch.
+
+    Raises DivergedError as soon as a minibatch loss is not finite.
+    """
+    dtype = model.dtype
+    x_train = np.asarray(data.train.x, dtype=dtype)
+    y_train = data.train.y
+    x_valid = np.asarray(data.valid.x, dtype=dtype)
+    n = len(y_train)
+    rng = np.random.default_rng(config.seed)
+    history = History()
+    for epoch in range(1, config.epochs + 1):
+        start = time.perf_counter()
+        if config.shuffle:
+            order = rng.permutation(n)
+            xs, ys = x_train[order], y_train[order]
+        else:
+            xs, ys = x_train, y_train
+        loss_sum = 0.0
+        correct = 0
+        for b, lo in enumerate(range(0, n, config.batch_size)):
+            xb, yb = xs[lo : lo + config.batch_size], ys[lo : lo + config.batch_size]
+            logits, cache = model.forward(xb)
+            correct += int((logits.argmax(axis=1) == yb).sum())
+            loss, probs = cross_entropy(logits, yb)
+            if not math.isfinite(loss):
+                raise DivergedError(epoch, b, loss)
+            loss_sum += loss * len(yb)
+            model.step(model.backward_from_probs(probs, cache, yb), config.learning_rate)
+        if config.full_train_eval:
+            train_loss, train_acc = model.evaluate(
+                x_train, y_train, batch_size=config.eval_batch_size
+            )
+        else:
+            train_loss, train_acc = loss_sum / n, correct / n
+        valid_loss, valid_acc = model.evaluate(
+            x_valid, data.valid.y, batch_size=config.eval_batch_size
+        )
+        if not math.isfinite(train_loss) or not math.isfinite(valid_loss):
+            raise DivergedError(epoch, b, train_loss)
+        metrics = EpochMetrics(
+            epoch, train_loss, train_acc, valid_loss, valid_acc, time.perf_counter() - start
+        )
+        history.epochs.append(metrics)
+        if on_epoch is not None and on_epoch(metrics):
+            history.stopped_early = True
+            break
+    return history

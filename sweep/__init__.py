@@ -1,0 +1,5 @@
+"""mlp-sweep: optuna studies of the numpy MLP, run in parallel worker processes."""
+
+from sweep.errors import DataError, SpecError, StorageError, SweepError
+
+__all__ = ["DataError", "SpecError", "StorageError", "SweepError"]

@@ -1,0 +1,98 @@
+import math
+
+import numpy as np
+import pytest
+
+from mlp import MLP, parameter_count
+from mlp.functions import ACTIVATIONS
+
+
+def test_parameter_count_is_exact():
+    assert parameter_count(512, 768) == 803_594
+    for h1, h2 in [(1, 1), (392, 256), (1024, 1024)]:
+        assert MLP(h1, h2, init="zeros").n_params == parameter_count(h1, h2)
+
+
+def _relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-300))
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_backward_matches_central_differences_for_every_tensor(activation, rng):
+    model = MLP(7, 5, activation=activation, init="normal", init_std=0.5, dtype="float64", seed=3)
+    for b in model.params[1::2]:
+        b[:] = rng.normal(size=b.shape) * 0.1  # non-zero biases, so their gradients are tested
+    x = rng.uniform(0, 1, size=(4, 784)) * (rng.uniform(size=(4, 784)) < 0.2)
+    y = np.array([0, 3, 7, 9])
+    logits, cache = model.forward(x)
+    grads = model.backward(logits, cache, y)
+    eps = 1e-6
+    for p, g in zip(model.params, grads, strict=True):
+        numeric = np.empty_like(p)
+        for idx in np.ndindex(p.shape):
+            keep = p[idx]
+            p[idx] = keep + eps
+            plus = model.loss(x, y)
+            p[idx] = keep - eps
+            minus = model.loss(x, y)
+            p[idx] = keep
+            numeric[idx] = (plus - minus) / (2 * eps)
+        assert np.abs(g).max() > 0, "a zero gradient would make this test vacuous"
+        assert _relative_error(g, numeric) < 1e-6
+
+
+def test_one_sgd_step_by_hand():
+    # 784-1-1-10 with one active input pixel, worked on paper:
+    # z1 = 0.5·1 = 0.5, h1 = 0.5; z2 = 2·0.5 = 1, h2 = 1; logits = (1, 0, …, 0).
+    model = MLP(1, 1, init="zeros", dtype="float64")
+    w1, b1, w2, b2, w3, b3 = model.params
+    w1[0, 0], w2[0, 0], w3[0, 0] = 0.5, 2.0, 1.0
+    x = np.zeros((1, 784))
+    x[0, 0] = 1.0
+    y = np.array([3])
+    e = math.e
+    p0, pk = e / (e + 9), 1 / (e + 9)  # softmax of (1, 0, …, 0)
+    assert model.loss(x, y) == pytest.approx(-math.log(pk), rel=1e-12)
+    # dL/dlogits = p - onehot(3); backprop through W3 picks column 0, through W2 multiplies by 2.
+    d_logits = np.full(10, pk)
+    d_logits[0], d_logits[3] = p0, pk - 1
+    dz2 = p0 * 1.0  # (d_logits · W3[0]) · relu'(1)
+    dz1 = dz2 * 2.0  # · W2 · relu'(0.5)
+    lr = 0.1
+    logits, cache = model.forward(x)
+    model.step(model.backward(logits, cache, y), lr)
+    assert w1[0, 0] == pytest.approx(0.5 - lr * dz1 * 1.0, rel=1e-12)  # 0.453606…
+    assert b1[0] == pytest.approx(-lr * dz1, rel=1e-12)
+    assert w2[0, 0] == pytest.approx(2.0 - lr * dz2 * 0.5, rel=1e-12)  # 1.988401…
+    assert b2[0] == pytest.approx(-lr * dz2, rel=1e-12)
+    np.testing.assert_allclose(w3[0], np.eye(10)[0] - lr * d_logits * 1.0, rtol=1e-12)
+    np.testing.assert_allclose(b3, -lr * d_logits, rtol=1e-12)
+    assert not w1[1:].any(), "inputs that were zero get no update"
+
+
+def test_float32_model_computes_in_float32(rng):
+    model = MLP(16, 8)
+    x = rng.uniform(size=(3, 784)).astype(np.float32)
+    logits, cache = model.forward(x)
+    assert logits.dtype == np.float32
+    grads = model.backward(logits, cache, np.array([1, 2, 3]))
+    assert all(g.dtype == np.float32 for g in grads)
+
+
+def test_float32_and_float64_start_from_the_same_weights():
+    a, b = MLP(20, 10, dtype="float32", seed=5), MLP(20, 10, dtype="float64", seed=5)
+    for p, q in zip(a.params, b.params, strict=True):
+        np.testing.assert_allclose(p, q, rtol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"activation": "gelu"}, "activation"),
+        ({"init": "he"}, "init"),
+        ({"dtype": "float16"}, "dtype"),
+    ],
+)
+def test_unknown_options_are_refused(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        MLP(4, 4, **kwargs)
