@@ -10,9 +10,15 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from mlp.train import DivergedError
 from sweep.errors import DataError, SpecError, SweepError
+
+if TYPE_CHECKING:  # optuna takes a second to import; `sweep --help` should not wait for it
+    import optuna
+
+    from sweep.runner import Progress
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -73,6 +79,161 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _render_progress(p: Progress) -> None:
+    done = f"{p.done}/{p.total} trials"
+    best = f"best {p.best:.2f}%" if p.best is not None else "best —"
+    eta = ""
+    if 0 < p.done < p.total:
+        eta = f"  ETA {_duration(p.elapsed / p.done * (p.total - p.done))}"
+    line = f"{done}  {p.running} running  {best}  {_duration(p.elapsed)}{eta}"
+    if sys.stderr.isatty():
+        print(f"\r{line:<78}", end="", file=sys.stderr, flush=True)
+    elif p.done != getattr(_render_progress, "last", None):
+        print(line, file=sys.stderr, flush=True)
+    _render_progress.last = p.done  # type: ignore[attr-defined]
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def _trial_table(study: optuna.Study, *, limit: int | None = None) -> str:
+    """The study's trials sorted by value, as an aligned text table."""
+    from optuna.trial import TrialState
+
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+    order = {
+        TrialState.COMPLETE: 0,
+        TrialState.PRUNED: 1,
+        TrialState.RUNNING: 2,
+        TrialState.FAIL: 3,
+    }
+    trials.sort(key=lambda t: (order[t.state], -(t.value if t.value is not None else 0)))
+    names = sorted({k for t in trials for k in t.params})
+    header = ["#", "state", *names, "params", "valid %"]
+    rows = []
+    for t in trials[:limit]:
+        value = f"{t.value:.2f}" if t.value is not None else ""
+        if t.state == TrialState.PRUNED:
+            value += f" (pruned @{t.user_attrs.get('pruned_at', '?')})"
+        if t.state == TrialState.FAIL:
+            value = t.user_attrs.get("fail_reason", "interrupted")[:40]
+        params = [_fmt(t.params.get(n, "")) for n in names]
+        rows.append(
+            [
+                str(t.number),
+                t.state.name.lower(),
+                *params,
+                f"{t.user_attrs.get('n_params', '')}",
+                value,
+            ]
+        )
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [header, *rows]
+    )
+
+
+def _fmt(v: object) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    """Create or resume a study and run it to the end with parallel worker processes."""
+    from sweep import runner
+    from sweep.spec import load_spec
+    from sweep.storage import mask_password, resolve_url
+
+    spec = load_spec(args.study)
+    url = resolve_url(args.storage)
+    print(
+        f"study {spec.name!r} ({spec.sampler}) in {mask_password(url)}, {args.jobs} worker(s)",
+        file=sys.stderr,
+    )
+    try:
+        study = runner.run(
+            spec,
+            storage=url,
+            jobs=args.jobs,
+            threads=args.threads,
+            trials=args.trials,
+            on_progress=_render_progress,
+        )
+    finally:
+        if sys.stderr.isatty():
+            print(file=sys.stderr)
+    print(_trial_table(study))
+    return EXIT_OK
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    """Join an existing study as one worker (for other hosts or batch-scheduler arrays)."""
+    import uuid
+
+    from sweep import runner
+    from sweep.spec import load_spec
+    from sweep.storage import open_storage, study_names
+
+    spec = load_spec(args.study)
+    if spec.name not in study_names(open_storage(args.storage)):
+        raise SpecError(
+            f"{args.study}: study {spec.name!r} does not exist yet; "
+            f"start it with `sweep run {args.study}`"
+        )
+    ran = runner.work(spec, args.storage, uuid.uuid4().hex[:12])
+    print(f"worker ran {ran} trial(s); study {spec.name!r} has nothing left to claim")
+    return EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    """Every study in the database: trials by state, best value and its parameters."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from sweep.storage import mask_password, open_storage, resolve_url
+
+    storage = open_storage(args.storage, heartbeat_interval=None, grace_period=None)
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=True)
+    if not summaries:
+        print(f"no studies in {mask_password(resolve_url(args.storage))}")
+        return EXIT_OK
+    for s in summaries:
+        study = optuna.load_study(study_name=s.study_name, storage=storage)
+        states = {st: 0 for st in TrialState}
+        for t in study.get_trials(deepcopy=False):
+            states[t.state] += 1
+        counts = ", ".join(f"{n} {st.name.lower()}" for st, n in states.items() if n)
+        print(f"{s.study_name}: {counts or 'no trials'}")
+        if s.best_trial is not None:
+            params = ", ".join(f"{k}={_fmt(v)}" for k, v in s.best_trial.params.items())
+            print(f"  best: trial {s.best_trial.number}, {s.best_trial.value:.2f}% ({params})")
+    return EXIT_OK
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    """Serve optuna-dashboard for the study database (127.0.0.1 unless --host says otherwise)."""
+    import optuna_dashboard
+
+    from sweep.storage import mask_password, open_storage, resolve_url
+
+    storage = open_storage(args.storage, heartbeat_interval=None, grace_period=None)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            "warning: the dashboard's write endpoints have no authentication; "
+            f"anyone who can reach {args.host}:{args.port} can change studies",
+            file=sys.stderr,
+        )
+    print(
+        f"dashboard for {mask_password(resolve_url(args.storage))} "
+        f"at http://{args.host}:{args.port}/ (Ctrl-C stops it)",
+        file=sys.stderr,
+    )
+    optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+    return EXIT_OK
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -130,6 +291,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", help="your own copy of MNIST instead of the cached one")
     p.set_defaults(func=_cmd_train)
+
+    storage_help = "study database URL (default: $SWEEP_STORAGE, else sqlite:///runs/sweep.db)"
+    p = sub.add_parser(
+        "run",
+        help="create or resume a study and run it with parallel workers",
+        description=_cmd_run.__doc__,
+        epilog="example: sweep run studies/seed-grid.toml --jobs 2",
+    )
+    p.add_argument("study", help="study file (TOML)")
+    p.add_argument("--storage", help=storage_help)
+    p.add_argument("--jobs", "-j", type=_positive_int, default=1, help="worker processes")
+    p.add_argument(
+        "--threads", type=_positive_int, help="BLAS threads per worker (default: cores / jobs)"
+    )
+    p.add_argument(
+        "--trials", type=_positive_int, help="trial cap for the whole study (overrides the file)"
+    )
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
+        "worker",
+        help="join an existing study as one worker (other hosts, batch arrays)",
+        description=_cmd_worker.__doc__,
+        epilog="example: sweep worker studies/seed-grid.toml --storage postgresql://u:p@db/sweep",
+    )
+    p.add_argument("study", help="study file (TOML)")
+    p.add_argument("--storage", help=storage_help)
+    p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser(
+        "status",
+        help="every study: trials by state, best value",
+        description=_cmd_status.__doc__,
+        epilog="example: sweep status",
+    )
+    p.add_argument("--storage", help=storage_help)
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser(
+        "dashboard",
+        help="serve optuna-dashboard on 127.0.0.1",
+        description=_cmd_dashboard.__doc__,
+        epilog="example: sweep dashboard --port 8080",
+    )
+    p.add_argument("--storage", help=storage_help)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=_positive_int, default=8080)
+    p.set_defaults(func=_cmd_dashboard)
     return parser
 
 

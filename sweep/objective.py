@@ -1,0 +1,114 @@
+"""The optuna objective: a trial's parameters → one training run of the numpy MLP.
+
+It knows nothing of processes or storage: it suggests, trains, reports validation accuracy
+each epoch for pruning and leaves the learning curves on the trial as user attributes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from functools import cache
+from typing import Any
+
+import optuna
+
+from mlp import MLP, Dataset, DivergedError, EpochMetrics, TrainConfig, fit, load_mnist
+from mlp.model import parameter_count
+from sweep.space import suggest
+from sweep.spec import StudySpec, TrainSettings
+
+logger = logging.getLogger(__name__)
+
+
+class TrialFailed(Exception):
+    """The trial cannot produce a value (it diverged); the message is its recorded reason."""
+
+
+def trial_seed(study_seed: int, params: dict[str, Any]) -> int:
+    """A 32-bit seed from the study seed and the trial's parameters only, so that a result
+    never depends on which worker ran the trial, or when."""
+    key = json.dumps({"seed": study_seed, "params": params}, sort_keys=True)
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")
+
+
+@cache
+def _dataset(path: str | None, train_size: int | None) -> Dataset:
+    """Loaded once per worker process."""
+    data = load_mnist(path)
+    return data.head(train_size) if train_size else data
+
+
+def load_data(spec: StudySpec) -> Dataset:
+    return _dataset(spec.data_path, spec.train_size)
+
+
+def train_settings(settings: TrainSettings, seed: int) -> tuple[MLP, TrainConfig]:
+    """The model and training configuration for one set of settings."""
+    model = MLP(
+        settings.hidden_1,
+        settings.hidden_2,
+        activation=settings.activation,
+        init=settings.init,
+        init_std=settings.init_std,
+        dtype=settings.dtype,
+        seed=seed,
+    )
+    config = TrainConfig(
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        shuffle=settings.shuffle,
+        seed=seed,
+        full_train_eval=settings.full_train_eval,
+    )
+    return model, config
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """Callable objective for one study: returns the final validation accuracy in percent."""
+
+    spec: StudySpec
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        settings = suggest(trial, self.spec)
+        seed = trial_seed(self.spec.seed, trial.params)
+        model, config = train_settings(settings, seed)
+        curves: dict[str, list[float]] = {
+            "train_loss": [], "train_accuracy": [], "valid_loss": [], "valid_accuracy": []
+        }  # fmt: skip
+        start = time.perf_counter()
+
+        def save(**extra: Any) -> None:
+            attrs = {
+                "config": dataclasses.asdict(settings),
+                "n_params": parameter_count(settings.hidden_1, settings.hidden_2),
+                "seed": seed,
+                "seconds": round(time.perf_counter() - start, 3),
+                **curves,
+                **extra,
+            }
+            for key, value in attrs.items():
+                trial.set_user_attr(key, value)
+
+        def on_epoch(m: EpochMetrics) -> None:
+            curves["train_loss"].append(m.train_loss)
+            curves["train_accuracy"].append(100 * m.train_accuracy)
+            curves["valid_loss"].append(m.valid_loss)
+            curves["valid_accuracy"].append(100 * m.valid_accuracy)
+            trial.report(100 * m.valid_accuracy, m.epoch)
+            if m.epoch < config.epochs and trial.should_prune():
+                save(pruned_at=m.epoch)
+                raise optuna.TrialPruned(f"pruned at epoch {m.epoch}")
+
+        try:
+            fit(model, load_data(self.spec), config, on_epoch=on_epoch)
+        except DivergedError as e:
+            save(fail_reason=str(e))
+            raise TrialFailed(str(e)) from e
+        save()
+        return curves["valid_accuracy"][-1]

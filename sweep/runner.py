@@ -1,0 +1,314 @@
+"""Running a study: joblib (loky) worker processes that claim trials from the study's queue.
+
+The study is a queue. When a run starts, the parent tops it up: a grid study gets one WAITING
+trial per feasible grid point that no trial covers yet, a TPE/random study gets empty WAITING
+slots up to its trial cap (the sampler fills each slot's parameters when it is claimed). Workers
+only ever claim WAITING trials, one at a time and atomically (see ``sweep.storage``), so
+  - a grid point runs exactly once however many workers or hosts claim from the queue, and
+  - the trial cap holds for all workers together.
+A trial whose worker dies stops sending heartbeats; whoever notices first marks it FAIL and
+enqueues a replacement (optuna's stale-trial mechanism, exactly one winner). A trial interrupted
+by Ctrl-C or SIGTERM is released the same way by its own worker or, failing that, by the parent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from sweep.errors import DataError, SpecError, StorageError
+from sweep.objective import Objective, TrialFailed, load_data
+from sweep.space import grid_points
+from sweep.spec import StudySpec
+from sweep.storage import HEARTBEAT_INTERVAL_S, mask_password, open_storage, resolve_url
+
+logger = logging.getLogger(__name__)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+#: States whose trials count toward the cap / cover their grid point. A FAIL counts only when
+#: the trial itself failed (it has a ``fail_reason``); an interrupted one is run again.
+_LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+_POLL_S = 1.0
+
+
+def _counts(trial: optuna.trial.FrozenTrial) -> bool:
+    return trial.state in _LIVE or (
+        trial.state == TrialState.FAIL and "fail_reason" in trial.user_attrs
+    )
+
+
+def _point_key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True)
+
+
+def _fixed_params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    return trial.system_attrs.get("fixed_params", {})
+
+
+def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Enqueue a replacement for a trial that did not finish (same grid point, or a fresh
+    slot). Called only by whoever moved the trial to FAIL, so it happens once."""
+    study.enqueue_trial(_fixed_params(trial), skip_if_exists=False)
+    logger.info("trial %d did not finish; enqueued again", trial.number)
+
+
+def _release(study: optuna.Study, trial_id: int) -> None:
+    """Mark a RUNNING trial FAIL and requeue it, unless someone else finished it first."""
+    try:
+        if study._storage.set_trial_state_values(trial_id, TrialState.FAIL):
+            requeue(study, study._storage.get_trial(trial_id))
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass
+
+
+def make_sampler(spec: StudySpec, salt: int = 0) -> optuna.samplers.BaseSampler:
+    seed = spec.seed + 1009 * salt
+    if spec.sampler == "tpe":
+        # constant_liar: running trials count as provisional results, so parallel workers do not
+        # all sample the same promising point.
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=10)
+    return optuna.samplers.RandomSampler(seed=seed)  # grid trials arrive with fixed parameters
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    epochs = spec.train.epochs
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    if spec.pruner == "successive-halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
+    if spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
+    return optuna.pruners.NopPruner()
+
+
+def _comparable(spec_dict: dict[str, Any]) -> dict[str, Any]:
+    """What must match for a run to resume an existing study (the trial cap may change)."""
+    d = json.loads(json.dumps(spec_dict))
+    d["study"].pop("trials", None)
+    d["study"].pop("name", None)
+    return d
+
+
+def open_study(
+    spec: StudySpec, storage: optuna.storages.BaseStorage, *, salt: int = 0
+) -> optuna.Study:
+    """Create the study, or load it if it exists and was made from the same spec."""
+    study = optuna.create_study(
+        study_name=spec.name,
+        storage=storage,
+        direction="maximize",
+        sampler=make_sampler(spec, salt),
+        pruner=make_pruner(spec),
+        load_if_exists=True,
+    )
+    stored = study.user_attrs.get("spec")
+    if stored is None:
+        study.set_user_attr("spec", spec.to_dict())
+    elif _comparable(stored) != _comparable(spec.to_dict()):
+        old, new = _comparable(stored), _comparable(spec.to_dict())
+        diff = next(k for k in new if old.get(k) != new.get(k))
+        raise SpecError(
+            f"{spec.source}: study {spec.name!r} already exists with a different [{diff}] "
+            f"(stored {json.dumps(old.get(diff))}); rename [study.name] or delete the old study"
+        )
+    return study
+
+
+def top_up(study: optuna.Study, spec: StudySpec, trials: int | None = None) -> int:
+    """Enqueue what the study still needs; return the study's total (the progress target)."""
+    existing = [t for t in study.get_trials(deepcopy=False) if _counts(t)]
+    cap = trials if trials is not None else spec.trials
+    if spec.sampler == "grid":
+        covered = {_point_key(_fixed_params(t) or t.params) for t in existing}
+        points = grid_points(spec)
+        if cap is not None:
+            points = points[:cap]
+        missing = [p for p in points if _point_key(p) not in covered]
+        for point in missing:
+            study.enqueue_trial(point, skip_if_exists=False)
+        return len(points)
+    assert cap is not None  # the spec requires trials for tpe/random
+    for _ in range(cap - len(existing)):
+        study.enqueue_trial({}, skip_if_exists=False)
+    return max(cap, len(existing))
+
+
+@dataclasses.dataclass
+class _Heartbeat:
+    """Records the running trial's heartbeat from a background thread."""
+
+    storage: optuna.storages.RDBStorage
+    trial_id: int
+    _stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+    def __enter__(self) -> _Heartbeat:
+        self.storage.record_heartbeat(self.trial_id)
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.storage.get_heartbeat_interval() or HEARTBEAT_INTERVAL_S):
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception:  # a missed beat only risks a needless retry; keep training
+                logger.warning("heartbeat of trial %d failed", self.trial_id, exc_info=True)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _sigterm_to_interrupt() -> None:
+    """SIGTERM (a batch scheduler ending its job) releases the trial like Ctrl-C does."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
+def work(spec: StudySpec, url: str, run_id: str, *, salt: int = 0) -> int:
+    """One worker: claim and run trials until the queue is empty and nothing is running.
+
+    Returns the number of trials it ran. Safe to run on many hosts against one database.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _sigterm_to_interrupt()
+    storage = open_storage(url, stale_trial_callback=requeue)
+    study = optuna.load_study(
+        study_name=spec.name, storage=storage,
+        sampler=make_sampler(spec, salt), pruner=make_pruner(spec),
+    )  # fmt: skip
+    objective = Objective(spec)
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    ran = 0
+    while True:
+        # Private optuna API, on purpose: study.ask() would *create* a trial when the queue
+        # is empty, which breaks the grid's exactly-once and the trial cap. This pops only.
+        trial_id = study._pop_waiting_trial_id()
+        if trial_id is None:
+            optuna.storages.fail_stale_trials(study)  # requeues trials of dead workers
+            if not study.get_trials(
+                deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)
+            ):
+                return ran
+            time.sleep(_POLL_S)
+            continue
+        trial = optuna.Trial(study, trial_id)
+        trial.set_user_attr("worker", worker)
+        trial.set_user_attr("run", run_id)
+        value, state = None, TrialState.COMPLETE
+        with _Heartbeat(storage, trial_id):
+            try:
+                value = objective(trial)
+            except optuna.TrialPruned:
+                state = TrialState.PRUNED
+            except TrialFailed:
+                state = TrialState.FAIL
+            except Exception as e:  # a bug or MemoryError in one trial must not end the sweep
+                logger.exception("trial %d raised", trial.number)
+                trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
+                state = TrialState.FAIL
+            except BaseException:
+                _release(study, trial_id)
+                raise
+        study.tell(trial, value, state=state)
+        ran += 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """A snapshot for the progress display."""
+
+    done: int  # trials finished (complete, pruned or failed for a reason)
+    total: int
+    running: int
+    best: float | None
+    elapsed: float  # seconds since the run started
+
+
+def _progress(study: optuna.Study, total: int, start: float) -> Progress:
+    trials = study.get_trials(deepcopy=False)
+    finished = [t for t in trials if _counts(t) and t.state.is_finished()]
+    values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    return Progress(
+        len(finished), total, running, max(values, default=None), time.monotonic() - start
+    )
+
+
+def run(
+    spec: StudySpec,
+    *,
+    storage: str | None = None,
+    jobs: int = 1,
+    threads: int | None = None,
+    trials: int | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> optuna.Study:
+    """Create or resume the study and run it to the end with ``jobs`` worker processes.
+
+    ``threads`` BLAS threads per worker (default: the cores divided among the workers).
+    On Ctrl-C the workers are stopped, their running trials are requeued, and
+    KeyboardInterrupt propagates; the next run resumes.
+    """
+    from joblib import Parallel, delayed, parallel_config
+
+    url = resolve_url(storage)
+    load_data(spec)  # a missing or corrupt dataset is reported before anything is stored
+    study = open_study(spec, open_storage(url, stale_trial_callback=requeue))
+    optuna.storages.fail_stale_trials(study)
+    total = top_up(study, spec, trials)
+    run_id = uuid.uuid4().hex[:12]
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+    start = time.monotonic()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(_POLL_S):
+            try:
+                on_progress(_progress(study, total, start))
+            except Exception:  # a busy database only delays the display
+                logger.debug("progress poll failed", exc_info=True)
+
+    watcher = threading.Thread(target=watch, daemon=True) if on_progress else None
+    if watcher:
+        watcher.start()
+    try:
+        with parallel_config(backend="loky", inner_max_num_threads=threads):
+            Parallel(n_jobs=jobs)(delayed(work)(spec, url, run_id, salt=i) for i in range(jobs))
+    except BaseException as e:
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.user_attrs.get("run") == run_id:
+                _release(study, t._trial_id)
+        if isinstance(e, KeyboardInterrupt | SpecError | StorageError | DataError):
+            raise
+        if isinstance(e, Exception):
+            reason = (str(e).splitlines() or [""])[0]
+            raise StorageError(
+                f"a worker stopped ({type(e).__name__}: {reason}); its trials were requeued; "
+                f"run again to resume ({mask_password(url)})"
+            ) from e
+        raise
+    finally:
+        stop.set()
+        if watcher:
+            watcher.join()
+    if on_progress:
+        on_progress(_progress(study, total, start))
+    return study

@@ -1,0 +1,188 @@
+"""Search spaces under the parameter budget: grid points, and a suggest function whose every
+sample is an in-budget architecture.
+
+The parameter count is linear in each hidden size when the other is fixed,
+
+    count = (785 + h2)·h1 + 11·h2 + 10 = (h1 + 11)·h2 + 785·h1 + 10,
+
+so the sizes that meet min < count < max given the other one form an exact integer interval.
+TPE and random sampling draw hidden_1 from the sizes that have at least one in-budget partner,
+then hidden_2 from the interval that hidden_1 leaves: no trial is ever spent outside the
+budget, and every feasible architecture can be drawn (not just a corner of the region).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any
+
+import optuna
+
+from sweep.spec import Budget, Dimension, StudySpec, TrainSettings
+
+_HIDDEN = ("hidden_1", "hidden_2")
+ARCHITECTURE = "architecture"  # the joint parameter used when both sizes are lists (see below)
+
+
+def _open_interval(budget: Budget, slope: int, offset: int) -> tuple[int, int]:
+    """Integers x with min < slope·x + offset < max, as (lo, hi) (empty when lo > hi)."""
+    lo = (budget.min_params - offset) // slope + 1
+    hi = -((offset - budget.max_params) // slope) - 1
+    return lo, hi
+
+
+def hidden_2_interval(budget: Budget, hidden_1: int) -> tuple[int, int]:
+    """The hidden_2 sizes that put (hidden_1, hidden_2) inside the budget."""
+    return _open_interval(budget, hidden_1 + 11, 785 * hidden_1 + 10)
+
+
+def hidden_1_interval(budget: Budget, hidden_2: int) -> tuple[int, int]:
+    """The hidden_1 sizes that put (hidden_1, hidden_2) inside the budget."""
+    return _open_interval(budget, 785 + hidden_2, 11 * hidden_2 + 10)
+
+
+def grid_points(spec: StudySpec) -> list[dict[str, Any]]:
+    """Every in-budget point of a grid space, in file order (the notebook's grid → 24 points)."""
+    names = [d.name for d in spec.space]
+    points = []
+    for values in itertools.product(*(d.choices for d in spec.space)):
+        point = dict(zip(names, values, strict=True))
+        settings = dataclasses.replace(spec.train, **point)
+        if spec.budget.admits(settings.hidden_1, settings.hidden_2):
+            points.append(point)
+    return points
+
+
+def _range_bounds(dim: Dimension | None, fixed: int) -> tuple[int, int]:
+    if dim is None:
+        return fixed, fixed
+    return int(dim.low), int(dim.high)
+
+
+def _feasible_range(budget: Budget, own: tuple[int, int], other: tuple[int, int], first: bool):
+    """The sub-range of one hidden size (own) that has a partner in the other's range."""
+    interval = hidden_1_interval if first else hidden_2_interval
+    lo = max(own[0], interval(budget, other[1])[0])  # needs the largest partner to reach min
+    hi = min(own[1], interval(budget, other[0])[1])  # needs the smallest partner to stay < max
+    return lo, hi
+
+
+def _pairs(spec: StudySpec) -> list[tuple[int, int]] | None:
+    """The in-budget (h1, h2) pairs when both sizes are lists or fixed; None for a range."""
+    dims = [spec.dimension(n) for n in _HIDDEN]
+    if any(d is not None and d.is_range for d in dims):
+        return None
+    values = [
+        d.choices if d is not None else (getattr(spec.train, n),)
+        for d, n in zip(dims, _HIDDEN, strict=True)
+    ]
+    return [(a, b) for a in values[0] for b in values[1] if spec.budget.admits(a, b)]
+
+
+def feasible_architectures_exist(spec: StudySpec) -> bool:
+    """Whether any architecture the space allows meets the budget."""
+    if spec.sampler == "grid":
+        return bool(grid_points(spec))
+    pairs = _pairs(spec)
+    if pairs is not None:
+        return bool(pairs)
+    plan = _Plan.of(spec)
+    return bool(plan.first_values) if plan.first.choices else _nonempty(plan.first_values)
+
+
+def _nonempty(bounds: tuple[int, int]) -> bool:
+    return bounds[0] <= bounds[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """How to draw the sizes when at least one is a range: ``first`` (the list, or hidden_1
+    when both are ranges) from ``first_values``, then ``second`` given it."""
+
+    first: Dimension
+    second: Dimension | None
+    first_is_h1: bool
+    other_bounds: tuple[int, int]  # the second size's range, or its fixed value twice
+    first_values: Any  # the in-budget choices (list), or (lo, hi) for a range
+
+    @classmethod
+    def of(cls, spec: StudySpec) -> _Plan:
+        d1, d2 = (spec.dimension(n) for n in _HIDDEN)
+        if d1 is not None and (d1.choices is not None or d2 is None or d2.is_range):
+            first, second, first_is_h1 = d1, d2, True
+        else:
+            first, second, first_is_h1 = d2, d1, False
+        fixed = spec.train.hidden_2 if first_is_h1 else spec.train.hidden_1
+        other = _range_bounds(second, fixed)
+        if first.choices is not None:
+            values = [
+                v
+                for v in first.choices
+                if _nonempty(_feasible_range(spec.budget, other, (v, v), not first_is_h1))
+            ]
+        else:
+            values = _feasible_range(spec.budget, _range_bounds(first, 0), other, first_is_h1)
+        return cls(first, second, first_is_h1, other, values)
+
+    def suggest(self, trial: optuna.Trial, budget: Budget) -> dict[str, int]:
+        first = self.first
+        if first.choices is not None:
+            a = trial.suggest_categorical(first.name, self.first_values)
+        else:
+            a = trial.suggest_int(first.name, *self.first_values, log=first.log)
+        out = {first.name: a}
+        if self.second is not None:
+            lo, hi = _feasible_range(budget, self.other_bounds, (a, a), not self.first_is_h1)
+            out[self.second.name] = trial.suggest_int(self.second.name, lo, hi, log=self.second.log)
+        return out
+
+
+def _suggest_one(trial: optuna.Trial, dim: Dimension) -> Any:
+    if dim.choices is not None:
+        return trial.suggest_categorical(dim.name, list(dim.choices))
+    if isinstance(dim.low, int) and isinstance(dim.high, int):
+        return trial.suggest_int(dim.name, dim.low, dim.high, log=dim.log)
+    return trial.suggest_float(dim.name, dim.low, dim.high, log=dim.log)
+
+
+def _suggest_hidden(trial: optuna.Trial, spec: StudySpec) -> dict[str, int]:
+    """hidden_1 and hidden_2 for a TPE/random trial, always inside the budget."""
+    d1, d2 = (spec.dimension(n) for n in _HIDDEN)
+    if d1 is None and d2 is None:
+        return {}
+    budget = spec.budget
+    pairs = _pairs(spec)
+    if pairs is not None:
+        if d1 is None or d2 is None:  # one list against a fixed size: filter the list
+            dim = d1 or d2
+            index = 0 if dim is d1 else 1
+            choices = sorted({p[index] for p in pairs})
+            return {dim.name: trial.suggest_categorical(dim.name, choices)}
+        if len(pairs) == len(d1.choices) * len(d2.choices):  # every combination fits
+            return {d.name: trial.suggest_categorical(d.name, list(d.choices)) for d in (d1, d2)}
+        # optuna's categorical distributions cannot change their choices from trial to trial,
+        # so the in-budget pairs become one categorical parameter "h1xh2".
+        arch = trial.suggest_categorical(ARCHITECTURE, [f"{a}x{b}" for a, b in pairs])
+        h1, h2 = (int(v) for v in arch.split("x"))
+        return {"hidden_1": h1, "hidden_2": h2}
+    # At least one range. Draw the list (or hidden_1 when both are ranges) from its values that
+    # have an in-budget partner, then the other size from the interval it leaves (optuna's
+    # integer distributions may change their bounds from trial to trial).
+    return _Plan.of(spec).suggest(trial, budget)
+
+
+def suggest(trial: optuna.Trial, spec: StudySpec) -> TrainSettings:
+    """The trial's full training settings: [train] with the trial's [space] values.
+
+    Grid trials arrive with their point fixed (enqueued), so every suggest call returns it.
+    """
+    values: dict[str, Any] = {}
+    if spec.sampler == "grid":
+        values = {d.name: _suggest_one(trial, d) for d in spec.space}
+    else:
+        values.update(_suggest_hidden(trial, spec))
+        for dim in spec.space:
+            if dim.name not in _HIDDEN:
+                values[dim.name] = _suggest_one(trial, dim)
+    return dataclasses.replace(spec.train, **values)

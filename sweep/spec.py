@@ -1,0 +1,302 @@
+"""Study files: TOML → validated, frozen specs.
+
+Every rule lives in one table (``_TRAIN_RULES`` and the section tables below) and every
+violation is one line naming the file, the field, what is allowed and what came::
+
+    studies/x.toml: [space.learning_rate] must be a float in (0, inf); got -0.1
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlp.functions import ACTIVATIONS, INITIALISERS
+from mlp.model import parameter_count
+from sweep.errors import SpecError
+
+SAMPLERS = ("grid", "tpe", "random")
+PRUNERS = ("none", "median", "successive-halving", "hyperband")
+TRAIN_SET_SIZE = 50_000
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """One trial's full training configuration ([train] plus the trial's [space] values)."""
+
+    hidden_1: int = 512  # units in the first hidden layer
+    hidden_2: int = 768  # units in the second hidden layer
+    epochs: int = 10  # passes over the training set
+    batch_size: int = 128  # examples per SGD step
+    learning_rate: float = 0.1  # SGD step size
+    init: str = "glorot"  # weight initialiser: zeros | normal | glorot
+    init_std: float = 1.0  # standard deviation of the 'normal' initialiser
+    activation: str = "relu"  # hidden activation: relu | tanh | sigmoid
+    dtype: str = "float32"  # float32 (fast) | float64 (exact reproduction)
+    shuffle: bool = True  # reshuffle the training set every epoch
+    # The notebook's end-of-epoch pass over the whole training set for its loss curve; off, the
+    # training loss is the running mean over the epoch's minibatches (no extra pass).
+    full_train_eval: bool = False
+
+
+@dataclass(frozen=True)
+class _Rule:
+    kind: type  # int, float, str or bool
+    check: Callable[[Any], bool]
+    allowed: str  # what the message says is allowed
+
+
+def _choice(names: list[str] | tuple[str, ...]) -> _Rule:
+    return _Rule(str, lambda v: v in names, "one of " + ", ".join(repr(n) for n in names))
+
+
+def _int_at_least(low: int) -> _Rule:
+    return _Rule(int, lambda v: v >= low, f"an integer >= {low}")
+
+
+_POSITIVE_FLOAT = _Rule(float, lambda v: 0 < v < math.inf, "a float in (0, inf)")
+_BOOL = _Rule(bool, lambda v: True, "true or false")
+
+_TRAIN_RULES: dict[str, _Rule] = {
+    "hidden_1": _int_at_least(1),
+    "hidden_2": _int_at_least(1),
+    "epochs": _int_at_least(1),
+    "batch_size": _int_at_least(1),
+    "learning_rate": _POSITIVE_FLOAT,
+    "init": _choice(sorted(INITIALISERS)),
+    "init_std": _POSITIVE_FLOAT,
+    "activation": _choice(sorted(ACTIVATIONS)),
+    "dtype": _choice(("float32", "float64")),
+    "shuffle": _BOOL,
+    "full_train_eval": _BOOL,
+}
+assert set(_TRAIN_RULES) == {f.name for f in dataclasses.fields(TrainSettings)}
+
+_NAME = _Rule(
+    str, lambda v: re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v) is not None,
+    "a name of letters, digits, '.', '_' and '-'",
+)  # fmt: skip
+_STUDY_RULES: dict[str, _Rule] = {
+    "name": _NAME,
+    "sampler": _choice(SAMPLERS),
+    "trials": _int_at_least(1),
+    "seed": _int_at_least(0),
+    "pruner": _choice(PRUNERS),
+}
+_BUDGET_RULES: dict[str, _Rule] = {"min_params": _int_at_least(0), "max_params": _int_at_least(1)}
+_DATA_RULES: dict[str, _Rule] = {
+    "train_size": _Rule(int, lambda v: 1 <= v <= TRAIN_SET_SIZE, "an integer in [1, 50000]"),
+    "path": _Rule(str, lambda v: bool(v), "a path to your own copy of MNIST"),
+}
+_SECTIONS = ("study", "budget", "data", "train", "space")
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched setting: a list of choices, or a numeric range (TPE and random only)."""
+
+    name: str
+    choices: tuple[Any, ...] | None = None  # categorical / grid values
+    low: float | None = None  # numeric range, inclusive
+    high: float | None = None
+    log: bool = False  # sample the range on a log scale
+
+    @property
+    def is_range(self) -> bool:
+        return self.choices is None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Exclusive bounds on the parameter count: min_params < count < max_params."""
+
+    min_params: int = 500_000
+    max_params: int = 1_000_000
+
+    def admits(self, hidden_1: int, hidden_2: int) -> bool:
+        return self.min_params < parameter_count(hidden_1, hidden_2) < self.max_params
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A validated study file."""
+
+    name: str  # optuna study name
+    sampler: str  # grid | tpe | random
+    trials: int | None  # cap for all workers together; None: the whole grid
+    seed: int  # study seed: the sampler's seed and the root of every trial's seed
+    pruner: str  # none | median | successive-halving | hyperband
+    budget: Budget
+    train: TrainSettings  # fixed settings; searched ones are overridden per trial
+    space: tuple[Dimension, ...]
+    train_size: int | None = None  # use only a prefix of the training split
+    data_path: str | None = None  # a user's own copy of MNIST
+    source: str = "<spec>"  # where it came from, for messages
+
+    def dimension(self, name: str) -> Dimension | None:
+        return next((d for d in self.space if d.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain data, as stored on the study (``study.user_attrs['spec']``)."""
+        space = {
+            d.name: list(d.choices) if d.choices is not None else
+            {"low": d.low, "high": d.high, "log": d.log}
+            for d in self.space
+        }  # fmt: skip
+        searched = {d.name for d in self.space}
+        train = {k: v for k, v in dataclasses.asdict(self.train).items() if k not in searched}
+        return {
+            "study": {
+                "name": self.name, "sampler": self.sampler, "trials": self.trials,
+                "seed": self.seed, "pruner": self.pruner,
+            },
+            "budget": dataclasses.asdict(self.budget),
+            "data": {"train_size": self.train_size, "path": self.data_path},
+            "train": train,
+            "space": space,
+        }  # fmt: skip
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read and validate a study file; raise SpecError (one line) on the first problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read study file: {e.strerror or e}") from e
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: not valid TOML: {e}") from e
+    return parse_spec(raw, source=str(path))
+
+
+def _fail(source: str, field: str, allowed: str, got: Any) -> SpecError:
+    return SpecError(f"{source}: [{field}] must be {allowed}; got {got!r}")
+
+
+def _value(source: str, field: str, rule: _Rule, value: Any) -> Any:
+    """Check one value against its rule; ints are accepted where floats are expected."""
+    kind_ok = (
+        isinstance(value, bool) if rule.kind is bool else
+        isinstance(value, int | float) and not isinstance(value, bool) if rule.kind is float else
+        isinstance(value, rule.kind) and not isinstance(value, bool)
+    )  # fmt: skip
+    if not kind_ok or not rule.check(value):
+        raise _fail(source, field, rule.allowed, value)
+    return float(value) if rule.kind is float else value
+
+
+def _section(
+    source: str, raw: dict[str, Any], name: str, rules: dict[str, _Rule]
+) -> dict[str, Any]:
+    table = raw.get(name, {})
+    if not isinstance(table, dict):
+        raise _fail(source, name, "a table", table)
+    for key in table:
+        if key not in rules:
+            raise _fail(source, f"{name}.{key}", "one of the known keys " + ", ".join(rules), key)
+    return {k: _value(source, f"{name}.{k}", rules[k], v) for k, v in table.items()}
+
+
+def _dimension(source: str, name: str, value: Any, sampler: str) -> Dimension:
+    field = f"space.{name}"
+    if name not in _TRAIN_RULES:
+        raise _fail(source, field, "a [train] setting: " + ", ".join(_TRAIN_RULES), name)
+    rule = _TRAIN_RULES[name]
+    if isinstance(value, list):
+        if not value:
+            raise _fail(source, field, "a non-empty list", value)
+        choices = tuple(_value(source, field, rule, v) for v in value)
+        if len(set(choices)) != len(choices):
+            raise _fail(source, field, "a list without repeated values", value)
+        return Dimension(name, choices=choices)
+    if not isinstance(value, dict):
+        raise _fail(source, field, "a list of values or a table {low, high, log}", value)
+    if sampler == "grid":
+        raise _fail(source, field, "a list of values with sampler 'grid'", value)
+    if rule.kind not in (int, float):
+        raise _fail(source, field, f"a list of values ({name} is not numeric)", value)
+    unknown = set(value) - {"low", "high", "log"}
+    if unknown or not {"low", "high"} <= set(value):
+        raise _fail(source, field, "a table with keys low, high and optionally log", value)
+    low = _value(source, f"{field}.low", rule, value["low"])
+    high = _value(source, f"{field}.high", rule, value["high"])
+    log = _value(source, f"{field}.log", _BOOL, value.get("log", False))
+    if not low < high:
+        raise _fail(source, f"{field}.high", f"greater than low = {low}", high)
+    return Dimension(name, low=low, high=high, log=log)
+
+
+def _hidden_values(spec_train: TrainSettings, dim: Dimension | None, name: str) -> tuple[int, int]:
+    """The (smallest, largest) value a hidden size can take."""
+    if dim is None:
+        v = getattr(spec_train, name)
+        return v, v
+    if dim.choices is not None:
+        return min(dim.choices), max(dim.choices)
+    return int(dim.low), int(dim.high)
+
+
+def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> StudySpec:
+    """Validate a parsed TOML document (see ``load_spec``)."""
+    for key in raw:
+        if key not in _SECTIONS:
+            raise _fail(source, key, "one of the sections " + ", ".join(_SECTIONS), key)
+    study = _section(source, raw, "study", _STUDY_RULES)
+    for required in ("name", "sampler"):
+        if required not in study:
+            raise _fail(source, f"study.{required}", "given", None)
+    sampler = study["sampler"]
+    if sampler != "grid" and "trials" not in study:
+        raise _fail(source, "study.trials", f"given for sampler {sampler!r}", None)
+    budget = Budget(**_section(source, raw, "budget", _BUDGET_RULES))
+    if not budget.min_params < budget.max_params:
+        raise _fail(
+            source, "budget.max_params", f"greater than min_params = {budget.min_params}",
+            budget.max_params,
+        )  # fmt: skip
+    data = _section(source, raw, "data", _DATA_RULES)
+    train = TrainSettings(**_section(source, raw, "train", _TRAIN_RULES))
+    space_raw = raw.get("space", {})
+    if not isinstance(space_raw, dict):
+        raise _fail(source, "space", "a table", space_raw)
+    space = tuple(_dimension(source, k, v, sampler) for k, v in space_raw.items())
+    if sampler == "grid" and not space:
+        raise _fail(source, "space", "at least one list of values with sampler 'grid'", {})
+    spec = StudySpec(
+        name=study["name"],
+        sampler=sampler,
+        trials=study.get("trials"),
+        seed=study.get("seed", 0),
+        pruner=study.get("pruner", "none"),
+        budget=budget,
+        train=train,
+        space=space,
+        train_size=data.get("train_size"),
+        data_path=data.get("path"),
+        source=source,
+    )
+    _check_budget_feasible(spec)
+    return spec
+
+
+def _check_budget_feasible(spec: StudySpec) -> None:
+    """A budget no architecture in the space can meet is an error before anything runs."""
+    from sweep.space import feasible_architectures_exist  # the space knows the geometry
+
+    if not feasible_architectures_exist(spec):
+        lo1, hi1 = _hidden_values(spec.train, spec.dimension("hidden_1"), "hidden_1")
+        lo2, hi2 = _hidden_values(spec.train, spec.dimension("hidden_2"), "hidden_2")
+        raise SpecError(
+            f"{spec.source}: [budget] no architecture with hidden_1 in [{lo1}, {hi1}] and "
+            f"hidden_2 in [{lo2}, {hi2}] has {spec.budget.min_params:,} < parameters < "
+            f"{spec.budget.max_params:,} (these sizes give {parameter_count(lo1, lo2):,} to "
+            f"{parameter_count(hi1, hi2):,})"
+        )
