@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install data train test lint format clean
+STORAGE ?= sqlite:///runs/sweep.db
+JOBS ?= 2
+
+.PHONY: install data train sweep sweep-tpe status dashboard test lint format clean
 
 install: $(STAMP)
 
@@ -19,6 +22,19 @@ data: $(STAMP)
 
 train: data
 	$(BIN)/sweep train
+
+# The notebook's 24-point grid on the default database, resumable: rerun to finish.
+sweep: data
+	$(BIN)/sweep run studies/seed-grid.toml --storage $(STORAGE) --jobs $(JOBS)
+
+sweep-tpe: data
+	$(BIN)/sweep run studies/tpe-budget.toml --storage $(STORAGE) --jobs $(JOBS)
+
+status: $(STAMP)
+	$(BIN)/sweep status --storage $(STORAGE)
+
+dashboard: $(STAMP)
+	$(BIN)/sweep dashboard --storage $(STORAGE)
 
 test: data
 	$(BIN)/python -m pytest

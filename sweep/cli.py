@@ -79,18 +79,36 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _render_progress(p: Progress) -> None:
-    done = f"{p.done}/{p.total} trials"
-    best = f"best {p.best:.2f}%" if p.best is not None else "best —"
-    eta = ""
-    if 0 < p.done < p.total:
-        eta = f"  ETA {_duration(p.elapsed / p.done * (p.total - p.done))}"
-    line = f"{done}  {p.running} running  {best}  {_duration(p.elapsed)}{eta}"
-    if sys.stderr.isatty():
-        print(f"\r{line:<78}", end="", file=sys.stderr, flush=True)
-    elif p.done != getattr(_render_progress, "last", None):
-        print(line, file=sys.stderr, flush=True)
-    _render_progress.last = p.done  # type: ignore[attr-defined]
+class _ProgressLine:
+    """Draws the run's progress on stderr: one updating line on a terminal, else a line per
+    finished trial. The header waits for the first report, so that a run that fails to start
+    prints only its error."""
+
+    def __init__(self, header: str) -> None:
+        self.header: str | None = header
+        self.last_done = -1
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, p: Progress) -> None:
+        if self.header:
+            print(self.header, file=sys.stderr)
+            self.header = None
+        best = f"best {p.best:.2f}%" if p.best is not None else "best —"
+        eta = ""
+        if 0 < p.done < p.total:
+            eta = f"  ETA {_duration(p.elapsed / p.done * (p.total - p.done))}"
+        line = (
+            f"{p.done}/{p.total} trials  {p.running} running  {best}  {_duration(p.elapsed)}{eta}"
+        )
+        if self.tty:
+            print(f"\r{line:<78}", end="", file=sys.stderr, flush=True)
+        elif p.done != self.last_done:
+            print(line, file=sys.stderr, flush=True)
+        self.last_done = p.done
+
+    def close(self) -> None:
+        if self.tty and self.header is None:
+            print(file=sys.stderr)
 
 
 def _duration(seconds: float) -> str:
@@ -140,17 +158,24 @@ def _fmt(v: object) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+def _quiet_optuna() -> None:
+    """optuna logs every new study and trial at INFO; our own progress line says it better."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     """Create or resume a study and run it to the end with parallel worker processes."""
     from sweep import runner
     from sweep.spec import load_spec
     from sweep.storage import mask_password, resolve_url
 
+    _quiet_optuna()
     spec = load_spec(args.study)
     url = resolve_url(args.storage)
-    print(
-        f"study {spec.name!r} ({spec.sampler}) in {mask_password(url)}, {args.jobs} worker(s)",
-        file=sys.stderr,
+    progress = _ProgressLine(
+        f"study {spec.name!r} ({spec.sampler}) in {mask_password(url)}, {args.jobs} worker(s)"
     )
     try:
         study = runner.run(
@@ -159,11 +184,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             jobs=args.jobs,
             threads=args.threads,
             trials=args.trials,
-            on_progress=_render_progress,
+            on_progress=progress,
         )
     finally:
-        if sys.stderr.isatty():
-            print(file=sys.stderr)
+        progress.close()
     print(_trial_table(study))
     return EXIT_OK
 
@@ -176,6 +200,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from sweep.spec import load_spec
     from sweep.storage import open_storage, study_names
 
+    _quiet_optuna()
     spec = load_spec(args.study)
     if spec.name not in study_names(open_storage(args.storage)):
         raise SpecError(

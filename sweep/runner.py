@@ -36,12 +36,18 @@ from sweep.spec import StudySpec
 from sweep.storage import HEARTBEAT_INTERVAL_S, mask_password, open_storage, resolve_url
 
 logger = logging.getLogger(__name__)
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 #: States whose trials count toward the cap / cover their grid point. A FAIL counts only when
 #: the trial itself failed (it has a ``fail_reason``); an interrupted one is run again.
 _LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
 _POLL_S = 1.0
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    """Fail (and so requeue) the trials of workers that stopped sending heartbeats."""
+    with warnings.catch_warnings():  # stable in practice since optuna 2.9; still "experimental"
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 def _counts(trial: optuna.trial.FrozenTrial) -> bool:
@@ -202,7 +208,7 @@ def work(spec: StudySpec, url: str, run_id: str, *, salt: int = 0) -> int:
         # is empty, which breaks the grid's exactly-once and the trial cap. This pops only.
         trial_id = study._pop_waiting_trial_id()
         if trial_id is None:
-            optuna.storages.fail_stale_trials(study)  # requeues trials of dead workers
+            _fail_stale(study)
             if not study.get_trials(
                 deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)
             ):
@@ -272,7 +278,7 @@ def run(
     url = resolve_url(storage)
     load_data(spec)  # a missing or corrupt dataset is reported before anything is stored
     study = open_study(spec, open_storage(url, stale_trial_callback=requeue))
-    optuna.storages.fail_stale_trials(study)
+    _fail_stale(study)
     total = top_up(study, spec, trials)
     run_id = uuid.uuid4().hex[:12]
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
@@ -288,6 +294,7 @@ def run(
 
     watcher = threading.Thread(target=watch, daemon=True) if on_progress else None
     if watcher:
+        on_progress(_progress(study, total, start))
         watcher.start()
     try:
         with parallel_config(backend="loky", inner_max_num_threads=threads):

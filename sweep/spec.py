@@ -177,8 +177,12 @@ def load_spec(path: str | Path) -> StudySpec:
     return parse_spec(raw, source=str(path))
 
 
+_MISSING = object()
+
+
 def _fail(source: str, field: str, allowed: str, got: Any) -> SpecError:
-    return SpecError(f"{source}: [{field}] must be {allowed}; got {got!r}")
+    shown = "nothing" if got is _MISSING else repr(got)
+    return SpecError(f"{source}: [{field}] must be {allowed}; got {shown}")
 
 
 def _value(source: str, field: str, rule: _Rule, value: Any) -> Any:
@@ -252,10 +256,10 @@ def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> StudySpec:
     study = _section(source, raw, "study", _STUDY_RULES)
     for required in ("name", "sampler"):
         if required not in study:
-            raise _fail(source, f"study.{required}", "given", None)
+            raise _fail(source, f"study.{required}", "given", _MISSING)
     sampler = study["sampler"]
     if sampler != "grid" and "trials" not in study:
-        raise _fail(source, "study.trials", f"given for sampler {sampler!r}", None)
+        raise _fail(source, "study.trials", f"given for sampler {sampler!r}", _MISSING)
     budget = Budget(**_section(source, raw, "budget", _BUDGET_RULES))
     if not budget.min_params < budget.max_params:
         raise _fail(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_URL = "sqlite:///runs/sweep.db"
 STORAGE_ENV = "SWEEP_STORAGE"
 BUSY_TIMEOUT_S = 60.0  # how long a writer waits for SQLite's lock before giving up
-HEARTBEAT_INTERVAL_S = 5  # a running trial proves its worker is alive this often
-GRACE_PERIOD_S = 30  # a trial silent for this long is stale: its worker is gone
+# A running trial proves its worker is alive every HEARTBEAT_INTERVAL_S; one silent for
+# GRACE_PERIOD_S is stale (its worker is gone) and is run again. Tests shorten both.
+HEARTBEAT_INTERVAL_S = int(os.environ.get("SWEEP_HEARTBEAT_INTERVAL", "5"))
+GRACE_PERIOD_S = int(os.environ.get("SWEEP_GRACE_PERIOD", "30"))
 
 
 def resolve_url(url: str | None = None) -> str:
@@ -102,13 +105,15 @@ def open_storage(
         engine_kwargs["pool_pre_ping"] = True  # survive server restarts between trials
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
     try:
-        storage = optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=stale_trial_callback,
-        )
+        with warnings.catch_warnings():  # heartbeats are "experimental" in optuna since 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=stale_trial_callback,
+            )
     except ImportError as e:
         raise StorageError(
             f"storage {shown}: its database driver is not installed "

@@ -1,13 +1,17 @@
 """The real `sweep` entry point, run as a user runs it: exit codes and one-line errors."""
 
+import json
 import os
+import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from mlp import data as data_mod
+from tests.sweep.helpers import grid_study, load, start_cli, wait_for
 
 
 def sweep(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -88,3 +92,114 @@ def test_bad_options_exit_2(bad):
     out = sweep("train", *bad)
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
+
+
+# --- run, worker, status, dashboard -------------------------------------------------------
+
+
+def test_run_then_status_then_the_optuna_cli(tmp_path):
+    study_file = grid_study(tmp_path)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    out = sweep("run", str(study_file), "--storage", url, "--jobs", "2")
+    assert out.returncode == 0, out.stderr
+    table = out.stdout.splitlines()
+    assert table[0].split() == [
+        "#",
+        "state",
+        "hidden_1",
+        "hidden_2",
+        "learning_rate",
+        "params",
+        "valid",
+        "%",
+    ]
+    assert len(table) == 1 + 8 and all(" complete " in row for row in table[1:])
+    values = [float(row.split()[-1]) for row in table[1:]]
+    assert values == sorted(values, reverse=True)
+    assert "8/8 trials" in out.stderr
+
+    out = sweep("status", "--storage", url)
+    assert out.returncode == 0
+    assert out.stdout.startswith("g: 8 complete\n  best: trial ")
+
+    optuna_cli = Path(sys.executable).with_name("optuna")
+    out = subprocess.run(
+        [str(optuna_cli), "trials", "--study-name", "g", "--storage", url, "-f", "json"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert len(json.loads(out.stdout)) == 8
+
+
+def test_worker_joins_an_existing_study(tmp_path):
+    study_file = grid_study(tmp_path)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    out = sweep("worker", str(study_file), "--storage", url)
+    assert out.returncode == 2 and "does not exist yet; start it with `sweep run" in out.stderr
+    out = sweep("run", str(study_file), "--storage", url, "--trials", "3")
+    assert out.returncode == 0, out.stderr
+    assert len(load(url, "g").trials) == 3
+    # A worker on "another host" finishes whatever the queue holds.
+    study = load(url, "g")
+    study.enqueue_trial({"hidden_1": 128, "hidden_2": 64, "learning_rate": 0.05})
+    out = sweep("worker", str(study_file), "--storage", url)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("worker ran 1 trial(s)")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[study\n", "bad.toml: not valid TOML"),
+        (
+            '[study]\nname = "x"\nsampler = "grid"\n[trian]\n',
+            "bad.toml: [trian] must be one of the sections",
+        ),
+        (
+            '[study]\nname = "x"\nsampler = "grid"\n'
+            "[space]\nhidden_1 = [1024]\nhidden_2 = [1024]\n",
+            "bad.toml: [budget] no architecture",
+        ),
+    ],
+)
+def test_bad_study_files_exit_2_with_one_line(tmp_path, content, message):
+    (tmp_path / "bad.toml").write_text(content)
+    db = tmp_path / "db.sqlite"
+    out = sweep("run", str(tmp_path / "bad.toml"), "--storage", f"sqlite:///{db}")
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"sweep: error: {tmp_path / message}")
+    assert out.stderr.count("\n") == 1
+    assert not db.exists(), "a bad study file must not touch the database"
+
+
+def test_unreachable_storage_exits_1_with_the_password_masked(tmp_path):
+    study_file = grid_study(tmp_path)
+    out = sweep("run", str(study_file), "--storage", "postgresql://me:hunter2@127.0.0.1:1/sweep")
+    assert out.returncode == 1
+    assert "me:***@127.0.0.1:1/sweep: cannot open" in out.stderr
+    assert "hunter2" not in out.stderr and out.stderr.count("\n") == 1
+
+
+def test_dashboard_serves_the_study_on_loopback(tmp_path):
+    study_file = grid_study(tmp_path)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    assert sweep("run", str(study_file), "--storage", url, "--trials", "2").returncode == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = start_cli("dashboard", "--storage", url, "--port", str(port))
+    try:
+
+        def studies():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
+                    return json.load(r)
+            except OSError:
+                return None
+
+        body = wait_for(studies, timeout=60)
+        assert [s["study_name"] for s in body["study_summaries"]] == ["g"], body
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -1,0 +1,147 @@
+"""Shared helpers for the sweep tests: study files, the real CLI, reading results back."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+SWEEP = Path(sys.executable).with_name("sweep")
+
+GRID = """
+[study]
+name = "{name}"
+sampler = "grid"
+seed = 0
+{extra_study}
+[budget]
+min_params = 50_000
+max_params = 200_000
+
+[data]
+train_size = {train_size}
+
+[train]
+epochs = {epochs}
+batch_size = 64
+{extra_train}
+[space]
+hidden_1 = [64, 128, 16]
+hidden_2 = [32, 64]
+learning_rate = [0.1, 0.05]
+"""
+
+
+def grid_study(
+    tmp_path: Path,
+    name: str = "g",
+    *,
+    train_size: int = 2000,
+    epochs: int = 2,
+    extra_study: str = "",
+    extra_train: str = "",
+) -> Path:
+    """A grid of 12 points of which 8 are in budget (hidden_1 = 16 is too small)."""
+    path = tmp_path / f"{name}.toml"
+    path.write_text(
+        GRID.format(
+            name=name,
+            train_size=train_size,
+            epochs=epochs,
+            extra_study=extra_study,
+            extra_train=extra_train,
+        )
+    )
+    return path
+
+
+def sweep_cmd(*args: str) -> list[str]:
+    return [str(SWEEP), *args] if SWEEP.exists() else [sys.executable, "-m", "sweep.cli", *args]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300):
+    return subprocess.run(
+        sweep_cmd(*args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`sweep …` in its own process group, so a test can signal it like a terminal would."""
+    return subprocess.Popen(
+        sweep_cmd(*args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
+
+
+def load(url: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def wait_for(predicate, timeout: float = 120.0, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def states(study: optuna.Study) -> collections.Counter:
+    return collections.Counter(t.state for t in study.get_trials(deepcopy=False))
+
+
+def count_state(url: str, name: str, state: TrialState) -> int:
+    try:
+        return states(load(url, name))[state]
+    except KeyError:  # the study does not exist yet
+        return 0
+
+
+def completed_points(study: optuna.Study) -> collections.Counter:
+    return collections.Counter(
+        json.dumps(t.params, sort_keys=True)
+        for t in study.get_trials(deepcopy=False)
+        if t.state == TrialState.COMPLETE
+    )
+
+
+def children(pid: int) -> list[int]:
+    """Process ids whose parent is pid (Linux /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    found = []
+    for child in children(pid):
+        found += [child, *descendants(child)]
+    return found
+
+
+def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    os.killpg(proc.pid, sig)

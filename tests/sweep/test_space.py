@@ -1,0 +1,125 @@
+import copy
+
+import numpy as np
+import optuna
+import pytest
+
+from mlp import parameter_count
+from sweep.space import ARCHITECTURE, grid_points, hidden_1_interval, hidden_2_interval, suggest
+from sweep.spec import Budget, load_spec, parse_spec
+from tests.sweep.test_spec import STUDIES
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def test_the_notebook_grid_has_its_24_points():
+    points = grid_points(load_spec(STUDIES / "seed-grid.toml"))
+    archs = sorted({(p["hidden_1"], p["hidden_2"]) for p in points})
+    assert len(points) == 24
+    assert {parameter_count(*a) for a in archs} == {
+        514_066,
+        617_234,
+        720_402,
+        535_818,
+        669_706,
+        803_594,
+        937_482,
+        802_314,
+    }
+    assert sorted({p["learning_rate"] for p in points}) == [0.01, 0.1, 1.0]
+
+
+@pytest.mark.parametrize(
+    "budget", [Budget(500_000, 1_000_000), Budget(0, 5_000), Budget(70_000, 70_500)]
+)
+def test_intervals_match_brute_force(budget):
+    for h in [1, 7, 64, 392, 1024]:
+        for interval, admits in [
+            (hidden_2_interval, lambda x, h=h: budget.admits(h, x)),
+            (hidden_1_interval, lambda x, h=h: budget.admits(x, h)),
+        ]:
+            lo, hi = interval(budget, h)
+            brute = [x for x in range(1, 3000) if admits(x)]
+            clipped = (max(lo, 1), min(hi, 2999))
+            assert (brute[0], brute[-1]) == clipped if brute else clipped[0] > clipped[1]
+
+
+def _sample(spec, n, sampler):
+    study = optuna.create_study(sampler=sampler, direction="maximize")
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        settings = suggest(trial, spec)
+        out.append(settings)
+        study.tell(trial, float(settings.learning_rate))  # any value; TPE needs results
+    return out
+
+
+RANGES = {
+    "study": {"name": "r", "sampler": "random", "trials": 10},
+    "space": {
+        "hidden_1": {"low": 128, "high": 1024},
+        "hidden_2": {"low": 64, "high": 1024},
+        "learning_rate": {"low": 0.01, "high": 1.0, "log": True},
+    },
+}
+
+
+def test_10000_random_suggestions_are_all_inside_the_budget_and_spread_across_it():
+    spec = parse_spec(RANGES)
+    samples = _sample(spec, 10_000, optuna.samplers.RandomSampler(seed=0))
+    counts = np.array([parameter_count(s.hidden_1, s.hidden_2) for s in samples])
+    assert ((500_000 < counts) & (counts < 1_000_000)).all()
+    h1 = np.array([s.hidden_1 for s in samples])
+    h2 = np.array([s.hidden_2 for s in samples])
+    # hidden_1 covers its whole feasible range: 128 can't reach 500k with hidden_2 ≤ 1024,
+    # the smallest that can is 313; the largest, 1024, fits with a small hidden_2.
+    assert h1.min() <= 320 and h1.max() >= 1015
+    assert h2.min() <= 70 and h2.max() >= 1015
+    # and the region is filled, not a corner: every decile of parameter count is visited
+    deciles = np.histogram(counts, bins=10, range=(500_000, 1_000_000))[0]
+    assert deciles.min() > 200, deciles
+    lr = np.array([s.learning_rate for s in samples])
+    assert 0.01 <= lr.min() < 0.012 and 0.9 < lr.max() <= 1.0
+
+
+def test_tpe_suggestions_are_all_inside_the_budget():
+    spec = parse_spec({**RANGES, "study": {"name": "t", "sampler": "tpe", "trials": 10}})
+    samples = _sample(spec, 300, optuna.samplers.TPESampler(seed=0, n_startup_trials=10))
+    counts = [parameter_count(s.hidden_1, s.hidden_2) for s in samples]
+    assert all(500_000 < c < 1_000_000 for c in counts)
+    assert len({(s.hidden_1, s.hidden_2) for s in samples}) > 100
+
+
+def test_lists_with_infeasible_pairs_become_one_architecture_parameter():
+    raw = copy.deepcopy(RANGES)
+    raw["space"] = {"hidden_1": [392, 512, 768, 1024], "hidden_2": [256, 512, 768, 1024]}
+    spec = parse_spec(raw)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(400):
+        trial = study.ask()
+        s = suggest(trial, spec)
+        assert trial.params[ARCHITECTURE] == f"{s.hidden_1}x{s.hidden_2}"
+        seen.add((s.hidden_1, s.hidden_2))
+        study.tell(trial, 0.0)
+    assert len(seen) == 8  # exactly the notebook's eight feasible architectures
+
+
+def test_a_list_against_a_range_is_filtered_then_conditioned():
+    raw = copy.deepcopy(RANGES)
+    raw["space"] = {"hidden_1": [128, 392, 1024], "hidden_2": {"low": 64, "high": 1024}}
+    spec = parse_spec(raw)
+    samples = _sample(spec, 500, optuna.samplers.RandomSampler(seed=2))
+    assert {s.hidden_1 for s in samples} == {392, 1024}  # 128 has no in-budget partner
+    assert all(spec.budget.admits(s.hidden_1, s.hidden_2) for s in samples)
+
+
+def test_one_searched_size_against_a_fixed_one():
+    raw = copy.deepcopy(RANGES)
+    raw["train"] = {"hidden_1": 512}
+    raw["space"] = {"hidden_2": {"low": 1, "high": 2000}}
+    spec = parse_spec(raw)
+    h2 = {s.hidden_2 for s in _sample(spec, 300, optuna.samplers.RandomSampler(seed=3))}
+    lo, hi = hidden_2_interval(spec.budget, 512)
+    assert min(h2) >= lo and max(h2) <= hi and max(h2) - min(h2) > 0.8 * (hi - lo)
