@@ -20,3 +20,20 @@ def tiny(mnist: Dataset) -> Dataset:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    from tests.postgres import server
+
+    yield from server()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """A fresh, empty study database on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'studies.db'}"
+    from tests.postgres import fresh_database
+
+    return fresh_database(request.getfixturevalue("postgres_server"))

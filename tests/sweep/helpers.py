@@ -77,6 +77,12 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300)
     )
 
 
+def _default_sigint() -> None:
+    # A test run started in the background (nohup, CI) inherits SIGINT ignored, and Python then
+    # never turns SIGINT into KeyboardInterrupt; a terminal's child has the default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """`sweep …` in its own process group, so a test can signal it like a terminal would."""
     return subprocess.Popen(
@@ -86,6 +92,7 @@ def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen
         text=True,
         env={**os.environ, **(env or {})},
         start_new_session=True,
+        preexec_fn=_default_sigint,
     )
 
 

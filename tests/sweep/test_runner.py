@@ -187,3 +187,20 @@ def test_the_database_is_plain_optuna(tmp_path):
     study = optuna.load_study(study_name="g", storage=url)
     assert study.best_value == max(t.value for t in study.trials)
     assert study.user_attrs["spec"]["budget"] == {"min_params": 50_000, "max_params": 200_000}
+
+
+def test_two_hosts_finish_a_grid_exactly_once(tmp_path, storage_url):
+    # Two `sweep worker` processes standing for two hosts, sharing one database.
+    study_file = grid_study(tmp_path)
+    spec = load_spec(study_file)
+    study = runner.open_study(spec, runner.open_storage(storage_url))
+    runner.top_up(study, spec)
+    hosts = [start_cli("worker", str(study_file), "--storage", storage_url) for _ in range(2)]
+    ran = 0
+    for proc in hosts:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        ran += int(out.split()[2])  # "worker ran N trial(s); …"
+    assert ran == 8
+    _assert_grid_done_once(storage_url, spec)
+    assert len({t.user_attrs["worker"] for t in load(storage_url, "g").trials}) == 2

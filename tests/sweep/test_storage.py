@@ -24,8 +24,8 @@ POP = textwrap.dedent(
 )
 
 
-def test_four_processes_claim_200_trials_each_exactly_once(tmp_path):
-    url = f"sqlite:///{tmp_path / 'q.db'}"
+def test_four_processes_claim_200_trials_each_exactly_once(storage_url):
+    url = storage_url
     study = optuna.create_study(study_name="q", storage=open_storage(url))
     for i in range(200):
         study.enqueue_trial({"i": i}, skip_if_exists=False)
