@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 STORAGE ?= sqlite:///runs/sweep.db
 JOBS ?= 2
 
-.PHONY: install data train sweep sweep-tpe status dashboard test lint format clean
+.PHONY: install data train sweep sweep-tpe init gradcheck report status dashboard test lint \
+	format clean
 
 install: $(STAMP)
 
@@ -26,9 +27,22 @@ train: data
 # The notebook's 24-point grid on the default database, resumable: rerun to finish.
 sweep: data
 	$(BIN)/sweep run studies/seed-grid.toml --storage $(STORAGE) --jobs $(JOBS)
+	$(BIN)/sweep report studies/seed-grid.toml --storage $(STORAGE)
 
 sweep-tpe: data
 	$(BIN)/sweep run studies/tpe-budget.toml --storage $(STORAGE) --jobs $(JOBS)
+	$(BIN)/sweep report studies/tpe-budget.toml --storage $(STORAGE)
+
+# The notebook's initialisation study (Zeros, Normal, Glorot) and its loss figure.
+init: data
+	$(BIN)/sweep run studies/seed-init.toml --storage $(STORAGE) --jobs $(JOBS)
+	$(BIN)/sweep report studies/seed-init.toml --storage $(STORAGE) --log-loss
+
+gradcheck: data
+	$(BIN)/sweep gradcheck --out runs/gradcheck
+
+report: $(STAMP)
+	$(BIN)/sweep report all --storage $(STORAGE)
 
 status: $(STAMP)
 	$(BIN)/sweep status --storage $(STORAGE)

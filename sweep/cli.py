@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # optuna takes a second to import; `sweep --help` should not 
     import optuna
 
     from sweep.runner import Progress
+    from sweep.spec import StudySpec
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -168,11 +169,10 @@ def _quiet_optuna() -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     """Create or resume a study and run it to the end with parallel worker processes."""
     from sweep import runner
-    from sweep.spec import load_spec
     from sweep.storage import mask_password, resolve_url
 
     _quiet_optuna()
-    spec = load_spec(args.study)
+    spec = _study_spec(args.study)
     url = resolve_url(args.storage)
     progress = _ProgressLine(
         f"study {spec.name!r} ({spec.sampler}) in {mask_password(url)}, {args.jobs} worker(s)"
@@ -256,6 +256,90 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+    return EXIT_OK
+
+
+def _study_spec(study: str) -> StudySpec:
+    """A study file, or the name of a shipped one (``seed-grid`` → studies/seed-grid.toml)."""
+    from pathlib import Path
+
+    from sweep.spec import load_spec
+
+    path = Path(study)
+    if not path.exists() and not path.suffix and Path("studies", f"{study}.toml").exists():
+        path = Path("studies", f"{study}.toml")
+    return load_spec(path)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    """Write tables and figures for a study (report.md, trials.csv, PNGs) from the database."""
+    from pathlib import Path
+
+    from sweep.report import write_report
+    from sweep.storage import open_storage, study_names
+
+    _quiet_optuna()
+    storage = open_storage(args.storage, heartbeat_interval=None, grace_period=None)
+    names = study_names(storage) if args.study == "all" else [_study_name(args.study)]
+    for name in names:
+        out = Path(args.out) if args.out and len(names) == 1 else Path("runs") / name
+        report = write_report(storage, name, out_dir=out, log_loss=args.log_loss)
+        best = (
+            f"; best trial {report.best_number}: {report.best_value:.2f}%"
+            if report.best_value
+            else ""
+        )
+        print(f"{out / 'report.md'}{best}")
+    return EXIT_OK
+
+
+def _study_name(study: str) -> str:
+    """The study name from a study file, or the argument itself when it is a name."""
+    from pathlib import Path
+
+    if study.endswith(".toml") or Path(study).exists():
+        return _study_spec(study).name
+    return study
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    """Retrain the study's best configuration (same seed) and report its test accuracy, once."""
+    from sweep.objective import evaluate_best
+    from sweep.report import load_study
+    from sweep.storage import open_storage
+
+    _quiet_optuna()
+    spec = _study_spec(args.study)
+    study = load_study(
+        open_storage(args.storage, heartbeat_interval=None, grace_period=None), spec.name
+    )
+    if not any(t.value is not None for t in study.get_trials(deepcopy=False)):
+        raise SweepError(f"study {spec.name!r} has no completed trial to evaluate")
+    result = evaluate_best(study, spec)
+    print(
+        f"trial {result.trial}: validation {result.valid_accuracy:.2f}%, "
+        f"test {result.test_accuracy:.2f}% (stored on the study as test_accuracy)"
+    )
+    return EXIT_OK
+
+
+def _cmd_gradcheck(args: argparse.Namespace) -> int:
+    """Finite differences against backprop on the reference network, in float64."""
+    from pathlib import Path
+
+    from mlp import MLP, gradcheck, load_mnist
+    from sweep.report import describe_gradcheck, write_gradcheck
+
+    data = load_mnist(args.data)
+    model = MLP(args.hidden_1, args.hidden_2, dtype="float64", seed=args.seed)
+    x = data.train.x[: args.examples].astype("float64")
+    result = gradcheck(model, x, data.train.y[: args.examples], seed=args.seed)
+    out = write_gradcheck(result.ns, result.max_abs_diff, out_dir=Path(args.out))
+    print(f"{'N':>8}  {'epsilon':>8}  max |difference|")
+    for n, d in zip(result.ns, result.max_abs_diff, strict=True):
+        print(f"{n:>8}  {1 / n:>8.0e}  {d:.3e}")
+    print(describe_gradcheck(result.ns, result.max_abs_diff))
+    print(f"written to {out}/gradcheck.md")
     return EXIT_OK
 
 
@@ -344,6 +428,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", help="study file (TOML)")
     p.add_argument("--storage", help=storage_help)
     p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser(
+        "report",
+        help="tables and figures for a study, from the database",
+        description=_cmd_report.__doc__,
+        epilog="example: sweep report studies/seed-grid.toml   |   sweep report all",
+    )
+    p.add_argument("study", help="study file, study name, or 'all'")
+    p.add_argument("--storage", help=storage_help)
+    p.add_argument("--out", help="output folder (default runs/STUDY)")
+    p.add_argument("--log-loss", action="store_true", help="log-scale loss axis in init figures")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="retrain the best configuration and measure test accuracy once",
+        description=_cmd_evaluate.__doc__,
+        epilog="example: sweep evaluate studies/seed-grid.toml",
+    )
+    p.add_argument("study", help="study file (TOML) or a shipped study's name")
+    p.add_argument("--storage", help=storage_help)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "gradcheck",
+        help="finite-difference check of backprop, table and log-log plot",
+        description=_cmd_gradcheck.__doc__,
+        epilog="example: sweep gradcheck --out runs/gradcheck",
+    )
+    p.add_argument("--out", default="runs/gradcheck", help="output folder")
+    p.add_argument("--hidden-1", type=_positive_int, default=512)
+    p.add_argument("--hidden-2", type=_positive_int, default=768)
+    p.add_argument(
+        "--examples", type=_positive_int, default=10, help="training examples in the loss"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", help="your own copy of MNIST instead of the cached one")
+    p.set_defaults(func=_cmd_gradcheck)
 
     p = sub.add_parser(
         "status",

@@ -112,3 +112,30 @@ class Objective:
             raise TrialFailed(str(e)) from e
         save()
         return curves["valid_accuracy"][-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """The best configuration retrained and evaluated once on the test split."""
+
+    trial: int
+    test_accuracy: float  # percent
+    valid_accuracy: float  # percent, of the retrained model (equals the trial's value)
+
+
+def evaluate_best(study: optuna.Study, spec: StudySpec) -> Evaluation:
+    """Retrain the study's best trial (same configuration, same seed) and measure its test
+    accuracy, stored on the study as ``test_accuracy`` and ``test_trial``.
+
+    Model selection used the validation split only; the test split is touched here, once.
+    """
+    best = study.best_trial
+    settings = TrainSettings(**best.user_attrs["config"])
+    model, config = train_settings(settings, best.user_attrs["seed"])
+    data = load_data(spec)
+    history = fit(model, data, config)
+    _, test_acc = model.evaluate(data.test.x.astype(model.dtype, copy=False), data.test.y)
+    result = Evaluation(best.number, 100 * test_acc, 100 * history.epochs[-1].valid_accuracy)
+    study.set_user_attr("test_accuracy", result.test_accuracy)
+    study.set_user_attr("test_trial", result.trial)
+    return result

@@ -1,0 +1,143 @@
+"""The report's figures: pure functions from plain data to a PNG file.
+
+matplotlib is imported here only (and with the headless Agg backend), so that the rest of the
+framework, and ``sweep --help``, never pay for it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+SIZE = (7.5, 4.6)  # inches; at DPI this is 900 × 552 pixels, readable at 100% zoom
+DPI = 120
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def history(numbers: Sequence[int], values: Sequence[float], path: Path) -> Path:
+    """Validation accuracy of every completed trial, and the best so far."""
+    fig, ax = plt.subplots(figsize=SIZE)
+    ax.scatter(numbers, values, s=18, color="tab:blue", label="trial")
+    best, running = [], -math.inf
+    for v in values:
+        running = max(running, v)
+        best.append(running)
+    ax.step(numbers, best, where="post", color="tab:red", label="best so far")
+    ax.set(title="Optimisation history", xlabel="trial number", ylabel="validation accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def learning_curves(
+    curves: Sequence[tuple[str, Sequence[int], Sequence[float], bool]], path: Path
+) -> Path:
+    """Validation accuracy per epoch, one line per trial (label, epochs, accuracies, pruned).
+
+    Pruned trials are grey and dashed, so the survivors stand out.
+    """
+    fig, ax = plt.subplots(figsize=SIZE)
+    for label, epochs, acc, pruned in curves:
+        if pruned:
+            ax.plot(epochs, acc, color="0.6", linestyle="--", linewidth=1, label="_pruned")
+        else:
+            ax.plot(epochs, acc, marker="o", markersize=3, linewidth=1.2, label=label)
+    if any(p for *_, p in curves):
+        ax.plot([], [], color="0.6", linestyle="--", label="pruned")
+    ax.set(title="Learning curves", xlabel="epoch", ylabel="validation accuracy (%)")
+    ax.grid(alpha=0.3)
+    if len(ax.get_legend_handles_labels()[1]) <= 12:  # beyond that a legend hides the curves
+        ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
+def accuracy_vs_params(
+    n_params: Sequence[int], values: Sequence[float], bounds: tuple[int, int], path: Path
+) -> Path:
+    """Final validation accuracy against model size, with the budget's bounds drawn."""
+    fig, ax = plt.subplots(figsize=SIZE)
+    ax.scatter(n_params, values, s=22, color="tab:blue", label="trial")
+    for b, name in zip(bounds, ("min_params", "max_params"), strict=True):
+        ax.axvline(b, color="tab:red", linestyle=":", linewidth=1.2)
+        ax.annotate(f"{name} = {b:,}", (b, 0.02), xycoords=("data", "axes fraction"),
+                    rotation=90, fontsize=8, color="tab:red", ha="right")  # fmt: skip
+    ax.set(title="Accuracy against parameter count", xlabel="parameters",
+           ylabel="validation accuracy (%)")  # fmt: skip
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:,.0f}"))
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def importances(scores: dict[str, float], path: Path) -> Path:
+    """Parameter importances (fANOVA, as optuna computes them), largest on top."""
+    names = sorted(scores, key=scores.get)
+    fig, ax = plt.subplots(figsize=SIZE)
+    ax.barh(names, [scores[n] for n in names], color="tab:blue")
+    ax.set(title="Parameter importances", xlabel="importance for validation accuracy (fraction)")
+    ax.grid(alpha=0.3, axis="x")
+    return _save(fig, path)
+
+
+def grid_heatmap(
+    title: str, rows: Sequence[int], cols: Sequence[int], cells: dict[tuple[int, int], float],
+    path: Path,
+) -> Path:  # fmt: skip
+    """hidden_1 × hidden_2 cells annotated with validation accuracy; missing cells blank."""
+    import numpy as np
+
+    grid = np.full((len(rows), len(cols)), np.nan)
+    for (r, c), v in cells.items():
+        grid[rows.index(r), cols.index(c)] = v
+    fig, ax = plt.subplots(figsize=(6.4, 5.0))
+    image = ax.imshow(grid, cmap="viridis", origin="lower", aspect="auto")
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", color="white",
+                        fontsize=9, fontweight="bold")  # fmt: skip
+    ax.set_xticks(range(len(cols)), [str(c) for c in cols])
+    ax.set_yticks(range(len(rows)), [str(r) for r in rows])
+    ax.set(title=title, xlabel="hidden_2 (units)", ylabel="hidden_1 (units)")
+    fig.colorbar(image, ax=ax, label="validation accuracy (%)")
+    return _save(fig, path)
+
+
+def init_loss(losses: dict[str, Sequence[float]], path: Path, *, log: bool = False) -> int:
+    """Training loss per epoch, one line per initialisation (the notebook's figure).
+
+    Returns the number of lines drawn.
+    """
+    fig, ax = plt.subplots(figsize=SIZE)
+    for name, values in losses.items():
+        ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=name)
+    if log:
+        ax.set_yscale("log")
+    ax.set(title="Training loss by initialisation", xlabel="epoch",
+           ylabel="mean training cross-entropy" + (" (log scale)" if log else ""))  # fmt: skip
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    drawn = len(ax.get_lines())
+    _save(fig, path)
+    return drawn
+
+
+def gradcheck(ns: Sequence[int], diffs: Sequence[float], path: Path) -> Path:
+    """max |finite difference - backprop| against N = 1/ε, log-log."""
+    fig, ax = plt.subplots(figsize=SIZE)
+    ax.loglog(ns, diffs, marker="o", color="tab:blue")
+    ax.set(title="Gradient check: finite differences against backprop",
+           xlabel="N (ε = 1/N)", ylabel="max |finite difference − backprop|")  # fmt: skip
+    ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)

@@ -1,0 +1,276 @@
+"""Reports: a study in the database → a folder a person can read without the dashboard.
+
+Reads only the database (never trains), so it works on a study still running or finished on
+another host. Writes ``report.md`` (figures embedded by relative path), ``trials.csv`` and PNG
+figures with stable names.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from sweep import figures
+from sweep.errors import SweepError
+from sweep.storage import mask_password, study_names
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy")
+_ORDER = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1, TrialState.RUNNING: 2,
+          TrialState.FAIL: 3, TrialState.WAITING: 4}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """What ``write_report`` wrote, and the best trial it found."""
+
+    out_dir: Path
+    files: tuple[str, ...]  # file names inside out_dir
+    best_number: int | None
+    best_value: float | None
+    best_config: dict[str, Any] | None
+
+
+def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
+    """The study, or a one-line SweepError naming the studies that do exist."""
+    names = study_names(storage)
+    if name not in names:
+        where = mask_password(getattr(storage, "url", "the database"))
+        raise SweepError(
+            f"study {name!r} not found in {where}; studies there: {', '.join(names) or 'none'}"
+        )
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _reason(t: FrozenTrial) -> str:
+    if t.state == TrialState.PRUNED:
+        epoch = t.user_attrs.get("pruned_at", max(t.intermediate_values, default="?"))
+        return f"pruned at epoch {epoch}"
+    if t.state == TrialState.FAIL:
+        return t.user_attrs.get("fail_reason", "interrupted (will be rerun)")
+    return ""
+
+
+def _sorted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    return sorted(trials, key=lambda t: (_ORDER[t.state], -(t.value or -math.inf), t.number))
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def _final(t: FrozenTrial, key: str) -> float | None:
+    values = t.user_attrs.get(key) or []
+    return values[-1] if values else None
+
+
+def _param_names(trials: list[FrozenTrial]) -> list[str]:
+    names: list[str] = []
+    for t in trials:
+        names += [k for k in t.params if k not in names]
+    return names
+
+
+def write_csv(trials: list[FrozenTrial], path: Path) -> None:
+    """One row per trial: number, state, every parameter, size, value, final metrics, reason."""
+    names = _param_names(trials)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["number", "state", *names, "n_params", "value", *METRICS, "seconds", "reason"])
+        for t in _sorted(trials):
+            w.writerow([
+                t.number, t.state.name, *(t.params.get(n, "") for n in names),
+                t.user_attrs.get("n_params", ""), "" if t.value is None else t.value,
+                *("" if (v := _final(t, m)) is None else v for m in METRICS),
+                t.user_attrs.get("seconds", ""), _reason(t),
+            ])  # fmt: skip
+
+
+def _md_table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _config(t: FrozenTrial) -> dict[str, Any]:
+    return t.user_attrs.get("config") or dict(t.params)
+
+
+def _grid_section(done: list[FrozenTrial], out: Path, files: list[str]) -> str:
+    """The notebook's table and one heatmap per learning rate, for hidden_1 × hidden_2 grids."""
+    rows = sorted(
+        (_config(t)["hidden_1"], _config(t)["hidden_2"], t.user_attrs.get("n_params"),
+         _config(t)["learning_rate"], t.value)
+        for t in done
+    )  # fmt: skip
+    text = "## The grid\n\n" + _md_table(
+        ["hidden_1", "hidden_2", "parameters", "lr", "r_valid [%]"],
+        [[h1, h2, f"{n:,}", lr, f"{v:.2f}"] for h1, h2, n, lr, v in rows],
+    )
+    h1s = sorted({r[0] for r in rows})
+    h2s = sorted({r[1] for r in rows})
+    for lr in sorted({r[3] for r in rows}, reverse=True):
+        name = f"grid_lr_{lr:g}.png"
+        cells = {(h1, h2): v for h1, h2, _, r, v in rows if r == lr}
+        figures.grid_heatmap(f"Validation accuracy (%), learning rate {lr:g}", h1s, h2s, cells,
+                             out / name)  # fmt: skip
+        files.append(name)
+        text += f"\n\n![validation accuracy at lr {lr:g}]({name})"
+    return text + "\n"
+
+
+def _init_section(trials: list[FrozenTrial], out: Path, files: list[str], log: bool) -> str:
+    losses = {
+        _config(t)["init"]: t.user_attrs["train_loss"]
+        for t in sorted(trials, key=lambda t: t.number)
+        if t.user_attrs.get("train_loss")
+    }
+    figures.init_loss(losses, out / "init_loss.png", log=log)
+    files.append("init_loss.png")
+    rows = [[name, f"{v[0]:.5g}", f"{v[-1]:.5g}", len(v)] for name, v in losses.items()]
+    table = _md_table(["init", "loss after epoch 1", "final loss", "epochs"], rows)
+    return f"## Initialisation\n\n![training loss by initialisation](init_loss.png)\n\n{table}\n"
+
+
+def write_report(
+    storage: optuna.storages.BaseStorage, study_name: str, *, out_dir: Path,
+    log_loss: bool = False,
+) -> Report:  # fmt: skip
+    """Write the study's report folder; return what was written.
+
+    Raises SweepError for an unknown study or one without trials.
+    """
+    study = load_study(storage, study_name)
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+    if not trials:
+        raise SweepError(f"study {study_name!r} has no trials yet; run it with `sweep run`")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = study.user_attrs.get("spec", {})
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    files = ["report.md", "trials.csv"]
+    write_csv(trials, out_dir / "trials.csv")
+
+    sections = []
+    if done:
+        figures.history([t.number for t in done], [t.value for t in done], out_dir / "history.png")
+        budget = spec.get("budget", {})
+        figures.accuracy_vs_params(
+            [t.user_attrs.get("n_params", 0) for t in done], [t.value for t in done],
+            (budget.get("min_params", 0), budget.get("max_params", 0)),
+            out_dir / "accuracy_vs_params.png",
+        )  # fmt: skip
+        files += ["history.png", "accuracy_vs_params.png"]
+    curves = [
+        (f"#{t.number}", sorted(t.intermediate_values), [t.intermediate_values[e] for e in
+         sorted(t.intermediate_values)], t.state == TrialState.PRUNED)
+        for t in trials if t.intermediate_values
+    ]  # fmt: skip
+    if curves:
+        figures.learning_curves(curves, out_dir / "learning_curves.png")
+        files.append("learning_curves.png")
+    varying = [n for n in _param_names(done) if len({repr(t.params.get(n)) for t in done}) > 1]
+    if len(varying) >= 2 and len(done) >= 2:
+        try:
+            scores = optuna.importance.get_param_importances(study)
+            figures.importances(scores, out_dir / "importances.png")
+            files.append("importances.png")
+        except (ValueError, RuntimeError) as e:  # e.g. a dynamic search space
+            logger.info("no importances for %s: %s", study_name, e)
+    configs = [_config(t) for t in done]
+    if (
+        done
+        and all("hidden_1" in c and "learning_rate" in c for c in configs)
+        and {"hidden_1", "hidden_2"} <= set(varying)
+        and spec.get("study", {}).get("sampler") == "grid"
+    ):
+        sections.append(_grid_section(done, out_dir, files))
+    if "init" in varying or "init" in spec.get("space", {}):
+        sections.append(_init_section(trials, out_dir, files, log_loss))
+
+    best = max(done, key=lambda t: t.value) if done else None
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    lines = [
+        f"# Study `{study_name}`",
+        "",
+        f"- sampler: {spec.get('study', {}).get('sampler', '?')}, pruner: "
+        f"{spec.get('study', {}).get('pruner', '?')}",
+        f"- budget: {spec.get('budget', {}).get('min_params', '?'):,} < parameters < "
+        f"{spec.get('budget', {}).get('max_params', '?'):,}"
+        if spec.get("budget")
+        else "- budget: ?",
+        "- trials: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n),
+    ]
+    if best is not None:
+        cfg = ", ".join(f"{k}={_fmt(v)}" for k, v in _config(best).items())
+        lines.append(
+            f"- best: trial {best.number}, validation accuracy **{best.value:.2f}%** ({cfg})"
+        )
+    if "test_accuracy" in study.user_attrs:
+        lines.append(
+            f"- test accuracy of the best configuration (trial "
+            f"{study.user_attrs.get('test_trial')}, evaluated once): "
+            f"**{study.user_attrs['test_accuracy']:.2f}%**"
+        )
+    lines.append("")
+    for name, title in [("history.png", "Optimisation history"),
+                        ("learning_curves.png", "Learning curves"),
+                        ("accuracy_vs_params.png", "Accuracy against parameter count"),
+                        ("importances.png", "Parameter importances")]:  # fmt: skip
+        if name in files:
+            lines += [f"## {title}", "", f"![{title.lower()}]({name})", ""]
+    lines += sections
+    names = _param_names(trials)
+    rows = [
+        [t.number, t.state.name.lower(), *(t.params.get(n, "") for n in names),
+         t.user_attrs.get("n_params", ""), "" if t.value is None else f"{t.value:.2f}",
+         t.user_attrs.get("seconds", ""), _reason(t)]
+        for t in _sorted(trials)
+    ]  # fmt: skip
+    lines += ["## Trials", "", _md_table(["#", "state", *names, "parameters", "r_valid [%]",
+                                          "seconds", "note"], rows), ""]  # fmt: skip
+    (out_dir / "report.md").write_text("\n".join(lines))
+    return Report(out_dir, tuple(files), best and best.number, best and best.value,
+                  best and _config(best))  # fmt: skip
+
+
+def describe_gradcheck(ns: tuple[int, ...], diffs: tuple[float, ...]) -> str:
+    """A short reading of a gradient check: where the difference is smallest, and why."""
+    best = min(range(len(ns)), key=lambda i: diffs[i])
+    falls = all(diffs[i] >= diffs[i + 1] for i in range(best))
+    text = (
+        f"The largest difference falls from {diffs[0]:.2e} at N = {ns[0]} to {diffs[best]:.2e} at "
+        f"N = {ns[best]} (ε = {1 / ns[best]:.0e})" + ("" if falls else ", not monotonically") + "."
+    )
+    if best < len(ns) - 1:
+        text += (
+            f" Beyond it, it rises again to {diffs[-1]:.2e} at N = {ns[-1]}: float64 round-off in "
+            "L(θ ± ε), divided by 2ε, takes over."
+        )
+    return text
+
+
+def write_gradcheck(ns: tuple[int, ...], diffs: tuple[float, ...], *, out_dir: Path) -> Path:
+    """gradcheck.csv, gradcheck.md (table and reading) and the log-log gradcheck.png."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / "gradcheck.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["N", "epsilon", "max_abs_diff"])
+        w.writerows([n, 1 / n, d] for n, d in zip(ns, diffs, strict=True))
+    figures.gradcheck(ns, diffs, out_dir / "gradcheck.png")
+    rows = [[n, f"{1 / n:.0e}", f"{d:.3e}"] for n, d in zip(ns, diffs, strict=True)]
+    table = _md_table(["N", "ε", "max \\|difference\\|"], rows)
+    (out_dir / "gradcheck.md").write_text(
+        "# Gradient check\n\n![max difference against N](gradcheck.png)\n\n"
+        f"{table}\n\n{describe_gradcheck(ns, diffs)}\n"
+    )
+    return out_dir

@@ -1,0 +1,178 @@
+"""Reports from real (small) studies: files, figures, and tables read back from the database."""
+
+import csv
+import struct
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from sweep import figures, report, runner
+from sweep.errors import SweepError
+from sweep.spec import load_spec
+from sweep.storage import open_storage
+from tests.sweep.helpers import grid_study, load, run_cli
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    blob = path.read_bytes()
+    assert blob[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name} is not a PNG"
+    return struct.unpack(">II", blob[16:24])
+
+
+@pytest.fixture(scope="module")
+def grid_db(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("grid")
+    spec = load_spec(grid_study(tmp))
+    url = f"sqlite:///{tmp / 'db.sqlite'}"
+    runner.run(spec, storage=url, jobs=2)
+    return url, spec
+
+
+def test_grid_report_writes_every_file(grid_db, tmp_path):
+    url, _ = grid_db
+    written = report.write_report(open_storage(url), "g", out_dir=tmp_path)
+    names = set(written.files)
+    assert {"report.md", "trials.csv", "history.png", "learning_curves.png",
+            "accuracy_vs_params.png", "importances.png"} <= names  # fmt: skip
+    # one heatmap per learning rate
+    assert sorted(n for n in names if n.startswith("grid_lr_")) == ["grid_lr_0.05.png",
+                                                                   "grid_lr_0.1.png"]  # fmt: skip
+    for name in names:
+        assert (tmp_path / name).exists()
+        if name.endswith(".png"):
+            width, height = png_size(tmp_path / name)
+            assert (width, height) in {(900, 552), (768, 600)}, name
+    study = load(url, "g")
+    assert written.best_value == study.best_value
+    assert written.best_number == study.best_trial.number
+
+
+def test_csv_and_markdown_hold_one_row_per_trial_with_the_stored_values(grid_db, tmp_path):
+    url, _ = grid_db
+    report.write_report(open_storage(url), "g", out_dir=tmp_path)
+    study = load(url, "g")
+    by_number = {t.number: t for t in study.trials}
+    rows = list(csv.DictReader((tmp_path / "trials.csv").open()))
+    assert len(rows) == len(study.trials) == 8
+    for row in rows:
+        t = by_number[int(row["number"])]
+        assert row["state"] == "COMPLETE"
+        assert float(row["value"]) == t.value
+        assert int(row["hidden_1"]) == t.params["hidden_1"]
+        assert float(row["learning_rate"]) == t.params["learning_rate"]
+        assert int(row["n_params"]) == t.user_attrs["n_params"]
+        assert float(row["valid_accuracy"]) == t.user_attrs["valid_accuracy"][-1]
+        assert float(row["train_loss"]) == t.user_attrs["train_loss"][-1]
+    values = [float(r["value"]) for r in rows]
+    assert values == sorted(values, reverse=True)
+    md = (tmp_path / "report.md").read_text()
+    trial_rows = [ln for ln in md.split("## Trials")[1].splitlines() if ln.startswith("| ") and
+                  ln.split("|")[1].strip().isdigit()]  # fmt: skip
+    assert len(trial_rows) == 8
+    grid_rows = [ln for ln in md.split("## The grid")[1].split("##")[0].splitlines()
+                 if ln.startswith("| ") and ln[2].isdigit()]  # fmt: skip
+    assert len(grid_rows) == 8
+    best = study.best_trial
+    assert f"best: trial {best.number}, validation accuracy **{best.value:.2f}%**" in md
+    assert "![optimisation history](history.png)" in md
+
+
+def test_pruned_and_failed_trials_are_marked_with_why(tmp_path):
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    study = optuna.create_study(study_name="m", storage=url, direction="maximize")
+    attrs = {"n_params": 600_000, "config": {"hidden_1": 512, "hidden_2": 256}}
+    dist = {"learning_rate": optuna.distributions.FloatDistribution(0.01, 1.0)}
+    study.add_trial(optuna.trial.create_trial(
+        params={"learning_rate": 0.1}, distributions=dist, value=97.0,
+        intermediate_values={1: 95.0, 2: 97.0}, user_attrs=attrs))  # fmt: skip
+    study.add_trial(optuna.trial.create_trial(
+        params={"learning_rate": 0.5}, distributions=dist, state=TrialState.PRUNED,
+        intermediate_values={1: 50.0}, user_attrs=attrs | {"pruned_at": 1}))  # fmt: skip
+    study.add_trial(optuna.trial.create_trial(
+        params={"learning_rate": 1.0}, distributions=dist, state=TrialState.FAIL,
+        user_attrs=attrs | {"fail_reason": "training diverged: loss nan at epoch 1, batch 3"},
+    ))  # fmt: skip
+    report.write_report(open_storage(url), "m", out_dir=tmp_path / "out")
+    rows = {r["number"]: r for r in csv.DictReader((tmp_path / "out" / "trials.csv").open())}
+    assert rows["1"]["reason"] == "pruned at epoch 1"
+    assert rows["2"]["reason"] == "training diverged: loss nan at epoch 1, batch 3"
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| pruned at epoch 1 |" in md and "diverged: loss nan" in md
+
+
+def test_init_report_draws_one_line_per_initialisation(tmp_path, monkeypatch):
+    path = tmp_path / "init.toml"
+    path.write_text(
+        '[study]\nname = "init"\nsampler = "grid"\n'
+        "[budget]\nmin_params = 1_000\nmax_params = 100_000\n"
+        "[data]\ntrain_size = 1000\n"
+        '[train]\nhidden_1 = 32\nhidden_2 = 16\nepochs = 3\ndtype = "float64"\nshuffle = false\n'
+        "full_train_eval = true\n"
+        '[space]\ninit = ["zeros", "normal", "glorot"]\n'
+    )
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    runner.run(load_spec(path), storage=url, jobs=1)
+    drawn = []
+    real = figures.init_loss
+    monkeypatch.setattr(figures, "init_loss", lambda *a, **k: drawn.append(real(*a, **k)))
+    written = report.write_report(
+        open_storage(url), "init", out_dir=tmp_path / "out", log_loss=True
+    )
+    assert "init_loss.png" in written.files and drawn == [3]
+    md = (tmp_path / "out" / "report.md").read_text()
+    init_rows = [ln for ln in md.split("## Initialisation")[1].split("##")[0].splitlines()
+                 if ln.startswith(("| zeros", "| normal", "| glorot"))]  # fmt: skip
+    assert len(init_rows) == 3
+    zeros = next(r for r in init_rows if r.startswith("| zeros"))
+    assert float(zeros.split("|")[2]) == pytest.approx(2.30, abs=0.01)  # Zeros stays near ln 10
+
+
+def test_unknown_and_empty_studies_are_one_line_errors(tmp_path):
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    optuna.create_study(study_name="empty", storage=url)
+    with pytest.raises(
+        SweepError, match=r"study 'nope' not found in sqlite:///.*; studies there: empty"
+    ):
+        report.write_report(open_storage(url), "nope", out_dir=tmp_path / "out")
+    with pytest.raises(SweepError, match=r"study 'empty' has no trials yet"):
+        report.write_report(open_storage(url), "empty", out_dir=tmp_path / "out")
+    out = run_cli("report", "nope", "--storage", url)
+    assert out.returncode == 1 and out.stderr.startswith("sweep: error: study 'nope' not found")
+
+
+def test_gradcheck_command_writes_table_plot_and_reading(tmp_path):
+    out = run_cli("gradcheck", "--hidden-1", "32", "--hidden-2", "16", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    rows = list(csv.DictReader((tmp_path / "gradcheck.csv").open()))
+    assert [int(r["N"]) for r in rows] == [1, 5, 10, 50, 100, 500, 1000, 5000, 10000, 50000,
+                                           100000, 500000]  # fmt: skip
+    diffs = {int(r["N"]): float(r["max_abs_diff"]) for r in rows}
+    assert diffs[1] > diffs[10] > diffs[100] > diffs[1000]
+    assert png_size(tmp_path / "gradcheck.png") == (900, 552)
+    assert "The largest difference falls from" in out.stdout
+    assert "round-off" in (tmp_path / "gradcheck.md").read_text()
+
+
+def test_describe_gradcheck_reads_the_curve():
+    text = report.describe_gradcheck((1, 10, 100, 1000), (1e-2, 1e-4, 1e-6, 1e-5))
+    assert text.startswith(
+        "The largest difference falls from 1.00e-02 at N = 1 to 1.00e-06 at N = 100"
+    )
+    assert "rises again to 1.00e-05 at N = 1000" in text
+
+
+def test_evaluate_touches_the_test_set_once_and_stores_it(grid_db, tmp_path):
+    url, _ = grid_db
+    study_file = grid_study(tmp_path)
+    out = run_cli("evaluate", str(study_file), "--storage", url)
+    assert out.returncode == 0, out.stderr
+    study = load(url, "g")
+    assert study.user_attrs["test_trial"] == study.best_trial.number
+    # Same configuration, same seed: the retrained model reproduces the trial's validation.
+    assert f"validation {study.best_value:.2f}%" in out.stdout
+    assert 50 < study.user_attrs["test_accuracy"] <= 100
+    written = report.write_report(open_storage(url), "g", out_dir=tmp_path / "out")
+    md = (written.out_dir / "report.md").read_text()
+    assert f"**{study.user_attrs['test_accuracy']:.2f}%**" in md
