@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 STORAGE ?= sqlite:///runs/sweep.db
 JOBS ?= 2
 
-.PHONY: install data train sweep sweep-tpe init gradcheck report status dashboard test lint \
+.PHONY: install data train sweep sweep-tpe init gradcheck bench report status dashboard test lint \
 	format clean
 
 install: $(STAMP)
@@ -40,6 +40,10 @@ init: data
 
 gradcheck: data
 	$(BIN)/sweep gradcheck --out runs/gradcheck
+
+# Benchmarks, not tests: medians against baselines measured in the same run.
+bench: data
+	$(BIN)/python -m sweep.bench
 
 report: $(STAMP)
 	$(BIN)/sweep report all --storage $(STORAGE)

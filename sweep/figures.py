@@ -120,8 +120,10 @@ def init_loss(losses: dict[str, Sequence[float]], path: Path, *, log: bool = Fal
     Returns the number of lines drawn.
     """
     fig, ax = plt.subplots(figsize=SIZE)
-    for name, values in losses.items():
-        ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=name)
+    # Zeros and Normal can draw the same flat line; distinct dashes keep both visible.
+    for (name, values), style in zip(losses.items(), ["-", "--", ":", "-."] * 4, strict=False):
+        ax.plot(range(1, len(values) + 1), values, linestyle=style, marker="o", markersize=3,
+                label=name)  # fmt: skip
     if log:
         ax.set_yscale("log")
     ax.set(title="Training loss by initialisation", xlabel="epoch",

@@ -200,13 +200,31 @@ def work(spec: StudySpec, url: str, run_id: str, *, salt: int = 0) -> int:
         study_name=spec.name, storage=storage,
         sampler=make_sampler(spec, salt), pruner=make_pruner(spec),
     )  # fmt: skip
-    objective = Objective(spec)
+    return serve(study, Objective(spec), run_id=run_id)
+
+
+def claim(study: optuna.Study) -> int | None:
+    """Atomically move one WAITING trial to RUNNING and return its id; None if none waits.
+
+    Private optuna API, on purpose: ``study.ask()`` would *create* a trial when the queue is
+    empty, which breaks the grid's exactly-once and the trial cap; this only pops. The move
+    itself is optuna's ``set_trial_state_values`` (``FOR UPDATE``; ``BEGIN IMMEDIATE`` on
+    SQLite), so a trial another worker took first is skipped.
+
+    Note: optuna's storage cache re-reads every unfinished trial on each pop, so a claim costs
+    time linear in the queue's length (``make bench`` measures it).
+    """
+    return study._pop_waiting_trial_id()
+
+
+def serve(study: optuna.Study, objective: Callable[[optuna.Trial], float], *, run_id: str) -> int:
+    """Claim and run ``study``'s queued trials with ``objective`` until none are left or
+    running; return how many this process ran. ``work`` is this with the MLP objective."""
+    storage = study._storage
     worker = f"{socket.gethostname()}:{os.getpid()}"
     ran = 0
     while True:
-        # Private optuna API, on purpose: study.ask() would *create* a trial when the queue
-        # is empty, which breaks the grid's exactly-once and the trial cap. This pops only.
-        trial_id = study._pop_waiting_trial_id()
+        trial_id = claim(study)
         if trial_id is None:
             _fail_stale(study)
             if not study.get_trials(

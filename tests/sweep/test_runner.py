@@ -115,7 +115,7 @@ def test_sigkill_of_a_worker_then_rerun_finishes_the_grid_once(tmp_path):
     study_file = grid_study(tmp_path, **SLOW)
     spec = load_spec(study_file)
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    proc = start_cli("run", str(study_file), "--storage", url, "--jobs", "2", env=FAST_STALE)
+    proc = start_cli("run", str(study_file), "--storage", url, "--jobs", "4", env=FAST_STALE)
     wait_for(
         lambda: (
             count_state(url, "g", TrialState.COMPLETE) >= 2
@@ -133,7 +133,7 @@ def test_sigkill_of_a_worker_then_rerun_finishes_the_grid_once(tmp_path):
     assert proc.returncode == 1, proc.stderr.read()
     assert "run again to resume" in proc.stderr.read()
     assert count_state(url, "g", TrialState.RUNNING) == 0  # the parent released them
-    out = run_cli("run", str(study_file), "--storage", url, "--jobs", "2", env=FAST_STALE)
+    out = run_cli("run", str(study_file), "--storage", url, "--jobs", "4", env=FAST_STALE)
     assert out.returncode == 0, out.stderr
     _assert_grid_done_once(url, spec)
 
@@ -142,7 +142,7 @@ def test_sigkill_of_everything_is_recovered_through_heartbeats(tmp_path):
     study_file = grid_study(tmp_path, **SLOW)
     spec = load_spec(study_file)
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    proc = start_cli("run", str(study_file), "--storage", url, "--jobs", "2", env=FAST_STALE)
+    proc = start_cli("run", str(study_file), "--storage", url, "--jobs", "4", env=FAST_STALE)
     wait_for(
         lambda: (
             count_state(url, "g", TrialState.COMPLETE) >= 1
@@ -153,7 +153,7 @@ def test_sigkill_of_everything_is_recovered_through_heartbeats(tmp_path):
     proc.wait(timeout=30)
     before = {t.number: t.value for t in load(url, "g").trials if t.state == TrialState.COMPLETE}
     assert count_state(url, "g", TrialState.RUNNING) >= 1  # nobody was left to release them
-    out = run_cli("run", str(study_file), "--storage", url, "--jobs", "2", env=FAST_STALE)
+    out = run_cli("run", str(study_file), "--storage", url, "--jobs", "4", env=FAST_STALE)
     assert out.returncode == 0, out.stderr
     study = _assert_grid_done_once(url, spec)
     after = {t.number: t.value for t in study.trials if t.state == TrialState.COMPLETE}

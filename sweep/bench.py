@@ -1,0 +1,264 @@
+"""Benchmarks (not tests): ``make bench`` or ``python -m sweep.bench``.
+
+Prints, in one run, medians (with min and max) of repeated measurements:
+  - the sgemm rate this machine reaches at the model's matrix shapes and on a large square;
+  - training time of our numpy MLP and of PyTorch CPU on identical work (784-512-768-10,
+    batch 128, lr 0.1, float32, the notebook's end-of-epoch full-training-set loss), their
+    ratio, and the GFLOP/s achieved;
+  - the wall time of a reduced seed grid with workers × BLAS threads = 1×2 and 2×1;
+  - per-trial framework overhead (storage, claiming, bookkeeping; trivial objective) on our
+    SQLite storage against optuna's in-memory storage, and trials/s with 8 worker processes.
+PyTorch is optional (``pip install torch==2.13.0``, a CPU build); without it that row says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+SHAPES = (784, 512, 768, 10)
+BATCH, LR = 128, 0.1
+
+
+def _stats(samples: list[float]) -> str:
+    return (
+        f"median {statistics.median(samples):.3f}  (min {min(samples):.3f}, max {max(samples):.3f})"
+    )
+
+
+def _repeat(fn: Callable[[], float], repeats: int) -> list[float]:
+    return [fn() for _ in range(repeats)]
+
+
+def machine_facts() -> list[str]:
+    facts = [f"python {platform.python_version()}, numpy {np.__version__}, cores {os.cpu_count()}"]
+    try:
+        model = next(
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        )
+        facts.append(f"cpu: {model}")
+    except (OSError, StopIteration):
+        pass
+    config = np.show_config(mode="dicts") if hasattr(np, "show_config") else {}
+    blas = config.get("Build Dependencies", {}).get("blas", {}) if isinstance(config, dict) else {}
+    facts.append(f"blas: {blas.get('name', '?')} {blas.get('version', '')}".rstrip())
+    env = {
+        k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS") if k in os.environ
+    }
+    if env:
+        facts.append(f"environment: {env}")
+    return facts
+
+
+def flops_per_epoch(n: int, *, full_eval: bool, n_valid: int = 10_000) -> float:
+    """Matrix-product FLOPs of one epoch: forward 2·Σ(fan_in·fan_out) per example, backward
+    twice that except the input layer's dX, plus the evaluation passes (forward only)."""
+    pairs = list(itertools.pairwise(SHAPES))
+    forward = 2 * sum(a * b for a, b in pairs)
+    backward = 2 * forward - 2 * SHAPES[0] * SHAPES[1]
+    evaluated = n_valid + (n if full_eval else 0)
+    return n * (forward + backward) + evaluated * forward
+
+
+def sgemm_rate(m: int, k: int, n: int, repeats: int = 5) -> list[float]:
+    """GFLOP/s of float32 (m, k) @ (k, n), repeated until each sample lasts ~0.2 s."""
+    a = np.random.default_rng(0).random((m, k), dtype=np.float32)
+    b = np.random.default_rng(1).random((k, n), dtype=np.float32)
+    a @ b
+    start, reps = time.perf_counter(), 0
+    while time.perf_counter() - start < 0.05:
+        a @ b
+        reps += 1
+    reps = max(1, int(reps * 4))
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        out.append(2 * m * k * n * reps / (time.perf_counter() - t) / 1e9)
+    return out
+
+
+def train_numpy(data, epochs: int) -> float:
+    from mlp import MLP, TrainConfig, fit
+
+    model = MLP(*SHAPES[1:3], dtype="float32", seed=0)
+    start = time.perf_counter()
+    fit(model, data, TrainConfig(epochs=epochs, batch_size=BATCH, learning_rate=LR))
+    return time.perf_counter() - start
+
+
+def train_torch(data, epochs: int) -> float:
+    """The same loop in PyTorch: same shapes, mean cross-entropy, plain SGD, full-set loss."""
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    x, y = torch.from_numpy(data.train.x), torch.from_numpy(data.train.y)
+    xv = torch.from_numpy(data.valid.x)
+    layers = [torch.nn.Linear(a, b) for a, b in itertools.pairwise(SHAPES)]
+    net = torch.nn.Sequential(layers[0], torch.nn.ReLU(), layers[1], torch.nn.ReLU(), layers[2])
+    params = list(net.parameters())
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for lo in range(0, len(y), BATCH):
+            loss = torch.nn.functional.cross_entropy(net(x[lo : lo + BATCH]), y[lo : lo + BATCH])
+            for p in params:
+                p.grad = None
+            loss.backward()
+            with torch.no_grad():
+                for p in params:
+                    p.sub_(p.grad, alpha=LR)
+        with torch.no_grad():
+            torch.nn.functional.cross_entropy(net(x), y).item()
+            net(xv).argmax(1)
+    return time.perf_counter() - start
+
+
+def grid_wall(jobs: int, threads: int, *, epochs: int, train_size: int) -> float:
+    """Wall time of the seed grid (24 points) at reduced epochs, through the real CLI."""
+    text = Path("studies/seed-grid.toml").read_text()
+    text = text.replace("epochs = 10", f"epochs = {epochs}")
+    text = text.replace("[train]", f"[data]\ntrain_size = {train_size}\n\n[train]")
+    with tempfile.TemporaryDirectory() as tmp:
+        study = Path(tmp, "grid.toml")
+        study.write_text(text)
+        cmd = [sys.executable, "-m", "sweep.cli", "run", str(study), "--jobs", str(jobs),
+               "--threads", str(threads), "--storage", f"sqlite:///{tmp}/b.db"]  # fmt: skip
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        return time.perf_counter() - start
+
+
+def _trivial(trial) -> float:
+    return trial.suggest_float("x", 0, 1)
+
+
+def storage_overhead(n: int) -> tuple[float, float]:
+    """ms per trial with a trivial objective: our SQLite queue against optuna in-memory."""
+    import optuna
+
+    from sweep import runner
+    from sweep.storage import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # The same sampler on both sides, so the difference is storage and bookkeeping.
+    memory = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    start = time.perf_counter()
+    memory.optimize(_trivial, n_trials=n)
+    base = (time.perf_counter() - start) / n * 1e3
+    with tempfile.TemporaryDirectory() as tmp:
+        study = optuna.create_study(
+            study_name="o", storage=open_storage(f"sqlite:///{tmp}/o.db"),
+            sampler=optuna.samplers.RandomSampler(seed=0),
+        )  # fmt: skip
+        for _ in range(n):
+            study.enqueue_trial({}, skip_if_exists=False)
+        start = time.perf_counter()
+        runner.serve(study, _trivial, run_id="bench")
+        ours = (time.perf_counter() - start) / n * 1e3
+    return ours, base
+
+
+def _serve_from(url: str) -> int:
+    import optuna
+
+    from sweep import runner
+    from sweep.storage import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(
+        study_name="o", storage=open_storage(url), sampler=optuna.samplers.RandomSampler()
+    )
+    return runner.serve(study, _trivial, run_id="bench")
+
+
+def parallel_rate(n: int, workers: int) -> float:
+    """Trials per second with ``workers`` processes claiming from one SQLite queue."""
+    import optuna
+    from joblib import Parallel, delayed
+
+    from sweep.storage import open_storage
+
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{tmp}/p.db"
+        study = optuna.create_study(study_name="o", storage=open_storage(url))
+        for _ in range(n):
+            study.enqueue_trial({}, skip_if_exists=False)
+        start = time.perf_counter()
+        ran = Parallel(n_jobs=workers)(delayed(_serve_from)(url) for _ in range(workers))
+        elapsed = time.perf_counter() - start
+        assert sum(ran) == n
+        return n / elapsed
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per training run")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of each training run")
+    parser.add_argument("--grid-epochs", type=int, default=1)
+    parser.add_argument("--skip-grid", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that it runs")
+    args = parser.parse_args(argv)
+
+    from mlp import load_mnist
+
+    print("# mlp-sweep benchmark\n")
+    for fact in machine_facts():
+        print(f"- {fact}")
+    data = load_mnist()
+    if args.quick:
+        data = data.head(2_000)
+    n = len(data.train.y)
+
+    print("\n## sgemm (float32), GFLOP/s")
+    side, sgemm_repeats = (256, 1) if args.quick else (2048, 5)
+    peak = sgemm_rate(side, side, side, sgemm_repeats)
+    print(f"{side}³ square:".ljust(26) + _stats(peak))
+    for m, k, nn in [(BATCH, 784, 512), (BATCH, 512, 768), (784, BATCH, 512)]:
+        rates = sgemm_rate(m, k, nn, sgemm_repeats)
+        print(f"({m}, {k}) @ ({k}, {nn}):".ljust(26) + _stats(rates))
+
+    print(f"\n## training, {args.epochs} epoch(s) of 784-512-768-10, seconds ({args.repeats} runs)")
+    ours = _repeat(lambda: train_numpy(data, args.epochs), args.repeats)
+    flops = flops_per_epoch(n, full_eval=True) * args.epochs
+    rate = flops / statistics.median(ours) / 1e9
+    share = rate / statistics.median(peak)
+    print(f"numpy MLP:  {_stats(ours)}   {rate:.0f} GFLOP/s ({share:.0%} of the sgemm peak)")
+    try:
+        theirs = _repeat(lambda: train_torch(data, args.epochs), args.repeats)
+        ratio = statistics.median(ours) / statistics.median(theirs)
+        print(f"PyTorch:    {_stats(theirs)}   ours / PyTorch = {ratio:.2f}")
+    except ImportError:
+        print("PyTorch:    not installed (pip install torch==2.13.0 for this row)")
+
+    if not args.skip_grid:
+        print(f"\n## seed grid, 24 points × {args.grid_epochs} epoch(s), wall seconds")
+        train_size = 2_000 if args.quick else n
+        for jobs, threads in [(1, 2), (2, 1)]:
+            wall = grid_wall(jobs, threads, epochs=args.grid_epochs, train_size=train_size)
+            print(f"{jobs} worker(s) × {threads} BLAS thread(s): {wall:.1f}")
+
+    print("\n## framework overhead, trivial objective")
+    queued, parallel, workers = (20, 20, 2) if args.quick else (300, 400, 8)
+    ours_ms, base_ms = storage_overhead(queued)
+    print(f"per trial, {queued} queued: {ours_ms:.2f} ms on SQLite (ours) "
+          f"vs {base_ms:.2f} ms in memory (optuna)")  # fmt: skip
+    rate = parallel_rate(parallel, workers)
+    print(f"{workers} workers on one SQLite queue: {rate:.0f} trials/s")
+
+
+if __name__ == "__main__":
+    main()
