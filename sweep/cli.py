@@ -1,13 +1,14 @@
 """The ``sweep`` command: a thin adapter from arguments to the framework's typed functions.
 
 Exit codes: 0 success, 1 other errors (data, storage), 2 bad usage or study file,
-130 interrupted.
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -21,7 +22,15 @@ if TYPE_CHECKING:  # optuna takes a second to import; `sweep --help` should not 
     from sweep.runner import Progress
     from sweep.spec import StudySpec
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, taken through the same clean-up as Ctrl-C (running trials are requeued)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -497,10 +506,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.func(args)
+    except _Terminated:
+        print("sweep: terminated; rerun to resume", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
-        print("sweep: interrupted", file=sys.stderr)
+        print("sweep: interrupted; rerun to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     except SpecError as e:
         print(f"sweep: error: {e}", file=sys.stderr)

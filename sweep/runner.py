@@ -14,6 +14,7 @@ by Ctrl-C or SIGTERM is released the same way by its own worker or, failing that
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.trial import TrialState
 
 from sweep.errors import DataError, SpecError, StorageError
@@ -43,11 +45,32 @@ _LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState
 _POLL_S = 1.0
 
 
+# RUNNING trials that never sent a heartbeat: their worker died between claiming them and its
+# first beat. optuna's stale-trial check only looks at trials with a heartbeat, so without this
+# such a trial would stay RUNNING forever.
+_SILENT_SINCE_CLAIM = sqlalchemy.text(
+    "SELECT t.trial_id FROM trials t LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+    "WHERE t.study_id = :study AND t.state = 'RUNNING' AND h.trial_id IS NULL "
+    "AND t.datetime_start < :cutoff"
+)
+
+
 def _fail_stale(study: optuna.Study) -> None:
-    """Fail (and so requeue) the trials of workers that stopped sending heartbeats."""
+    """Fail (and so requeue, once) the trials of workers that stopped sending heartbeats."""
     with warnings.catch_warnings():  # stable in practice since optuna 2.9; still "experimental"
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    rdb = getattr(study._storage, "_backend", study._storage)
+    grace = rdb.get_heartbeat_interval() and rdb.grace_period
+    if not grace:
+        return
+    # optuna stores datetime_start as local naive time (datetime.now()); compare likewise.
+    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=grace)
+    with rdb.engine.connect() as conn:  # closed before releasing: it holds SQLite's lock
+        params = {"study": study._study_id, "cutoff": cutoff}
+        silent = conn.execute(_SILENT_SINCE_CLAIM, params).scalars().all()
+    for trial_id in silent:
+        _release(study, trial_id)
 
 
 def _counts(trial: optuna.trial.FrozenTrial) -> bool:
@@ -78,6 +101,8 @@ def _release(study: optuna.Study, trial_id: int) -> None:
             requeue(study, study._storage.get_trial(trial_id))
     except optuna.exceptions.UpdateFinishedTrialError:
         pass
+    except Exception:  # the storage itself failing: the stale-trial check will do it later
+        logger.warning("could not release trial id %d", trial_id, exc_info=True)
 
 
 def make_sampler(spec: StudySpec, salt: int = 0) -> optuna.samplers.BaseSampler:
@@ -217,6 +242,22 @@ def claim(study: optuna.Study) -> int | None:
     return study._pop_waiting_trial_id()
 
 
+def _run_one(
+    objective: Callable[[optuna.Trial], float], trial: optuna.Trial
+) -> tuple[float | None, TrialState]:
+    """Run the objective; a pruned, diverged or crashing trial is a result, not a crash."""
+    try:
+        return objective(trial), TrialState.COMPLETE
+    except optuna.TrialPruned:
+        return None, TrialState.PRUNED
+    except TrialFailed:
+        return None, TrialState.FAIL
+    except Exception as e:  # a bug or MemoryError in one trial must not end the sweep
+        logger.exception("trial %d raised", trial.number)
+        trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
+        return None, TrialState.FAIL
+
+
 def serve(study: optuna.Study, objective: Callable[[optuna.Trial], float], *, run_id: str) -> int:
     """Claim and run ``study``'s queued trials with ``objective`` until none are left or
     running; return how many this process ran. ``work`` is this with the MLP objective."""
@@ -233,24 +274,15 @@ def serve(study: optuna.Study, objective: Callable[[optuna.Trial], float], *, ru
                 return ran
             time.sleep(_POLL_S)
             continue
-        trial = optuna.Trial(study, trial_id)
-        trial.set_user_attr("worker", worker)
-        trial.set_user_attr("run", run_id)
-        value, state = None, TrialState.COMPLETE
-        with _Heartbeat(storage, trial_id):
-            try:
-                value = objective(trial)
-            except optuna.TrialPruned:
-                state = TrialState.PRUNED
-            except TrialFailed:
-                state = TrialState.FAIL
-            except Exception as e:  # a bug or MemoryError in one trial must not end the sweep
-                logger.exception("trial %d raised", trial.number)
-                trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
-                state = TrialState.FAIL
-            except BaseException:
-                _release(study, trial_id)
-                raise
+        try:
+            with _Heartbeat(storage, trial_id):  # first thing: a claimed trial proves it lives
+                trial = optuna.Trial(study, trial_id)
+                trial.set_user_attr("worker", worker)
+                trial.set_user_attr("run", run_id)
+                value, state = _run_one(objective, trial)
+        except BaseException:  # Ctrl-C, SIGTERM, or the storage failing under us
+            _release(study, trial_id)
+            raise
         study.tell(trial, value, state=state)
         ran += 1
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -105,15 +106,25 @@ def open_storage(
         engine_kwargs["pool_pre_ping"] = True  # survive server restarts between trials
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
     try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in optuna since 2.9
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-                heartbeat_stale_trial_callback=stale_trial_callback,
-            )
+        for attempt in range(_INIT_ATTEMPTS):
+            try:
+                with warnings.catch_warnings():  # heartbeats are "experimental" since optuna 2.9
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    storage = optuna.storages.RDBStorage(
+                        url,
+                        engine_kwargs=engine_kwargs,
+                        heartbeat_interval=heartbeat_interval,
+                        grace_period=grace_period,
+                        heartbeat_stale_trial_callback=stale_trial_callback,
+                    )
+                break
+            except sqlalchemy.exc.IntegrityError:
+                # Two processes creating a new database at once race in optuna's schema
+                # set-up (UNIQUE constraint failed: alembic_version); the loser's retry finds
+                # the schema made.
+                if attempt == _INIT_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
     except ImportError as e:
         raise StorageError(
             f"storage {shown}: its database driver is not installed "
@@ -124,6 +135,9 @@ def open_storage(
     if path is not None:
         _configure_sqlite(storage.engine)
     return storage
+
+
+_INIT_ATTEMPTS = 5
 
 
 def _first_line(error: BaseException) -> str:

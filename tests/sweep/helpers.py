@@ -97,7 +97,9 @@ def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen
 
 
 def load(url: str, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=url)
+    from sweep.storage import open_storage
+
+    return optuna.load_study(study_name=name, storage=open_storage(url))
 
 
 def wait_for(predicate, timeout: float = 120.0, interval: float = 0.2):

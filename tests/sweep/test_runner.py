@@ -1,7 +1,12 @@
 """The runner against a real SQLite database and real worker processes."""
 
 import os
+import random
 import signal
+import sqlite3
+import subprocess
+import sys
+import time
 
 import optuna
 import pytest
@@ -35,6 +40,14 @@ def _assert_grid_done_once(url, spec):
     left = states(study)
     assert left[TrialState.RUNNING] == 0 and left[TrialState.WAITING] == 0
     return study
+
+
+def _assert_released(url):
+    """Every trial the run had started is released. (A worker killed in the milliseconds
+    between claiming a trial and tagging it with its run leaves it to the stale-trial check,
+    which the rerun's completion covers.)"""
+    leftover = [t for t in load(url, "g").trials if t.state == TrialState.RUNNING]
+    assert not [t for t in leftover if "run" in t.user_attrs]
 
 
 def test_four_workers_run_each_grid_point_exactly_once(tmp_path):
@@ -132,7 +145,7 @@ def test_sigkill_of_a_worker_then_rerun_finishes_the_grid_once(tmp_path):
     proc.wait(timeout=120)
     assert proc.returncode == 1, proc.stderr.read()
     assert "run again to resume" in proc.stderr.read()
-    assert count_state(url, "g", TrialState.RUNNING) == 0  # the parent released them
+    _assert_released(url)  # by the parent
     out = run_cli("run", str(study_file), "--storage", url, "--jobs", "4", env=FAST_STALE)
     assert out.returncode == 0, out.stderr
     _assert_grid_done_once(url, spec)
@@ -160,21 +173,28 @@ def test_sigkill_of_everything_is_recovered_through_heartbeats(tmp_path):
     assert all(after[n] == v for n, v in before.items()), "a completed result changed"
 
 
-@pytest.mark.parametrize("target", ["group", "parent"])
-def test_ctrl_c_exits_130_and_the_next_run_resumes(tmp_path, target):
+@pytest.mark.parametrize(
+    ("target", "sig", "code"),
+    [
+        ("group", signal.SIGINT, 130),
+        ("parent", signal.SIGINT, 130),
+        ("parent", signal.SIGTERM, 143),
+    ],
+)
+def test_ctrl_c_or_sigterm_exit_130_or_143_and_the_next_run_resumes(tmp_path, target, sig, code):
     study_file = grid_study(tmp_path, **SLOW)
     spec = load_spec(study_file)
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     proc = start_cli("run", str(study_file), "--storage", url, "--jobs", "2", env=FAST_STALE)
     wait_for(lambda: count_state(url, "g", TrialState.RUNNING) >= 1)
     if target == "group":  # what a terminal's Ctrl-C does
-        kill_group(proc, signal.SIGINT)
+        kill_group(proc, sig)
     else:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
     proc.wait(timeout=60)
-    assert proc.returncode == 130, proc.stderr.read()
+    assert proc.returncode == code, proc.stderr.read()
     wait_for(lambda: not descendants(proc.pid), timeout=30)
-    assert count_state(url, "g", TrialState.RUNNING) == 0
+    _assert_released(url)
     out = run_cli("run", str(study_file), "--storage", url, "--jobs", "2", env=FAST_STALE)
     assert out.returncode == 0, out.stderr
     _assert_grid_done_once(url, spec)
@@ -204,3 +224,106 @@ def test_two_hosts_finish_a_grid_exactly_once(tmp_path, storage_url):
     assert ran == 8
     _assert_grid_done_once(storage_url, spec)
     assert len({t.user_attrs["worker"] for t in load(storage_url, "g").trials}) == 2
+
+
+def test_repeated_sigkill_at_random_moments_loses_nothing(tmp_path):
+    # Kill everything (parent and workers, mid-training or mid-write) three times at random
+    # moments; then one run finishes the grid. Every completed result survives unchanged.
+    study_file = grid_study(tmp_path, **SLOW)
+    spec = load_spec(study_file)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    rng = random.Random(7)
+    completed: dict[int, float] = {}
+    for _ in range(3):
+        proc = start_cli("run", str(study_file), "--storage", url, "--jobs", "4", env=FAST_STALE)
+        wait_for(lambda: count_state(url, "g", TrialState.RUNNING) >= 1)
+        time.sleep(rng.uniform(0.0, 2.0))
+        kill_group(proc, signal.SIGKILL)
+        proc.wait(timeout=30)
+        study = load(url, "g")
+        done = {t.number: t.value for t in study.trials if t.state == TrialState.COMPLETE}
+        assert all(done[n] == v for n, v in completed.items()), "a completed result changed"
+        completed = done
+    out = run_cli("run", str(study_file), "--storage", url, "--jobs", "4", env=FAST_STALE)
+    assert out.returncode == 0, out.stderr
+    study = _assert_grid_done_once(url, spec)
+    final = {t.number: t.value for t in study.trials if t.state == TrialState.COMPLETE}
+    assert all(final[n] == v for n, v in completed.items())
+
+
+def test_a_trial_that_raises_or_runs_out_of_memory_is_recorded_and_the_queue_goes_on(tmp_path):
+    storage = runner.open_storage(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    study = optuna.create_study(study_name="e", storage=storage, direction="maximize")
+    for i in range(4):
+        study.enqueue_trial({"i": i})
+
+    def objective(trial):
+        i = trial.suggest_int("i", 0, 3)
+        if i == 1:
+            raise MemoryError("cannot allocate 3.2 GiB")
+        if i == 2:
+            raise ValueError("a bug in one trial")
+        return float(i)
+
+    assert runner.serve(study, objective, run_id="t") == 4
+    by_i = {t.params["i"]: t for t in study.get_trials()}
+    assert by_i[0].state == by_i[3].state == TrialState.COMPLETE
+    assert by_i[1].state == TrialState.FAIL
+    assert by_i[1].user_attrs["fail_reason"] == "MemoryError: cannot allocate 3.2 GiB"
+    assert by_i[2].user_attrs["fail_reason"] == "ValueError: a bug in one trial"
+
+
+def test_a_reader_holding_a_transaction_for_7_s_blocks_no_writer(tmp_path):
+    # What the dashboard or a SQL shell does; in rollback-journal mode it stalls writers.
+    path = tmp_path / "db.sqlite"
+    storage = runner.open_storage(f"sqlite:///{path}")
+    study = optuna.create_study(study_name="o", storage=storage)
+    for _ in range(80):
+        study.enqueue_trial({}, skip_if_exists=False)
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM trials").fetchone()  # holds a read snapshot
+    start = time.monotonic()
+    workers = [start_cli_python(SERVE, f"sqlite:///{path}") for _ in range(8)]
+    time.sleep(max(0.0, 7 - (time.monotonic() - start)))
+    reader.execute("COMMIT")
+    ran = 0
+    for w in workers:
+        out, err = w.communicate(timeout=300)
+        assert w.returncode == 0, err
+        ran += int(out)
+    assert ran == 80
+    assert states(load(f"sqlite:///{path}", "o")) == {TrialState.COMPLETE: 80}
+
+
+SERVE = """
+import sys, optuna
+from sweep import runner
+from sweep.storage import open_storage
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+study = optuna.load_study(study_name="o", storage=open_storage(sys.argv[1]),
+                          sampler=optuna.samplers.RandomSampler())
+print(runner.serve(study, lambda t: t.suggest_float("x", 0, 1), run_id="r"))
+"""
+
+
+def start_cli_python(code: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def test_a_trial_claimed_by_a_worker_that_died_before_its_first_heartbeat_is_requeued(tmp_path):
+    storage = runner.open_storage(f"sqlite:///{tmp_path / 'db.sqlite'}", heartbeat_interval=1,
+                                  grace_period=1, stale_trial_callback=runner.requeue)  # fmt: skip
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.enqueue_trial({"i": 1})
+    trial_id = runner.claim(study)  # claimed, then the "worker" vanishes: no heartbeat ever
+    assert trial_id is not None
+    runner._fail_stale(study)
+    assert states(study) == {TrialState.RUNNING: 1}  # not before the grace period
+    time.sleep(1.5)
+    runner._fail_stale(study)
+    runner._fail_stale(study)  # a second look requeues nothing more
+    assert states(study) == {TrialState.FAIL: 1, TrialState.WAITING: 1}
+    waiting = study.get_trials(states=(TrialState.WAITING,))[0]
+    assert waiting.system_attrs["fixed_params"] == {"i": 1}
