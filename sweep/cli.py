@@ -193,6 +193,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             jobs=args.jobs,
             threads=args.threads,
             trials=args.trials,
+            backend=args.backend,
+            scheduler=args.scheduler,
             on_progress=progress,
         )
     finally:
@@ -426,6 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--trials", type=_positive_int, help="trial cap for the whole study (overrides the file)"
     )
+    p.add_argument(
+        "--backend", choices=["loky", "dask"], default="loky",
+        help="loky: local processes (default); dask: the workers of a dask.distributed cluster",
+    )  # fmt: skip
+    p.add_argument("--scheduler", help="dask scheduler address, e.g. tcp://host:8786")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(

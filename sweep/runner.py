@@ -35,7 +35,13 @@ from sweep.errors import DataError, SpecError, StorageError
 from sweep.objective import Objective, TrialFailed, load_data
 from sweep.space import grid_points
 from sweep.spec import StudySpec
-from sweep.storage import HEARTBEAT_INTERVAL_S, mask_password, open_storage, resolve_url
+from sweep.storage import (
+    BUSY_TIMEOUT_S,
+    HEARTBEAT_INTERVAL_S,
+    mask_password,
+    open_storage,
+    resolve_url,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +231,10 @@ def work(spec: StudySpec, url: str, run_id: str, *, salt: int = 0) -> int:
         study_name=spec.name, storage=storage,
         sampler=make_sampler(spec, salt), pruner=make_pruner(spec),
     )  # fmt: skip
-    return serve(study, Objective(spec), run_id=run_id)
+    try:
+        return serve(study, Objective(spec), run_id=run_id)
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as e:
+        raise storage_failure(e, url) from None  # a plain message survives the trip home
 
 
 def claim(study: optuna.Study) -> int | None:
@@ -264,7 +273,10 @@ def serve(study: optuna.Study, objective: Callable[[optuna.Trial], float], *, ru
     storage = study._storage
     worker = f"{socket.gethostname()}:{os.getpid()}"
     ran = 0
+    stop_key = f"stop:{run_id}"
     while True:
+        if study._storage.get_study_system_attrs(study._study_id).get(stop_key):
+            return ran
         trial_id = claim(study)
         if trial_id is None:
             _fail_stale(study)
@@ -308,6 +320,31 @@ def _progress(study: optuna.Study, total: int, start: float) -> Progress:
     )
 
 
+BACKENDS = ("loky", "dask")
+
+
+def _pool(backend: str, *, threads: int, scheduler: str | None) -> Any:
+    """The joblib configuration for the workers: local loky processes, each capped to
+    ``threads`` BLAS threads, or the workers of an existing dask.distributed cluster."""
+    from joblib import parallel_config
+
+    if backend == "loky":
+        return parallel_config(backend="loky", inner_max_num_threads=threads)
+    if backend != "dask":
+        raise SpecError(f"--backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    try:
+        from dask.distributed import Client
+    except ImportError as e:
+        raise StorageError("--backend dask needs dask: pip install 'mlp-sweep[dask]'") from e
+    if not scheduler:
+        raise SpecError("--backend dask needs --scheduler ADDRESS (e.g. tcp://host:8786)")
+    try:
+        Client(scheduler, timeout="10s", set_as_default=True)
+    except OSError as e:
+        raise StorageError(f"cannot reach the dask scheduler at {scheduler}: {e}") from e
+    return parallel_config(backend="dask")
+
+
 def run(
     spec: StudySpec,
     *,
@@ -315,23 +352,31 @@ def run(
     jobs: int = 1,
     threads: int | None = None,
     trials: int | None = None,
+    backend: str = "loky",
+    scheduler: str | None = None,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> optuna.Study:
-    """Create or resume the study and run it to the end with ``jobs`` worker processes.
+    """Create or resume the study and run it to the end with ``jobs`` workers.
 
-    ``threads`` BLAS threads per worker (default: the cores divided among the workers).
-    On Ctrl-C the workers are stopped, their running trials are requeued, and
-    KeyboardInterrupt propagates; the next run resumes.
+    ``backend`` "loky" runs local processes with ``threads`` BLAS threads each (default: the
+    cores divided among the workers); "dask" sends the workers to the dask.distributed
+    cluster at ``scheduler`` (they must reach the same storage, e.g. PostgreSQL). On Ctrl-C
+    the run stops, its running trials are requeued, and KeyboardInterrupt propagates; the
+    next run resumes.
     """
-    from joblib import Parallel, delayed, parallel_config
+    from joblib import Parallel, delayed
 
     url = resolve_url(storage)
     load_data(spec)  # a missing or corrupt dataset is reported before anything is stored
-    study = open_study(spec, open_storage(url, stale_trial_callback=requeue))
-    _fail_stale(study)
-    total = top_up(study, spec, trials)
+    try:
+        study = open_study(spec, open_storage(url, stale_trial_callback=requeue))
+        _fail_stale(study)
+        total = top_up(study, spec, trials)
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as e:
+        raise storage_failure(e, url) from e
+    pool = _pool(backend, threads=threads or max(1, (os.cpu_count() or 1) // jobs),
+                 scheduler=scheduler)  # fmt: skip
     run_id = uuid.uuid4().hex[:12]
-    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     start = time.monotonic()
     stop = threading.Event()
 
@@ -347,15 +392,15 @@ def run(
         on_progress(_progress(study, total, start))
         watcher.start()
     try:
-        with parallel_config(backend="loky", inner_max_num_threads=threads):
+        with pool:
             Parallel(n_jobs=jobs)(delayed(work)(spec, url, run_id, salt=i) for i in range(jobs))
     except BaseException as e:
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.user_attrs.get("run") == run_id:
-                _release(study, t._trial_id)
+        _stop_run(study, run_id)
         if isinstance(e, KeyboardInterrupt | SpecError | StorageError | DataError):
             raise
         if isinstance(e, Exception):
+            if _root_cause(e) is not e:
+                raise storage_failure(e, url) from e
             reason = (str(e).splitlines() or [""])[0]
             raise StorageError(
                 f"a worker stopped ({type(e).__name__}: {reason}); its trials were requeued; "
@@ -369,3 +414,39 @@ def run(
     if on_progress:
         on_progress(_progress(study, total, start))
     return study
+
+
+def _stop_run(study: optuna.Study, run_id: str) -> None:
+    """Ask the run's remaining workers to stop (dask cannot kill a running task) and requeue
+    the trials they had started."""
+    try:
+        study._storage.set_study_system_attr(study._study_id, f"stop:{run_id}", True)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.user_attrs.get("run") == run_id:
+                _release(study, t._trial_id)
+    except Exception:  # the storage failing: the stale-trial check requeues them later
+        logger.warning("could not release the run's trials", exc_info=True)
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    """The database driver's error under optuna's and SQLAlchemy's wrappers, else e itself."""
+    seen = e
+    while seen.__cause__ is not None or seen.__context__ is not None:
+        seen = seen.__cause__ or seen.__context__
+        if type(seen).__module__.split(".")[0] in ("sqlite3", "psycopg", "psycopg2"):
+            return seen
+    return e
+
+
+def storage_failure(e: BaseException, url: str) -> StorageError:
+    """One line naming what the database said, e.g. that the disk is full or a lock was held."""
+    cause = str(_root_cause(e)).strip().splitlines()[0] if str(_root_cause(e)).strip() else repr(e)
+    hint = ""
+    if "locked" in cause:
+        hint = (f" (another process held a write transaction for more than {BUSY_TIMEOUT_S:.0f} s;"
+                " an open SQL shell or a stuck tool?)")  # fmt: skip
+    elif "full" in cause or "No space" in cause:
+        hint = " (free some space; what is stored is intact and a rerun resumes)"
+    elif "readonly" in cause or "read-only" in cause:
+        hint = " (the database file or its folder is not writable)"
+    return StorageError(f"storage {mask_password(url)}: {cause}{hint}")

@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_URL = "sqlite:///runs/sweep.db"
 STORAGE_ENV = "SWEEP_STORAGE"
-BUSY_TIMEOUT_S = 60.0  # how long a writer waits for SQLite's lock before giving up
+# How long a writer waits for SQLite's lock before giving up (tests shorten it).
+BUSY_TIMEOUT_S = float(os.environ.get("SWEEP_BUSY_TIMEOUT", "60"))
 # A running trial proves its worker is alive every HEARTBEAT_INTERVAL_S; one silent for
 # GRACE_PERIOD_S is stale (its worker is gone) and is run again. Tests shorten both.
 HEARTBEAT_INTERVAL_S = int(os.environ.get("SWEEP_HEARTBEAT_INTERVAL", "5"))
