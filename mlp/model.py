@@ -23,11 +23,20 @@ def parameter_count(hidden_1: int, hidden_2: int) -> int:
 
 
 class Cache(NamedTuple):
-    """What backward needs from forward: the input and each layer's activation output."""
+    """What backward needs from forward: the input, each hidden layer's activation output
+    (before dropout) and, when dropout was applied, its mask."""
 
     x: np.ndarray  # (n, 784)
     h1: np.ndarray  # (n, h1)
     h2: np.ndarray  # (n, h2)
+    m1: np.ndarray | None = None  # (n, h1) inverted-dropout mask: 0 or 1/(1-p)
+    m2: np.ndarray | None = None  # (n, h2)
+
+
+def _dropout_mask(shape: tuple[int, ...], p: float, rng: np.random.Generator, dtype) -> np.ndarray:
+    """Inverted dropout (Srivastava et al. 2014, scaled at training time): each unit is kept
+    with probability 1 - p and scaled by 1/(1 - p), so evaluation needs no rescaling."""
+    return (rng.random(shape, dtype=np.float32) >= p).astype(dtype) / dtype.type(1 - p)
 
 
 class MLP:
@@ -72,21 +81,29 @@ class MLP:
     def n_params(self) -> int:
         return sum(p.size for p in self.params)
 
-    def forward(self, x: np.ndarray) -> tuple[np.ndarray, Cache]:
+    def forward(
+        self, x: np.ndarray, *, dropout: float = 0.0, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, Cache]:
         """Logits and the cache for ``backward``.
 
-        x: (n, 784) in the model's dtype. Returns logits (n, 10) and Cache(x, h1, h2).
+        x: (n, 784) in the model's dtype. ``dropout`` > 0 (training only) drops hidden units
+        with that probability, drawing masks from ``rng``. Returns logits (n, 10) and the cache.
         """
         w1, b1, w2, b2, w3, b3 = self.params
+        m1 = m2 = None
         h1 = x @ w1
         h1 += b1
         self._act.forward(h1)
-        h2 = h1 @ w2
+        if dropout > 0:
+            m1 = _dropout_mask(h1.shape, dropout, rng, self.dtype)
+        h2 = (h1 if m1 is None else h1 * m1) @ w2
         h2 += b2
         self._act.forward(h2)
-        logits = h2 @ w3
+        if dropout > 0:
+            m2 = _dropout_mask(h2.shape, dropout, rng, self.dtype)
+        logits = (h2 if m2 is None else h2 * m2) @ w3
         logits += b3
-        return logits, Cache(x, h1, h2)
+        return logits, Cache(x, h1, h2, m1, m2)
 
     def backward(self, logits: np.ndarray, cache: Cache, y: np.ndarray) -> list[np.ndarray]:
         """Gradients of the mean cross-entropy, in the order of ``params``.
@@ -102,14 +119,17 @@ class MLP:
         """Like ``backward`` for callers that already computed the softmax (``probs`` is
         overwritten)."""
         _, w2, _, w3, _ = self.params[1:]
+        x, h1, h2, m1, m2 = cache
         d3 = cross_entropy_grad(probs, y)  # dL/dlogits (n, 10)
-        gw3 = cache.h2.T @ d3
+        gw3 = (h2 if m2 is None else h2 * m2).T @ d3
         gb3 = d3.sum(axis=0)
-        d2 = self._act.grad(cache.h2, d3 @ w3.T)  # dL/dz2 (n, h2)
-        gw2 = cache.h1.T @ d2
+        dh2 = d3 @ w3.T  # dL/d(dropped h2); through the mask to dL/dh2
+        d2 = self._act.grad(h2, dh2 if m2 is None else np.multiply(dh2, m2, out=dh2))
+        gw2 = (h1 if m1 is None else h1 * m1).T @ d2
         gb2 = d2.sum(axis=0)
-        d1 = self._act.grad(cache.h1, d2 @ w2.T)  # dL/dz1 (n, h1)
-        gw1 = cache.x.T @ d1
+        dh1 = d2 @ w2.T
+        d1 = self._act.grad(h1, dh1 if m1 is None else np.multiply(dh1, m1, out=dh1))
+        gw1 = x.T @ d1
         gb1 = d1.sum(axis=0)
         return [gw1, gb1, gw2, gb2, gw3, gb3]
 

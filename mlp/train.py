@@ -12,6 +12,7 @@ import numpy as np
 from mlp.data import Dataset
 from mlp.functions import cross_entropy
 from mlp.model import MLP
+from mlp.optim import SGD, learning_rate_at
 
 
 class DivergedError(ArithmeticError):
@@ -36,6 +37,15 @@ class TrainConfig:
     # minibatches, which costs nothing.
     full_train_eval: bool = True
     eval_batch_size: int = 5000  # batch size of the evaluation passes (memory, not results)
+    momentum: float = 0.0  # SGD momentum μ in [0, 1); 0 is plain SGD
+    nesterov: bool = False  # Nesterov momentum (needs momentum > 0)
+    weight_decay: float = 0.0  # L2 penalty λ on the weight matrices (not the biases)
+    schedule: str = "constant"  # learning rate per epoch: constant | step | cosine
+    warmup_epochs: int = 0  # linear warm-up epochs before the schedule
+    step_size: int = 10  # 'step': epochs between decays
+    gamma: float = 0.1  # 'step': decay factor
+    dropout: float = 0.0  # probability of dropping each hidden unit while training
+    patience: int = 0  # stop after this many epochs without a better validation accuracy (0: off)
 
 
 @dataclass(frozen=True)
@@ -55,7 +65,7 @@ class History:
     """Every epoch's metrics, in order; ``stopped_early`` when the callback asked to stop."""
 
     epochs: list[EpochMetrics] = field(default_factory=list)
-    stopped_early: bool = False
+    stopped_early: bool = False  # by the callback or by patience
 
     def column(self, name: str) -> list[float]:
         return [getattr(m, name) for m in self.epochs]
@@ -78,6 +88,11 @@ def fit(
 
     Raises DivergedError as soon as a minibatch loss is not finite.
     """
+    optimiser = SGD(
+        model.params, momentum=config.momentum, nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+    )  # fmt: skip
+    best, since_best = -1.0, 0
     dtype = model.dtype
     x_train = np.asarray(data.train.x, dtype=dtype)
     y_train = data.train.y
@@ -87,6 +102,10 @@ def fit(
     history = History()
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
+        lr = learning_rate_at(
+            epoch, config.learning_rate, schedule=config.schedule, epochs=config.epochs,
+            warmup_epochs=config.warmup_epochs, step_size=config.step_size, gamma=config.gamma,
+        )  # fmt: skip
         if config.shuffle:
             order = rng.permutation(n)
             xs, ys = x_train[order], y_train[order]
@@ -96,13 +115,13 @@ def fit(
         correct = 0
         for b, lo in enumerate(range(0, n, config.batch_size)):
             xb, yb = xs[lo : lo + config.batch_size], ys[lo : lo + config.batch_size]
-            logits, cache = model.forward(xb)
+            logits, cache = model.forward(xb, dropout=config.dropout, rng=rng)
             correct += int((logits.argmax(axis=1) == yb).sum())
             loss, probs = cross_entropy(logits, yb)
             if not math.isfinite(loss):
                 raise DivergedError(epoch, b, loss)
             loss_sum += loss * len(yb)
-            model.step(model.backward_from_probs(probs, cache, yb), config.learning_rate)
+            optimiser.step(model.backward_from_probs(probs, cache, yb), lr)
         if config.full_train_eval:
             train_loss, train_acc = model.evaluate(
                 x_train, y_train, batch_size=config.eval_batch_size
@@ -119,6 +138,10 @@ def fit(
         )
         history.epochs.append(metrics)
         if on_epoch is not None and on_epoch(metrics):
+            history.stopped_early = True
+            break
+        best, since_best = (valid_acc, 0) if valid_acc > best else (best, since_best + 1)
+        if config.patience and since_best >= config.patience:
             history.stopped_early = True
             break
     return history

@@ -48,27 +48,27 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     """Train one network and print a line per epoch and the final validation accuracy."""
-    from mlp import MLP, EpochMetrics, TrainConfig, fit, load_mnist, parameter_count
+    from mlp import EpochMetrics, fit, load_mnist, parameter_count
+    from sweep.objective import train_settings
+    from sweep.spec import TrainSettings
 
     ds = load_mnist(args.data)
     if args.train_size:
         ds = ds.head(args.train_size)
-    model = MLP(
-        args.hidden_1,
-        args.hidden_2,
-        activation=args.activation,
-        init=args.init,
-        init_std=args.init_std,
-        dtype=args.dtype,
-        seed=args.seed,
-    )
-    config = TrainConfig(
+    settings = TrainSettings(
+        hidden_1=args.hidden_1,
+        hidden_2=args.hidden_2,
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
+        init=args.init,
+        init_std=args.init_std,
+        activation=args.activation,
+        dtype=args.dtype,
         shuffle=args.shuffle,
-        seed=args.seed,
+        full_train_eval=True,  # the notebook's training loss, printed every epoch
     )
+    model, config = train_settings(settings, args.seed)
     print(
         f"784-{args.hidden_1}-{args.hidden_2}-10 ({parameter_count(args.hidden_1, args.hidden_2):,}"
         f" parameters), {args.init} init, {args.activation}, {args.dtype}, lr {args.learning_rate},"

@@ -64,6 +64,15 @@ def train_settings(settings: TrainSettings, seed: int) -> tuple[MLP, TrainConfig
         shuffle=settings.shuffle,
         seed=seed,
         full_train_eval=settings.full_train_eval,
+        momentum=settings.momentum,
+        nesterov=settings.nesterov,
+        weight_decay=settings.weight_decay,
+        schedule=settings.schedule,
+        warmup_epochs=settings.warmup_epochs,
+        step_size=settings.step_size,
+        gamma=settings.gamma,
+        dropout=settings.dropout,
+        patience=settings.patience,
     )
     return model, config
 

@@ -121,7 +121,10 @@ def make_sampler(spec: StudySpec, salt: int = 0) -> optuna.samplers.BaseSampler:
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    searched = spec.dimension("epochs")
     epochs = spec.train.epochs
+    if searched is not None:  # the longest a trial can train
+        epochs = int(max(searched.choices) if searched.choices else searched.high)
     if spec.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
     if spec.pruner == "successive-halving":

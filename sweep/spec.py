@@ -19,6 +19,7 @@ from typing import Any
 
 from mlp.functions import ACTIVATIONS, INITIALISERS
 from mlp.model import parameter_count
+from mlp.optim import SCHEDULES
 from sweep.errors import SpecError
 
 SAMPLERS = ("grid", "tpe", "random")
@@ -43,6 +44,15 @@ class TrainSettings:
     # The notebook's end-of-epoch pass over the whole training set for its loss curve; off, the
     # training loss is the running mean over the epoch's minibatches (no extra pass).
     full_train_eval: bool = False
+    momentum: float = 0.0  # SGD momentum in [0, 1); 0 is the notebook's plain SGD
+    nesterov: bool = False  # Nesterov momentum (needs momentum > 0)
+    weight_decay: float = 0.0  # L2 penalty on the weight matrices
+    schedule: str = "constant"  # learning rate per epoch: constant | step | cosine
+    warmup_epochs: int = 0  # linear warm-up epochs before the schedule
+    step_size: int = 10  # 'step' schedule: epochs between decays
+    gamma: float = 0.1  # 'step' schedule: decay factor
+    dropout: float = 0.0  # inverted dropout on the hidden layers while training
+    patience: int = 0  # early stopping: epochs without a better validation accuracy (0: off)
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,15 @@ _TRAIN_RULES: dict[str, _Rule] = {
     "dtype": _choice(("float32", "float64")),
     "shuffle": _BOOL,
     "full_train_eval": _BOOL,
+    "momentum": _Rule(float, lambda v: 0 <= v < 1, "a float in [0, 1)"),
+    "nesterov": _BOOL,
+    "weight_decay": _Rule(float, lambda v: 0 <= v < math.inf, "a float in [0, inf)"),
+    "schedule": _choice(SCHEDULES),
+    "warmup_epochs": _int_at_least(0),
+    "step_size": _int_at_least(1),
+    "gamma": _Rule(float, lambda v: 0 < v <= 1, "a float in (0, 1]"),
+    "dropout": _Rule(float, lambda v: 0 <= v < 1, "a float in [0, 1)"),
+    "patience": _int_at_least(0),
 }
 assert set(_TRAIN_RULES) == {f.name for f in dataclasses.fields(TrainSettings)}
 

@@ -46,6 +46,18 @@ RULES = [
     ("train", "init_std", 100.0, 0),
     ("train", "epochs", 3, 3.5),
     ("train", "epochs", 2, True),
+    ("train", "momentum", 0.0, 1.0),
+    ("train", "momentum", 0.99, -0.1),
+    ("train", "nesterov", True, 1),
+    ("train", "weight_decay", 0.0, -1e-4),
+    ("train", "schedule", "cosine", "exponential"),
+    ("train", "warmup_epochs", 0, -1),
+    ("train", "step_size", 1, 0),
+    ("train", "gamma", 1.0, 1.5),
+    ("train", "gamma", 1e-3, 0.0),
+    ("train", "dropout", 0.0, 1.0),
+    ("train", "dropout", 0.5, -0.1),
+    ("train", "patience", 0, -1),
 ]
 
 
@@ -91,8 +103,8 @@ def test_space_rules():
         SpecError, match=r"\[space\.learning_rate\] must be a list without repeated"
     ):
         spec_with("space", "learning_rate", [0.1, 0.1])
-    with pytest.raises(SpecError, match=r"\[space\.momentum\] must be a \[train\] setting"):
-        spec_with("space", "momentum", [0.9])
+    with pytest.raises(SpecError, match=r"\[space\.beta1\] must be a \[train\] setting"):
+        spec_with("space", "beta1", [0.9])
     with pytest.raises(
         SpecError, match=r"\[space\.learning_rate\] must be a list of values with sampler 'grid'"
     ):
