@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 STORAGE ?= sqlite:///runs/sweep.db
 JOBS ?= 2
 
-.PHONY: install data train sweep sweep-tpe init gradcheck bench report status dashboard test lint \
+.PHONY: install data train sweep sweep-tpe best init gradcheck bench report status dashboard test lint \
 	format clean
 
 install: $(STAMP)
@@ -32,6 +32,12 @@ sweep: data
 sweep-tpe: data
 	$(BIN)/sweep run studies/tpe-budget.toml --storage $(STORAGE) --jobs $(JOBS)
 	$(BIN)/sweep report studies/tpe-budget.toml --storage $(STORAGE)
+
+# Beyond the notebook: TPE over architecture, optimiser and regularisation; then test, once.
+best: data
+	$(BIN)/sweep run studies/tpe-best.toml --storage $(STORAGE) --jobs $(JOBS)
+	$(BIN)/sweep evaluate studies/tpe-best.toml --storage $(STORAGE)
+	$(BIN)/sweep report studies/tpe-best.toml --storage $(STORAGE)
 
 # The notebook's initialisation study (Zeros, Normal, Glorot) and its loss figure.
 init: data

@@ -41,6 +41,30 @@ def history(numbers: Sequence[int], values: Sequence[float], path: Path) -> Path
     return _save(fig, path)
 
 
+def accuracy_over_time(
+    minutes: Sequence[float], values: Sequence[float], path: Path, *,
+    reference: tuple[str, float] | None = None,
+) -> Path:  # fmt: skip
+    """Best validation accuracy so far against wall time since the study's first trial began,
+    with an optional reference line (the notebook's best)."""
+    fig, ax = plt.subplots(figsize=SIZE)
+    order = sorted(range(len(minutes)), key=lambda i: minutes[i])
+    best, running = [], -math.inf
+    for i in order:
+        running = max(running, values[i])
+        best.append(running)
+    ax.scatter([minutes[i] for i in order], [values[i] for i in order], s=16, color="tab:blue",
+               alpha=0.6, label="completed trial")  # fmt: skip
+    ax.step([minutes[i] for i in order], best, where="post", color="tab:red", label="best so far")
+    if reference is not None:
+        ax.axhline(reference[1], color="0.3", linestyle="--", linewidth=1, label=reference[0])
+    ax.set(title="Accuracy against search time", xlabel="wall time since the first trial (min)",
+           ylabel="validation accuracy (%)")  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
 def learning_curves(
     curves: Sequence[tuple[str, Sequence[int], Sequence[float], bool]], path: Path
 ) -> Path:

@@ -35,6 +35,7 @@ def test_grid_report_writes_every_file(grid_db, tmp_path):
     written = report.write_report(open_storage(url), "g", out_dir=tmp_path)
     names = set(written.files)
     assert {"report.md", "trials.csv", "history.png", "learning_curves.png",
+            "accuracy_over_time.png",
             "accuracy_vs_params.png", "importances.png"} <= names  # fmt: skip
     # one heatmap per learning rate
     assert sorted(n for n in names if n.startswith("grid_lr_")) == ["grid_lr_0.05.png",
@@ -170,8 +171,10 @@ def test_evaluate_touches_the_test_set_once_and_stores_it(grid_db, tmp_path):
     assert out.returncode == 0, out.stderr
     study = load(url, "g")
     assert study.user_attrs["test_trial"] == study.best_trial.number
-    # Same configuration, same seed: the retrained model reproduces the trial's validation.
-    assert f"validation {study.best_value:.2f}%" in out.stdout
+    # Same configuration, same seed: the retrained model reproduces the trial's validation, up
+    # to float32 summation order (the trial's worker had 1 BLAS thread, this run may have more).
+    retrained = float(out.stdout.split("validation ")[1].split("%")[0])
+    assert retrained == pytest.approx(study.best_value, abs=0.15)
     assert 50 < study.user_attrs["test_accuracy"] <= 100
     written = report.write_report(open_storage(url), "g", out_dir=tmp_path / "out")
     md = (written.out_dir / "report.md").read_text()
