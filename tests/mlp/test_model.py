@@ -5,16 +5,13 @@ import pytest
 
 from mlp import MLP, parameter_count
 from mlp.functions import ACTIVATIONS
+from tests.mlp.numeric import central_differences, relative_error
 
 
 def test_parameter_count_is_exact():
     assert parameter_count(512, 768) == 803_594
     for h1, h2 in [(1, 1), (392, 256), (1024, 1024)]:
         assert MLP(h1, h2, init="zeros").n_params == parameter_count(h1, h2)
-
-
-def _relative_error(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-300))
 
 
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
@@ -26,19 +23,10 @@ def test_backward_matches_central_differences_for_every_tensor(activation, rng):
     y = np.array([0, 3, 7, 9])
     logits, cache = model.forward(x)
     grads = model.backward(logits, cache, y)
-    eps = 1e-6
     for p, g in zip(model.params, grads, strict=True):
-        numeric = np.empty_like(p)
-        for idx in np.ndindex(p.shape):
-            keep = p[idx]
-            p[idx] = keep + eps
-            plus = model.loss(x, y)
-            p[idx] = keep - eps
-            minus = model.loss(x, y)
-            p[idx] = keep
-            numeric[idx] = (plus - minus) / (2 * eps)
+        numeric = central_differences(p, lambda: model.loss(x, y))
         assert np.abs(g).max() > 0, "a zero gradient would make this test vacuous"
-        assert _relative_error(g, numeric) < 1e-6
+        assert relative_error(g, numeric) < 1e-6
 
 
 def test_one_sgd_step_by_hand():

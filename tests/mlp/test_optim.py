@@ -9,6 +9,7 @@ import pytest
 from mlp import MLP, TrainConfig, fit
 from mlp.functions import cross_entropy
 from mlp.optim import SGD, learning_rate_at
+from tests.mlp.numeric import central_differences, relative_error
 
 
 def _two_steps(**kwargs):
@@ -77,10 +78,6 @@ def test_schedule_values(kwargs, expected):
     assert got == pytest.approx(expected, rel=1e-12)
 
 
-def _relative_error(a, b):
-    return float(np.linalg.norm(a - b) / (np.linalg.norm(a) + np.linalg.norm(b)))
-
-
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
 def test_backward_with_dropout_matches_central_differences(activation, rng):
     model = MLP(6, 5, activation=activation, init="normal", init_std=0.5, dtype="float64", seed=2)
@@ -96,18 +93,9 @@ def test_backward_with_dropout_matches_central_differences(activation, rng):
     logits, cache = model.forward(x, dropout=0.4, rng=np.random.default_rng(5))
     assert cache.m1 is not None and (cache.m1 == 0).any()
     grads = model.backward(logits, cache, y)
-    eps = 1e-6
     for p, g in zip(model.params, grads, strict=True):
-        numeric = np.empty_like(p)
-        for idx in np.ndindex(p.shape):
-            keep = p[idx]
-            p[idx] = keep + eps
-            plus = loss()
-            p[idx] = keep - eps
-            minus = loss()
-            p[idx] = keep
-            numeric[idx] = (plus - minus) / (2 * eps)
-        assert _relative_error(g, numeric) < 1e-6
+        numeric = central_differences(p, loss)
+        assert relative_error(g, numeric) < 1e-6
 
 
 def test_dropout_keeps_the_expected_activation_and_is_off_at_evaluation(rng):
