@@ -151,7 +151,6 @@ def storage_overhead(n: int) -> tuple[float, float]:
     import optuna
 
     from sweep import runner
-    from sweep.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # The same sampler on both sides, so the difference is storage and bookkeeping.
@@ -160,16 +159,25 @@ def storage_overhead(n: int) -> tuple[float, float]:
     memory.optimize(_trivial, n_trials=n)
     base = (time.perf_counter() - start) / n * 1e3
     with tempfile.TemporaryDirectory() as tmp:
-        study = optuna.create_study(
-            study_name="o", storage=open_storage(f"sqlite:///{tmp}/o.db"),
-            sampler=optuna.samplers.RandomSampler(seed=0),
-        )  # fmt: skip
-        for _ in range(n):
-            study.enqueue_trial({}, skip_if_exists=False)
+        study = _queued_study(f"sqlite:///{tmp}/o.db", n)
         start = time.perf_counter()
         runner.serve(study, _trivial, run_id="bench")
         ours = (time.perf_counter() - start) / n * 1e3
     return ours, base
+
+
+def _queued_study(url: str, n: int):
+    """A study "o" on our storage with ``n`` empty slots queued, as `sweep run` makes them."""
+    import optuna
+
+    from sweep.storage import open_storage
+
+    study = optuna.create_study(
+        study_name="o", storage=open_storage(url), sampler=optuna.samplers.RandomSampler(seed=0)
+    )
+    for _ in range(n):
+        study.enqueue_trial({}, skip_if_exists=False)
+    return study
 
 
 def _serve_from(url: str) -> int:
@@ -187,16 +195,11 @@ def _serve_from(url: str) -> int:
 
 def parallel_rate(n: int, workers: int) -> float:
     """Trials per second with ``workers`` processes claiming from one SQLite queue."""
-    import optuna
     from joblib import Parallel, delayed
-
-    from sweep.storage import open_storage
 
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/p.db"
-        study = optuna.create_study(study_name="o", storage=open_storage(url))
-        for _ in range(n):
-            study.enqueue_trial({}, skip_if_exists=False)
+        _queued_study(url, n)
         start = time.perf_counter()
         ran = Parallel(n_jobs=workers)(delayed(_serve_from)(url) for _ in range(workers))
         elapsed = time.perf_counter() - start

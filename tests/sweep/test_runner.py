@@ -124,11 +124,16 @@ def test_a_different_spec_under_the_same_name_is_refused(tmp_path):
 SLOW = {"train_size": 20_000, "epochs": 3}  # about a second a trial: time to kill one
 
 
-def test_sigkill_of_a_worker_then_rerun_finishes_the_grid_once(tmp_path):
+def _start_slow_run(tmp_path, jobs: int = 4):
+    """`sweep run` of a grid slow enough to interrupt, in the background."""
     study_file = grid_study(tmp_path, **SLOW)
-    spec = load_spec(study_file)
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    proc = start_cli("run", str(study_file), "--storage", url, "--jobs", "4", env=FAST_STALE)
+    proc = start_cli("run", str(study_file), "--storage", url, "--jobs", str(jobs), env=FAST_STALE)
+    return study_file, load_spec(study_file), url, proc
+
+
+def test_sigkill_of_a_worker_then_rerun_finishes_the_grid_once(tmp_path):
+    study_file, spec, url, proc = _start_slow_run(tmp_path)
     wait_for(
         lambda: (
             count_state(url, "g", TrialState.COMPLETE) >= 2
@@ -152,10 +157,7 @@ def test_sigkill_of_a_worker_then_rerun_finishes_the_grid_once(tmp_path):
 
 
 def test_sigkill_of_everything_is_recovered_through_heartbeats(tmp_path):
-    study_file = grid_study(tmp_path, **SLOW)
-    spec = load_spec(study_file)
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    proc = start_cli("run", str(study_file), "--storage", url, "--jobs", "4", env=FAST_STALE)
+    study_file, spec, url, proc = _start_slow_run(tmp_path)
     wait_for(
         lambda: (
             count_state(url, "g", TrialState.COMPLETE) >= 1
@@ -182,10 +184,7 @@ def test_sigkill_of_everything_is_recovered_through_heartbeats(tmp_path):
     ],
 )
 def test_ctrl_c_or_sigterm_exit_130_or_143_and_the_next_run_resumes(tmp_path, target, sig, code):
-    study_file = grid_study(tmp_path, **SLOW)
-    spec = load_spec(study_file)
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    proc = start_cli("run", str(study_file), "--storage", url, "--jobs", "2", env=FAST_STALE)
+    study_file, spec, url, proc = _start_slow_run(tmp_path, jobs=2)
     wait_for(lambda: count_state(url, "g", TrialState.RUNNING) >= 1)
     if target == "group":  # what a terminal's Ctrl-C does
         kill_group(proc, sig)
@@ -229,14 +228,11 @@ def test_two_hosts_finish_a_grid_exactly_once(tmp_path, storage_url):
 def test_repeated_sigkill_at_random_moments_loses_nothing(tmp_path):
     # Kill everything (parent and workers, mid-training or mid-write) three times at random
     # moments; then one run finishes the grid. Every completed result survives unchanged.
-    study_file = grid_study(tmp_path, **SLOW)
-    spec = load_spec(study_file)
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     rng = random.Random(7)
     completed: dict[int, float] = {}
     for _ in range(3):
-        proc = start_cli("run", str(study_file), "--storage", url, "--jobs", "4", env=FAST_STALE)
-        wait_for(lambda: count_state(url, "g", TrialState.RUNNING) >= 1)
+        study_file, spec, url, proc = _start_slow_run(tmp_path)
+        wait_for(lambda u=url: count_state(u, "g", TrialState.RUNNING) >= 1)
         time.sleep(rng.uniform(0.0, 2.0))
         kill_group(proc, signal.SIGKILL)
         proc.wait(timeout=30)
