@@ -27,8 +27,9 @@ def _relu(z: np.ndarray) -> np.ndarray:
 
 def _relu_grad(a: np.ndarray, d: np.ndarray) -> np.ndarray:
     # f'(z) = 1 where z > 0, else 0 (the subgradient 0 at z = 0, as the notebook used).
-    d[a <= 0] = 0
-    return d
+    # A multiply by the mask, not ``d[a <= 0] = 0``: boolean-index assignment took 620 µs on
+    # a (128, 768) batch, as long as the layer's matrix product; this takes 35 µs (#5).
+    return np.multiply(d, a > 0, out=d)
 
 
 def _tanh(z: np.ndarray) -> np.ndarray:

@@ -114,13 +114,20 @@ class MLP:
         return self.backward_from_probs(probs, cache, y)
 
     def backward_from_probs(
-        self, probs: np.ndarray, cache: Cache, y: np.ndarray
+        self, probs: np.ndarray, cache: Cache, y: np.ndarray, *, scale: float = 1.0
     ) -> list[np.ndarray]:
         """Like ``backward`` for callers that already computed the softmax (``probs`` is
-        overwritten)."""
+        overwritten).
+
+        ``scale`` multiplies every gradient. Applied to the (n, 10) output gradient, where it
+        costs nothing, so that plain SGD can fold its learning rate in here instead of in a
+        pass over every weight (#5).
+        """
         _, w2, _, w3, _ = self.params[1:]
         x, h1, h2, m1, m2 = cache
         d3 = cross_entropy_grad(probs, y)  # dL/dlogits (n, 10)
+        if scale != 1.0:
+            d3 *= scale
         gw3 = (h2 if m2 is None else h2 * m2).T @ d3
         gb3 = d3.sum(axis=0)
         dh2 = d3 @ w3.T  # dL/d(dropped h2); through the mask to dL/dh2

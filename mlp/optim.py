@@ -36,6 +36,13 @@ class SGD:
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
         self._velocity: list[np.ndarray | None] = [None] * len(params)
 
+    @property
+    def folds_learning_rate(self) -> bool:
+        """True when the update is w ← w − η·g, linear in g: the caller may then compute
+        gradients already scaled by η and step with ``learning_rate=1``, saving a pass over
+        every weight (``MLP.backward_from_probs(..., scale=η)``)."""
+        return not self.momentum and not self.weight_decay
+
     def step(self, grads: list[np.ndarray], learning_rate: float) -> None:
         """One update; ``grads`` (in the order of ``params``) are overwritten."""
         for i, (p, g) in enumerate(zip(self.params, grads, strict=True)):
@@ -52,7 +59,8 @@ class SGD:
                     g += self.momentum * v
                 else:
                     g[...] = v  # classical momentum steps along the buffer itself
-            g *= learning_rate
+            if learning_rate != 1.0:
+                g *= learning_rate
             p -= g
 
 

@@ -98,6 +98,7 @@ def fit(
     y_train = data.train.y
     x_valid = np.asarray(data.valid.x, dtype=dtype)
     n = len(y_train)
+    batch = np.empty((min(config.batch_size, n), x_train.shape[1]), dtype=dtype)
     rng = np.random.default_rng(config.seed)
     history = History()
     for epoch in range(1, config.epochs + 1):
@@ -106,22 +107,29 @@ def fit(
             epoch, config.learning_rate, schedule=config.schedule, epochs=config.epochs,
             warmup_epochs=config.warmup_epochs, step_size=config.step_size, gamma=config.gamma,
         )  # fmt: skip
-        if config.shuffle:
-            order = rng.permutation(n)
-            xs, ys = x_train[order], y_train[order]
-        else:
-            xs, ys = x_train, y_train
+        # Shuffled batches are gathered one at a time into a reused buffer: copying the
+        # whole permuted split first wrote and re-read 157 MB an epoch (#5).
+        order = rng.permutation(n) if config.shuffle else None
+        scale, step_lr = (lr, 1.0) if optimiser.folds_learning_rate else (1.0, lr)
         loss_sum = 0.0
         correct = 0
         for b, lo in enumerate(range(0, n, config.batch_size)):
-            xb, yb = xs[lo : lo + config.batch_size], ys[lo : lo + config.batch_size]
+            hi = min(lo + config.batch_size, n)
+            if order is None:
+                xb, yb = x_train[lo:hi], y_train[lo:hi]
+            else:
+                rows = order[lo:hi]
+                xb = np.take(x_train, rows, axis=0, out=batch[: hi - lo])
+                yb = y_train[rows]
             logits, cache = model.forward(xb, dropout=config.dropout, rng=rng)
-            correct += int((logits.argmax(axis=1) == yb).sum())
+            if not config.full_train_eval:
+                correct += int((logits.argmax(axis=1) == yb).sum())
             loss, probs = cross_entropy(logits, yb)
             if not math.isfinite(loss):
                 raise DivergedError(epoch, b, loss)
             loss_sum += loss * len(yb)
-            optimiser.step(model.backward_from_probs(probs, cache, yb), lr)
+            grads = model.backward_from_probs(probs, cache, yb, scale=scale)
+            optimiser.step(grads, step_lr)
         if config.full_train_eval:
             train_loss, train_acc = model.evaluate(
                 x_train, y_train, batch_size=config.eval_batch_size

@@ -50,6 +50,23 @@ def test_plain_sgd_matches_the_models_own_step(rng):
         np.testing.assert_array_equal(p, q)
 
 
+def test_folding_the_learning_rate_into_the_gradients_is_the_same_step(rng):
+    # fit's fast path for plain SGD: backward(scale=lr), then a step with lr = 1.
+    plain, folded = (MLP(8, 8, dtype="float64", seed=1) for _ in range(2))
+    x, y = rng.random((5, 784)), np.array([1, 2, 3, 4, 5])
+    logits, cache = plain.forward(x)
+    SGD(plain.params).step(plain.backward(logits, cache, y), 0.1)
+    logits, cache = folded.forward(x)
+    _, probs = cross_entropy(logits, y)
+    optimiser = SGD(folded.params)
+    assert optimiser.folds_learning_rate
+    optimiser.step(folded.backward_from_probs(probs, cache, y, scale=0.1), 1.0)
+    for p, q in zip(plain.params, folded.params, strict=True):
+        np.testing.assert_allclose(p, q, rtol=1e-13, atol=1e-15)
+    assert not SGD(plain.params, momentum=0.9).folds_learning_rate
+    assert not SGD(plain.params, weight_decay=1e-4).folds_learning_rate
+
+
 @pytest.mark.parametrize(
     ("kwargs", "expected"),
     [

@@ -59,6 +59,19 @@ def test_shuffling_is_seeded(tiny):
     assert run(1).column("valid_loss") != run(2).column("valid_loss")
 
 
+def test_a_shuffled_epoch_trains_on_the_seeded_permutation(tiny):
+    # Oracle: the same permutation applied to the data up front, then trained in order.
+    order = np.random.default_rng(5).permutation(len(tiny.train.y))
+    permuted = tiny._replace(
+        train=tiny.train._replace(x=tiny.train.x[order], y=tiny.train.y[order])
+    )
+    shuffled, in_order = MLP(16, 16, seed=0), MLP(16, 16, seed=0)
+    fit(shuffled, tiny, TrainConfig(epochs=1, batch_size=7, shuffle=True, seed=5))
+    fit(in_order, permuted, TrainConfig(epochs=1, batch_size=7))
+    for p, q in zip(shuffled.params, in_order.params, strict=True):
+        np.testing.assert_array_equal(p, q)
+
+
 def test_divergence_stops_with_a_clear_error(tiny):
     model = MLP(64, 64, init="normal", init_std=100.0)
     with pytest.raises(DivergedError, match="diverged") as info:
