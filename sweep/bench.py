@@ -159,9 +159,11 @@ def storage_overhead(n: int) -> tuple[float, float]:
     memory.optimize(_trivial, n_trials=n)
     base = (time.perf_counter() - start) / n * 1e3
     with tempfile.TemporaryDirectory() as tmp:
-        study = _queued_study(f"sqlite:///{tmp}/o.db", n)
+        url = f"sqlite:///{tmp}/o.db"
+        _queued_study(url, n)
+        study = _worker_study(url)
         start = time.perf_counter()
-        runner.serve(study, _trivial, run_id="bench")
+        assert runner.serve(study, _trivial, run_id="bench") == n
         ours = (time.perf_counter() - start) / n * 1e3
     return ours, base
 
@@ -180,17 +182,24 @@ def _queued_study(url: str, n: int):
     return study
 
 
-def _serve_from(url: str) -> int:
+def _worker_study(url: str):
+    """Study "o" as a worker opens it (``sweep.runner.work`` with a random sampler)."""
     import optuna
 
-    from sweep import runner
     from sweep.storage import open_storage
+    from sweep.writeback import WriteBackStorage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(
-        study_name="o", storage=open_storage(url), sampler=optuna.samplers.RandomSampler()
+    storage = WriteBackStorage(open_storage(url))
+    return optuna.load_study(
+        study_name="o", storage=storage, sampler=optuna.samplers.RandomSampler()
     )
-    return runner.serve(study, _trivial, run_id="bench")
+
+
+def _serve_from(url: str) -> int:
+    from sweep import runner
+
+    return runner.serve(_worker_study(url), _trivial, run_id="bench")
 
 
 def parallel_rate(n: int, workers: int) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -421,7 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("study", help="study file (TOML)")
     p.add_argument("--storage", help=storage_help)
-    p.add_argument("--jobs", "-j", type=_positive_int, default=1, help="worker processes")
+    p.add_argument(
+        "--jobs", "-j", type=_positive_int, default=os.cpu_count() or 1,
+        help="worker processes (default: one per core, each with one BLAS thread: the "
+        "fastest split measured, see make bench)",
+    )  # fmt: skip
     p.add_argument(
         "--threads", type=_positive_int, help="BLAS threads per worker (default: cores / jobs)"
     )

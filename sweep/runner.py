@@ -3,7 +3,7 @@
 The study is a queue. When a run starts, the parent tops it up: a grid study gets one WAITING
 trial per feasible grid point that no trial covers yet, a TPE/random study gets empty WAITING
 slots up to its trial cap (the sampler fills each slot's parameters when it is claimed). Workers
-only ever claim WAITING trials, one at a time and atomically (see ``sweep.storage``), so
+only ever claim WAITING trials, one at a time and atomically (see ``sweep.writeback``), so
   - a grid point runs exactly once however many workers or hosts claim from the queue, and
   - the trial cap holds for all workers together.
 A trial whose worker dies stops sending heartbeats; whoever notices first marks it FAIL and
@@ -14,7 +14,6 @@ by Ctrl-C or SIGTERM is released the same way by its own worker or, failing that
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
+from mlp.model import parameter_count
 from sweep.errors import DataError, SpecError, StorageError
 from sweep.objective import Objective, TrialFailed, load_data
 from sweep.space import grid_points
@@ -42,6 +42,7 @@ from sweep.storage import (
     open_storage,
     resolve_url,
 )
+from sweep.writeback import WriteBackStorage
 
 logger = logging.getLogger(__name__)
 
@@ -51,32 +52,16 @@ _LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState
 _POLL_S = 1.0
 
 
-# RUNNING trials that never sent a heartbeat: their worker died between claiming them and its
-# first beat. optuna's stale-trial check only looks at trials with a heartbeat, so without this
-# such a trial would stay RUNNING forever.
-_SILENT_SINCE_CLAIM = sqlalchemy.text(
-    "SELECT t.trial_id FROM trials t LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
-    "WHERE t.study_id = :study AND t.state = 'RUNNING' AND h.trial_id IS NULL "
-    "AND t.datetime_start < :cutoff"
-)
-
-
 def _fail_stale(study: optuna.Study) -> None:
-    """Fail (and so requeue, once) the trials of workers that stopped sending heartbeats."""
+    """Fail (and so requeue, once) the trials of workers that stopped sending heartbeats.
+
+    Every claim records the trial's first heartbeat in its own transaction (see
+    ``sweep.writeback``), so a worker that dies at any moment after claiming leaves a
+    heartbeat that goes stale; optuna's check finds it.
+    """
     with warnings.catch_warnings():  # stable in practice since optuna 2.9; still "experimental"
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-    rdb = getattr(study._storage, "_backend", study._storage)
-    grace = rdb.get_heartbeat_interval() and rdb.grace_period
-    if not grace:
-        return
-    # optuna stores datetime_start as local naive time (datetime.now()); compare likewise.
-    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=grace)
-    with rdb.engine.connect() as conn:  # closed before releasing: it holds SQLite's lock
-        params = {"study": study._study_id, "cutoff": cutoff}
-        silent = conn.execute(_SILENT_SINCE_CLAIM, params).scalars().all()
-    for trial_id in silent:
-        _release(study, trial_id)
 
 
 def _counts(trial: optuna.trial.FrozenTrial) -> bool:
@@ -167,6 +152,12 @@ def open_study(
     return study
 
 
+def _cost(spec: StudySpec, point: dict[str, Any]) -> int:
+    """A grid point's training work, in proportion: epochs × weights."""
+    settings = dataclasses.replace(spec.train, **point)
+    return settings.epochs * parameter_count(settings.hidden_1, settings.hidden_2)
+
+
 def top_up(study: optuna.Study, spec: StudySpec, trials: int | None = None) -> int:
     """Enqueue what the study still needs; return the study's total (the progress target)."""
     existing = [t for t in study.get_trials(deepcopy=False) if _counts(t)]
@@ -177,6 +168,9 @@ def top_up(study: optuna.Study, spec: StudySpec, trials: int | None = None) -> i
         if cap is not None:
             points = points[:cap]
         missing = [p for p in points if _point_key(p) not in covered]
+        # Longest first (LPT scheduling): the queue then ends with short trials running side
+        # by side, not with one large trial running alone while the other workers idle.
+        missing.sort(key=lambda p: _cost(spec, p), reverse=True)
         for point in missing:
             study.enqueue_trial(point, skip_if_exists=False)
         return len(points)
@@ -190,12 +184,11 @@ def top_up(study: optuna.Study, spec: StudySpec, trials: int | None = None) -> i
 class _Heartbeat:
     """Records the running trial's heartbeat from a background thread."""
 
-    storage: optuna.storages.RDBStorage
+    storage: WriteBackStorage
     trial_id: int
     _stop: threading.Event = dataclasses.field(default_factory=threading.Event)
 
     def __enter__(self) -> _Heartbeat:
-        self.storage.record_heartbeat(self.trial_id)
         self._thread = threading.Thread(target=self._beat, daemon=True)
         self._thread.start()
         return self
@@ -229,7 +222,7 @@ def work(spec: StudySpec, url: str, run_id: str, *, salt: int = 0) -> int:
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _sigterm_to_interrupt()
-    storage = open_storage(url, stale_trial_callback=requeue)
+    storage = WriteBackStorage(open_storage(url, stale_trial_callback=requeue))
     study = optuna.load_study(
         study_name=spec.name, storage=storage,
         sampler=make_sampler(spec, salt), pruner=make_pruner(spec),
@@ -240,18 +233,28 @@ def work(spec: StudySpec, url: str, run_id: str, *, salt: int = 0) -> int:
         raise storage_failure(e, url) from None  # a plain message survives the trip home
 
 
-def claim(study: optuna.Study) -> int | None:
-    """Atomically move one WAITING trial to RUNNING and return its id; None if none waits.
+def claim(study: optuna.Study, tags: dict[str, Any] | None = None) -> int | None:
+    """Atomically move one WAITING trial to RUNNING, tagged with ``tags``, and return its
+    id; None if none waits.
 
-    Private optuna API, on purpose: ``study.ask()`` would *create* a trial when the queue is
-    empty, which breaks the grid's exactly-once and the trial cap; this only pops. The move
-    itself is optuna's ``set_trial_state_values`` (``FOR UPDATE``; ``BEGIN IMMEDIATE`` on
-    SQLite), so a trial another worker took first is skipped.
-
-    Note: optuna's storage cache re-reads every unfinished trial on each pop, so a claim costs
-    time linear in the queue's length (``make bench`` measures it).
+    Not ``study.ask()``, on purpose: that would *create* a trial when the queue is empty,
+    which breaks the grid's exactly-once and the trial cap; this only pops. The study must be
+    opened on a ``WriteBackStorage``, whose claim is one transaction (see ``sweep.writeback``).
     """
-    return study._pop_waiting_trial_id()
+    return _worker_study(study)._storage.claim(study._study_id, tags)
+
+
+def _worker_study(study: optuna.Study) -> optuna.Study:
+    """``study`` seen through a ``WriteBackStorage`` (itself if it already is)."""
+    if isinstance(study._storage, WriteBackStorage):
+        return study
+    backend = getattr(study._storage, "_backend", study._storage)
+    if not isinstance(backend, optuna.storages.RDBStorage):
+        raise TypeError(f"workers need an RDB storage; got {type(backend).__name__}")
+    return optuna.load_study(
+        study_name=study.study_name, storage=WriteBackStorage(backend),
+        sampler=study.sampler, pruner=study.pruner,
+    )  # fmt: skip
 
 
 def _run_one(
@@ -273,14 +276,20 @@ def _run_one(
 def serve(study: optuna.Study, objective: Callable[[optuna.Trial], float], *, run_id: str) -> int:
     """Claim and run ``study``'s queued trials with ``objective`` until none are left or
     running; return how many this process ran. ``work`` is this with the MLP objective."""
+    study = _worker_study(study)
     storage = study._storage
-    worker = f"{socket.gethostname()}:{os.getpid()}"
+    tags = {"worker": f"{socket.gethostname()}:{os.getpid()}", "run": run_id}
     ran = 0
     stop_key = f"stop:{run_id}"
+    next_stop_check = 0.0
     while True:
-        if study._storage.get_study_system_attrs(study._study_id).get(stop_key):
-            return ran
-        trial_id = claim(study)
+        # The parent's stop flag (for workers it cannot kill, e.g. on dask), read before each
+        # trial but at most once a second: a read per trivial trial was 10% of its cost.
+        if time.monotonic() >= next_stop_check:
+            if storage.has_study_system_attr(study._study_id, stop_key):
+                return ran
+            next_stop_check = time.monotonic() + _POLL_S
+        trial_id = claim(study, tags)
         if trial_id is None:
             _fail_stale(study)
             if not study.get_trials(
@@ -290,10 +299,8 @@ def serve(study: optuna.Study, objective: Callable[[optuna.Trial], float], *, ru
             time.sleep(_POLL_S)
             continue
         try:
-            with _Heartbeat(storage, trial_id):  # first thing: a claimed trial proves it lives
+            with _Heartbeat(storage, trial_id):  # the claim recorded the first beat
                 trial = optuna.Trial(study, trial_id)
-                trial.set_user_attr("worker", worker)
-                trial.set_user_attr("run", run_id)
                 value, state = _run_one(objective, trial)
         except BaseException:  # Ctrl-C, SIGTERM, or the storage failing under us
             _release(study, trial_id)

@@ -51,6 +51,10 @@ def mask_password(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
+#: Connection execution option marking a transaction that only reads (SQLite: plain BEGIN).
+READ_ONLY = "sweep_read_only"
+
+
 def _configure_sqlite(engine: sqlalchemy.engine.Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -63,7 +67,9 @@ def _configure_sqlite(engine: sqlalchemy.engine.Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: sqlalchemy.Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Our own read-only transactions say so (``read_only``) and take no lock at all.
+        read_only = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     engine.dispose()  # connections opened before the listeners existed are dropped
 

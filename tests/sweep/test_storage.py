@@ -14,23 +14,29 @@ POP = textwrap.dedent(
     """
     import sys, optuna
     from sweep.storage import open_storage
+    from sweep.writeback import WriteBackStorage
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name="q", storage=open_storage(sys.argv[1]))
+    url, how = sys.argv[1:]
+    storage = open_storage(url) if how == "optuna" else WriteBackStorage(open_storage(url))
+    study = optuna.load_study(study_name="q", storage=storage)
+    pop = study._pop_waiting_trial_id if how == "optuna" else lambda: storage.claim(study._study_id)
     popped = []
-    while (trial_id := study._pop_waiting_trial_id()) is not None:
+    while (trial_id := pop()) is not None:
         popped.append(trial_id)
     print(" ".join(map(str, popped)))
     """
 )
 
 
-def test_four_processes_claim_200_trials_each_exactly_once(storage_url):
+@pytest.mark.parametrize("how", ["optuna", "writeback"])
+def test_four_processes_claim_200_trials_each_exactly_once(storage_url, how):
+    # "optuna": its own pop, made safe on SQLite by BEGIN IMMEDIATE; "writeback": our claim.
     url = storage_url
     study = optuna.create_study(study_name="q", storage=open_storage(url))
     for i in range(200):
         study.enqueue_trial({"i": i}, skip_if_exists=False)
     procs = [
-        subprocess.Popen([sys.executable, "-c", POP, url], stdout=subprocess.PIPE,
+        subprocess.Popen([sys.executable, "-c", POP, url, how], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
         for _ in range(4)
     ]  # fmt: skip

@@ -1,0 +1,99 @@
+"""The worker's write-back storage stores exactly what optuna's own storage would."""
+
+import math
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from sweep import runner, writeback
+from sweep.storage import open_storage
+from sweep.writeback import WriteBackStorage
+
+
+def _objective(trial: optuna.Trial) -> float:
+    """Touches every kind of write a trial can make."""
+    x = trial.suggest_float("x", 1e-3, 1.0, log=True)
+    n = trial.suggest_int("n", 1, 8, step=1)
+    act = trial.suggest_categorical("act", ["relu", "tanh"])
+    for step, value in enumerate([0.5, float("nan"), float("inf"), -1.25]):
+        trial.report(value, step)
+    trial.set_user_attr("curve", [1.0, 2.5])
+    trial.set_user_attr("curve", [1.0, 2.5, 3.0])  # overwritten: the last write wins
+    trial.storage.set_trial_system_attr(trial._trial_id, "note", {"a": 1})
+    return x * n + (act == "tanh")
+
+
+def _fields(t: optuna.trial.FrozenTrial) -> tuple:
+    steps = {k: (repr(v) if math.isnan(v) else v) for k, v in t.intermediate_values.items()}
+    system = {k: v for k, v in t.system_attrs.items() if k != "fixed_params"}
+    user = {k: v for k, v in t.user_attrs.items() if k not in ("run", "worker")}  # our tags
+    return (t.number, t.state, t.values, t.params, t.distributions, user, system, steps)
+
+
+def _queued(url: str, name: str, fixed: list[dict]) -> optuna.Study:
+    study = optuna.create_study(study_name=name, storage=open_storage(url), direction="maximize")
+    for params in fixed:
+        study.enqueue_trial(params, skip_if_exists=False)
+    return study
+
+
+def test_a_written_back_trial_reads_back_as_optunas_own(storage_url):
+    fixed = [{"x": 0.25, "n": 3, "act": "tanh"}, {"x": 0.5, "n": 2, "act": "relu"}]
+    theirs = _queued(storage_url, "optuna", fixed)
+    theirs.optimize(_objective, n_trials=2)
+    _queued(storage_url, "ours", fixed)
+    ours = optuna.load_study(study_name="ours", storage=WriteBackStorage(open_storage(storage_url)))
+    assert runner.serve(ours, _objective, run_id="r") == 2
+    fresh = optuna.load_study(study_name="ours", storage=open_storage(storage_url))
+    reference = [_fields(t) for t in theirs.get_trials()]
+    assert [_fields(t) for t in fresh.get_trials()] == reference
+    assert {t.user_attrs["run"] for t in fresh.get_trials()} == {"r"}
+    assert all(t.datetime_complete >= t.datetime_start for t in fresh.get_trials())
+
+
+def test_pending_writes_ride_on_the_next_heartbeat(storage_url, monkeypatch):
+    monkeypatch.setattr(writeback, "FLUSH_INTERVAL_S", 3600.0)
+    _queued(storage_url, "s", [{}])
+    storage = WriteBackStorage(open_storage(storage_url))
+    study = optuna.load_study(study_name="s", storage=storage)
+    trial_id = runner.claim(study, {"run": "r"})
+    storage.set_trial_intermediate_value(trial_id, 1, 97.5)
+    reader = open_storage(storage_url)
+    assert reader.get_trial(trial_id).intermediate_values == {}  # held back
+    assert storage.get_trial(trial_id).intermediate_values == {1: 97.5}  # seen locally
+    storage.record_heartbeat(trial_id)
+    assert reader.get_trial(trial_id).intermediate_values == {1: 97.5}
+
+
+def test_a_write_after_a_quiet_interval_goes_straight_through(storage_url, monkeypatch):
+    monkeypatch.setattr(writeback, "FLUSH_INTERVAL_S", 0.0)
+    _queued(storage_url, "s", [{}])
+    storage = WriteBackStorage(open_storage(storage_url))
+    trial_id = runner.claim(optuna.load_study(study_name="s", storage=storage))
+    storage.set_trial_user_attr(trial_id, "epoch", 1)
+    assert open_storage(storage_url).get_trial(trial_id).user_attrs["epoch"] == 1
+
+
+def test_a_trial_failed_elsewhere_is_not_overwritten(storage_url):
+    _queued(storage_url, "s", [{}])
+    storage = WriteBackStorage(open_storage(storage_url))
+    trial_id = runner.claim(optuna.load_study(study_name="s", storage=storage))
+    storage.set_trial_user_attr(trial_id, "late", True)
+    open_storage(storage_url).set_trial_state_values(trial_id, TrialState.FAIL)  # stale check
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError, match="no longer RUNNING"):
+        storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [1.0])
+    stored = open_storage(storage_url).get_trial(trial_id)
+    assert stored.state == TrialState.FAIL and "late" not in stored.user_attrs
+
+
+def test_an_incompatible_distribution_is_refused_when_suggested(storage_url):
+    _queued(storage_url, "s", [{}, {}])
+    study = optuna.load_study(study_name="s", storage=open_storage(storage_url))
+    runner.serve(study, lambda t: t.suggest_float("x", 0, 1), run_id="r")  # both trials
+    optuna.load_study(study_name="s", storage=open_storage(storage_url)).enqueue_trial({})
+    storage = WriteBackStorage(open_storage(storage_url))
+    study = optuna.load_study(study_name="s", storage=storage)
+    trial = optuna.Trial(study, runner.claim(study))
+    with pytest.raises(ValueError, match="different distribution"):
+        trial.suggest_categorical("x", ["a", "b"])
