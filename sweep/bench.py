@@ -92,6 +92,28 @@ def sgemm_rate(m: int, k: int, n: int, repeats: int = 5) -> list[float]:
     return out
 
 
+def gemm_bound(data, epochs: int) -> float:
+    """Seconds of the training run's matrix products alone, at its exact shapes (forward,
+    backward, and the full-set and validation passes in chunks of 5000): the floor for any
+    implementation on this BLAS, since everything else only adds to it."""
+    rng = np.random.default_rng(0)
+    w = [rng.random((a, b), dtype=np.float32) for a, b in itertools.pairwise(SHAPES)]
+    x = np.asarray(data.train.x, dtype=np.float32)
+    evaluated = np.concatenate([x, np.asarray(data.valid.x, dtype=np.float32)])
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for lo in range(0, len(x), BATCH):
+            xb = x[lo : lo + BATCH]
+            h1 = xb @ w[0]
+            h2 = h1 @ w[1]
+            d3 = h2 @ w[2]  # stands in for the output gradient: same shape
+            d2 = d3 @ w[2].T
+            h2.T @ d3, h1.T @ d2, xb.T @ (d2 @ w[1].T)  # dW3, dW2, dW1 (through dX2)
+        for lo in range(0, len(evaluated), 5000):
+            evaluated[lo : lo + 5000] @ w[0] @ w[1] @ w[2]
+    return time.perf_counter() - start
+
+
 def train_numpy(data, epochs: int) -> float:
     from mlp import MLP, TrainConfig, fit
 
@@ -244,17 +266,28 @@ def main(argv: list[str] | None = None) -> None:
         print(f"({m}, {k}) @ ({k}, {nn}):".ljust(26) + _stats(rates))
 
     print(f"\n## training, {args.epochs} epoch(s) of 784-512-768-10, seconds ({args.repeats} runs)")
-    ours = _repeat(lambda: train_numpy(data, args.epochs), args.repeats)
-    flops = flops_per_epoch(n, full_eval=True) * args.epochs
-    rate = flops / statistics.median(ours) / 1e9
-    share = rate / statistics.median(peak)
-    print(f"numpy MLP:  {_stats(ours)}   {rate:.0f} GFLOP/s ({share:.0%} of the sgemm peak)")
+    # Interleaved, so that a slow spell of a shared machine hits every row alike.
+    runs: dict[str, list[float]] = {"bound": [], "ours": [], "torch": []}
     try:
-        theirs = _repeat(lambda: train_torch(data, args.epochs), args.repeats)
-        ratio = statistics.median(ours) / statistics.median(theirs)
-        print(f"PyTorch:    {_stats(theirs)}   ours / PyTorch = {ratio:.2f}")
+        import torch  # noqa: F401
     except ImportError:
-        print("PyTorch:    not installed (pip install torch==2.13.0 for this row)")
+        del runs["torch"]
+    for _ in range(args.repeats):
+        runs["bound"].append(gemm_bound(data, args.epochs))
+        runs["ours"].append(train_numpy(data, args.epochs))
+        if "torch" in runs:
+            runs["torch"].append(train_torch(data, args.epochs))
+    flops = flops_per_epoch(n, full_eval=True) * args.epochs
+    ours, bound = statistics.median(runs["ours"]), statistics.median(runs["bound"])
+    print(f"GEMMs alone: {_stats(runs['bound'])}   {flops / bound / 1e9:.0f} GFLOP/s")
+    print(f"numpy MLP:   {_stats(runs['ours'])}   {flops / ours / 1e9:.0f} GFLOP/s, "
+          f"{bound / ours:.0%} of the GEMM bound")  # fmt: skip
+    if "torch" in runs:
+        theirs = statistics.median(runs["torch"])
+        print(f"PyTorch:     {_stats(runs['torch'])}   {bound / theirs:.0%} of the GEMM bound; "
+              f"ours / PyTorch = {ours / theirs:.2f}")  # fmt: skip
+    else:
+        print("PyTorch:     not installed (pip install torch==2.13.0 for this row)")
 
     if not args.skip_grid:
         print(f"\n## seed grid, 24 points × {args.grid_epochs} epoch(s), wall seconds")
@@ -265,11 +298,12 @@ def main(argv: list[str] | None = None) -> None:
 
     print("\n## framework overhead, trivial objective")
     queued, parallel, workers = (20, 20, 2) if args.quick else (300, 400, 8)
-    ours_ms, base_ms = storage_overhead(queued)
-    print(f"per trial, {queued} queued: {ours_ms:.2f} ms on SQLite (ours) "
-          f"vs {base_ms:.2f} ms in memory (optuna)")  # fmt: skip
-    rate = parallel_rate(parallel, workers)
-    print(f"{workers} workers on one SQLite queue: {rate:.0f} trials/s")
+    overheads = _repeat(lambda: storage_overhead(queued), args.repeats)
+    base_ms = statistics.median(base for _, base in overheads)
+    print(f"ms per trial, {queued} queued: {_stats([o for o, _ in overheads])} on SQLite (ours), "
+          f"median {base_ms:.2f} in memory (optuna)")  # fmt: skip
+    rates = _repeat(lambda: parallel_rate(parallel, workers), args.repeats)
+    print(f"trials/s, {workers} workers on one SQLite queue: {_stats(rates)}")
 
 
 if __name__ == "__main__":
