@@ -8,7 +8,8 @@ Prints, in one run, medians (with min and max) of repeated measurements:
   - the wall time of a reduced seed grid with workers × BLAS threads = 1×2 and 2×1;
   - per-trial framework overhead (storage, claiming, bookkeeping; trivial objective) on our
     SQLite storage against optuna's in-memory storage, and trials/s with 8 worker processes.
-PyTorch is optional (``pip install torch==2.13.0``, a CPU build); without it that row says so.
+PyTorch is optional (the ``bench`` extra: ``pip install torch==2.13.0``, a CPU build); without it
+that row says so.
 """
 
 from __future__ import annotations
@@ -92,25 +93,34 @@ def sgemm_rate(m: int, k: int, n: int, repeats: int = 5) -> list[float]:
     return out
 
 
-def gemm_bound(data, epochs: int) -> float:
-    """Seconds of the training run's matrix products alone, at its exact shapes (forward,
-    backward, and the full-set and validation passes in chunks of 5000): the floor for any
-    implementation on this BLAS, since everything else only adds to it."""
+def _matmuls(w: list[np.ndarray], x: np.ndarray, evaluated: np.ndarray) -> None:
+    """One epoch's matrix products, nothing else: forward and backward of every batch of
+    ``x`` at the training loop's shapes, then a forward pass over ``evaluated`` in chunks of
+    5000. A (batch, 10) product stands in for the output gradient: same shape, same cost."""
+    for lo in range(0, len(x), BATCH):
+        xb = x[lo : lo + BATCH]
+        h1 = xb @ w[0]
+        h2 = h1 @ w[1]
+        d3 = h2 @ w[2]
+        d2 = d3 @ w[2].T
+        h2.T @ d3, h1.T @ d2, xb.T @ (d2 @ w[1].T)  # dW3, dW2, dW1 (through dX2)
+    for lo in range(0, len(evaluated), 5000):
+        evaluated[lo : lo + 5000] @ w[0] @ w[1] @ w[2]
+
+
+def _weights(h1: int, h2: int) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
-    w = [rng.random((a, b), dtype=np.float32) for a, b in itertools.pairwise(SHAPES)]
-    x = np.asarray(data.train.x, dtype=np.float32)
-    evaluated = np.concatenate([x, np.asarray(data.valid.x, dtype=np.float32)])
+    return [rng.random((a, b), dtype=np.float32) for a, b in itertools.pairwise((784, h1, h2, 10))]
+
+
+def gemm_bound(data, epochs: int) -> float:
+    """Seconds of the training run's matrix products alone (with the full-set and validation
+    passes): the floor for any implementation on this BLAS, everything else only adds."""
+    w = _weights(*SHAPES[1:3])
+    evaluated = np.concatenate([data.train.x, data.valid.x]).astype(np.float32, copy=False)
     start = time.perf_counter()
     for _ in range(epochs):
-        for lo in range(0, len(x), BATCH):
-            xb = x[lo : lo + BATCH]
-            h1 = xb @ w[0]
-            h2 = h1 @ w[1]
-            d3 = h2 @ w[2]  # stands in for the output gradient: same shape
-            d2 = d3 @ w[2].T
-            h2.T @ d3, h1.T @ d2, xb.T @ (d2 @ w[1].T)  # dW3, dW2, dW1 (through dX2)
-        for lo in range(0, len(evaluated), 5000):
-            evaluated[lo : lo + 5000] @ w[0] @ w[1] @ w[2]
+        _matmuls(w, data.train.x, evaluated)
     return time.perf_counter() - start
 
 
@@ -147,6 +157,39 @@ def train_torch(data, epochs: int) -> float:
             torch.nn.functional.cross_entropy(net(x), y).item()
             net(xv).argmax(1)
     return time.perf_counter() - start
+
+
+def _gemm_epochs(sizes: list[tuple[int, int]], epochs: int, train_size: int) -> float:
+    """Seconds of the matrix products alone of ``epochs`` epochs of each (h1, h2) in turn,
+    validation pass included, as a sweep trial runs them."""
+    from mlp import load_mnist
+
+    data = load_mnist().head(train_size)
+    start = time.perf_counter()
+    for h1, h2 in sizes:
+        w = _weights(h1, h2)
+        for _ in range(epochs):
+            _matmuls(w, data.train.x, data.valid.x)
+    return time.perf_counter() - start
+
+
+def grid_gemm_bound(*, epochs: int, train_size: int) -> float:
+    """The seed grid's floor on 2 workers × 1 BLAS thread: each worker times the matrix
+    products alone of every other point (largest first, as the queue orders them), and the
+    slower worker's total is the bound."""
+    from joblib import Parallel, delayed, parallel_config
+
+    from sweep.space import grid_points
+    from sweep.spec import load_spec
+
+    spec = load_spec("studies/seed-grid.toml")
+    sizes = sorted(((p["hidden_1"], p["hidden_2"]) for p in grid_points(spec)),
+                   key=lambda hw: -(784 * hw[0] + hw[0] * hw[1] + 10 * hw[1]))  # fmt: skip
+    with parallel_config(backend="loky", inner_max_num_threads=1):
+        times = Parallel(n_jobs=2)(
+            delayed(_gemm_epochs)(sizes[i::2], epochs, train_size) for i in range(2)
+        )
+    return max(times)
 
 
 def grid_wall(jobs: int, threads: int, *, epochs: int, train_size: int) -> float:
@@ -287,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"PyTorch:     {_stats(runs['torch'])}   {bound / theirs:.0%} of the GEMM bound; "
               f"ours / PyTorch = {ours / theirs:.2f}")  # fmt: skip
     else:
-        print("PyTorch:     not installed (pip install torch==2.13.0 for this row)")
+        print("PyTorch:     not installed (pip install 'mlp-sweep[bench]' for this row)")
 
     if not args.skip_grid:
         print(f"\n## seed grid, 24 points × {args.grid_epochs} epoch(s), wall seconds")
@@ -295,6 +338,10 @@ def main(argv: list[str] | None = None) -> None:
         for jobs, threads in [(1, 2), (2, 1)]:
             wall = grid_wall(jobs, threads, epochs=args.grid_epochs, train_size=train_size)
             print(f"{jobs} worker(s) × {threads} BLAS thread(s): {wall:.1f}")
+        bound = grid_gemm_bound(epochs=args.grid_epochs, train_size=train_size)
+        full = bound * 10 / args.grid_epochs
+        print(f"GEMMs alone, 2 workers × 1 thread: {bound:.1f}  (the full 10-epoch grid's floor: "
+              f"{full:.0f} s)")  # fmt: skip
 
     print("\n## framework overhead, trivial objective")
     queued, parallel, workers = (20, 20, 2) if args.quick else (300, 400, 8)

@@ -14,6 +14,7 @@ by Ctrl-C or SIGTERM is released the same way by its own worker or, failing that
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import logging
 import os
@@ -52,16 +53,34 @@ _LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState
 _POLL_S = 1.0
 
 
-def _fail_stale(study: optuna.Study) -> None:
-    """Fail (and so requeue, once) the trials of workers that stopped sending heartbeats.
+# RUNNING trials that never sent a heartbeat. Our claims record the first heartbeat in the
+# same transaction, but a trial popped by optuna itself (``study.optimize`` on the same study,
+# killed between its pop and its first beat) has none, and optuna's stale-trial check only
+# looks at trials with a heartbeat: without this it would stay RUNNING forever.
+_SILENT_SINCE_CLAIM = sqlalchemy.text(
+    "SELECT t.trial_id FROM trials t LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+    "WHERE t.study_id = :study AND t.state = 'RUNNING' AND h.trial_id IS NULL "
+    "AND t.datetime_start < :cutoff"
+)
 
-    Every claim records the trial's first heartbeat in its own transaction (see
-    ``sweep.writeback``), so a worker that dies at any moment after claiming leaves a
-    heartbeat that goes stale; optuna's check finds it.
-    """
+
+def _fail_stale(study: optuna.Study) -> None:
+    """Fail (and so requeue, once) the trials of workers that stopped sending heartbeats."""
     with warnings.catch_warnings():  # stable in practice since optuna 2.9; still "experimental"
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    rdb = getattr(study._storage, "backend", None) or study._storage._backend
+    grace = rdb.get_heartbeat_interval() and rdb.grace_period
+    if not grace:
+        return
+    # optuna 5 stores datetime_start as naive UTC; compare likewise.
+    cutoff = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+    cutoff -= datetime.timedelta(seconds=grace)
+    with rdb.engine.connect() as conn:  # closed before releasing: it holds SQLite's lock
+        params = {"study": study._study_id, "cutoff": cutoff}
+        silent = conn.execute(_SILENT_SINCE_CLAIM, params).scalars().all()
+    for trial_id in silent:
+        _release(study, trial_id)
 
 
 def _counts(trial: optuna.trial.FrozenTrial) -> bool:
@@ -259,14 +278,21 @@ def _worker_study(study: optuna.Study) -> optuna.Study:
 
 def _run_one(
     objective: Callable[[optuna.Trial], float], trial: optuna.Trial
-) -> tuple[float | None, TrialState]:
-    """Run the objective; a pruned, diverged or crashing trial is a result, not a crash."""
+) -> tuple[float | None, TrialState | None]:
+    """Run the objective; a pruned, diverged or crashing trial is a result, not a crash.
+
+    The state of a returned value is left to ``study.tell`` (None): it records a NaN or a
+    non-number as FAIL, as ``study.optimize`` does. A storage error is not the trial's
+    fault and propagates, so the trial is released and run again.
+    """
     try:
-        return objective(trial), TrialState.COMPLETE
+        return objective(trial), None
     except optuna.TrialPruned:
         return None, TrialState.PRUNED
     except TrialFailed:
         return None, TrialState.FAIL
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError):
+        raise
     except Exception as e:  # a bug or MemoryError in one trial must not end the sweep
         logger.exception("trial %d raised", trial.number)
         trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
@@ -302,10 +328,15 @@ def serve(study: optuna.Study, objective: Callable[[optuna.Trial], float], *, ru
             with _Heartbeat(storage, trial_id):  # the claim recorded the first beat
                 trial = optuna.Trial(study, trial_id)
                 value, state = _run_one(objective, trial)
+            study.tell(trial, value, state=state)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Failed as stale while it ran (its heartbeats were held up past the grace
+            # period); whoever failed it queued a replacement, so this result is not needed.
+            logger.warning("trial id %d was failed elsewhere while it ran", trial_id)
+            continue
         except BaseException:  # Ctrl-C, SIGTERM, or the storage failing under us
             _release(study, trial_id)
             raise
-        study.tell(trial, value, state=state)
         ran += 1
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import threading
 import time
 from collections.abc import Container, Sequence
@@ -45,10 +46,11 @@ from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages._rdb import models
 from optuna.storages._rdb.models import TrialIntermediateValueModel, TrialValueModel
-from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.storage import READ_ONLY
+
+logger = logging.getLogger(__name__)
 
 # Longest a claimed trial's writes wait before going to the database on their own account.
 FLUSH_INTERVAL_S = 1.0
@@ -72,7 +74,8 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
         self._study_of: dict[int, int] = {}  # trial id → study id, for claimed trials
         self._finished: dict[int, FrozenTrial] = {}  # the last few trials this process ended
         self._known: dict[tuple[int, str], distributions.BaseDistribution] = {}
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()  # guards the dicts above; never held for database work
+        self._io_lock = threading.Lock()  # one write-back at a time, in order
 
     # -- the queue -------------------------------------------------------------------------
 
@@ -100,7 +103,8 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
                 .values(state=TrialState.RUNNING, datetime_start=started)
             )
             conn.execute(_T.heartbeats.insert().values(trial_id=trial_id))
-            _replace_attrs(conn, _T.user_attrs, trial_id, tags or {})
+            tags_json = {k: json.dumps(v) for k, v in (tags or {}).items()}
+            _replace_attrs(conn, _T.user_attrs, trial_id, tags_json)
         with self._reading() as conn:  # after the commit: other writers need not wait for it
             frozen = _read_claimed(conn, trial_id, number, started)
         with self._lock:
@@ -126,26 +130,42 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
 
     def _hold(self, trial_id: int, write: _Write) -> bool:
         """Apply ``write`` to the local copy of a claimed trial and queue it; False if the
-        trial is not one of ours (the caller then writes through)."""
+        trial is not one of ours (the caller then writes through).
+
+        Attribute values are JSON-encoded here, so an unstorable value fails in the caller,
+        as with optuna's storage, and a later change to a mutable value is not picked up.
+        """
+        kind, key, value, distribution = write
+        if kind in ("user", "system"):
+            value = json.dumps(value)
+            write = (kind, key, value, None)
         with self._lock:
             trial = self._claimed.get(trial_id)
             if trial is None:
                 return False
-            kind, key, value, distribution = write
             if kind == "param":
                 trial.params[key] = distribution.to_external_repr(value)
                 trial.distributions[key] = distribution
-            elif kind == "user":
-                trial.user_attrs[key] = value
-            elif kind == "system":
-                trial.system_attrs[key] = value
-            else:
+            elif kind == "step":
                 trial.intermediate_values[key] = value
+            else:
+                attrs = trial.user_attrs if kind == "user" else trial.system_attrs
+                attrs[key] = json.loads(value)
             self._pending.setdefault(trial_id, []).append(write)
             due = time.monotonic() - self._flushed_at[trial_id] >= FLUSH_INTERVAL_S
         if due:
-            self._write_back(trial_id)
+            self._try_write_back(trial_id)
         return True
+
+    def _try_write_back(self, trial_id: int) -> None:
+        """An early write-back: the writes are already held, so a database error only
+        delays them (they stay pending for the next heartbeat or the finish)."""
+        try:
+            self._write_back(trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            raise
+        except Exception:
+            logger.warning("trial id %d: write-back delayed", trial_id, exc_info=True)
 
     def _write_back(
         self,
@@ -153,35 +173,36 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
         *,
         state: TrialState | None = None,
         values: Sequence[float] | None = None,
-        heartbeat: bool = False,
     ) -> None:
-        """Commit a claimed trial's pending writes (and its end, or a heartbeat) at once.
+        """Commit a claimed trial's pending writes (and its end) in one transaction.
 
         Raises UpdateFinishedTrialError, dropping the writes, if the trial was finished
-        elsewhere (failed as stale); on a database error the writes stay pending.
+        elsewhere (failed as stale); on a database error the writes stay pending. The
+        database work runs outside ``_lock``, so the training thread never waits on a
+        heartbeat's write-back to read its own trial.
         """
-        with self._lock:
-            writes = self._pending.pop(trial_id, [])
+        with self._io_lock:
+            with self._lock:
+                if trial_id not in self._claimed:  # finished meanwhile: nothing left to write
+                    return
+                writes = self._pending.pop(trial_id, [])
+                self._flushed_at[trial_id] = time.monotonic()  # no retry storm on errors
             try:
                 with self.backend.engine.begin() as conn:
                     _transition(conn, trial_id, state)
                     _write(conn, trial_id, writes)
-                    if heartbeat:
-                        conn.execute(
-                            _T.heartbeats.update()
-                            .where(_T.heartbeats.c.trial_id == trial_id)
-                            .values(heartbeat=sqlalchemy.func.now())
-                        )
                     if values is not None:
                         _insert_values(conn, trial_id, values)
             except optuna.exceptions.UpdateFinishedTrialError:
-                self._forget(trial_id)
+                with self._lock:
+                    self._forget(trial_id)
                 raise
             except BaseException:
-                self._pending[trial_id] = writes + self._pending.get(trial_id, [])
+                with self._lock:
+                    self._pending[trial_id] = writes + self._pending.get(trial_id, [])
                 raise
-            self._flushed_at[trial_id] = time.monotonic()
-            if state is not None:
+        if state is not None:
+            with self._lock:
                 trial = self._claimed[trial_id]
                 trial.state = state
                 trial.values = None if values is None else [float(v) for v in values]
@@ -198,25 +219,22 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
         self._study_of.pop(trial_id, None)
 
     def _check_distribution(
-        self, trial_id: int, name: str, distribution: distributions.BaseDistribution
+        self, study_id: int, name: str, distribution: distributions.BaseDistribution
     ) -> None:
         """Raise, as optuna does, if ``name`` was suggested before in this study from an
         incompatible distribution. Read from the database once per name and process."""
-        study_id = self._study_of[trial_id]
         known = self._known.get((study_id, name))
         if known is None:
-            with _create_scoped_session(self.backend.scoped_session) as session:
-                record = (
-                    session.query(models.TrialParamModel)
-                    .join(models.TrialModel)
-                    .filter(models.TrialModel.study_id == study_id)
-                    .filter(models.TrialParamModel.param_name == name)
-                    .first()
-                )
-                json_text = None if record is None else record.distribution_json
-            known = (
-                distribution if json_text is None else distributions.json_to_distribution(json_text)
+            params, trials = _T.params, _T.trials
+            query = (
+                sqlalchemy.select(params.c.distribution_json)
+                .join(trials, trials.c.trial_id == params.c.trial_id)
+                .where(trials.c.study_id == study_id, params.c.param_name == name)
+                .limit(1)
             )
+            with self._reading() as conn:
+                text = conn.execute(query).scalar()
+            known = distribution if text is None else distributions.json_to_distribution(text)
         distributions.check_distribution_compatibility(known, distribution)
         self._known[(study_id, name)] = known
 
@@ -227,8 +245,9 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
         param_value_internal: float,
         distribution: distributions.BaseDistribution,
     ) -> None:
-        if trial_id in self._claimed:
-            self._check_distribution(trial_id, param_name, distribution)
+        study_id = self._study_of.get(trial_id)
+        if study_id is not None:
+            self._check_distribution(study_id, param_name, distribution)
         write = ("param", param_name, param_value_internal, distribution)
         if not self._hold(trial_id, write):
             self._cache.set_trial_param(trial_id, param_name, param_value_internal, distribution)
@@ -256,12 +275,11 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
         return self._cache.set_trial_state_values(trial_id, state, values)
 
     def record_heartbeat(self, trial_id: int) -> None:
-        """A heartbeat also carries the trial's pending writes, so a running trial is never
-        more than one heartbeat interval behind in the database."""
+        """Record the heartbeat, then write back the trial's pending writes, so a running
+        trial is never more than one heartbeat interval behind in the database."""
+        self.backend.record_heartbeat(trial_id)  # its own transaction: nothing can hold it up
         if trial_id in self._claimed:
-            self._write_back(trial_id, heartbeat=True)
-        else:
-            self.backend.record_heartbeat(trial_id)
+            self._try_write_back(trial_id)
 
     # -- reads: our running trials from memory, everything else from optuna's cache --------
 
@@ -282,8 +300,12 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
         if not self._claimed:
             return trials
         with self._lock:
+            ours = {i: t for i, t in self._claimed.items() if t.state == TrialState.RUNNING}
+            # A trial failed elsewhere (stale) is shown as the database has it.
             return [
-                copy.deepcopy(self._claimed[t._trial_id]) if t._trial_id in self._claimed else t
+                copy.deepcopy(ours[t._trial_id])
+                if t._trial_id in ours and t.state == TrialState.RUNNING
+                else t
                 for t in trials
             ]
 
@@ -360,14 +382,15 @@ def _utc_now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def _replace_attrs(conn: Any, table: Any, trial_id: int, attrs: dict[str, Any]) -> None:
-    """Upsert ``attrs`` as delete + insert: the same two statements on every database."""
+def _replace_attrs(conn: Any, table: Any, trial_id: int, attrs: dict[str, str]) -> None:
+    """Upsert JSON-encoded ``attrs`` as delete + insert: the same two statements on every
+    database."""
     if not attrs:
         return
     conn.execute(table.delete().where(table.c.trial_id == trial_id, table.c.key.in_(attrs)))
     conn.execute(
         table.insert(),
-        [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()],
+        [{"trial_id": trial_id, "key": k, "value_json": v} for k, v in attrs.items()],
     )
 
 
@@ -434,7 +457,11 @@ def _write(conn: Any, trial_id: int, writes: list[_Write]) -> None:
             steps[key] = value
         else:
             attrs[kind][key] = value
-    if params:  # a trial suggests each parameter once; optuna checks that before us
+    if params:  # delete first: a retried write-back must not trip the unique key
+        table = _T.params
+        conn.execute(
+            table.delete().where(table.c.trial_id == trial_id, table.c.param_name.in_(params))
+        )
         conn.execute(
             _T.params.insert(),
             [

@@ -97,3 +97,24 @@ def test_an_incompatible_distribution_is_refused_when_suggested(storage_url):
     trial = optuna.Trial(study, runner.claim(study))
     with pytest.raises(ValueError, match="different distribution"):
         trial.suggest_categorical("x", ["a", "b"])
+
+
+def test_an_unstorable_value_fails_in_the_caller_and_holds_nothing_up(storage_url):
+    _queued(storage_url, "s", [{}])
+    storage = WriteBackStorage(open_storage(storage_url))
+    trial_id = runner.claim(optuna.load_study(study_name="s", storage=storage))
+    with pytest.raises(TypeError, match="JSON serializable"):
+        storage.set_trial_user_attr(trial_id, "bad", {1, 2})  # a set: as optuna's storage
+    storage.set_trial_user_attr(trial_id, "good", [1])
+    storage.record_heartbeat(trial_id)
+    assert storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [1.0])
+    stored = open_storage(storage_url).get_trial(trial_id)
+    assert stored.user_attrs["good"] == [1] and "bad" not in stored.user_attrs
+
+
+def test_a_nan_result_is_a_failed_trial_not_a_dead_worker(tmp_path):
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    _queued(url, "s", [{}, {}])
+    study = optuna.load_study(study_name="s", storage=open_storage(url))
+    assert runner.serve(study, lambda t: float("nan"), run_id="r") == 2
+    assert {t.state for t in study.get_trials()} == {TrialState.FAIL}
