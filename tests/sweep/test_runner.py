@@ -321,7 +321,7 @@ def test_a_trial_claimed_by_a_worker_that_died_at_once_is_requeued(tmp_path, pop
     assert trial_id is not None
     runner._fail_stale(study)
     assert states(study) == {TrialState.RUNNING: 1}  # not before the grace period
-    time.sleep(1.5)
+    time.sleep(2.5)  # the grace period, plus a second: SQLite's CURRENT_TIMESTAMP has seconds
     runner._fail_stale(study)
     runner._fail_stale(study)  # a second look requeues nothing more
     assert states(study) == {TrialState.FAIL: 1, TrialState.WAITING: 1}
