@@ -257,8 +257,9 @@ def claim(study: optuna.Study, tags: dict[str, Any] | None = None) -> int | None
     id; None if none waits.
 
     Not ``study.ask()``, on purpose: that would *create* a trial when the queue is empty,
-    which breaks the grid's exactly-once and the trial cap; this only pops. The study must be
-    opened on a ``WriteBackStorage``, whose claim is one transaction (see ``sweep.writeback``).
+    which breaks the grid's exactly-once and the trial cap; this only pops, in one
+    transaction of a ``WriteBackStorage`` (see ``sweep.writeback``; a study opened on a plain
+    RDB storage is seen through one).
     """
     return _worker_study(study)._storage.claim(study._study_id, tags)
 
