@@ -69,7 +69,7 @@ def _fail_stale(study: optuna.Study) -> None:
     with warnings.catch_warnings():  # stable in practice since optuna 2.9; still "experimental"
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-    rdb = getattr(study._storage, "backend", None) or study._storage._backend
+    rdb = _rdb(study._storage)
     grace = rdb.get_heartbeat_interval() and rdb.grace_period
     if not grace:
         return
@@ -264,11 +264,18 @@ def claim(study: optuna.Study, tags: dict[str, Any] | None = None) -> int | None
     return _worker_study(study)._storage.claim(study._study_id, tags)
 
 
+def _rdb(storage: optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
+    """The RDB storage under our write-back wrapper or optuna's cache."""
+    if isinstance(storage, WriteBackStorage):
+        return storage.backend
+    return getattr(storage, "_backend", storage)
+
+
 def _worker_study(study: optuna.Study) -> optuna.Study:
     """``study`` seen through a ``WriteBackStorage`` (itself if it already is)."""
     if isinstance(study._storage, WriteBackStorage):
         return study
-    backend = getattr(study._storage, "_backend", study._storage)
+    backend = _rdb(study._storage)
     if not isinstance(backend, optuna.storages.RDBStorage):
         raise TypeError(f"workers need an RDB storage; got {type(backend).__name__}")
     return optuna.load_study(

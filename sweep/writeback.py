@@ -74,6 +74,7 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
         self._flushed_at: dict[int, float] = {}
         self._study_of: dict[int, int] = {}  # trial id → study id, for claimed trials
         self._finished: dict[int, FrozenTrial] = {}  # the last few trials this process ended
+        self._lost: set[int] = set()  # claimed trials failed elsewhere (stale) meanwhile
         self._known: dict[tuple[int, str], distributions.BaseDistribution] = {}
         self._lock = threading.Lock()  # guards the dicts above; never held for database work
         self._io_lock = threading.Lock()  # one write-back at a time, in order
@@ -133,6 +134,8 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
             trial = self._claimed.get(trial_id)
             if trial is None:
                 return False
+            if trial_id in self._lost:  # failed elsewhere: nothing more of it is stored
+                return True
             if kind == "param":
                 trial.params[key] = distribution.to_external_repr(value)
                 trial.distributions[key] = distribution
@@ -149,11 +152,12 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
 
     def _try_write_back(self, trial_id: int) -> None:
         """An early write-back: the writes are already held, so a database error only
-        delays them (they stay pending for the next heartbeat or the finish)."""
+        delays them (they stay pending for the next heartbeat or the finish). A trial found
+        failed elsewhere is reported by its finish, which raises."""
         try:
             self._write_back(trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
-            raise
+            logger.warning("trial id %d was failed elsewhere; its writes are dropped", trial_id)
         except Exception:
             logger.warning("trial id %d: write-back delayed", trial_id, exc_info=True)
 
@@ -175,6 +179,10 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
             with self._lock:
                 if trial_id not in self._claimed:  # finished meanwhile: nothing left to write
                     return
+                if trial_id in self._lost:
+                    if state is not None:
+                        self._forget(trial_id)
+                    raise optuna.exceptions.UpdateFinishedTrialError(_LOST.format(trial_id))
                 writes = self._pending.pop(trial_id, [])
                 self._flushed_at[trial_id] = time.monotonic()  # no retry storm on errors
             try:
@@ -184,8 +192,13 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
                     if values is not None:
                         _insert_values(conn, trial_id, values)
             except optuna.exceptions.UpdateFinishedTrialError:
+                # Keep the local copy until the trial's own end: optuna's tell reads the
+                # trial before finishing it and must see it RUNNING to reach us and fail here.
                 with self._lock:
-                    self._forget(trial_id)
+                    self._lost.add(trial_id)
+                    self._pending.pop(trial_id, None)
+                    if state is not None:
+                        self._forget(trial_id)
                 raise
             except BaseException:
                 with self._lock:
@@ -203,6 +216,7 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
                 self._forget(trial_id)
 
     def _forget(self, trial_id: int) -> None:
+        self._lost.discard(trial_id)
         self._claimed.pop(trial_id, None)
         self._pending.pop(trial_id, None)
         self._flushed_at.pop(trial_id, None)
@@ -466,6 +480,9 @@ def _read_claimed(conn: Any, trial_id: int, number: int, started_utc: datetime) 
     )
 
 
+_LOST = "trial id {} is no longer RUNNING; its writes were dropped"
+
+
 def _transition(conn: Any, trial_id: int, state: TrialState | None) -> None:
     """First statement of a write-back: move the trial to ``state`` (or leave it RUNNING),
     which also locks its row on PostgreSQL; raise UpdateFinishedTrialError, writing nothing,
@@ -475,9 +492,7 @@ def _transition(conn: Any, trial_id: int, state: TrialState | None) -> None:
     else:
         update = conn.execute(_SQL.end, {"tid": trial_id, "new_state": state, "done": _utc_now()})
     if update.rowcount != 1:
-        raise optuna.exceptions.UpdateFinishedTrialError(
-            f"trial id {trial_id} is no longer RUNNING; its writes were dropped"
-        )
+        raise optuna.exceptions.UpdateFinishedTrialError(_LOST.format(trial_id))
 
 
 def _write(conn: Any, trial_id: int, writes: list[_Write]) -> None:

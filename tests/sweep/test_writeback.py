@@ -118,3 +118,20 @@ def test_a_nan_result_is_a_failed_trial_not_a_dead_worker(tmp_path):
     study = optuna.load_study(study_name="s", storage=open_storage(url))
     assert runner.serve(study, lambda t: float("nan"), run_id="r") == 2
     assert {t.state for t in study.get_trials()} == {TrialState.FAIL}
+
+
+def test_a_trial_failed_elsewhere_while_running_ends_as_that_failure(storage_url):
+    # Its heartbeat's write-back finds it FAIL (another worker judged it stale); optuna's
+    # tell must then reach us and be refused, not see a FAIL trial and raise ValueError.
+    _queued(storage_url, "s", [{}])
+    storage = WriteBackStorage(open_storage(storage_url))
+    study = optuna.load_study(study_name="s", storage=storage)
+    trial = optuna.Trial(study, runner.claim(study))
+    trial.set_user_attr("epoch", 1)
+    open_storage(storage_url).set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    storage.record_heartbeat(trial._trial_id)  # logs the lost write-back, does not raise
+    trial.set_user_attr("epoch", 2)  # dropped
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        study.tell(trial, 1.0)
+    stored = open_storage(storage_url).get_trial(trial._trial_id)
+    assert stored.state == TrialState.FAIL and "epoch" not in stored.user_attrs
