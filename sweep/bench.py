@@ -179,12 +179,14 @@ def grid_gemm_bound(*, epochs: int, train_size: int) -> float:
     slower worker's total is the bound."""
     from joblib import Parallel, delayed, parallel_config
 
+    from mlp.model import parameter_count
     from sweep.space import grid_points
     from sweep.spec import load_spec
 
     spec = load_spec("studies/seed-grid.toml")
+    # Largest first, by the same measure the queue orders grid points by.
     sizes = sorted(((p["hidden_1"], p["hidden_2"]) for p in grid_points(spec)),
-                   key=lambda hw: -(784 * hw[0] + hw[0] * hw[1] + 10 * hw[1]))  # fmt: skip
+                   key=lambda hw: -parameter_count(*hw))  # fmt: skip
     with parallel_config(backend="loky", inner_max_num_threads=1):
         times = Parallel(n_jobs=2)(
             delayed(_gemm_epochs)(sizes[i::2], epochs, train_size) for i in range(2)

@@ -30,6 +30,7 @@ against what optuna itself reads back.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import threading
@@ -59,6 +60,17 @@ FLUSH_INTERVAL_S = 1.0
 _Write = tuple[str, Any, Any, Any]  # (kind, key, value, distribution or None)
 
 
+@dataclasses.dataclass
+class _Held:
+    """A trial this process claimed and runs."""
+
+    trial: FrozenTrial  # up to date with every write, committed or not
+    study_id: int
+    flushed_at: float  # time.monotonic() of the last write-back (or of the claim)
+    pending: list[_Write] = dataclasses.field(default_factory=list)  # not yet committed
+    lost: bool = False  # failed elsewhere (stale) meanwhile: nothing more is stored
+
+
 class WriteBackStorage(BaseStorage, BaseHeartbeat):
     """optuna storage for a worker: ``claim`` trials, then write each back in one go.
 
@@ -69,12 +81,8 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
     def __init__(self, backend: RDBStorage) -> None:
         self.backend = backend
         self._cache = _CachedStorage(backend)
-        self._claimed: dict[int, FrozenTrial] = {}  # trial id → the running trial, up to date
-        self._pending: dict[int, list[_Write]] = {}  # trial id → writes not yet committed
-        self._flushed_at: dict[int, float] = {}
-        self._study_of: dict[int, int] = {}  # trial id → study id, for claimed trials
+        self._held: dict[int, _Held] = {}  # trial id → a trial this process runs
         self._finished: dict[int, FrozenTrial] = {}  # the last few trials this process ended
-        self._lost: set[int] = set()  # claimed trials failed elsewhere (stale) meanwhile
         self._known: dict[tuple[int, str], distributions.BaseDistribution] = {}
         self._lock = threading.Lock()  # guards the dicts above; never held for database work
         self._io_lock = threading.Lock()  # one write-back at a time, in order
@@ -99,9 +107,7 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
         with self._reading() as conn:  # after the commit: other writers need not wait for it
             frozen = _read_claimed(conn, trial_id, number, started)
         with self._lock:
-            self._claimed[trial_id] = frozen
-            self._study_of[trial_id] = study_id
-            self._flushed_at[trial_id] = time.monotonic()
+            self._held[trial_id] = _Held(frozen, study_id, time.monotonic())
         return trial_id
 
     def has_study_system_attr(self, study_id: int, key: str) -> bool:
@@ -131,11 +137,12 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
             value = json.dumps(value)
             write = (kind, key, value, None)
         with self._lock:
-            trial = self._claimed.get(trial_id)
-            if trial is None:
+            held = self._held.get(trial_id)
+            if held is None:
                 return False
-            if trial_id in self._lost:  # failed elsewhere: nothing more of it is stored
+            if held.lost:
                 return True
+            trial = held.trial
             if kind == "param":
                 trial.params[key] = distribution.to_external_repr(value)
                 trial.distributions[key] = distribution
@@ -144,8 +151,8 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
             else:
                 attrs = trial.user_attrs if kind == "user" else trial.system_attrs
                 attrs[key] = json.loads(value)
-            self._pending.setdefault(trial_id, []).append(write)
-            due = time.monotonic() - self._flushed_at[trial_id] >= FLUSH_INTERVAL_S
+            held.pending.append(write)
+            due = time.monotonic() - held.flushed_at >= FLUSH_INTERVAL_S
         if due:
             self._try_write_back(trial_id)
         return True
@@ -177,14 +184,15 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
         """
         with self._io_lock:
             with self._lock:
-                if trial_id not in self._claimed:  # finished meanwhile: nothing left to write
+                held = self._held.get(trial_id)
+                if held is None:  # finished meanwhile: nothing left to write
                     return
-                if trial_id in self._lost:
+                if held.lost:
                     if state is not None:
-                        self._forget(trial_id)
+                        del self._held[trial_id]
                     raise optuna.exceptions.UpdateFinishedTrialError(_LOST.format(trial_id))
-                writes = self._pending.pop(trial_id, [])
-                self._flushed_at[trial_id] = time.monotonic()  # no retry storm on errors
+                writes, held.pending = held.pending, []
+                held.flushed_at = time.monotonic()  # no retry storm on errors
             try:
                 with self.backend.engine.begin() as conn:
                     _transition(conn, trial_id, state)
@@ -195,32 +203,23 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
                 # Keep the local copy until the trial's own end: optuna's tell reads the
                 # trial before finishing it and must see it RUNNING to reach us and fail here.
                 with self._lock:
-                    self._lost.add(trial_id)
-                    self._pending.pop(trial_id, None)
+                    held.lost, held.pending = True, []
                     if state is not None:
-                        self._forget(trial_id)
+                        del self._held[trial_id]
                 raise
             except BaseException:
                 with self._lock:
-                    self._pending[trial_id] = writes + self._pending.get(trial_id, [])
+                    held.pending = writes + held.pending
                 raise
         if state is not None:
             with self._lock:
-                trial = self._claimed[trial_id]
+                trial = self._held.pop(trial_id).trial
                 trial.state = state
                 trial.values = None if values is None else [float(v) for v in values]
                 trial.datetime_complete = datetime.now()
                 self._finished[trial_id] = trial  # optuna's tell reads it back at once
                 while len(self._finished) > 16:
                     self._finished.pop(next(iter(self._finished)))
-                self._forget(trial_id)
-
-    def _forget(self, trial_id: int) -> None:
-        self._lost.discard(trial_id)
-        self._claimed.pop(trial_id, None)
-        self._pending.pop(trial_id, None)
-        self._flushed_at.pop(trial_id, None)
-        self._study_of.pop(trial_id, None)
 
     def _check_distribution(
         self, study_id: int, name: str, distribution: distributions.BaseDistribution
@@ -249,9 +248,9 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
         param_value_internal: float,
         distribution: distributions.BaseDistribution,
     ) -> None:
-        study_id = self._study_of.get(trial_id)
-        if study_id is not None:
-            self._check_distribution(study_id, param_name, distribution)
+        held = self._held.get(trial_id)
+        if held is not None:
+            self._check_distribution(held.study_id, param_name, distribution)
         write = ("param", param_name, param_value_internal, distribution)
         if not self._hold(trial_id, write):
             self._cache.set_trial_param(trial_id, param_name, param_value_internal, distribution)
@@ -273,7 +272,7 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
     def set_trial_state_values(
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
     ) -> bool:
-        if trial_id in self._claimed and state.is_finished():
+        if trial_id in self._held and state.is_finished():
             self._write_back(trial_id, state=state, values=values)
             return True
         return self._cache.set_trial_state_values(trial_id, state, values)
@@ -282,14 +281,15 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
         """Record the heartbeat, then write back the trial's pending writes, so a running
         trial is never more than one heartbeat interval behind in the database."""
         self.backend.record_heartbeat(trial_id)  # its own transaction: nothing can hold it up
-        if trial_id in self._claimed:
+        if trial_id in self._held:
             self._try_write_back(trial_id)
 
     # -- reads: our running trials from memory, everything else from optuna's cache --------
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         with self._lock:
-            trial = self._claimed.get(trial_id) or self._finished.get(trial_id)
+            held = self._held.get(trial_id)
+            trial = held.trial if held is not None else self._finished.get(trial_id)
             if trial is not None:
                 return copy.deepcopy(trial)
         return self._cache.get_trial(trial_id)
@@ -301,10 +301,10 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
         states: Container[TrialState] | None = None,
     ) -> list[FrozenTrial]:
         trials = self._cache.get_all_trials(study_id, deepcopy=deepcopy, states=states)
-        if not self._claimed:
+        if not self._held:
             return trials
         with self._lock:
-            ours = {i: t for i, t in self._claimed.items() if t.state == TrialState.RUNNING}
+            ours = {i: h.trial for i, h in self._held.items() if not h.lost}
             # A trial failed elsewhere (stale) is shown as the database has it.
             return [
                 copy.deepcopy(ours[t._trial_id])
