@@ -199,11 +199,12 @@ def grid_wall(jobs: int, threads: int, *, epochs: int, train_size: int) -> float
     text = Path("studies/seed-grid.toml").read_text()
     text = text.replace("epochs = 10", f"epochs = {epochs}")
     text = text.replace("[train]", f"[data]\ntrain_size = {train_size}\n\n[train]")
+    text = text.replace("[budget]", f"threads = {threads}\n\n[budget]")  # ends [study]
     with tempfile.TemporaryDirectory() as tmp:
         study = Path(tmp, "grid.toml")
         study.write_text(text)
         cmd = [sys.executable, "-m", "sweep.cli", "run", str(study), "--jobs", str(jobs),
-               "--threads", str(threads), "--storage", f"sqlite:///{tmp}/b.db"]  # fmt: skip
+               "--storage", f"sqlite:///{tmp}/b.db"]  # fmt: skip
         start = time.perf_counter()
         subprocess.run(cmd, check=True, capture_output=True)
         return time.perf_counter() - start

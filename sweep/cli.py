@@ -97,7 +97,7 @@ class _ProgressLine:
 
     def __init__(self, header: str) -> None:
         self.header: str | None = header
-        self.last_done = -1
+        self.last: tuple[int, str | None] = (-1, None)
         self.tty = sys.stderr.isatty()
 
     def __call__(self, p: Progress) -> None:
@@ -108,14 +108,17 @@ class _ProgressLine:
         eta = ""
         if 0 < p.done < p.total:
             eta = f"  ETA {_duration(p.elapsed / p.done * (p.total - p.done))}"
-        line = (
-            f"{p.done}/{p.total} trials  {p.running} running  {best}  {_duration(p.elapsed)}{eta}"
-        )
+        running = f"{p.running} running"
+        if p.running != p.here:
+            running += f" on {p.workers} worker(s), {p.here} here"
+        line = f"{p.done}/{p.total} trials  {running}  {best}  {_duration(p.elapsed)}{eta}"
+        if p.waiting_for:
+            line += f"  ({p.waiting_for})"
         if self.tty:
             print(f"\r{line:<78}", end="", file=sys.stderr, flush=True)
-        elif p.done != self.last_done:
+        elif (p.done, p.waiting_for) != self.last:
             print(line, file=sys.stderr, flush=True)
-        self.last_done = p.done
+        self.last = (p.done, p.waiting_for)
 
     def close(self) -> None:
         if self.tty and self.header is None:
@@ -147,7 +150,9 @@ def _trial_table(study: optuna.Study, *, limit: int | None = None) -> str:
         if t.state == TrialState.PRUNED:
             value += f" (pruned @{t.user_attrs.get('pruned_at', '?')})"
         if t.state == TrialState.FAIL:
-            value = t.user_attrs.get("fail_reason", "interrupted")[:40]
+            value = t.user_attrs.get(
+                "fail_reason", "skipped" if "skipped" in t.user_attrs else "worker lost, rerun"
+            )[:40]
         params = [_fmt(t.params.get(n, "")) for n in names]
         rows.append(
             [
@@ -185,14 +190,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     spec = _study_spec(args.study)
     url = resolve_url(args.storage)
     progress = _ProgressLine(
-        f"study {spec.name!r} ({spec.sampler}) in {mask_password(url)}, {args.jobs} worker(s)"
+        f"study {spec.name!r} ({spec.sampler}) in {mask_password(url)}, "
+        f"{args.jobs} local worker(s) × {spec.threads} BLAS thread(s)"
     )
     try:
         study = runner.run(
             spec,
             storage=url,
             jobs=args.jobs,
-            threads=args.threads,
             trials=args.trials,
             backend=args.backend,
             scheduler=args.scheduler,
@@ -205,22 +210,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    """Join an existing study as one worker (for other hosts or batch-scheduler arrays)."""
+    """Join a study as one worker (other hosts, batch-scheduler arrays): the study's stored
+    spec decides what runs; a study file, if given, must agree with it."""
     import uuid
 
     from sweep import runner
-    from sweep.spec import load_spec
-    from sweep.storage import open_storage, study_names
+    from sweep.storage import resolve_url
 
     _quiet_optuna()
-    spec = load_spec(args.study)
-    if spec.name not in study_names(open_storage(args.storage)):
-        raise SpecError(
-            f"{args.study}: study {spec.name!r} does not exist yet; "
-            f"start it with `sweep run {args.study}`"
-        )
-    ran = runner.work(spec, args.storage, uuid.uuid4().hex[:12])
-    print(f"worker ran {ran} trial(s); study {spec.name!r} has nothing left to claim")
+    if not (args.study or args.name):
+        raise SpecError("worker needs a study: --study NAME, or a study file")
+    given = _study_spec(args.study) if args.study else None
+    if given and args.name and args.name != given.name:
+        raise SpecError(f"{given.source}: [study.name] is {given.name!r}, not {args.name!r}")
+    name = args.name or given.name
+    url = resolve_url(args.storage)
+    spec = runner.join(url, name, spec=given, wait=args.wait, data_path=args.data)
+    ran = runner.work(spec, url, uuid.uuid4().hex[:12], launch=True)
+    print(f"worker ran {ran} trial(s); study {name!r} has nothing left to claim")
     return EXIT_OK
 
 
@@ -229,6 +236,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     import optuna
     from optuna.trial import TrialState
 
+    from sweep.queue import SKIPPED
     from sweep.storage import mask_password, open_storage, resolve_url
 
     storage = open_storage(args.storage, heartbeat_interval=None, grace_period=None)
@@ -238,10 +246,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     for s in summaries:
         study = optuna.load_study(study_name=s.study_name, storage=storage)
-        states = {st: 0 for st in TrialState}
+        states = {st.name.lower(): 0 for st in TrialState} | {"skipped": 0}
         for t in study.get_trials(deepcopy=False):
-            states[t.state] += 1
-        counts = ", ".join(f"{n} {st.name.lower()}" for st, n in states.items() if n)
+            skipped = t.state == TrialState.FAIL and SKIPPED in t.user_attrs
+            states["skipped" if skipped else t.state.name.lower()] += 1
+        counts = ", ".join(f"{n} {state}" for state, n in states.items() if n)
         print(f"{s.study_name}: {counts or 'no trials'}")
         if s.best_trial is not None:
             params = ", ".join(f"{k}={_fmt(v)}" for k, v in s.best_trial.params.items())
@@ -428,9 +437,6 @@ def build_parser() -> argparse.ArgumentParser:
         "fastest split measured, see make bench)",
     )  # fmt: skip
     p.add_argument(
-        "--threads", type=_positive_int, help="BLAS threads per worker (default: cores / jobs)"
-    )
-    p.add_argument(
         "--trials", type=_positive_int, help="trial cap for the whole study (overrides the file)"
     )
     p.add_argument(
@@ -442,12 +448,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "worker",
-        help="join an existing study as one worker (other hosts, batch arrays)",
+        help="join a study as one worker (other hosts, batch arrays)",
         description=_cmd_worker.__doc__,
-        epilog="example: sweep worker studies/seed-grid.toml --storage postgresql://u:p@db/sweep",
+        epilog="example: sweep worker --study seed-grid --storage postgresql://u:p@db/sweep "
+        "--wait 600",
     )
-    p.add_argument("study", help="study file (TOML)")
+    p.add_argument("study", nargs="?", help="study file (TOML); optional with --study")
+    p.add_argument("--study", dest="name", help="study name: join with the stored spec")
     p.add_argument("--storage", help=storage_help)
+    p.add_argument(
+        "--wait", type=float, default=0.0, metavar="SECONDS",
+        help="wait this long for the study to be created (default: 0, fail at once)",
+    )  # fmt: skip
+    p.add_argument("--data", help="this host's copy of MNIST (default: the stored study's)")
     p.set_defaults(func=_cmd_worker)
 
     p = sub.add_parser(

@@ -15,5 +15,10 @@ class StorageError(SweepError):
     """The study database cannot be reached, read or written."""
 
 
+class WorkerError(SweepError):
+    """A worker cannot run trials where it is (out of memory, a library missing); its trial
+    went back to the queue."""
+
+
 # mlp cannot import sweep, so its DataError is re-exported here as part of the same family.
-__all__ = ["DataError", "SpecError", "StorageError", "SweepError"]
+__all__ = ["DataError", "SpecError", "StorageError", "SweepError", "WorkerError"]

@@ -15,6 +15,7 @@ from functools import cache
 from typing import Any
 
 import optuna
+from threadpoolctl import threadpool_limits
 
 from mlp import MLP, Dataset, DivergedError, EpochMetrics, TrainConfig, fit, load_mnist
 from mlp.model import parameter_count
@@ -115,7 +116,9 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned at epoch {m.epoch}")
 
         try:
-            fit(model, load_data(self.spec), config, on_epoch=on_epoch)
+            # The study's BLAS thread count, whatever the worker's: float32 sums depend on it.
+            with threadpool_limits(limits=self.spec.threads, user_api="blas"):
+                fit(model, load_data(self.spec), config, on_epoch=on_epoch)
         except DivergedError as e:
             save(fail_reason=str(e))
             raise TrialFailed(str(e)) from e
@@ -142,7 +145,8 @@ def evaluate_best(study: optuna.Study, spec: StudySpec) -> Evaluation:
     settings = TrainSettings(**best.user_attrs["config"])
     model, config = train_settings(settings, best.user_attrs["seed"])
     data = load_data(spec)
-    history = fit(model, data, config)
+    with threadpool_limits(limits=spec.threads, user_api="blas"):
+        history = fit(model, data, config)
     _, test_acc = model.evaluate(data.test.x.astype(model.dtype, copy=False), data.test.y)
     result = Evaluation(best.number, 100 * test_acc, 100 * history.epochs[-1].valid_accuracy)
     study.set_user_attr("test_accuracy", result.test_accuracy)

@@ -56,7 +56,11 @@ def _reason(t: FrozenTrial) -> str:
         epoch = t.user_attrs.get("pruned_at", max(t.intermediate_values, default="?"))
         return f"pruned at epoch {epoch}"
     if t.state == TrialState.FAIL:
-        return t.user_attrs.get("fail_reason", "interrupted (will be rerun)")
+        if "fail_reason" in t.user_attrs:
+            return t.user_attrs["fail_reason"]
+        if "skipped" in t.user_attrs:
+            return f"skipped: {t.user_attrs['skipped']}"
+        return "worker lost (rerun as another trial)"
     return ""
 
 

@@ -107,6 +107,8 @@ _STUDY_RULES: dict[str, _Rule] = {
     "trials": _int_at_least(1),
     "seed": _int_at_least(0),
     "pruner": _choice(PRUNERS),
+    "threads": _int_at_least(1),
+    "max_retries": _int_at_least(1),
 }
 _BUDGET_RULES: dict[str, _Rule] = {"min_params": _int_at_least(0), "max_params": _int_at_least(1)}
 _DATA_RULES: dict[str, _Rule] = {
@@ -154,6 +156,8 @@ class StudySpec:
     budget: Budget
     train: TrainSettings  # fixed settings; searched ones are overridden per trial
     space: tuple[Dimension, ...]
+    threads: int = 1  # BLAS threads per trial: float32 sums depend on it, so it is the study's
+    max_retries: int = 3  # a trial whose workers die this often is FAIL, not requeued again
     train_size: int | None = None  # use only a prefix of the training split
     data_path: str | None = None  # a user's own copy of MNIST
     source: str = "<spec>"  # where it came from, for messages
@@ -173,7 +177,8 @@ class StudySpec:
         return {
             "study": {
                 "name": self.name, "sampler": self.sampler, "trials": self.trials,
-                "seed": self.seed, "pruner": self.pruner,
+                "seed": self.seed, "pruner": self.pruner, "threads": self.threads,
+                "max_retries": self.max_retries,
             },
             "budget": dataclasses.asdict(self.budget),
             "data": {"train_size": self.train_size, "path": self.data_path},
@@ -299,6 +304,8 @@ def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> StudySpec:
         trials=study.get("trials"),
         seed=study.get("seed", 0),
         pruner=study.get("pruner", "none"),
+        threads=study.get("threads", 1),
+        max_retries=study.get("max_retries", 3),
         budget=budget,
         train=train,
         space=space,
@@ -308,6 +315,37 @@ def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> StudySpec:
     )
     _check_budget_feasible(spec)
     return spec
+
+
+#: Fields that do not change a study's results: its name, its cap (launchers steer it), and
+#: where this host keeps the dataset.
+_LOCAL = {"study.name", "study.trials", "data.path"}
+
+
+def stored_spec(stored: Any, *, source: str) -> StudySpec:
+    """The spec stored on a study (``StudySpec.to_dict``), validated like a study file: the
+    database is shared, so what it holds is someone else's input."""
+    if not isinstance(stored, dict):
+        raise _fail(source, "spec", "a table of sections", stored)
+    raw = {
+        name: {k: v for k, v in table.items() if v is not None}
+        if isinstance(table, dict) else table
+        for name, table in stored.items()
+    }  # fmt: skip
+    return parse_spec(raw, source=source)
+
+
+def first_difference(stored: StudySpec, given: StudySpec) -> tuple[str, Any, Any] | None:
+    """The first field (``section.key``) in which ``given`` would change ``stored``'s results,
+    with both values; None if they agree."""
+    old, new = stored.to_dict(), given.to_dict()
+    for section in _SECTIONS:
+        a, b = old.get(section, {}), new.get(section, {})
+        for key in [*a, *(k for k in b if k not in a)]:
+            field = f"{section}.{key}"
+            if field not in _LOCAL and a.get(key) != b.get(key):
+                return field, a.get(key), b.get(key)
+    return None
 
 
 def _check_budget_feasible(spec: StudySpec) -> None:

@@ -94,7 +94,8 @@ def open_storage(
     """
     url = resolve_url(url)
     shown = mask_password(url)
-    if not re.match(r"^(sqlite|postgresql|postgresql\+\w+|mysql\+?\w*)://", url):
+    # MySQL is not offered: its DATETIME drops the microseconds that fence a claim.
+    if not re.match(r"^(sqlite|postgresql|postgresql\+\w+)://", url):
         raise StorageError(
             f"storage URL {shown!r} is not supported; use sqlite:///PATH or "
             "postgresql://USER:PASSWORD@HOST/DB"
@@ -111,7 +112,15 @@ def open_storage(
         engine_kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_S}
     elif url.startswith("postgresql"):
         engine_kwargs["pool_pre_ping"] = True  # survive server restarts between trials
-        engine_kwargs["connect_args"] = {"connect_timeout": 10}
+        # A host cut off mid-transaction must not hold its row locks for the OS's two hours
+        # of TCP keepalive: the server notices a silent peer within a minute and rolls back.
+        engine_kwargs["connect_args"] = {
+            "connect_timeout": 10,
+            "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+            "keepalives_count": 3,
+            "options": "-c idle_in_transaction_session_timeout=60000 "
+            "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3",
+        }  # fmt: skip
     try:
         for attempt in range(_INIT_ATTEMPTS):
             try:
@@ -125,11 +134,14 @@ def open_storage(
                         heartbeat_stale_trial_callback=stale_trial_callback,
                     )
                 break
-            except sqlalchemy.exc.IntegrityError:
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError,
+                    sqlalchemy.exc.ProgrammingError) as e:  # fmt: skip
                 # Two processes creating a new database at once race in optuna's schema
-                # set-up (UNIQUE constraint failed: alembic_version); the loser's retry finds
-                # the schema made.
-                if attempt == _INIT_ATTEMPTS - 1:
+                # set-up ("UNIQUE constraint failed: alembic_version", "table alembic_version
+                # already exists", PostgreSQL's duplicate pg_type row); the loser's retry
+                # finds the schema made.
+                racing = isinstance(e, sqlalchemy.exc.IntegrityError) or "already exists" in str(e)
+                if not racing or attempt == _INIT_ATTEMPTS - 1:
                     raise
                 time.sleep(0.2 * (attempt + 1))
     except ImportError as e:
@@ -156,3 +168,33 @@ def _first_line(error: BaseException) -> str:
 
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
     return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+
+
+def root_cause(e: BaseException) -> BaseException:
+    """The database driver's error under optuna's and SQLAlchemy's wrappers, else e itself."""
+    seen = e
+    while seen.__cause__ is not None or seen.__context__ is not None:
+        seen = seen.__cause__ or seen.__context__
+        if type(seen).__module__.split(".")[0] in ("sqlite3", "psycopg", "psycopg2"):
+            return seen
+    return e
+
+
+def root_message(e: BaseException) -> str:
+    """The first line of what the database driver said under ``e``, else of ``e`` itself."""
+    text = str(root_cause(e)).strip()
+    return text.splitlines()[0] if text else repr(e)
+
+
+def storage_failure(e: BaseException, url: str) -> StorageError:
+    """One line naming what the database said, e.g. that the disk is full or a lock was held."""
+    cause = root_message(e)
+    hint = ""
+    if "locked" in cause:
+        hint = (f" (another process held a write transaction for more than {BUSY_TIMEOUT_S:.0f} s;"
+                " an open SQL shell or a stuck tool?)")  # fmt: skip
+    elif "full" in cause or "No space" in cause:
+        hint = " (free some space; what is stored is intact and a rerun resumes)"
+    elif "readonly" in cause or "read-only" in cause:
+        hint = " (the database file or its folder is not writable)"
+    return StorageError(f"storage {mask_password(url)}: {cause}{hint}")

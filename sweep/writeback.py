@@ -7,10 +7,8 @@ claim grows with the queue. Measured with a trivial objective (``make bench``): 
 trial with 300 queued, and 16 trials/s for 8 workers on one SQLite file (#5).
 
 ``WriteBackStorage`` wraps the RDB storage in a worker process:
-  - ``claim`` moves the oldest WAITING trial to RUNNING, records its first heartbeat and
-    tags it (run, worker) in one transaction: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, the
-    ``BEGIN IMMEDIATE`` of ``sweep.storage`` on SQLite. Tag and claim cannot be separated
-    by a crash, so the parent can always find and release its run's trials.
+  - ``claim`` pops the queue (``sweep.queue.claim``: state, first heartbeat and the run and
+    worker tags in one transaction) and keeps the trial in memory.
   - Writes to a claimed trial (parameters, attributes, intermediate values) update a local
     copy at once and reach the database in one transaction: immediately when the last
     write-out was at least ``FLUSH_INTERVAL_S`` ago, else with the next heartbeat or when
@@ -22,9 +20,9 @@ What is held back is the running trial's own progress, never a result: its final
 value and attributes are one transaction, so a worker killed at any moment leaves either a
 finished trial or a RUNNING one whose heartbeat stops, which is failed and requeued.
 
-Note: the transactions reuse the RDB storage's ``_…_without_commit`` helpers, private API
-kept by optuna since 3.0; ``tests/sweep/test_writeback.py`` checks every field they write
-against what optuna itself reads back.
+Note: the statements are ``sweep.tables``', written against optuna 5's table models (private
+API). Where those models lack a column that sweep writes, the storage says so in one warning
+line and goes through optuna's public storage API instead: slower, still correct.
 """
 
 from __future__ import annotations
@@ -35,9 +33,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Container, Sequence
-from datetime import UTC, datetime
-from types import SimpleNamespace
+from collections.abc import Callable, Container, Sequence
+from datetime import datetime
 from typing import Any
 
 import optuna
@@ -46,18 +43,40 @@ from optuna import distributions
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages._heartbeat import BaseHeartbeat
-from optuna.storages._rdb import models
-from optuna.storages._rdb.models import TrialIntermediateValueModel, TrialValueModel
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep.storage import READ_ONLY
+from sweep import queue
+from sweep import tables as tb
+from sweep.storage import READ_ONLY, root_message
 
 logger = logging.getLogger(__name__)
 
 # Longest a claimed trial's writes wait before going to the database on their own account.
 FLUSH_INTERVAL_S = 1.0
+_LOST = "trial id {} is no longer held by this claim; its writes were dropped"
 
-_Write = tuple[str, Any, Any, Any]  # (kind, key, value, distribution or None)
+
+@dataclasses.dataclass
+class _Writes:
+    """A claimed trial's writes not yet committed, the last one per key winning."""
+
+    params: dict[str, tuple[float, distributions.BaseDistribution]] = dataclasses.field(
+        default_factory=dict
+    )
+    steps: dict[int, float] = dataclasses.field(default_factory=dict)
+    user: dict[str, str] = dataclasses.field(default_factory=dict)  # JSON-encoded values
+    system: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def under(self, newer: _Writes) -> _Writes:
+        """These writes with ``newer`` ones on top (a failed write-back is put back so)."""
+        return _Writes(
+            {**self.params, **newer.params}, {**self.steps, **newer.steps},
+            {**self.user, **newer.user}, {**self.system, **newer.system},
+        )  # fmt: skip
+
+    def commit(self, conn: Any, trial_id: int) -> None:
+        tb.write(conn, trial_id, new_params=self.params, new_steps=self.steps,
+                 user=self.user, system=self.system)  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -66,8 +85,9 @@ class _Held:
 
     trial: FrozenTrial  # up to date with every write, committed or not
     study_id: int
+    started: datetime  # the claim's start (naive UTC): fences every write to it
     flushed_at: float  # time.monotonic() of the last write-back (or of the claim)
-    pending: list[_Write] = dataclasses.field(default_factory=list)  # not yet committed
+    pending: _Writes = dataclasses.field(default_factory=_Writes)  # not yet committed
     lost: bool = False  # failed elsewhere (stale) meanwhile: nothing more is stored
 
 
@@ -86,33 +106,58 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
         self._known: dict[tuple[int, str], distributions.BaseDistribution] = {}
         self._lock = threading.Lock()  # guards the dicts above; never held for database work
         self._io_lock = threading.Lock()  # one write-back at a time, in order
+        moved = tb.conforms()
+        self.direct = moved is None  # False: optuna's schema moved; use its public API
+        if moved:
+            logger.warning("%s; workers write through optuna's storage API (slower)", moved)
 
     # -- the queue -------------------------------------------------------------------------
 
-    def claim(self, study_id: int, tags: dict[str, Any] | None = None) -> int | None:
-        """Move the study's oldest WAITING trial to RUNNING, with its first heartbeat and
-        ``tags`` as user attributes, in one transaction; return its id, None if none waits."""
-        locking = self.backend.engine.name != "sqlite"  # SQLite: BEGIN IMMEDIATE serialises
-        with self.backend.engine.begin() as conn:
-            oldest = _SQL.oldest_waiting_locked if locking else _SQL.oldest_waiting
-            row = conn.execute(oldest, {"sid": study_id}).first()
-            if row is None:
-                return None
-            trial_id, number = row
-            started = _utc_now()
-            conn.execute(_SQL.start, {"tid": trial_id, "started": started})
-            conn.execute(_T.heartbeats.insert(), {"trial_id": trial_id})
-            tags_json = {k: json.dumps(v) for k, v in (tags or {}).items()}
-            _replace_attrs(conn, _T.user_attrs, trial_id, tags_json)
+    def claim(self, study_id: int, tags: dict[str, Any]) -> int | None:
+        """Pop the study's oldest WAITING trial for this process (``sweep.queue.claim``:
+        state, first heartbeat and ``tags`` in one transaction); its id, None if none waits."""
+        if not self.direct:
+            return self._claim_through_optuna(study_id, tags)
+        claimed = queue.claim(self.backend, study_id, tags)
+        if claimed is None:
+            return None
         with self._reading() as conn:  # after the commit: other writers need not wait for it
-            frozen = _read_claimed(conn, trial_id, number, started)
+            frozen = tb.read_claimed(conn, claimed.trial_id, claimed.number, claimed.started)
         with self._lock:
-            self._held[trial_id] = _Held(frozen, study_id, time.monotonic())
-        return trial_id
+            self._held[claimed.trial_id] = _Held(
+                frozen, study_id, claimed.started, time.monotonic()
+            )
+        return claimed.trial_id
+
+    def _claim_through_optuna(self, study_id: int, tags: dict[str, Any]) -> int | None:
+        """The claim in optuna's public API: its conditional state update is atomic under
+        ``BEGIN IMMEDIATE`` (SQLite) and ``FOR UPDATE`` (PostgreSQL); tag and first heartbeat
+        follow in their own transactions."""
+        for trial in self._cache.get_all_trials(study_id, states=(TrialState.WAITING,)):
+            trial_id = trial._trial_id
+            try:
+                if not self._cache.set_trial_state_values(trial_id, TrialState.RUNNING):
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+            self.backend.record_heartbeat(trial_id)
+            for key, value in tags.items():
+                self._cache.set_trial_user_attr(trial_id, key, value)
+            return trial_id
+        return None
+
+    def release(self, trial_id: int) -> bool:
+        """Give a claimed trial back to the queue (``sweep.queue.release``), its held writes
+        dropped; False if it was no longer this process's to give."""
+        with self._lock:
+            held = self._held.pop(trial_id, None)
+        if held is None and self.direct:
+            return False
+        return queue.release(self.backend, trial_id, held.started if held else None)
 
     def has_study_system_attr(self, study_id: int, key: str) -> bool:
         """Whether the study carries system attribute ``key`` (one indexed read)."""
-        attrs = _T.study_system_attrs
+        attrs = tb.study_system_attrs
         query = sqlalchemy.select(attrs.c.key).where(
             attrs.c.study_id == study_id, attrs.c.key == key
         )
@@ -125,33 +170,20 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
 
     # -- writes to a claimed trial: held locally, then written back ------------------------
 
-    def _hold(self, trial_id: int, write: _Write) -> bool:
-        """Apply ``write`` to the local copy of a claimed trial and queue it; False if the
-        trial is not one of ours (the caller then writes through).
+    def _hold(self, trial_id: int, update: Callable[[FrozenTrial, _Writes], None]) -> bool:
+        """Apply a write to the local copy of a claimed trial and to its pending writes;
+        False if the trial is not one of ours (the caller then writes through).
 
-        Attribute values are JSON-encoded here, so an unstorable value fails in the caller,
-        as with optuna's storage, and a later change to a mutable value is not picked up.
+        Attribute values are JSON-encoded by the caller first, so an unstorable value fails
+        there, as with optuna's storage, and a later change to a mutable value is not seen.
         """
-        kind, key, value, distribution = write
-        if kind in ("user", "system"):
-            value = json.dumps(value)
-            write = (kind, key, value, None)
         with self._lock:
             held = self._held.get(trial_id)
             if held is None:
                 return False
             if held.lost:
                 return True
-            trial = held.trial
-            if kind == "param":
-                trial.params[key] = distribution.to_external_repr(value)
-                trial.distributions[key] = distribution
-            elif kind == "step":
-                trial.intermediate_values[key] = value
-            else:
-                attrs = trial.user_attrs if kind == "user" else trial.system_attrs
-                attrs[key] = json.loads(value)
-            held.pending.append(write)
+            update(held.trial, held.pending)
             due = time.monotonic() - held.flushed_at >= FLUSH_INTERVAL_S
         if due:
             self._try_write_back(trial_id)
@@ -165,8 +197,9 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
             self._write_back(trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
             logger.warning("trial id %d was failed elsewhere; its writes are dropped", trial_id)
-        except Exception:
-            logger.warning("trial id %d: write-back delayed", trial_id, exc_info=True)
+        except Exception as e:  # one line a failure: an outage must not flood the log
+            logger.warning("trial id %d: write-back delayed: %s", trial_id, root_message(e))
+            logger.debug("write-back failure", exc_info=True)
 
     def _write_back(
         self,
@@ -177,10 +210,10 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
     ) -> None:
         """Commit a claimed trial's pending writes (and its end) in one transaction.
 
-        Raises UpdateFinishedTrialError, dropping the writes, if the trial was finished
-        elsewhere (failed as stale); on a database error the writes stay pending. The
-        database work runs outside ``_lock``, so the training thread never waits on a
-        heartbeat's write-back to read its own trial.
+        Raises UpdateFinishedTrialError, dropping the writes, if the claim no longer holds
+        the trial (failed as stale, or released, elsewhere); on a database error the writes
+        stay pending. The database work runs outside ``_lock``, so the training thread never
+        waits on a heartbeat's write-back to read its own trial.
         """
         with self._io_lock:
             with self._lock:
@@ -191,25 +224,25 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
                     if state is not None:
                         del self._held[trial_id]
                     raise optuna.exceptions.UpdateFinishedTrialError(_LOST.format(trial_id))
-                writes, held.pending = held.pending, []
+                writes, held.pending = held.pending, _Writes()
                 held.flushed_at = time.monotonic()  # no retry storm on errors
             try:
                 with self.backend.engine.begin() as conn:
-                    _transition(conn, trial_id, state)
-                    _write(conn, trial_id, writes)
+                    tb.transition(conn, trial_id, held.started, state)
+                    writes.commit(conn, trial_id)
                     if values is not None:
-                        _insert_values(conn, trial_id, values)
-            except optuna.exceptions.UpdateFinishedTrialError:
+                        tb.insert_values(conn, trial_id, values)
+            except tb.TrialGone:
                 # Keep the local copy until the trial's own end: optuna's tell reads the
                 # trial before finishing it and must see it RUNNING to reach us and fail here.
                 with self._lock:
-                    held.lost, held.pending = True, []
+                    held.lost, held.pending = True, _Writes()
                     if state is not None:
                         del self._held[trial_id]
-                raise
+                raise optuna.exceptions.UpdateFinishedTrialError(_LOST.format(trial_id)) from None
             except BaseException:
                 with self._lock:
-                    held.pending = writes + held.pending
+                    held.pending = writes.under(held.pending)
                 raise
         if state is not None:
             with self._lock:
@@ -228,7 +261,7 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
         incompatible distribution. Read from the database once per name and process."""
         known = self._known.get((study_id, name))
         if known is None:
-            params, trials = _T.params, _T.trials
+            params, trials = tb.params, tb.trials
             query = (
                 sqlalchemy.select(params.c.distribution_json)
                 .join(trials, trials.c.trial_id == params.c.trial_id)
@@ -251,22 +284,40 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
         held = self._held.get(trial_id)
         if held is not None:
             self._check_distribution(held.study_id, param_name, distribution)
-        write = ("param", param_name, param_value_internal, distribution)
-        if not self._hold(trial_id, write):
+
+        def update(trial: FrozenTrial, pending: _Writes) -> None:
+            trial.params[param_name] = distribution.to_external_repr(param_value_internal)
+            trial.distributions[param_name] = distribution
+            pending.params[param_name] = (param_value_internal, distribution)
+
+        if not self._hold(trial_id, update):
             self._cache.set_trial_param(trial_id, param_name, param_value_internal, distribution)
 
     def set_trial_intermediate_value(
         self, trial_id: int, step: int, intermediate_value: float
     ) -> None:
-        if not self._hold(trial_id, ("step", step, intermediate_value, None)):
+        def update(trial: FrozenTrial, pending: _Writes) -> None:
+            trial.intermediate_values[step] = pending.steps[step] = intermediate_value
+
+        if not self._hold(trial_id, update):
             self._cache.set_trial_intermediate_value(trial_id, step, intermediate_value)
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
-        if not self._hold(trial_id, ("user", key, value, None)):
+        encoded = json.dumps(value)
+
+        def update(trial: FrozenTrial, pending: _Writes) -> None:
+            trial.user_attrs[key], pending.user[key] = json.loads(encoded), encoded
+
+        if not self._hold(trial_id, update):
             self._cache.set_trial_user_attr(trial_id, key, value)
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
-        if not self._hold(trial_id, ("system", key, value, None)):
+        encoded = json.dumps(value)
+
+        def update(trial: FrozenTrial, pending: _Writes) -> None:
+            trial.system_attrs[key], pending.system[key] = json.loads(encoded), encoded
+
+        if not self._hold(trial_id, update):
             self._cache.set_trial_system_attr(trial_id, key, value)
 
     def set_trial_state_values(
@@ -280,9 +331,21 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
     def record_heartbeat(self, trial_id: int) -> None:
         """Record the heartbeat, then write back the trial's pending writes, so a running
         trial is never more than one heartbeat interval behind in the database."""
-        self.backend.record_heartbeat(trial_id)  # its own transaction: nothing can hold it up
-        if trial_id in self._held:
-            self._try_write_back(trial_id)
+        held = self._held.get(trial_id)
+        if held is None:
+            self.backend.record_heartbeat(trial_id)
+            return
+        if held.lost:  # another process failed or released it: stay silent
+            return
+        # Its own transaction, so no pending write can hold it up; fenced by the claim, so a
+        # worker that lost its trial never keeps another claim of it alive.
+        with self.backend.engine.begin() as conn:
+            if not tb.beat(conn, trial_id, held.started):
+                with self._lock:
+                    held.lost = True
+                logger.warning("trial id %d was failed elsewhere; stopping its heartbeat", trial_id)
+                return
+        self._try_write_back(trial_id)
 
     # -- reads: our running trials from memory, everything else from optuna's cache --------
 
@@ -365,177 +428,3 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
 
     def get_heartbeat_stale_trial_callback(self) -> Any:
         return self.backend.get_heartbeat_stale_trial_callback()
-
-
-class _T:
-    """optuna's tables, written with SQLAlchemy Core: one statement per table and write-back
-    instead of the ORM's read-modify-write per value."""
-
-    trials = models.TrialModel.__table__
-    heartbeats = models.TrialHeartbeatModel.__table__
-    params = models.TrialParamModel.__table__
-    values = models.TrialValueModel.__table__
-    steps = models.TrialIntermediateValueModel.__table__
-    user_attrs = models.TrialUserAttributeModel.__table__
-    system_attrs = models.TrialSystemAttributeModel.__table__
-    study_system_attrs = models.StudySystemAttributeModel.__table__
-
-
-def _prepared() -> SimpleNamespace:
-    """The statements of the hot path, built once (building them per call cost a third of
-    a claim); ``tid`` and ``sid`` bind the trial and the study id."""
-    trials, tid = _T.trials, sqlalchemy.bindparam("tid")
-    running = (trials.c.trial_id == tid, trials.c.state == TrialState.RUNNING)
-    oldest_waiting = (
-        sqlalchemy.select(trials.c.trial_id, trials.c.number)
-        .where(
-            trials.c.study_id == sqlalchemy.bindparam("sid"),
-            trials.c.state == TrialState.WAITING,
-        )
-        .order_by(trials.c.trial_id)
-        .limit(1)
-    )
-    keys = sqlalchemy.bindparam("keys", expanding=True)
-    reads = [
-        ("params", _T.params, ("param_name", "param_value", "distribution_json", "param_id")),
-        ("steps", _T.steps, ("step", "intermediate_value", "intermediate_value_type")),
-        ("user", _T.user_attrs, ("key", "value_json")),
-        ("system", _T.system_attrs, ("key", "value_json")),
-    ]
-    keyed = [(_T.params, "param_name"), (_T.steps, "step"), (_T.user_attrs, "key"),
-             (_T.system_attrs, "key")]  # fmt: skip
-    return SimpleNamespace(
-        oldest_waiting=oldest_waiting,
-        oldest_waiting_locked=oldest_waiting.with_for_update(skip_locked=True),  # PostgreSQL
-        start=trials.update()
-        .where(trials.c.trial_id == tid)
-        .values(state=TrialState.RUNNING, datetime_start=sqlalchemy.bindparam("started")),
-        touch=trials.update().where(*running).values(state=TrialState.RUNNING),
-        end=trials.update()
-        .where(*running)
-        .values(
-            state=sqlalchemy.bindparam("new_state", type_=trials.c.state.type),
-            datetime_complete=sqlalchemy.bindparam("done"),
-        ),
-        read={
-            name: sqlalchemy.select(*(table.c[c] for c in columns)).where(table.c.trial_id == tid)
-            for name, table, columns in reads
-        },
-        delete={
-            table: table.delete().where(table.c.trial_id == tid, table.c[column].in_(keys))
-            for table, column in keyed
-        },
-    )
-
-
-_SQL = _prepared()
-
-
-def _utc_now() -> datetime:
-    """optuna (5.x) stores trial times as naive UTC."""
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-def _replace_attrs(conn: Any, table: Any, trial_id: int, attrs: dict[str, str]) -> None:
-    """Upsert JSON-encoded ``attrs`` as delete + insert: the same two statements on every
-    database."""
-    if not attrs:
-        return
-    conn.execute(_SQL.delete[table], {"tid": trial_id, "keys": list(attrs)})
-    conn.execute(
-        table.insert(),
-        [{"trial_id": trial_id, "key": k, "value_json": v} for k, v in attrs.items()],
-    )
-
-
-def _read_claimed(conn: Any, trial_id: int, number: int, started_utc: datetime) -> FrozenTrial:
-    """The claimed trial as optuna would read it: an enqueued trial may carry fixed
-    parameters and attributes (and, made by ``add_trial``, anything else)."""
-
-    def rows(name: str) -> list[Any]:
-        return conn.execute(_SQL.read[name], {"tid": trial_id}).all()
-
-    params = rows("params")
-    dists = {
-        name: distributions.json_to_distribution(text)
-        for name, _, text, _ in sorted(params, key=lambda r: r[3])
-    }
-    steps = rows("steps")
-    return FrozenTrial(
-        number=number,
-        state=TrialState.RUNNING,
-        value=None,
-        values=None,
-        datetime_start=started_utc.replace(tzinfo=UTC).astimezone().replace(tzinfo=None),
-        datetime_complete=None,
-        params={name: dists[name].to_external_repr(value) for name, value, _, _ in params},
-        distributions=dists,
-        user_attrs={k: json.loads(v) for k, v in rows("user")},
-        system_attrs={k: json.loads(v) for k, v in rows("system")},
-        intermediate_values={
-            step: TrialIntermediateValueModel.stored_repr_to_intermediate_value(value, kind)
-            for step, value, kind in steps
-        },
-        trial_id=trial_id,
-    )
-
-
-_LOST = "trial id {} is no longer RUNNING; its writes were dropped"
-
-
-def _transition(conn: Any, trial_id: int, state: TrialState | None) -> None:
-    """First statement of a write-back: move the trial to ``state`` (or leave it RUNNING),
-    which also locks its row on PostgreSQL; raise UpdateFinishedTrialError, writing nothing,
-    if it is no longer RUNNING (failed as stale by someone else)."""
-    if state is None:
-        update = conn.execute(_SQL.touch, {"tid": trial_id})
-    else:
-        update = conn.execute(_SQL.end, {"tid": trial_id, "new_state": state, "done": _utc_now()})
-    if update.rowcount != 1:
-        raise optuna.exceptions.UpdateFinishedTrialError(_LOST.format(trial_id))
-
-
-def _write(conn: Any, trial_id: int, writes: list[_Write]) -> None:
-    """The pending writes, last one per key winning, as one statement or two per table."""
-    params: dict[str, Any] = {}
-    attrs: dict[str, dict[str, Any]] = {"user": {}, "system": {}}
-    steps: dict[int, float] = {}
-    for kind, key, value, distribution in writes:
-        if kind == "param":
-            params[key] = (value, distribution)
-        elif kind == "step":
-            steps[key] = value
-        else:
-            attrs[kind][key] = value
-    if params:  # delete first: a retried write-back must not trip the unique key
-        conn.execute(_SQL.delete[_T.params], {"tid": trial_id, "keys": list(params)})
-        conn.execute(
-            _T.params.insert(),
-            [
-                {"trial_id": trial_id, "param_name": name, "param_value": value,
-                 "distribution_json": distributions.distribution_to_json(dist)}
-                for name, (value, dist) in params.items()
-            ],
-        )  # fmt: skip
-    _replace_attrs(conn, _T.user_attrs, trial_id, attrs["user"])
-    _replace_attrs(conn, _T.system_attrs, trial_id, attrs["system"])
-    if steps:
-        conn.execute(_SQL.delete[_T.steps], {"tid": trial_id, "keys": list(steps)})
-        rows = []
-        for step, value in steps.items():
-            stored, kind = TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
-            rows.append({"trial_id": trial_id, "step": step, "intermediate_value": stored,
-                         "intermediate_value_type": kind})  # fmt: skip
-        conn.execute(_T.steps.insert(), rows)
-
-
-def _insert_values(conn: Any, trial_id: int, values: Sequence[float]) -> None:
-    """The objective values; a RUNNING trial has none yet (optuna sets them only when it
-    finishes a trial)."""
-    rows = []
-    for objective, value in enumerate(values):
-        stored, kind = TrialValueModel.value_to_stored_repr(float(value))
-        rows.append(
-            {"trial_id": trial_id, "objective": objective, "value": stored, "value_type": kind}
-        )
-    conn.execute(_T.values.insert(), rows)

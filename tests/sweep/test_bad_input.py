@@ -105,7 +105,8 @@ CASES = [
         "study name clash with a different space",
         study(space="hidden_1 = [64]\nhidden_2 = [32, 64]"),
         2,
-        r"{file}: study 'g' already exists with a different \[space\] .*",
+        r"{file}: \[space\.hidden_1\] differs from the stored study 'g': stored \[64, 128\], "
+        r"given \[64\]; .*",
     ),
     (
         "missing dataset path",

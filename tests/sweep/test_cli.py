@@ -132,20 +132,21 @@ def test_run_then_status_then_the_optuna_cli(tmp_path):
     assert len(json.loads(out.stdout)) == 8
 
 
-def test_worker_joins_an_existing_study(tmp_path):
+def test_worker_joins_a_study_by_name_with_its_stored_spec(tmp_path):
     study_file = grid_study(tmp_path)
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    out = sweep("worker", str(study_file), "--storage", url)
-    assert out.returncode == 2 and "does not exist yet; start it with `sweep run" in out.stderr
+    out = sweep("worker", "--study", "g", "--storage", url)
+    assert out.returncode == 2 and "study 'g' does not exist in sqlite:///" in out.stderr
     out = sweep("run", str(study_file), "--storage", url, "--trials", "3")
     assert out.returncode == 0, out.stderr
     assert len(load(url, "g").trials) == 3
-    # A worker on "another host" finishes whatever the queue holds.
-    study = load(url, "g")
-    study.enqueue_trial({"hidden_1": 128, "hidden_2": 64, "learning_rate": 0.05})
-    out = sweep("worker", str(study_file), "--storage", url)
+    # A worker on "another host", with no study file: nothing is left under the cap of 3.
+    out = sweep("worker", "--study", "g", "--storage", url)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("worker ran 1 trial(s)")
+    assert out.stdout.startswith("worker ran 0 trial(s)")
+    out = sweep("run", str(study_file), "--storage", url, "--trials", "4", "--jobs", "1")
+    assert out.returncode == 0, out.stderr
+    assert len(load(url, "g").trials) == 4
 
 
 @pytest.mark.parametrize(

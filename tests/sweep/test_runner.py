@@ -13,10 +13,12 @@ import pytest
 from optuna.trial import TrialState
 
 from sweep import runner
-from sweep.errors import SpecError
+from sweep.errors import SpecError, WorkerError
 from sweep.space import grid_points
 from sweep.spec import load_spec
+from sweep.writeback import WriteBackStorage
 from tests.sweep.helpers import (
+    alive,
     completed_points,
     count_state,
     descendants,
@@ -117,7 +119,8 @@ def test_a_diverging_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
 def test_a_different_spec_under_the_same_name_is_refused(tmp_path):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     runner.run(load_spec(grid_study(tmp_path, epochs=1)), storage=url, jobs=1)
-    with pytest.raises(SpecError, match=r"study 'g' already exists with a different \[train\]"):
+    stored = r"\[train.epochs\] differs from the stored study 'g': stored 1, given 2"
+    with pytest.raises(SpecError, match=stored):
         runner.run(load_spec(grid_study(tmp_path, epochs=2)), storage=url, jobs=1)
 
 
@@ -186,13 +189,15 @@ def test_sigkill_of_everything_is_recovered_through_heartbeats(tmp_path):
 def test_ctrl_c_or_sigterm_exit_130_or_143_and_the_next_run_resumes(tmp_path, target, sig, code):
     study_file, spec, url, proc = _start_slow_run(tmp_path, jobs=2)
     wait_for(lambda: count_state(url, "g", TrialState.RUNNING) >= 1)
+    workers = descendants(proc.pid)  # before the signal: after it, orphans are re-parented
+    assert len(workers) >= 2
     if target == "group":  # what a terminal's Ctrl-C does
         kill_group(proc, sig)
     else:
         proc.send_signal(sig)
     proc.wait(timeout=60)
     assert proc.returncode == code, proc.stderr.read()
-    wait_for(lambda: not descendants(proc.pid), timeout=30)
+    wait_for(lambda: not [pid for pid in workers if alive(pid)], timeout=30)
     _assert_released(url)
     out = run_cli("run", str(study_file), "--storage", url, "--jobs", "2", env=FAST_STALE)
     assert out.returncode == 0, out.stderr
@@ -247,30 +252,54 @@ def test_repeated_sigkill_at_random_moments_loses_nothing(tmp_path):
     assert all(final[n] == v for n, v in completed.items())
 
 
-def test_a_trial_that_raises_or_runs_out_of_memory_is_recorded_and_the_queue_goes_on(tmp_path):
+def test_a_trial_that_raises_is_recorded_and_the_queue_goes_on(tmp_path):
     storage = runner.open_storage(f"sqlite:///{tmp_path / 'db.sqlite'}")
     study = optuna.create_study(study_name="e", storage=storage, direction="maximize")
-    for i in range(4):
+    for i in range(3):
         study.enqueue_trial({"i": i})
 
     def objective(trial):
-        i = trial.suggest_int("i", 0, 3)
+        i = trial.suggest_int("i", 0, 2)
         if i == 1:
-            raise MemoryError("cannot allocate 3.2 GiB")
-        if i == 2:
             raise ValueError("a bug in one trial")
         return float(i)
 
-    assert runner.serve(study, objective, run_id="t") == 4
+    assert runner.serve(study, objective, run_id="t") == 3
     by_i = {t.params["i"]: t for t in study.get_trials()}
-    assert by_i[0].state == by_i[3].state == TrialState.COMPLETE
+    assert by_i[0].state == by_i[2].state == TrialState.COMPLETE
     assert by_i[1].state == TrialState.FAIL
-    assert by_i[1].user_attrs["fail_reason"] == "MemoryError: cannot allocate 3.2 GiB"
-    assert by_i[2].user_attrs["fail_reason"] == "ValueError: a bug in one trial"
+    assert by_i[1].user_attrs["fail_reason"] == "ValueError: a bug in one trial"
 
 
-def test_a_reader_holding_a_transaction_for_7_s_blocks_no_writer(tmp_path):
-    # What the dashboard or a SQL shell does; in rollback-journal mode it stalls writers.
+@pytest.mark.parametrize(
+    "failure", [MemoryError("cannot allocate 3.2 GiB"), ImportError("no module named x")]
+)
+def test_a_failure_of_the_worker_gives_the_trial_back_and_ends_the_worker(tmp_path, failure):
+    storage = runner.open_storage(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    study = optuna.create_study(study_name="e", storage=storage, direction="maximize")
+    for i in range(3):
+        study.enqueue_trial({"i": i})
+
+    def objective(trial):
+        trial.set_user_attr("epoch", 1)
+        if trial.suggest_int("i", 0, 2) == 1:
+            raise failure
+        return 1.0
+
+    with pytest.raises(WorkerError, match=f"{type(failure).__name__}: .*went back to the queue"):
+        runner.serve(study, objective, run_id="t")
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.WAITING,
+                                         TrialState.WAITING]  # fmt: skip
+    released = trials[1]  # as it was enqueued: no parameters, attributes or heartbeat
+    assert released.params == {} and released.user_attrs == {}
+    assert released.system_attrs == {"fixed_params": {"i": 1}}
+    assert released.datetime_start is None
+
+
+def test_a_reader_holding_a_transaction_blocks_no_writer(tmp_path):
+    # What the dashboard or a SQL shell does; in rollback-journal mode it stalls writers until
+    # it ends. Here every trial completes while the reader still holds its transaction.
     path = tmp_path / "db.sqlite"
     storage = runner.open_storage(f"sqlite:///{path}")
     study = optuna.create_study(study_name="o", storage=storage)
@@ -279,17 +308,17 @@ def test_a_reader_holding_a_transaction_for_7_s_blocks_no_writer(tmp_path):
     reader = sqlite3.connect(path, isolation_level=None)
     reader.execute("BEGIN")
     reader.execute("SELECT count(*) FROM trials").fetchone()  # holds a read snapshot
-    start = time.monotonic()
     workers = [start_cli_python(SERVE, f"sqlite:///{path}") for _ in range(8)]
-    time.sleep(max(0.0, 7 - (time.monotonic() - start)))
-    reader.execute("COMMIT")
     ran = 0
     for w in workers:
         out, err = w.communicate(timeout=300)
         assert w.returncode == 0, err
         ran += int(out)
+    assert reader.in_transaction  # still held: the writers finished under it
+    complete = "SELECT count(*) FROM trials WHERE state = 'COMPLETE'"
+    assert sqlite3.connect(path).execute(complete).fetchone()[0] == 80
+    reader.execute("COMMIT")
     assert ran == 80
-    assert states(load(f"sqlite:///{path}", "o")) == {TrialState.COMPLETE: 80}
 
 
 SERVE = """
@@ -308,22 +337,22 @@ def start_cli_python(code: str, *args: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
-@pytest.mark.parametrize("pop", ["ours", "optuna"])
-def test_a_trial_claimed_by_a_worker_that_died_at_once_is_requeued(tmp_path, pop):
-    # "ours" records the first heartbeat with the claim; optuna's own pop (study.optimize on
-    # the same study) leaves none, which optuna's stale check cannot see: we look for both.
-    storage = runner.open_storage(f"sqlite:///{tmp_path / 'db.sqlite'}", heartbeat_interval=1,
-                                  grace_period=1, stale_trial_callback=runner.requeue)  # fmt: skip
+def test_a_trial_whose_worker_died_at_once_is_requeued_from_the_claims_heartbeat(tmp_path):
+    # The claim itself records the first heartbeat: a worker killed right after it leaves a
+    # trial that the stale check can see.
+    path = tmp_path / "db.sqlite"
+    storage = runner.open_storage(f"sqlite:///{path}", heartbeat_interval=1, grace_period=1)
     study = optuna.create_study(study_name="s", storage=storage)
     study.enqueue_trial({"i": 1})
-    # Claimed, then the "worker" vanishes: no beat after that.
-    trial_id = runner.claim(study) if pop == "ours" else study._pop_waiting_trial_id()
-    assert trial_id is not None
-    runner._fail_stale(study)
-    assert states(study) == {TrialState.RUNNING: 1}  # not before the grace period
+    trial_id = WriteBackStorage(storage).claim(study._study_id, {"run": "r", "worker": "h:1"})
+    beats = "SELECT count(*) FROM trial_heartbeats WHERE trial_id = ?"
+    assert sqlite3.connect(path).execute(beats, (trial_id,)).fetchone()[0] == 1
+    assert runner.recover(study, max_retries=3) == []  # not before the grace period
+    assert states(study) == {TrialState.RUNNING: 1}
     time.sleep(2.5)  # the grace period, plus a second: SQLite's CURRENT_TIMESTAMP has seconds
-    runner._fail_stale(study)
-    runner._fail_stale(study)  # a second look requeues nothing more
+    assert runner.recover(study, max_retries=3) == [0]
+    assert runner.recover(study, max_retries=3) == []  # a second look requeues nothing more
     assert states(study) == {TrialState.FAIL: 1, TrialState.WAITING: 1}
     waiting = study.get_trials(states=(TrialState.WAITING,))[0]
     assert waiting.system_attrs["fixed_params"] == {"i": 1}
+    assert waiting.system_attrs["retry_history"] == [0]

@@ -19,7 +19,9 @@ POP = textwrap.dedent(
     url, how = sys.argv[1:]
     storage = open_storage(url) if how == "optuna" else WriteBackStorage(open_storage(url))
     study = optuna.load_study(study_name="q", storage=storage)
-    pop = study._pop_waiting_trial_id if how == "optuna" else lambda: storage.claim(study._study_id)
+    tags = {"run": "r", "worker": "w"}
+    ours = lambda: storage.claim(study._study_id, tags)  # noqa: E731
+    pop = study._pop_waiting_trial_id if how == "optuna" else ours
     popped = []
     while (trial_id := pop()) is not None:
         popped.append(trial_id)

@@ -31,6 +31,11 @@ def _fields(t: optuna.trial.FrozenTrial) -> tuple:
     return (t.number, t.state, t.values, t.params, t.distributions, user, system, steps)
 
 
+def _claim(study: optuna.Study) -> int:
+    """Claim the next trial as a sweep worker would."""
+    return study._storage.claim(study._study_id, {"run": "r", "worker": "host:1"})
+
+
 def _queued(url: str, name: str, fixed: list[dict]) -> optuna.Study:
     study = optuna.create_study(study_name=name, storage=open_storage(url), direction="maximize")
     for params in fixed:
@@ -57,7 +62,7 @@ def test_pending_writes_ride_on_the_next_heartbeat(storage_url, monkeypatch):
     _queued(storage_url, "s", [{}])
     storage = WriteBackStorage(open_storage(storage_url))
     study = optuna.load_study(study_name="s", storage=storage)
-    trial_id = runner.claim(study, {"run": "r"})
+    trial_id = _claim(study)
     storage.set_trial_intermediate_value(trial_id, 1, 97.5)
     reader = open_storage(storage_url)
     assert reader.get_trial(trial_id).intermediate_values == {}  # held back
@@ -70,7 +75,7 @@ def test_a_write_after_a_quiet_interval_goes_straight_through(storage_url, monke
     monkeypatch.setattr(writeback, "FLUSH_INTERVAL_S", 0.0)
     _queued(storage_url, "s", [{}])
     storage = WriteBackStorage(open_storage(storage_url))
-    trial_id = runner.claim(optuna.load_study(study_name="s", storage=storage))
+    trial_id = _claim(optuna.load_study(study_name="s", storage=storage))
     storage.set_trial_user_attr(trial_id, "epoch", 1)
     assert open_storage(storage_url).get_trial(trial_id).user_attrs["epoch"] == 1
 
@@ -78,10 +83,10 @@ def test_a_write_after_a_quiet_interval_goes_straight_through(storage_url, monke
 def test_a_trial_failed_elsewhere_is_not_overwritten(storage_url):
     _queued(storage_url, "s", [{}])
     storage = WriteBackStorage(open_storage(storage_url))
-    trial_id = runner.claim(optuna.load_study(study_name="s", storage=storage))
+    trial_id = _claim(optuna.load_study(study_name="s", storage=storage))
     storage.set_trial_user_attr(trial_id, "late", True)
     open_storage(storage_url).set_trial_state_values(trial_id, TrialState.FAIL)  # stale check
-    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError, match="no longer RUNNING"):
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError, match="no longer held"):
         storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [1.0])
     stored = open_storage(storage_url).get_trial(trial_id)
     assert stored.state == TrialState.FAIL and "late" not in stored.user_attrs
@@ -94,7 +99,7 @@ def test_an_incompatible_distribution_is_refused_when_suggested(storage_url):
     optuna.load_study(study_name="s", storage=open_storage(storage_url)).enqueue_trial({})
     storage = WriteBackStorage(open_storage(storage_url))
     study = optuna.load_study(study_name="s", storage=storage)
-    trial = optuna.Trial(study, runner.claim(study))
+    trial = optuna.Trial(study, _claim(study))
     with pytest.raises(ValueError, match="different distribution"):
         trial.suggest_categorical("x", ["a", "b"])
 
@@ -102,7 +107,7 @@ def test_an_incompatible_distribution_is_refused_when_suggested(storage_url):
 def test_an_unstorable_value_fails_in_the_caller_and_holds_nothing_up(storage_url):
     _queued(storage_url, "s", [{}])
     storage = WriteBackStorage(open_storage(storage_url))
-    trial_id = runner.claim(optuna.load_study(study_name="s", storage=storage))
+    trial_id = _claim(optuna.load_study(study_name="s", storage=storage))
     with pytest.raises(TypeError, match="JSON serializable"):
         storage.set_trial_user_attr(trial_id, "bad", {1, 2})  # a set: as optuna's storage
     storage.set_trial_user_attr(trial_id, "good", [1])
@@ -126,7 +131,7 @@ def test_a_trial_failed_elsewhere_while_running_ends_as_that_failure(storage_url
     _queued(storage_url, "s", [{}])
     storage = WriteBackStorage(open_storage(storage_url))
     study = optuna.load_study(study_name="s", storage=storage)
-    trial = optuna.Trial(study, runner.claim(study))
+    trial = optuna.Trial(study, _claim(study))
     trial.set_user_attr("epoch", 1)
     open_storage(storage_url).set_trial_state_values(trial._trial_id, TrialState.FAIL)
     storage.record_heartbeat(trial._trial_id)  # logs the lost write-back, does not raise
@@ -135,3 +140,85 @@ def test_a_trial_failed_elsewhere_while_running_ends_as_that_failure(storage_url
         study.tell(trial, 1.0)
     stored = open_storage(storage_url).get_trial(trial._trial_id)
     assert stored.state == TrialState.FAIL and "epoch" not in stored.user_attrs
+
+
+def test_when_optunas_schema_moves_workers_fall_back_to_its_public_api(
+    storage_url, monkeypatch, caplog
+):
+    from sweep import queue, tables
+
+    moved = {**tables.COLUMNS, "trials": (*tables.COLUMNS["trials"], "renamed_column")}
+    monkeypatch.setattr(tables, "COLUMNS", moved)
+
+    def no_sql(*args, **kwargs):
+        raise AssertionError("the direct claim ran against a schema that moved")
+
+    monkeypatch.setattr(queue, "claim", no_sql)
+    fixed = [{"x": 0.25, "n": 3, "act": "tanh"}, {"x": 0.5, "n": 2, "act": "relu"}]
+    theirs = _queued(storage_url, "optuna", fixed)
+    theirs.optimize(_objective, n_trials=2)
+    _queued(storage_url, "ours", fixed)
+    with caplog.at_level("WARNING", logger="sweep.writeback"):
+        storage = WriteBackStorage(open_storage(storage_url))
+    assert not storage.direct
+    assert [r.getMessage() for r in caplog.records if r.name == "sweep.writeback"] == [
+        "optuna's table 'trials' has no column 'renamed_column'; "
+        "workers write through optuna's storage API (slower)"
+    ]
+    ours = optuna.load_study(study_name="ours", storage=storage)
+    assert runner.serve(ours, _objective, run_id="r") == 2
+    fresh = optuna.load_study(study_name="ours", storage=open_storage(storage_url))
+    assert [_fields(t) for t in fresh.get_trials()] == [_fields(t) for t in theirs.get_trials()]
+    assert {t.user_attrs["run"] for t in fresh.get_trials()} == {"r"}
+
+
+def test_stored_datetimes_are_naive_utc_as_optuna_writes_them(storage_url, monkeypatch):
+    # In a time zone far from UTC, so that local and UTC times cannot be mistaken.
+    import time as clock
+
+    monkeypatch.setenv("TZ", "Asia/Kathmandu")  # UTC+05:45
+    clock.tzset()
+    try:
+        theirs = _queued(storage_url, "optuna", [{}])
+        theirs.optimize(lambda t: 1.0, n_trials=1)
+        _queued(storage_url, "ours", [{}])
+        study = optuna.load_study(
+            study_name="ours", storage=WriteBackStorage(open_storage(storage_url))
+        )
+        assert runner.serve(study, lambda t: 1.0, run_id="r") == 1
+        engine = open_storage(storage_url).engine
+        with engine.connect() as conn:
+            raw = conn.exec_driver_sql(
+                "SELECT datetime_start, datetime_complete FROM trials ORDER BY trial_id"
+            ).all()
+        (their_start, their_end), (our_start, our_end) = raw
+        assert abs(_as_datetime(our_start) - _as_datetime(their_start)).total_seconds() < 60
+        assert abs(_as_datetime(our_end) - _as_datetime(their_end)).total_seconds() < 60
+        fresh = optuna.load_study(study_name="ours", storage=open_storage(storage_url))
+        mine, reference = fresh.trials[0], theirs.trials[0]
+        assert abs(mine.datetime_start - reference.datetime_start).total_seconds() < 60
+        assert abs(mine.datetime_complete - reference.datetime_complete).total_seconds() < 60
+    finally:
+        monkeypatch.delenv("TZ")
+        clock.tzset()
+
+
+def _as_datetime(value):
+    """A stored datetime as the driver returns it (SQLite: text)."""
+    from datetime import datetime
+
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
+def test_a_topped_up_trial_reads_back_as_an_enqueued_one(storage_url):
+    from sweep import queue
+
+    theirs = _queued(storage_url, "optuna", [{"x": 0.5}])
+    ours = _queued(storage_url, "ours", [])
+    queue.top_up(open_storage(storage_url), ours._study_id, points=[{"x": 0.5}])
+    mine, reference = ours.get_trials()[0], theirs.get_trials()[0]
+    assert (mine.number, mine.state, mine.params, mine.user_attrs, mine.system_attrs) == (
+        reference.number, reference.state, reference.params, reference.user_attrs,
+        reference.system_attrs,
+    )  # fmt: skip
+    assert mine.datetime_start is None is reference.datetime_start

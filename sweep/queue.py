@@ -1,0 +1,389 @@
+"""The study as a queue: every operation a process joining a study performs on it.
+
+A study's WAITING trials are its queue. Whoever joins a study (``sweep run``, ``sweep worker``,
+on any host) goes through these few operations, each one transaction on optuna's own tables
+(``sweep.tables``) and the only SQL sweep issues against them:
+
+  - ``top_up``: enqueue each missing grid point, or empty slots up to the cap, and mark the
+    WAITING trials beyond a lowered cap as skipped. It holds the study-level lock for the whole
+    read-then-enqueue (the ``studies`` row ``FOR UPDATE`` on PostgreSQL, the lock optuna's own
+    ``create_new_trial`` takes; ``BEGIN IMMEDIATE`` on SQLite), so any number of launchers
+    started at once enqueue each point once.
+  - ``claim``: move the oldest WAITING trial to RUNNING with its first heartbeat and the
+    claimer's tags (``run``, ``worker``), atomically (``FOR UPDATE SKIP LOCKED`` on
+    PostgreSQL).
+  - ``release``: a trial whose worker failed (not the trial: its data, memory or storage went,
+    or it was interrupted) goes back to WAITING as it was enqueued, in one transaction.
+  - ``recover``: a trial that a sweep worker claimed and whose heartbeat stopped for longer
+    than the grace period is failed and its replacement enqueued in the same transaction, with
+    optuna's ``retry_history``; after ``max_retries`` deaths it stays FAIL with a
+    ``fail_reason``. Trials without sweep's tags (another optuna client's) are never touched.
+  - ``pending``: what a launcher still waits for, so it leaves only when nothing WAITING or
+    RUNNING is left that it could take.
+
+Each claim is fenced by its start time: a write-back or release names the claim it belongs to,
+so a worker that was cut off while its trial was recovered and claimed again can never write
+into the new claim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from sweep import tables as tb
+from sweep.storage import READ_ONLY
+from sweep.tables import trials
+
+#: The user attributes of a claim; recovery touches only trials that carry them.
+RUN_TAG, WORKER_TAG = "run", "worker"
+#: System attributes an enqueued trial starts with; a release keeps these and drops the rest.
+FIXED, FAILED_TRIAL, RETRY_HISTORY = "fixed_params", "failed_trial", "retry_history"
+#: User attribute of a trial that did not run because the cap was lowered (state FAIL, and
+#: it does not count toward the cap or cover its grid point: raising the cap queues it again).
+SKIPPED = "skipped"
+#: User attribute of a FAIL that is the trial's own result (it counts; it is not rerun).
+FAIL_REASON = "fail_reason"
+
+_LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def _attr(table: Any, key: str, name: str) -> Any:
+    """``table`` (a trial attribute table) aliased as ``name`` and limited to ``key``."""
+    alias = table.alias(name)
+    return alias, sqlalchemy.and_(alias.c.trial_id == trials.c.trial_id, alias.c.key == key)
+
+
+def _lock_study(conn: Any, study_id: int) -> None:
+    """The study-level lock: its ``studies`` row on PostgreSQL (what optuna locks to number a
+    new trial); on SQLite the transaction's ``BEGIN IMMEDIATE`` already holds the database."""
+    conn.execute(
+        sqlalchemy.select(tb.studies.c.study_id)
+        .where(tb.studies.c.study_id == study_id)
+        .with_for_update()
+    )
+
+
+def _locking(storage: RDBStorage) -> bool:
+    return storage.engine.name != "sqlite"
+
+
+# -- claim and release ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A trial moved to RUNNING by one worker; ``started`` (naive UTC) fences it."""
+
+    trial_id: int
+    number: int
+    started: datetime
+
+
+def claim(storage: RDBStorage, study_id: int, tags: dict[str, Any]) -> Claim | None:
+    """Move the study's oldest WAITING trial to RUNNING, with its first heartbeat and ``tags``
+    (which must name the ``run`` and the ``worker``) as user attributes, in one transaction;
+    None if nothing waits."""
+    assert RUN_TAG in tags and WORKER_TAG in tags, "recovery finds sweep's claims by their tags"
+    with storage.engine.begin() as conn:
+        oldest = tb.SQL.oldest_waiting_locked if _locking(storage) else tb.SQL.oldest_waiting
+        row = conn.execute(oldest, {"sid": study_id}).first()
+        if row is None:
+            return None
+        trial_id, number = row
+        started = tb.utc_now()
+        conn.execute(tb.SQL.start, {"tid": trial_id, "started": started})
+        conn.execute(tb.heartbeats.insert(), {"trial_id": trial_id})
+        tb.replace_attrs(conn, tb.user_attrs, trial_id, {k: json.dumps(v) for k, v in tags.items()})
+    return Claim(trial_id, number, started)
+
+
+def release(storage: RDBStorage, trial_id: int, started: datetime | None = None) -> bool:
+    """Put a RUNNING trial back in the queue as it was enqueued: WAITING, its parameters,
+    values, curves, heartbeat and attributes gone but for its fixed parameters and retry
+    history. With ``started``, only that claim of it. False if it was no longer RUNNING."""
+    where = [trials.c.trial_id == trial_id, trials.c.state == TrialState.RUNNING]
+    if started is not None:
+        where.append(trials.c.datetime_start == started)
+    with storage.engine.begin() as conn:
+        update = conn.execute(
+            trials.update()
+            .where(*where)
+            .values(state=TrialState.WAITING, datetime_start=None, datetime_complete=None)
+        )
+        if update.rowcount != 1:
+            return False
+        for table in (tb.params, tb.values, tb.steps, tb.heartbeats, tb.user_attrs):
+            conn.execute(table.delete().where(table.c.trial_id == trial_id))
+        system = tb.system_attrs
+        conn.execute(
+            system.delete().where(
+                system.c.trial_id == trial_id,
+                system.c.key.not_in([FIXED, FAILED_TRIAL, RETRY_HISTORY]),
+            )
+        )
+    return True
+
+
+# -- top-up ----------------------------------------------------------------------------------
+
+
+def _point_key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True)
+
+
+def _counts(state: TrialState, reason: bool) -> bool:
+    """Whether a trial counts toward the cap and covers its grid point: live or finished, or
+    failed for a reason of its own (an interrupted or skipped one is run again)."""
+    return state in _LIVE or (state == TrialState.FAIL and reason)
+
+
+def counts(trial: FrozenTrial) -> bool:
+    """``trial`` counts toward the cap and covers its grid point (see ``_counts``)."""
+    return _counts(trial.state, FAIL_REASON in trial.user_attrs)
+
+
+def _covering(conn: Any, study_id: int) -> list[tuple[int, TrialState, str | None]]:
+    """(trial id, state, grid point key or None) of the study's trials that count, oldest
+    first. A trial's point is its fixed parameters, else (another client's) its parameters."""
+    fixed, on_fixed = _attr(tb.system_attrs, FIXED, "fixed")
+    reason, on_reason = _attr(tb.user_attrs, FAIL_REASON, "reason")
+    rows = conn.execute(
+        sqlalchemy.select(trials.c.trial_id, trials.c.state, fixed.c.value_json, reason.c.key)
+        .select_from(trials.outerjoin(fixed, on_fixed).outerjoin(reason, on_reason))
+        .where(trials.c.study_id == study_id)
+        .order_by(trials.c.trial_id)
+    ).all()
+    out = []
+    unfixed = []
+    for trial_id, state, fixed_json, has_reason in rows:
+        if not _counts(state, has_reason is not None):
+            continue
+        point = json.loads(fixed_json) if fixed_json else {}
+        out.append([trial_id, state, _point_key(point) if point else None])
+        if not point:
+            unfixed.append(trial_id)
+    if unfixed:  # made by another client: read the parameters it ran with
+        from optuna.distributions import json_to_distribution
+
+        p = tb.params
+        stored: dict[int, dict[str, Any]] = {}
+        for tid, name, value, dist in conn.execute(
+            sqlalchemy.select(
+                p.c.trial_id, p.c.param_name, p.c.param_value, p.c.distribution_json
+            ).where(p.c.trial_id.in_(unfixed))
+        ):
+            stored.setdefault(tid, {})[name] = json_to_distribution(dist).to_external_repr(value)
+        for row in out:
+            if row[2] is None and row[0] in stored:
+                row[2] = _point_key(stored[row[0]])
+    return [tuple(r) for r in out]
+
+
+def _enqueue(
+    conn: Any,
+    study_id: int,
+    fixed: Sequence[dict[str, Any]],
+    extra: Sequence[dict[str, Any]] | None = None,
+) -> None:
+    """Insert WAITING trials with these fixed parameters, numbered as optuna numbers them
+    (trials before it in the study); the caller holds the study lock."""
+    if not fixed:
+        return
+    count = sqlalchemy.select(sqlalchemy.func.count()).where(trials.c.study_id == study_id)
+    base = conn.execute(count.select_from(trials)).scalar_one()
+    rows = [
+        {"study_id": study_id, "number": base + i, "state": TrialState.WAITING,
+         "datetime_start": None, "datetime_complete": None}
+        for i in range(len(fixed))
+    ]  # fmt: skip
+    insert = trials.insert().returning(trials.c.trial_id, sort_by_parameter_order=True)
+    ids = conn.execute(insert, rows).scalars().all()
+    attrs = []
+    for trial_id, params, more in zip(ids, fixed, extra or [{}] * len(fixed), strict=True):
+        for key, value in {FIXED: params, **more}.items():
+            attrs.append({"trial_id": trial_id, "key": key, "value_json": json.dumps(value)})
+    conn.execute(tb.system_attrs.insert(), attrs)
+
+
+def _skip(conn: Any, trial_ids: list[int], why: str) -> None:
+    """Mark WAITING trials as not to be run (FAIL with a ``skipped`` attribute saying why)."""
+    if not trial_ids:
+        return
+    conn.execute(
+        trials.update()
+        .where(trials.c.trial_id.in_(trial_ids), trials.c.state == TrialState.WAITING)
+        .values(state=TrialState.FAIL, datetime_complete=tb.utc_now())
+    )
+    conn.execute(
+        tb.user_attrs.insert(),
+        [{"trial_id": t, "key": SKIPPED, "value_json": json.dumps(why)} for t in trial_ids],
+    )
+
+
+def top_up(
+    storage: RDBStorage,
+    study_id: int,
+    *,
+    points: Sequence[dict[str, Any]] | None = None,
+    beyond: Sequence[dict[str, Any]] = (),
+    cap: int | None = None,
+) -> int:
+    """Enqueue what the study still needs, atomically; return its total (the progress target).
+
+    A grid study passes its ``points`` under the cap, in the order to run them, and the grid
+    points ``beyond`` it: each point no counting trial covers is enqueued, and a WAITING trial
+    for a point beyond the cap, or a second one for a point, is skipped (trials for other
+    points, enqueued by hand, are left alone). A TPE/random study passes ``cap``: empty slots
+    are enqueued up to it, and the newest WAITING slots beyond it are skipped.
+    """
+    with storage.engine.begin() as conn:
+        _lock_study(conn, study_id)
+        covering = _covering(conn, study_id)
+        if points is not None:
+            wanted = {_point_key(p) for p in points}
+            capped = {_point_key(p) for p in beyond}
+            covered: set[str | None] = set()
+            surplus = []
+            for trial_id, state, key in covering:
+                if state == TrialState.WAITING and (
+                    key in capped or (key in wanted and key in covered)
+                ):
+                    surplus.append(trial_id)
+                covered.add(key)
+            _skip(conn, surplus, f"not in the grid's first {len(points)} points (the trial cap)")
+            _enqueue(conn, study_id, [p for p in points if _point_key(p) not in covered])
+            return len(points)
+        assert cap is not None, "a TPE or random study has a trial cap"
+        waiting = [t for t, state, _ in covering if state == TrialState.WAITING]
+        surplus = waiting[::-1][: max(0, len(covering) - cap)]  # the newest first
+        _skip(conn, surplus, f"beyond the trial cap of {cap}")
+        _enqueue(conn, study_id, [{}] * (cap - len(covering)))
+        return max(cap, len(covering) - len(surplus))
+
+
+# -- recovery --------------------------------------------------------------------------------
+
+
+def recover(storage: RDBStorage, study_id: int, *, grace: float, max_retries: int) -> list[int]:
+    """Fail the sweep-claimed RUNNING trials whose heartbeat is older than ``grace`` seconds
+    and enqueue each one's replacement in the same transaction; return the failed numbers.
+
+    Heartbeats are compared with the database's clock, as optuna's own stale-trial check
+    does, so hosts' clocks need not agree. A trial whose workers died ``max_retries`` times
+    is not requeued: it ends FAIL with ``fail_reason = "worker died N times"``.
+    """
+    tag, on_tag = _attr(tb.user_attrs, WORKER_TAG, "tag")
+    fixed, on_fixed = _attr(tb.system_attrs, FIXED, "fixed")
+    history, on_history = _attr(tb.system_attrs, RETRY_HISTORY, "history")
+    h = tb.heartbeats
+    with storage.engine.begin() as conn:
+        _lock_study(conn, study_id)
+        now = conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar_one()
+        cutoff = now.replace(tzinfo=None) - timedelta(seconds=grace)
+        stale = conn.execute(
+            sqlalchemy.select(
+                trials.c.trial_id, trials.c.number, fixed.c.value_json, history.c.value_json,
+                tag.c.value_json,
+            )
+            .select_from(
+                trials.join(h, h.c.trial_id == trials.c.trial_id).join(tag, on_tag)
+                .outerjoin(fixed, on_fixed).outerjoin(history, on_history)
+            )
+            .where(
+                trials.c.study_id == study_id,
+                trials.c.state == TrialState.RUNNING,
+                h.c.heartbeat < cutoff,
+            )
+            .order_by(trials.c.trial_id)
+        ).all()  # fmt: skip
+        requeued, reasons = [], {}
+        for trial_id, number, fixed_json, history_json, worker in stale:
+            conn.execute(
+                trials.update()
+                .where(trials.c.trial_id == trial_id, trials.c.state == TrialState.RUNNING)
+                .values(state=TrialState.FAIL, datetime_complete=tb.utc_now())
+            )
+            past = json.loads(history_json) if history_json else []
+            deaths = len(past) + 1
+            lost = f"worker {json.loads(worker)} silent for more than {grace:g} s"
+            reasons[trial_id] = {"lost": json.dumps(lost)}
+            if deaths >= max_retries:
+                reasons[trial_id][FAIL_REASON] = json.dumps(f"worker died {deaths} times")
+            else:
+                original = past[0] if past else number
+                requeued.append(
+                    (json.loads(fixed_json) if fixed_json else {},
+                     {FAILED_TRIAL: original, RETRY_HISTORY: [*past, number]})
+                )  # fmt: skip
+        for trial_id, attrs in reasons.items():
+            tb.replace_attrs(conn, tb.user_attrs, trial_id, attrs)
+        _enqueue(conn, study_id, [p for p, _ in requeued], [e for _, e in requeued])
+    return [number for _, number, *_ in stale]
+
+
+# -- what is left -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Running:
+    """A RUNNING trial a sweep worker claimed."""
+
+    number: int
+    run: str  # the claiming launcher's run id
+    worker: str  # host:pid
+    silent: float  # seconds since its last heartbeat, by the database's clock
+
+
+@dataclasses.dataclass(frozen=True)
+class Pending:
+    """What a launcher may still have to wait for."""
+
+    waiting: int
+    running: tuple[Running, ...]  # claimed by sweep workers, anywhere
+    foreign: int  # RUNNING trials of other optuna clients: never waited for
+
+    @property
+    def empty(self) -> bool:
+        """Nothing left that a sweep worker could take, now or after a recovery."""
+        return not self.waiting and not self.running
+
+
+def pending(storage: RDBStorage, study_id: int) -> Pending:
+    """The study's WAITING count and its RUNNING trials, sweep's with their heartbeats."""
+    run, on_run = _attr(tb.user_attrs, RUN_TAG, "run")
+    worker, on_worker = _attr(tb.user_attrs, WORKER_TAG, "worker")
+    h = tb.heartbeats
+    query = (
+        sqlalchemy.select(trials.c.number, trials.c.state, run.c.value_json,
+                          worker.c.value_json, h.c.heartbeat)
+        .select_from(
+            trials.outerjoin(run, on_run).outerjoin(worker, on_worker)
+            .outerjoin(h, h.c.trial_id == trials.c.trial_id)
+        )
+        .where(
+            trials.c.study_id == study_id,
+            trials.c.state.in_([TrialState.WAITING, TrialState.RUNNING]),
+        )
+    )  # fmt: skip
+    with storage.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+        now = conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar_one()
+        rows = conn.execute(query).all()
+    now = now.replace(tzinfo=None)
+    waiting, foreign, running = 0, 0, []
+    for number, state, run_json, worker_json, beat in rows:
+        if state == TrialState.WAITING:
+            waiting += 1
+        elif run_json is None or worker_json is None or beat is None:
+            foreign += 1
+        else:
+            silent = max(0.0, (now - beat).total_seconds())
+            running.append(Running(number, json.loads(run_json), json.loads(worker_json), silent))
+    return Pending(waiting, tuple(sorted(running, key=lambda r: r.number)), foreign)

@@ -1,0 +1,245 @@
+"""optuna's RDB tables as sweep writes them: the statements, and the check that they still fit.
+
+Depends on optuna 5's schema, read from its SQLAlchemy models (``optuna.storages._rdb.models``,
+private API): the tables ``studies``, ``trials``, ``trial_heartbeats``, ``trial_params``,
+``trial_values``, ``trial_intermediate_values``, ``trial_user_attributes`` and
+``trial_system_attributes``, the columns named in ``COLUMNS``, and the models' own value
+encoders (``TrialValueModel.value_to_stored_repr`` and its intermediate-value twin). optuna
+has kept them since 3.0. ``conforms()`` checks the columns at start-up; where they moved, the
+callers fall back to optuna's public storage API (slower, still correct).
+``tests/sweep/test_writeback.py`` checks every field written here against what optuna itself
+reads back, datetimes included.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+import sqlalchemy
+from optuna import distributions
+from optuna.storages._rdb import models
+from optuna.trial import FrozenTrial, TrialState
+
+studies = models.StudyModel.__table__
+trials = models.TrialModel.__table__
+heartbeats = models.TrialHeartbeatModel.__table__
+params = models.TrialParamModel.__table__
+values = models.TrialValueModel.__table__
+steps = models.TrialIntermediateValueModel.__table__
+user_attrs = models.TrialUserAttributeModel.__table__
+system_attrs = models.TrialSystemAttributeModel.__table__
+study_system_attrs = models.StudySystemAttributeModel.__table__
+
+#: Every column sweep reads or writes directly, by table.
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "studies": ("study_id",),
+    "trials": ("trial_id", "number", "study_id", "state", "datetime_start", "datetime_complete"),
+    "trial_heartbeats": ("trial_id", "heartbeat"),
+    "trial_params": ("trial_id", "param_name", "param_value", "distribution_json", "param_id"),
+    "trial_values": ("trial_id", "objective", "value", "value_type"),
+    "trial_intermediate_values": (
+        "trial_id", "step", "intermediate_value", "intermediate_value_type",
+    ),
+    "trial_user_attributes": ("trial_id", "key", "value_json"),
+    "trial_system_attributes": ("trial_id", "key", "value_json"),
+    "study_system_attributes": ("study_id", "key", "value_json"),
+}  # fmt: skip
+
+
+def conforms() -> str | None:
+    """None if optuna's models still have every column sweep writes; else what is missing."""
+    tables = models.BaseModel.metadata.tables
+    for name, columns in COLUMNS.items():
+        table = tables.get(name)
+        if table is None:
+            return f"optuna has no table {name!r}"
+        missing = [c for c in columns if c not in table.c]
+        if missing:
+            return f"optuna's table {name!r} has no column {missing[0]!r}"
+    return None
+
+
+def utc_now() -> datetime:
+    """optuna (5.x) stores trial times as naive UTC."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _prepared() -> SimpleNamespace:
+    """The statements of the hot path, built once (building them per call cost a third of
+    a claim); ``tid`` and ``sid`` bind the trial and the study id."""
+    tid = sqlalchemy.bindparam("tid")
+    # A claim is fenced by its start time: a write names the claim it belongs to.
+    fence = sqlalchemy.bindparam("fence", type_=trials.c.datetime_start.type)
+    running = (
+        trials.c.trial_id == tid,
+        trials.c.state == TrialState.RUNNING,
+        trials.c.datetime_start == fence,
+    )
+    oldest_waiting = (
+        sqlalchemy.select(trials.c.trial_id, trials.c.number)
+        .where(
+            trials.c.study_id == sqlalchemy.bindparam("sid"),
+            trials.c.state == TrialState.WAITING,
+        )
+        .order_by(trials.c.trial_id)
+        .limit(1)
+    )
+    keys = sqlalchemy.bindparam("keys", expanding=True)
+    reads = [
+        ("params", params, ("param_name", "param_value", "distribution_json", "param_id")),
+        ("steps", steps, ("step", "intermediate_value", "intermediate_value_type")),
+        ("user", user_attrs, ("key", "value_json")),
+        ("system", system_attrs, ("key", "value_json")),
+    ]
+    keyed = [(params, "param_name"), (steps, "step"), (user_attrs, "key"), (system_attrs, "key")]
+    return SimpleNamespace(
+        oldest_waiting=oldest_waiting,
+        oldest_waiting_locked=oldest_waiting.with_for_update(skip_locked=True),  # PostgreSQL
+        start=trials.update()
+        .where(trials.c.trial_id == tid)
+        .values(state=TrialState.RUNNING, datetime_start=sqlalchemy.bindparam("started")),
+        touch=trials.update().where(*running).values(state=TrialState.RUNNING),
+        end=trials.update()
+        .where(*running)
+        .values(
+            state=sqlalchemy.bindparam("new_state", type_=trials.c.state.type),
+            datetime_complete=sqlalchemy.bindparam("done"),
+        ),
+        read={
+            name: sqlalchemy.select(*(table.c[c] for c in columns)).where(table.c.trial_id == tid)
+            for name, table, columns in reads
+        },
+        delete={
+            table: table.delete().where(table.c.trial_id == tid, table.c[column].in_(keys))
+            for table, column in keyed
+        },
+    )
+
+
+SQL = _prepared()
+
+
+def replace_attrs(conn: Any, table: Any, trial_id: int, attrs: dict[str, str]) -> None:
+    """Upsert JSON-encoded ``attrs`` as delete + insert: the same two statements on every
+    database."""
+    if not attrs:
+        return
+    conn.execute(SQL.delete[table], {"tid": trial_id, "keys": list(attrs)})
+    conn.execute(
+        table.insert(),
+        [{"trial_id": trial_id, "key": k, "value_json": v} for k, v in attrs.items()],
+    )
+
+
+def read_claimed(conn: Any, trial_id: int, number: int, started_utc: datetime) -> FrozenTrial:
+    """The claimed trial as optuna would read it: an enqueued trial may carry fixed
+    parameters and attributes (and, made by ``add_trial``, anything else)."""
+
+    def rows(name: str) -> list[Any]:
+        return conn.execute(SQL.read[name], {"tid": trial_id}).all()
+
+    stored = rows("params")
+    dists = {
+        name: distributions.json_to_distribution(text)
+        for name, _, text, _ in sorted(stored, key=lambda r: r[3])
+    }
+    return FrozenTrial(
+        number=number,
+        state=TrialState.RUNNING,
+        value=None,
+        values=None,
+        datetime_start=started_utc.replace(tzinfo=UTC).astimezone().replace(tzinfo=None),
+        datetime_complete=None,
+        params={name: dists[name].to_external_repr(value) for name, value, _, _ in stored},
+        distributions=dists,
+        user_attrs={k: json.loads(v) for k, v in rows("user")},
+        system_attrs={k: json.loads(v) for k, v in rows("system")},
+        intermediate_values={
+            step: models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(value, kind)
+            for step, value, kind in rows("steps")
+        },
+        trial_id=trial_id,
+    )
+
+
+class TrialGone(Exception):
+    """The trial is no longer RUNNING (failed as stale or released by someone else)."""
+
+
+def transition(conn: Any, trial_id: int, started: datetime, state: TrialState | None) -> None:
+    """First statement of a write-back: move the trial to ``state`` (or leave it RUNNING),
+    which also locks its row on PostgreSQL; raise TrialGone, writing nothing, if the claim
+    that started at ``started`` no longer holds it (failed as stale, released, claimed anew)."""
+    key = {"tid": trial_id, "fence": started}
+    if state is None:
+        update = conn.execute(SQL.touch, key)
+    else:
+        update = conn.execute(SQL.end, {**key, "new_state": state, "done": utc_now()})
+    if update.rowcount != 1:
+        raise TrialGone(trial_id)
+
+
+def beat(conn: Any, trial_id: int, started: datetime) -> bool:
+    """Record the heartbeat of the claim of ``trial_id`` that started at ``started``, by the
+    database's clock as optuna does; False, recording nothing, if that claim has ended."""
+    held = sqlalchemy.exists().where(
+        trials.c.trial_id == trial_id,
+        trials.c.state == TrialState.RUNNING,
+        trials.c.datetime_start == started,
+    )
+    update = conn.execute(
+        heartbeats.update()
+        .where(heartbeats.c.trial_id == trial_id, held)
+        .values(heartbeat=sqlalchemy.func.now())
+    )
+    return update.rowcount == 1
+
+
+def write(
+    conn: Any,
+    trial_id: int,
+    *,
+    new_params: dict[str, tuple[float, distributions.BaseDistribution]],
+    new_steps: dict[int, float],
+    user: dict[str, str],
+    system: dict[str, str],
+) -> None:
+    """A trial's pending writes, as one statement or two per table."""
+    if new_params:  # delete first: a retried write-back must not trip the unique key
+        conn.execute(SQL.delete[params], {"tid": trial_id, "keys": list(new_params)})
+        conn.execute(
+            params.insert(),
+            [
+                {"trial_id": trial_id, "param_name": name, "param_value": value,
+                 "distribution_json": distributions.distribution_to_json(dist)}
+                for name, (value, dist) in new_params.items()
+            ],
+        )  # fmt: skip
+    replace_attrs(conn, user_attrs, trial_id, user)
+    replace_attrs(conn, system_attrs, trial_id, system)
+    if new_steps:
+        conn.execute(SQL.delete[steps], {"tid": trial_id, "keys": list(new_steps)})
+        rows = []
+        for step, value in new_steps.items():
+            stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(
+                value
+            )
+            rows.append({"trial_id": trial_id, "step": step, "intermediate_value": stored,
+                         "intermediate_value_type": kind})  # fmt: skip
+        conn.execute(steps.insert(), rows)
+
+
+def insert_values(conn: Any, trial_id: int, objective_values: Sequence[float]) -> None:
+    """The objective values; a RUNNING trial has none yet (optuna sets them only when it
+    finishes a trial)."""
+    rows = []
+    for objective, value in enumerate(objective_values):
+        stored, kind = models.TrialValueModel.value_to_stored_repr(float(value))
+        rows.append(
+            {"trial_id": trial_id, "objective": objective, "value": stored, "value_type": kind}
+        )
+    conn.execute(values.insert(), rows)

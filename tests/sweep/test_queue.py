@@ -1,0 +1,242 @@
+"""The queue's contract however a study is joined: several launchers at once, workers with
+stale files or no data, other optuna clients, lowered caps, workers that keep dying."""
+
+import signal
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from threadpoolctl import threadpool_limits
+
+from sweep import queue, runner
+from sweep.objective import Objective
+from sweep.spec import load_spec
+from sweep.storage import open_storage
+from sweep.writeback import WriteBackStorage
+from tests.sweep.helpers import (
+    completed_points,
+    count_state,
+    grid_study,
+    load,
+    run_cli,
+    start_cli,
+    states,
+    wait_for,
+)
+
+FAST_STALE = {"SWEEP_HEARTBEAT_INTERVAL": "1", "SWEEP_GRACE_PERIOD": "3"}
+TAGS = {"run": "r", "worker": "host:1"}
+
+# 25 × 20 = 500 points of tiny networks, every one inside the budget.
+WIDE_GRID = """
+[study]
+name = "wide"
+sampler = "grid"
+[budget]
+min_params = 0
+max_params = 1_000_000
+[data]
+train_size = 64
+[train]
+epochs = 1
+batch_size = 64
+[space]
+hidden_1 = {h1}
+hidden_2 = {h2}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database", ["fresh", "existing"])
+def test_two_launchers_started_at_once_run_every_point_exactly_once(
+    tmp_path, storage_url, database
+):
+    path = tmp_path / "wide.toml"
+    path.write_text(WIDE_GRID.format(h1=list(range(1, 26)), h2=list(range(1, 21))))
+    if database == "existing":
+        open_storage(storage_url)  # the schema exists; the study does not
+    launchers = [
+        start_cli("run", str(path), "--storage", storage_url, "--jobs", "2") for _ in range(2)
+    ]
+    for proc in launchers:
+        _out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+    study = load(storage_url, "wide")
+    done = completed_points(study)
+    assert len(done) == 500 and set(done.values()) == {1}, "a point ran twice or never"
+    assert len(study.trials) == 500, "a point was enqueued twice"
+
+
+def _queued_grid(tmp_path, url, **kw):
+    study_file = grid_study(tmp_path, **kw)
+    spec = load_spec(study_file)
+    runner.top_up(runner.open_study(spec, open_storage(url)), spec)
+    return study_file, spec
+
+
+def test_a_worker_whose_study_file_differs_is_refused_before_it_claims(tmp_path, storage_url):
+    _queued_grid(tmp_path, storage_url, epochs=2)
+    (tmp_path / "host-b").mkdir()
+    edited = grid_study(tmp_path / "host-b", epochs=3)  # the same study, edited on one host
+    out = run_cli("worker", str(edited), "--storage", storage_url)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"sweep: error: {edited}: [train.epochs] differs from the stored study 'g': stored 2, "
+        "given 3; use the stored study's file, or rename [study.name] for a new study"
+    ]
+    assert states(load(storage_url, "g")) == {TrialState.WAITING: 8}
+
+
+def test_a_worker_without_the_dataset_claims_nothing(tmp_path, storage_url):
+    _queued_grid(tmp_path, storage_url)
+    out = run_cli("worker", "--study", "g", "--storage", storage_url, "--data", "/no/mnist.npz")
+    assert out.returncode == 1
+    assert len(out.stderr.strip().splitlines()) == 1 and "/no/mnist.npz" in out.stderr
+    assert states(load(storage_url, "g")) == {TrialState.WAITING: 8}  # no FAIL, none taken
+    out = run_cli("worker", "--study", "g", "--storage", storage_url)
+    assert out.returncode == 0, out.stderr
+    assert states(load(storage_url, "g")) == {TrialState.COMPLETE: 8}
+
+
+def test_a_foreign_trial_held_past_the_grace_period_survives_a_sweep_run(tmp_path, storage_url):
+    # Another optuna client asks for a trial in the same study and holds it, with a
+    # heartbeat of its own, longer than sweep's grace period.
+    study_file = grid_study(tmp_path)
+    theirs = optuna.create_study(study_name="g", storage=storage_url, direction="maximize")
+    trial = theirs.ask()
+    open_storage(storage_url).record_heartbeat(trial._trial_id)
+    time.sleep(4)  # past the grace period of FAST_STALE
+    out = run_cli("run", str(study_file), "--storage", storage_url, "--jobs", "2", env=FAST_STALE)
+    assert out.returncode == 0, out.stderr
+    assert states(load(storage_url, "g")) == {TrialState.COMPLETE: 8, TrialState.RUNNING: 1}
+    theirs.tell(trial, 1.0)  # the client's tell still works
+    assert load(storage_url, "g").trials[trial.number].state == TrialState.COMPLETE
+
+
+def test_a_lowered_cap_stops_claims_beyond_it(tmp_path, storage_url):
+    # An interrupted run of a random study left 8 slots; it is rerun with a cap of 3.
+    path = tmp_path / "r.toml"
+    path.write_text(
+        '[study]\nname = "r"\nsampler = "random"\ntrials = 8\n'
+        "[budget]\nmin_params = 20_000\nmax_params = 60_000\n"
+        "[data]\ntrain_size = 500\n[train]\nepochs = 1\n"
+        "[space]\nhidden_1 = { low = 16, high = 64 }\nhidden_2 = { low = 8, high = 64 }\n"
+    )
+    spec = load_spec(path)
+    runner.top_up(runner.open_study(spec, open_storage(storage_url)), spec)
+    runner.run(spec, storage=storage_url, jobs=2, trials=3)
+    study = load(storage_url, "r")
+    assert states(study) == {TrialState.COMPLETE: 3, TrialState.FAIL: 5}
+    skipped = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert {t.user_attrs["skipped"] for t in skipped} == {"beyond the trial cap of 3"}
+    assert study.user_attrs["spec"]["study"]["trials"] == 3  # every worker sees the new cap
+    runner.run(spec, storage=storage_url, jobs=2, trials=5)  # raising it again adds two
+    assert states(load(storage_url, "r"))[TrialState.COMPLETE] == 5
+
+
+def test_a_lowered_cap_on_a_grid_skips_the_points_beyond_it(tmp_path, storage_url):
+    study_file, _spec = _queued_grid(tmp_path, storage_url)
+    out = run_cli("run", str(study_file), "--storage", storage_url, "--trials", "5")
+    assert out.returncode == 0, out.stderr
+    assert states(load(storage_url, "g")) == {TrialState.COMPLETE: 5, TrialState.FAIL: 3}
+    out = run_cli("status", "--storage", storage_url)
+    assert "g: 5 complete, 3 skipped" in out.stdout
+
+
+def _claim_and_die(study: optuna.Study) -> int:
+    """A worker claims the next trial and is killed at once: no heartbeat after the claim."""
+    trial_id = WriteBackStorage(study._storage._backend).claim(study._study_id, TAGS)
+    assert trial_id is not None
+    time.sleep(2.2)  # the grace period of 1 s, plus SQLite's whole seconds
+    return trial_id
+
+
+def test_a_trial_whose_workers_keep_dying_fails_after_max_retries(tmp_path, storage_url):
+    storage = open_storage(storage_url, heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    study.enqueue_trial({"i": 7})
+    for death in (1, 2, 3):
+        _claim_and_die(study)
+        assert len(runner.recover(study, max_retries=3)) == 1
+        left = states(study)
+        assert left[TrialState.FAIL] == death
+        assert left[TrialState.WAITING] == (0 if death == 3 else 1)
+    last = study.trials[-1]
+    assert last.user_attrs["fail_reason"] == "worker died 3 times"
+    assert last.system_attrs["retry_history"] == [0, 1]
+    assert last.system_attrs["fixed_params"] == {"i": 7}
+    assert runner.recover(study, max_retries=3) == []
+    assert queue.pending(storage, study._study_id).empty
+
+
+def _running_on(url: str, pid: int) -> bool:
+    """Whether the worker process ``pid`` holds a RUNNING trial."""
+    study = load(url, "g")
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return any(t.user_attrs.get("worker", "").endswith(f":{pid}") for t in running)
+
+
+def test_a_killed_host_is_waited_for_and_its_trial_finished_elsewhere(tmp_path, storage_url):
+    # Host A runs `sweep run`, host B a `sweep worker`; B is killed mid-trial. A's run must not
+    # leave before B's trial is recovered and finished, and must say what it waits for.
+    slow_stale = {"SWEEP_HEARTBEAT_INTERVAL": "1", "SWEEP_GRACE_PERIOD": "6"}
+    study_file, _spec = _queued_grid(tmp_path, storage_url, train_size=20_000, epochs=3)
+    host_b = start_cli("worker", str(study_file), "--storage", storage_url, env=slow_stale)
+    host_a = start_cli(
+        "run", str(study_file), "--storage", storage_url, "--jobs", "1", env=slow_stale
+    )
+    try:
+        wait_for(lambda: count_state(storage_url, "g", TrialState.COMPLETE) >= 1)
+        wait_for(lambda: _running_on(storage_url, host_b.pid), interval=0.05)
+    finally:
+        host_b.send_signal(signal.SIGKILL)
+        host_b.wait(timeout=30)
+    _out, err = host_a.communicate(timeout=600)
+    assert host_a.returncode == 0, err
+    study = load(storage_url, "g")
+    left = states(study)
+    assert left[TrialState.COMPLETE] == 8 and not left[TrialState.RUNNING]
+    assert set(completed_points(study).values()) == {1}
+    assert "'s worker: silent for" in err
+    lost = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert [t.user_attrs.get("lost", "").startswith("worker") for t in lost] == [True]
+
+
+def test_a_point_gives_the_same_number_on_every_kind_of_worker(tmp_path):
+    # A loky worker of `sweep run`, a `sweep worker` process (which would use every core) and
+    # a dask worker: each runs the study's BLAS thread count, so float32 sums and the result
+    # agree to the last bit.
+    import distributed
+
+    text = grid_study(tmp_path, train_size=5000, epochs=1).read_text()
+    text = text.replace("seed = 0\n", "seed = 0\nthreads = 1\n")
+    text = text.replace("hidden_1 = [64, 128, 16]", "hidden_1 = [128]")
+    text = text.replace("hidden_2 = [32, 64]", "hidden_2 = [64]")
+    text = text.replace("learning_rate = [0.1, 0.05]", "learning_rate = [0.1]")
+    path = tmp_path / "one.toml"
+    path.write_text(text)
+    spec = load_spec(path)
+    urls = {kind: f"sqlite:///{tmp_path / kind}.db" for kind in ("loky", "worker", "dask")}
+    runner.run(spec, storage=urls["loky"], jobs=1)
+    assert runner.top_up(runner.open_study(spec, open_storage(urls["worker"])), spec) == 1
+    out = run_cli("worker", str(path), "--storage", urls["worker"])
+    assert out.returncode == 0, out.stderr
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None) as cluster:  # fmt: skip
+        runner.run(spec, storage=urls["dask"], jobs=1, backend="dask",
+                   scheduler=cluster.scheduler_address)  # fmt: skip
+
+    def result(url):  # the losses show a different summation order where accuracy may not
+        t = load(url, "g").trials[0]
+        return t.value, tuple(t.user_attrs["valid_loss"]), tuple(t.user_attrs["train_loss"])
+
+    # The number the study's one thread gives, computed here under an explicit limit (this
+    # machine's BLAS would use both cores, and sums in another order).
+    reference = optuna.create_study(direction="maximize")
+    reference.enqueue_trial({"hidden_1": 128, "hidden_2": 64, "learning_rate": 0.1})
+    with threadpool_limits(limits=1, user_api="blas"):
+        reference.optimize(Objective(spec), n_trials=1)
+    t = reference.trials[0]
+    expected = t.value, tuple(t.user_attrs["valid_loss"]), tuple(t.user_attrs["train_loss"])
+    assert {kind: result(url) for kind, url in urls.items()} == dict.fromkeys(urls, expected)
