@@ -218,7 +218,7 @@ def storage_overhead(n: int) -> tuple[float, float]:
     """ms per trial with a trivial objective: our SQLite queue against optuna in-memory."""
     import optuna
 
-    from sweep import runner
+    from sweep.worker import serve
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # The same sampler on both sides, so the difference is storage and bookkeeping.
@@ -231,7 +231,7 @@ def storage_overhead(n: int) -> tuple[float, float]:
         _queued_study(url, n)
         study = _worker_study(url)
         start = time.perf_counter()
-        assert runner.serve(study, _trivial, run_id="bench") == n
+        assert serve(study, _trivial, run_id="bench") == n
         ours = (time.perf_counter() - start) / n * 1e3
     return ours, base
 
@@ -251,7 +251,7 @@ def _queued_study(url: str, n: int):
 
 
 def _worker_study(url: str):
-    """Study "o" as a worker opens it (``sweep.runner.work`` with a random sampler)."""
+    """Study "o" as a worker opens it (``sweep.worker.work`` with a random sampler)."""
     import optuna
 
     from sweep.storage import open_storage
@@ -265,9 +265,9 @@ def _worker_study(url: str):
 
 
 def _serve_from(url: str) -> int:
-    from sweep import runner
+    from sweep.worker import serve
 
-    return runner.serve(_worker_study(url), _trivial, run_id="bench")
+    return serve(_worker_study(url), _trivial, run_id="bench")
 
 
 def _imported() -> bool:

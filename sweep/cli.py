@@ -214,8 +214,9 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     spec decides what runs; a study file, if given, must agree with it."""
     import uuid
 
-    from sweep import runner
     from sweep.storage import resolve_url
+    from sweep.study import join
+    from sweep.worker import work
 
     _quiet_optuna()
     if not (args.study or args.name):
@@ -225,8 +226,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         raise SpecError(f"{given.source}: [study.name] is {given.name!r}, not {args.name!r}")
     name = args.name or given.name
     url = resolve_url(args.storage)
-    spec = runner.join(url, name, spec=given, wait=args.wait, data_path=args.data)
-    ran = runner.work(spec, url, uuid.uuid4().hex[:12], launch=True)
+    spec = join(url, name, spec=given, wait=args.wait, data_path=args.data)
+    ran = work(spec, url, uuid.uuid4().hex[:12], launch=True)
     print(f"worker ran {ran} trial(s); study {name!r} has nothing left to claim")
     return EXIT_OK
 
@@ -260,6 +261,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     """Serve optuna-dashboard for the study database (127.0.0.1 unless --host says otherwise)."""
+    import threading
+
     import optuna_dashboard
 
     from sweep.storage import mask_password, open_storage, resolve_url
@@ -276,7 +279,22 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         f"at http://{args.host}:{args.port}/ (Ctrl-C stops it)",
         file=sys.stderr,
     )
-    optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+    # The server runs in a thread: in the main thread, a Ctrl-C or SIGTERM that lands while
+    # a request is handled is swallowed by wsgiref's error handler and the server carries on.
+    failed: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+        except BaseException as e:  # raised again in the main thread
+            failed.append(e)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    while server.is_alive():
+        server.join(0.5)
+    if failed:
+        raise failed[0]
     return EXIT_OK
 
 

@@ -356,6 +356,34 @@ class Pending:
         return not self.waiting and not self.running
 
 
+def tally(storage: RDBStorage, study_id: int) -> tuple[int, float | None]:
+    """(finished trials that count, the best finite value) of a maximised study, in one
+    read-only transaction."""
+    reason, on_reason = _attr(tb.user_attrs, FAIL_REASON, "reason")
+    v = tb.values
+    counted = sqlalchemy.or_(
+        trials.c.state.in_([TrialState.COMPLETE, TrialState.PRUNED]),
+        sqlalchemy.and_(trials.c.state == TrialState.FAIL, reason.c.key.is_not(None)),
+    )
+    done = (
+        sqlalchemy.select(sqlalchemy.func.count())
+        .select_from(trials.outerjoin(reason, on_reason))
+        .where(trials.c.study_id == study_id, counted)
+    )
+    best = (
+        sqlalchemy.select(sqlalchemy.func.max(v.c.value))
+        .select_from(trials.join(v, v.c.trial_id == trials.c.trial_id))
+        .where(
+            trials.c.study_id == study_id,
+            trials.c.state == TrialState.COMPLETE,
+            v.c.objective == 0,
+            v.c.value_type == tb.FINITE,
+        )
+    )
+    with storage.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+        return conn.execute(done).scalar_one(), conn.execute(best).scalar()
+
+
 def pending(storage: RDBStorage, study_id: int) -> Pending:
     """The study's WAITING count and its RUNNING trials, sweep's with their heartbeats."""
     run, on_run = _attr(tb.user_attrs, RUN_TAG, "run")

@@ -51,6 +51,9 @@ def mask_password(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
+#: What optuna and SQLAlchemy raise when the database fails (not the caller's mistake).
+STORAGE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)
+
 #: Connection execution option marking a transaction that only reads (SQLite: plain BEGIN).
 READ_ONLY = "sweep_read_only"
 

@@ -33,6 +33,7 @@ steps = models.TrialIntermediateValueModel.__table__
 user_attrs = models.TrialUserAttributeModel.__table__
 system_attrs = models.TrialSystemAttributeModel.__table__
 study_system_attrs = models.StudySystemAttributeModel.__table__
+FINITE = models.TrialValueModel.TrialValueType.FINITE  # trial_values.value_type of a number
 
 #: Every column sweep reads or writes directly, by table.
 COLUMNS: dict[str, tuple[str, ...]] = {

@@ -35,7 +35,7 @@ A_VALUE, B_VALUE = 1.0, 2.0
 # slow the machine. B gets no gate and returns at once.
 WORKER = """
 import os, sys, time, optuna
-from sweep import runner
+from sweep.worker import serve
 from sweep.storage import open_storage
 url, name, run_id, value, gate = sys.argv[1:]
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -51,7 +51,7 @@ def objective(trial):
 
 study = optuna.load_study(study_name=name, storage=open_storage(url),
                           sampler=optuna.samplers.RandomSampler())
-print(runner.serve(study, objective, run_id=run_id))
+print(serve(study, objective, run_id=run_id))
 """
 
 

@@ -13,6 +13,7 @@ from sweep import queue, runner
 from sweep.objective import Objective
 from sweep.spec import load_spec
 from sweep.storage import open_storage
+from sweep.study import open_study, recover, top_up
 from sweep.writeback import WriteBackStorage
 from tests.sweep.helpers import (
     completed_points,
@@ -71,8 +72,25 @@ def test_two_launchers_started_at_once_run_every_point_exactly_once(
 def _queued_grid(tmp_path, url, **kw):
     study_file = grid_study(tmp_path, **kw)
     spec = load_spec(study_file)
-    runner.top_up(runner.open_study(spec, open_storage(url)), spec)
+    top_up(open_study(spec, open_storage(url)), spec)
     return study_file, spec
+
+
+def test_batch_array_tasks_started_before_the_study_wait_for_it(tmp_path, storage_url):
+    tasks = [
+        start_cli("worker", "--study", "g", "--storage", storage_url, "--wait", "120")
+        for _ in range(2)
+    ]
+    time.sleep(3)  # the tasks are polling for a study that does not exist yet
+    assert all(task.poll() is None for task in tasks)
+    _queued_grid(tmp_path, storage_url)
+    ran = 0
+    for task in tasks:
+        out, err = task.communicate(timeout=300)
+        assert task.returncode == 0, err
+        ran += int(out.split()[2])  # "worker ran N trial(s); …"
+    assert ran == 8
+    assert states(load(storage_url, "g")) == {TrialState.COMPLETE: 8}
 
 
 def test_a_worker_whose_study_file_differs_is_refused_before_it_claims(tmp_path, storage_url):
@@ -124,7 +142,7 @@ def test_a_lowered_cap_stops_claims_beyond_it(tmp_path, storage_url):
         "[space]\nhidden_1 = { low = 16, high = 64 }\nhidden_2 = { low = 8, high = 64 }\n"
     )
     spec = load_spec(path)
-    runner.top_up(runner.open_study(spec, open_storage(storage_url)), spec)
+    top_up(open_study(spec, open_storage(storage_url)), spec)
     runner.run(spec, storage=storage_url, jobs=2, trials=3)
     study = load(storage_url, "r")
     assert states(study) == {TrialState.COMPLETE: 3, TrialState.FAIL: 5}
@@ -158,7 +176,7 @@ def test_a_trial_whose_workers_keep_dying_fails_after_max_retries(tmp_path, stor
     study.enqueue_trial({"i": 7})
     for death in (1, 2, 3):
         _claim_and_die(study)
-        assert len(runner.recover(study, max_retries=3)) == 1
+        assert len(recover(study, max_retries=3)) == 1
         left = states(study)
         assert left[TrialState.FAIL] == death
         assert left[TrialState.WAITING] == (0 if death == 3 else 1)
@@ -166,7 +184,7 @@ def test_a_trial_whose_workers_keep_dying_fails_after_max_retries(tmp_path, stor
     assert last.user_attrs["fail_reason"] == "worker died 3 times"
     assert last.system_attrs["retry_history"] == [0, 1]
     assert last.system_attrs["fixed_params"] == {"i": 7}
-    assert runner.recover(study, max_retries=3) == []
+    assert recover(study, max_retries=3) == []
     assert queue.pending(storage, study._study_id).empty
 
 
@@ -219,7 +237,7 @@ def test_a_point_gives_the_same_number_on_every_kind_of_worker(tmp_path):
     spec = load_spec(path)
     urls = {kind: f"sqlite:///{tmp_path / kind}.db" for kind in ("loky", "worker", "dask")}
     runner.run(spec, storage=urls["loky"], jobs=1)
-    assert runner.top_up(runner.open_study(spec, open_storage(urls["worker"])), spec) == 1
+    assert top_up(open_study(spec, open_storage(urls["worker"])), spec) == 1
     out = run_cli("worker", str(path), "--storage", urls["worker"])
     assert out.returncode == 0, out.stderr
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,

@@ -16,6 +16,9 @@ from sweep import runner
 from sweep.errors import SpecError, WorkerError
 from sweep.space import grid_points
 from sweep.spec import load_spec
+from sweep.storage import open_storage
+from sweep.study import open_study, recover, top_up
+from sweep.worker import serve
 from sweep.writeback import WriteBackStorage
 from tests.sweep.helpers import (
     alive,
@@ -217,8 +220,8 @@ def test_two_hosts_finish_a_grid_exactly_once(tmp_path, storage_url):
     # Two `sweep worker` processes standing for two hosts, sharing one database.
     study_file = grid_study(tmp_path)
     spec = load_spec(study_file)
-    study = runner.open_study(spec, runner.open_storage(storage_url))
-    runner.top_up(study, spec)
+    study = open_study(spec, open_storage(storage_url))
+    top_up(study, spec)
     hosts = [start_cli("worker", str(study_file), "--storage", storage_url) for _ in range(2)]
     ran = 0
     for proc in hosts:
@@ -253,7 +256,7 @@ def test_repeated_sigkill_at_random_moments_loses_nothing(tmp_path):
 
 
 def test_a_trial_that_raises_is_recorded_and_the_queue_goes_on(tmp_path):
-    storage = runner.open_storage(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    storage = open_storage(f"sqlite:///{tmp_path / 'db.sqlite'}")
     study = optuna.create_study(study_name="e", storage=storage, direction="maximize")
     for i in range(3):
         study.enqueue_trial({"i": i})
@@ -264,7 +267,7 @@ def test_a_trial_that_raises_is_recorded_and_the_queue_goes_on(tmp_path):
             raise ValueError("a bug in one trial")
         return float(i)
 
-    assert runner.serve(study, objective, run_id="t") == 3
+    assert serve(study, objective, run_id="t") == 3
     by_i = {t.params["i"]: t for t in study.get_trials()}
     assert by_i[0].state == by_i[2].state == TrialState.COMPLETE
     assert by_i[1].state == TrialState.FAIL
@@ -275,7 +278,7 @@ def test_a_trial_that_raises_is_recorded_and_the_queue_goes_on(tmp_path):
     "failure", [MemoryError("cannot allocate 3.2 GiB"), ImportError("no module named x")]
 )
 def test_a_failure_of_the_worker_gives_the_trial_back_and_ends_the_worker(tmp_path, failure):
-    storage = runner.open_storage(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    storage = open_storage(f"sqlite:///{tmp_path / 'db.sqlite'}")
     study = optuna.create_study(study_name="e", storage=storage, direction="maximize")
     for i in range(3):
         study.enqueue_trial({"i": i})
@@ -287,7 +290,7 @@ def test_a_failure_of_the_worker_gives_the_trial_back_and_ends_the_worker(tmp_pa
         return 1.0
 
     with pytest.raises(WorkerError, match=f"{type(failure).__name__}: .*went back to the queue"):
-        runner.serve(study, objective, run_id="t")
+        serve(study, objective, run_id="t")
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.WAITING,
                                          TrialState.WAITING]  # fmt: skip
@@ -301,7 +304,7 @@ def test_a_reader_holding_a_transaction_blocks_no_writer(tmp_path):
     # What the dashboard or a SQL shell does; in rollback-journal mode it stalls writers until
     # it ends. Here every trial completes while the reader still holds its transaction.
     path = tmp_path / "db.sqlite"
-    storage = runner.open_storage(f"sqlite:///{path}")
+    storage = open_storage(f"sqlite:///{path}")
     study = optuna.create_study(study_name="o", storage=storage)
     for _ in range(80):
         study.enqueue_trial({}, skip_if_exists=False)
@@ -323,12 +326,12 @@ def test_a_reader_holding_a_transaction_blocks_no_writer(tmp_path):
 
 SERVE = """
 import sys, optuna
-from sweep import runner
+from sweep.worker import serve
 from sweep.storage import open_storage
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 study = optuna.load_study(study_name="o", storage=open_storage(sys.argv[1]),
                           sampler=optuna.samplers.RandomSampler())
-print(runner.serve(study, lambda t: t.suggest_float("x", 0, 1), run_id="r"))
+print(serve(study, lambda t: t.suggest_float("x", 0, 1), run_id="r"))
 """
 
 
@@ -341,17 +344,17 @@ def test_a_trial_whose_worker_died_at_once_is_requeued_from_the_claims_heartbeat
     # The claim itself records the first heartbeat: a worker killed right after it leaves a
     # trial that the stale check can see.
     path = tmp_path / "db.sqlite"
-    storage = runner.open_storage(f"sqlite:///{path}", heartbeat_interval=1, grace_period=1)
+    storage = open_storage(f"sqlite:///{path}", heartbeat_interval=1, grace_period=1)
     study = optuna.create_study(study_name="s", storage=storage)
     study.enqueue_trial({"i": 1})
     trial_id = WriteBackStorage(storage).claim(study._study_id, {"run": "r", "worker": "h:1"})
     beats = "SELECT count(*) FROM trial_heartbeats WHERE trial_id = ?"
     assert sqlite3.connect(path).execute(beats, (trial_id,)).fetchone()[0] == 1
-    assert runner.recover(study, max_retries=3) == []  # not before the grace period
+    assert recover(study, max_retries=3) == []  # not before the grace period
     assert states(study) == {TrialState.RUNNING: 1}
     time.sleep(2.5)  # the grace period, plus a second: SQLite's CURRENT_TIMESTAMP has seconds
-    assert runner.recover(study, max_retries=3) == [0]
-    assert runner.recover(study, max_retries=3) == []  # a second look requeues nothing more
+    assert recover(study, max_retries=3) == [0]
+    assert recover(study, max_retries=3) == []  # a second look requeues nothing more
     assert states(study) == {TrialState.FAIL: 1, TrialState.WAITING: 1}
     waiting = study.get_trials(states=(TrialState.WAITING,))[0]
     assert waiting.system_attrs["fixed_params"] == {"i": 1}

@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 
 from sweep import runner
 from sweep.spec import load_spec
+from sweep.storage import open_storage
 from tests.sweep.helpers import completed_points, grid_study, load, start_cli, states, wait_for
 from tests.sweep.test_runner import SERVE, start_cli_python
 
@@ -45,7 +46,7 @@ def test_unreachable_dask_scheduler_is_a_clear_error(tmp_path):
 def test_8_writers_and_a_polling_reader(tmp_path, reader):
     path = tmp_path / "db.sqlite"
     url = f"sqlite:///{path}"
-    study = optuna.create_study(study_name="o", storage=runner.open_storage(url))
+    study = optuna.create_study(study_name="o", storage=open_storage(url))
     n = 200
     for _ in range(n):
         study.enqueue_trial({}, skip_if_exists=False)
@@ -66,7 +67,7 @@ def test_8_writers_and_a_polling_reader(tmp_path, reader):
 
         wait_for(lambda: _ok(poll_once), timeout=60)
     else:
-        watcher = optuna.load_study(study_name="o", storage=runner.open_storage(url))
+        watcher = optuna.load_study(study_name="o", storage=open_storage(url))
 
         def poll_once():
             watcher.get_trials(deepcopy=False)

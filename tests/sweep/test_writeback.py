@@ -6,8 +6,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sweep import runner, writeback
+from sweep import writeback
 from sweep.storage import open_storage
+from sweep.worker import serve
 from sweep.writeback import WriteBackStorage
 
 
@@ -49,7 +50,7 @@ def test_a_written_back_trial_reads_back_as_optunas_own(storage_url):
     theirs.optimize(_objective, n_trials=2)
     _queued(storage_url, "ours", fixed)
     ours = optuna.load_study(study_name="ours", storage=WriteBackStorage(open_storage(storage_url)))
-    assert runner.serve(ours, _objective, run_id="r") == 2
+    assert serve(ours, _objective, run_id="r") == 2
     fresh = optuna.load_study(study_name="ours", storage=open_storage(storage_url))
     reference = [_fields(t) for t in theirs.get_trials()]
     assert [_fields(t) for t in fresh.get_trials()] == reference
@@ -95,7 +96,7 @@ def test_a_trial_failed_elsewhere_is_not_overwritten(storage_url):
 def test_an_incompatible_distribution_is_refused_when_suggested(storage_url):
     _queued(storage_url, "s", [{}, {}])
     study = optuna.load_study(study_name="s", storage=open_storage(storage_url))
-    runner.serve(study, lambda t: t.suggest_float("x", 0, 1), run_id="r")  # both trials
+    serve(study, lambda t: t.suggest_float("x", 0, 1), run_id="r")  # both trials
     optuna.load_study(study_name="s", storage=open_storage(storage_url)).enqueue_trial({})
     storage = WriteBackStorage(open_storage(storage_url))
     study = optuna.load_study(study_name="s", storage=storage)
@@ -121,7 +122,7 @@ def test_a_nan_result_is_a_failed_trial_not_a_dead_worker(tmp_path):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     _queued(url, "s", [{}, {}])
     study = optuna.load_study(study_name="s", storage=open_storage(url))
-    assert runner.serve(study, lambda t: float("nan"), run_id="r") == 2
+    assert serve(study, lambda t: float("nan"), run_id="r") == 2
     assert {t.state for t in study.get_trials()} == {TrialState.FAIL}
 
 
@@ -166,7 +167,7 @@ def test_when_optunas_schema_moves_workers_fall_back_to_its_public_api(
         "workers write through optuna's storage API (slower)"
     ]
     ours = optuna.load_study(study_name="ours", storage=storage)
-    assert runner.serve(ours, _objective, run_id="r") == 2
+    assert serve(ours, _objective, run_id="r") == 2
     fresh = optuna.load_study(study_name="ours", storage=open_storage(storage_url))
     assert [_fields(t) for t in fresh.get_trials()] == [_fields(t) for t in theirs.get_trials()]
     assert {t.user_attrs["run"] for t in fresh.get_trials()} == {"r"}
@@ -185,7 +186,7 @@ def test_stored_datetimes_are_naive_utc_as_optuna_writes_them(storage_url, monke
         study = optuna.load_study(
             study_name="ours", storage=WriteBackStorage(open_storage(storage_url))
         )
-        assert runner.serve(study, lambda t: 1.0, run_id="r") == 1
+        assert serve(study, lambda t: 1.0, run_id="r") == 1
         engine = open_storage(storage_url).engine
         with engine.connect() as conn:
             raw = conn.exec_driver_sql(

@@ -1,0 +1,170 @@
+"""A study's set-up, shared by every process that joins it: the sampler and pruner its spec
+asks for, creating or joining it (the stored spec is the source of truth), and the queue
+operations a launcher performs (``sweep.queue``) in the study's terms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from typing import Any
+
+import optuna
+
+from mlp.model import parameter_count
+from sweep import queue
+from sweep.errors import SpecError
+from sweep.space import grid_points
+from sweep.spec import StudySpec, first_difference, stored_spec
+from sweep.storage import GRACE_PERIOD_S, mask_password, open_storage
+from sweep.writeback import WriteBackStorage
+
+logger = logging.getLogger(__name__)
+
+
+def make_sampler(spec: StudySpec, salt: int = 0) -> optuna.samplers.BaseSampler:
+    seed = spec.seed + 1009 * salt
+    if spec.sampler == "tpe":
+        # constant_liar: running trials count as provisional results, so parallel workers do not
+        # all sample the same promising point.
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=10)
+    return optuna.samplers.RandomSampler(seed=seed)  # grid trials arrive with fixed parameters
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    searched = spec.dimension("epochs")
+    epochs = spec.train.epochs
+    if searched is not None:  # the longest a trial can train
+        epochs = int(max(searched.choices) if searched.choices else searched.high)
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    if spec.pruner == "successive-halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
+    if spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
+    return optuna.pruners.NopPruner()
+
+
+def _refuse_difference(stored: StudySpec, given: StudySpec) -> None:
+    """A study file that would change the stored study's results is refused, naming the
+    first field that differs."""
+    diff = first_difference(stored, given)
+    if diff is not None:
+        field, old, new = diff
+        raise SpecError(
+            f"{given.source}: [{field}] differs from the stored study {given.name!r}: stored "
+            f"{json.dumps(old)}, given {json.dumps(new)}; use the stored study's file, "
+            "or rename [study.name] for a new study"
+        )
+
+
+def open_study(
+    spec: StudySpec, storage: optuna.storages.BaseStorage, *, salt: int = 0
+) -> optuna.Study:
+    """Create the study, or load it if it exists and was made from the same spec.
+
+    The stored spec is the study's source of truth; this launcher's trial cap (``spec.trials``)
+    replaces the stored one, so lowering or raising it steers every worker.
+    """
+    study = optuna.create_study(
+        study_name=spec.name,
+        storage=storage,
+        direction="maximize",
+        sampler=make_sampler(spec, salt),
+        pruner=make_pruner(spec),
+        load_if_exists=True,
+    )
+    stored = study.user_attrs.get("spec")
+    if stored is None:
+        study.set_user_attr("spec", spec.to_dict())
+        return study
+    old = stored_spec(stored, source=f"study {spec.name!r}")
+    _refuse_difference(old, spec)
+    if old.trials != spec.trials:
+        study.set_user_attr("spec", spec.to_dict())
+    return study
+
+
+def join(
+    url: str,
+    name: str,
+    *,
+    spec: StudySpec | None = None,
+    wait: float = 0.0,
+    data_path: str | None = None,
+) -> StudySpec:
+    """The stored spec of study ``name``, for a worker joining it: its source of truth.
+
+    Waits up to ``wait`` seconds for the study to be created (a batch array whose tasks all
+    start at once), polling with backoff. A study file given as ``spec`` must agree with the
+    stored spec in everything that changes results; its trial cap is ignored (launchers set
+    it). ``data_path`` (or the file's ``[data] path``) is this host's copy of the dataset.
+    """
+    storage = open_storage(url, heartbeat_interval=None, grace_period=None)
+    deadline, delay = time.monotonic() + wait, 0.5
+    while (attrs := _stored_attrs(storage, name)) is None or "spec" not in attrs:
+        if time.monotonic() >= deadline:  # (a study made this instant gets its spec next)
+            if attrs is not None:
+                raise SpecError(f"study {name!r} was not made by sweep (it has no stored spec)")
+            hint = f"start it with `sweep run {spec.source}`" if spec else "start it first"
+            raise SpecError(
+                f"study {name!r} does not exist in {mask_password(url)}; {hint}, "
+                "or give --wait SECONDS to wait for it"
+            )
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(2 * delay, 10.0)
+    stored = stored_spec(attrs["spec"], source=f"study {name!r} in {mask_password(url)}")
+    if spec is not None:
+        _refuse_difference(stored, spec)
+        data_path = data_path or spec.data_path
+        if spec.trials != stored.trials:
+            logger.warning("%s: trials = %s ignored; the study's cap is %s (set by `sweep run`)",
+                           spec.source, spec.trials, stored.trials)  # fmt: skip
+    return dataclasses.replace(stored, data_path=data_path or stored.data_path)
+
+
+def _stored_attrs(storage: optuna.storages.BaseStorage, name: str) -> dict[str, Any] | None:
+    """The user attributes of study ``name``; None if there is no such study."""
+    try:
+        return storage.get_study_user_attrs(storage.get_study_id_from_name(name))
+    except KeyError:
+        return None
+
+
+def _cost(spec: StudySpec, point: dict[str, Any]) -> int:
+    """A grid point's training work, in proportion: epochs × weights."""
+    settings = dataclasses.replace(spec.train, **point)
+    return settings.epochs * parameter_count(settings.hidden_1, settings.hidden_2)
+
+
+def top_up(study: optuna.Study, spec: StudySpec) -> int:
+    """Enqueue what the study still needs, atomically (``sweep.queue.top_up``); return the
+    study's total, the progress target."""
+    rdb = rdb_of(study._storage)
+    if spec.sampler != "grid":
+        return queue.top_up(rdb, study._study_id, cap=spec.trials)
+    grid = grid_points(spec)
+    points, beyond = grid[: spec.trials], grid[spec.trials :] if spec.trials else []
+    # Longest first (LPT scheduling): the queue then ends with short trials running side by
+    # side, not with one large trial running alone while the other workers idle.
+    points = sorted(points, key=lambda p: _cost(spec, p), reverse=True)
+    return queue.top_up(rdb, study._study_id, points=points, beyond=beyond)
+
+
+def recover(study: optuna.Study, *, max_retries: int) -> list[int]:
+    """Fail and requeue the trials whose sweep worker went silent (``sweep.queue.recover``)."""
+    rdb = rdb_of(study._storage)
+    grace = rdb.grace_period or GRACE_PERIOD_S
+    return queue.recover(rdb, study._study_id, grace=grace, max_retries=max_retries)
+
+
+def rdb_of(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage:
+    """The RDB storage under our write-back wrapper or optuna's cache."""
+    if isinstance(storage, WriteBackStorage):
+        return storage.backend
+    backend = getattr(storage, "_backend", storage)
+    if not isinstance(backend, optuna.storages.RDBStorage):
+        raise TypeError(f"a study queue needs an RDB storage; got {type(backend).__name__}")
+    return backend

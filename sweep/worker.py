@@ -1,0 +1,206 @@
+"""One worker: claim trials from a study's queue and run them until nothing is left to take.
+
+A worker checks its environment (the dataset loads) before it claims anything. A failure that
+is the worker's (``WORKER_FAILURES``: data, memory, a library, the storage; or Ctrl-C and
+SIGTERM) gives the trial back to the queue and ends the worker; only the trial's own failure
+(it diverged, its numbers raised) is a FAIL that is not rerun. While a trial runs, a thread
+records its heartbeat; a worker that dies outright stops it, and whoever notices first
+requeues the trial (``sweep.queue.recover``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from sweep import queue
+from sweep.errors import DataError, SweepError, WorkerError
+from sweep.objective import Objective, TrialFailed, load_data
+from sweep.spec import StudySpec
+from sweep.storage import (
+    HEARTBEAT_INTERVAL_S,
+    STORAGE_ERRORS,
+    open_storage,
+    root_message,
+    storage_failure,
+)
+from sweep.study import make_pruner, make_sampler, rdb_of, recover, top_up
+from sweep.writeback import WriteBackStorage
+
+logger = logging.getLogger(__name__)
+
+#: How often a worker looks again at a queue with nothing to claim, or for its stop flag.
+POLL_S = 1.0
+#: Failures of the worker, not of its trial: the trial goes back to the queue and the worker
+#: ends. Anything else a trial raises is the trial's own (recorded FAIL, not rerun).
+WORKER_FAILURES = (DataError, MemoryError, ImportError, OSError, *STORAGE_ERRORS)
+
+
+@dataclasses.dataclass
+class _Heartbeat:
+    """Records the running trial's heartbeat from a background thread."""
+
+    storage: WriteBackStorage
+    trial_id: int
+    _stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.storage.get_heartbeat_interval() or HEARTBEAT_INTERVAL_S):
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception as e:  # a missed beat only risks a needless retry; keep training
+                logger.warning("heartbeat of trial %d failed: %s", self.trial_id, root_message(e))
+                logger.debug("heartbeat failure", exc_info=True)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _sigterm_to_interrupt() -> None:
+    """SIGTERM (a batch scheduler ending its job) releases the trial like Ctrl-C does."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
+def work(spec: StudySpec, url: str, run_id: str, *, salt: int = 0, launch: bool = False) -> int:
+    """One worker: claim and run trials until nothing is left that it could take.
+
+    Returns the number of trials it ran. Safe to run on many hosts against one database. The
+    dataset is loaded before the first claim, so a host without it takes nothing. With
+    ``launch`` (``sweep worker``), it first tops the queue up and recovers silent trials, as
+    ``run`` does, so that any task of a batch array may be the first.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _sigterm_to_interrupt()
+    load_data(spec)
+    try:
+        storage = WriteBackStorage(open_storage(url))
+        study = optuna.load_study(
+            study_name=spec.name, storage=storage,
+            sampler=make_sampler(spec, salt), pruner=make_pruner(spec),
+        )  # fmt: skip
+        if launch:
+            recover(study, max_retries=spec.max_retries)
+            top_up(study, spec)
+        return serve(study, Objective(spec), run_id=run_id, max_retries=spec.max_retries)
+    except STORAGE_ERRORS as e:
+        raise storage_failure(e, url) from None  # a plain message survives the trip home
+
+
+def _worker_study(study: optuna.Study) -> optuna.Study:
+    """``study`` seen through a ``WriteBackStorage`` (itself if it already is)."""
+    if isinstance(study._storage, WriteBackStorage):
+        return study
+    return optuna.load_study(
+        study_name=study.study_name, storage=WriteBackStorage(rdb_of(study._storage)),
+        sampler=study.sampler, pruner=study.pruner,
+    )  # fmt: skip
+
+
+def _run_one(
+    objective: Callable[[optuna.Trial], float], trial: optuna.Trial
+) -> tuple[float | None, TrialState | None]:
+    """Run the objective; a pruned, diverged or crashing trial is a result, not a crash.
+
+    The state of a returned value is left to ``study.tell`` (None): it records a NaN or a
+    non-number as FAIL, as ``study.optimize`` does. A failure of the worker
+    (``WORKER_FAILURES``) propagates, so the trial goes back to the queue.
+    """
+    try:
+        return objective(trial), None
+    except optuna.TrialPruned:
+        return None, TrialState.PRUNED
+    except TrialFailed:
+        return None, TrialState.FAIL
+    except WORKER_FAILURES:
+        raise
+    except Exception as e:  # a bug in one trial's numbers must not end the sweep
+        logger.exception("trial %d raised", trial.number)
+        trial.set_user_attr(queue.FAIL_REASON, f"{type(e).__name__}: {e}"[:500])
+        return None, TrialState.FAIL
+
+
+def serve(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    *,
+    run_id: str,
+    max_retries: int = 3,
+) -> int:
+    """Claim and run ``study``'s queued trials with ``objective`` until nothing is left that
+    this worker could take; return how many it ran. ``work`` is this with the MLP objective.
+
+    A failure of the worker gives its trial back to the queue and raises: WorkerError (or the
+    storage's own error, or KeyboardInterrupt) with one line saying what went wrong.
+    """
+    study = _worker_study(study)
+    storage = study._storage
+    rdb = storage.backend
+    tags = {queue.WORKER_TAG: f"{socket.gethostname()}:{os.getpid()}", queue.RUN_TAG: run_id}
+    ran = 0
+    stop_key = f"stop:{run_id}"
+    next_stop_check = 0.0
+    while True:
+        # The parent's stop flag (for workers it cannot kill, e.g. on dask), read before each
+        # trial but at most once a second: a read per trivial trial was 10% of its cost.
+        if time.monotonic() >= next_stop_check:
+            if storage.has_study_system_attr(study._study_id, stop_key):
+                return ran
+            next_stop_check = time.monotonic() + POLL_S
+        trial_id = storage.claim(study._study_id, tags)
+        if trial_id is None:
+            recover(study, max_retries=max_retries)
+            if queue.pending(rdb, study._study_id).empty:
+                return ran
+            time.sleep(POLL_S)
+            continue
+        try:
+            with _Heartbeat(storage, trial_id):  # the claim recorded the first beat
+                trial = optuna.Trial(study, trial_id)
+                value, state = _run_one(objective, trial)
+            study.tell(trial, value, state=state)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Failed as stale while it ran (its heartbeats were held up past the grace
+            # period); whoever failed it queued a replacement, so this result is not needed.
+            logger.warning("trial id %d was failed elsewhere while it ran", trial_id)
+            continue
+        except BaseException as e:  # the worker's failure, Ctrl-C or SIGTERM
+            _give_back(storage, trial_id)
+            if isinstance(e, Exception) and not isinstance(
+                e, (*STORAGE_ERRORS, SweepError, DataError)
+            ):
+                raise WorkerError(
+                    f"worker {tags[queue.WORKER_TAG]} stopped: {type(e).__name__}: "
+                    f"{(str(e).splitlines() or [''])[0]}; its trial went back to the queue"
+                ) from e
+            raise
+        ran += 1
+
+
+def _give_back(storage: WriteBackStorage, trial_id: int) -> None:
+    """Release a trial this worker cannot finish; if the storage itself is failing, the
+    stale-trial check of another process requeues it later."""
+    try:
+        storage.release(trial_id)
+    except Exception:
+        logger.warning("could not release trial id %d", trial_id, exc_info=True)
