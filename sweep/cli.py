@@ -227,7 +227,10 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     name = args.name or given.name
     url = resolve_url(args.storage)
     spec = join(url, name, spec=given, wait=args.wait, data_path=args.data)
-    ran = work(spec, url, uuid.uuid4().hex[:12], launch=True)
+    run_id = uuid.uuid4().hex[:12]
+    # A sampler seed of its own (the study seed plus a salt): the tasks of a batch array would
+    # otherwise all draw the same random and TPE start-up points.
+    ran = work(spec, url, run_id, salt=1 + int(run_id, 16) % 2**20, launch=True)
     print(f"worker ran {ran} trial(s); study {name!r} has nothing left to claim")
     return EXIT_OK
 

@@ -20,6 +20,8 @@ from sweep.study import join, open_study, recover, top_up
 from sweep.worker import work
 from sweep.writeback import WriteBackStorage
 from tests.sweep.helpers import (
+    FAST_STALE,
+    WORKER_TAGS,
     completed_points,
     count_state,
     grid_study,
@@ -29,9 +31,6 @@ from tests.sweep.helpers import (
     states,
     wait_for,
 )
-
-FAST_STALE = {"SWEEP_HEARTBEAT_INTERVAL": "1", "SWEEP_GRACE_PERIOD": "3"}
-TAGS = {"run": "r", "worker": "host:1"}
 
 # 25 × 20 = 500 points of tiny networks, every one inside the budget.
 WIDE_GRID = """
@@ -176,16 +175,20 @@ def test_a_foreign_trial_held_past_the_grace_period_survives_a_sweep_run(tmp_pat
     assert load(storage_url, "g").trials[trial.number].state == TrialState.COMPLETE
 
 
-def test_a_lowered_cap_stops_claims_beyond_it(tmp_path, storage_url):
-    # An interrupted run of a random study left 8 slots; it is rerun with a cap of 3.
+def _random_study(tmp_path, *, trials: int):
     path = tmp_path / "r.toml"
     path.write_text(
-        '[study]\nname = "r"\nsampler = "random"\ntrials = 8\n'
+        f'[study]\nname = "r"\nsampler = "random"\ntrials = {trials}\n'
         "[budget]\nmin_params = 20_000\nmax_params = 60_000\n"
-        "[data]\ntrain_size = 500\n[train]\nepochs = 1\n"
+        "[data]\ntrain_size = 2000\n[train]\nepochs = 1\n"
         "[space]\nhidden_1 = { low = 16, high = 64 }\nhidden_2 = { low = 8, high = 64 }\n"
     )
-    spec = load_spec(path)
+    return path
+
+
+def test_a_lowered_cap_stops_claims_beyond_it(tmp_path, storage_url):
+    # An interrupted run of a random study left 8 slots; it is rerun with a cap of 3.
+    spec = load_spec(_random_study(tmp_path, trials=8))
     top_up(open_study(spec, open_storage(storage_url)), spec)
     runner.run(spec, storage=storage_url, jobs=2, trials=3)
     study = load(storage_url, "r")
@@ -195,6 +198,21 @@ def test_a_lowered_cap_stops_claims_beyond_it(tmp_path, storage_url):
     assert study.user_attrs["spec"]["study"]["trials"] == 3  # every worker sees the new cap
     runner.run(spec, storage=storage_url, jobs=2, trials=5)  # raising it again adds two
     assert states(load(storage_url, "r"))[TrialState.COMPLETE] == 5
+
+
+def test_workers_of_a_random_study_draw_different_points(tmp_path):
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    spec = load_spec(_random_study(tmp_path, trials=40))  # enough that both get some
+    top_up(open_study(spec, open_storage(url)), spec)
+    workers = [start_cli("worker", "--study", "r", "--storage", url) for _ in range(2)]
+    ran = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err
+        ran.append(int(out.split()[2]))
+    assert all(ran), f"one worker took every trial ({ran}): nothing was compared"
+    drawn = [tuple(sorted(t.params.items())) for t in load(url, "r").trials]
+    assert len(set(drawn)) == 40, "two workers drew the same points"
 
 
 def test_a_lowered_cap_on_a_grid_skips_the_points_beyond_it(tmp_path, storage_url):
@@ -208,7 +226,7 @@ def test_a_lowered_cap_on_a_grid_skips_the_points_beyond_it(tmp_path, storage_ur
 
 def _claim_and_die(study: optuna.Study) -> int:
     """A worker claims the next trial and is killed at once: no heartbeat after the claim."""
-    trial_id = WriteBackStorage(study._storage._backend).claim(study._study_id, TAGS)
+    trial_id = WriteBackStorage(study._storage._backend).claim(study._study_id, WORKER_TAGS)
     assert trial_id is not None
     time.sleep(2.2)  # the grace period of 1 s, plus SQLite's whole seconds
     return trial_id

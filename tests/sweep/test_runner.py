@@ -21,6 +21,8 @@ from sweep.study import open_study, recover, top_up
 from sweep.worker import serve
 from sweep.writeback import WriteBackStorage
 from tests.sweep.helpers import (
+    FAST_STALE,
+    WORKER_TAGS,
     alive,
     completed_points,
     count_state,
@@ -33,8 +35,6 @@ from tests.sweep.helpers import (
     states,
     wait_for,
 )
-
-FAST_STALE = {"SWEEP_HEARTBEAT_INTERVAL": "1", "SWEEP_GRACE_PERIOD": "3"}
 
 
 def _assert_grid_done_once(url, spec):
@@ -347,7 +347,7 @@ def test_a_trial_whose_worker_died_at_once_is_requeued_from_the_claims_heartbeat
     storage = open_storage(f"sqlite:///{path}", heartbeat_interval=1, grace_period=1)
     study = optuna.create_study(study_name="s", storage=storage)
     study.enqueue_trial({"i": 1})
-    trial_id = WriteBackStorage(storage).claim(study._study_id, {"run": "r", "worker": "h:1"})
+    trial_id = WriteBackStorage(storage).claim(study._study_id, WORKER_TAGS)
     beats = "SELECT count(*) FROM trial_heartbeats WHERE trial_id = ?"
     assert sqlite3.connect(path).execute(beats, (trial_id,)).fetchone()[0] == 1
     assert recover(study, max_retries=3) == []  # not before the grace period

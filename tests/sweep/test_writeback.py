@@ -10,6 +10,7 @@ from sweep import writeback
 from sweep.storage import open_storage
 from sweep.worker import serve
 from sweep.writeback import WriteBackStorage
+from tests.sweep.helpers import WORKER_TAGS
 
 
 def _objective(trial: optuna.Trial) -> float:
@@ -34,7 +35,7 @@ def _fields(t: optuna.trial.FrozenTrial) -> tuple:
 
 def _claim(study: optuna.Study) -> int:
     """Claim the next trial as a sweep worker would."""
-    return study._storage.claim(study._study_id, {"run": "r", "worker": "host:1"})
+    return study._storage.claim(study._study_id, WORKER_TAGS)
 
 
 def _queued(url: str, name: str, fixed: list[dict]) -> optuna.Study:
