@@ -134,6 +134,8 @@ def _trial_table(study: optuna.Study, *, limit: int | None = None) -> str:
     """The study's trials sorted by value, as an aligned text table."""
     from optuna.trial import TrialState
 
+    from sweep.queue import why_failed
+
     trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
     order = {
         TrialState.COMPLETE: 0,
@@ -150,9 +152,7 @@ def _trial_table(study: optuna.Study, *, limit: int | None = None) -> str:
         if t.state == TrialState.PRUNED:
             value += f" (pruned @{t.user_attrs.get('pruned_at', '?')})"
         if t.state == TrialState.FAIL:
-            value = t.user_attrs.get(
-                "fail_reason", "skipped" if "skipped" in t.user_attrs else "worker lost, rerun"
-            )[:40]
+            value = why_failed(t.user_attrs)[:40]
         params = [_fmt(t.params.get(n, "")) for n in names]
         rows.append(
             [

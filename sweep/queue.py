@@ -24,6 +24,9 @@ on any host) goes through these few operations, each one transaction on optuna's
 Each claim is fenced by its start time: a write-back or release names the claim it belongs to,
 so a worker that was cut off while its trial was recovered and claimed again can never write
 into the new claim.
+
+Longer than our usual 400 lines on purpose: every statement that changes the queue lives here,
+so that its locking can be read in one place.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from typing import Any
 
 import sqlalchemy
 from optuna.storages import RDBStorage
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from sweep import tables as tb
 from sweep.storage import READ_ONLY
@@ -49,6 +52,8 @@ FIXED, FAILED_TRIAL, RETRY_HISTORY = "fixed_params", "failed_trial", "retry_hist
 #: User attribute of a trial that did not run because the cap was lowered (state FAIL, and
 #: it does not count toward the cap or cover its grid point: raising the cap queues it again).
 SKIPPED = "skipped"
+#: The study's user attribute holding its spec (``StudySpec.to_dict``), its source of truth.
+SPEC = "spec"
 #: User attribute of a FAIL that is the trial's own result (it counts; it is not rerun).
 FAIL_REASON = "fail_reason"
 
@@ -106,30 +111,52 @@ def claim(storage: RDBStorage, study_id: int, tags: dict[str, Any]) -> Claim | N
 
 
 def release(storage: RDBStorage, trial_id: int, started: datetime | None = None) -> bool:
-    """Put a RUNNING trial back in the queue as it was enqueued: WAITING, its parameters,
-    values, curves, heartbeat and attributes gone but for its fixed parameters and retry
-    history. With ``started``, only that claim of it. False if it was no longer RUNNING."""
-    where = [trials.c.trial_id == trial_id, trials.c.state == TrialState.RUNNING]
-    if started is not None:
-        where.append(trials.c.datetime_start == started)
+    """Put a RUNNING trial back in the queue: WAITING, with its fixed parameters and retry
+    history and nothing else (its parameters, values, curves, heartbeat and every user
+    attribute go, an enqueuer's included). With ``started``, only that claim of it. False if
+    it was no longer RUNNING."""
     with storage.engine.begin() as conn:
-        update = conn.execute(
-            trials.update()
-            .where(*where)
-            .values(state=TrialState.WAITING, datetime_start=None, datetime_complete=None)
+        return _release(conn, trial_id, started)
+
+
+def _release(conn: Any, trial_id: int, started: datetime | None) -> bool:
+    where = tb.held_by(trial_id, started)
+    update = conn.execute(
+        trials.update()
+        .where(*where)
+        .values(state=TrialState.WAITING, datetime_start=None, datetime_complete=None)
+    )
+    if update.rowcount != 1:
+        return False
+    for table in (tb.params, tb.values, tb.steps, tb.heartbeats, tb.user_attrs):
+        conn.execute(table.delete().where(table.c.trial_id == trial_id))
+    system = tb.system_attrs
+    conn.execute(
+        system.delete().where(
+            system.c.trial_id == trial_id,
+            system.c.key.not_in([FIXED, FAILED_TRIAL, RETRY_HISTORY]),
         )
-        if update.rowcount != 1:
-            return False
-        for table in (tb.params, tb.values, tb.steps, tb.heartbeats, tb.user_attrs):
-            conn.execute(table.delete().where(table.c.trial_id == trial_id))
-        system = tb.system_attrs
-        conn.execute(
-            system.delete().where(
-                system.c.trial_id == trial_id,
-                system.c.key.not_in([FIXED, FAILED_TRIAL, RETRY_HISTORY]),
-            )
-        )
+    )
     return True
+
+
+def adopt_spec(storage: RDBStorage, study_id: int, spec_json: str) -> str:
+    """Store ``spec_json`` as the study's spec (its user attribute ``spec``) unless it has one,
+    under the study lock; return the stored one. Two launchers creating one study at once
+    thus agree on whose spec it is, and the other is compared with it."""
+    attrs = tb.study_user_attrs
+    with storage.engine.begin() as conn:
+        _lock_study(conn, study_id)
+        stored = conn.execute(
+            sqlalchemy.select(attrs.c.value_json).where(
+                attrs.c.study_id == study_id, attrs.c.key == SPEC
+            )
+        ).scalar()
+        if stored is None:
+            conn.execute(
+                attrs.insert(), {"study_id": study_id, "key": SPEC, "value_json": spec_json}
+            )
+        return stored or spec_json
 
 
 # -- top-up ----------------------------------------------------------------------------------
@@ -139,15 +166,19 @@ def _point_key(params: dict[str, Any]) -> str:
     return json.dumps(params, sort_keys=True)
 
 
+def why_failed(user_attrs: dict[str, Any]) -> str:
+    """Why a FAIL trial failed, in a few words, from attributes any client may have written."""
+    if FAIL_REASON in user_attrs:
+        return str(user_attrs[FAIL_REASON])
+    if SKIPPED in user_attrs:
+        return f"skipped: {user_attrs[SKIPPED]}"
+    return "worker lost (rerun as another trial)"
+
+
 def _counts(state: TrialState, reason: bool) -> bool:
     """Whether a trial counts toward the cap and covers its grid point: live or finished, or
     failed for a reason of its own (an interrupted or skipped one is run again)."""
     return state in _LIVE or (state == TrialState.FAIL and reason)
-
-
-def counts(trial: FrozenTrial) -> bool:
-    """``trial`` counts toward the cap and covers its grid point (see ``_counts``)."""
-    return _counts(trial.state, FAIL_REASON in trial.user_attrs)
 
 
 def _covering(conn: Any, study_id: int) -> list[tuple[int, TrialState, str | None]]:
@@ -213,19 +244,27 @@ def _enqueue(
     conn.execute(tb.system_attrs.insert(), attrs)
 
 
-def _skip(conn: Any, trial_ids: list[int], why: str) -> None:
-    """Mark WAITING trials as not to be run (FAIL with a ``skipped`` attribute saying why)."""
+def _skip(conn: Any, trial_ids: list[int], why: str) -> int:
+    """Mark WAITING trials as not to be run (FAIL with a ``skipped`` attribute saying why);
+    one claimed meanwhile is left alone. How many it marked."""
     if not trial_ids:
-        return
-    conn.execute(
-        trials.update()
-        .where(trials.c.trial_id.in_(trial_ids), trials.c.state == TrialState.WAITING)
-        .values(state=TrialState.FAIL, datetime_complete=tb.utc_now())
+        return 0
+    marked = (
+        conn.execute(
+            trials.update()
+            .where(trials.c.trial_id.in_(trial_ids), trials.c.state == TrialState.WAITING)
+            .values(state=TrialState.FAIL, datetime_complete=tb.utc_now())
+            .returning(trials.c.trial_id)
+        )
+        .scalars()
+        .all()
     )
-    conn.execute(
-        tb.user_attrs.insert(),
-        [{"trial_id": t, "key": SKIPPED, "value_json": json.dumps(why)} for t in trial_ids],
-    )
+    if marked:
+        conn.execute(
+            tb.user_attrs.insert(),
+            [{"trial_id": t, "key": SKIPPED, "value_json": json.dumps(why)} for t in marked],
+        )
+    return len(marked)
 
 
 def top_up(
@@ -264,12 +303,75 @@ def top_up(
         assert cap is not None, "a TPE or random study has a trial cap"
         waiting = [t for t, state, _ in covering if state == TrialState.WAITING]
         surplus = waiting[::-1][: max(0, len(covering) - cap)]  # the newest first
-        _skip(conn, surplus, f"beyond the trial cap of {cap}")
+        skipped = _skip(conn, surplus, f"beyond the trial cap of {cap}")
         _enqueue(conn, study_id, [{}] * (cap - len(covering)))
-        return max(cap, len(covering) - len(surplus))
+        return max(cap, len(covering) - skipped)
 
 
 # -- recovery --------------------------------------------------------------------------------
+
+
+def _json(text: str | None, kind: type, default: Any) -> Any:
+    """A JSON attribute another client may have written: ``default`` unless it is a ``kind``."""
+    value = json.loads(text) if text else default
+    return value if isinstance(value, kind) else default
+
+
+def _history(text: str | None) -> list[int]:
+    """A trial's ``retry_history`` (optuna's: the numbers of its failed predecessors)."""
+    past = _json(text, list, [])
+    return past if all(type(n) is int for n in past) else []
+
+
+def _orphans(conn: Any, study_id: int, joins: Any, *where: Any) -> list[Any]:
+    """The study's RUNNING sweep-claimed trials that ``joins`` and ``where`` select, with what
+    a replacement needs; their rows locked on PostgreSQL until the transaction ends."""
+    tag, on_tag = _attr(tb.user_attrs, WORKER_TAG, "tag")
+    fixed, on_fixed = _attr(tb.system_attrs, FIXED, "fixed")
+    history, on_history = _attr(tb.system_attrs, RETRY_HISTORY, "history")
+    return conn.execute(
+        sqlalchemy.select(
+            trials.c.trial_id, trials.c.number, trials.c.datetime_start, fixed.c.value_json,
+            history.c.value_json, tag.c.value_json,
+        )
+        .select_from(
+            joins(trials.join(tag, on_tag)).outerjoin(fixed, on_fixed)
+            .outerjoin(history, on_history)
+        )
+        .where(trials.c.study_id == study_id, trials.c.state == TrialState.RUNNING, *where)
+        .order_by(trials.c.trial_id)
+        .with_for_update(of=trials)
+    ).all()  # fmt: skip
+
+
+def _fail_and_requeue(
+    conn: Any, study_id: int, orphans: list[Any], *, max_retries: int, why: str
+) -> list[int]:
+    """Fail each orphan whose claim still holds it and enqueue its replacement (the same
+    fixed parameters, with optuna's ``failed_trial`` and ``retry_history``), unless its
+    workers have died ``max_retries`` times; the numbers of the trials failed."""
+    failed, requeued = [], []
+    for trial_id, number, started, fixed_json, history_json, worker_json in orphans:
+        update = conn.execute(
+            trials.update()
+            .where(*tb.held_by(trial_id, started))
+            .values(state=TrialState.FAIL, datetime_complete=tb.utc_now())
+        )
+        if update.rowcount != 1:  # finished or released meanwhile: not an orphan after all
+            continue
+        failed.append(number)
+        past = _history(history_json)
+        attrs = {"lost": why.format(worker=_json(worker_json, str, "?"))}
+        if len(past) + 1 >= max_retries:
+            attrs[FAIL_REASON] = f"worker died {len(past) + 1} times"
+        else:
+            extra = {FAILED_TRIAL: past[0] if past else number, RETRY_HISTORY: [*past, number]}
+            requeued.append((_json(fixed_json, dict, {}), extra))
+        tb.replace_attrs(
+            conn, tb.user_attrs, trial_id, {k: json.dumps(v) for k, v in attrs.items()}
+        )
+    _enqueue(conn, study_id, [p for p, _ in requeued], [e for _, e in requeued])
+    return failed
 
 
 def recover(storage: RDBStorage, study_id: int, *, grace: float, max_retries: int) -> list[int]:
@@ -280,53 +382,44 @@ def recover(storage: RDBStorage, study_id: int, *, grace: float, max_retries: in
     does, so hosts' clocks need not agree. A trial whose workers died ``max_retries`` times
     is not requeued: it ends FAIL with ``fail_reason = "worker died N times"``.
     """
-    tag, on_tag = _attr(tb.user_attrs, WORKER_TAG, "tag")
-    fixed, on_fixed = _attr(tb.system_attrs, FIXED, "fixed")
-    history, on_history = _attr(tb.system_attrs, RETRY_HISTORY, "history")
     h = tb.heartbeats
     with storage.engine.begin() as conn:
         _lock_study(conn, study_id)
         now = conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar_one()
         cutoff = now.replace(tzinfo=None) - timedelta(seconds=grace)
-        stale = conn.execute(
-            sqlalchemy.select(
-                trials.c.trial_id, trials.c.number, fixed.c.value_json, history.c.value_json,
-                tag.c.value_json,
-            )
-            .select_from(
-                trials.join(h, h.c.trial_id == trials.c.trial_id).join(tag, on_tag)
-                .outerjoin(fixed, on_fixed).outerjoin(history, on_history)
-            )
-            .where(
-                trials.c.study_id == study_id,
-                trials.c.state == TrialState.RUNNING,
-                h.c.heartbeat < cutoff,
-            )
-            .order_by(trials.c.trial_id)
-        ).all()  # fmt: skip
-        requeued, reasons = [], {}
-        for trial_id, number, fixed_json, history_json, worker in stale:
-            conn.execute(
-                trials.update()
-                .where(trials.c.trial_id == trial_id, trials.c.state == TrialState.RUNNING)
-                .values(state=TrialState.FAIL, datetime_complete=tb.utc_now())
-            )
-            past = json.loads(history_json) if history_json else []
-            deaths = len(past) + 1
-            lost = f"worker {json.loads(worker)} silent for more than {grace:g} s"
-            reasons[trial_id] = {"lost": json.dumps(lost)}
-            if deaths >= max_retries:
-                reasons[trial_id][FAIL_REASON] = json.dumps(f"worker died {deaths} times")
-            else:
-                original = past[0] if past else number
-                requeued.append(
-                    (json.loads(fixed_json) if fixed_json else {},
-                     {FAILED_TRIAL: original, RETRY_HISTORY: [*past, number]})
-                )  # fmt: skip
-        for trial_id, attrs in reasons.items():
-            tb.replace_attrs(conn, tb.user_attrs, trial_id, attrs)
-        _enqueue(conn, study_id, [p for p, _ in requeued], [e for _, e in requeued])
-    return [number for _, number, *_ in stale]
+        orphans = _orphans(
+            conn, study_id, lambda j: j.join(h, h.c.trial_id == trials.c.trial_id),
+            h.c.heartbeat < cutoff,
+        )  # fmt: skip
+        why = "worker {worker} silent for more than " + f"{grace:g} s"
+        return _fail_and_requeue(conn, study_id, orphans, max_retries=max_retries, why=why)
+
+
+def _of_run(run_id: str) -> tuple[Any, Any]:
+    """A join to the run tag, and the condition that it names ``run_id``."""
+    run, on_run = _attr(tb.user_attrs, RUN_TAG, "run")
+    return (lambda j: j.join(run, on_run)), run.c.value_json == json.dumps(run_id)
+
+
+def abandon_run(storage: RDBStorage, study_id: int, run_id: str, *, max_retries: int) -> list[int]:
+    """A launcher whose worker processes died (the OOM killer; loky then ends the others too)
+    fails and requeues its run's RUNNING trials, each counted as a death as ``recover``
+    would count it, at once rather than after the grace period."""
+    joins, names_run = _of_run(run_id)
+    with storage.engine.begin() as conn:
+        _lock_study(conn, study_id)
+        orphans = _orphans(conn, study_id, joins, names_run)
+        why = "worker {worker} died with its run's processes"
+        return _fail_and_requeue(conn, study_id, orphans, max_retries=max_retries, why=why)
+
+
+def release_run(storage: RDBStorage, study_id: int, run_id: str) -> int:
+    """Put every RUNNING trial of run ``run_id`` back in the queue (the launcher was
+    interrupted); a trial another run has claimed since is not touched. How many it put back."""
+    joins, names_run = _of_run(run_id)
+    with storage.engine.begin() as conn:
+        orphans = _orphans(conn, study_id, joins, names_run)
+        return sum(_release(conn, trial_id, started) for trial_id, _, started, *_ in orphans)
 
 
 # -- what is left -----------------------------------------------------------------------------
@@ -348,7 +441,6 @@ class Pending:
 
     waiting: int
     running: tuple[Running, ...]  # claimed by sweep workers, anywhere
-    foreign: int  # RUNNING trials of other optuna clients: never waited for
 
     @property
     def empty(self) -> bool:
@@ -405,13 +497,13 @@ def pending(storage: RDBStorage, study_id: int) -> Pending:
         now = conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar_one()
         rows = conn.execute(query).all()
     now = now.replace(tzinfo=None)
-    waiting, foreign, running = 0, 0, []
+    waiting, running = 0, []
     for number, state, run_json, worker_json, beat in rows:
         if state == TrialState.WAITING:
             waiting += 1
-        elif run_json is None or worker_json is None or beat is None:
-            foreign += 1
-        else:
+        elif None not in (run_json, worker_json, beat):  # else another client's: not waited for
             silent = max(0.0, (now - beat).total_seconds())
-            running.append(Running(number, json.loads(run_json), json.loads(worker_json), silent))
-    return Pending(waiting, tuple(sorted(running, key=lambda r: r.number)), foreign)
+            running.append(
+                Running(number, _json(run_json, str, "?"), _json(worker_json, str, "?"), silent)
+            )
+    return Pending(waiting, tuple(sorted(running, key=lambda r: r.number)))

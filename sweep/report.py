@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep import figures
 from sweep.errors import SweepError
+from sweep.queue import why_failed
 from sweep.storage import mask_password, study_names
 
 logger = logging.getLogger(__name__)
@@ -56,11 +57,7 @@ def _reason(t: FrozenTrial) -> str:
         epoch = t.user_attrs.get("pruned_at", max(t.intermediate_values, default="?"))
         return f"pruned at epoch {epoch}"
     if t.state == TrialState.FAIL:
-        if "fail_reason" in t.user_attrs:
-            return t.user_attrs["fail_reason"]
-        if "skipped" in t.user_attrs:
-            return f"skipped: {t.user_attrs['skipped']}"
-        return "worker lost (rerun as another trial)"
+        return why_failed(t.user_attrs)
     return ""
 
 

@@ -24,10 +24,9 @@ from collections.abc import Callable
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
 
 from sweep import queue
-from sweep.errors import SpecError, StorageError, SweepError
+from sweep.errors import SpecError, StorageError, SweepError, WorkerError
 from sweep.objective import load_data
 from sweep.spec import StudySpec
 from sweep.storage import (
@@ -164,18 +163,25 @@ def run(
         on_progress(_progress(study, total, start, run_id))
         watcher.start()
     try:
+        # Each worker's sampler has a seed of its own, also across launchers (two runs on two
+        # hosts would otherwise draw the same random and TPE start-up points).
+        salt = 1 + int(run_id, 16) % 2**20
         with pool:
-            Parallel(n_jobs=jobs)(delayed(work)(spec, url, run_id, salt=i) for i in range(jobs))
+            Parallel(n_jobs=jobs)(
+                delayed(work)(spec, url, run_id, salt=salt + i) for i in range(jobs)
+            )
     except BaseException as e:
-        _stop_run(study, run_id)
+        died = _died(e)
+        _stop_run(study, run_id, died=died, max_retries=spec.max_retries)
         if isinstance(e, KeyboardInterrupt | SweepError):
             raise
         if isinstance(e, Exception):
             if root_cause(e) is not e:
                 raise storage_failure(e, url) from e
             reason = (str(e).splitlines() or [""])[0]
-            raise StorageError(
-                f"a worker stopped ({type(e).__name__}: {reason}); its trials were requeued; "
+            what = "a worker process died" if died else "a worker stopped"
+            raise WorkerError(
+                f"{what} ({type(e).__name__}: {reason}); its run's trials were requeued; "
                 f"run again to resume ({mask_password(url)})"
             ) from e
         raise
@@ -188,13 +194,27 @@ def run(
     return study
 
 
-def _stop_run(study: optuna.Study, run_id: str) -> None:
-    """Ask the run's remaining workers to stop (dask cannot kill a running task) and requeue
-    the trials they had started."""
+def _died(e: BaseException) -> bool:
+    """Whether a worker process died (killed by the OOM killer or a signal, or crashed)
+    rather than stopped on an error of its own."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
+
+    return isinstance(e, TerminatedWorkerError | BrokenProcessPool)
+
+
+def _stop_run(study: optuna.Study, run_id: str, *, died: bool, max_retries: int) -> None:
+    """Ask the run's remaining workers to stop (dask cannot kill a running task) and hand back
+    the trials they had started: requeued with a death counted if a worker process died (loky
+    then ends its siblings too, and each of their trials counts, as Ray Tune counts every
+    trial of a failed node), else back to WAITING as they were enqueued."""
+    storage, study_id = rdb_of(study._storage), study._study_id
     try:
-        study._storage.set_study_system_attr(study._study_id, f"stop:{run_id}", True)
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.user_attrs.get(queue.RUN_TAG) == run_id:
-                queue.release(rdb_of(study._storage), t._trial_id)
+        study._storage.set_study_system_attr(study_id, f"stop:{run_id}", True)
+        if died:
+            queue.abandon_run(storage, study_id, run_id, max_retries=max_retries)
+        else:
+            queue.release_run(storage, study_id, run_id)
     except Exception:  # the storage failing: the stale-trial check requeues them later
-        logger.warning("could not release the run's trials", exc_info=True)
+        logger.warning("could not hand back the run's trials", exc_info=True)

@@ -76,14 +76,12 @@ def open_study(
         pruner=make_pruner(spec),
         load_if_exists=True,
     )
-    stored = study.user_attrs.get("spec")
-    if stored is None:
-        study.set_user_attr("spec", spec.to_dict())
-        return study
+    given = json.dumps(spec.to_dict())
+    stored = json.loads(queue.adopt_spec(rdb_of(study._storage), study._study_id, given))
     old = stored_spec(stored, source=f"study {spec.name!r}")
     _refuse_difference(old, spec)
     if old.trials != spec.trials:
-        study.set_user_attr("spec", spec.to_dict())
+        study.set_user_attr(queue.SPEC, spec.to_dict())
     return study
 
 
@@ -104,7 +102,7 @@ def join(
     """
     storage = open_storage(url, heartbeat_interval=None, grace_period=None)
     deadline, delay = time.monotonic() + wait, 0.5
-    while (attrs := _stored_attrs(storage, name)) is None or "spec" not in attrs:
+    while (attrs := _stored_attrs(storage, name)) is None or queue.SPEC not in attrs:
         if time.monotonic() >= deadline:  # (a study made this instant gets its spec next)
             if attrs is not None:
                 raise SpecError(f"study {name!r} was not made by sweep (it has no stored spec)")
@@ -115,7 +113,10 @@ def join(
             )
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(2 * delay, 10.0)
-    stored = stored_spec(attrs["spec"], source=f"study {name!r} in {mask_password(url)}")
+    source = f"study {name!r} in {mask_password(url)}"
+    stored = stored_spec(attrs[queue.SPEC], source=source)
+    if stored.name != name:  # e.g. optuna.copy_study copies the attributes, spec and all
+        raise SpecError(f"{source}: its stored spec is study {stored.name!r}'s; join that one")
     if spec is not None:
         _refuse_difference(stored, spec)
         data_path = data_path or spec.data_path

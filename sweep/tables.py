@@ -5,8 +5,10 @@ private API): the tables ``studies``, ``trials``, ``trial_heartbeats``, ``trial_
 ``trial_values``, ``trial_intermediate_values``, ``trial_user_attributes`` and
 ``trial_system_attributes``, the columns named in ``COLUMNS``, and the models' own value
 encoders (``TrialValueModel.value_to_stored_repr`` and its intermediate-value twin). optuna
-has kept them since 3.0. ``conforms()`` checks the columns at start-up; where they moved, the
-callers fall back to optuna's public storage API (slower, still correct).
+has kept them since 3.0. ``conforms()`` checks the columns when a worker's storage opens; where
+they moved, the worker's write-back path falls back to optuna's public storage API (slower,
+still correct), while the queue's operations (``sweep.queue``) name the missing column in the
+database's own error.
 ``tests/sweep/test_writeback.py`` checks every field written here against what optuna itself
 reads back, datetimes included.
 """
@@ -33,6 +35,7 @@ steps = models.TrialIntermediateValueModel.__table__
 user_attrs = models.TrialUserAttributeModel.__table__
 system_attrs = models.TrialSystemAttributeModel.__table__
 study_system_attrs = models.StudySystemAttributeModel.__table__
+study_user_attrs = models.StudyUserAttributeModel.__table__
 FINITE = models.TrialValueModel.TrialValueType.FINITE  # trial_values.value_type of a number
 
 #: Every column sweep reads or writes directly, by table.
@@ -48,6 +51,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "trial_user_attributes": ("trial_id", "key", "value_json"),
     "trial_system_attributes": ("trial_id", "key", "value_json"),
     "study_system_attributes": ("study_id", "key", "value_json"),
+    "study_user_attributes": ("study_id", "key", "value_json"),
 }  # fmt: skip
 
 
@@ -69,17 +73,20 @@ def utc_now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def held_by(trial_id: Any, started: Any) -> tuple[Any, ...]:
+    """The condition that the claim of ``trial_id`` that started at ``started`` still holds it:
+    RUNNING since then (any claim, with ``started`` None). A claim is fenced by its start, so
+    a worker that lost its trial never writes into a later claim of it."""
+    held = (trials.c.trial_id == trial_id, trials.c.state == TrialState.RUNNING)
+    return held if started is None else (*held, trials.c.datetime_start == started)
+
+
 def _prepared() -> SimpleNamespace:
     """The statements of the hot path, built once (building them per call cost a third of
     a claim); ``tid`` and ``sid`` bind the trial and the study id."""
     tid = sqlalchemy.bindparam("tid")
     # A claim is fenced by its start time: a write names the claim it belongs to.
-    fence = sqlalchemy.bindparam("fence", type_=trials.c.datetime_start.type)
-    running = (
-        trials.c.trial_id == tid,
-        trials.c.state == TrialState.RUNNING,
-        trials.c.datetime_start == fence,
-    )
+    running = held_by(tid, sqlalchemy.bindparam("fence", type_=trials.c.datetime_start.type))
     oldest_waiting = (
         sqlalchemy.select(trials.c.trial_id, trials.c.number)
         .where(
@@ -187,17 +194,31 @@ def transition(conn: Any, trial_id: int, started: datetime, state: TrialState | 
 def beat(conn: Any, trial_id: int, started: datetime) -> bool:
     """Record the heartbeat of the claim of ``trial_id`` that started at ``started``, by the
     database's clock as optuna does; False, recording nothing, if that claim has ended."""
-    held = sqlalchemy.exists().where(
-        trials.c.trial_id == trial_id,
-        trials.c.state == TrialState.RUNNING,
-        trials.c.datetime_start == started,
-    )
+    held = sqlalchemy.exists().where(*held_by(trial_id, started))
     update = conn.execute(
         heartbeats.update()
         .where(heartbeats.c.trial_id == trial_id, held)
         .values(heartbeat=sqlalchemy.func.now())
     )
     return update.rowcount == 1
+
+
+def has_study_system_attr(conn: Any, study_id: int, key: str) -> bool:
+    """Whether the study carries system attribute ``key`` (one indexed read)."""
+    attrs = study_system_attrs
+    query = sqlalchemy.select(attrs.c.key).where(attrs.c.study_id == study_id, attrs.c.key == key)
+    return conn.execute(query).first() is not None
+
+
+def first_distribution(conn: Any, study_id: int, name: str) -> str | None:
+    """The JSON distribution of parameter ``name`` in any trial of the study, or None."""
+    query = (
+        sqlalchemy.select(params.c.distribution_json)
+        .join(trials, trials.c.trial_id == params.c.trial_id)
+        .where(trials.c.study_id == study_id, params.c.param_name == name)
+        .limit(1)
+    )
+    return conn.execute(query).scalar()
 
 
 def write(

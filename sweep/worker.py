@@ -78,7 +78,10 @@ def _sigterm_to_interrupt() -> None:
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    if threading.current_thread() is threading.main_thread():
+    # Only where nobody handles it yet: `sweep worker`'s own handler exits 143, not 130.
+    if threading.current_thread() is threading.main_thread() and (
+        signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    ):
         signal.signal(signal.SIGTERM, handler)
 
 

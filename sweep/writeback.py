@@ -20,6 +20,8 @@ What is held back is the running trial's own progress, never a result: its final
 value and attributes are one transaction, so a worker killed at any moment leaves either a
 finished trial or a RUNNING one whose heartbeat stops, which is failed and requeued.
 
+Most of the module's length is optuna's ``BaseStorage`` interface, forwarded to its cache.
+
 Note: the statements are ``sweep.tables``', written against optuna 5's table models (private
 API). Where those models lack a column that sweep writes, the storage says so in one warning
 line and goes through optuna's public storage API instead: slower, still correct.
@@ -38,7 +40,6 @@ from datetime import datetime
 from typing import Any
 
 import optuna
-import sqlalchemy
 from optuna import distributions
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages._cached_storage import _CachedStorage
@@ -132,7 +133,12 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
     def _claim_through_optuna(self, study_id: int, tags: dict[str, Any]) -> int | None:
         """The claim in optuna's public API: its conditional state update is atomic under
         ``BEGIN IMMEDIATE`` (SQLite) and ``FOR UPDATE`` (PostgreSQL); tag and first heartbeat
-        follow in their own transactions."""
+        follow in their own transactions.
+
+        Note: a worker killed between the claim and its tag leaves a RUNNING trial without
+        sweep's tags, which recovery takes for another client's and never requeues; the
+        direct claim has no such gap. The fallback trades that for working at all.
+        """
         for trial in self._cache.get_all_trials(study_id, states=(TrialState.WAITING,)):
             trial_id = trial._trial_id
             try:
@@ -157,12 +163,8 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
 
     def has_study_system_attr(self, study_id: int, key: str) -> bool:
         """Whether the study carries system attribute ``key`` (one indexed read)."""
-        attrs = tb.study_system_attrs
-        query = sqlalchemy.select(attrs.c.key).where(
-            attrs.c.study_id == study_id, attrs.c.key == key
-        )
         with self._reading() as conn:
-            return conn.execute(query).first() is not None
+            return tb.has_study_system_attr(conn, study_id, key)
 
     def _reading(self) -> Any:
         """A connection for a read-only transaction (no write lock on SQLite)."""
@@ -261,15 +263,8 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
         incompatible distribution. Read from the database once per name and process."""
         known = self._known.get((study_id, name))
         if known is None:
-            params, trials = tb.params, tb.trials
-            query = (
-                sqlalchemy.select(params.c.distribution_json)
-                .join(trials, trials.c.trial_id == params.c.trial_id)
-                .where(trials.c.study_id == study_id, params.c.param_name == name)
-                .limit(1)
-            )
             with self._reading() as conn:
-                text = conn.execute(query).scalar()
+                text = tb.first_distribution(conn, study_id, name)
             known = distribution if text is None else distributions.json_to_distribution(text)
         distributions.check_distribution_compatibility(known, distribution)
         self._known[(study_id, name)] = known

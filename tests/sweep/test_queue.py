@@ -1,6 +1,7 @@
 """The queue's contract however a study is joined: several launchers at once, workers with
 stale files or no data, other optuna clients, lowered caps, workers that keep dying."""
 
+import contextlib
 import signal
 import threading
 import time
@@ -12,7 +13,7 @@ from optuna.trial import TrialState
 from threadpoolctl import threadpool_limits
 
 from sweep import queue, runner
-from sweep.errors import DataError
+from sweep.errors import DataError, SpecError
 from sweep.objective import Objective
 from sweep.spec import load_spec
 from sweep.storage import open_storage
@@ -320,3 +321,119 @@ def test_a_point_gives_the_same_number_on_every_kind_of_worker(tmp_path):
     t = reference.trials[0]
     expected = t.value, tuple(t.user_attrs["valid_loss"]), tuple(t.user_attrs["train_loss"])
     assert {kind: result(url) for kind, url in urls.items()} == dict.fromkeys(urls, expected)
+
+
+def _claimed_and_silent(storage_url, run="r"):
+    """A study with one trial, claimed under run ``run`` by a worker that then went silent."""
+    storage = open_storage(storage_url, heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    study.enqueue_trial({"i": 7})
+    tags = {**WORKER_TAGS, "run": run}
+    trial_id = WriteBackStorage(storage).claim(study._study_id, tags)
+    return storage, study, trial_id
+
+
+def test_recovery_leaves_a_trial_whose_finish_commits_while_it_waits(storage_url):
+    # The worker's finishing write-back holds the trial's row; recovery, which saw a silent
+    # heartbeat, must wait for it and then leave the finished trial alone.
+    storage, study, trial_id = _claimed_and_silent(storage_url)
+    time.sleep(2.2)  # silent past the grace period
+    finish = storage.engine.connect()
+    finish.begin()
+    finish.execute(
+        sqlalchemy.text("UPDATE trials SET state = 'COMPLETE' WHERE trial_id = :t"), {"t": trial_id}
+    )
+    found = []
+    racer = threading.Thread(target=lambda: found.append(recover(study, max_retries=3)))
+    racer.start()
+    time.sleep(1.0)
+    finish.commit()
+    finish.close()
+    racer.join(timeout=60)
+    assert found == [[]]
+    assert states(study) == {TrialState.COMPLETE: 1}
+    assert "lost" not in study.trials[0].user_attrs
+
+
+def test_a_run_whose_worker_processes_died_counts_a_death_at_once(storage_url):
+    storage, study, _trial_id = _claimed_and_silent(storage_url, run="dead")
+    other = WriteBackStorage(storage)
+    study.enqueue_trial({"i": 8})
+    other.claim(study._study_id, {**WORKER_TAGS, "run": "alive"})
+    assert queue.abandon_run(storage, study._study_id, "dead", max_retries=3) == [0]
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
+    assert trials[0].user_attrs["lost"] == "worker host:1 died with its run's processes"
+    assert trials[2].system_attrs["retry_history"] == [0]
+    assert queue.release_run(storage, study._study_id, "dead") == 0  # the other run's trial
+
+
+def test_two_launchers_creating_one_study_with_different_specs_one_is_refused(
+    tmp_path, storage_url, monkeypatch
+):
+    # Both read the study's attributes before either writes (a barrier makes the race
+    # certain): a check-then-set of the stored spec would let both store their own spec.
+    specs = []
+    for epochs in (1, 2):
+        (tmp_path / str(epochs)).mkdir()
+        specs.append(load_spec(grid_study(tmp_path / str(epochs), epochs=epochs)))
+    together = threading.Barrier(2, timeout=5)
+    read = optuna.storages.RDBStorage.get_study_user_attrs
+
+    def read_together(self, study_id):
+        attrs = read(self, study_id)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            together.wait()
+        return attrs
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "get_study_user_attrs", read_together)
+    errors = []
+
+    def launch(spec):
+        try:
+            open_study(spec, open_storage(storage_url))
+        except SpecError as e:
+            errors.append(str(e))
+
+    racers = [threading.Thread(target=launch, args=(spec,)) for spec in specs]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join()
+    assert len(errors) == 1 and "[train.epochs] differs from the stored study" in errors[0]
+
+
+def test_sigterm_to_a_worker_exits_143_and_gives_its_trial_back(tmp_path, storage_url):
+    _queued_grid(tmp_path, storage_url, train_size=20_000, epochs=3)
+    worker = start_cli("worker", "--study", "g", "--storage", storage_url)
+    wait_for(lambda: _running_on(storage_url, worker.pid), interval=0.05)
+    worker.send_signal(signal.SIGTERM)
+    _out, err = worker.communicate(timeout=60)
+    assert worker.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "sweep: terminated; rerun to resume"
+    assert not states(load(storage_url, "g"))[TrialState.RUNNING]
+
+
+def test_a_copied_study_is_not_joined_as_its_original(tmp_path, storage_url):
+    _queued_grid(tmp_path, storage_url)
+    optuna.copy_study(from_study_name="g", from_storage=storage_url,
+                      to_storage=storage_url, to_study_name="copy")  # fmt: skip
+    out = run_cli("worker", "--study", "copy", "--storage", storage_url)
+    assert out.returncode == 2
+    assert "its stored spec is study 'g''s; join that one" in out.stderr
+
+
+def test_a_retry_history_of_another_type_is_ignored(storage_url):
+    storage = open_storage(storage_url, heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING, system_attrs={"fixed_params": [1], "retry_history": "ab"}
+        )
+    )
+    WriteBackStorage(storage).claim(study._study_id, WORKER_TAGS)
+    time.sleep(2.2)
+    assert recover(study, max_retries=3) == [0]
+    replacement = study.trials[1]
+    assert replacement.system_attrs["retry_history"] == [0]
+    assert replacement.system_attrs["fixed_params"] == {}

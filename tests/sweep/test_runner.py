@@ -154,9 +154,14 @@ def test_sigkill_of_a_worker_then_rerun_finishes_the_grid_once(tmp_path):
         except ProcessLookupError:
             pass
     proc.wait(timeout=120)
-    assert proc.returncode == 1, proc.stderr.read()
-    assert "run again to resume" in proc.stderr.read()
-    _assert_released(url)  # by the parent
+    err = proc.stderr.read()
+    assert proc.returncode == 1, err
+    assert "a worker process died" in err and "run again to resume" in err
+    _assert_released(url)  # by the parent, at once, each trial counted as a death
+    trials = load(url, "g").trials
+    dead = [t for t in trials if "died with its run's processes" in t.user_attrs.get("lost", "")]
+    retries = [t for t in trials if "retry_history" in t.system_attrs]
+    assert dead and len(retries) == len(dead)
     out = run_cli("run", str(study_file), "--storage", url, "--jobs", "4", env=FAST_STALE)
     assert out.returncode == 0, out.stderr
     _assert_grid_done_once(url, spec)
