@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import time
+import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any
@@ -46,9 +47,23 @@ def resolve_url(url: str | None = None) -> str:
     return url or os.environ.get(STORAGE_ENV) or DEFAULT_URL
 
 
+#: Query parameters that carry a secret (libpq's and common drivers' names), compared after
+#: percent-decoding and case-folding.
+_SECRET_KEYS = {"password", "passwd", "pwd", "sslpassword", "passfile"}
+
+
 def mask_password(url: str) -> str:
-    """The URL with any password replaced by ***, for messages and logs."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+    """The URL with every secret replaced by ***, for messages and logs: the password of
+    ``user:password@`` (an empty user too, ``://:pw@``) and the value of ``password=`` (any
+    case, percent-encoded or not) in the query string. Used by every message that names a
+    storage URL; text that is not a URL comes back unchanged."""
+    masked = re.sub(r"(://[^:/@?#]*:)[^@]*@", r"\1***@", url)
+
+    def query_value(m: re.Match[str]) -> str:
+        key = urllib.parse.unquote_plus(m.group(2)).strip().lower()
+        return f"{m.group(1)}{m.group(2)}=***" if key in _SECRET_KEYS else m.group(0)
+
+    return re.sub(r"([?&;])([^=&;#]*)=([^&;#]*)", query_value, masked)
 
 
 #: What optuna and SQLAlchemy raise when the database fails (not the caller's mistake).

@@ -204,3 +204,33 @@ def test_dashboard_serves_the_study_on_loopback(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+SECRET_URLS = [
+    "postgresql://me:SECRET@127.0.0.1:1/sweep",
+    "postgresql://:SECRET@127.0.0.1:1/sweep",  # an empty user
+    "postgresql://me@127.0.0.1:1/sweep?sslmode=disable&PassWord=SECRET",
+    "postgresql://me@127.0.0.1:1/sweep?pass%77ord=SECRET",  # percent-encoded key
+    "postgresql+psycopg://me:SEC%52ET@127.0.0.1:1/sweep",  # percent-encoded secret
+]
+
+
+@pytest.mark.parametrize("url", SECRET_URLS)
+def test_no_command_prints_a_password(tmp_path, url):
+    study_file = str(grid_study(tmp_path))
+    commands = [
+        ["run", study_file, "--storage", url],
+        ["worker", "--study", "g", "--storage", url],
+        ["status", "--storage", url],
+        ["report", "g", "--storage", url],
+        ["report", "all", "--storage", url],
+        ["evaluate", study_file, "--storage", url],
+        ["dashboard", "--storage", url, "--port", "1"],
+        ["status"],  # from the environment
+    ]
+    for args in commands:
+        out = sweep(*args, env={"SWEEP_STORAGE": url})
+        shown = out.stdout + out.stderr
+        assert out.returncode == 1, (args, shown)
+        assert "SECRET" not in shown and "SEC%52ET" not in shown, (args, shown)
+        assert "***" in shown and shown.count("\n") == 1, (args, shown)

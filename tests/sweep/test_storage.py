@@ -73,6 +73,18 @@ def test_passwords_are_masked():
         mask_password("postgresql://me:s3cret@db:5432/sweep") == "postgresql://me:***@db:5432/sweep"
     )
     assert mask_password("sqlite:///runs/sweep.db") == "sqlite:///runs/sweep.db"
+    assert mask_password("postgresql://:pw@db/s") == "postgresql://:***@db/s"
+    assert mask_password("postgresql://u:p/w@db/s") == "postgresql://u:***@db/s"
+    assert (
+        mask_password("postgresql://u@db/s?sslmode=require&PASSWORD=pw&x=1")
+        == "postgresql://u@db/s?sslmode=require&PASSWORD=***&x=1"
+    )
+    assert (
+        mask_password("postgresql://u@db/s?pass%77ord=pw") == "postgresql://u@db/s?pass%77ord=***"
+    )
+    assert mask_password("postgresql://u@db/s?application_name=x") == (
+        "postgresql://u@db/s?application_name=x"
+    )
 
 
 @pytest.mark.parametrize(
