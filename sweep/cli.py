@@ -18,6 +18,8 @@ from mlp.train import DivergedError
 from sweep.errors import DataError, SpecError, SweepError
 
 if TYPE_CHECKING:  # optuna takes a second to import; `sweep --help` should not wait for it
+    from pathlib import Path
+
     import optuna
 
     from sweep.runner import Progress
@@ -317,22 +319,44 @@ def _cmd_report(args: argparse.Namespace) -> int:
     """Write tables and figures for a study (report.md, trials.csv, PNGs) from the database."""
     from pathlib import Path
 
-    from sweep.report import write_report
     from sweep.storage import open_storage, study_names
 
     _quiet_optuna()
     storage = open_storage(args.storage, heartbeat_interval=None, grace_period=None)
-    names = study_names(storage) if args.study == "all" else [_study_name(args.study)]
-    for name in names:
-        out = Path(args.out) if args.out and len(names) == 1 else Path("runs") / name
-        report = write_report(storage, name, out_dir=out, log_loss=args.log_loss)
-        best = (
-            f"; best trial {report.best_number}: {report.best_value:.2f}%"
-            if report.best_value
-            else ""
-        )
-        print(f"{out / 'report.md'}{best}")
-    return EXIT_OK
+    if args.study != "all":
+        name = _study_name(args.study)
+        _report_one(storage, name, Path(args.out) if args.out else None, args.log_loss)
+        return EXIT_OK
+    failed = []  # every study it can is reported; the others are listed at the end
+    for name in study_names(storage):
+        try:
+            _report_one(storage, name, None, args.log_loss, root=Path(args.out or "runs"))
+        except SweepError as e:
+            failed.append(f"sweep: study {name!r} not reported: {e}")
+    for line in failed:
+        print(line, file=sys.stderr)
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def _report_one(
+    storage: optuna.storages.BaseStorage,
+    name: str,
+    out: Path | None,
+    log_loss: bool,
+    *,
+    root: Path | None = None,
+) -> None:
+    """One study's report in ``out``, or in its own folder under ``root`` (default runs/)."""
+    from pathlib import Path
+
+    from sweep.report import report_folder, write_report
+
+    out = out or report_folder(root or Path("runs"), storage, name)
+    report = write_report(storage, name, out_dir=out, log_loss=log_loss)
+    best = (
+        f"; best trial {report.best_number}: {report.best_value:.2f}%" if report.best_value else ""
+    )
+    print(f"{out / 'report.md'}{best}")
 
 
 def _study_name(study: str) -> str:
@@ -492,7 +516,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("study", help="study file, study name, or 'all'")
     p.add_argument("--storage", help=storage_help)
-    p.add_argument("--out", help="output folder (default runs/STUDY)")
+    p.add_argument(
+        "--out", help="output folder (default runs/SLUG, SLUG made safe from the study name; "
+        "with 'all', the folder that holds them)",
+    )  # fmt: skip
     p.add_argument("--log-loss", action="store_true", help="log-scale loss axis in init figures")
     p.set_defaults(func=_cmd_report)
 

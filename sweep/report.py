@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,24 @@ def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
             f"study {name!r} not found in {where}; studies there: {', '.join(names) or 'none'}"
         )
     return optuna.load_study(study_name=name, storage=storage)
+
+
+_SLUG_LENGTH = 60
+
+
+def report_folder(root: Path, storage: optuna.storages.BaseStorage, name: str) -> Path:
+    """The folder under ``root`` for study ``name``'s report: a study name is someone else's
+    text (any client of the shared database may choose or rename it), so it is never a path.
+    It becomes a slug of letters, digits, '.', '_' and '-', with the study id appended where
+    the slug differs from the name (so two names never share a folder), and the folder is
+    checked to lie inside ``root``. The real name stands inside the report."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-")[:_SLUG_LENGTH] or "study"
+    if slug != name:
+        slug = f"{slug}-{storage.get_study_id_from_name(name)}"
+    folder = root / slug
+    if not folder.resolve().is_relative_to(root.resolve()):  # e.g. a link planted in root
+        raise SweepError(f"study {name!r}: its report folder {folder} leads outside {root}")
+    return folder
 
 
 def _reason(t: FrozenTrial) -> str:

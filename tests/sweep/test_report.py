@@ -1,7 +1,9 @@
 """Reports from real (small) studies: files, figures, and tables read back from the database."""
 
 import csv
+import re
 import struct
+import subprocess
 from pathlib import Path
 
 import optuna
@@ -12,7 +14,7 @@ from sweep import figures, report, runner
 from sweep.errors import SweepError
 from sweep.spec import load_spec
 from sweep.storage import open_storage
-from tests.sweep.helpers import grid_study, load, run_cli
+from tests.sweep.helpers import grid_study, load, run_cli, sweep_cmd
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -179,3 +181,42 @@ def test_evaluate_touches_the_test_set_once_and_stores_it(grid_db, tmp_path):
     written = report.write_report(open_storage(url), "g", out_dir=tmp_path / "out")
     md = (written.out_dir / "report.md").read_text()
     assert f"**{study.user_attrs['test_accuracy']:.2f}%**" in md
+
+
+def test_study_names_never_become_paths(grid_db, tmp_path):
+    # Names any client of the shared database may give a study (or rename it to through the
+    # dashboard): each report lands in a slug folder under runs/, never where the name points.
+    url, _ = grid_db
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    db = f"sqlite:///{tmp_path / 'odd.db'}"
+    odd = ["../../x", str(tmp_path / "abs" / "x"), "y" * 300, "g"]
+    for name in odd:
+        optuna.copy_study(from_study_name="g", from_storage=url, to_storage=db,
+                          to_study_name=name)  # fmt: skip
+    out = subprocess.run(sweep_cmd("report", "all", "--storage", db), cwd=work,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    written = [p.relative_to(tmp_path) for p in tmp_path.rglob("report.md")]
+    assert len(written) == 4 and all(p.parts[:3] == ("a", "b", "runs") for p in written)
+    folders = {p.parts[3] for p in written}
+    assert "g" in folders  # a plain name is its own folder
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]{1,70}", f) for f in folders), folders
+    assert not (tmp_path / "x").exists() and not (tmp_path / "abs").exists()
+    texts = [(tmp_path / p).read_text() for p in written]
+    assert any(f"# Study `{'y' * 300}`" in text for text in texts)  # the real name, inside
+
+
+def test_report_all_reports_every_study_it_can_and_lists_the_others(grid_db, tmp_path):
+    url, _ = grid_db
+    db = f"sqlite:///{tmp_path / 'two.db'}"
+    optuna.create_study(study_name="empty", storage=db)  # first, and nothing to report
+    optuna.copy_study(from_study_name="g", from_storage=url, to_storage=db, to_study_name="g")
+    out = subprocess.run(sweep_cmd("report", "all", "--storage", db), cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert out.returncode == 1
+    assert (tmp_path / "runs" / "g" / "report.md").exists()
+    assert out.stderr.strip().splitlines() == [
+        "sweep: study 'empty' not reported: study 'empty' has no trials yet; run it with "
+        "`sweep run`"
+    ]
