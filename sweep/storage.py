@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sqlite3
 import time
 import urllib.parse
 import warnings
@@ -99,6 +100,33 @@ def _sqlite_path(url: str) -> Path | None:
     return None if path in ("", ":memory:") else Path(path)
 
 
+def _into_wal(path: Path) -> None:
+    """Switch the database file to WAL before any engine touches it, retrying while another
+    process holds it. optuna's schema set-up makes a new file in rollback-journal mode, and the
+    switch used to come with each process's first configured connection, while other
+    processes already read and wrote the file: in that mode a reader that wants the exclusive
+    lock the switch needs, facing a writer that wants it to commit, is a deadlock that SQLite
+    answers at once with "database is locked" (two launchers on a new file failed so, about
+    one run in three of the full suite). Best effort: any other error is left for optuna's own
+    set-up to report."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    try:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    except sqlite3.Error:
+        return
+    try:
+        while True:
+            try:
+                if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal":
+                    return
+            except sqlite3.Error as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    return
+            time.sleep(0.05)
+    finally:
+        conn.close()
+
+
 def open_storage(
     url: str | None = None,
     *,
@@ -128,6 +156,7 @@ def open_storage(
         except OSError as e:
             raise StorageError(f"storage {shown}: cannot create {path.parent}: {e.strerror}") from e
         engine_kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_S}
+        _into_wal(path)
     elif url.startswith("postgresql"):
         engine_kwargs["pool_pre_ping"] = True  # survive server restarts between trials
         # A host cut off mid-transaction must not hold its row locks for the OS's two hours
