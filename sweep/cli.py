@@ -416,6 +416,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port in [1, 65535]; got {text}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -566,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--storage", help=storage_help)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=_positive_int, default=8080)
+    p.add_argument("--port", type=_port, default=8080)
     p.set_defaults(func=_cmd_dashboard)
     return parser
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import tomllib
 from collections.abc import Callable
@@ -105,7 +106,8 @@ _STUDY_RULES: dict[str, _Rule] = {
     "name": _NAME,
     "sampler": _choice(SAMPLERS),
     "trials": _int_at_least(1),
-    "seed": _int_at_least(0),
+    # optuna's samplers seed numpy with it (after adding each worker's salt, modulo 2**32)
+    "seed": _Rule(int, lambda v: 0 <= v < 2**32, "an integer in [0, 4294967295]"),
     "pruner": _choice(PRUNERS),
     "threads": _int_at_least(1),
     "max_retries": _int_at_least(1),
@@ -259,6 +261,8 @@ def _dimension(source: str, name: str, value: Any, sampler: str) -> Dimension:
     log = _value(source, f"{field}.log", _BOOL, value.get("log", False))
     if not low < high:
         raise _fail(source, f"{field}.high", f"greater than low = {low}", high)
+    if log and not low > 0:
+        raise _fail(source, f"{field}.low", "greater than 0 with log = true", low)
     return Dimension(name, low=low, high=high, log=log)
 
 
@@ -298,6 +302,11 @@ def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> StudySpec:
     space = tuple(_dimension(source, k, v, sampler) for k, v in space_raw.items())
     if sampler == "grid" and not space:
         raise _fail(source, "space", "at least one list of values with sampler 'grid'", {})
+    # Nesterov momentum with no momentum would fail every trial (the optimiser refuses it).
+    searched = {d.name: d.choices or () for d in space}
+    nesterov = train.nesterov or True in searched.get("nesterov", ())
+    if nesterov and "momentum" not in searched and not train.momentum > 0:
+        raise _fail(source, "train.nesterov", "false unless momentum > 0", True)
     spec = StudySpec(
         name=study["name"],
         sampler=sampler,
@@ -310,7 +319,7 @@ def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> StudySpec:
         train=train,
         space=space,
         train_size=data.get("train_size"),
-        data_path=data.get("path"),
+        data_path=os.path.expanduser(data["path"]) if "path" in data else None,
         source=source,
     )
     _check_budget_feasible(spec)

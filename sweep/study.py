@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 
 def make_sampler(spec: StudySpec, salt: int = 0) -> optuna.samplers.BaseSampler:
-    seed = spec.seed + 1009 * salt
+    seed = (spec.seed + 1009 * salt) % 2**32  # numpy's seed range
     if spec.sampler == "tpe":
         # constant_liar: running trials count as provisional results, so parallel workers do not
         # all sample the same promising point.

@@ -21,6 +21,7 @@ name = "g"
 sampler = "{sampler}"
 trials = 3
 pruner = "{pruner}"
+{study_extra}
 [budget]
 min_params = {min_params}
 max_params = 200_000
@@ -41,12 +42,34 @@ GOOD_SPACE = "hidden_1 = [64, 128]\nhidden_2 = [32, 64]"
 
 def study(**changes):
     values = dict(sampler="grid", pruner="none", min_params="50_000", data="", init="glorot",
-                  activation="relu", lr="0.1", extra="", space=GOOD_SPACE)  # fmt: skip
+                  activation="relu", lr="0.1", extra="", space=GOOD_SPACE,
+                  study_extra="")  # fmt: skip
     return BASE.format(**(values | changes))
 
 
 CASES = [
     ("malformed TOML", "[study\n", 2, r"{file}: not valid TOML: .*"),
+    (
+        "nesterov without momentum",
+        study(extra="nesterov = true"),
+        2,
+        r"{file}: \[train\.nesterov\] must be false unless momentum > 0; got True",
+    ),
+    (
+        "log scale from zero",
+        study(
+            sampler="tpe",
+            space=GOOD_SPACE + "\nweight_decay = { low = 0.0, high = 0.1, log = true }",
+        ),
+        2,
+        r"{file}: \[space\.weight_decay\.low\] must be greater than 0 with log = true; got 0\.0",
+    ),
+    (
+        "seed beyond numpy's range",
+        study(study_extra="seed = 4294967296"),
+        2,
+        r"{file}: \[study\.seed\] must be an integer in \[0, 4294967295\]; got 4294967296",
+    ),
     (
         "unknown key",
         study(extra="epochz = 3"),

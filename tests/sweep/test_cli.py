@@ -234,3 +234,19 @@ def test_no_command_prints_a_password(tmp_path, url):
         assert out.returncode == 1, (args, shown)
         assert "SECRET" not in shown and "SEC%52ET" not in shown, (args, shown)
         assert "***" in shown and shown.count("\n") == 1, (args, shown)
+
+
+@pytest.mark.parametrize("port", ["0", "70000", "http"])
+def test_a_dashboard_port_out_of_range_is_a_usage_error(port):
+    out = sweep("dashboard", "--port", port)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "--port" in out.stderr
+
+
+def test_a_data_path_starting_with_a_tilde_is_the_home_folder(tmp_path, monkeypatch):
+    from sweep.spec import load_spec
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = grid_study(tmp_path, extra_train="")
+    path.write_text(path.read_text().replace("[data]\n", '[data]\npath = "~/mnist.pkl.gz"\n'))
+    assert load_spec(path).data_path == str(tmp_path / "mnist.pkl.gz")

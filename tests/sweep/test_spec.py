@@ -31,6 +31,9 @@ RULES = [
     ("study", "sampler", "random", "bayes"),
     ("study", "trials", 1, 0),
     ("study", "seed", 0, -1),
+    ("study", "seed", 2**32 - 1, 2**32),  # numpy's seed range
+    ("study", "threads", 1, 0),
+    ("study", "max_retries", 1, 0),
     ("study", "pruner", "hyperband", "asha"),
     ("budget", "min_params", 0, -1),
     ("data", "train_size", 50_000, 50_001),
@@ -48,7 +51,7 @@ RULES = [
     ("train", "epochs", 2, True),
     ("train", "momentum", 0.0, 1.0),
     ("train", "momentum", 0.99, -0.1),
-    ("train", "nesterov", True, 1),
+    ("train", "nesterov", False, 1),
     ("train", "weight_decay", 0.0, -1e-4),
     ("train", "schedule", "cosine", "exponential"),
     ("train", "warmup_epochs", 0, -1),
@@ -66,6 +69,28 @@ def test_rule(section, key, legal, illegal):
     spec_with(section, key, legal)
     with pytest.raises(SpecError, match=rf"^x\.toml: \[{section}\.{key}\] must be .*; got "):
         spec_with(section, key, illegal)
+
+
+def test_nesterov_needs_momentum():
+    with_momentum = copy.deepcopy(BASE)
+    with_momentum["train"] = {"epochs": 1, "momentum": 0.9}
+    assert spec_with("train", "nesterov", True, with_momentum).train.nesterov
+    searched = copy.deepcopy(BASE)
+    searched["space"] = {**BASE["space"], "momentum": [0.0, 0.9]}
+    assert spec_with("train", "nesterov", True, searched).train.nesterov
+    message = r"^x\.toml: \[train\.nesterov\] must be false unless momentum > 0; got True$"
+    with pytest.raises(SpecError, match=message):
+        spec_with("train", "nesterov", True)
+    with pytest.raises(SpecError, match=message):
+        spec_with("space", "nesterov", [True, False])
+
+
+def test_a_log_scale_must_start_above_zero():
+    tpe = copy.deepcopy(BASE)
+    tpe["study"] = {**BASE["study"], "sampler": "tpe"}
+    assert spec_with("space", "weight_decay", {"low": 1e-6, "high": 0.1, "log": True}, tpe)
+    with pytest.raises(SpecError, match=r"\[space\.weight_decay\.low\] must be greater than 0"):
+        spec_with("space", "weight_decay", {"low": 0.0, "high": 0.1, "log": True}, tpe)
 
 
 def test_message_names_file_field_allowed_and_got():
@@ -178,3 +203,14 @@ def test_defaults_and_roundtrip():
 @pytest.mark.parametrize("path", sorted(STUDIES.glob("*.toml")), ids=lambda p: p.name)
 def test_shipped_studies_are_valid(path):
     assert load_spec(path).name == path.stem
+
+
+def test_the_largest_seed_still_seeds_every_worker():
+    import optuna
+
+    from sweep.study import make_sampler
+
+    spec = spec_with("study", "seed", 2**32 - 1)
+    for salt in (0, 1, 2**20 + 7):  # a sweep run's workers, and a sweep worker's salt
+        study = optuna.create_study(sampler=make_sampler(spec, salt))
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
