@@ -212,8 +212,14 @@ def test_workers_of_a_random_study_draw_different_points(tmp_path):
         assert worker.returncode == 0, err
         ran.append(int(out.split()[2]))
     assert all(ran), f"one worker took every trial ({ran}): nothing was compared"
-    drawn = [tuple(sorted(t.params.items())) for t in load(url, "r").trials]
-    assert len(set(drawn)) == 40, "two workers drew the same points"
+    # Each worker's draws in its own order: the same seed gives the same sequence (random
+    # points of a small space may still meet by chance, so sets are not compared).
+    by_worker: dict[str, list] = {}
+    for t in load(url, "r").trials:
+        by_worker.setdefault(t.user_attrs["worker"], []).append(tuple(sorted(t.params.items())))
+    first, second = by_worker.values()
+    k = min(len(first), len(second), 5)
+    assert first[:k] != second[:k], "two workers drew the same sequence of points"
 
 
 def test_a_lowered_cap_on_a_grid_skips_the_points_beyond_it(tmp_path, storage_url):
