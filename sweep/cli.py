@@ -173,7 +173,9 @@ def _trial_table(study: optuna.Study, *, limit: int | None = None) -> str:
 
 
 def _fmt(v: object) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
+    from sweep.stored import printable
+
+    return f"{v:g}" if isinstance(v, float) else printable(str(v), 80)
 
 
 def _quiet_optuna() -> None:
@@ -244,8 +246,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     from sweep.queue import SKIPPED
     from sweep.storage import mask_password, open_storage, resolve_url
+    from sweep.stored import printable, study_kind
 
-    storage = open_storage(args.storage, heartbeat_interval=None, grace_period=None)
+    storage = open_storage(args.storage, heartbeat_interval=None, grace_period=None,
+                           read_only=True)  # fmt: skip
     summaries = optuna.get_all_study_summaries(storage, include_best_trial=True)
     if not summaries:
         print(f"no studies in {mask_password(resolve_url(args.storage))}")
@@ -257,10 +261,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
             skipped = t.state == TrialState.FAIL and SKIPPED in t.user_attrs
             states["skipped" if skipped else t.state.name.lower()] += 1
         counts = ", ".join(f"{n} {state}" for state, n in states.items() if n)
-        print(f"{s.study_name}: {counts or 'no trials'}")
+        print(f"{printable(s.study_name, 200)}: {counts or 'no trials'}")
         if s.best_trial is not None:
-            params = ", ".join(f"{k}={_fmt(v)}" for k, v in s.best_trial.params.items())
-            print(f"  best: trial {s.best_trial.number}, {s.best_trial.value:.2f}% ({params})")
+            kind = study_kind(study.user_attrs, study.directions, study.metric_names)
+            value = s.best_trial.value
+            shown = f"{value:.2f}%" if kind.sweep else f"{kind.metric} {value:.6g}"
+            params = ", ".join(
+                f"{printable(k, 40)}={_fmt(v)}" for k, v in s.best_trial.params.items()
+            )
+            print(f"  best: trial {s.best_trial.number}, {shown} ({params})")
     return EXIT_OK
 
 
@@ -322,7 +331,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from sweep.storage import open_storage, study_names
 
     _quiet_optuna()
-    storage = open_storage(args.storage, heartbeat_interval=None, grace_period=None)
+    storage = open_storage(args.storage, heartbeat_interval=None, grace_period=None,
+                           read_only=True)  # fmt: skip
     if args.study != "all":
         name = _study_name(args.study)
         _report_one(storage, name, Path(args.out) if args.out else None, args.log_loss)
@@ -353,10 +363,7 @@ def _report_one(
 
     out = out or report_folder(root or Path("runs"), storage, name)
     report = write_report(storage, name, out_dir=out, log_loss=log_loss)
-    best = (
-        f"; best trial {report.best_number}: {report.best_value:.2f}%" if report.best_value else ""
-    )
-    print(f"{out / 'report.md'}{best}")
+    print(f"{out / 'report.md'}" + (f"; {report.best_text}" if report.best_text else ""))
 
 
 def _study_name(study: str) -> str:

@@ -15,6 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from sweep.objective import METRIC as ACCURACY
+
 SIZE = (7.5, 4.6)  # inches; at DPI this is 900 × 552 pixels, readable at 100% zoom
 DPI = 120
 
@@ -26,18 +28,22 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def history(numbers: Sequence[int], values: Sequence[float], path: Path) -> Path:
-    """Validation accuracy of every completed trial, and the best so far."""
+def history(
+    numbers: Sequence[int], values: Sequence[float], path: Path, *,
+    metric: str = ACCURACY, maximize: bool = True,
+) -> Path:  # fmt: skip
+    """The objective value of every completed trial, and the best so far (in the study's
+    direction)."""
     fig, ax = plt.subplots(figsize=SIZE)
     ax.scatter(numbers, values, s=18, color="tab:blue", label="trial")
-    best, running = [], -math.inf
+    best, running = [], -math.inf if maximize else math.inf
     for v in values:
-        running = max(running, v)
+        running = max(running, v) if maximize else min(running, v)
         best.append(running)
     ax.step(numbers, best, where="post", color="tab:red", label="best so far")
-    ax.set(title="Optimisation history", xlabel="trial number", ylabel="validation accuracy (%)")
+    ax.set(title="Optimisation history", xlabel="trial number", ylabel=metric)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right" if maximize else "upper right")
     return _save(fig, path)
 
 
@@ -59,16 +65,17 @@ def accuracy_over_time(
     if reference is not None:
         ax.axhline(reference[1], color="0.3", linestyle="--", linewidth=1, label=reference[0])
     ax.set(title="Accuracy against search time", xlabel="wall time since the first trial (min)",
-           ylabel="validation accuracy (%)")  # fmt: skip
+           ylabel=ACCURACY)  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     return _save(fig, path)
 
 
 def learning_curves(
-    curves: Sequence[tuple[str, Sequence[int], Sequence[float], bool]], path: Path
-) -> Path:
-    """Validation accuracy per epoch, one line per trial (label, epochs, accuracies, pruned).
+    curves: Sequence[tuple[str, Sequence[int], Sequence[float], bool]], path: Path, *,
+    metric: str = ACCURACY,
+) -> Path:  # fmt: skip
+    """The reported value per step, one line per trial (label, steps, values, pruned).
 
     Pruned trials are grey and dashed, so the survivors stand out.
     """
@@ -80,7 +87,7 @@ def learning_curves(
             ax.plot(epochs, acc, marker="o", markersize=3, linewidth=1.2, label=label)
     if any(p for *_, p in curves):
         ax.plot([], [], color="0.6", linestyle="--", label="pruned")
-    ax.set(title="Learning curves", xlabel="epoch", ylabel="validation accuracy (%)")
+    ax.set(title="Learning curves", xlabel="epoch", ylabel=metric)
     ax.grid(alpha=0.3)
     if len(ax.get_legend_handles_labels()[1]) <= 12:  # beyond that a legend hides the curves
         ax.legend(fontsize=7, loc="lower right")
@@ -98,18 +105,18 @@ def accuracy_vs_params(
         ax.annotate(f"{name} = {b:,}", (b, 0.02), xycoords=("data", "axes fraction"),
                     rotation=90, fontsize=8, color="tab:red", ha="right")  # fmt: skip
     ax.set(title="Accuracy against parameter count", xlabel="parameters",
-           ylabel="validation accuracy (%)")  # fmt: skip
+           ylabel=ACCURACY)  # fmt: skip
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:,.0f}"))
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
-def importances(scores: dict[str, float], path: Path) -> Path:
+def importances(scores: dict[str, float], path: Path, *, metric: str = ACCURACY) -> Path:
     """Parameter importances (fANOVA, as optuna computes them), largest on top."""
     names = sorted(scores, key=scores.get)
     fig, ax = plt.subplots(figsize=SIZE)
     ax.barh(names, [scores[n] for n in names], color="tab:blue")
-    ax.set(title="Parameter importances", xlabel="importance for validation accuracy (fraction)")
+    ax.set(title="Parameter importances", xlabel=f"importance for {metric} (fraction)")
     ax.grid(alpha=0.3, axis="x")
     return _save(fig, path)
 
@@ -134,7 +141,7 @@ def grid_heatmap(
     ax.set_xticks(range(len(cols)), [str(c) for c in cols])
     ax.set_yticks(range(len(rows)), [str(r) for r in rows])
     ax.set(title=title, xlabel="hidden_2 (units)", ylabel="hidden_1 (units)")
-    fig.colorbar(image, ax=ax, label="validation accuracy (%)")
+    fig.colorbar(image, ax=ax, label=ACCURACY)
     return _save(fig, path)
 
 

@@ -78,6 +78,10 @@ def train_settings(settings: TrainSettings, seed: int) -> tuple[MLP, TrainConfig
     return model, config
 
 
+#: What the objective returns, as optuna's metric name (the dashboard and reports label by it).
+METRIC = "validation accuracy [%]"
+
+
 @dataclasses.dataclass(frozen=True)
 class Objective:
     """Callable objective for one study: returns the final validation accuracy in percent."""

@@ -21,7 +21,9 @@ from optuna.trial import FrozenTrial, TrialState
 from sweep import figures
 from sweep.errors import SweepError
 from sweep.queue import why_failed
+from sweep.spec import StudySpec
 from sweep.storage import mask_password, study_names
+from sweep.stored import Kind, count, number, printable, series, study_kind
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ class Report:
     best_number: int | None
     best_value: float | None
     best_config: dict[str, Any] | None
+    best_text: str | None  # e.g. "best trial 3: 97.12%", in the study's own metric
 
 
 def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
@@ -73,25 +76,27 @@ def report_folder(root: Path, storage: optuna.storages.BaseStorage, name: str) -
 
 def _reason(t: FrozenTrial) -> str:
     if t.state == TrialState.PRUNED:
-        epoch = t.user_attrs.get("pruned_at", max(t.intermediate_values, default="?"))
+        epoch = count(t, "pruned_at") or max(t.intermediate_values, default="?")
         return f"pruned at epoch {epoch}"
     if t.state == TrialState.FAIL:
-        return why_failed(t.user_attrs)
+        return printable(why_failed(t.user_attrs), 200)
     return ""
 
 
-def _sorted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    return sorted(trials, key=lambda t: (_ORDER[t.state], -(t.value or -math.inf), t.number))
+def _sorted(trials: list[FrozenTrial], maximize: bool) -> list[FrozenTrial]:
+    sign = -1 if maximize else 1
+    return sorted(trials, key=lambda t: (_ORDER[t.state], sign * (t.value if t.value is not None
+                                         else -sign * math.inf), t.number))  # fmt: skip
 
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
-    return "" if v is None else str(v)
+    return "" if v is None else printable(v, 80)
 
 
 def _final(t: FrozenTrial, key: str) -> float | None:
-    values = t.user_attrs.get(key) or []
+    values = series(t, key)
     return values[-1] if values else None
 
 
@@ -102,42 +107,44 @@ def _param_names(trials: list[FrozenTrial]) -> list[str]:
     return names
 
 
-def write_csv(trials: list[FrozenTrial], path: Path) -> None:
+def write_csv(trials: list[FrozenTrial], path: Path, *, maximize: bool = True) -> None:
     """One row per trial: number, state, every parameter, size, value, final metrics, reason."""
     names = _param_names(trials)
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["number", "state", *names, "n_params", "value", *METRICS, "seconds", "reason"])
-        for t in _sorted(trials):
+        for t in _sorted(trials, maximize):
             w.writerow([
                 t.number, t.state.name, *(t.params.get(n, "") for n in names),
-                t.user_attrs.get("n_params", ""), "" if t.value is None else t.value,
+                count(t, "n_params") or "", "" if t.value is None else t.value,
                 *("" if (v := _final(t, m)) is None else v for m in METRICS),
-                t.user_attrs.get("seconds", ""), _reason(t),
+                number(t.user_attrs.get("seconds")) or "", _reason(t),
             ])  # fmt: skip
 
 
 def _md_table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["| " + " | ".join(_fmt(c) for c in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def _config(t: FrozenTrial) -> dict[str, Any]:
-    return t.user_attrs.get("config") or dict(t.params)
+    config = t.user_attrs.get("config")
+    return config if isinstance(config, dict) else dict(t.params)
 
 
 def _grid_section(done: list[FrozenTrial], out: Path, files: list[str]) -> str:
     """The notebook's table and one heatmap per learning rate, for hidden_1 × hidden_2 grids."""
     rows = sorted(
-        (_config(t)["hidden_1"], _config(t)["hidden_2"], t.user_attrs.get("n_params"),
+        (_config(t)["hidden_1"], _config(t)["hidden_2"], count(t, "n_params"),
          _config(t)["learning_rate"], t.value)
         for t in done
     )  # fmt: skip
     text = "## The grid\n\n" + _md_table(
         ["hidden_1", "hidden_2", "parameters", "lr", "r_valid [%]"],
-        [[h1, h2, f"{n:,}", lr, f"{v:.2f}"] for h1, h2, n, lr, v in rows],
-    )
+        [[h1, h2, f"{n:,}" if n is not None else "?", lr, f"{v:.2f}"]
+         for h1, h2, n, lr, v in rows],
+    )  # fmt: skip
     h1s = sorted({r[0] for r in rows})
     h2s = sorted({r[1] for r in rows})
     for lr in sorted({r[3] for r in rows}, reverse=True):
@@ -152,9 +159,9 @@ def _grid_section(done: list[FrozenTrial], out: Path, files: list[str]) -> str:
 
 def _init_section(trials: list[FrozenTrial], out: Path, files: list[str], log: bool) -> str:
     losses = {
-        _config(t)["init"]: t.user_attrs["train_loss"]
+        str(_config(t).get("init")): series(t, "train_loss")
         for t in sorted(trials, key=lambda t: t.number)
-        if t.user_attrs.get("train_loss")
+        if series(t, "train_loss")
     }
     figures.init_loss(losses, out / "init_loss.png", log=log)
     files.append("init_loss.png")
@@ -163,93 +170,96 @@ def _init_section(trials: list[FrozenTrial], out: Path, files: list[str], log: b
     return f"## Initialisation\n\n![training loss by initialisation](init_loss.png)\n\n{table}\n"
 
 
-def write_report(
-    storage: optuna.storages.BaseStorage, study_name: str, *, out_dir: Path,
-    log_loss: bool = False,
-) -> Report:  # fmt: skip
-    """Write the study's report folder; return what was written.
+def _is_grid(done: list[FrozenTrial], varying: list[str], kind: Kind) -> bool:
+    """A hidden_1 × hidden_2 grid whose configurations are all numbers (the heatmaps' axes)."""
+    numeric = all(
+        all(number(_config(t).get(k)) is not None for k in ("hidden_1", "hidden_2",
+                                                              "learning_rate"))
+        for t in done
+    )  # fmt: skip
+    return (bool(done) and numeric and {"hidden_1", "hidden_2"} <= set(varying)
+            and kind.spec is not None and kind.spec.sampler == "grid")  # fmt: skip
 
-    Raises SweepError for an unknown study or one without trials.
-    """
-    study = load_study(storage, study_name)
-    trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
-    if not trials:
-        raise SweepError(f"study {study_name!r} has no trials yet; run it with `sweep run`")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    spec = study.user_attrs.get("spec", {})
+
+def _figures(study: optuna.Study, trials: list[FrozenTrial], kind: Kind, out: Path,
+             files: list[str]) -> None:  # fmt: skip
+    """The figures every single-objective study gets, labelled with its metric."""
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    files = ["report.md", "trials.csv"]
-    write_csv(trials, out_dir / "trials.csv")
-
-    sections = []
     if done:
-        figures.history([t.number for t in done], [t.value for t in done], out_dir / "history.png")
-        budget = spec.get("budget", {})
-        figures.accuracy_vs_params(
-            [t.user_attrs.get("n_params", 0) for t in done], [t.value for t in done],
-            (budget.get("min_params", 0), budget.get("max_params", 0)),
-            out_dir / "accuracy_vs_params.png",
-        )  # fmt: skip
-        files += ["history.png", "accuracy_vs_params.png"]
-        first = min(t.datetime_start for t in trials if t.datetime_start is not None)
-        figures.accuracy_over_time(
-            [(t.datetime_complete - first).total_seconds() / 60 for t in done],
-            [t.value for t in done], out_dir / "accuracy_over_time.png",
-            reference=("the notebook's best (97.74%)", NOTEBOOK_BEST),
-        )  # fmt: skip
-        files.append("accuracy_over_time.png")
+        figures.history([t.number for t in done], [t.value for t in done], out / "history.png",
+                        metric=kind.metric, maximize=kind.maximize)  # fmt: skip
+        files.append("history.png")
     curves = [
         (f"#{t.number}", sorted(t.intermediate_values), [t.intermediate_values[e] for e in
          sorted(t.intermediate_values)], t.state == TrialState.PRUNED)
         for t in trials if t.intermediate_values
     ]  # fmt: skip
     if curves:
-        figures.learning_curves(curves, out_dir / "learning_curves.png")
+        figures.learning_curves(curves, out / "learning_curves.png", metric=kind.metric)
         files.append("learning_curves.png")
     varying = [n for n in _param_names(done) if len({repr(t.params.get(n)) for t in done}) > 1]
     if len(varying) >= 2 and len(done) >= 2:
         try:
             scores = optuna.importance.get_param_importances(study)
-            figures.importances(scores, out_dir / "importances.png")
+            figures.importances(scores, out / "importances.png", metric=kind.metric)
             files.append("importances.png")
         except (ValueError, RuntimeError) as e:  # e.g. a dynamic search space
-            logger.info("no importances for %s: %s", study_name, e)
-    configs = [_config(t) for t in done]
-    if (
-        done
-        and all("hidden_1" in c and "learning_rate" in c for c in configs)
-        and {"hidden_1", "hidden_2"} <= set(varying)
-        and spec.get("study", {}).get("sampler") == "grid"
-    ):
-        sections.append(_grid_section(done, out_dir, files))
-    if "init" in varying or "init" in spec.get("space", {}):
-        sections.append(_init_section(trials, out_dir, files, log_loss))
+            logger.info("no importances for %s: %s", study.study_name, e)
 
-    best = max(done, key=lambda t: t.value) if done else None
-    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
-    lines = [
-        f"# Study `{study_name}`",
-        "",
-        f"- sampler: {spec.get('study', {}).get('sampler', '?')}, pruner: "
-        f"{spec.get('study', {}).get('pruner', '?')}",
-        f"- budget: {spec.get('budget', {}).get('min_params', '?'):,} < parameters < "
-        f"{spec.get('budget', {}).get('max_params', '?'):,}"
-        if spec.get("budget")
-        else "- budget: ?",
-        "- trials: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n),
-    ]
-    if best is not None:
-        cfg = ", ".join(f"{k}={_fmt(v)}" for k, v in _config(best).items())
-        lines.append(
-            f"- best: trial {best.number}, validation accuracy **{best.value:.2f}%** ({cfg})"
-        )
-    if "test_accuracy" in study.user_attrs:
-        lines.append(
-            f"- test accuracy of the best configuration (trial "
-            f"{study.user_attrs.get('test_trial')}, evaluated once): "
-            f"**{study.user_attrs['test_accuracy']:.2f}%**"
-        )
-    lines.append("")
+
+def _sweep_figures(trials: list[FrozenTrial], spec: StudySpec, out: Path,
+                   files: list[str]) -> None:  # fmt: skip
+    """Sweep's own figures: accuracy against model size (the budget) and search time."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    sized = [t for t in done if count(t, "n_params") is not None]
+    if sized:
+        figures.accuracy_vs_params(
+            [count(t, "n_params") for t in sized], [t.value for t in sized],
+            (spec.budget.min_params, spec.budget.max_params), out / "accuracy_vs_params.png",
+        )  # fmt: skip
+        files.append("accuracy_vs_params.png")
+    if done:
+        first = min(t.datetime_start for t in trials if t.datetime_start is not None)
+        figures.accuracy_over_time(
+            [(t.datetime_complete - first).total_seconds() / 60 for t in done],
+            [t.value for t in done], out / "accuracy_over_time.png",
+            reference=("the notebook's best (97.74%)", NOTEBOOK_BEST),
+        )  # fmt: skip
+        files.append("accuracy_over_time.png")
+
+
+def write_report(
+    storage: optuna.storages.BaseStorage, study_name: str, *, out_dir: Path,
+    log_loss: bool = False,
+) -> Report:  # fmt: skip
+    """Write the study's report folder; return what was written.
+
+    A study sweep made gets its budget, grid and initialisation sections; any other (another
+    optuna client's, in the same database) gets a plain report in its own direction and metric
+    name. Raises SweepError for an unknown study or one without trials.
+    """
+    study = load_study(storage, study_name)
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+    if not trials:
+        raise SweepError(f"study {study_name!r} has no trials yet; run it with `sweep run`")
+    kind = study_kind(study.user_attrs, study.directions, study.metric_names)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = ["report.md", "trials.csv"]
+    if len(study.directions) > 1:
+        return _write_multi(study, trials, kind, out_dir, files)
+    write_csv(trials, out_dir / "trials.csv", maximize=kind.maximize)
+    _figures(study, trials, kind, out_dir, files)
+    sections = []
+    if kind.spec is not None:
+        _sweep_figures(trials, kind.spec, out_dir, files)
+        done = [t for t in trials if t.state == TrialState.COMPLETE]
+        varying = [n for n in _param_names(done) if len({repr(t.params.get(n)) for t in done}) > 1]
+        if _is_grid(done, varying, kind):
+            sections.append(_grid_section(done, out_dir, files))
+        if "init" in varying or kind.spec.dimension("init") is not None:
+            sections.append(_init_section(trials, out_dir, files, log_loss))
+    best = study.best_trial if any(t.state == TrialState.COMPLETE for t in trials) else None
+    lines = [f"# Study `{printable(study_name, 400)}`", "", *_summary(study, trials, kind, best)]
     for name, title in [("history.png", "Optimisation history"),
                         ("accuracy_over_time.png", "Accuracy against search time"),
                         ("learning_curves.png", "Learning curves"),
@@ -259,17 +269,81 @@ def write_report(
             lines += [f"## {title}", "", f"![{title.lower()}]({name})", ""]
     lines += sections
     names = _param_names(trials)
-    rows = [
-        [t.number, t.state.name.lower(), *(t.params.get(n, "") for n in names),
-         t.user_attrs.get("n_params", ""), "" if t.value is None else f"{t.value:.2f}",
-         t.user_attrs.get("seconds", ""), _reason(t)]
-        for t in _sorted(trials)
-    ]  # fmt: skip
-    lines += ["## Trials", "", _md_table(["#", "state", *names, "parameters", "r_valid [%]",
-                                          "seconds", "note"], rows), ""]  # fmt: skip
+    rows = []
+    for t in _sorted(trials, kind.maximize):
+        value = "" if t.value is None else f"{t.value:.{'2f' if kind.sweep else '6g'}}"
+        ours = [count(t, "n_params") or "", value, number(t.user_attrs.get("seconds")) or ""]
+        rows.append([t.number, t.state.name.lower(), *(t.params.get(n, "") for n in names),
+                     *(ours if kind.sweep else [value]), _reason(t)])  # fmt: skip
+    columns = ["parameters", kind.metric, "seconds"] if kind.sweep else [kind.metric]
+    lines += ["## Trials", "", _md_table(["#", "state", *names, *columns, "note"], rows), ""]
     (out_dir / "report.md").write_text("\n".join(lines))
+    best_text = None
+    if best is not None:
+        best_text = f"best trial {best.number}: " + (
+            f"{best.value:.2f}%" if kind.sweep else f"{kind.metric} {best.value:.6g}"
+        )
     return Report(out_dir, tuple(files), best and best.number, best and best.value,
-                  best and _config(best))  # fmt: skip
+                  best and _config(best), best_text)  # fmt: skip
+
+
+def _summary(study: optuna.Study, trials: list[FrozenTrial], kind: Kind,
+             best: FrozenTrial | None) -> list[str]:  # fmt: skip
+    """The report's opening list: how the study searched, what it found."""
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    direction = "maximize" if kind.maximize else "minimize"
+    if kind.spec is not None:
+        lines = [
+            f"- sampler: {kind.spec.sampler}, pruner: {kind.spec.pruner}",
+            f"- budget: {kind.spec.budget.min_params:,} < parameters < "
+            f"{kind.spec.budget.max_params:,}",
+        ]
+    else:
+        lines = ["- not made by sweep (no valid stored spec): a plain report of its values",
+                 f"- direction: {direction}, metric: {kind.metric}"]  # fmt: skip
+    lines.append("- trials: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    if best is not None and kind.sweep:
+        cfg = ", ".join(f"{_fmt(k)}={_fmt(v)}" for k, v in _config(best).items())
+        lines.append(
+            f"- best: trial {best.number}, validation accuracy **{best.value:.2f}%** ({cfg})"
+        )
+    elif best is not None:
+        params = ", ".join(f"{_fmt(k)}={_fmt(v)}" for k, v in best.params.items())
+        lines.append(f"- best: trial {best.number}, {kind.metric} **{best.value:.6g}** ({params})")
+    test = number(study.user_attrs.get("test_accuracy"))
+    if kind.sweep and test is not None:
+        which = number(study.user_attrs.get("test_trial"))
+        lines.append(
+            f"- test accuracy of the best configuration (trial "
+            f"{'?' if which is None else int(which)}, evaluated once): **{test:.2f}%**"
+        )
+    return [*lines, ""]
+
+
+def _write_multi(study: optuna.Study, trials: list[FrozenTrial], kind: Kind, out: Path,
+                 files: list[str]) -> Report:  # fmt: skip
+    """A multi-objective study (another client's): its trials and Pareto front as tables."""
+    metrics = kind.metrics if study.metric_names else [
+        f"value {i}" for i in range(len(study.directions))]  # fmt: skip
+    names = _param_names(trials)
+    with (out / "trials.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["number", "state", *names, *metrics, "reason"])
+        for t in sorted(trials, key=lambda t: t.number):
+            w.writerow([t.number, t.state.name, *(t.params.get(n, "") for n in names),
+                        *(t.values or [""] * len(metrics)), _reason(t)])  # fmt: skip
+    front = {t.number for t in study.best_trials}
+    rows = [[t.number, t.state.name.lower(), *(t.params.get(n, "") for n in names),
+             *(t.values or [""] * len(metrics)), "Pareto front" if t.number in front else ""]
+            for t in sorted(trials, key=lambda t: t.number)]  # fmt: skip
+    directions = ", ".join(d.name.lower() for d in study.directions)
+    lines = [f"# Study `{printable(study.study_name, 400)}`", "",
+             "- not made by sweep (several objectives): a plain report of its values",
+             f"- directions: {directions}; metrics: {', '.join(metrics)}",
+             f"- {len(front)} trial(s) on the Pareto front", "", "## Trials", "",
+             _md_table(["#", "state", *names, *metrics, "note"], rows), ""]  # fmt: skip
+    (out / "report.md").write_text("\n".join(lines))
+    return Report(out, tuple(files), None, None, None, None)
 
 
 def describe_gradcheck(ns: tuple[int, ...], diffs: tuple[float, ...]) -> str:

@@ -127,16 +127,67 @@ def _into_wal(path: Path) -> None:
         conn.close()
 
 
+#: The tables every optuna study database has (optuna's ``models.py`` and alembic's own).
+_OPTUNA_TABLES = {"studies", "trials", "version_info", "alembic_version"}
+
+
+def _read_only_sqlite(path: Path, shown: str) -> dict[str, Any]:
+    """Engine arguments that open ``path`` read-only (SQLite's ``mode=ro``: the library itself
+    refuses every write, so a foreign file cannot be changed by a bug of ours or optuna's set-up
+    either), after checking that it is a regular file holding optuna's tables."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise StorageError(f"storage {shown}: no such database file {path}") from None
+    except OSError as e:
+        raise StorageError(f"storage {shown}: cannot read {path}: {e.strerror}") from e
+    if not stat.S_ISREG(mode):
+        raise StorageError(f"storage {shown}: {path} is not a regular file")
+    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+
+    try:
+        conn = connect()
+        try:
+            names = {
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            versioned = _OPTUNA_TABLES <= names and conn.execute(
+                "SELECT count(*) FROM version_info").fetchone()[0] == 1  # fmt: skip
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as e:  # "file is not a database", a corrupt page, ...
+        raise StorageError(f"storage {shown}: not an optuna study database ({e})") from e
+    if not versioned:
+        raise StorageError(f"storage {shown}: not an optuna study database (no optuna tables)")
+    return {"creator": connect}
+
+
+def _check_optuna_tables(engine: sqlalchemy.engine.Engine, shown: str) -> None:
+    """The database holds optuna's tables, checked before optuna's own set-up would add them."""
+    names = set(sqlalchemy.inspect(engine).get_table_names())
+    if not _OPTUNA_TABLES <= names:
+        raise StorageError(f"storage {shown}: not an optuna study database (no optuna tables)")
+
+
 def open_storage(
     url: str | None = None,
     *,
     heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S,
     grace_period: int | None = GRACE_PERIOD_S,
     stale_trial_callback: Any = None,
+    read_only: bool = False,
 ) -> optuna.storages.RDBStorage:
     """An optuna RDB storage for ``url`` (see ``resolve_url``), created if missing.
 
-    Raises StorageError, with the password masked, when the database cannot be reached.
+    ``read_only`` (status, report, the dashboard): the database must already exist and hold
+    optuna's tables; nothing is created and nothing written, not even SQLite's journal mode.
+    Raises StorageError, with the password masked, when the database cannot be reached or, read
+    only, is not an optuna study database.
     """
     url = resolve_url(url)
     shown = mask_password(url)
@@ -148,7 +199,9 @@ def open_storage(
         )
     engine_kwargs: dict[str, Any] = {}
     path = _sqlite_path(url)
-    if path is not None:
+    if path is not None and read_only:
+        engine_kwargs = _read_only_sqlite(path, shown)
+    elif path is not None:
         if path.is_dir():
             raise StorageError(f"storage {shown}: {path} is a folder, not a database file")
         try:
@@ -166,19 +219,27 @@ def open_storage(
             "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
             "keepalives_count": 3,
             "options": "-c idle_in_transaction_session_timeout=60000 "
-            "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3",
+            "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3"
+            + (" -c default_transaction_read_only=on" if read_only else ""),
         }  # fmt: skip
     try:
         for attempt in range(_INIT_ATTEMPTS):
             try:
                 with warnings.catch_warnings():  # heartbeats are "experimental" since optuna 2.9
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    if read_only and path is None:
+                        probe = sqlalchemy.create_engine(url, **engine_kwargs)
+                        try:
+                            _check_optuna_tables(probe, shown)
+                        finally:
+                            probe.dispose()
                     storage = optuna.storages.RDBStorage(
                         url,
                         engine_kwargs=engine_kwargs,
                         heartbeat_interval=heartbeat_interval,
                         grace_period=grace_period,
                         heartbeat_stale_trial_callback=stale_trial_callback,
+                        skip_table_creation=read_only,
                     )
                 break
             except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError,
@@ -198,7 +259,7 @@ def open_storage(
         ) from e
     except (sqlalchemy.exc.SQLAlchemyError, ValueError, RuntimeError) as e:
         raise StorageError(f"storage {shown}: cannot open: {_first_line(e)}") from e
-    if path is not None:
+    if path is not None and not read_only:
         _configure_sqlite(storage.engine)
     return storage
 

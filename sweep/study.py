@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import time
+import warnings
 from typing import Any
 
 import optuna
@@ -16,6 +17,7 @@ import optuna
 from mlp.model import parameter_count
 from sweep import queue
 from sweep.errors import SpecError
+from sweep.objective import METRIC
 from sweep.space import grid_points
 from sweep.spec import StudySpec, first_difference, stored_spec
 from sweep.storage import GRACE_PERIOD_S, mask_password, open_storage
@@ -76,6 +78,10 @@ def open_study(
         pruner=make_pruner(spec),
         load_if_exists=True,
     )
+    if study.metric_names is None:
+        with warnings.catch_warnings():  # "experimental" since optuna 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([METRIC])
     given = json.dumps(spec.to_dict())
     stored = json.loads(queue.adopt_spec(rdb_of(study._storage), study._study_id, given))
     old = stored_spec(stored, source=f"study {spec.name!r}")

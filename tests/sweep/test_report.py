@@ -1,7 +1,9 @@
 """Reports from real (small) studies: files, figures, and tables read back from the database."""
 
 import csv
+import json
 import re
+import sqlite3
 import struct
 import subprocess
 from pathlib import Path
@@ -220,3 +222,85 @@ def test_report_all_reports_every_study_it_can_and_lists_the_others(grid_db, tmp
         "sweep: study 'empty' not reported: study 'empty' has no trials yet; run it with "
         "`sweep run`"
     ]
+
+
+def test_a_study_another_client_made_is_reported_in_its_own_direction_and_metric(tmp_path):
+    # A minimize study in the same file, not made by sweep: its best is its *lowest* value,
+    # labelled with its own metric name, and none of sweep's sections or units appear.
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    study = optuna.create_study(study_name="loss", storage=url, direction="minimize")
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):
+        study.set_metric_names(["test loss"])
+    for x in (0.9, 0.2, 0.5):
+        study.enqueue_trial({"x": x})
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    out = run_cli("report", "loss", "--storage", url, "--out", str(tmp_path / "out"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("; best trial 1: test loss 0.2")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "- best: trial 1, test loss **0.2** (x=0.2)" in md
+    assert "- direction: minimize, metric: test loss" in md
+    assert "%" not in md and "budget" not in md and "validation accuracy" not in md
+    rows = list(csv.DictReader((tmp_path / "out" / "trials.csv").open()))
+    assert [float(r["value"]) for r in rows] == [0.2, 0.5, 0.9]  # best first
+    status = run_cli("status", "--storage", url)
+    assert status.stdout.splitlines()[1] == "  best: trial 1, test loss 0.2 (x=0.2)", status.stdout
+
+
+def test_a_multi_objective_study_gets_a_plain_report(tmp_path):
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    study = optuna.create_study(study_name="two", storage=url, directions=["minimize", "maximize"])
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)), n_trials=4)
+    out = run_cli("report", "two", "--storage", url, "--out", str(tmp_path / "out"))
+    assert out.returncode == 0, out.stderr
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "- directions: minimize, maximize" in md and "Pareto front" in md
+    assert len(list(csv.DictReader((tmp_path / "out" / "trials.csv").open()))) == 4
+
+
+def test_sweep_names_its_metric_for_the_dashboard(grid_db):
+    url, _ = grid_db
+    assert load(url, "g").metric_names == ["validation accuracy [%]"]
+
+
+def test_hostile_attributes_in_a_sweep_study_do_not_break_its_report(grid_db, tmp_path):
+    # Any client may write a trial's user attributes; the report believes none of them blindly.
+    url, _ = grid_db
+    db = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    optuna.copy_study(from_study_name="g", from_storage=url, to_storage=db, to_study_name="g")
+    hostile = {
+        "n_params": "many",
+        "config": [1, 2],
+        "train_loss": [1.0, "a"],
+        "seconds": "x",
+        "valid_accuracy": {"x": 1},
+        "pruned_at": [],
+        "fail_reason": "line\nbreak`",
+    }
+    conn = sqlite3.connect(tmp_path / "db.sqlite")  # optuna refuses to change finished trials
+    for key, value in hostile.items():
+        conn.execute("DELETE FROM trial_user_attributes WHERE key = ?", (key,))
+        conn.executemany(
+            "INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES (?, ?, ?)",
+            [(trial_id, key, json.dumps(value)) for (trial_id,) in
+             conn.execute("SELECT trial_id FROM trials").fetchall()],
+        )  # fmt: skip
+    conn.commit()
+    conn.close()
+    out = run_cli("report", "g", "--storage", db, "--out", str(tmp_path / "out"))
+    assert out.returncode == 0, out.stderr
+    assert "best trial" in out.stdout
+    for row in csv.DictReader((tmp_path / "out" / "trials.csv").open()):
+        assert row["n_params"] == row["train_loss"] == row["seconds"] == "", row
+
+
+def test_a_study_with_a_forged_spec_is_reported_plainly(grid_db, tmp_path):
+    url, _ = grid_db
+    db = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    optuna.copy_study(from_study_name="g", from_storage=url, to_storage=db, to_study_name="g")
+    study = optuna.load_study(study_name="g", storage=db)
+    study.set_user_attr("spec", {"study": {"sampler": 7}, "budget": "all of it"})
+    out = run_cli("report", "g", "--storage", db, "--out", str(tmp_path / "out"))
+    assert out.returncode == 0, out.stderr
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "not made by sweep (no valid stored spec)" in md and "## The grid" not in md

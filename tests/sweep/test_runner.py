@@ -192,6 +192,7 @@ def test_sigkill_of_everything_is_recovered_through_heartbeats(tmp_path):
         ("group", signal.SIGINT, 130),
         ("parent", signal.SIGINT, 130),
         ("parent", signal.SIGTERM, 143),
+        ("group", signal.SIGTERM, 143),  # a batch scheduler or `kill -TERM -PGID`
     ],
 )
 def test_ctrl_c_or_sigterm_exit_130_or_143_and_the_next_run_resumes(tmp_path, target, sig, code):
@@ -204,7 +205,10 @@ def test_ctrl_c_or_sigterm_exit_130_or_143_and_the_next_run_resumes(tmp_path, ta
     else:
         proc.send_signal(sig)
     proc.wait(timeout=60)
-    assert proc.returncode == code, proc.stderr.read()
+    err = proc.stderr.read()
+    assert proc.returncode == code, err
+    word = "terminated" if sig == signal.SIGTERM else "interrupted"
+    assert err.splitlines()[-1] == f"sweep: {word}; rerun to resume", err
     wait_for(lambda: not [pid for pid in workers if alive(pid)], timeout=30)
     _assert_released(url)
     out = run_cli("run", str(study_file), "--storage", url, "--jobs", "2", env=FAST_STALE)
