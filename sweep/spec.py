@@ -1,7 +1,7 @@
 """Study files: TOML → validated, frozen specs.
 
-Every rule lives in one table (``_TRAIN_RULES`` and the section tables below) and every
-violation is one line naming the file, the field, what is allowed and what came::
+Every rule lives in a table in ``sweep.rules``, and every violation is one line naming the
+file, the field, what is allowed and what came::
 
     studies/x.toml: [space.learning_rate] must be a float in (0, inf); got -0.1
 """
@@ -11,21 +11,33 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
+import stat
+import sys
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlp.functions import ACTIVATIONS, INITIALISERS
 from mlp.model import parameter_count
-from mlp.optim import SCHEDULES
 from sweep.errors import SpecError
+from sweep.rules import (
+    BOOL,
+    BUDGET_RULES,
+    DATA_RULES,
+    MAX_CHOICES,
+    MAX_STUDY_FILE_BYTES,
+    MISSING,
+    SECTIONS,
+    STUDY_RULES,
+    TRAIN_RULES,
+    Rule,
+    check_value,
+    fail,
+    field_key,
+    train_rules,
+)
 
-SAMPLERS = ("grid", "tpe", "random")
-PRUNERS = ("none", "median", "successive-halving", "hyperband")
-TRAIN_SET_SIZE = 50_000
+_HIDDEN = ("hidden_1", "hidden_2")
 
 
 @dataclass(frozen=True)
@@ -56,68 +68,7 @@ class TrainSettings:
     patience: int = 0  # early stopping: epochs without a better validation accuracy (0: off)
 
 
-@dataclass(frozen=True)
-class _Rule:
-    kind: type  # int, float, str or bool
-    check: Callable[[Any], bool]
-    allowed: str  # what the message says is allowed
-
-
-def _choice(names: list[str] | tuple[str, ...]) -> _Rule:
-    return _Rule(str, lambda v: v in names, "one of " + ", ".join(repr(n) for n in names))
-
-
-def _int_at_least(low: int) -> _Rule:
-    return _Rule(int, lambda v: v >= low, f"an integer >= {low}")
-
-
-_POSITIVE_FLOAT = _Rule(float, lambda v: 0 < v < math.inf, "a float in (0, inf)")
-_BOOL = _Rule(bool, lambda v: True, "true or false")
-
-_TRAIN_RULES: dict[str, _Rule] = {
-    "hidden_1": _int_at_least(1),
-    "hidden_2": _int_at_least(1),
-    "epochs": _int_at_least(1),
-    "batch_size": _int_at_least(1),
-    "learning_rate": _POSITIVE_FLOAT,
-    "init": _choice(sorted(INITIALISERS)),
-    "init_std": _POSITIVE_FLOAT,
-    "activation": _choice(sorted(ACTIVATIONS)),
-    "dtype": _choice(("float32", "float64")),
-    "shuffle": _BOOL,
-    "full_train_eval": _BOOL,
-    "momentum": _Rule(float, lambda v: 0 <= v < 1, "a float in [0, 1)"),
-    "nesterov": _BOOL,
-    "weight_decay": _Rule(float, lambda v: 0 <= v < math.inf, "a float in [0, inf)"),
-    "schedule": _choice(SCHEDULES),
-    "warmup_epochs": _int_at_least(0),
-    "step_size": _int_at_least(1),
-    "gamma": _Rule(float, lambda v: 0 < v <= 1, "a float in (0, 1]"),
-    "dropout": _Rule(float, lambda v: 0 <= v < 1, "a float in [0, 1)"),
-    "patience": _int_at_least(0),
-}
-assert set(_TRAIN_RULES) == {f.name for f in dataclasses.fields(TrainSettings)}
-
-_NAME = _Rule(
-    str, lambda v: re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v) is not None,
-    "a name of letters, digits, '.', '_' and '-'",
-)  # fmt: skip
-_STUDY_RULES: dict[str, _Rule] = {
-    "name": _NAME,
-    "sampler": _choice(SAMPLERS),
-    "trials": _int_at_least(1),
-    # optuna's samplers seed numpy with it (after adding each worker's salt, modulo 2**32)
-    "seed": _Rule(int, lambda v: 0 <= v < 2**32, "an integer in [0, 4294967295]"),
-    "pruner": _choice(PRUNERS),
-    "threads": _int_at_least(1),
-    "max_retries": _int_at_least(1),
-}
-_BUDGET_RULES: dict[str, _Rule] = {"min_params": _int_at_least(0), "max_params": _int_at_least(1)}
-_DATA_RULES: dict[str, _Rule] = {
-    "train_size": _Rule(int, lambda v: 1 <= v <= TRAIN_SET_SIZE, "an integer in [1, 50000]"),
-    "path": _Rule(str, lambda v: bool(v), "a path to your own copy of MNIST"),
-}
-_SECTIONS = ("study", "budget", "data", "train", "space")
+assert set(TRAIN_RULES) == {f.name for f in dataclasses.fields(TrainSettings)}
 
 
 @dataclass(frozen=True)
@@ -192,78 +143,110 @@ class StudySpec:
 def load_spec(path: str | Path) -> StudySpec:
     """Read and validate a study file; raise SpecError (one line) on the first problem."""
     path = Path(path)
+    data = _read_study_file(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise SpecError(f"{path}: cannot read study file: {e.strerror or e}") from e
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - data.rfind(b"\n", 0, e.start)
+        raise SpecError(
+            f"{path}: not valid UTF-8: byte 0x{data[e.start]:02x} at line {line}, column {column}"
+        ) from e
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{path}: not valid TOML: {e}") from e
+    except ValueError as e:  # Python's limit on the digits of an int (sys.set_int_max_str_digits)
+        limit = sys.get_int_max_str_digits()
+        raise SpecError(f"{path}: not valid TOML: an integer of more than {limit} digits") from e
+    except RecursionError as e:  # tomllib recurses into nested arrays and inline tables
+        raise SpecError(f"{path}: not valid TOML: arrays or tables nested too deeply") from e
     return parse_spec(raw, source=str(path))
 
 
-_MISSING = object()
+_FILE_KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
+               stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}  # fmt: skip
 
 
-def _fail(source: str, field: str, allowed: str, got: Any) -> SpecError:
-    shown = "nothing" if got is _MISSING else repr(got)
-    return SpecError(f"{source}: [{field}] must be {allowed}; got {shown}")
+def _read_study_file(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_STUDY_FILE_BYTES. Anything else is refused
+    before it is opened: a FIFO would block the open until some writer came, for ever."""
+    limit = MAX_STUDY_FILE_BYTES
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            kind = _FILE_KINDS.get(stat.S_IFMT(st.st_mode), "a special file")
+            raise SpecError(f"{path}: cannot read study file: {kind}, not a regular file")
+        if st.st_size > limit:
+            raise SpecError(
+                f"{path}: cannot read study file: {st.st_size:,} bytes; at most {limit:,}"
+            )
+        # Non-blocking, so that even a file swapped for a FIFO since the stat cannot hang.
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            data = f.read(limit + 1) or b""
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        raise SpecError(f"{path}: cannot read study file: {getattr(e, 'strerror', 0) or e}") from e
+    if len(data) > limit:  # it grew since the stat
+        raise SpecError(f"{path}: cannot read study file: more than {limit:,} bytes")
+    return data
 
 
-def _value(source: str, field: str, rule: _Rule, value: Any) -> Any:
-    """Check one value against its rule; ints are accepted where floats are expected."""
-    kind_ok = (
-        isinstance(value, bool) if rule.kind is bool else
-        isinstance(value, int | float) and not isinstance(value, bool) if rule.kind is float else
-        isinstance(value, rule.kind) and not isinstance(value, bool)
-    )  # fmt: skip
-    if not kind_ok or not rule.check(value):
-        raise _fail(source, field, rule.allowed, value)
-    return float(value) if rule.kind is float else value
-
-
-def _section(
-    source: str, raw: dict[str, Any], name: str, rules: dict[str, _Rule]
-) -> dict[str, Any]:
+def _section(source: str, raw: dict[str, Any], name: str, rules: dict[str, Rule]) -> dict[str, Any]:
     table = raw.get(name, {})
     if not isinstance(table, dict):
-        raise _fail(source, name, "a table", table)
-    for key in table:
-        if key not in rules:
-            raise _fail(source, f"{name}.{key}", "one of the known keys " + ", ".join(rules), key)
-    return {k: _value(source, f"{name}.{k}", rules[k], v) for k, v in table.items()}
+        raise fail(source, name, "a table", table)
+    for k in table:
+        if k not in rules:
+            known = "one of the known keys " + ", ".join(rules)
+            raise fail(source, f"{name}.{field_key(k)}", known, k)
+    return {k: check_value(source, f"{name}.{k}", rules[k], v) for k, v in table.items()}
 
 
-def _dimension(source: str, name: str, value: Any, sampler: str) -> Dimension:
-    field = f"space.{name}"
-    if name not in _TRAIN_RULES:
-        raise _fail(source, field, "a [train] setting: " + ", ".join(_TRAIN_RULES), name)
-    rule = _TRAIN_RULES[name]
-    if isinstance(value, list):
-        if not value:
-            raise _fail(source, field, "a non-empty list", value)
-        choices = tuple(_value(source, field, rule, v) for v in value)
+def _dimension(source: str, name: Any, raw: Any, sampler: str, rules: dict[str, Rule]) -> Dimension:
+    field = f"space.{field_key(name)}"
+    if name not in rules:
+        raise fail(source, field, "a [train] setting: " + ", ".join(rules), name)
+    rule = rules[name]
+    if isinstance(raw, list):
+        if not raw:
+            raise fail(source, field, "a non-empty list", raw)
+        if len(raw) > MAX_CHOICES:
+            raise fail(source, field, f"a list of at most {MAX_CHOICES:,} values", raw,
+                       shown=f"{len(raw):,} values")  # fmt: skip
+        choices = tuple(check_value(source, field, rule, v) for v in raw)
         if len(set(choices)) != len(choices):
-            raise _fail(source, field, "a list without repeated values", value)
+            raise fail(source, field, "a list without repeated values", raw)
         return Dimension(name, choices=choices)
-    if not isinstance(value, dict):
-        raise _fail(source, field, "a list of values or a table {low, high, log}", value)
+    if not isinstance(raw, dict):
+        raise fail(source, field, "a list of values or a table {low, high, log}", raw)
     if sampler == "grid":
-        raise _fail(source, field, "a list of values with sampler 'grid'", value)
+        raise fail(source, field, "a list of values with sampler 'grid'", raw)
     if rule.kind not in (int, float):
-        raise _fail(source, field, f"a list of values ({name} is not numeric)", value)
-    unknown = set(value) - {"low", "high", "log"}
-    if unknown or not {"low", "high"} <= set(value):
-        raise _fail(source, field, "a table with keys low, high and optionally log", value)
-    low = _value(source, f"{field}.low", rule, value["low"])
-    high = _value(source, f"{field}.high", rule, value["high"])
-    log = _value(source, f"{field}.log", _BOOL, value.get("log", False))
+        raise fail(source, field, f"a list of values ({name} is not numeric)", raw)
+    unknown = set(raw) - {"low", "high", "log"}
+    if unknown or not {"low", "high"} <= set(raw):
+        raise fail(source, field, "a table with keys low, high and optionally log", raw)
+    low = check_value(source, f"{field}.low", rule, raw["low"])
+    high = check_value(source, f"{field}.high", rule, raw["high"])
+    log = check_value(source, f"{field}.log", BOOL, raw.get("log", False))
     if not low < high:
-        raise _fail(source, f"{field}.high", f"greater than low = {low}", high)
+        raise fail(source, f"{field}.high", f"greater than low = {low}", high)
     if log and not low > 0:
-        raise _fail(source, f"{field}.low", "greater than 0 with log = true", low)
+        raise fail(source, f"{field}.low", "greater than 0 with log = true", low)
     return Dimension(name, low=low, high=high, log=log)
+
+
+def _check_space_size(source: str, sampler: str, space: tuple[Dimension, ...]) -> None:
+    """Grid points, and the (hidden_1, hidden_2) pairs of two lists under TPE or random
+    sampling, counted from the list lengths (never enumerated) and capped."""
+    if sampler == "grid":
+        count, what = math.prod(len(d.choices or ()) for d in space), "grid points"
+    else:
+        sizes = [len(d.choices) for d in space if d.name in _HIDDEN and d.choices is not None]
+        count, what = (math.prod(sizes) if len(sizes) == 2 else 0), "pairs of hidden sizes"
+    if count > MAX_CHOICES:
+        allowed = f"at most {MAX_CHOICES:,} {what} (the product of the list lengths)"
+        raise fail(source, "space", allowed, count, shown=f"{count:,}")
 
 
 def _hidden_values(spec_train: TrainSettings, dim: Dimension | None, name: str) -> tuple[int, int]:
@@ -278,35 +261,37 @@ def _hidden_values(spec_train: TrainSettings, dim: Dimension | None, name: str) 
 
 def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> StudySpec:
     """Validate a parsed TOML document (see ``load_spec``)."""
-    for key in raw:
-        if key not in _SECTIONS:
-            raise _fail(source, key, "one of the sections " + ", ".join(_SECTIONS), key)
-    study = _section(source, raw, "study", _STUDY_RULES)
+    for k in raw:
+        if k not in SECTIONS:
+            raise fail(source, field_key(k), "one of the sections " + ", ".join(SECTIONS), k)
+    study = _section(source, raw, "study", STUDY_RULES)
     for required in ("name", "sampler"):
         if required not in study:
-            raise _fail(source, f"study.{required}", "given", _MISSING)
+            raise fail(source, f"study.{required}", "given", MISSING)
     sampler = study["sampler"]
     if sampler != "grid" and "trials" not in study:
-        raise _fail(source, "study.trials", f"given for sampler {sampler!r}", _MISSING)
-    budget = Budget(**_section(source, raw, "budget", _BUDGET_RULES))
+        raise fail(source, "study.trials", f"given for sampler {sampler!r}", MISSING)
+    budget = Budget(**_section(source, raw, "budget", BUDGET_RULES))
     if not budget.min_params < budget.max_params:
-        raise _fail(
+        raise fail(
             source, "budget.max_params", f"greater than min_params = {budget.min_params}",
             budget.max_params,
         )  # fmt: skip
-    data = _section(source, raw, "data", _DATA_RULES)
-    train = TrainSettings(**_section(source, raw, "train", _TRAIN_RULES))
+    data = _section(source, raw, "data", DATA_RULES)
+    rules = train_rules(data.get("train_size"))
+    train = TrainSettings(**_section(source, raw, "train", rules))
     space_raw = raw.get("space", {})
     if not isinstance(space_raw, dict):
-        raise _fail(source, "space", "a table", space_raw)
-    space = tuple(_dimension(source, k, v, sampler) for k, v in space_raw.items())
+        raise fail(source, "space", "a table", space_raw)
+    space = tuple(_dimension(source, k, v, sampler, rules) for k, v in space_raw.items())
     if sampler == "grid" and not space:
-        raise _fail(source, "space", "at least one list of values with sampler 'grid'", {})
+        raise fail(source, "space", "at least one list of values with sampler 'grid'", {})
+    _check_space_size(source, sampler, space)
     # Nesterov momentum with no momentum would fail every trial (the optimiser refuses it).
     searched = {d.name: d.choices or () for d in space}
     nesterov = train.nesterov or True in searched.get("nesterov", ())
     if nesterov and "momentum" not in searched and not train.momentum > 0:
-        raise _fail(source, "train.nesterov", "false unless momentum > 0", True)
+        raise fail(source, "train.nesterov", "false unless momentum > 0", True)
     spec = StudySpec(
         name=study["name"],
         sampler=sampler,
@@ -335,7 +320,7 @@ def stored_spec(stored: Any, *, source: str) -> StudySpec:
     """The spec stored on a study (``StudySpec.to_dict``), validated like a study file: the
     database is shared, so what it holds is someone else's input."""
     if not isinstance(stored, dict):
-        raise _fail(source, "spec", "a table of sections", stored)
+        raise fail(source, "spec", "a table of sections", stored)
     raw = {
         name: {k: v for k, v in table.items() if v is not None}
         if isinstance(table, dict) else table
@@ -348,7 +333,7 @@ def first_difference(stored: StudySpec, given: StudySpec) -> tuple[str, Any, Any
     """The first field (``section.key``) in which ``given`` would change ``stored``'s results,
     with both values; None if they agree."""
     old, new = stored.to_dict(), given.to_dict()
-    for section in _SECTIONS:
+    for section in SECTIONS:
         a, b = old.get(section, {}), new.get(section, {})
         for key in [*a, *(k for k in b if k not in a)]:
             field = f"{section}.{key}"

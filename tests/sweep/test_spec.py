@@ -1,12 +1,17 @@
 """One test per rule: the legal edge passes, just past it raises naming the field."""
 
 import copy
+import math
+import os
+import re
+import threading
 from pathlib import Path
 
 import pytest
 
 from sweep.errors import SpecError
-from sweep.spec import Budget, TrainSettings, load_spec, parse_spec
+from sweep.rules import float_in
+from sweep.spec import Budget, TrainSettings, load_spec, parse_spec, stored_spec
 
 STUDIES = Path(__file__).parents[2] / "studies"
 
@@ -27,40 +32,64 @@ def spec_with(section: str, key: str, value, base=BASE):
 RULES = [
     # (section, key, legal edge, just outside)
     ("study", "name", "a", ""),
-    ("study", "name", "seed-grid_2.v1", "bad name"),
+    ("study", "name", "x" * 128, "x" * 129),
+    ("study", "name", "seed grid ✓ 名前", "seed\ngrid"),  # no line breaks in messages and logs
+    ("study", "name", "a b", "a\tb"),
+    ("study", "name", "a", "a\x00"),
+    ("study", "name", "a", "a\u2028b"),  # a Unicode line separator
     ("study", "sampler", "random", "bayes"),
     ("study", "trials", 1, 0),
+    ("study", "trials", 1_000_000, 1_000_001),
     ("study", "seed", 0, -1),
     ("study", "seed", 2**32 - 1, 2**32),  # numpy's seed range
     ("study", "threads", 1, 0),
     ("study", "max_retries", 1, 0),
+    ("study", "threads", 1024, 1025),
+    ("study", "max_retries", 1000, 1001),
+    ("budget", "max_params", 100_000_000, 100_000_001),
+    ("budget", "min_params", 0, 100_000_001),
     ("study", "pruner", "hyperband", "asha"),
     ("budget", "min_params", 0, -1),
     ("data", "train_size", 50_000, 50_001),
     ("data", "train_size", 1, 0),
+    ("data", "path", "~/mnist.pkl.gz", ""),
+    ("data", "path", "~/mnist.pkl.gz", "mnist\x00.pkl.gz"),
     ("train", "epochs", 1, 0),
+    ("train", "epochs", 10_000, 10_001),
     ("train", "batch_size", 1, 0),
+    ("train", "batch_size", 50_000, 50_001),  # the whole training set
     ("train", "learning_rate", 1e-12, 0.0),
     ("train", "learning_rate", 5, -0.1),
+    ("train", "learning_rate", 1e308, math.inf),  # TOML allows inf and nan
+    ("train", "learning_rate", 1e308, math.nan),
+    ("train", "learning_rate", 10**308, 10**309),  # an int past the largest float
     ("train", "init", "zeros", "he"),
     ("train", "activation", "sigmoid", "gelu"),
     ("train", "dtype", "float64", "float16"),
     ("train", "shuffle", False, "yes"),
     ("train", "init_std", 100.0, 0),
+    ("train", "init_std", 1e308, math.inf),
     ("train", "epochs", 3, 3.5),
     ("train", "epochs", 2, True),
     ("train", "momentum", 0.0, 1.0),
     ("train", "momentum", 0.99, -0.1),
+    ("train", "momentum", 0.0, math.nan),
     ("train", "nesterov", False, 1),
     ("train", "weight_decay", 0.0, -1e-4),
+    ("train", "weight_decay", 1e308, math.inf),
     ("train", "schedule", "cosine", "exponential"),
     ("train", "warmup_epochs", 0, -1),
+    ("train", "warmup_epochs", 10_000, 10_001),  # longer than the run is allowed: all warm-up
     ("train", "step_size", 1, 0),
+    ("train", "step_size", 10_000, 10_001),
     ("train", "gamma", 1.0, 1.5),
     ("train", "gamma", 1e-3, 0.0),
+    ("train", "gamma", 1.0, math.nan),
     ("train", "dropout", 0.0, 1.0),
     ("train", "dropout", 0.5, -0.1),
+    ("train", "dropout", 0.0, -math.inf),
     ("train", "patience", 0, -1),
+    ("train", "patience", 10_000, 10_001),
 ]
 
 
@@ -214,3 +243,256 @@ def test_the_largest_seed_still_seeds_every_worker():
     for salt in (0, 1, 2**20 + 7):  # a sweep run's workers, and a sweep worker's salt
         study = optuna.create_study(sampler=make_sampler(spec, salt))
         study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+
+
+def tpe_with(space):
+    raw = copy.deepcopy(BASE)
+    raw["study"]["sampler"] = "tpe"
+    raw["space"] = space
+    return parse_spec(raw, source="x.toml")
+
+
+def test_a_batch_is_at_most_the_training_set_in_use():
+    small = copy.deepcopy(BASE)
+    small["data"] = {"train_size": 2000}
+    assert spec_with("train", "batch_size", 2000, small).train.batch_size == 2000
+    assert spec_with("space", "batch_size", [64, 2000], small).dimension("batch_size")
+    at_most = r"must be an integer in \[1, 2000\] \(at most the training set in use\); got 2001$"
+    with pytest.raises(SpecError, match=r"^x\.toml: \[train\.batch_size\] " + at_most):
+        spec_with("train", "batch_size", 2001, small)
+    with pytest.raises(SpecError, match=r"^x\.toml: \[space\.batch_size\] " + at_most):
+        spec_with("space", "batch_size", [64, 2001], small)
+
+
+@pytest.mark.parametrize(
+    ("name", "legal", "illegal", "field"),
+    [
+        ("batch_size", [1, 50_000], [0, 100_000], "space.batch_size"),
+        ("batch_size", {"low": 1, "high": 50_000}, {"low": 1, "high": 50_001},
+         "space.batch_size.high"),
+        ("epochs", {"low": 1, "high": 10_000}, {"low": 1, "high": 1e9}, "space.epochs.high"),
+        ("epochs", {"low": 1, "high": 10_000}, {"low": 1, "high": 10**9}, "space.epochs.high"),
+        ("learning_rate", [0.1], [math.nan], "space.learning_rate"),
+        ("learning_rate", {"low": 1e-3, "high": 1e308}, {"low": 1e-3, "high": math.inf},
+         "space.learning_rate.high"),
+        ("momentum", {"low": 0.0, "high": 0.99}, {"low": math.nan, "high": 0.99},
+         "space.momentum.low"),
+        ("dropout", [0.0, 0.5], [0.5, 1.0], "space.dropout"),
+        ("patience", [0, 10_000], [0, 10_001], "space.patience"),
+    ],
+)  # fmt: skip
+def test_searched_values_obey_the_rules_of_their_train_field(name, legal, illegal, field):
+    tpe_with({**BASE["space"], name: legal})
+    with pytest.raises(SpecError, match=rf"^x\.toml: \[{re.escape(field)}\] must be "):
+        tpe_with({**BASE["space"], name: illegal})
+
+
+def test_a_grid_has_at_most_100000_points_counted_before_the_budget():
+    # 1000 × 100 points, every one of them in the budget
+    rates = [round(0.001 * (i + 1), 6) for i in range(1000)]
+    space = {**BASE["space"], "learning_rate": rates, "init_std": list(range(1, 101))}
+    assert spec_with("space", "init_std", list(range(1, 101)), {**BASE, "space": space})
+    space["init_std"] = list(range(1, 102))  # 101,000 points
+    with pytest.raises(
+        SpecError, match=r"^x\.toml: \[space\] must be at most 100,000 grid points .*; got 101,000$"
+    ):
+        parse_spec({**BASE, "space": space}, source="x.toml")
+    # The budget filter comes later: a grid whose points are all out of budget still counts.
+    space = {"hidden_1": list(range(1, 401)), "hidden_2": list(range(1, 401))}  # 160,000
+    with pytest.raises(SpecError, match=r"^x\.toml: \[space\] must be at most 100,000 grid"):
+        parse_spec({**BASE, "space": space}, source="x.toml")
+
+
+def test_a_huge_grid_is_counted_not_enumerated(monkeypatch):
+    import sweep.space
+
+    def enumerate_the_grid(spec):
+        raise AssertionError("the grid was enumerated")
+
+    monkeypatch.setattr(sweep.space, "grid_points", enumerate_the_grid)
+    ints = list(range(1, 1001))
+    floats = [(i + 1) / 1001 for i in range(1000)]
+    space = {name: ints for name in ("hidden_1", "hidden_2", "epochs", "batch_size", "step_size")}
+    space |= {name: floats for name in ("momentum", "dropout", "weight_decay", "init_std")}
+    space["learning_rate"] = [1 + f for f in floats]
+    with pytest.raises(SpecError, match=r"\[space\] must be .*; got 1,000,000,000,000,000,000,"):
+        parse_spec({**BASE, "space": space}, source="x.toml")  # 1000**10 = 10**30 points
+
+
+def test_a_list_has_at_most_100000_values():
+    rates = [1 + i / 100_000 for i in range(100_000)]
+    assert len(tpe_with({**BASE["space"], "learning_rate": rates}).space[2].choices) == 100_000
+    with pytest.raises(
+        SpecError,
+        match=r"^x\.toml: \[space\.learning_rate\] must be a list of at most 100,000 values; "
+        r"got 100,001 values$",
+    ):
+        tpe_with({**BASE["space"], "learning_rate": [*rates, 3.0]})
+
+
+def test_two_lists_of_hidden_sizes_give_at_most_100000_pairs():
+    # Under TPE they become one categorical parameter, one choice per in-budget pair.
+    space = {"hidden_1": list(range(512, 522)), "hidden_2": list(range(1, 10_001))}
+    assert tpe_with(space).dimension("hidden_2")
+    space["hidden_1"] = list(range(512, 523))  # 110,011 pairs
+    with pytest.raises(
+        SpecError, match=r"^x\.toml: \[space\] must be at most 100,000 pairs of hidden sizes"
+    ):
+        tpe_with(space)
+
+
+def write(tmp_path, text: str | bytes, name="x.toml") -> Path:
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+GOOD = (STUDIES / "quick.toml").read_text()
+
+
+def test_a_study_file_is_at_most_1_mib(tmp_path):
+    padding = 1024 * 1024 - len(GOOD.encode()) - 1
+    assert load_spec(write(tmp_path, GOOD + "#" * padding + "\n")).name == "quick"  # 1 MiB
+    with pytest.raises(
+        SpecError, match=r"x\.toml: cannot read study file: 1,048,577 bytes; at most 1,048,576$"
+    ):
+        load_spec(write(tmp_path, GOOD + "#" * (padding + 1) + "\n"))
+
+
+def error_within(seconds: float, f, *args) -> str | None:
+    """The SpecError message of f(*args), failing the test if f is still blocked after
+    ``seconds`` (not a speed test: a blocked open of a FIFO never returns)."""
+    out = []
+    caller = threading.Thread(target=lambda: out.append(_error_of(f, *args)), daemon=True)
+    caller.start()
+    caller.join(seconds)
+    if caller.is_alive():
+        for fifo in [a for a in args if Path(a).is_fifo()]:  # let a blocked open through
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        caller.join()
+        pytest.fail(f"{f.__name__}{args} blocked")
+    return out[0]
+
+
+def _error_of(f, *args) -> str | None:
+    try:
+        f(*args)
+    except SpecError as e:
+        return str(e)
+    return None
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path):
+    fifo = tmp_path / "x.toml"
+    os.mkfifo(fifo)
+    message = f"{fifo}: cannot read study file: a FIFO, not a regular file"
+    assert error_within(10, load_spec, fifo) == message
+
+
+def test_a_file_swapped_for_a_fifo_after_the_check_does_not_block(tmp_path, monkeypatch):
+    path = write(tmp_path, GOOD)
+    real_stat, swapped = os.stat, []
+
+    def stat_then_swap(p, *args, **kwargs):  # the race, forced: checked, then replaced
+        result = real_stat(p, *args, **kwargs)
+        if Path(p) == path and not swapped:
+            swapped.append(path)
+            path.unlink()
+            os.mkfifo(path)
+        return result
+
+    monkeypatch.setattr(os, "stat", stat_then_swap)
+    message = error_within(10, load_spec, path)  # an empty document, read without waiting
+    assert message == f"{path}: [study.name] must be given; got nothing"
+
+
+def test_a_file_that_grows_after_the_check_is_still_capped(tmp_path, monkeypatch):
+    path = write(tmp_path, GOOD)
+    real_stat, grown = os.stat, []
+
+    def stat_then_grow(p, *args, **kwargs):
+        result = real_stat(p, *args, **kwargs)
+        if Path(p) == path and not grown:
+            grown.append(path)
+            with path.open("a") as f:
+                f.write("#" * 1024 * 1024 + "\n")
+        return result
+
+    monkeypatch.setattr(os, "stat", stat_then_grow)
+    with pytest.raises(SpecError, match=r"x\.toml: cannot read study file: more than 1,048,576"):
+        load_spec(path)
+
+
+def test_a_folder_and_a_device_are_refused(tmp_path):
+    with pytest.raises(SpecError, match=r"cannot read study file: a folder, not a regular file$"):
+        load_spec(tmp_path)
+    with pytest.raises(SpecError, match=r"cannot read study file: a device, not a regular file$"):
+        load_spec("/dev/null")
+    with pytest.raises(SpecError, match="^" + re.escape("x\0.toml: cannot read study file")):
+        load_spec("x\0.toml")
+
+
+def test_a_study_file_must_be_utf8(tmp_path):
+    path = write(tmp_path, GOOD.encode() + b"# caf\xe9\n")
+    line = GOOD.count("\n") + 1
+    with pytest.raises(
+        SpecError, match=rf"x\.toml: not valid UTF-8: byte 0xe9 at line {line}, column 6$"
+    ):
+        load_spec(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("a = " + "[" * 5000 + "]" * 5000, "arrays or tables nested too deeply"),
+        ("a = " + "{b = " * 5000 + "1" + "}" * 5000, "arrays or tables nested too deeply"),
+        ("a = " + "9" * 5000, "an integer of more than 4300 digits"),
+    ],
+    ids=["arrays", "tables", "digits"],
+)
+def test_toml_that_python_cannot_read_is_one_line(tmp_path, text, why):
+    with pytest.raises(SpecError, match=rf"x\.toml: not valid TOML: {why}$"):
+        load_spec(write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "low_open", "high_open"),
+    [(0, math.inf, False, False), (-math.inf, 0, False, False), (-math.inf, math.inf, True, True)],
+)
+def test_float_rules_refuse_nan_and_inf_whatever_their_bounds(low, high, low_open, high_open):
+    rule = float_in(low, high, low_open=low_open, high_open=high_open)
+    assert rule.check(0.0)
+    assert not any(rule.check(v) for v in (math.nan, math.inf, -math.inf))
+
+
+def test_unknown_keys_are_quoted_in_the_field_so_the_message_stays_one_line():
+    with pytest.raises(SpecError) as info:
+        spec_with("train", "a\nb", 1)
+    assert str(info.value).startswith('x.toml: [train."a\\nb"] must be one of the known keys')
+    with pytest.raises(SpecError, match=r'^x\.toml: \["tr\\u2028ain"\] must be one of the sec'):
+        parse_spec({**BASE, "tr\u2028ain": {}}, source="x.toml")
+    with pytest.raises(SpecError) as info:
+        spec_with("space", "x" * 1000, [1])
+    assert len(str(info.value)) < 800 and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        None,
+        [],
+        "spec",
+        {"study": 5},
+        {"study": {"name": "g", "sampler": "grid"}, "space": []},
+        {"study": {"name": "g", "sampler": "grid"}, "space": {"hidden_1": [[512]]}},
+        {"study": {"name": "g", "sampler": "grid"}, "space": {"hidden_1": [10**5000]}},
+        {"study": {"name": "g", "sampler": "grid"}, "space": {"hidden_1": [[10**5000]]}},
+        {"study": {"name": "g", "sampler": "grid"}, "space": {"learning_rate": [10**400]}},
+        {"study": {"name": "g", "sampler": "tpe", "trials": 1}, "space": {"dropout": {"low": {}}}},
+        {1: {}},
+    ],
+)
+def test_a_malformed_stored_spec_is_a_spec_error(stored):
+    with pytest.raises(SpecError, match=r"^study 'g': \[") as info:
+        stored_spec(stored, source="study 'g'")
+    assert len(str(info.value).splitlines()) == 1
