@@ -274,41 +274,25 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    """Serve optuna-dashboard for the study database (127.0.0.1 unless --host says otherwise)."""
-    import threading
-
-    import optuna_dashboard
-
+    """Serve optuna-dashboard for the study database: read-only unless --allow-writes, and
+    only to requests that name this machine (127.0.0.1 unless --host says otherwise)."""
+    from sweep.dashboard import serve
     from sweep.storage import mask_password, open_storage, resolve_url
 
-    storage = open_storage(args.storage, heartbeat_interval=None, grace_period=None)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(
-            "warning: the dashboard's write endpoints have no authentication; "
-            f"anyone who can reach {args.host}:{args.port} can change studies",
-            file=sys.stderr,
-        )
-    print(
-        f"dashboard for {mask_password(resolve_url(args.storage))} "
-        f"at http://{args.host}:{args.port}/ (Ctrl-C stops it)",
-        file=sys.stderr,
-    )
-    # The server runs in a thread: in the main thread, a Ctrl-C or SIGTERM that lands while
-    # a request is handled is swallowed by wsgiref's error handler and the server carries on.
-    failed: list[BaseException] = []
+    storage = open_storage(args.storage, heartbeat_interval=None, grace_period=None,
+                           read_only=not args.allow_writes)  # fmt: skip
+    if args.allow_writes:
+        policy = ("writes allowed: anyone who can reach it can create, rename and delete "
+                  "studies")  # fmt: skip
+    else:
+        policy = "read-only; --allow-writes lets it change studies"
+    shown = mask_password(resolve_url(args.storage))
 
-    def serve() -> None:
-        try:
-            optuna_dashboard.run_server(storage, host=args.host, port=args.port)
-        except BaseException as e:  # raised again in the main thread
-            failed.append(e)
+    def ready(url: str) -> None:
+        print(f"dashboard for {shown} at {url} ({policy}; Ctrl-C stops it)", file=sys.stderr)
 
-    server = threading.Thread(target=serve, daemon=True)
-    server.start()
-    while server.is_alive():
-        server.join(0.5)
-    if failed:
-        raise failed[0]
+    serve(storage, host=args.host, port=args.port, allow_writes=args.allow_writes,
+          extra_hosts=args.allow_host, on_ready=ready)  # fmt: skip
     return EXIT_OK
 
 
@@ -423,6 +407,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _trial_cap(text: str) -> int:
+    from sweep.rules import MAX_TRIALS
+
+    value = int(text)
+    if not 1 <= value <= MAX_TRIALS:
+        raise argparse.ArgumentTypeError(f"must be an integer in [1, {MAX_TRIALS}]; got {text}")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 65535:
@@ -496,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
         "fastest split measured, see make bench)",
     )  # fmt: skip
     p.add_argument(
-        "--trials", type=_positive_int, help="trial cap for the whole study (overrides the file)"
+        "--trials", type=_trial_cap, help="trial cap for the whole study (overrides the file)"
     )
     p.add_argument(
         "--backend", choices=["loky", "dask"], default="loky",
@@ -574,13 +567,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "dashboard",
-        help="serve optuna-dashboard on 127.0.0.1",
+        help="serve optuna-dashboard, read-only, on 127.0.0.1",
         description=_cmd_dashboard.__doc__,
         epilog="example: sweep dashboard --port 8080",
     )
     p.add_argument("--storage", help=storage_help)
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8080)
+    p.add_argument(
+        "--allow-writes", action="store_true",
+        help="let the dashboard create, rename and delete studies and write notes (its API has "
+        "no authentication: anyone who can reach it can)",
+    )  # fmt: skip
+    p.add_argument(
+        "--allow-host", action="append", default=[], metavar="NAME",
+        help="another name the dashboard answers to (a DNS alias, a reverse proxy); repeatable",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_dashboard)
     return parser
 

@@ -5,9 +5,11 @@ import os
 import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
+import optuna
 import pytest
 
 from mlp import data as data_mod
@@ -201,9 +203,35 @@ def test_dashboard_serves_the_study_on_loopback(tmp_path):
 
         body = wait_for(studies, timeout=60)
         assert [s["study_name"] for s in body["study_summaries"]] == ["g"], body
+        rename = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/studies/{body['study_summaries'][0]['study_id']}/rename",
+            data=b'{"study_name": "../../x"}', method="POST",
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(rename, timeout=5)
+        assert refused.value.code == 405
+        assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["g"]
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143
+    assert err.splitlines()[0] == (
+        f"dashboard for {url} at http://127.0.0.1:{port}/ (read-only; --allow-writes lets it "
+        "change studies; Ctrl-C stops it)"
+    )
+    assert err.splitlines()[-1] == "sweep: terminated; rerun to resume"
+
+
+def test_a_dashboard_port_in_use_is_one_line(tmp_path):
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    optuna.create_study(study_name="g", storage=url)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        out = sweep("dashboard", "--storage", url, "--port", str(s.getsockname()[1]))
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+    assert "address already in use" in out.stderr
 
 
 SECRET_URLS = [

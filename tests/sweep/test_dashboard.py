@@ -1,0 +1,301 @@
+"""sweep.dashboard: optuna-dashboard answers only to this machine's names and, unless told, reads.
+
+The guard is called as a WSGI app (no network) over the real dashboard and a real SQLite study;
+``serve`` is run for real on a free port, in the main thread, and stopped by a Ctrl-C.
+"""
+
+import _thread
+import io
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from wsgiref.util import setup_testing_defaults
+
+import optuna
+import optuna_dashboard
+import pytest
+
+from sweep.dashboard import LOCAL_HOSTS, allowed_hosts, guard, serve
+from sweep.errors import SpecError, SweepError
+
+
+@pytest.fixture
+def db(tmp_path) -> Path:
+    """A SQLite database holding one study, "g" (id 1): trial 1 complete, trial 2 running."""
+    path = tmp_path / "s.db"
+    study = optuna.create_study(storage=f"sqlite:///{path}", study_name="g")
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=1.0))
+    study.ask()  # trial 2, running
+    return path
+
+
+def storage(db: Path) -> optuna.storages.RDBStorage:
+    return optuna.storages.RDBStorage(f"sqlite:///{db}")
+
+
+def dump(db: Path) -> list[str]:
+    """Everything in the database, as SQL."""
+    with sqlite3.connect(db) as conn:
+        return list(conn.iterdump())
+
+
+def names(db: Path) -> list[str]:
+    return sorted(optuna.study.get_all_study_names(storage=f"sqlite:///{db}"))
+
+
+def call(app, method, path, *, host="127.0.0.1:8080", body=None, origin=None):
+    """(status, headers, body) of one WSGI request."""
+    data = b"" if body is None else json.dumps(body).encode()
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "wsgi.input": io.BytesIO(data)}
+    environ.update(CONTENT_TYPE="application/json", CONTENT_LENGTH=str(len(data)))
+    setup_testing_defaults(environ)  # sets a Host of its own
+    environ.pop("HTTP_HOST")
+    if host is not None:
+        environ["HTTP_HOST"] = host
+    if origin is not None:
+        environ["HTTP_ORIGIN"] = origin
+    got = {}
+
+    def start_response(status, headers, exc_info=None):
+        got.update(status=int(status.split()[0]), headers=dict(headers))
+
+    chunks = app(environ, start_response)
+    try:
+        return got["status"], got["headers"], b"".join(chunks)
+    finally:
+        getattr(chunks, "close", lambda: None)()
+
+
+def guarded(db: Path, **kw):
+    return guard(optuna_dashboard.wsgi(storage(db)), allowed_hosts=LOCAL_HOSTS, **kw)
+
+
+# --- Host -----------------------------------------------------------------------------------
+
+LOCAL = ["127.0.0.1:8080", "127.0.0.1", "localhost:8080", "LocalHost", "localhost.", "[::1]:9"]
+LOCAL += ["[::1]", "[0:0:0:0:0:0:0:1]:8080", "localhost:"]
+
+
+@pytest.mark.parametrize("host", LOCAL)
+def test_a_local_host_is_served(db, host):
+    status, _, body = call(guarded(db), "GET", "/api/studies", host=host)
+    assert status == 200
+    assert [s["study_name"] for s in json.loads(body)["study_summaries"]] == ["g"]
+
+
+FOREIGN = ["evil.example", "evil.example:8080", "127.0.0.1.evil.example", "localhost.evil.example"]
+FOREIGN += ["", None, "[::1", "[::1]x", "localhost:80:80", "localhost:x", "local host", "::2"]
+
+
+@pytest.mark.parametrize("host", FOREIGN)
+def test_a_foreign_or_missing_host_is_misdirected(db, host):
+    status, headers, body = call(guarded(db), "GET", "/api/studies", host=host)
+    assert status == 421 and headers["Content-Type"].startswith("text/plain")
+    assert b"study_summaries" not in body and b'"g"' not in body and body.count(b"\n") == 1
+
+
+def test_the_host_is_checked_before_a_write_is_let_through(db):
+    before = dump(db)
+    status, _, _ = call(guarded(db, allow_writes=True), "DELETE", "/api/studies/1", host="evil.x")
+    assert status == 421 and dump(db) == before
+
+
+# --- writes ---------------------------------------------------------------------------------
+
+# (method, path, body, status when allowed, study names afterwards)
+WRITES = [
+    ("POST", "/api/studies", {"study_name": "new", "directions": ["minimize"]}, 201, ["g", "new"]),
+    ("POST", "/api/studies/1/rename", {"study_name": "renamed"}, 201, ["renamed"]),
+    ("DELETE", "/api/studies/1", None, 204, []),
+    ("PUT", "/api/studies/1/note", {"version": 1, "body": "hello"}, 204, ["g"]),
+    ("POST", "/api/trials/2/user-attrs", {"user_attrs": {"k": "v"}}, 204, ["g"]),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [w[:3] for w in WRITES])
+def test_a_write_is_refused_and_the_database_unchanged(db, method, path, body):
+    before = dump(db)
+    status, headers, text = call(guarded(db), method, path, body=body)
+    assert status == 405 and headers["Allow"] == "GET, HEAD, OPTIONS"
+    assert b"read-only" in text
+    assert dump(db) == before
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "after"), WRITES)
+def test_a_write_goes_through_when_allowed(db, method, path, body, status, after):
+    before = dump(db)
+    origin = "http://127.0.0.1:8080"  # what a browser sends from the dashboard's own page
+    assert call(guarded(db, allow_writes=True), method, path, body=body, origin=origin)[0] == status
+    assert names(db) == after and dump(db) != before
+
+
+@pytest.mark.parametrize(
+    "origin", ["http://evil.example", "null", "http://localhost:8080", "http://127.0.0.1:9", "x"]
+)
+def test_a_write_from_another_origin_is_forbidden(db, origin):
+    before = dump(db)
+    app = guarded(db, allow_writes=True)
+    status, _, _ = call(app, "DELETE", "/api/studies/1", host="127.0.0.1:8080", origin=origin)
+    assert status == 403 and dump(db) == before
+
+
+# --- the allow-list -------------------------------------------------------------------------
+
+
+def test_a_bound_address_answers_to_itself_and_the_localhost_names():
+    assert allowed_hosts("127.0.0.1") == LOCAL_HOSTS
+    assert allowed_hosts("::1", extra_hosts=["Dash.Example.:443", "[::2]"]) == LOCAL_HOSTS | {
+        "dash.example",
+        "::2",
+    }
+
+
+@pytest.mark.parametrize("wildcard", ["0.0.0.0", "::"])
+def test_an_all_interfaces_bind_answers_to_the_machine_name_not_to_any(wildcard):
+    hosts = allowed_hosts(wildcard)
+    assert LOCAL_HOSTS | {socket.gethostname().lower()} <= hosts
+    assert wildcard not in hosts and "evil.example" not in hosts
+
+
+@pytest.mark.parametrize("extra", ["", "http://x.example", "a b", "x:y:z"])
+def test_a_malformed_extra_host_is_a_spec_error(extra):
+    with pytest.raises(SpecError, match="allowed host"):
+        allowed_hosts("127.0.0.1", extra_hosts=[extra])
+
+
+# --- serve, end to end ----------------------------------------------------------------------
+
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def request(url, method="GET", *, host=None, origin=None):
+    headers = {k: v for k, v in [("Host", host), ("Origin", origin)] if v is not None}
+    req = urllib.request.Request(url, method=method, headers=headers)
+    try:
+        with NO_PROXY.open(req, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, e.read()
+
+
+def serving(db, client, **kw):
+    """``client(url)`` run against ``serve`` (in this, the main thread), then a Ctrl-C; returns
+    its result and the interrupt, whose traceback keeps ``serve``'s frame (and server) alive."""
+    result = {}
+
+    def on_ready(url):
+        def run():
+            try:
+                result["value"] = client(url)
+            except BaseException as e:
+                result["error"] = e
+            finally:
+                _thread.interrupt_main()
+
+        threading.Thread(target=run, daemon=True).start()
+
+    with pytest.raises(KeyboardInterrupt) as interrupt:
+        serve(storage(db), host="127.0.0.1", port=0, on_ready=on_ready, **kw)
+    if "error" in result:
+        raise result["error"]
+    return result["value"], interrupt
+
+
+def test_serve_is_read_only_and_answers_only_to_local_names(db):
+    before = dump(db)
+
+    def client(url):
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        return (
+            url,
+            port,
+            [
+                request(url + "api/studies", host=f"127.0.0.1:{port}"),
+                request(url + "api/studies", host="evil.example"),
+                request(url + "api/studies/1", "DELETE"),
+            ],
+        )
+
+    (url, port, (ok, misdirected, delete)), _interrupt = serving(db, client)
+    assert url == f"http://127.0.0.1:{port}/" and port > 0
+    assert ok[0] == 200 and b'"g"' in ok[1]
+    assert misdirected[0] == 421 and b"study_summaries" not in misdirected[1]
+    assert delete[0] == 405 and dump(db) == before
+    with socket.socket() as again:  # serve closed the port (not the GC): it can listen again
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the TIME_WAITs
+        again.bind(("127.0.0.1", port))
+        again.listen()
+
+
+def test_serve_with_writes_allowed_refuses_only_other_origins(db):
+    def client(url):
+        cross = request(url + "api/studies/1", "DELETE", origin="http://evil.example")
+        return cross, names(db), request(url + "api/studies/1", "DELETE")
+
+    (cross, names_between, same), _ = serving(db, client, allow_writes=True)
+    assert cross[0] == 403 and names_between == ["g"]
+    assert same[0] == 204 and names(db) == []
+
+
+def test_a_port_in_use_is_a_one_line_error(db):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SweepError) as e:
+            serve(storage(db), host="127.0.0.1", port=port)
+    assert str(e.value) == (
+        f"cannot serve on 127.0.0.1:{port}: address already in use "
+        "(another dashboard? choose another --port)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("host", "reason"),
+    [
+        ("nosuchhost.invalid", "unknown host"),
+        ("192.0.2.1", "not an address of this machine (choose another --host)"),  # TEST-NET-1
+    ],
+)
+def test_a_host_it_cannot_bind_is_a_one_line_error(db, host, reason):
+    with pytest.raises(SweepError) as e:
+        serve(storage(db), host=host, port=8080)
+    assert str(e.value) == f"cannot serve on {host}:8080: {reason}"
+
+
+def test_a_privileged_port_is_a_one_line_error():
+    start = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+    if not start.exists() or int(start.read_text()) <= 1:
+        pytest.skip("this system lets anyone bind port 1")
+    code = (
+        "import optuna\nfrom sweep.dashboard import serve\nfrom sweep.errors import SweepError\n"
+        "try:\n    serve(optuna.storages.InMemoryStorage(), host='127.0.0.1', port=1)\n"
+        "except SweepError as e:\n    print(e)\n"
+    )
+    drop = []  # root may bind it: run without the capability to
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("root, and no setpriv to drop CAP_NET_BIND_SERVICE")
+        drop = ["setpriv", "--inh-caps=-net_bind_service", "--bounding-set=-net_bind_service"]
+    out = subprocess.run(
+        [*drop, sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert out.stdout == (
+        "cannot serve on 127.0.0.1:1: permission denied "
+        "(ports below 1024 need root; choose another --port)\n"
+    ), out.stderr
+
+
+@pytest.mark.parametrize("port", [-1, 65536])  # getaddrinfo takes 65536 for 0, a free port
+def test_a_port_out_of_range_is_a_spec_error(db, port):
+    with pytest.raises(SpecError, match="port"):
+        serve(storage(db), host="127.0.0.1", port=port, on_ready=pytest.fail)
