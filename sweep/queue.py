@@ -197,7 +197,7 @@ def _covering(conn: Any, study_id: int) -> list[tuple[int, TrialState, str | Non
     for trial_id, state, fixed_json, has_reason in rows:
         if not _counts(state, has_reason is not None):
             continue
-        point = json.loads(fixed_json) if fixed_json else {}
+        point = _json(fixed_json, dict, {})
         out.append([trial_id, state, _point_key(point) if point else None])
         if not point:
             unfixed.append(trial_id)
@@ -313,7 +313,10 @@ def top_up(
 
 def _json(text: str | None, kind: type, default: Any) -> Any:
     """A JSON attribute another client may have written: ``default`` unless it is a ``kind``."""
-    value = json.loads(text) if text else default
+    try:
+        value = json.loads(text) if text else default
+    except ValueError:  # not JSON at all (written by SQL, not by optuna)
+        return default
     return value if isinstance(value, kind) else default
 
 

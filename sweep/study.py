@@ -83,7 +83,11 @@ def open_study(
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([METRIC])
     given = json.dumps(spec.to_dict())
-    stored = json.loads(queue.adopt_spec(rdb_of(study._storage), study._study_id, given))
+    stored = queue.adopt_spec(rdb_of(study._storage), study._study_id, given)
+    try:
+        stored = json.loads(stored)
+    except ValueError as e:  # written by another client, not by optuna's set_user_attr
+        raise SpecError(f"study {spec.name!r}: its stored spec is not JSON ({e})") from e
     old = stored_spec(stored, source=f"study {spec.name!r}")
     _refuse_difference(old, spec)
     if old.trials != spec.trials:

@@ -443,3 +443,30 @@ def test_a_retry_history_of_another_type_is_ignored(storage_url):
     replacement = study.trials[1]
     assert replacement.system_attrs["retry_history"] == [0]
     assert replacement.system_attrs["fixed_params"] == {}
+
+
+def test_attributes_that_are_not_json_are_read_as_absent(tmp_path, storage_url):
+    # optuna always writes JSON; a client writing the tables by SQL may not. A grid whose
+    # queue holds a trial with garbage for fixed_params still tops up to each point once.
+    _, spec = _queued_grid(tmp_path, storage_url)
+    engine = sqlalchemy.create_engine(storage_url)
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text(
+            "UPDATE trial_system_attributes SET value_json = 'not json {' "
+            "WHERE key = 'fixed_params' AND trial_id = (SELECT min(trial_id) FROM trials)"
+        ))  # fmt: skip
+    study = optuna.load_study(study_name="g", storage=open_storage(storage_url))
+    top_up(study, spec)  # reads the queue by SQL (optuna itself cannot load that trial)
+    assert _rows_and_numbers(storage_url, study._study_id) == (9, 9)  # + the point it lost
+
+
+def test_a_stored_spec_that_is_not_json_is_one_line(tmp_path, storage_url):
+    study_file, _ = _queued_grid(tmp_path, storage_url)
+    engine = sqlalchemy.create_engine(storage_url)
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text(
+            "UPDATE study_user_attributes SET value_json = '{\"study\": ' WHERE key = 'spec'"
+        ))  # fmt: skip
+    out = run_cli("run", str(study_file), "--storage", storage_url)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "sweep: error: study 'g': its stored spec is not JSON" in out.stderr
