@@ -305,6 +305,13 @@ def _study_spec(study: str) -> StudySpec:
     path = Path(study)
     if not path.exists() and not path.suffix and Path("studies", f"{study}.toml").exists():
         path = Path("studies", f"{study}.toml")
+    if not path.exists() and not path.is_symlink():
+        import difflib
+
+        shipped = {p.stem: p for p in sorted(Path("studies").glob("*.toml"))}
+        close = difflib.get_close_matches(path.stem, shipped, n=1, cutoff=0.6)
+        hint = f"; did you mean {shipped[close[0]]}?" if close else ""
+        raise SpecError(f"{study}: no such study file{hint}")
     return load_spec(path)
 
 
@@ -430,6 +437,15 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mlp-sweep")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sweep",
@@ -437,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: sweep train --epochs 10   |   sweep data",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(

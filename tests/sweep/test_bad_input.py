@@ -5,7 +5,9 @@ The README's table of messages is checked against this list, so the two cannot d
 """
 
 import hashlib
+import os
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -139,9 +141,59 @@ CASES = [
     ),
     (
         "corrupt dataset",
-        study(data='path = "{tmp}/corrupt.pkl.gz"'),
+        study(data='path = "{tmp}corrupt.pkl.gz"'),
         1,
-        r"{tmp}/corrupt\.pkl\.gz: expected a gzipped pickle of \(train, valid, test\); .*",
+        r"{tmp}corrupt\.pkl\.gz: expected a gzipped pickle of \(train, valid, test\); .*",
+    ),
+    (
+        "a name with a control character",
+        study(study_extra="").replace('name = "g"', 'name = "g\\tgrid"'),
+        2,
+        r"{file}: \[study\.name\] must be 1 to 128 characters, no control characters; "
+        r"got 'g\\tgrid'",
+    ),
+    (
+        "too many trials",
+        study(sampler="random", study_extra="").replace("trials = 3", "trials = 1_000_001"),
+        2,
+        r"{file}: \[study\.trials\] must be an integer in \[1, 1000000\]; got 1000001",
+    ),
+    (
+        "too many epochs",
+        study().replace("epochs = 1", "epochs = 10_001"),
+        2,
+        r"{file}: \[train\.epochs\] must be an integer in \[1, 10000\]; got 10001",
+    ),
+    (
+        "a batch larger than the training set",
+        study(extra="batch_size = 4096"),
+        2,
+        r"{file}: \[train\.batch_size\] must be an integer in \[1, 2000\] \(at most the "
+        r"training set in use\); got 4096",
+    ),
+    (
+        "nan in a list",
+        study(space=GOOD_SPACE + "\nlearning_rate = [0.1, nan]"),
+        2,
+        r"{file}: \[space\.learning_rate\] must be a float in \(0, inf\); got nan",
+    ),
+    (
+        "a grid too large",
+        study(
+            space="\n".join(
+                f"{k} = [{', '.join(str(v) for v in range(1, 101))}]"
+                for k in ("epochs", "batch_size", "patience")
+            )
+        ),
+        2,
+        r"{file}: \[space\] must be at most 100,000 grid points \(the product of the list "
+        r"lengths\); got 1,000,000",
+    ),
+    (
+        "a study file that is not UTF-8",
+        b'[study]\nname = "caf\xe9"\n',  # Latin-1
+        2,
+        r"{file}: not valid UTF-8: byte 0xe9 at line 2, column 12",
     ),
     (
         "unreachable storage URL",
@@ -182,22 +234,132 @@ def _digest(path: Path) -> str:
 def test_bad_input(case, text, code, pattern, existing_db, tmp_path):
     (tmp_path / "corrupt.pkl.gz").write_bytes(b"\x1f\x8b not really gzip")
     file = tmp_path / "bad.toml"
-    file.write_text(text.replace("{tmp}", str(tmp_path)))
+    if isinstance(text, bytes):
+        file.write_bytes(text)
+    else:
+        file.write_text(text.replace("{tmp}", f"{tmp_path}/"))
     url = STORAGE_ARGS.get(case, f"sqlite:///{existing_db}")
     before = _digest(existing_db)
     out = run_cli("run", str(file), "--storage", url)
+    _assert_one_line(
+        out, code, pattern.format(file=re.escape(str(file)), tmp=re.escape(f"{tmp_path}/"))
+    )
+    assert _digest(existing_db) == before, "the existing database changed"
+
+
+def _assert_one_line(out, code: int, pattern: str) -> None:
     assert out.returncode == code, out.stderr
     assert out.stdout == ""
     assert out.stderr.count("\n") == 1, out.stderr
     assert "Traceback" not in out.stderr
-    expected = "sweep: error: " + pattern.format(
-        file=re.escape(str(file)), tmp=re.escape(str(tmp_path))
-    )
-    assert re.fullmatch(expected + "\n", out.stderr), out.stderr
+    assert re.fullmatch("sweep: error: " + pattern + "\n", out.stderr), out.stderr
+
+
+def _fifo(tmp: Path) -> None:
+    os.mkfifo(tmp / "fifo.toml")
+
+
+def _busy_port(tmp: Path) -> socket.socket:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    (tmp / "port").write_text(str(listener.getsockname()[1]))
+    return listener
+
+
+# Other commands: (case, arguments, set-up, exit code, message pattern); in the arguments,
+# {tmp} is a fresh folder (with its slash), {db} the existing database, {port} a busy port.
+OTHER_CASES = [
+    (
+        "a study file that does not exist",
+        ["run", "seed-gird"],  # run from the project folder, which holds studies/
+        None,
+        2,
+        r"seed-gird: no such study file; did you mean studies/seed-grid\.toml\?",
+    ),
+    (
+        "a FIFO as the study file",
+        ["run", "{tmp}fifo.toml"],
+        _fifo,
+        2,
+        r"{tmp}fifo\.toml: cannot read study file: a FIFO, not a regular file",
+    ),
+    (
+        "a study file over 1 MiB",
+        ["run", "{tmp}big.toml"],
+        lambda tmp: (tmp / "big.toml").write_text("# " + "x" * 2_000_000),
+        2,
+        r"{tmp}big\.toml: cannot read study file: 2,000,002 bytes; at most 1,048,576",
+    ),
+    (
+        "not an optuna study database",
+        ["status", "--storage", "sqlite:///{tmp}notes.txt"],
+        lambda tmp: (tmp / "notes.txt").write_text("a shopping list\n"),
+        1,
+        r"storage sqlite:///{tmp}notes\.txt: not an optuna study database \(file is not a "
+        r"database\)",
+    ),
+    (
+        "a database file that does not exist (status, report, dashboard)",
+        ["report", "all", "--storage", "sqlite:///{tmp}none.db"],
+        None,
+        1,
+        r"storage sqlite:///{tmp}none\.db: no such database file {tmp}none\.db",
+    ),
+    (
+        "a dashboard port in use",
+        ["dashboard", "--storage", "sqlite:///{db}", "--port", "{port}"],
+        _busy_port,
+        1,
+        r"cannot serve on 127\.0\.0\.1:\d+: address already in use \(another dashboard\? "
+        r"choose another --port\)",
+    ),
+    (
+        "an unknown dashboard host",
+        ["dashboard", "--storage", "sqlite:///{db}", "--host", "nosuchhost.invalid"],
+        None,
+        1,
+        # without a resolver at all (no network), the lookup fails another way
+        r"cannot serve on nosuchhost\.invalid:8080: (unknown host|cannot resolve host \(.*\))",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "args", "setup", "code", "pattern"), OTHER_CASES, ids=[c[0] for c in OTHER_CASES]
+)
+def test_bad_input_to_other_commands(case, args, setup, code, pattern, existing_db, tmp_path):
+    held = setup(tmp_path) if setup else None
+    port = (tmp_path / "port").read_text() if (tmp_path / "port").exists() else ""
+    tmp = f"{tmp_path}/"
+    before = _digest(existing_db)
+    try:
+        out = run_cli(*(a.format(tmp=tmp, db=existing_db, port=port) for a in args), timeout=60)
+    finally:
+        if isinstance(held, socket.socket):
+            held.close()
+    _assert_one_line(out, code, pattern.format(tmp=re.escape(tmp)))
     assert _digest(existing_db) == before, "the existing database changed"
 
 
-def test_the_readme_catalogues_every_case():
-    text = README.read_text()
-    for case, *_ in CASES:
-        assert f"| {case} |" in text, f"README's table of errors lacks {case!r}"
+def _readme_rows() -> dict[str, tuple[int, str]]:
+    """The README's table of errors: case → (exit code, message)."""
+    section = README.read_text().split("### Errors a user can make")[1].split("\n### ")[0]
+    rows = {}
+    for line in section.splitlines():
+        if m := re.fullmatch(r"\| (.+?) \| `(.+?)` \| (\d+) \| `(.+)` \|", line):
+            rows[m[1]] = (int(m[3]), m[4].replace("\\|", "|"))
+    return rows
+
+
+def test_the_readme_table_and_the_tests_agree_both_ways():
+    # Every case is a row and every row a case, with the same exit code, and the message the
+    # README shows is one the test accepts (x.toml for the study file, any folder for {tmp}).
+    cases = {c[0]: (c[2], c[3]) for c in CASES} | {c[0]: (c[3], c[4]) for c in OTHER_CASES}
+    rows = _readme_rows()
+    assert sorted(rows) == sorted(cases)
+    for case, (code, message) in rows.items():
+        want_code, pattern = cases[case]
+        assert code == want_code, case
+        expected = "sweep: error: " + pattern.format(file=re.escape("x.toml"), tmp=r"(?:\S*/)?")
+        assert re.fullmatch(expected, message), (case, message)

@@ -24,6 +24,13 @@ def sweep(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
     )
 
 
+def test_version_is_the_installed_package_version():
+    from importlib.metadata import version
+
+    out = sweep("--version")
+    assert out.returncode == 0 and out.stdout == f"sweep {version('mlp-sweep')}\n"
+
+
 def test_help_shows_an_example():
     out = sweep("--help")
     assert out.returncode == 0
