@@ -18,10 +18,7 @@ from mlp.train import DivergedError
 from sweep.errors import DataError, SpecError, SweepError
 
 if TYPE_CHECKING:  # optuna takes a second to import; `sweep --help` should not wait for it
-    from pathlib import Path
-
-    import optuna
-
+    from sweep.report import Report
     from sweep.runner import Progress
     from sweep.spec import StudySpec
 
@@ -132,52 +129,6 @@ def _duration(seconds: float) -> str:
     return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-def _trial_table(study: optuna.Study, *, limit: int | None = None) -> str:
-    """The study's trials sorted by value, as an aligned text table."""
-    from optuna.trial import TrialState
-
-    from sweep.queue import why_failed
-
-    trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
-    order = {
-        TrialState.COMPLETE: 0,
-        TrialState.PRUNED: 1,
-        TrialState.RUNNING: 2,
-        TrialState.FAIL: 3,
-    }
-    trials.sort(key=lambda t: (order[t.state], -(t.value if t.value is not None else 0)))
-    names = sorted({k for t in trials for k in t.params})
-    header = ["#", "state", *names, "params", "valid %"]
-    rows = []
-    for t in trials[:limit]:
-        value = f"{t.value:.2f}" if t.value is not None else ""
-        if t.state == TrialState.PRUNED:
-            value += f" (pruned @{t.user_attrs.get('pruned_at', '?')})"
-        if t.state == TrialState.FAIL:
-            value = why_failed(t.user_attrs)[:40]
-        params = [_fmt(t.params.get(n, "")) for n in names]
-        rows.append(
-            [
-                str(t.number),
-                t.state.name.lower(),
-                *params,
-                f"{t.user_attrs.get('n_params', '')}",
-                value,
-            ]
-        )
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-        for r in [header, *rows]
-    )
-
-
-def _fmt(v: object) -> str:
-    from sweep.stored import printable
-
-    return f"{v:g}" if isinstance(v, float) else printable(str(v), 80)
-
-
 def _quiet_optuna() -> None:
     """optuna logs every new study and trial at INFO; our own progress line says it better."""
     import optuna
@@ -187,8 +138,9 @@ def _quiet_optuna() -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     """Create or resume a study and run it to the end with parallel worker processes."""
-    from sweep import runner
+    from sweep.api import run
     from sweep.storage import mask_password, resolve_url
+    from sweep.summary import trial_table
 
     _quiet_optuna()
     spec = _study_spec(args.study)
@@ -198,7 +150,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"{args.jobs} local worker(s) × {spec.threads} BLAS thread(s)"
     )
     try:
-        study = runner.run(
+        study = run(
             spec,
             storage=url,
             jobs=args.jobs,
@@ -209,67 +161,41 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     finally:
         progress.close()
-    print(_trial_table(study))
+    print(trial_table(study))
     return EXIT_OK
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
     """Join a study as one worker (other hosts, batch-scheduler arrays): the study's stored
     spec decides what runs; a study file, if given, must agree with it."""
-    import uuid
-
-    from sweep.storage import resolve_url
-    from sweep.study import join
-    from sweep.worker import work
+    from sweep.api import join
 
     _quiet_optuna()
     if not (args.study or args.name):
         raise SpecError("worker needs a study: --study NAME, or a study file")
     given = _study_spec(args.study) if args.study else None
-    if given and args.name and args.name != given.name:
-        raise SpecError(f"{given.source}: [study.name] is {given.name!r}, not {args.name!r}")
     name = args.name or given.name
-    url = resolve_url(args.storage)
-    spec = join(url, name, spec=given, wait=args.wait, data_path=args.data)
-    run_id = uuid.uuid4().hex[:12]
-    # A sampler seed of its own (the study seed plus a salt): the tasks of a batch array would
-    # otherwise all draw the same random and TPE start-up points.
-    ran = work(spec, url, run_id, salt=1 + int(run_id, 16) % 2**20, launch=True)
+    ran = join(name, storage=args.storage, spec=given, wait=args.wait, data_path=args.data)
     print(f"worker ran {ran} trial(s); study {name!r} has nothing left to claim")
     return EXIT_OK
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
     """Every study in the database: trials by state, best value and its parameters."""
-    import optuna
-    from optuna.trial import TrialState
+    from sweep.api import status
+    from sweep.storage import mask_password, resolve_url
+    from sweep.stored import printable
+    from sweep.summary import fmt
 
-    from sweep.queue import SKIPPED
-    from sweep.storage import mask_password, open_storage, resolve_url
-    from sweep.stored import printable, study_kind
-
-    storage = open_storage(args.storage, heartbeat_interval=None, grace_period=None,
-                           read_only=True)  # fmt: skip
-    summaries = optuna.get_all_study_summaries(storage, include_best_trial=True)
-    if not summaries:
+    studies = status(args.storage)
+    if not studies:
         print(f"no studies in {mask_password(resolve_url(args.storage))}")
-        return EXIT_OK
-    for s in summaries:
-        study = optuna.load_study(study_name=s.study_name, storage=storage)
-        states = {st.name.lower(): 0 for st in TrialState} | {"skipped": 0}
-        for t in study.get_trials(deepcopy=False):
-            skipped = t.state == TrialState.FAIL and SKIPPED in t.user_attrs
-            states["skipped" if skipped else t.state.name.lower()] += 1
-        counts = ", ".join(f"{n} {state}" for state, n in states.items() if n)
-        print(f"{printable(s.study_name, 200)}: {counts or 'no trials'}")
-        if s.best_trial is not None:
-            kind = study_kind(study.user_attrs, study.directions, study.metric_names)
-            value = s.best_trial.value
-            shown = f"{value:.2f}%" if kind.sweep else f"{kind.metric} {value:.6g}"
-            params = ", ".join(
-                f"{printable(k, 40)}={_fmt(v)}" for k, v in s.best_trial.params.items()
-            )
-            print(f"  best: trial {s.best_trial.number}, {shown} ({params})")
+    for s in studies:
+        counts = ", ".join(f"{n} {state}" for state, n in s.counts.items())
+        print(f"{printable(s.name, 200)}: {counts or 'no trials'}")
+        if s.best is not None:
+            params = ", ".join(f"{printable(k, 40)}={fmt(v)}" for k, v in s.best.params.items())
+            print(f"  best: trial {s.best.number}, {s.best_value()} ({params})")
     return EXIT_OK
 
 
@@ -319,42 +245,25 @@ def _cmd_report(args: argparse.Namespace) -> int:
     """Write tables and figures for a study (report.md, trials.csv, PNGs) from the database."""
     from pathlib import Path
 
-    from sweep.storage import open_storage, study_names
+    from sweep.api import report_all, report_study
 
     _quiet_optuna()
-    storage = open_storage(args.storage, heartbeat_interval=None, grace_period=None,
-                           read_only=True)  # fmt: skip
     if args.study != "all":
-        name = _study_name(args.study)
-        _report_one(storage, name, Path(args.out) if args.out else None, args.log_loss)
+        out = Path(args.out) if args.out else None
+        _print_report(report_study(_study_name(args.study), storage=args.storage, out=out,
+                             log_loss=args.log_loss))  # fmt: skip
         return EXIT_OK
-    failed = []  # every study it can is reported; the others are listed at the end
-    for name in study_names(storage):
-        try:
-            _report_one(storage, name, None, args.log_loss, root=Path(args.out or "runs"))
-        except SweepError as e:
-            failed.append(f"sweep: study {name!r} not reported: {e}")
-    for line in failed:
-        print(line, file=sys.stderr)
+    # every study it can is reported; the others are listed at the end
+    _, failed = report_all(storage=args.storage, root=Path(args.out or "runs"),
+                           log_loss=args.log_loss, on_report=_print_report)  # fmt: skip
+    for name, why in failed.items():
+        print(f"sweep: study {name!r} not reported: {why}", file=sys.stderr)
     return EXIT_ERROR if failed else EXIT_OK
 
 
-def _report_one(
-    storage: optuna.storages.BaseStorage,
-    name: str,
-    out: Path | None,
-    log_loss: bool,
-    *,
-    root: Path | None = None,
-) -> None:
-    """One study's report in ``out``, or in its own folder under ``root`` (default runs/)."""
-    from pathlib import Path
-
-    from sweep.report import report_folder, write_report
-
-    out = out or report_folder(root or Path("runs"), storage, name)
-    report = write_report(storage, name, out_dir=out, log_loss=log_loss)
-    print(f"{out / 'report.md'}" + (f"; {report.best_text}" if report.best_text else ""))
+def _print_report(report: Report) -> None:
+    print(f"{report.out_dir / 'report.md'}" + (f"; {report.best_text}" if report.best_text
+                                               else ""))  # fmt: skip
 
 
 def _study_name(study: str) -> str:
@@ -368,18 +277,10 @@ def _study_name(study: str) -> str:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     """Retrain the study's best configuration (same seed) and report its test accuracy, once."""
-    from sweep.objective import evaluate_best
-    from sweep.report import load_study
-    from sweep.storage import open_storage
+    from sweep.api import evaluate
 
     _quiet_optuna()
-    spec = _study_spec(args.study)
-    study = load_study(
-        open_storage(args.storage, heartbeat_interval=None, grace_period=None), spec.name
-    )
-    if not any(t.value is not None for t in study.get_trials(deepcopy=False)):
-        raise SweepError(f"study {spec.name!r} has no completed trial to evaluate")
-    result = evaluate_best(study, spec)
+    result = evaluate(_study_spec(args.study), storage=args.storage)
     print(
         f"trial {result.trial}: validation {result.valid_accuracy:.2f}%, "
         f"test {result.test_accuracy:.2f}% (stored on the study as test_accuracy)"
@@ -391,19 +292,16 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
     """Finite differences against backprop on the reference network, in float64."""
     from pathlib import Path
 
-    from mlp import MLP, gradcheck, load_mnist
-    from sweep.report import describe_gradcheck, write_gradcheck
+    from sweep.gradcheck import check_gradients
 
-    data = load_mnist(args.data)
-    model = MLP(args.hidden_1, args.hidden_2, dtype="float64", seed=args.seed)
-    x = data.train.x[: args.examples].astype("float64")
-    result = gradcheck(model, x, data.train.y[: args.examples], seed=args.seed)
-    out = write_gradcheck(result.ns, result.max_abs_diff, out_dir=Path(args.out))
+    report = check_gradients(hidden_1=args.hidden_1, hidden_2=args.hidden_2,
+                             examples=args.examples, seed=args.seed, out_dir=Path(args.out),
+                             data_path=args.data)  # fmt: skip
     print(f"{'N':>8}  {'epsilon':>8}  max |difference|")
-    for n, d in zip(result.ns, result.max_abs_diff, strict=True):
+    for n, d in zip(report.ns, report.max_abs_diff, strict=True):
         print(f"{n:>8}  {1 / n:>8.0e}  {d:.3e}")
-    print(describe_gradcheck(result.ns, result.max_abs_diff))
-    print(f"written to {out}/gradcheck.md")
+    print(report.reading)
+    print(f"written to {report.out_dir}/gradcheck.md")
     return EXIT_OK
 
 

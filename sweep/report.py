@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -24,13 +23,12 @@ from sweep.queue import why_failed
 from sweep.spec import StudySpec
 from sweep.storage import mask_password, study_names
 from sweep.stored import Kind, count, number, printable, series, study_kind
+from sweep.summary import ordered
 
 logger = logging.getLogger(__name__)
 
 NOTEBOOK_BEST = 97.74  # validation accuracy of the notebook's best grid point, percent
 METRICS = ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy")
-_ORDER = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1, TrialState.RUNNING: 2,
-          TrialState.FAIL: 3, TrialState.WAITING: 4}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,12 +81,6 @@ def _reason(t: FrozenTrial) -> str:
     return ""
 
 
-def _sorted(trials: list[FrozenTrial], maximize: bool) -> list[FrozenTrial]:
-    sign = -1 if maximize else 1
-    return sorted(trials, key=lambda t: (_ORDER[t.state], sign * (t.value if t.value is not None
-                                         else -sign * math.inf), t.number))  # fmt: skip
-
-
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -113,7 +105,7 @@ def write_csv(trials: list[FrozenTrial], path: Path, *, maximize: bool = True) -
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["number", "state", *names, "n_params", "value", *METRICS, "seconds", "reason"])
-        for t in _sorted(trials, maximize):
+        for t in ordered(trials, maximize=maximize):
             w.writerow([
                 t.number, t.state.name, *(t.params.get(n, "") for n in names),
                 count(t, "n_params") or "", "" if t.value is None else t.value,
@@ -122,7 +114,7 @@ def write_csv(trials: list[FrozenTrial], path: Path, *, maximize: bool = True) -
             ])  # fmt: skip
 
 
-def _md_table(header: list[str], rows: list[list[Any]]) -> str:
+def md_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(_fmt(c) for c in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -140,7 +132,7 @@ def _grid_section(done: list[FrozenTrial], out: Path, files: list[str]) -> str:
          _config(t)["learning_rate"], t.value)
         for t in done
     )  # fmt: skip
-    text = "## The grid\n\n" + _md_table(
+    text = "## The grid\n\n" + md_table(
         ["hidden_1", "hidden_2", "parameters", "lr", "r_valid [%]"],
         [[h1, h2, f"{n:,}" if n is not None else "?", lr, f"{v:.2f}"]
          for h1, h2, n, lr, v in rows],
@@ -166,7 +158,7 @@ def _init_section(trials: list[FrozenTrial], out: Path, files: list[str], log: b
     figures.init_loss(losses, out / "init_loss.png", log=log)
     files.append("init_loss.png")
     rows = [[name, f"{v[0]:.5g}", f"{v[-1]:.5g}", len(v)] for name, v in losses.items()]
-    table = _md_table(["init", "loss after epoch 1", "final loss", "epochs"], rows)
+    table = md_table(["init", "loss after epoch 1", "final loss", "epochs"], rows)
     return f"## Initialisation\n\n![training loss by initialisation](init_loss.png)\n\n{table}\n"
 
 
@@ -270,13 +262,13 @@ def write_report(
     lines += sections
     names = _param_names(trials)
     rows = []
-    for t in _sorted(trials, kind.maximize):
+    for t in ordered(trials, maximize=kind.maximize):
         value = "" if t.value is None else f"{t.value:.{'2f' if kind.sweep else '6g'}}"
         ours = [count(t, "n_params") or "", value, number(t.user_attrs.get("seconds")) or ""]
         rows.append([t.number, t.state.name.lower(), *(t.params.get(n, "") for n in names),
                      *(ours if kind.sweep else [value]), _reason(t)])  # fmt: skip
     columns = ["parameters", kind.metric, "seconds"] if kind.sweep else [kind.metric]
-    lines += ["## Trials", "", _md_table(["#", "state", *names, *columns, "note"], rows), ""]
+    lines += ["## Trials", "", md_table(["#", "state", *names, *columns, "note"], rows), ""]
     (out_dir / "report.md").write_text("\n".join(lines))
     best_text = None
     if best is not None:
@@ -341,39 +333,6 @@ def _write_multi(study: optuna.Study, trials: list[FrozenTrial], kind: Kind, out
              "- not made by sweep (several objectives): a plain report of its values",
              f"- directions: {directions}; metrics: {', '.join(metrics)}",
              f"- {len(front)} trial(s) on the Pareto front", "", "## Trials", "",
-             _md_table(["#", "state", *names, *metrics, "note"], rows), ""]  # fmt: skip
+             md_table(["#", "state", *names, *metrics, "note"], rows), ""]  # fmt: skip
     (out / "report.md").write_text("\n".join(lines))
     return Report(out, tuple(files), None, None, None, None)
-
-
-def describe_gradcheck(ns: tuple[int, ...], diffs: tuple[float, ...]) -> str:
-    """A short reading of a gradient check: where the difference is smallest, and why."""
-    best = min(range(len(ns)), key=lambda i: diffs[i])
-    falls = all(diffs[i] >= diffs[i + 1] for i in range(best))
-    text = (
-        f"The largest difference falls from {diffs[0]:.2e} at N = {ns[0]} to {diffs[best]:.2e} at "
-        f"N = {ns[best]} (ε = {1 / ns[best]:.0e})" + ("" if falls else ", not monotonically") + "."
-    )
-    if best < len(ns) - 1:
-        text += (
-            f" Beyond it, it rises again to {diffs[-1]:.2e} at N = {ns[-1]}: float64 round-off in "
-            "L(θ ± ε), divided by 2ε, takes over."
-        )
-    return text
-
-
-def write_gradcheck(ns: tuple[int, ...], diffs: tuple[float, ...], *, out_dir: Path) -> Path:
-    """gradcheck.csv, gradcheck.md (table and reading) and the log-log gradcheck.png."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with (out_dir / "gradcheck.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["N", "epsilon", "max_abs_diff"])
-        w.writerows([n, 1 / n, d] for n, d in zip(ns, diffs, strict=True))
-    figures.gradcheck(ns, diffs, out_dir / "gradcheck.png")
-    rows = [[n, f"{1 / n:.0e}", f"{d:.3e}"] for n, d in zip(ns, diffs, strict=True)]
-    table = _md_table(["N", "ε", "max \\|difference\\|"], rows)
-    (out_dir / "gradcheck.md").write_text(
-        "# Gradient check\n\n![max difference against N](gradcheck.png)\n\n"
-        f"{table}\n\n{describe_gradcheck(ns, diffs)}\n"
-    )
-    return out_dir

@@ -161,7 +161,9 @@ def test_gradcheck_command_writes_table_plot_and_reading(tmp_path):
 
 
 def test_describe_gradcheck_reads_the_curve():
-    text = report.describe_gradcheck((1, 10, 100, 1000), (1e-2, 1e-4, 1e-6, 1e-5))
+    from sweep.gradcheck import describe
+
+    text = describe((1, 10, 100, 1000), (1e-2, 1e-4, 1e-6, 1e-5))
     assert text.startswith(
         "The largest difference falls from 1.00e-02 at N = 1 to 1.00e-06 at N = 100"
     )

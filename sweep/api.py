@@ -1,0 +1,97 @@
+"""sweep from Python: the functions the ``sweep`` command is made of, each returning data.
+
+    import sweep
+
+    spec = sweep.load_spec("studies/seed-grid.toml")
+    study = sweep.run(spec, storage="sqlite:///runs/sweep.db", jobs=2)  # an optuna.Study
+    for s in sweep.status("sqlite:///runs/sweep.db"):
+        print(s.name, s.counts, s.best_value())
+    report = sweep.report_study("seed-grid", storage="sqlite:///runs/sweep.db")
+    print(report.out_dir / "report.md", report.best_text)
+
+``storage`` is a database URL (default: ``$SWEEP_STORAGE``, else ``sqlite:///runs/sweep.db``).
+Errors are the exceptions of ``sweep.errors``, each with a one-line message.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from sweep.errors import SpecError, SweepError
+from sweep.objective import Evaluation, evaluate_best
+from sweep.report import Report, load_study, report_folder, write_report
+from sweep.runner import run
+from sweep.spec import StudySpec, load_spec
+from sweep.storage import open_storage, resolve_url, study_names
+from sweep.study import join as _stored_spec_of
+from sweep.summary import StudyStatus
+from sweep.summary import status as _status
+from sweep.worker import work
+
+__all__ = ["evaluate", "join", "load_spec", "report_all", "report_study", "run", "status"]
+
+
+def join(
+    name: str, *, storage: str | None = None, spec: StudySpec | None = None, wait: float = 0.0,
+    data_path: str | None = None,
+) -> int:  # fmt: skip
+    """Work on study ``name`` as one more worker until it has nothing left to claim; return
+    how many trials this worker ran. The stored spec decides what runs (``spec``, if given,
+    must agree with it); ``wait`` seconds for the study to be created by its launcher."""
+    if spec is not None and spec.name != name:
+        raise SpecError(f"{spec.source}: [study.name] is {spec.name!r}, not {name!r}")
+    url = resolve_url(storage)
+    stored = _stored_spec_of(url, name, spec=spec, wait=wait, data_path=data_path)
+    run_id = uuid.uuid4().hex[:12]
+    # A sampler seed of its own (the study seed plus a salt): the tasks of a batch array would
+    # otherwise all draw the same random and TPE start-up points.
+    return work(stored, url, run_id, salt=1 + int(run_id, 16) % 2**20, launch=True)
+
+
+def status(storage: str | None = None) -> list[StudyStatus]:
+    """Every study in the database: trials by state, best trial (read-only)."""
+    return _status(open_storage(storage, heartbeat_interval=None, grace_period=None,
+                                read_only=True))  # fmt: skip
+
+
+def report_study(
+    name: str, *, storage: str | None = None, out: Path | None = None, log_loss: bool = False
+) -> Report:
+    """Write study ``name``'s report (report.md, trials.csv, figures) into ``out``, by default
+    ``runs/<slug>/`` (a study's name never becomes a path); return what was written."""
+    rdb = open_storage(storage, heartbeat_interval=None, grace_period=None, read_only=True)
+    return write_report(rdb, name, out_dir=out or report_folder(Path("runs"), rdb, name),
+                        log_loss=log_loss)  # fmt: skip
+
+
+def report_all(
+    *, storage: str | None = None, root: Path = Path("runs"), log_loss: bool = False,
+    on_report: Callable[[Report], None] | None = None,
+) -> tuple[list[Report], dict[str, str]]:  # fmt: skip
+    """Report every study it can, each in its own folder under ``root``; return the reports
+    and, for each study that could not be reported, why."""
+    rdb = open_storage(storage, heartbeat_interval=None, grace_period=None, read_only=True)
+    done, failed = [], {}
+    for name in study_names(rdb):
+        try:
+            written = write_report(rdb, name, out_dir=report_folder(root, rdb, name),
+                                   log_loss=log_loss)  # fmt: skip
+        except SweepError as e:
+            failed[name] = str(e)
+            continue
+        done.append(written)
+        if on_report is not None:
+            on_report(written)
+    return done, failed
+
+
+def evaluate(spec: StudySpec, *, storage: str | None = None) -> Evaluation:
+    """Retrain the study's best configuration (same seed) and measure its test accuracy,
+    once; stored on the study as ``test_accuracy`` and ``test_trial``."""
+    study = load_study(open_storage(storage, heartbeat_interval=None, grace_period=None),
+                       spec.name)  # fmt: skip
+    if not any(t.value is not None for t in study.get_trials(deepcopy=False)):
+        raise SweepError(f"study {spec.name!r} has no completed trial to evaluate")
+    return evaluate_best(study, spec)

@@ -1,0 +1,46 @@
+"""The public Python surface: a study run, inspected, reported and evaluated from a notebook."""
+
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import sweep
+from sweep.storage import open_storage
+from sweep.study import open_study, top_up
+from tests.sweep.helpers import grid_study
+
+
+def test_a_study_run_inspected_reported_and_evaluated_from_python(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # reports go to runs/<slug>/ under the working folder
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    spec = sweep.load_spec(grid_study(tmp_path))
+    study = sweep.run(spec, storage=url, jobs=1, trials=3)
+    assert isinstance(study, optuna.Study)
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 3
+    # another host's launcher raises the cap to the whole grid; a worker joins by name
+    top_up(open_study(spec, open_storage(url)), spec)
+    assert sweep.join("g", storage=url) == 5
+
+    [status] = sweep.status(url)
+    assert (status.name, status.counts) == ("g", {"complete": 8})
+    assert status.best_value() == f"{study.best_value:.2f}%"
+
+    written = sweep.report_study("g", storage=url)
+    assert written.out_dir == Path("runs", "g") and (tmp_path / "runs/g/report.md").exists()
+    assert written.best_number == study.best_trial.number
+
+    reports, failed = sweep.report_all(storage=url, root=tmp_path / "all")
+    assert [r.out_dir for r in reports] == [tmp_path / "all" / "g"] and failed == {}
+
+    result = sweep.evaluate(spec, storage=url)
+    assert result.trial == study.best_trial.number and 50 < result.test_accuracy <= 100
+
+
+def test_errors_are_sweeps_own():
+    with pytest.raises(sweep.SpecError, match=r"no-such\.toml: cannot read study file"):
+        sweep.load_spec("no-such.toml")
+    with pytest.raises(sweep.StorageError, match="no such database file"):
+        sweep.status("sqlite:///no/such.db")
+    assert set(sweep.__all__) >= {"run", "join", "status", "report_study", "evaluate", "load_spec"}
