@@ -11,11 +11,18 @@ JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 .PHONY: install data train sweep sweep-pruned sweep-tpe best init gradcheck bench report status dashboard test lint \
 	format clean
 
+DEV_STAMP := $(VENV)/.installed-dev
+
 install: $(STAMP)
 
+# What the commands need (make sweep, report, status, ...); the tests' extras come with make test.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(DEV_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
@@ -66,14 +73,14 @@ status: $(STAMP)
 dashboard: $(STAMP)
 	$(BIN)/sweep dashboard --storage $(STORAGE)
 
-test: data
+test: data $(DEV_STAMP)
 	$(BIN)/python -m pytest
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: $(STAMP)
+format: $(DEV_STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 

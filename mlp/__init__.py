@@ -3,10 +3,11 @@
 Imports numpy and the standard library only.
 """
 
+from mlp.config import ModelConfig, TrainConfig
 from mlp.data import DataError, Dataset, Split, load_mnist
 from mlp.gradcheck import GradCheck, gradcheck
 from mlp.model import MLP, parameter_count
-from mlp.train import DivergedError, EpochMetrics, History, TrainConfig, fit
+from mlp.train import DivergedError, EpochMetrics, History, fit
 
 __all__ = [
     "MLP",
@@ -16,6 +17,7 @@ __all__ = [
     "EpochMetrics",
     "GradCheck",
     "History",
+    "ModelConfig",
     "Split",
     "TrainConfig",
     "fit",

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import numpy as np
 
+from mlp.config import DTYPES, ModelConfig
 from mlp.functions import ACTIVATIONS, INITIALISERS, cross_entropy, cross_entropy_grad
 
 N_INPUTS = 784
 N_CLASSES = 10
-DTYPES = ("float32", "float64")
 
 
 def parameter_count(hidden_1: int, hidden_2: int) -> int:
@@ -43,7 +44,8 @@ class MLP:
     """A two-hidden-layer perceptron; owns its weights, nothing else.
 
     Weights are stored as (fan_in, fan_out) so a row-major batch x (n, fan_in) multiplies as
-    ``x @ W``. ``params`` is the list [W1, b1, W2, b2, W3, b3]; ``step`` updates them in place.
+    ``x @ W``. ``params`` is the list [W1, b1, W2, b2, W3, b3]; an optimiser
+    (``mlp.optim.SGD``) updates them in place.
     """
 
     def __init__(
@@ -76,6 +78,11 @@ class MLP:
             # Drawn in float64 then cast, so float32 and float64 models start from the same numbers.
             w = initialise(fan_in, fan_out, rng, init_std).astype(self.dtype)
             self.params += [w, np.zeros(fan_out, dtype=self.dtype)]
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, *, seed: int = 0) -> MLP:
+        """The model ``config`` describes, its weights drawn with ``seed``."""
+        return cls(**dataclasses.asdict(config), seed=seed)
 
     @property
     def n_params(self) -> int:
@@ -139,12 +146,6 @@ class MLP:
         gw1 = x.T @ d1
         gb1 = d1.sum(axis=0)
         return [gw1, gb1, gw2, gb2, gw3, gb3]
-
-    def step(self, grads: list[np.ndarray], learning_rate: float) -> None:
-        """Plain SGD, in place: p ← p - lr·g (the gradient arrays are scaled in place too)."""
-        for p, g in zip(self.params, grads, strict=True):
-            g *= learning_rate
-            p -= g
 
     def loss(self, x: np.ndarray, y: np.ndarray) -> float:
         """Mean cross-entropy on (x, y), in one forward pass."""

@@ -1,4 +1,7 @@
-"""Minibatch SGD for the MLP, with per-epoch metrics and a callback that can stop training."""
+"""Minibatch SGD for the MLP, with per-epoch metrics and a callback that can stop training.
+
+What a run does is a ``TrainConfig`` (``mlp.config``, where every field is declared).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mlp.config import TrainConfig
 from mlp.data import Dataset
 from mlp.functions import cross_entropy
 from mlp.model import MLP
@@ -21,31 +25,6 @@ class DivergedError(ArithmeticError):
     def __init__(self, epoch: int, batch: int, loss: float) -> None:
         super().__init__(f"training diverged: loss {loss} at epoch {epoch}, batch {batch}")
         self.epoch, self.batch, self.loss = epoch, batch, loss
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to train; the model's shape and initialisation live in the MLP itself."""
-
-    epochs: int = 10  # full passes over the training split
-    batch_size: int = 128  # examples per SGD step; the last batch of an epoch may be smaller
-    learning_rate: float = 0.1  # SGD step size on the mean minibatch loss
-    shuffle: bool = False  # reshuffle the training split every epoch (off: the notebook's order)
-    seed: int = 0  # seeds the shuffling
-    # Training loss/accuracy as the notebook measured them: one extra pass over the whole
-    # training split at the end of each epoch. Off: the running mean over the epoch's
-    # minibatches, which costs nothing.
-    full_train_eval: bool = True
-    eval_batch_size: int = 5000  # batch size of the evaluation passes (memory, not results)
-    momentum: float = 0.0  # SGD momentum μ in [0, 1); 0 is plain SGD
-    nesterov: bool = False  # Nesterov momentum (needs momentum > 0)
-    weight_decay: float = 0.0  # L2 penalty λ on the weight matrices (not the biases)
-    schedule: str = "constant"  # learning rate per epoch: constant | step | cosine
-    warmup_epochs: int = 0  # linear warm-up epochs before the schedule
-    step_size: int = 10  # 'step': epochs between decays
-    gamma: float = 0.1  # 'step': decay factor
-    dropout: float = 0.0  # probability of dropping each hidden unit while training
-    patience: int = 0  # stop after this many epochs without a better validation accuracy (0: off)
 
 
 @dataclass(frozen=True)

@@ -229,7 +229,7 @@ def storage_overhead(n: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/o.db"
         _queued_study(url, n)
-        study = _worker_study(url)
+        study = _study_o(url)
         start = time.perf_counter()
         assert serve(study, _trivial, run_id="bench") == n
         ours = (time.perf_counter() - start) / n * 1e3
@@ -250,24 +250,24 @@ def _queued_study(url: str, n: int):
     return study
 
 
-def _worker_study(url: str):
+def _study_o(url: str):
     """Study "o" as a worker opens it (``sweep.worker.work`` with a random sampler)."""
     import optuna
 
     from sweep.storage import open_storage
-    from sweep.writeback import WriteBackStorage
+    from sweep.worker import as_worker_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = WriteBackStorage(open_storage(url))
-    return optuna.load_study(
-        study_name="o", storage=storage, sampler=optuna.samplers.RandomSampler()
+    study = optuna.load_study(
+        study_name="o", storage=open_storage(url), sampler=optuna.samplers.RandomSampler()
     )
+    return as_worker_study(study)
 
 
 def _serve_from(url: str) -> int:
     from sweep.worker import serve
 
-    return serve(_worker_study(url), _trivial, run_id="bench")
+    return serve(_study_o(url), _trivial, run_id="bench")
 
 
 def _imported() -> bool:

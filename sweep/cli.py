@@ -9,13 +9,18 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from mlp.train import DivergedError
-from sweep.errors import DataError, SpecError, SweepError
+from sweep.errors import (
+    DataError,
+    SpecError,
+    SweepError,
+    Terminated,
+    on_sigterm_raise_terminated,
+)  # fmt: skip
 
 if TYPE_CHECKING:  # optuna takes a second to import; `sweep --help` should not wait for it
     from sweep.report import Report
@@ -23,14 +28,6 @@ if TYPE_CHECKING:  # optuna takes a second to import; `sweep --help` should not 
     from sweep.spec import StudySpec
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, taken through the same clean-up as Ctrl-C (running trials are requeued)."""
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise _Terminated
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -48,31 +45,19 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     """Train one network and print a line per epoch and the final validation accuracy."""
-    from mlp import EpochMetrics, fit, load_mnist, parameter_count
-    from sweep.objective import train_settings
-    from sweep.spec import TrainSettings
+    from mlp import MLP, EpochMetrics, fit, load_mnist, parameter_count
+    from sweep.settings import configs_from_args
 
+    # Checked before any data is read: a bad value is one line and exit 2 (a SpecError).
+    m, config = configs_from_args(args, seed=args.seed, train_size=args.train_size)
     ds = load_mnist(args.data)
     if args.train_size:
         ds = ds.head(args.train_size)
-    settings = TrainSettings(
-        hidden_1=args.hidden_1,
-        hidden_2=args.hidden_2,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        init=args.init,
-        init_std=args.init_std,
-        activation=args.activation,
-        dtype=args.dtype,
-        shuffle=args.shuffle,
-        full_train_eval=True,  # the notebook's training loss, printed every epoch
-    )
-    model, config = train_settings(settings, args.seed)
+    model = MLP.from_config(m, seed=config.seed)
     print(
-        f"784-{args.hidden_1}-{args.hidden_2}-10 ({parameter_count(args.hidden_1, args.hidden_2):,}"
-        f" parameters), {args.init} init, {args.activation}, {args.dtype}, lr {args.learning_rate},"
-        f" batch {args.batch_size}, {len(ds.train.y):,} training examples"
+        f"784-{m.hidden_1}-{m.hidden_2}-10 ({parameter_count(m.hidden_1, m.hidden_2):,}"
+        f" parameters), {m.init} init, {m.activation}, {m.dtype}, lr {config.learning_rate},"
+        f" batch {config.batch_size}, {len(ds.train.y):,} training examples"
     )
 
     def show(m: EpochMetrics) -> None:
@@ -328,13 +313,6 @@ def _port(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0; got {text}")
-    return value
-
-
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -364,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="download again even if cached")
     p.set_defaults(func=_cmd_data)
 
-    from mlp.functions import ACTIVATIONS, INITIALISERS
+    from sweep.settings import add_train_arguments
 
     p = sub.add_parser(
         "train",
@@ -372,17 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=_cmd_train.__doc__,
         epilog="example: sweep train --init zeros --dtype float64 --epochs 2",
     )
-    p.add_argument("--hidden-1", type=_positive_int, default=512)
-    p.add_argument("--hidden-2", type=_positive_int, default=768)
-    p.add_argument("--activation", choices=sorted(ACTIVATIONS), default="relu")
-    p.add_argument("--init", choices=sorted(INITIALISERS), default="glorot")
-    p.add_argument("--init-std", type=_positive_float, default=1.0, help="std of 'normal' init")
-    p.add_argument("--learning-rate", "--lr", type=_positive_float, default=0.1)
-    p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--epochs", type=_positive_int, default=10)
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=False)
-    p.add_argument("--seed", type=int, default=0)
+    add_train_arguments(p)
+    p.add_argument(
+        "--seed", default=0, metavar="INT", help="seeds the weights, shuffling and dropout"
+    )
     p.add_argument(
         "--train-size", type=_positive_int, help="use only the first N training examples"
     )
@@ -510,10 +481,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    on_sigterm_raise_terminated()
     try:
         return args.func(args)
-    except _Terminated:
+    except Terminated:
         print("sweep: terminated; rerun to resume", file=sys.stderr)
         return EXIT_TERMINATED
     except KeyboardInterrupt:

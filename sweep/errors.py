@@ -20,5 +20,29 @@ class WorkerError(SweepError):
     went back to the queue."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch scheduler ending its job, ``kill``), taken through the same clean-up
+    as Ctrl-C: running trials go back to the queue. The CLI exits 143 for it, 130 for Ctrl-C."""
+
+
+def on_sigterm_raise_terminated() -> None:
+    """Make SIGTERM raise ``Terminated`` in the main thread, where nobody handles it yet (a
+    worker process run inside ``sweep`` keeps the command's own handler). The one handler of
+    the CLI and of every kind of worker process."""
+    import signal
+    import threading
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated
+
+    if threading.current_thread() is threading.main_thread() and (
+        signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    ):
+        signal.signal(signal.SIGTERM, handler)
+
+
 # mlp cannot import sweep, so its DataError is re-exported here as part of the same family.
-__all__ = ["DataError", "SpecError", "StorageError", "SweepError", "WorkerError"]
+__all__ = [
+    "DataError", "SpecError", "StorageError", "SweepError", "Terminated", "WorkerError",
+    "on_sigterm_raise_terminated",
+]  # fmt: skip

@@ -73,33 +73,51 @@ def accuracy_over_time(
 
 def learning_curves(
     curves: Sequence[tuple[str, Sequence[int], Sequence[float], bool]], path: Path, *,
-    metric: str = ACCURACY,
+    metric: str = ACCURACY, legend_title: str | None = None,
 ) -> Path:  # fmt: skip
     """The reported value per step, one line per trial (label, steps, values, pruned).
 
-    Pruned trials are grey and dashed, so the survivors stand out.
+    With ``legend_title`` the labels are groups (``learning_rate = 0.1``): one colour and one
+    legend entry each, so that 24 lines read as three families. Pruned trials are grey and
+    dashed, so the survivors stand out.
     """
     fig, ax = plt.subplots(figsize=SIZE)
+    colours: dict[str, str] = {}
     for label, epochs, acc, pruned in curves:
         if pruned:
             ax.plot(epochs, acc, color="0.6", linestyle="--", linewidth=1, label="_pruned")
+        elif legend_title is not None:
+            first = label not in colours
+            colour = colours.setdefault(label, f"C{len(colours) % 10}")
+            ax.plot(epochs, acc, marker="o", markersize=3, linewidth=1.2, color=colour,
+                    alpha=0.8, label=label if first else "_same")  # fmt: skip
         else:
             ax.plot(epochs, acc, marker="o", markersize=3, linewidth=1.2, label=label)
     if any(p for *_, p in curves):
         ax.plot([], [], color="0.6", linestyle="--", label="pruned")
     ax.set(title="Learning curves", xlabel="epoch", ylabel=metric)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     if len(ax.get_legend_handles_labels()[1]) <= 12:  # beyond that a legend hides the curves
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="lower right", title=legend_title, title_fontsize=7)
     return _save(fig, path)
 
 
 def accuracy_vs_params(
-    n_params: Sequence[int], values: Sequence[float], bounds: tuple[int, int], path: Path
-) -> Path:
-    """Final validation accuracy against model size, with the budget's bounds drawn."""
+    n_params: Sequence[int], values: Sequence[float], bounds: tuple[int, int], path: Path, *,
+    groups: Sequence[str] | None = None, legend_title: str | None = None,
+) -> Path:  # fmt: skip
+    """Final validation accuracy against model size, with the budget's bounds drawn; points
+    coloured by ``groups`` (the learning curves' colours, in the same order) if given."""
     fig, ax = plt.subplots(figsize=SIZE)
-    ax.scatter(n_params, values, s=22, color="tab:blue", label="trial")
+    if groups is None:
+        ax.scatter(n_params, values, s=22, color="tab:blue", label="trial")
+    else:
+        for i, group in enumerate(dict.fromkeys(groups)):
+            mine = [k for k, g in enumerate(groups) if g == group]
+            ax.scatter([n_params[k] for k in mine], [values[k] for k in mine], s=22,
+                       color=f"C{i % 10}", label=group)  # fmt: skip
+        ax.legend(fontsize=7, loc="best", title=legend_title, title_fontsize=7)
     for b, name in zip(bounds, ("min_params", "max_params"), strict=True):
         ax.axvline(b, color="tab:red", linestyle=":", linewidth=1.2)
         ax.annotate(f"{name} = {b:,}", (b, 0.02), xycoords=("data", "axes fraction"),

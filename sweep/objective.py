@@ -19,8 +19,9 @@ from threadpoolctl import threadpool_limits
 
 from mlp import MLP, Dataset, DivergedError, EpochMetrics, TrainConfig, fit, load_mnist
 from mlp.model import parameter_count
+from sweep.settings import TrainSettings, configs
 from sweep.space import suggest
-from sweep.spec import StudySpec, TrainSettings
+from sweep.spec import StudySpec
 
 logger = logging.getLogger(__name__)
 
@@ -47,35 +48,14 @@ def load_data(spec: StudySpec) -> Dataset:
     return _dataset(spec.data_path, spec.train_size)
 
 
-def train_settings(settings: TrainSettings, seed: int) -> tuple[MLP, TrainConfig]:
-    """The model and training configuration for one set of settings."""
-    model = MLP(
-        settings.hidden_1,
-        settings.hidden_2,
-        activation=settings.activation,
-        init=settings.init,
-        init_std=settings.init_std,
-        dtype=settings.dtype,
-        seed=seed,
-    )
-    config = TrainConfig(
-        epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate,
-        shuffle=settings.shuffle,
-        seed=seed,
-        full_train_eval=settings.full_train_eval,
-        momentum=settings.momentum,
-        nesterov=settings.nesterov,
-        weight_decay=settings.weight_decay,
-        schedule=settings.schedule,
-        warmup_epochs=settings.warmup_epochs,
-        step_size=settings.step_size,
-        gamma=settings.gamma,
-        dropout=settings.dropout,
-        patience=settings.patience,
-    )
-    return model, config
+def build_model_and_config(settings: TrainSettings, seed: int) -> tuple[MLP, TrainConfig]:
+    """The model (its weights drawn with ``seed``) and the training configuration (its
+    shuffling and dropout seeded with ``seed``) for one trial's settings."""
+    model_config, config = configs(settings, seed)
+    return MLP.from_config(model_config, seed=seed), config
+
+
+# Kept while sweep/cli.py's `sweep train` still imports it by its old name; delete then.
 
 
 #: What the objective returns, as optuna's metric name (the dashboard and reports label by it).
@@ -91,7 +71,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         settings = suggest(trial, self.spec)
         seed = trial_seed(self.spec.seed, trial.params)
-        model, config = train_settings(settings, seed)
+        model, config = build_model_and_config(settings, seed)
         curves: dict[str, list[float]] = {
             "train_loss": [], "train_accuracy": [], "valid_loss": [], "valid_accuracy": []
         }  # fmt: skip
@@ -147,7 +127,7 @@ def evaluate_best(study: optuna.Study, spec: StudySpec) -> Evaluation:
     """
     best = study.best_trial
     settings = TrainSettings(**best.user_attrs["config"])
-    model, config = train_settings(settings, best.user_attrs["seed"])
+    model, config = build_model_and_config(settings, best.user_attrs["seed"])
     data = load_data(spec)
     with threadpool_limits(limits=spec.threads, user_api="blas"):
         history = fit(model, data, config)

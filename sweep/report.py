@@ -173,22 +173,44 @@ def _is_grid(done: list[FrozenTrial], varying: list[str], kind: Kind) -> bool:
             and kind.spec is not None and kind.spec.sampler == "grid")  # fmt: skip
 
 
+def _colour_by(trials: list[FrozenTrial], scores: dict[str, float]) -> str | None:
+    """The searched parameter whose values tell the curves apart: the most important one (or
+    learning_rate) among those with 2 to 10 values; None if there is none."""
+
+    def values(name: str) -> int:
+        return len({repr(t.params.get(name)) for t in trials})
+
+    candidates = [n for n in _param_names(trials) if 2 <= values(n) <= 10]
+    ranked = sorted(candidates, key=lambda n: (-scores.get(n, 0.0), n != "learning_rate"))
+    return ranked[0] if ranked else None
+
+
+def _group(t: FrozenTrial, name: str | None) -> str:
+    return f"{name} = {_fmt(t.params.get(name))}" if name else f"#{t.number}"
+
+
+def _group_order(trials: list[FrozenTrial], name: str | None) -> list[FrozenTrial]:
+    """Trials ordered by the colouring parameter's value, so the legend reads in order."""
+    if name is None:
+        return trials
+
+    def key(t: FrozenTrial) -> tuple[bool, float, str, int]:
+        value = number(t.params.get(name))
+        return value is None, value or 0.0, repr(t.params.get(name)), t.number
+
+    return sorted(trials, key=key)
+
+
 def _figures(study: optuna.Study, trials: list[FrozenTrial], kind: Kind, out: Path,
-             files: list[str]) -> None:  # fmt: skip
-    """The figures every single-objective study gets, labelled with its metric."""
+             files: list[str]) -> str | None:  # fmt: skip
+    """The figures every single-objective study gets, labelled with its metric; returns the
+    parameter the curves are coloured by."""
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     if done:
         figures.history([t.number for t in done], [t.value for t in done], out / "history.png",
                         metric=kind.metric, maximize=kind.maximize)  # fmt: skip
         files.append("history.png")
-    curves = [
-        (f"#{t.number}", sorted(t.intermediate_values), [t.intermediate_values[e] for e in
-         sorted(t.intermediate_values)], t.state == TrialState.PRUNED)
-        for t in trials if t.intermediate_values
-    ]  # fmt: skip
-    if curves:
-        figures.learning_curves(curves, out / "learning_curves.png", metric=kind.metric)
-        files.append("learning_curves.png")
+    scores: dict[str, float] = {}
     varying = [n for n in _param_names(done) if len({repr(t.params.get(n)) for t in done}) > 1]
     if len(varying) >= 2 and len(done) >= 2:
         try:
@@ -197,17 +219,30 @@ def _figures(study: optuna.Study, trials: list[FrozenTrial], kind: Kind, out: Pa
             files.append("importances.png")
         except (ValueError, RuntimeError) as e:  # e.g. a dynamic search space
             logger.info("no importances for %s: %s", study.study_name, e)
+    colour = _colour_by(trials, scores)
+    curves = [
+        (_group(t, colour), sorted(t.intermediate_values), [t.intermediate_values[e] for e in
+         sorted(t.intermediate_values)], t.state == TrialState.PRUNED)
+        for t in _group_order(trials, colour) if t.intermediate_values
+    ]  # fmt: skip
+    if curves:
+        figures.learning_curves(curves, out / "learning_curves.png", metric=kind.metric,
+                                legend_title=colour and "coloured by")  # fmt: skip
+        files.append("learning_curves.png")
+    return colour
 
 
-def _sweep_figures(trials: list[FrozenTrial], spec: StudySpec, out: Path,
-                   files: list[str]) -> None:  # fmt: skip
+def _sweep_figures(trials: list[FrozenTrial], spec: StudySpec, out: Path, files: list[str],
+                   colour: str | None) -> None:  # fmt: skip
     """Sweep's own figures: accuracy against model size (the budget) and search time."""
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    sized = [t for t in done if count(t, "n_params") is not None]
+    sized = _group_order([t for t in done if count(t, "n_params") is not None], colour)
     if sized:
         figures.accuracy_vs_params(
             [count(t, "n_params") for t in sized], [t.value for t in sized],
             (spec.budget.min_params, spec.budget.max_params), out / "accuracy_vs_params.png",
+            groups=[_group(t, colour) for t in sized] if colour else None,
+            legend_title=colour and "coloured by",
         )  # fmt: skip
         files.append("accuracy_vs_params.png")
     if done:
@@ -240,10 +275,10 @@ def write_report(
     if len(study.directions) > 1:
         return _write_multi(study, trials, kind, out_dir, files)
     write_csv(trials, out_dir / "trials.csv", maximize=kind.maximize)
-    _figures(study, trials, kind, out_dir, files)
+    colour = _figures(study, trials, kind, out_dir, files)
     sections = []
     if kind.spec is not None:
-        _sweep_figures(trials, kind.spec, out_dir, files)
+        _sweep_figures(trials, kind.spec, out_dir, files, colour)
         done = [t for t in trials if t.state == TrialState.COMPLETE]
         varying = [n for n in _param_names(done) if len({repr(t.params.get(n)) for t in done}) > 1]
         if _is_grid(done, varying, kind):

@@ -18,8 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mlp.functions import ACTIVATIONS, INITIALISERS
-from mlp.optim import SCHEDULES
+from mlp.config import Hyperparameter, hyperparameters
 from sweep.errors import SpecError
 
 SAMPLERS = ("grid", "tpe", "random")
@@ -41,7 +40,7 @@ MAX_CHOICES = 100_000
 #: A TPE/random launcher enqueues a WAITING row for every trial up to the cap at once
 #: (sweep.queue.top_up), so the cap is bounded like the grid.
 MAX_TRIALS = 1_000_000
-MAX_EPOCHS = 10_000  # for every count of epochs (the notebook trains 10)
+# Counts of epochs are bounded where they are declared: mlp.config.MAX_EPOCHS.
 #: A budget's bound on the parameter count: 10**8 float64 weights with their gradients and
 #: momentum are 2.4 GB, the most a worker of a shared machine should take; the notebook's
 #: budget is 10**6. (The hidden sizes a budget admits are bounded by it.)
@@ -92,40 +91,33 @@ def _batch_size(train_set: int) -> Rule:
 
 
 BOOL = Rule(bool, lambda v: True, "true or false")
-_POSITIVE = float_in(0, math.inf, low_open=True, high_open=True)
-_UNIT = float_in(0, 1, low_open=False, high_open=True)  # [0, 1)
-
-TRAIN_RULES: dict[str, Rule] = {
-    "hidden_1": int_in(1),  # the budget bounds the hidden sizes from above
-    "hidden_2": int_in(1),
-    "epochs": int_in(1, MAX_EPOCHS),
-    "batch_size": _batch_size(TRAIN_SET_SIZE),  # see train_rules() for a [data] train_size
-    "learning_rate": _POSITIVE,
-    "init": choice(sorted(INITIALISERS)),
-    "init_std": _POSITIVE,
-    "activation": choice(sorted(ACTIVATIONS)),
-    "dtype": choice(("float32", "float64")),
-    "shuffle": BOOL,
-    "full_train_eval": BOOL,
-    "momentum": _UNIT,
-    "nesterov": BOOL,
-    "weight_decay": float_in(0, math.inf, low_open=False, high_open=True),
-    "schedule": choice(SCHEDULES),
-    # A warm-up as long as the run or longer is allowed: the whole run then warms up
-    # (mlp.optim.learning_rate_at), which a search over epochs may well produce.
-    "warmup_epochs": int_in(0, MAX_EPOCHS),
-    "step_size": int_in(1, MAX_EPOCHS),
-    "gamma": float_in(0, 1, low_open=True, high_open=False),
-    "dropout": _UNIT,
-    "patience": int_in(0, MAX_EPOCHS),
-}
 
 
-def train_rules(train_size: int | None) -> dict[str, Rule]:
-    """The [train] rules for a [data] train_size: a batch is at most the whole training set."""
-    if train_size is None:
-        return TRAIN_RULES
-    return TRAIN_RULES | {"batch_size": _batch_size(train_size)}
+def rule_of(h: Hyperparameter) -> Rule:
+    """The study-file rule of a declared field (``mlp.config.PARAMETERS``): its type and
+    what it accepts; an integer without an upper bound is one that fits 64 bits."""
+    p = h.param
+    if h.type is bool:
+        return BOOL
+    if h.type is str:
+        return choice(p.choices)
+    if h.type is int:
+        return int_in(int(p.low), None if p.high is None else int(p.high))
+    high = math.inf if p.high is None else p.high
+    return float_in(p.low, high, low_open=p.low_open, high_open=p.high is None or p.high_open)
+
+
+def train_rules(train_size: int | None = None) -> dict[str, Rule]:
+    """The [train] (and [space]) rules, one per hyperparameter in ``mlp.config``, in its order.
+
+    Sweep refines one: a batch is at most the training set in use (a [data] train_size, or
+    MNIST's whole training split)."""
+    rules = {h.name: rule_of(h) for h in hyperparameters()}
+    return rules | {"batch_size": _batch_size(min(train_size or TRAIN_SET_SIZE, TRAIN_SET_SIZE))}
+
+
+#: The [train] rules with the whole training split (``train_rules`` is read when called).
+TRAIN_RULES: dict[str, Rule] = train_rules()
 
 
 STUDY_RULES: dict[str, Rule] = {
@@ -190,14 +182,21 @@ def fail(source: str, field: str, allowed: str, got: Any, *, shown: str | None =
     return SpecError(f"{source}: [{field}] must be {allowed}; got {shown or show(got)}")
 
 
-def check_value(source: str, field: str, rule: Rule, got: Any) -> Any:
-    """Check one value against its rule; ints are accepted where floats are expected."""
+def conform(rule: Rule, got: Any) -> tuple[bool, Any]:
+    """Whether ``got`` obeys ``rule``, and the value it stands for (ints are accepted where
+    floats are expected, as floats)."""
     v, ok = got, isinstance(got, rule.kind) and isinstance(got, bool) == (rule.kind is bool)
     if rule.kind is float and isinstance(got, int) and not isinstance(got, bool):
         try:
             v, ok = float(got), True
         except OverflowError:  # an int past the largest float
             ok = False
-    if not ok or not rule.check(v):
+    return ok and rule.check(v), v
+
+
+def check_value(source: str, field: str, rule: Rule, got: Any) -> Any:
+    """Check one value against its rule; ints are accepted where floats are expected."""
+    ok, v = conform(rule, got)
+    if not ok:
         raise fail(source, field, rule.allowed, got)
     return v

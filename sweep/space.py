@@ -9,20 +9,68 @@ so the sizes that meet min < count < max given the other one form an exact integ
 TPE and random sampling draw hidden_1 from the sizes that have at least one in-budget partner,
 then hidden_2 from the interval that hidden_1 leaves: no trial is ever spent outside the
 budget, and every feasible architecture can be drawn (not just a corner of the region).
+
+The space needs nothing of a study spec but the few attributes of ``SearchSpec``, so that the
+spec (``sweep.spec``), which checks its budget here, is the one that imports.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import optuna
+from mlp.model import parameter_count
 
-from sweep.spec import Budget, Dimension, StudySpec, TrainSettings
+if TYPE_CHECKING:
+    import optuna
 
 _HIDDEN = ("hidden_1", "hidden_2")
 ARCHITECTURE = "architecture"  # the joint parameter used when both sizes are lists (see below)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dimension:
+    """One searched setting: a list of choices, or a numeric range (TPE and random only)."""
+
+    name: str
+    choices: tuple[Any, ...] | None = None  # categorical / grid values
+    low: float | None = None  # numeric range, inclusive
+    high: float | None = None
+    log: bool = False  # sample the range on a log scale
+
+    @property
+    def is_range(self) -> bool:
+        return self.choices is None
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Exclusive bounds on the parameter count: min_params < count < max_params."""
+
+    min_params: int = 500_000
+    max_params: int = 1_000_000
+
+    def admits(self, hidden_1: int, hidden_2: int) -> bool:
+        return self.min_params < parameter_count(hidden_1, hidden_2) < self.max_params
+
+
+#: A trial's flat settings: a frozen dataclass of every [train] field (sweep.settings).
+Settings = TypeVar("Settings", covariant=True)
+
+
+class SearchSpec(Protocol[Settings]):
+    """What the space reads of a study spec (``sweep.spec.StudySpec``)."""
+
+    @property
+    def sampler(self) -> str: ...
+    @property
+    def budget(self) -> Budget: ...
+    @property
+    def train(self) -> Settings: ...  # the fixed settings; searched ones replaced per trial
+    @property
+    def space(self) -> tuple[Dimension, ...]: ...
+    def dimension(self, name: str) -> Dimension | None: ...
 
 
 def _open_interval(budget: Budget, slope: int, offset: int) -> tuple[int, int]:
@@ -42,7 +90,7 @@ def hidden_1_interval(budget: Budget, hidden_2: int) -> tuple[int, int]:
     return _open_interval(budget, 785 + hidden_2, 11 * hidden_2 + 10)
 
 
-def grid_points(spec: StudySpec) -> list[dict[str, Any]]:
+def grid_points(spec: SearchSpec) -> list[dict[str, Any]]:
     """Every in-budget point of a grid space, in file order (the notebook's grid → 24 points)."""
     names = [d.name for d in spec.space]
     points = []
@@ -68,7 +116,7 @@ def _feasible_range(budget: Budget, own: tuple[int, int], other: tuple[int, int]
     return lo, hi
 
 
-def _pairs(spec: StudySpec) -> list[tuple[int, int]] | None:
+def _pairs(spec: SearchSpec) -> list[tuple[int, int]] | None:
     """The in-budget (h1, h2) pairs when both sizes are lists or fixed; None for a range."""
     dims = [spec.dimension(n) for n in _HIDDEN]
     if any(d is not None and d.is_range for d in dims):
@@ -80,7 +128,7 @@ def _pairs(spec: StudySpec) -> list[tuple[int, int]] | None:
     return [(a, b) for a in values[0] for b in values[1] if spec.budget.admits(a, b)]
 
 
-def feasible_architectures_exist(spec: StudySpec) -> bool:
+def feasible_architectures_exist(spec: SearchSpec) -> bool:
     """Whether any architecture the space allows meets the budget."""
     if spec.sampler == "grid":
         return bool(grid_points(spec))
@@ -107,7 +155,7 @@ class _Plan:
     first_values: Any  # the in-budget choices (list), or (lo, hi) for a range
 
     @classmethod
-    def of(cls, spec: StudySpec) -> _Plan:
+    def of(cls, spec: SearchSpec) -> _Plan:
         d1, d2 = (spec.dimension(n) for n in _HIDDEN)
         if d1 is not None and (d1.choices is not None or d2 is None or d2.is_range):
             first, second, first_is_h1 = d1, d2, True
@@ -146,7 +194,7 @@ def _suggest_one(trial: optuna.Trial, dim: Dimension) -> Any:
     return trial.suggest_float(dim.name, dim.low, dim.high, log=dim.log)
 
 
-def _suggest_hidden(trial: optuna.Trial, spec: StudySpec) -> dict[str, int]:
+def _suggest_hidden(trial: optuna.Trial, spec: SearchSpec) -> dict[str, int]:
     """hidden_1 and hidden_2 for a TPE/random trial, always inside the budget."""
     d1, d2 = (spec.dimension(n) for n in _HIDDEN)
     if d1 is None and d2 is None:
@@ -172,7 +220,7 @@ def _suggest_hidden(trial: optuna.Trial, spec: StudySpec) -> dict[str, int]:
     return _Plan.of(spec).suggest(trial, budget)
 
 
-def suggest(trial: optuna.Trial, spec: StudySpec) -> TrainSettings:
+def suggest(trial: optuna.Trial, spec: SearchSpec[Settings]) -> Settings:
     """The trial's full training settings: [train] with the trial's [space] values.
 
     Grid trials arrive with their point fixed (enqueued), so every suggest call returns it.

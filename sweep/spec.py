@@ -1,7 +1,8 @@
 """Study files: TOML → validated, frozen specs.
 
-Every rule lives in a table in ``sweep.rules``, and every violation is one line naming the
-file, the field, what is allowed and what came::
+Every rule lives in a table in ``sweep.rules`` (those of [train] and [space] derived from the
+declaration in ``mlp.config``), and every violation is one line naming the file, the field,
+what is allowed and what came::
 
     studies/x.toml: [space.learning_rate] must be a float in (0, inf); got -0.1
 """
@@ -29,72 +30,16 @@ from sweep.rules import (
     MISSING,
     SECTIONS,
     STUDY_RULES,
-    TRAIN_RULES,
     Rule,
     check_value,
     fail,
     field_key,
     train_rules,
 )
+from sweep.settings import TrainSettings, settings_class
+from sweep.space import Budget, Dimension, feasible_architectures_exist
 
 _HIDDEN = ("hidden_1", "hidden_2")
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """One trial's full training configuration ([train] plus the trial's [space] values)."""
-
-    hidden_1: int = 512  # units in the first hidden layer
-    hidden_2: int = 768  # units in the second hidden layer
-    epochs: int = 10  # passes over the training set
-    batch_size: int = 128  # examples per SGD step
-    learning_rate: float = 0.1  # SGD step size
-    init: str = "glorot"  # weight initialiser: zeros | normal | glorot
-    init_std: float = 1.0  # standard deviation of the 'normal' initialiser
-    activation: str = "relu"  # hidden activation: relu | tanh | sigmoid
-    dtype: str = "float32"  # float32 (fast) | float64 (exact reproduction)
-    shuffle: bool = True  # reshuffle the training set every epoch
-    # The notebook's end-of-epoch pass over the whole training set for its loss curve; off, the
-    # training loss is the running mean over the epoch's minibatches (no extra pass).
-    full_train_eval: bool = False
-    momentum: float = 0.0  # SGD momentum in [0, 1); 0 is the notebook's plain SGD
-    nesterov: bool = False  # Nesterov momentum (needs momentum > 0)
-    weight_decay: float = 0.0  # L2 penalty on the weight matrices
-    schedule: str = "constant"  # learning rate per epoch: constant | step | cosine
-    warmup_epochs: int = 0  # linear warm-up epochs before the schedule
-    step_size: int = 10  # 'step' schedule: epochs between decays
-    gamma: float = 0.1  # 'step' schedule: decay factor
-    dropout: float = 0.0  # inverted dropout on the hidden layers while training
-    patience: int = 0  # early stopping: epochs without a better validation accuracy (0: off)
-
-
-assert set(TRAIN_RULES) == {f.name for f in dataclasses.fields(TrainSettings)}
-
-
-@dataclass(frozen=True)
-class Dimension:
-    """One searched setting: a list of choices, or a numeric range (TPE and random only)."""
-
-    name: str
-    choices: tuple[Any, ...] | None = None  # categorical / grid values
-    low: float | None = None  # numeric range, inclusive
-    high: float | None = None
-    log: bool = False  # sample the range on a log scale
-
-    @property
-    def is_range(self) -> bool:
-        return self.choices is None
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Exclusive bounds on the parameter count: min_params < count < max_params."""
-
-    min_params: int = 500_000
-    max_params: int = 1_000_000
-
-    def admits(self, hidden_1: int, hidden_2: int) -> bool:
-        return self.min_params < parameter_count(hidden_1, hidden_2) < self.max_params
 
 
 @dataclass(frozen=True)
@@ -249,7 +194,7 @@ def _check_space_size(source: str, sampler: str, space: tuple[Dimension, ...]) -
         raise fail(source, "space", allowed, count, shown=f"{count:,}")
 
 
-def _hidden_values(spec_train: TrainSettings, dim: Dimension | None, name: str) -> tuple[int, int]:
+def _hidden_values(spec_train: Any, dim: Dimension | None, name: str) -> tuple[int, int]:
     """The (smallest, largest) value a hidden size can take."""
     if dim is None:
         v = getattr(spec_train, name)
@@ -279,7 +224,7 @@ def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> StudySpec:
         )  # fmt: skip
     data = _section(source, raw, "data", DATA_RULES)
     rules = train_rules(data.get("train_size"))
-    train = TrainSettings(**_section(source, raw, "train", rules))
+    train = settings_class()(**_section(source, raw, "train", rules))
     space_raw = raw.get("space", {})
     if not isinstance(space_raw, dict):
         raise fail(source, "space", "a table", space_raw)
@@ -344,8 +289,6 @@ def first_difference(stored: StudySpec, given: StudySpec) -> tuple[str, Any, Any
 
 def _check_budget_feasible(spec: StudySpec) -> None:
     """A budget no architecture in the space can meet is an error before anything runs."""
-    from sweep.space import feasible_architectures_exist  # the space knows the geometry
-
     if not feasible_architectures_exist(spec):
         lo1, hi1 = _hidden_values(spec.train, spec.dimension("hidden_1"), "hidden_1")
         lo2, hi2 = _hidden_values(spec.train, spec.dimension("hidden_2"), "hidden_2")

@@ -13,18 +13,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import signal
 import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from sweep import queue
-from sweep.errors import DataError, SweepError, WorkerError
+from sweep.errors import DataError, SweepError, WorkerError, on_sigterm_raise_terminated
 from sweep.objective import Objective, TrialFailed, load_data
 from sweep.spec import StudySpec
 from sweep.storage import (
@@ -72,19 +70,6 @@ class _Heartbeat:
         self._thread.join()
 
 
-def _sigterm_to_interrupt() -> None:
-    """SIGTERM (a batch scheduler ending its job) releases the trial like Ctrl-C does."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    # Only where nobody handles it yet: `sweep worker`'s own handler exits 143, not 130.
-    if threading.current_thread() is threading.main_thread() and (
-        signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    ):
-        signal.signal(signal.SIGTERM, handler)
-
-
 def work(spec: StudySpec, url: str, run_id: str, *, salt: int = 0, launch: bool = False) -> int:
     """One worker: claim and run trials until nothing is left that it could take.
 
@@ -94,7 +79,7 @@ def work(spec: StudySpec, url: str, run_id: str, *, salt: int = 0, launch: bool 
     ``run`` does, so that any task of a batch array may be the first.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    _sigterm_to_interrupt()
+    on_sigterm_raise_terminated()  # a batch scheduler ending the job releases the trial
     load_data(spec)
     try:
         storage = WriteBackStorage(open_storage(url))
@@ -110,7 +95,7 @@ def work(spec: StudySpec, url: str, run_id: str, *, salt: int = 0, launch: bool 
         raise storage_failure(e, url) from None  # a plain message survives the trip home
 
 
-def _worker_study(study: optuna.Study) -> optuna.Study:
+def as_worker_study(study: optuna.Study) -> optuna.Study:
     """``study`` seen through a ``WriteBackStorage`` (itself if it already is)."""
     if isinstance(study._storage, WriteBackStorage):
         return study
@@ -156,7 +141,7 @@ def serve(
     A failure of the worker gives its trial back to the queue and raises: WorkerError (or the
     storage's own error, or KeyboardInterrupt) with one line saying what went wrong.
     """
-    study = _worker_study(study)
+    study = as_worker_study(study)
     storage = study._storage
     rdb = storage.backend
     tags = {queue.WORKER_TAG: f"{socket.gethostname()}:{os.getpid()}", queue.RUN_TAG: run_id}

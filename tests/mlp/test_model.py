@@ -3,8 +3,9 @@ import math
 import numpy as np
 import pytest
 
-from mlp import MLP, parameter_count
+from mlp import MLP, ModelConfig, parameter_count
 from mlp.functions import ACTIVATIONS
+from mlp.optim import SGD
 from tests.mlp.numeric import central_differences, relative_error
 
 
@@ -48,7 +49,7 @@ def test_one_sgd_step_by_hand():
     dz1 = dz2 * 2.0  # · W2 · relu'(0.5)
     lr = 0.1
     logits, cache = model.forward(x)
-    model.step(model.backward(logits, cache, y), lr)
+    SGD(model.params).step(model.backward(logits, cache, y), lr)
     assert w1[0, 0] == pytest.approx(0.5 - lr * dz1 * 1.0, rel=1e-12)  # 0.453606…
     assert b1[0] == pytest.approx(-lr * dz1, rel=1e-12)
     assert w2[0, 0] == pytest.approx(2.0 - lr * dz2 * 0.5, rel=1e-12)  # 1.988401…
@@ -56,6 +57,17 @@ def test_one_sgd_step_by_hand():
     np.testing.assert_allclose(w3[0], np.eye(10)[0] - lr * d_logits * 1.0, rtol=1e-12)
     np.testing.assert_allclose(b3, -lr * d_logits, rtol=1e-12)
     assert not w1[1:].any(), "inputs that were zero get no update"
+
+
+def test_a_model_from_its_config_is_the_model_of_those_arguments():
+    config = ModelConfig(hidden_1=9, hidden_2=7, init="normal", init_std=0.3,
+                         activation="tanh", dtype="float64")  # fmt: skip
+    built = MLP.from_config(config, seed=11)
+    by_hand = MLP(9, 7, init="normal", init_std=0.3, activation="tanh", dtype="float64", seed=11)
+    assert (built.sizes, built.activation, built.dtype) == (by_hand.sizes, "tanh", np.float64)
+    for p, q in zip(built.params, by_hand.params, strict=True):
+        np.testing.assert_array_equal(p, q)
+    assert not np.array_equal(built.params[0], MLP.from_config(config, seed=12).params[0])
 
 
 def test_float32_model_computes_in_float32(rng):

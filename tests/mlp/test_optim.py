@@ -40,16 +40,6 @@ def test_weight_decay_by_hand_and_not_on_biases():
     assert b.item() == pytest.approx(0.95)  # a bias: no decay
 
 
-def test_plain_sgd_matches_the_models_own_step(rng):
-    a, b = MLP(8, 8, dtype="float64", seed=1), MLP(8, 8, dtype="float64", seed=1)
-    x, y = rng.random((5, 784)), np.array([1, 2, 3, 4, 5])
-    for model, update in [(a, lambda g: a.step(g, 0.1)), (b, lambda g: SGD(b.params).step(g, 0.1))]:
-        logits, cache = model.forward(x)
-        update(model.backward(logits, cache, y))
-    for p, q in zip(a.params, b.params, strict=True):
-        np.testing.assert_array_equal(p, q)
-
-
 def test_folding_the_learning_rate_into_the_gradients_is_the_same_step(rng):
     # fit's fast path for plain SGD: backward(scale=lr), then a step with lr = 1.
     plain, folded = (MLP(8, 8, dtype="float64", seed=1) for _ in range(2))

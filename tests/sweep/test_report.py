@@ -306,3 +306,26 @@ def test_a_study_with_a_forged_spec_is_reported_plainly(grid_db, tmp_path):
     assert out.returncode == 0, out.stderr
     md = (tmp_path / "out" / "report.md").read_text()
     assert "not made by sweep (no valid stored spec)" in md and "## The grid" not in md
+
+
+def test_curves_and_sizes_are_coloured_by_one_searched_parameter(grid_db, tmp_path, monkeypatch):
+    # 8 unlabelled lines tell a reader nothing: the curves carry one legend entry per value of
+    # one searched parameter, and accuracy-vs-parameters uses the same groups.
+    url, _ = grid_db
+    seen = {}
+    for name in ("learning_curves", "accuracy_vs_params"):
+        real = getattr(figures, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            seen[_name] = (args, kwargs)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(figures, name, spy)
+    report.write_report(open_storage(url), "g", out_dir=tmp_path)
+    curves, kwargs = seen["learning_curves"]
+    labels = [label for label, *_ in curves[0]]
+    assert kwargs["legend_title"] == "coloured by"
+    params = {label.split(" = ")[0] for label in labels}
+    assert len(params) == 1 and params <= {"hidden_1", "hidden_2", "learning_rate"}, labels
+    assert 2 <= len(set(labels)) <= 10
+    assert set(seen["accuracy_vs_params"][1]["groups"]) == set(labels)

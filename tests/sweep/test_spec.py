@@ -234,6 +234,30 @@ def test_shipped_studies_are_valid(path):
     assert load_spec(path).name == path.stem
 
 
+#: (shuffle, full_train_eval) of each shipped study. Its stored spec records them, so a study
+#: file that left one to a default that changed would be refused by its own database.
+PROTOCOLS = {"quick": (True, False), "seed-grid": (True, False),
+             "seed-grid-pruned": (True, False), "seed-init": (False, True),
+             "tpe-best": (True, False), "tpe-budget": (True, False)}  # fmt: skip
+
+
+@pytest.mark.parametrize("path", sorted(STUDIES.glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_studies_keep_their_protocol(path):
+    train = load_spec(path).train
+    assert (train.shuffle, train.full_train_eval) == PROTOCOLS[path.stem]
+
+
+def test_an_unknown_key_is_named_with_every_known_key_in_order():
+    with pytest.raises(SpecError) as info:
+        spec_with("train", "epochz", 3)
+    assert str(info.value) == (
+        "x.toml: [train.epochz] must be one of the known keys hidden_1, hidden_2, epochs, "
+        "batch_size, learning_rate, init, init_std, activation, dtype, shuffle, full_train_eval, "
+        "momentum, nesterov, weight_decay, schedule, warmup_epochs, step_size, gamma, dropout, "
+        "patience; got 'epochz'"
+    )
+
+
 def test_the_largest_seed_still_seeds_every_worker():
     import optuna
 
