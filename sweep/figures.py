@@ -67,7 +67,7 @@ def accuracy_over_time(
     ax.set(title="Accuracy against search time", xlabel="wall time since the first trial (min)",
            ylabel=ACCURACY)  # fmt: skip
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     return _save(fig, path)
 
 
@@ -154,8 +154,10 @@ def grid_heatmap(
     for i in range(len(rows)):
         for j in range(len(cols)):
             if not np.isnan(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", color="white",
-                        fontsize=9, fontweight="bold")  # fmt: skip
+                # dark text on viridis' bright (yellow-green) end, white on its dark end
+                bright = image.norm(grid[i, j]) > 0.6
+                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=9,
+                        color="black" if bright else "white", fontweight="bold")  # fmt: skip
     ax.set_xticks(range(len(cols)), [str(c) for c in cols])
     ax.set_yticks(range(len(rows)), [str(r) for r in rows])
     ax.set(title=title, xlabel="hidden_2 (units)", ylabel="hidden_1 (units)")

@@ -5,11 +5,15 @@ The README's table of messages is checked against this list, so the two cannot d
 """
 
 import hashlib
+import io
 import os
 import re
 import socket
+import zipfile
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.sweep.helpers import run_cli
@@ -267,6 +271,24 @@ def _busy_port(tmp: Path) -> socket.socket:
     return listener
 
 
+def _gzip_bomb(tmp: Path) -> None:
+    """611 KB that inflate to 600 MiB of zeros, past the 512 MiB cap."""
+    squeeze = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: the gzip container
+    with (tmp / "bomb.pkl.gz").open("wb") as f:
+        for _ in range(600):
+            f.write(squeeze.compress(bytes(2**20)))
+        f.write(squeeze.flush())
+
+
+def _npz_claiming_5_tib(tmp: Path) -> None:
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "|u1", "fortran_order": False, "shape": (5 * 2**40,)}
+    )
+    with zipfile.ZipFile(tmp / "huge.npz", "w") as zf:
+        zf.writestr("x_train.npy", header.getvalue())
+
+
 # Other commands: (case, arguments, set-up, exit code, message pattern); in the arguments,
 # {tmp} is a fresh folder (with its slash), {db} the existing database, {port} a busy port.
 OTHER_CASES = [
@@ -290,6 +312,39 @@ OTHER_CASES = [
         lambda tmp: (tmp / "big.toml").write_text("# " + "x" * 2_000_000),
         2,
         r"{tmp}big\.toml: cannot read study file: 2,000,002 bytes; at most 1,048,576",
+    ),
+    (
+        "a device as the dataset",
+        ["data", "--path", "{tmp}zero.pkl.gz"],
+        lambda tmp: (tmp / "zero.pkl.gz").symlink_to("/dev/zero"),
+        1,
+        r"{tmp}zero\.pkl\.gz: expected a gzipped pickle of \(train, valid, test\); got a "
+        r"character device, not a regular file",
+    ),
+    (
+        "a FIFO as the dataset",
+        ["data", "--path", "{tmp}fifo.pkl.gz"],
+        lambda tmp: os.mkfifo(tmp / "fifo.pkl.gz"),
+        1,
+        r"{tmp}fifo\.pkl\.gz: expected a gzipped pickle of \(train, valid, test\); got a "
+        r"FIFO, not a regular file",
+    ),
+    (
+        "a gzip bomb as the dataset",
+        ["data", "--path", "{tmp}bomb.pkl.gz"],
+        _gzip_bomb,
+        1,
+        r"{tmp}bomb\.pkl\.gz: expected a gzipped pickle of \(train, valid, test\); got more "
+        r"than 536,870,912 bytes after decompression",
+    ),
+    (
+        "an npz header claiming 5 TiB",
+        ["data", "--path", "{tmp}huge.npz"],
+        _npz_claiming_5_tib,
+        1,
+        r"{tmp}huge\.npz: expected a keras-style \.npz with x_train, y_train, x_test, y_test; "
+        r"got x_train of uint8 \(5497558138880,\), not uint8 \(60000, 28, 28\) or "
+        r"\(60000, 784\)",
     ),
     (
         "not an optuna study database",
