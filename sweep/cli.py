@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from mlp.train import DivergedError
 from sweep.errors import (
@@ -290,24 +290,50 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _int(text: str, allowed: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {allowed}; got {text!r}") from None
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _int(text, "an integer >= 1")
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0; got {text}")
     return value
 
 
 def _trial_cap(text: str) -> int:
     from sweep.rules import MAX_TRIALS
 
-    value = int(text)
+    value = _int(text, f"an integer in [1, {MAX_TRIALS}]")
     if not 1 <= value <= MAX_TRIALS:
         raise argparse.ArgumentTypeError(f"must be an integer in [1, {MAX_TRIALS}]; got {text}")
     return value
 
 
+def _jobs(text: str) -> int:
+    value = _int(text, "an integer in [1, 1024]")
+    if not 1 <= value <= 1024:  # processes on one host; more hosts join with `sweep worker`
+        raise argparse.ArgumentTypeError(f"must be an integer in [1, 1024]; got {text}")
+    return value
+
+
 def _port(text: str) -> int:
-    value = int(text)
+    value = _int(text, "a port in [1, 65535]")
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be a port in [1, 65535]; got {text}")
     return value
@@ -322,15 +348,24 @@ def _version() -> str:
         return "(not installed)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line, like every other error (argparse prints the whole
+    usage first): ``sweep run: error: argument --jobs: must be ...; see sweep run --help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sweep",
         description="Hyperparameter sweeps of a from-scratch numpy MLP on MNIST.",
         epilog="example: sweep train --epochs 10   |   sweep data",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)  # fmt: skip
 
     p = sub.add_parser(
         "data",
@@ -370,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", help="study file (TOML)")
     p.add_argument("--storage", help=storage_help)
     p.add_argument(
-        "--jobs", "-j", type=_positive_int, default=os.cpu_count() or 1,
+        "--jobs", "-j", type=_jobs, default=os.cpu_count() or 1,
         help="worker processes (default: one per core, each with one BLAS thread: the "
         "fastest split measured, see make bench)",
     )  # fmt: skip
@@ -395,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", dest="name", help="study name: join with the stored spec")
     p.add_argument("--storage", help=storage_help)
     p.add_argument(
-        "--wait", type=float, default=0.0, metavar="SECONDS",
+        "--wait", type=_seconds, default=0.0, metavar="SECONDS",
         help="wait this long for the study to be created (default: 0, fail at once)",
     )  # fmt: skip
     p.add_argument("--data", help="this host's copy of MNIST (default: the stored study's)")

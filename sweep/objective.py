@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import time
+import warnings
 from functools import cache
 from typing import Any
 
@@ -19,6 +20,8 @@ from threadpoolctl import threadpool_limits
 
 from mlp import MLP, Dataset, DivergedError, EpochMetrics, TrainConfig, fit, load_mnist
 from mlp.model import parameter_count
+from sweep.errors import SpecError
+from sweep.rules import check_value, train_rules
 from sweep.settings import TrainSettings, configs
 from sweep.space import suggest
 from sweep.spec import StudySpec
@@ -119,6 +122,23 @@ class Evaluation:
     valid_accuracy: float  # percent, of the retrained model (equals the trial's value)
 
 
+def _settings_of(trial: optuna.trial.FrozenTrial, spec: StudySpec) -> TrainSettings:
+    """The trial's training settings, derived again from the spec and the trial's parameters as
+    the objective derived them, and checked by the study-file rules: its stored ``config``
+    attribute is anyone's JSON and is not believed."""
+    source = f"study {spec.name!r}, trial {trial.number}"
+    try:
+        with warnings.catch_warnings():  # FixedTrial warns of a value outside the space
+            warnings.simplefilter("error")
+            settings = suggest(optuna.trial.FixedTrial(trial.params), spec)
+    except Exception as e:  # a parameter missing, of another type, outside the space
+        raise SpecError(f"{source}: its parameters do not fit the study's space ({e})") from e
+    rules = train_rules(spec.train_size)
+    for name, value in dataclasses.asdict(settings).items():
+        check_value(source, f"train.{name}", rules[name], value)
+    return settings
+
+
 def evaluate_best(study: optuna.Study, spec: StudySpec) -> Evaluation:
     """Retrain the study's best trial (same configuration, same seed) and measure its test
     accuracy, stored on the study as ``test_accuracy`` and ``test_trial``.
@@ -126,8 +146,8 @@ def evaluate_best(study: optuna.Study, spec: StudySpec) -> Evaluation:
     Model selection used the validation split only; the test split is touched here, once.
     """
     best = study.best_trial
-    settings = TrainSettings(**best.user_attrs["config"])
-    model, config = build_model_and_config(settings, best.user_attrs["seed"])
+    settings = _settings_of(best, spec)
+    model, config = build_model_and_config(settings, trial_seed(spec.seed, best.params))
     data = load_data(spec)
     with threadpool_limits(limits=spec.threads, user_api="blas"):
         history = fit(model, data, config)

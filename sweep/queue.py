@@ -140,10 +140,11 @@ def _release(conn: Any, trial_id: int, started: datetime | None) -> bool:
     return True
 
 
-def adopt_spec(storage: RDBStorage, study_id: int, spec_json: str) -> str:
+def adopt_spec(storage: RDBStorage, study_id: int, spec_json: str) -> str | None:
     """Store ``spec_json`` as the study's spec (its user attribute ``spec``) unless it has one,
     under the study lock; return the stored one. Two launchers creating one study at once
-    thus agree on whose spec it is, and the other is compared with it."""
+    thus agree on whose spec it is, and the other is compared with it. A study without a spec
+    that already has trials is another client's: nothing is stored and None comes back."""
     attrs = tb.study_user_attrs
     with storage.engine.begin() as conn:
         _lock_study(conn, study_id)
@@ -152,11 +153,14 @@ def adopt_spec(storage: RDBStorage, study_id: int, spec_json: str) -> str:
                 attrs.c.study_id == study_id, attrs.c.key == SPEC
             )
         ).scalar()
-        if stored is None:
-            conn.execute(
-                attrs.insert(), {"study_id": study_id, "key": SPEC, "value_json": spec_json}
-            )
-        return stored or spec_json
+        if stored is not None:
+            return stored
+        trials = tb.trials
+        if conn.execute(sqlalchemy.select(trials.c.trial_id).where(
+                trials.c.study_id == study_id).limit(1)).first() is not None:  # fmt: skip
+            return None
+        conn.execute(attrs.insert(), {"study_id": study_id, "key": SPEC, "value_json": spec_json})
+        return spec_json
 
 
 # -- top-up ----------------------------------------------------------------------------------

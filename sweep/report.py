@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,9 @@ def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
     if name not in names:
         where = mask_password(getattr(storage, "url", "the database"))
         raise SweepError(
-            f"study {name!r} not found in {where}; studies there: {', '.join(names) or 'none'}"
+            f"study {printable(name, 200)!r} not found in {where}; studies there: "
+            f"{', '.join(printable(n, 60) for n in names[:20]) or 'none'}"
+            + (f" and {len(names) - 20} more" if len(names) > 20 else "")
         )
     return optuna.load_study(study_name=name, storage=storage)
 
@@ -61,15 +64,24 @@ def report_folder(root: Path, storage: optuna.storages.BaseStorage, name: str) -
     """The folder under ``root`` for study ``name``'s report: a study name is someone else's
     text (any client of the shared database may choose or rename it), so it is never a path.
     It becomes a slug of letters, digits, '.', '_' and '-', with the study id appended where
-    the slug differs from the name (so two names never share a folder), and the folder is
-    checked to lie inside ``root``. The real name stands inside the report."""
+    the slug differs from the name or ends in "-<digits>" (so two names never share a
+    folder), and the folder is checked to lie inside ``root``. The real name stands inside the
+    report."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-")[:_SLUG_LENGTH] or "study"
-    if slug != name:
+    # A name that ends like "-<number>" gets the id too, so no name can take the folder of
+    # another's slug and id ("a b" is a-b-1; a study named "a-b-1" becomes a-b-1-2).
+    if slug != name or re.search(r"-\d+$", name):
         slug = f"{slug}-{storage.get_study_id_from_name(name)}"
     folder = root / slug
     if not folder.resolve().is_relative_to(root.resolve()):  # e.g. a link planted in root
         raise SweepError(f"study {name!r}: its report folder {folder} leads outside {root}")
     return folder
+
+
+def _finished(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The complete trials with a finite value: the ones a figure can place (another client
+    may have stored inf)."""
+    return [t for t in trials if t.state == TrialState.COMPLETE and math.isfinite(t.value)]
 
 
 def _reason(t: FrozenTrial) -> str:
@@ -205,7 +217,7 @@ def _figures(study: optuna.Study, trials: list[FrozenTrial], kind: Kind, out: Pa
              files: list[str]) -> str | None:  # fmt: skip
     """The figures every single-objective study gets, labelled with its metric; returns the
     parameter the curves are coloured by."""
-    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    done = _finished(trials)
     if done:
         figures.history([t.number for t in done], [t.value for t in done], out / "history.png",
                         metric=kind.metric, maximize=kind.maximize)  # fmt: skip
@@ -235,7 +247,7 @@ def _figures(study: optuna.Study, trials: list[FrozenTrial], kind: Kind, out: Pa
 def _sweep_figures(trials: list[FrozenTrial], spec: StudySpec, out: Path, files: list[str],
                    colour: str | None) -> None:  # fmt: skip
     """Sweep's own figures: accuracy against model size (the budget) and search time."""
-    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    done = _finished(trials)
     sized = _group_order([t for t in done if count(t, "n_params") is not None], colour)
     if sized:
         figures.accuracy_vs_params(
@@ -270,7 +282,13 @@ def write_report(
     if not trials:
         raise SweepError(f"study {study_name!r} has no trials yet; run it with `sweep run`")
     kind = study_kind(study.user_attrs, study.directions, study.metric_names)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not out_dir.is_dir():
+            raise NotADirectoryError(20, "not a folder")
+    except OSError as e:
+        raise SweepError(f"cannot write the report of study {printable(study_name, 200)!r} "
+                         f"to {out_dir}: {e.strerror or e}") from e  # fmt: skip
     files = ["report.md", "trials.csv"]
     if len(study.directions) > 1:
         return _write_multi(study, trials, kind, out_dir, files)
@@ -279,7 +297,7 @@ def write_report(
     sections = []
     if kind.spec is not None:
         _sweep_figures(trials, kind.spec, out_dir, files, colour)
-        done = [t for t in trials if t.state == TrialState.COMPLETE]
+        done = _finished(trials)
         varying = [n for n in _param_names(done) if len({repr(t.params.get(n)) for t in done}) > 1]
         if _is_grid(done, varying, kind):
             sections.append(_grid_section(done, out_dir, files))

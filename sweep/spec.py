@@ -237,6 +237,13 @@ def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> StudySpec:
     nesterov = train.nesterov or True in searched.get("nesterov", ())
     if nesterov and "momentum" not in searched and not train.momentum > 0:
         raise fail(source, "train.nesterov", "false unless momentum > 0", True)
+    momentum = next((d for d in space if d.name == "momentum"), None)
+    if nesterov and momentum is not None and (
+        any(not m > 0 for m in momentum.choices or ()) or (momentum.is_range and
+                                                            not momentum.low > 0)
+    ):  # fmt: skip
+        shown = list(momentum.choices) if momentum.choices else {"low": momentum.low}
+        raise fail(source, "space.momentum", "greater than 0 where nesterov may be true", shown)
     spec = StudySpec(
         name=study["name"],
         sampler=sampler,

@@ -58,7 +58,10 @@ def mask_password(url: str) -> str:
     ``user:password@`` (an empty user too, ``://:pw@``) and the value of ``password=`` (any
     case, percent-encoded or not) in the query string. Used by every message that names a
     storage URL; text that is not a URL comes back unchanged."""
-    masked = re.sub(r"(://[^:/@?#]*:)[^@]*@", r"\1***@", url)
+    # Up to the last @ before the query: a password may hold a raw "@" (libpq reads it so);
+    # a URL without a scheme ("u:pw@host") is masked the same way.
+    userinfo = r"(://[^:/@?#]*:)[^?#]*@" if "://" in url else r"^([^:/@?#]*:)[^?#]*@"
+    masked = re.sub(userinfo, r"\1***@", url, count=1)
 
     def query_value(m: re.Match[str]) -> str:
         key = urllib.parse.unquote_plus(m.group(2)).strip().lower()
@@ -127,6 +130,10 @@ def _into_wal(path: Path) -> None:
         conn.close()
 
 
+class MissingDatabase(StorageError):
+    """Read-only: no database at the URL yet, or one without optuna's tables."""
+
+
 #: The tables every optuna study database has (optuna's ``models.py`` and alembic's own).
 _OPTUNA_TABLES = {"studies", "trials", "version_info", "alembic_version"}
 
@@ -140,7 +147,7 @@ def _read_only_sqlite(path: Path, shown: str) -> dict[str, Any]:
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        raise StorageError(f"storage {shown}: no such database file {path}") from None
+        raise MissingDatabase(f"storage {shown}: no such database file {path}") from None
     except OSError as e:
         raise StorageError(f"storage {shown}: cannot read {path}: {e.strerror}") from e
     if not stat.S_ISREG(mode):
@@ -163,7 +170,7 @@ def _read_only_sqlite(path: Path, shown: str) -> dict[str, Any]:
     except sqlite3.DatabaseError as e:  # "file is not a database", a corrupt page, ...
         raise StorageError(f"storage {shown}: not an optuna study database ({e})") from e
     if not versioned:
-        raise StorageError(f"storage {shown}: not an optuna study database (no optuna tables)")
+        raise MissingDatabase(f"storage {shown}: not an optuna study database (no optuna tables)")
     return {"creator": connect}
 
 
@@ -171,7 +178,7 @@ def _check_optuna_tables(engine: sqlalchemy.engine.Engine, shown: str) -> None:
     """The database holds optuna's tables, checked before optuna's own set-up would add them."""
     names = set(sqlalchemy.inspect(engine).get_table_names())
     if not _OPTUNA_TABLES <= names:
-        raise StorageError(f"storage {shown}: not an optuna study database (no optuna tables)")
+        raise MissingDatabase(f"storage {shown}: not an optuna study database (no optuna tables)")
 
 
 def open_storage(
@@ -196,6 +203,11 @@ def open_storage(
         raise StorageError(
             f"storage URL {shown!r} is not supported; use sqlite:///PATH or "
             "postgresql://USER:PASSWORD@HOST/DB"
+        )
+    if url.startswith("sqlite") and _sqlite_path(url) is None:
+        raise StorageError(
+            f"storage URL {shown!r}: an in-memory SQLite database cannot be shared by worker "
+            "processes; give a file, sqlite:///PATH"
         )
     engine_kwargs: dict[str, Any] = {}
     path = _sqlite_path(url)

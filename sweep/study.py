@@ -20,7 +20,7 @@ from sweep.errors import SpecError
 from sweep.objective import METRIC
 from sweep.space import grid_points
 from sweep.spec import StudySpec, first_difference, stored_spec
-from sweep.storage import GRACE_PERIOD_S, mask_password, open_storage
+from sweep.storage import GRACE_PERIOD_S, MissingDatabase, mask_password, open_storage
 from sweep.writeback import WriteBackStorage
 
 logger = logging.getLogger(__name__)
@@ -78,12 +78,19 @@ def open_study(
         pruner=make_pruner(spec),
         load_if_exists=True,
     )
+    foreign = f"{spec.source}: study {spec.name!r} was not made by sweep"
+    if study.directions != [optuna.study.StudyDirection.MAXIMIZE]:
+        raise SpecError(f"{foreign} (it minimises or has several objectives); rename "
+                        "[study.name] for a new study")  # fmt: skip
+    given = json.dumps(spec.to_dict())
+    stored = queue.adopt_spec(rdb_of(study._storage), study._study_id, given)
+    if stored is None:
+        raise SpecError(f"{foreign} (it has trials and no stored spec); rename [study.name] "
+                        "for a new study")  # fmt: skip
     if study.metric_names is None:
         with warnings.catch_warnings():  # "experimental" since optuna 3.2
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([METRIC])
-    given = json.dumps(spec.to_dict())
-    stored = queue.adopt_spec(rdb_of(study._storage), study._study_id, given)
     try:
         stored = json.loads(stored)
     except ValueError as e:  # written by another client, not by optuna's set_user_attr
@@ -110,9 +117,9 @@ def join(
     stored spec in everything that changes results; its trial cap is ignored (launchers set
     it). ``data_path`` (or the file's ``[data] path``) is this host's copy of the dataset.
     """
-    storage = open_storage(url, heartbeat_interval=None, grace_period=None)
     deadline, delay = time.monotonic() + wait, 0.5
-    while (attrs := _stored_attrs(storage, name)) is None or queue.SPEC not in attrs:
+    # Read-only until the study is known good: a worker refused here changes nothing.
+    while (attrs := _peek(url, name)) is None or queue.SPEC not in attrs:
         if time.monotonic() >= deadline:  # (a study made this instant gets its spec next)
             if attrs is not None:
                 raise SpecError(f"study {name!r} was not made by sweep (it has no stored spec)")
@@ -136,12 +143,19 @@ def join(
     return dataclasses.replace(stored, data_path=data_path or stored.data_path)
 
 
-def _stored_attrs(storage: optuna.storages.BaseStorage, name: str) -> dict[str, Any] | None:
-    """The user attributes of study ``name``; None if there is no such study."""
+def _peek(url: str, name: str) -> dict[str, Any] | None:
+    """The user attributes of study ``name``, read-only; None if there is no such study (or
+    no database yet: a batch array's workers may start before its launcher makes it)."""
+    try:
+        storage = open_storage(url, heartbeat_interval=None, grace_period=None, read_only=True)
+    except MissingDatabase:
+        return None
     try:
         return storage.get_study_user_attrs(storage.get_study_id_from_name(name))
     except KeyError:
         return None
+    finally:
+        storage.engine.dispose()
 
 
 def _cost(spec: StudySpec, point: dict[str, Any]) -> int:

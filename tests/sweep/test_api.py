@@ -1,5 +1,7 @@
 """The public Python surface: a study run, inspected, reported and evaluated from a notebook."""
 
+import copy
+import sqlite3
 from pathlib import Path
 
 import optuna
@@ -7,6 +9,7 @@ import pytest
 from optuna.trial import TrialState
 
 import sweep
+from sweep.objective import _settings_of
 from sweep.storage import open_storage
 from sweep.study import open_study, top_up
 from tests.sweep.helpers import grid_study
@@ -44,3 +47,24 @@ def test_errors_are_sweeps_own():
     with pytest.raises(sweep.StorageError, match="no such database file"):
         sweep.status("sqlite:///no/such.db")
     assert set(sweep.__all__) >= {"run", "join", "status", "report_study", "evaluate", "load_spec"}
+
+
+def test_evaluate_derives_the_best_configuration_from_the_spec_not_stored_attributes(tmp_path):
+    # The stored config attribute is anyone's JSON: evaluate rebuilds the settings from the
+    # study file and the trial's parameters, checks them, and ignores the attribute.
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    spec = sweep.load_spec(grid_study(tmp_path))
+    study = sweep.run(spec, storage=url, jobs=1, trials=2)
+    best = study.best_trial
+    conn = sqlite3.connect(tmp_path / "db.sqlite")
+    conn.execute("UPDATE trial_user_attributes SET value_json = '\"garbage\"' "
+                 "WHERE key IN ('config', 'seed')")  # fmt: skip
+    conn.commit()
+    result = sweep.evaluate(spec, storage=url)
+    assert result.trial == best.number
+    assert result.valid_accuracy == pytest.approx(best.value, abs=0.15)  # the same training
+
+    outside = copy.copy(best)
+    outside.params = {**best.params, "hidden_1": 10**9}
+    with pytest.raises(sweep.SpecError, match=r"trial \d+: its parameters do not fit"):
+        _settings_of(outside, spec)

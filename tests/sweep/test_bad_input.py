@@ -62,6 +62,13 @@ CASES = [
         r"{file}: \[train\.nesterov\] must be false unless momentum > 0; got True",
     ),
     (
+        "nesterov searched with a momentum of 0",
+        study(space=GOOD_SPACE + "\nnesterov = [true, false]\nmomentum = [0.0, 0.5]"),
+        2,
+        r"{file}: \[space\.momentum\] must be greater than 0 where nesterov may be true; "
+        r"got \[0\.0, 0\.5\]",
+    ),
+    (
         "log scale from zero",
         study(
             sampler="tpe",

@@ -96,6 +96,18 @@ def test_divergence_is_one_line_and_exit_1():
     assert out.stderr.startswith("sweep: error: training diverged")
 
 
+@pytest.mark.parametrize(
+    "args",
+    [["run", "x.toml", "--jobs", "0"], ["run", "x.toml", "--jobs", "100000000"],
+     ["train", "--train-size", "abc"], ["nosuch"],
+     ["dashboard", "--port", "70000"], ["worker", "--study", "g", "--wait", "nan"], []],
+)  # fmt: skip
+def test_a_usage_error_is_one_line_and_exit_2(args):
+    out = sweep(*args)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "error: " in out.stderr and "--help" in out.stderr and "_int" not in out.stderr
+
+
 @pytest.mark.parametrize("bad", [["--epochs", "0"], ["--init", "he"], ["--lr", "-1"]])
 def test_bad_options_exit_2(bad):
     out = sweep("train", *bad)
@@ -247,6 +259,8 @@ SECRET_URLS = [
     "postgresql://me@127.0.0.1:1/sweep?sslmode=disable&PassWord=SECRET",
     "postgresql://me@127.0.0.1:1/sweep?pass%77ord=SECRET",  # percent-encoded key
     "postgresql+psycopg://me:SEC%52ET@127.0.0.1:1/sweep",  # percent-encoded secret
+    "postgresql://me:SE@CRET@127.0.0.1:1/sweep",  # a raw @ in the password
+    "me:SECRET@127.0.0.1:1/sweep",  # no scheme at all
 ]
 
 

@@ -165,7 +165,8 @@ def test_a_foreign_trial_held_past_the_grace_period_survives_a_sweep_run(tmp_pat
     # Another optuna client asks for a trial in the same study and holds it, with a
     # heartbeat of its own, longer than sweep's grace period.
     study_file = grid_study(tmp_path)
-    theirs = optuna.create_study(study_name="g", storage=storage_url, direction="maximize")
+    open_study(load_spec(study_file), open_storage(storage_url))  # sweep's study, no queue yet
+    theirs = optuna.load_study(study_name="g", storage=storage_url)
     trial = theirs.ask()
     open_storage(storage_url).record_heartbeat(trial._trial_id)
     time.sleep(4)  # past the grace period of FAST_STALE
@@ -470,3 +471,26 @@ def test_a_stored_spec_that_is_not_json_is_one_line(tmp_path, storage_url):
     out = run_cli("run", str(study_file), "--storage", storage_url)
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert "sweep: error: study 'g': its stored spec is not JSON" in out.stderr
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_a_study_another_client_made_is_not_taken_over(tmp_path, storage_url, direction):
+    theirs = optuna.create_study(study_name="g", storage=storage_url, direction=direction)
+    theirs.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    out = run_cli("run", str(grid_study(tmp_path)), "--storage", storage_url)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "study 'g' was not made by sweep" in out.stderr
+    after = optuna.load_study(study_name="g", storage=storage_url)
+    assert len(after.trials) == 2 and after.user_attrs == {} and after.metric_names is None
+
+
+def test_a_refused_worker_leaves_the_database_file_as_it_was(tmp_path):
+    path = tmp_path / "theirs.db"
+    optuna.create_study(study_name="mini", storage=f"sqlite:///{path}").optimize(
+        lambda t: t.suggest_float("x", 0, 1), n_trials=1
+    )
+    before = path.read_bytes()
+    for name in ("mini", "nosuch"):  # not sweep's; not there
+        out = run_cli("worker", "--study", name, "--storage", f"sqlite:///{path}")
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert path.read_bytes() == before  # not even switched to WAL

@@ -329,3 +329,37 @@ def test_curves_and_sizes_are_coloured_by_one_searched_parameter(grid_db, tmp_pa
     assert len(params) == 1 and params <= {"hidden_1", "hidden_2", "learning_rate"}, labels
     assert 2 <= len(set(labels)) <= 10
     assert set(seen["accuracy_vs_params"][1]["groups"]) == set(labels)
+
+
+def test_infinite_values_from_another_client_are_reported_not_drawn(tmp_path):
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    study = optuna.create_study(study_name="inf", storage=url)
+    for v in (float("inf"), float("-inf"), 1e308, 0.5):
+        study.add_trial(optuna.trial.create_trial(
+            params={"x": 0.1}, distributions={"x": optuna.distributions.FloatDistribution(0, 1)},
+            value=v, intermediate_values={1: v}))  # fmt: skip
+    out = run_cli("report", "inf", "--storage", url, "--out", str(tmp_path / "out"))
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "out" / "history.png").exists()
+
+
+def test_an_output_folder_that_is_a_file_is_one_line(grid_db, tmp_path):
+    url, _ = grid_db
+    (tmp_path / "afile").write_text("mine\n")
+    for which in ("g", "all"):
+        out = run_cli("report", which, "--out", str(tmp_path / "afile"), "--storage", url)
+        assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+        assert "cannot write the report of study 'g'" in out.stderr
+    assert (tmp_path / "afile").read_text() == "mine\n"
+
+
+def test_two_names_never_share_a_report_folder(grid_db, tmp_path):
+    url, _ = grid_db
+    db = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    for name in ("a b", "a-b-1"):  # the first's slug and id is the second's name
+        optuna.copy_study(from_study_name="g", from_storage=url, to_storage=db,
+                          to_study_name=name)  # fmt: skip
+    out = run_cli("report", "all", "--storage", db, "--out", str(tmp_path / "out"))
+    assert out.returncode == 0, out.stderr
+    heads = sorted(p.read_text().splitlines()[0] for p in (tmp_path / "out").glob("*/report.md"))
+    assert heads == ["# Study `a b`", "# Study `a-b-1`"]

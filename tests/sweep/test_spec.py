@@ -105,8 +105,11 @@ def test_nesterov_needs_momentum():
     with_momentum["train"] = {"epochs": 1, "momentum": 0.9}
     assert spec_with("train", "nesterov", True, with_momentum).train.nesterov
     searched = copy.deepcopy(BASE)
-    searched["space"] = {**BASE["space"], "momentum": [0.0, 0.9]}
+    searched["space"] = {**BASE["space"], "momentum": [0.5, 0.9]}
     assert spec_with("train", "nesterov", True, searched).train.nesterov
+    searched["space"]["momentum"] = [0.0, 0.9]  # a trial with momentum 0 could only fail
+    with pytest.raises(SpecError, match=r"\[space\.momentum\] must be greater than 0 where"):
+        spec_with("train", "nesterov", True, searched)
     message = r"^x\.toml: \[train\.nesterov\] must be false unless momentum > 0; got True$"
     with pytest.raises(SpecError, match=message):
         spec_with("train", "nesterov", True)

@@ -109,3 +109,10 @@ def test_unusable_urls_are_one_line_errors(url, message):
 def test_a_folder_is_not_a_database(tmp_path):
     with pytest.raises(StorageError, match="is a folder, not a database file"):
         open_storage(f"sqlite:///{tmp_path}")
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_an_in_memory_sqlite_url_is_refused(url):
+    # Each worker process would get a database of its own: a run would never finish.
+    with pytest.raises(StorageError, match="in-memory SQLite database cannot be shared"):
+        open_storage(url)
