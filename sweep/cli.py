@@ -325,10 +325,13 @@ def _trial_cap(text: str) -> int:
     return value
 
 
+MAX_JOBS = 1024  # worker processes on one host; more hosts join with `sweep worker`
+
+
 def _jobs(text: str) -> int:
-    value = _int(text, "an integer in [1, 1024]")
-    if not 1 <= value <= 1024:  # processes on one host; more hosts join with `sweep worker`
-        raise argparse.ArgumentTypeError(f"must be an integer in [1, 1024]; got {text}")
+    value = _int(text, f"an integer in [1, {MAX_JOBS}]")
+    if not 1 <= value <= MAX_JOBS:
+        raise argparse.ArgumentTypeError(f"must be an integer in [1, {MAX_JOBS}]; got {text}")
     return value
 
 

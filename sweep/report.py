@@ -84,6 +84,11 @@ def _finished(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if t.state == TrialState.COMPLETE and math.isfinite(t.value)]
 
 
+def _varying(done: list[FrozenTrial]) -> list[str]:
+    """The parameters that take more than one value among ``done``."""
+    return [n for n in _param_names(done) if len({repr(t.params.get(n)) for t in done}) > 1]
+
+
 def _reason(t: FrozenTrial) -> str:
     if t.state == TrialState.PRUNED:
         epoch = count(t, "pruned_at") or max(t.intermediate_values, default="?")
@@ -223,7 +228,7 @@ def _figures(study: optuna.Study, trials: list[FrozenTrial], kind: Kind, out: Pa
                         metric=kind.metric, maximize=kind.maximize)  # fmt: skip
         files.append("history.png")
     scores: dict[str, float] = {}
-    varying = [n for n in _param_names(done) if len({repr(t.params.get(n)) for t in done}) > 1]
+    varying = _varying(done)
     if len(varying) >= 2 and len(done) >= 2:
         try:
             scores = optuna.importance.get_param_importances(study)
@@ -298,7 +303,7 @@ def write_report(
     if kind.spec is not None:
         _sweep_figures(trials, kind.spec, out_dir, files, colour)
         done = _finished(trials)
-        varying = [n for n in _param_names(done) if len({repr(t.params.get(n)) for t in done}) > 1]
+        varying = _varying(done)
         if _is_grid(done, varying, kind):
             sections.append(_grid_section(done, out_dir, files))
         if "init" in varying or kind.spec.dimension("init") is not None:
