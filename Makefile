@@ -62,7 +62,7 @@ gradcheck: data
 
 # Benchmarks, not tests: medians against baselines measured in the same run.
 bench: data
-	$(BIN)/python -m sweep.bench
+	$(BIN)/python -m tests.bench.training
 
 report: $(STAMP)
 	$(BIN)/sweep report all --storage $(STORAGE)

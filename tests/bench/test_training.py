@@ -3,7 +3,7 @@
 Nothing here asserts a speed: speed is what `make bench` reports.
 """
 
-from sweep import bench
+from tests.bench import training as bench
 
 
 def test_flops_per_epoch_by_hand():

@@ -1,4 +1,4 @@
-"""Benchmarks (not tests): ``make bench`` or ``python -m sweep.bench``.
+"""Benchmarks (not tests): ``make bench`` or ``python -m tests.bench.training``.
 
 Prints, in one run, medians (with min and max) of repeated measurements:
   - the sgemm rate this machine reaches at the model's matrix shapes and on a large square;

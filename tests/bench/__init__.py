@@ -1,0 +1,1 @@
+"""Benchmarks, not tests: ``make bench`` (training) and ``make bench-scale`` (study size)."""
