@@ -8,8 +8,8 @@ STORAGE ?= sqlite:///runs/sweep.db
 # One worker per core, one BLAS thread each: the fastest split measured (make bench).
 JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 
-.PHONY: install data train sweep sweep-pruned sweep-tpe best init gradcheck bench report status dashboard test lint \
-	format clean
+.PHONY: install data train sweep sweep-pruned sweep-tpe best init gradcheck bench bench-scale \
+	report status dashboard test lint format clean
 
 DEV_STAMP := $(VENV)/.installed-dev
 
@@ -63,6 +63,10 @@ gradcheck: data
 # Benchmarks, not tests: medians against baselines measured in the same run.
 bench: data
 	$(BIN)/python -m tests.bench.training
+
+# Per-trial cost as a study grows (10^3 to 10^5 trials, SQLite and a local PostgreSQL), ~20 min.
+bench-scale: data $(DEV_STAMP)
+	$(BIN)/python -m tests.bench.scale
 
 report: $(STAMP)
 	$(BIN)/sweep report all --storage $(STORAGE)

@@ -18,10 +18,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sweep.errors import SpecError, SweepError
 from sweep.objective import Evaluation, evaluate_best
-from sweep.report import Report, load_study, report_folder, write_report
 from sweep.runner import run
 from sweep.spec import StudySpec, load_spec
 from sweep.storage import open_storage, resolve_url, study_names
@@ -29,6 +29,9 @@ from sweep.study import join as _stored_spec_of
 from sweep.summary import StudyStatus
 from sweep.summary import status as _status
 from sweep.worker import work
+
+if TYPE_CHECKING:  # the report imports matplotlib: only the functions that report load it
+    from sweep.report import Report
 
 __all__ = ["evaluate", "join", "load_spec", "report_all", "report_study", "run", "status"]
 
@@ -61,6 +64,8 @@ def report_study(
 ) -> Report:
     """Write study ``name``'s report (report.md, trials.csv, figures) into ``out``, by default
     ``runs/<slug>/`` (a study's name never becomes a path); return what was written."""
+    from sweep.report import report_folder, write_report
+
     rdb = open_storage(storage, heartbeat_interval=None, grace_period=None, read_only=True)
     return write_report(rdb, name, out_dir=out or report_folder(Path("runs"), rdb, name),
                         log_loss=log_loss)  # fmt: skip
@@ -72,6 +77,8 @@ def report_all(
 ) -> tuple[list[Report], dict[str, str]]:  # fmt: skip
     """Report every study it can, each in its own folder under ``root``; return the reports
     and, for each study that could not be reported, why."""
+    from sweep.report import report_folder, write_report
+
     rdb = open_storage(storage, heartbeat_interval=None, grace_period=None, read_only=True)
     done, failed = [], {}
     for name in study_names(rdb):
@@ -90,6 +97,8 @@ def report_all(
 def evaluate(spec: StudySpec, *, storage: str | None = None) -> Evaluation:
     """Retrain the study's best configuration (same seed) and measure its test accuracy,
     once; stored on the study as ``test_accuracy`` and ``test_trial``."""
+    from sweep.report import load_study
+
     study = load_study(open_storage(storage, heartbeat_interval=None, grace_period=None),
                        spec.name)  # fmt: skip
     if not any(t.value is not None for t in study.get_trials(deepcopy=False)):

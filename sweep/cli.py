@@ -121,6 +121,10 @@ def _quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+#: Rows of the table ``sweep run`` ends with, the best first (``--all``: every trial).
+TOP_TRIALS = 20
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     """Create or resume a study and run it to the end with parallel worker processes."""
     from sweep.api import run
@@ -146,7 +150,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     finally:
         progress.close()
-    print(trial_table(study))
+    table, more = trial_table(study, limit=None if args.all else TOP_TRIALS)
+    print(table)
+    if more:
+        print(f"… and {more} more trials (sweep report, or --all)")
     return EXIT_OK
 
 
@@ -420,6 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="loky: local processes (default); dask: the workers of a dask.distributed cluster",
     )  # fmt: skip
     p.add_argument("--scheduler", help="dask scheduler address, e.g. tcp://host:8786")
+    p.add_argument(
+        "--all", action="store_true",
+        help=f"end with a table of every trial (default: the best {TOP_TRIALS})",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(

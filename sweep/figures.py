@@ -1,7 +1,11 @@
 """The report's figures: pure functions from plain data to a PNG file.
 
-matplotlib is imported here only (and with the headless Agg backend), so that the rest of the
-framework, and ``sweep --help``, never pay for it.
+A large study's figures (``sweep.digest`` decides when) summarise instead of drawing every
+trial: ``binned`` for values over trials or time, ``curve_bands`` for learning curves,
+``accuracy_hexbin`` for accuracy against size. They live in ``sweep.digest_figures``.
+
+matplotlib is imported here only (here and there, with the headless Agg backend), so that the
+rest of the framework, and ``sweep --help``, never pay for it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from sweep.objective import METRIC as ACCURACY
 
 SIZE = (7.5, 4.6)  # inches; at DPI this is 900 × 552 pixels, readable at 100% zoom
 DPI = 120
+#: Heatmap cells that still get a printed value: 9-point text fills a 10 × 10 grid's cells.
+LABELLED_CELLS = 100
+MAX_TICKS = 20  # per heatmap axis, so that tick labels never overlap
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -43,7 +50,7 @@ def history(
     ax.step(numbers, best, where="post", color="tab:red", label="best so far")
     ax.set(title="Optimisation history", xlabel="trial number", ylabel=metric)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right" if maximize else "upper right")
+    ax.legend(loc="best")  # "lower right" sat on the last trials of a grid
     return _save(fig, path)
 
 
@@ -134,7 +141,8 @@ def importances(scores: dict[str, float], path: Path, *, metric: str = ACCURACY)
     names = sorted(scores, key=scores.get)
     fig, ax = plt.subplots(figsize=SIZE)
     ax.barh(names, [scores[n] for n in names], color="tab:blue")
-    ax.set(title="Parameter importances", xlabel=f"importance for {metric} (fraction)")
+    ax.set(title="Parameter importances",
+           xlabel=f"share of the variance in {metric} it explains (fANOVA)")  # fmt: skip
     ax.grid(alpha=0.3, axis="x")
     return _save(fig, path)
 
@@ -143,7 +151,8 @@ def grid_heatmap(
     title: str, rows: Sequence[int], cols: Sequence[int], cells: dict[tuple[int, int], float],
     path: Path,
 ) -> Path:  # fmt: skip
-    """hidden_1 × hidden_2 cells annotated with validation accuracy; missing cells blank."""
+    """hidden_1 × hidden_2 cells annotated with validation accuracy (up to ``LABELLED_CELLS``
+    cells; a larger grid is read by its colours alone); missing cells blank."""
     import numpy as np
 
     grid = np.full((len(rows), len(cols)), np.nan)
@@ -151,15 +160,19 @@ def grid_heatmap(
         grid[rows.index(r), cols.index(c)] = v
     fig, ax = plt.subplots(figsize=(6.4, 5.0))
     image = ax.imshow(grid, cmap="viridis", origin="lower", aspect="auto")
-    for i in range(len(rows)):
+    labelled = len(rows) * len(cols) <= LABELLED_CELLS
+    for i in range(len(rows) if labelled else 0):
         for j in range(len(cols)):
             if not np.isnan(grid[i, j]):
                 # dark text on viridis' bright (yellow-green) end, white on its dark end
                 bright = image.norm(grid[i, j]) > 0.6
                 ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=9,
                         color="black" if bright else "white", fontweight="bold")  # fmt: skip
-    ax.set_xticks(range(len(cols)), [str(c) for c in cols])
-    ax.set_yticks(range(len(rows)), [str(r) for r in rows])
+    # every tick where they fit; beyond MAX_TICKS, evenly spaced ones (the colours carry it)
+    xs = range(0, len(cols), max(1, math.ceil(len(cols) / MAX_TICKS)))
+    ys = range(0, len(rows), max(1, math.ceil(len(rows) / MAX_TICKS)))
+    ax.set_xticks(xs, [str(cols[j]) for j in xs])
+    ax.set_yticks(ys, [str(rows[i]) for i in ys])
     ax.set(title=title, xlabel="hidden_2 (units)", ylabel="hidden_1 (units)")
     fig.colorbar(image, ax=ax, label=ACCURACY)
     return _save(fig, path)

@@ -58,9 +58,6 @@ def build_model_and_config(settings: TrainSettings, seed: int) -> tuple[MLP, Tra
     return MLP.from_config(model_config, seed=seed), config
 
 
-# Kept while sweep/cli.py's `sweep train` still imports it by its old name; delete then.
-
-
 #: What the objective returns, as optuna's metric name (the dashboard and reports label by it).
 METRIC = "validation accuracy [%]"
 

@@ -18,6 +18,7 @@ from mlp.model import parameter_count
 from sweep import queue
 from sweep.errors import SpecError
 from sweep.objective import METRIC
+from sweep.sampler import BoundedTPESampler
 from sweep.space import grid_points
 from sweep.spec import StudySpec, first_difference, stored_spec
 from sweep.storage import GRACE_PERIOD_S, MissingDatabase, mask_password, open_storage
@@ -27,11 +28,18 @@ logger = logging.getLogger(__name__)
 
 
 def make_sampler(spec: StudySpec, salt: int = 0) -> optuna.samplers.BaseSampler:
+    """The spec's sampler, seeded with the study seed and this worker's ``salt``.
+
+    TPE sees a bounded view of the study (``sweep.sampler``: the best trials, the newest ones
+    and the running ones), so that an ask costs the same at any study size; a study whose
+    finished trials fit in its recent window (``sweep.sampler.RECENT``) gets exactly optuna's
+    TPE.
+    """
     seed = (spec.seed + 1009 * salt) % 2**32  # numpy's seed range
     if spec.sampler == "tpe":
         # constant_liar: running trials count as provisional results, so parallel workers do not
         # all sample the same promising point.
-        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=10)
+        return BoundedTPESampler(seed=seed, constant_liar=True, n_startup_trials=10)
     return optuna.samplers.RandomSampler(seed=seed)  # grid trials arrive with fixed parameters
 
 

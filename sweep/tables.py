@@ -36,11 +36,38 @@ user_attrs = models.TrialUserAttributeModel.__table__
 system_attrs = models.TrialSystemAttributeModel.__table__
 study_system_attrs = models.StudySystemAttributeModel.__table__
 study_user_attrs = models.StudyUserAttributeModel.__table__
+directions = models.StudyDirectionModel.__table__
 FINITE = models.TrialValueModel.TrialValueType.FINITE  # trial_values.value_type of a number
+
+#: A study's trials by state, oldest first. Every
+#: read of the queue names a study and a state (the claim's oldest WAITING trial, the WAITING
+#: and RUNNING ones of ``pending`` and ``recover``, the FAIL ones whose reason a count needs),
+#: and optuna's own index on ``study_id`` alone made each of them walk past every finished
+#: trial of the study, inside the write lock: claim + finish took 1.9 ms with 10^3 finished
+#: trials and 24.8 ms with 10^5 on SQLite (PostgreSQL 12 and 32 ms); with this index 1.6 ms
+#: (PostgreSQL 8.6 ms) at 10^5, as at 10^3. ``sweep.storage`` creates it when it opens a
+#: database for writing.
+#: Declared on a copy of the table, so that optuna's own metadata (its ``create_all``) is not
+#: changed; optuna's alembic migrations neither know nor mind it (``optuna storage upgrade``
+#: still finds the schema current, tested).
+_copy = trials.to_metadata(sqlalchemy.MetaData())
+QUEUE_INDEX = sqlalchemy.Index(
+    "ix_sweep_trials_queue", _copy.c.study_id, _copy.c.state, _copy.c.trial_id
+)
+#: The best values first, for the bounded TPE sampler (``sweep.sampler``): its view of a
+#: study's best trials walks this index from the best end, where it read every value of the
+#: study on every ask (27 ms at 5·10^4 trials; 1.4 ms for all its lookups with the index).
+_values_copy = values.to_metadata(sqlalchemy.MetaData())
+VALUE_INDEX = sqlalchemy.Index(
+    "ix_sweep_values_best", _values_copy.c.value_type, _values_copy.c.value
+)
+#: sweep's additions to optuna's schema, made by ``sweep.storage`` when it opens for writing.
+INDEXES = (QUEUE_INDEX, VALUE_INDEX)
 
 #: Every column sweep reads or writes directly, by table.
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "studies": ("study_id",),
+    "studies": ("study_id", "study_name"),
+    "study_directions": ("study_id", "direction", "objective"),
     "trials": ("trial_id", "number", "study_id", "state", "datetime_start", "datetime_complete"),
     "trial_heartbeats": ("trial_id", "heartbeat"),
     "trial_params": ("trial_id", "param_name", "param_value", "distribution_json", "param_id"),
