@@ -3,6 +3,7 @@
 Imports numpy and the standard library only.
 """
 
+from mlp.checkpoint import CheckpointError, TrainState, load_state, save_state
 from mlp.config import ModelConfig, TrainConfig
 from mlp.data import DataError, Dataset, Split, load_mnist
 from mlp.gradcheck import GradCheck, gradcheck
@@ -11,6 +12,7 @@ from mlp.train import DivergedError, EpochMetrics, History, fit
 
 __all__ = [
     "MLP",
+    "CheckpointError",
     "DataError",
     "Dataset",
     "DivergedError",
@@ -20,8 +22,11 @@ __all__ = [
     "ModelConfig",
     "Split",
     "TrainConfig",
+    "TrainState",
     "fit",
     "gradcheck",
     "load_mnist",
+    "load_state",
     "parameter_count",
+    "save_state",
 ]

@@ -42,6 +42,8 @@ import stat
 import struct
 import zipfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -156,9 +158,12 @@ class Npy(NamedTuple):
     dtype: str  # a numpy dtype name, or "integer" for any integer type
 
 
-def read_npz(path: Path, members: dict[str, Npy]) -> list[np.ndarray]:
-    """The named arrays of a .npz file, each checked against its Npy before it is read."""
-    f, size = open_regular(path, MAX_BYTES)
+@contextmanager
+def open_npz(path: Path, limit: int = MAX_BYTES) -> Iterator[tuple[zipfile.ZipFile, BinaryIO]]:
+    """``path`` opened once as a zip (and the file under it), if it is a regular file of at
+    most ``limit`` bytes whose end record zipfile can parse safely; members are read with
+    ``read_npy``, all from the same file even if it is replaced meanwhile."""
+    f, size = open_regular(path, limit)
     with f:
         f.seek(max(size - 42, 0))
         tail = f.read(42)
@@ -172,10 +177,17 @@ def read_npz(path: Path, members: dict[str, Npy]) -> list[np.ndarray]:
             raise Refused(f"got a zip directory larger than {MAX_ZIP_DIRECTORY:,} bytes")
         f.seek(0)
         with zipfile.ZipFile(f) as zf:
-            return [_read_npy(zf, name, spec) for name, spec in members.items()]
+            yield zf, f
 
 
-def _read_npy(zf: zipfile.ZipFile, name: str, spec: Npy) -> np.ndarray:
+def read_npz(path: Path, members: dict[str, Npy]) -> list[np.ndarray]:
+    """The named arrays of a .npz file, each checked against its Npy before it is read."""
+    with open_npz(path) as (zf, _):
+        return [read_npy(zf, name, spec) for name, spec in members.items()]
+
+
+def read_npy(zf: zipfile.ZipFile, name: str, spec: Npy) -> np.ndarray:
+    """Member ``name``, its dtype, shape and size checked in its header before it is read."""
     try:
         info = zf.getinfo(f"{name}.npy")
     except KeyError:

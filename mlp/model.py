@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -168,3 +170,24 @@ class MLP:
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Predicted class per row: (n,) int64."""
         return self.forward(x)[0].argmax(axis=1)
+
+    def save(self, path: str | os.PathLike, *, meta: dict | None = None) -> Path:
+        """Write the weights to ``path`` (.npz, no pickle) and a JSON sidecar ``path`` with
+        suffix ``.json`` holding the architecture (sizes), activation, dtype, the weights'
+        SHA-256 and ``meta`` (e.g. the training config, validation and test accuracy); both
+        atomically, the weights first. Returns the sidecar.
+
+        Note: two files cannot be replaced at once; a save killed between them leaves new
+        weights beside the old sidecar, which ``load`` refuses by the digest.
+        """
+        from mlp.checkpoint import save_model  # mlp.checkpoint imports this module
+
+        return save_model(self, path, meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> MLP:
+        """The model saved by ``save`` (reads the sidecar for the architecture); raises
+        CheckpointError (one line) on a missing/corrupt/mismatched file."""
+        from mlp.checkpoint import load_model
+
+        return load_model(path)

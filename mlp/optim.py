@@ -43,6 +43,29 @@ class SGD:
         every weight (``MLP.backward_from_probs(..., scale=η)``)."""
         return not self.momentum and not self.weight_decay
 
+    @property
+    def velocity(self) -> list[np.ndarray] | None:
+        """The momentum buffers in the order of ``params`` (the optimiser's own arrays, updated
+        in place by ``step``), or None while there are none: without momentum, before the
+        first step. With them, a run stopped between steps continues exactly."""
+        if any(v is None for v in self._velocity):
+            return None
+        return list(self._velocity)
+
+    @velocity.setter
+    def velocity(self, buffers: list[np.ndarray] | None) -> None:
+        if buffers is None:
+            self._velocity = [None] * len(self.params)
+            return
+        if not self.momentum:
+            raise ValueError("momentum buffers given to an optimiser without momentum")
+        for p, v in zip(self.params, buffers, strict=True):
+            if v.shape != p.shape or v.dtype != p.dtype:
+                raise ValueError(
+                    f"a momentum buffer of {v.dtype} {v.shape} for {p.dtype} {p.shape}"
+                )
+        self._velocity = [v.copy() for v in buffers]
+
     def step(self, grads: list[np.ndarray], learning_rate: float) -> None:
         """One update; ``grads`` (in the order of ``params``) are overwritten."""
         for i, (p, g) in enumerate(zip(self.params, grads, strict=True)):

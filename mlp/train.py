@@ -1,6 +1,9 @@
 """Minibatch SGD for the MLP, with per-epoch metrics and a callback that can stop training.
 
-What a run does is a ``TrainConfig`` (``mlp.config``, where every field is declared).
+What a run does is a ``TrainConfig`` (``mlp.config``, where every field is declared). A run can
+be stopped after any epoch and continued exactly: ``on_state`` hands out a ``TrainState`` (the
+weights, the momentum buffers, the random generator, the patience bookkeeping, the metrics),
+``mlp.checkpoint`` writes and reads it, and ``fit(..., resume=state)`` goes on from it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mlp.checkpoint import TrainState
 from mlp.config import TrainConfig
 from mlp.data import Dataset
 from mlp.functions import cross_entropy
@@ -52,6 +56,8 @@ class History:
 
 #: Called after every epoch; returning True stops training (exceptions propagate).
 EpochCallback = Callable[[EpochMetrics], "bool | None"]
+#: Called after every epoch that training continues past, with a copy of the state after it.
+StateCallback = Callable[[TrainState], None]
 
 
 # Overflow in a diverging run is reported once, as DivergedError, not as numpy warnings.
@@ -62,25 +68,44 @@ def fit(
     config: TrainConfig,
     *,
     on_epoch: EpochCallback | None = None,
+    resume: TrainState | None = None,
+    on_state: StateCallback | None = None,
 ) -> History:
     """Train ``model`` in place on ``data.train``, evaluating on ``data.valid`` every epoch.
 
-    Raises DivergedError as soon as a minibatch loss is not finite.
+    ``on_epoch`` sees each epoch's metrics and may stop training. ``on_state`` is then called
+    (unless it stopped) with the state after the epoch and after the patience bookkeeping:
+    copies, ~2 ms for the 784-512-768-10 model, which the caller may write or drop.
+    ``resume``, a state of a run with the same model shape and ``config``, loads it into
+    ``model``, the optimiser and the random generator and continues at ``resume.epoch + 1``:
+    the weights and every later epoch's metrics are those of a run never stopped, bit for bit
+    (in float32, given the same BLAS thread count). The History holds the resumed epochs too;
+    ``on_epoch`` is called only for the epochs run.
+
+    Raises DivergedError as soon as a minibatch loss is not finite, ValueError for a ``resume``
+    that does not fit ``model`` or ``config``.
     """
     optimiser = SGD(
         model.params, momentum=config.momentum, nesterov=config.nesterov,
         weight_decay=config.weight_decay,
     )  # fmt: skip
+    rng = np.random.default_rng(config.seed)
     best, since_best = -1.0, 0
+    history = History()
+    if resume is not None:
+        _restore(resume, model, optimiser, rng, config)
+        best, since_best = resume.best, resume.since_best
+        history.epochs = list(resume.history)
+        if config.patience and since_best >= config.patience:  # saved as patience ran out
+            history.stopped_early = True
+            return history
     dtype = model.dtype
     x_train = np.asarray(data.train.x, dtype=dtype)
     y_train = data.train.y
     x_valid = np.asarray(data.valid.x, dtype=dtype)
     n = len(y_train)
     batch = np.empty((min(config.batch_size, n), x_train.shape[1]), dtype=dtype)
-    rng = np.random.default_rng(config.seed)
-    history = History()
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(len(history.epochs) + 1, config.epochs + 1):
         start = time.perf_counter()
         lr = learning_rate_at(
             epoch, config.learning_rate, schedule=config.schedule, epochs=config.epochs,
@@ -128,7 +153,43 @@ def fit(
             history.stopped_early = True
             break
         best, since_best = (valid_acc, 0) if valid_acc > best else (best, since_best + 1)
+        if on_state is not None:
+            velocity = optimiser.velocity
+            on_state(
+                TrainState(
+                    epoch=epoch,
+                    params=[p.copy() for p in model.params],
+                    velocity=None if velocity is None else [v.copy() for v in velocity],
+                    rng=rng.bit_generator.state,  # a new dict each time
+                    best=best,
+                    since_best=since_best,
+                    history=list(history.epochs),
+                )
+            )
         if config.patience and since_best >= config.patience:
             history.stopped_early = True
             break
     return history
+
+
+def _restore(
+    state: TrainState, model: MLP, optimiser: SGD, rng: np.random.Generator, config: TrainConfig
+) -> None:
+    """Put ``state`` into the run's objects, refusing one that cannot be from this run."""
+    if not 0 <= state.epoch <= config.epochs or len(state.history) != state.epoch:
+        raise ValueError(
+            f"cannot resume at epoch {state.epoch} with {len(state.history)} epochs of history "
+            f"in a run of {config.epochs}"
+        )
+    for p, q in zip(model.params, state.params, strict=True):
+        if p.shape != q.shape or p.dtype != q.dtype:
+            raise ValueError(f"cannot resume {q.dtype} {q.shape} weights into {p.dtype} {p.shape}")
+    if state.epoch and bool(config.momentum) != (state.velocity is not None):
+        raise ValueError(
+            f"cannot resume a state {'without' if config.momentum else 'with'} "
+            f"momentum buffers in a run with momentum {config.momentum}"
+        )
+    for p, q in zip(model.params, state.params, strict=True):
+        p[...] = q  # in place: the optimiser holds these arrays
+    optimiser.velocity = state.velocity
+    rng.bit_generator.state = state.rng
