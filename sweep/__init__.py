@@ -1,8 +1,9 @@
 """mlp-sweep: optuna studies of the numpy MLP, run in parallel worker processes.
 
 The public surface is ``sweep.api``'s functions (``load_spec``, ``run``, ``join``, ``status``,
-``report_study``, ``report_all``, ``evaluate``) and the errors; see ``sweep.api`` for an example.
-They are loaded on first use, so that ``import sweep`` (and ``sweep --help``) stays instant.
+``report_study``, ``report_all``, ``evaluate``, ``export``) and the errors; see ``sweep.api`` for
+an example. They are loaded on first use, so that ``import sweep`` (and ``sweep --help``) stays
+instant.
 """
 
 from __future__ import annotations
@@ -12,11 +13,20 @@ from typing import TYPE_CHECKING, Any
 from sweep.errors import DataError, SpecError, StorageError, SweepError, WorkerError
 
 if TYPE_CHECKING:
-    from sweep.api import evaluate, join, load_spec, report_all, report_study, run, status
+    from sweep.api import (
+        evaluate,
+        export,
+        join,
+        load_spec,
+        report_all,
+        report_study,
+        run,
+        status,
+    )
 
 __all__ = [
     "DataError", "SpecError", "StorageError", "SweepError", "WorkerError",
-    "evaluate", "join", "load_spec", "report_all", "report_study", "run", "status",
+    "evaluate", "export", "join", "load_spec", "report_all", "report_study", "run", "status",
 ]  # fmt: skip
 _API = frozenset(__all__[5:])
 

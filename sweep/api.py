@@ -15,11 +15,13 @@ Errors are the exceptions of ``sweep.errors``, each with a one-line message.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sweep.artifacts import artifacts_location, open_store
 from sweep.errors import SpecError, SweepError
 from sweep.objective import Evaluation, evaluate_best
 from sweep.runner import run
@@ -33,16 +35,19 @@ from sweep.worker import work
 if TYPE_CHECKING:  # the report imports matplotlib: only the functions that report load it
     from sweep.report import Report
 
-__all__ = ["evaluate", "join", "load_spec", "report_all", "report_study", "run", "status"]
+__all__ = [
+    "evaluate", "export", "join", "load_spec", "report_all", "report_study", "run", "status",
+]  # fmt: skip
 
 
 def join(
     name: str, *, storage: str | None = None, spec: StudySpec | None = None, wait: float = 0.0,
-    data_path: str | None = None,
+    data_path: str | None = None, artifacts: str | None = None,
 ) -> int:  # fmt: skip
     """Work on study ``name`` as one more worker until it has nothing left to claim; return
     how many trials this worker ran. The stored spec decides what runs (``spec``, if given,
-    must agree with it); ``wait`` seconds for the study to be created by its launcher."""
+    must agree with it); ``wait`` seconds for the study to be created by its launcher;
+    ``artifacts`` where its trials checkpoint (see ``sweep.run``)."""
     if spec is not None and spec.name != name:
         raise SpecError(f"{spec.source}: [study.name] is {spec.name!r}, not {name!r}")
     url = resolve_url(storage)
@@ -50,7 +55,8 @@ def join(
     run_id = uuid.uuid4().hex[:12]
     # A sampler seed of its own (the study seed plus a salt): the tasks of a batch array would
     # otherwise all draw the same random and TPE start-up points.
-    return work(stored, url, run_id, salt=1 + int(run_id, 16) % 2**20, launch=True)
+    return work(stored, url, run_id, salt=1 + int(run_id, 16) % 2**20, launch=True,
+                artifacts=artifacts)  # fmt: skip
 
 
 def status(storage: str | None = None) -> list[StudyStatus]:
@@ -94,13 +100,46 @@ def report_all(
     return done, failed
 
 
-def evaluate(spec: StudySpec, *, storage: str | None = None) -> Evaluation:
+def evaluate(
+    spec: StudySpec, *, storage: str | None = None, artifacts: str | None = None
+) -> Evaluation:
     """Retrain the study's best configuration (same seed) and measure its test accuracy,
-    once; stored on the study as ``test_accuracy`` and ``test_trial``."""
+    once; stored on the study as ``test_accuracy`` and ``test_trial``. The retrained model
+    (weights and JSON sidecar, ``mlp.MLP.save``) is uploaded to the study's artifact store
+    (``artifacts``, see ``sweep.run``); the result names the two artifacts and the store."""
+    from sweep import best
     from sweep.report import load_study
 
-    study = load_study(open_storage(storage, heartbeat_interval=None, grace_period=None),
+    url = resolve_url(storage)
+    location, _ = artifacts_location(artifacts, url)
+    store = open_store(location)  # a bad --artifacts fails before minutes of training
+    study = load_study(open_storage(url, heartbeat_interval=None, grace_period=None),
                        spec.name)  # fmt: skip
     if not any(t.value is not None for t in study.get_trials(deepcopy=False)):
         raise SweepError(f"study {spec.name!r} has no completed trial to evaluate")
-    return evaluate_best(study, spec)
+    result = evaluate_best(study, spec)
+    assert result.model is not None and result.config is not None and result.seed is not None
+    meta = best.model_meta(study, result.trial, result.config, result.seed,
+                           result.valid_accuracy, result.test_accuracy)  # fmt: skip
+    uploaded = best.upload(study, store, result.model, meta)
+    return dataclasses.replace(result, artifacts=uploaded, store=location)
+
+
+def export(
+    name: str, *, out: str | Path, storage: str | None = None, artifacts: str | None = None
+) -> Path:
+    """Write study ``name``'s best model to ``out`` (.npz weights) and its JSON sidecar beside
+    it (``mlp.MLP.load(out)`` reads both); return the sidecar. The weights are the best trial's
+    own final weights, kept by the workers in the artifact store (``artifacts``, see
+    ``sweep.run``); nothing is retrained. SweepError if the study has none (a study run before
+    checkpoints were kept: ``evaluate`` retrains and uploads one)."""
+    from sweep import best
+    from sweep.report import load_study
+
+    out = Path(out)
+    best.check_out(out)
+    url = resolve_url(storage)
+    location, _ = artifacts_location(artifacts, url)
+    store = open_store(location)
+    rdb = open_storage(url, heartbeat_interval=None, grace_period=None, read_only=True)
+    return best.export(load_study(rdb, name), store, out, where=location)

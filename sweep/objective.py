@@ -1,7 +1,8 @@
 """The optuna objective: a trial's parameters → one training run of the numpy MLP.
 
 It knows nothing of processes or storage: it suggests, trains, reports validation accuracy
-each epoch for pruning and leaves the learning curves on the trial as user attributes.
+each epoch for pruning and leaves the learning curves on the trial as user attributes. Given the
+study's artifact store, it checkpoints the training and resumes it (``sweep.checkpoint``).
 """
 
 from __future__ import annotations
@@ -13,18 +14,23 @@ import logging
 import time
 import warnings
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from threadpoolctl import threadpool_limits
 
 from mlp import MLP, Dataset, DivergedError, EpochMetrics, TrainConfig, fit, load_mnist
 from mlp.model import parameter_count
+from sweep.checkpoint import Checkpoints, system_attrs
 from sweep.errors import SpecError
+from sweep.queue import RESUME_FROM
 from sweep.rules import check_value, train_rules
 from sweep.settings import TrainSettings, configs
 from sweep.space import suggest
 from sweep.spec import StudySpec
+
+if TYPE_CHECKING:
+    from optuna.artifacts._protocol import ArtifactStore
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +70,16 @@ METRIC = "validation accuracy [%]"
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    """Callable objective for one study: returns the final validation accuracy in percent."""
+    """Callable objective for one study: returns the final validation accuracy in percent.
+
+    With an artifact store (``sweep.checkpoint``), the trial checkpoints its training as it
+    goes and, given a ``resume_from``, continues from that checkpoint: its earlier epochs are
+    reported again from the checkpoint's history, so its value, intermediate values and curves
+    are those of an uninterrupted run.
+    """
 
     spec: StudySpec
+    artifacts: ArtifactStore | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         settings = suggest(trial, self.spec)
@@ -76,6 +89,10 @@ class Objective:
             "train_loss": [], "train_accuracy": [], "valid_loss": [], "valid_accuracy": []
         }  # fmt: skip
         start = time.perf_counter()
+        saved = Checkpoints(self.artifacts, trial) if self.artifacts is not None else None
+        resumed = saved.resume(model, config) if saved is not None else None
+        resume_attrs: dict[str, Any] = {}
+        ran = [0]
 
         def save(**extra: Any) -> None:
             attrs = {
@@ -84,30 +101,58 @@ class Objective:
                 "seed": seed,
                 "seconds": round(time.perf_counter() - start, 3),
                 **curves,
+                **resume_attrs,
                 **extra,
             }
+            if resumed is not None:
+                attrs["epochs_run"] = ran[0]  # by this trial itself
             for key, value in attrs.items():
                 trial.set_user_attr(key, value)
 
-        def on_epoch(m: EpochMetrics) -> None:
+        def record(m: EpochMetrics) -> None:
             curves["train_loss"].append(m.train_loss)
             curves["train_accuracy"].append(100 * m.train_accuracy)
             curves["valid_loss"].append(m.valid_loss)
             curves["valid_accuracy"].append(100 * m.valid_accuracy)
             trial.report(100 * m.valid_accuracy, m.epoch)
+
+        def on_epoch(m: EpochMetrics) -> None:
+            ran[0] += 1
+            record(m)
             if m.epoch < config.epochs and trial.should_prune():
                 save(pruned_at=m.epoch)
                 raise optuna.TrialPruned(f"pruned at epoch {m.epoch}")
 
+        if resumed is not None:
+            # The epochs it did not run, as they were reported (not pruned: it went on).
+            for m in resumed.history:
+                record(m)
+            resume_attrs = {
+                "resumed_from_epoch": resumed.epoch,
+                "resumed_from_trial": _resumed_from(trial),
+            }
         try:
             # The study's BLAS thread count, whatever the worker's: float32 sums depend on it.
             with threadpool_limits(limits=self.spec.threads, user_api="blas"):
-                fit(model, load_data(self.spec), config, on_epoch=on_epoch)
+                fit(model, load_data(self.spec), config, on_epoch=on_epoch, resume=resumed,
+                    on_state=saved.on_state if saved is not None else None)  # fmt: skip
+            if saved is not None:
+                saved.finish()  # the final weights, for the study's best model
         except DivergedError as e:
             save(fail_reason=str(e))
             raise TrialFailed(str(e)) from e
+        finally:
+            if saved is not None:
+                saved.close()
         save()
         return curves["valid_accuracy"][-1]
+
+
+def _resumed_from(trial: optuna.Trial) -> int | None:
+    """The number of the trial whose checkpoint this one resumed from (the queue wrote it)."""
+    given = system_attrs(trial).get(RESUME_FROM, {})
+    number = given.get("trial") if isinstance(given, dict) else None
+    return number if type(number) is int else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +162,11 @@ class Evaluation:
     trial: int
     test_accuracy: float  # percent
     valid_accuracy: float  # percent, of the retrained model (equals the trial's value)
+    model: MLP | None = dataclasses.field(default=None, repr=False, compare=False)  # retrained
+    config: TrainSettings | None = None  # the trial's settings, as derived from the spec
+    seed: int | None = None  # the trial's seed (weights, shuffling, dropout)
+    artifacts: tuple[str, ...] = ()  # the model's weights and sidecar in the artifact store
+    store: str | None = None  # that store's location (``sweep.artifacts.artifacts_location``)
 
 
 def _settings_of(trial: optuna.trial.FrozenTrial, spec: StudySpec) -> TrainSettings:
@@ -144,12 +194,15 @@ def evaluate_best(study: optuna.Study, spec: StudySpec) -> Evaluation:
     """
     best = study.best_trial
     settings = _settings_of(best, spec)
-    model, config = build_model_and_config(settings, trial_seed(spec.seed, best.params))
+    seed = trial_seed(spec.seed, best.params)
+    model, config = build_model_and_config(settings, seed)
     data = load_data(spec)
     with threadpool_limits(limits=spec.threads, user_api="blas"):
         history = fit(model, data, config)
-    _, test_acc = model.evaluate(data.test.x.astype(model.dtype, copy=False), data.test.y)
-    result = Evaluation(best.number, 100 * test_acc, 100 * history.epochs[-1].valid_accuracy)
+        _, test_acc = model.evaluate(data.test.x.astype(model.dtype, copy=False), data.test.y,
+                                     batch_size=config.eval_batch_size)  # fmt: skip
+    result = Evaluation(best.number, 100 * test_acc, 100 * history.epochs[-1].valid_accuracy,
+                        model=model, config=settings, seed=seed)  # fmt: skip
     study.set_user_attr("test_accuracy", result.test_accuracy)
     study.set_user_attr("test_trial", result.trial)
     return result

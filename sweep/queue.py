@@ -17,12 +17,15 @@ on any host) goes through these few operations, each one transaction on optuna's
     PostgreSQL).
   - ``release``: a trial whose worker failed (not the trial: its data, memory or storage went,
     or it was interrupted) goes back to WAITING as it was enqueued, in one transaction;
-    ``release_run`` does so for every RUNNING trial of an interrupted launcher's run.
+    ``release_run`` does so for every RUNNING trial of an interrupted launcher's run. It keeps
+    the parameters it ran with (as fixed ones) and turns its ``checkpoint`` into ``resume_from``.
   - ``recover``: a trial that a sweep worker claimed and whose heartbeat stopped for longer
     than the grace period is failed and its replacement enqueued in the same transaction, with
     optuna's ``retry_history``, under the study lock; after ``max_retries`` deaths it stays
-    FAIL with a ``fail_reason``. Trials without sweep's tags (another optuna client's) are
-    never touched. ``abandon_run`` does the same at once for a run whose processes died.
+    FAIL with a ``fail_reason``. The replacement runs the orphan's parameters (fixed) and
+    resumes from its last ``checkpoint`` (``resume_from``), so a killed trial loses at most an
+    epoch. Trials without sweep's tags (another optuna client's) are never touched.
+    ``abandon_run`` does the same at once for a run whose processes died.
   - ``pending`` and ``tally``: what a launcher still waits for (it leaves only when nothing
     WAITING or RUNNING is left that it could take) and its progress, read-only, no lock.
 
@@ -44,6 +47,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -60,6 +65,10 @@ from sweep.tables import trials
 RUN_TAG, WORKER_TAG = "run", "worker"
 #: System attributes an enqueued trial starts with; a release keeps these and drops the rest.
 FIXED, FAILED_TRIAL, RETRY_HISTORY = "fixed_params", "failed_trial", "retry_history"
+#: System attributes of a trial's work in progress: its latest checkpoint, ``{"artifact_id":
+#: str, "epoch": int}`` (written by the objective), and the checkpoint a requeued trial starts
+#: from, the same with the ``trial`` (number) that wrote it (written here).
+CHECKPOINT, RESUME_FROM = "checkpoint", "resume_from"
 #: User attribute of a trial that did not run because the cap was lowered (state FAIL, and
 #: it does not count toward the cap or cover its grid point: raising the cap queues it again).
 SKIPPED = "skipped"
@@ -122,32 +131,50 @@ def claim(storage: RDBStorage, study_id: int, tags: dict[str, Any]) -> Claim | N
 
 
 def release(storage: RDBStorage, trial_id: int, started: datetime | None = None) -> bool:
-    """Put a RUNNING trial back in the queue: WAITING, with its fixed parameters and retry
-    history and nothing else (its parameters, values, curves, heartbeat and every user
-    attribute go, an enqueuer's included). With ``started``, only that claim of it. False if
-    it was no longer RUNNING."""
+    """Put a RUNNING trial back in the queue: WAITING, with its fixed parameters (those it ran
+    with, if none were fixed), its retry history and its checkpoint as ``resume_from``, and
+    nothing else (its values, curves, heartbeat and every user attribute go, an enqueuer's
+    included). With ``started``, only that claim of it. False if it was no longer RUNNING."""
     with storage.engine.begin() as conn:
         return _release(conn, trial_id, started)
 
 
 def _release(conn: Any, trial_id: int, started: datetime | None) -> bool:
     where = tb.held_by(trial_id, started)
-    update = conn.execute(
+    number = conn.execute(
         trials.update()
         .where(*where)
         .values(state=TrialState.WAITING, datetime_start=None, datetime_complete=None)
-    )
-    if update.rowcount != 1:
+        .returning(trials.c.number)
+    ).scalar()
+    if number is None:
         return False
+    system = tb.system_attrs
+    work = dict(
+        conn.execute(
+            sqlalchemy.select(system.c.key, system.c.value_json).where(
+                system.c.trial_id == trial_id, system.c.key.in_([FIXED, CHECKPOINT, RESUME_FROM])
+            )
+        ).all()
+    )
+    fixed = _fixed(work.get(FIXED), _stored_params(conn, [trial_id]).get(trial_id, {}))
+    kept = {RESUME_FROM: _resume_point(number, work.get(CHECKPOINT), work.get(RESUME_FROM))}
+    if fixed or FIXED in work:
+        kept[FIXED] = fixed
     for table in (tb.params, tb.values, tb.steps, tb.heartbeats, tb.user_attrs):
         conn.execute(table.delete().where(table.c.trial_id == trial_id))
-    system = tb.system_attrs
     conn.execute(
         system.delete().where(
-            system.c.trial_id == trial_id,
-            system.c.key.not_in([FIXED, FAILED_TRIAL, RETRY_HISTORY]),
+            system.c.trial_id == trial_id, system.c.key.not_in([FAILED_TRIAL, RETRY_HISTORY])
         )
     )
+    rows = [
+        {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
+        for key, value in kept.items()
+        if value is not None
+    ]
+    if rows:
+        conn.execute(system.insert(), rows)
     return True
 
 
@@ -255,8 +282,9 @@ def _covering(conn: Any, study_id: int) -> list[tuple[int, bool, str | None]]:
 
 
 def _stored_params(conn: Any, trial_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-    """The parameters these trials ran with (made by another client: no fixed parameters); a
-    parameter whose stored distribution optuna cannot read is left out."""
+    """The parameters these trials ran with (made by another client, or chosen by a sampler:
+    no fixed parameters); a parameter whose stored distribution optuna cannot read, or whose
+    value is not a number (NULL, NaN: written by SQL), is left out."""
     from optuna.distributions import json_to_distribution
 
     p = tb.params
@@ -268,6 +296,8 @@ def _stored_params(conn: Any, trial_ids: Sequence[int]) -> dict[int, dict[str, A
             ).where(p.c.trial_id.in_(chunk))
         ):
             try:
+                if not math.isfinite(value):
+                    continue
                 external = json_to_distribution(dist).to_external_repr(value)
             except (ValueError, TypeError, KeyError, IndexError, AttributeError):
                 continue  # written by SQL, not by optuna
@@ -394,6 +424,46 @@ def _json(text: str | None, kind: type, default: Any) -> Any:
     return value if isinstance(value, kind) else default
 
 
+def _fixed(fixed_json: str | None, ran: dict[str, Any]) -> dict[str, Any]:
+    """The parameters a trial's successor runs: its fixed ones, over those it ran with (a
+    TPE/random slot has none fixed: its sampler chose them), so that every ``suggest_*`` of
+    the successor returns what the trial's did and its checkpoint fits the same network."""
+    return {**ran, **_json(fixed_json, dict, {})}
+
+
+#: What an artifact id read from the database may look like (optuna's are uuid4 strings): a
+#: name, never a path (a checkpoint named ``../../x`` must never be read or deleted).
+ARTIFACT_ID = re.compile(r"[0-9A-Za-z_-][0-9A-Za-z_.-]{0,127}")
+
+
+def _pointer(text: str | None) -> dict[str, Any] | None:
+    """A ``checkpoint`` or ``resume_from`` attribute as far as it is well formed: an artifact
+    id and an epoch >= 1 (None if not), with its ``trial`` if that is a number >= 0."""
+    value = _json(text, dict, {})
+    artifact, epoch, trial = value.get("artifact_id"), value.get("epoch"), value.get("trial")
+    if not (isinstance(artifact, str) and ARTIFACT_ID.fullmatch(artifact)):
+        return None
+    if type(epoch) is not int or epoch < 1:
+        return None
+    return {"artifact_id": artifact, "epoch": epoch, "trial": trial}
+
+
+def _resume_point(
+    number: int, checkpoint_json: str | None, resume_json: str | None
+) -> dict[str, Any] | None:
+    """Where the work of trial ``number`` resumes: its own ``checkpoint``, else the
+    ``resume_from`` it was given and had not yet replaced by a checkpoint (its artifact is
+    still there); None if neither is well formed. Another client may have written either."""
+    own, given = _pointer(checkpoint_json), _pointer(resume_json)
+    if given is not None and not (type(given["trial"]) is int and given["trial"] >= 0):
+        given = None
+    if own is not None and given is not None and own["artifact_id"] == given["artifact_id"]:
+        return given  # it resumed and names what it was given: that trial's work, not its own
+    if own is not None:
+        return {**own, "trial": number}
+    return given
+
+
 def _history(text: str | None) -> list[int]:
     """A trial's ``retry_history`` (optuna's: the numbers of its failed predecessors)."""
     past = _json(text, list, [])
@@ -406,14 +476,17 @@ def _orphans(conn: Any, study_id: int, joins: Any, *where: Any) -> list[Any]:
     tag, on_tag = _attr(tb.user_attrs, WORKER_TAG, "tag")
     fixed, on_fixed = _attr(tb.system_attrs, FIXED, "fixed")
     history, on_history = _attr(tb.system_attrs, RETRY_HISTORY, "history")
+    saved, on_saved = _attr(tb.system_attrs, CHECKPOINT, "saved")
+    given, on_given = _attr(tb.system_attrs, RESUME_FROM, "given")
     return conn.execute(
         sqlalchemy.select(
             trials.c.trial_id, trials.c.number, trials.c.datetime_start, fixed.c.value_json,
-            history.c.value_json, tag.c.value_json,
+            history.c.value_json, tag.c.value_json, saved.c.value_json, given.c.value_json,
         )
         .select_from(
             joins(trials.join(tag, on_tag)).outerjoin(fixed, on_fixed)
-            .outerjoin(history, on_history)
+            .outerjoin(history, on_history).outerjoin(saved, on_saved)
+            .outerjoin(given, on_given)
         )
         .where(trials.c.study_id == study_id, trials.c.state == TrialState.RUNNING, *where)
         .order_by(trials.c.trial_id)
@@ -424,11 +497,12 @@ def _orphans(conn: Any, study_id: int, joins: Any, *where: Any) -> list[Any]:
 def _fail_and_requeue(
     conn: Any, study_id: int, orphans: list[Any], *, max_retries: int, why: str
 ) -> list[int]:
-    """Fail each orphan whose claim still holds it and enqueue its replacement (the same
-    fixed parameters, with optuna's ``failed_trial`` and ``retry_history``), unless its
-    workers have died ``max_retries`` times; the numbers of the trials failed."""
+    """Fail each orphan whose claim still holds it and enqueue its replacement (its fixed
+    parameters, else those it ran with, optuna's ``failed_trial`` and ``retry_history``, and
+    its last checkpoint as ``resume_from``), unless its workers have died ``max_retries``
+    times; the numbers of the trials failed."""
     failed, requeued = [], []
-    for trial_id, number, started, fixed_json, history_json, worker_json in orphans:
+    for trial_id, number, started, fixed_json, history_json, worker_json, *work in orphans:
         update = conn.execute(
             trials.update()
             .where(*tb.held_by(trial_id, started))
@@ -443,11 +517,16 @@ def _fail_and_requeue(
             attrs[FAIL_REASON] = f"worker died {len(past) + 1} times"
         else:
             extra = {FAILED_TRIAL: past[0] if past else number, RETRY_HISTORY: [*past, number]}
-            requeued.append((_json(fixed_json, dict, {}), extra))
+            resume = _resume_point(number, *work)
+            if resume is not None:
+                extra[RESUME_FROM] = resume
+            requeued.append((trial_id, fixed_json, extra))
         tb.replace_attrs(
             conn, tb.user_attrs, trial_id, {k: json.dumps(v) for k, v in attrs.items()}
         )
-    _enqueue(conn, study_id, [p for p, _ in requeued], [e for _, e in requeued])
+    ran = _stored_params(conn, [trial_id for trial_id, _, _ in requeued])
+    fixed = [_fixed(fixed_json, ran.get(trial_id, {})) for trial_id, fixed_json, _ in requeued]
+    _enqueue(conn, study_id, fixed, [extra for _, _, extra in requeued])
     return failed
 
 

@@ -26,6 +26,8 @@ from typing import Any
 import optuna
 
 from sweep import queue
+from sweep.artifacts import artifacts_location, open_store
+from sweep.checkpoint import policy as checkpoint_policy
 from sweep.errors import SpecError, StorageError, SweepError, WorkerError
 from sweep.objective import load_data
 from sweep.spec import StudySpec
@@ -124,6 +126,7 @@ def run(
     trials: int | None = None,
     backend: str = "loky",
     scheduler: str | None = None,
+    artifacts: str | None = None,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> optuna.Study:
     """Create or resume the study and run it to the end with ``jobs`` workers.
@@ -131,8 +134,11 @@ def run(
     ``trials`` replaces the study's trial cap (for every worker, on every host). ``backend``
     "loky" runs local processes with the study's BLAS ``threads`` each; "dask" sends the
     workers to the dask.distributed cluster at ``scheduler`` (they must reach the same
-    storage, e.g. PostgreSQL). On Ctrl-C the run stops, its running trials go back to the
-    queue, and KeyboardInterrupt propagates; the next run resumes.
+    storage, e.g. PostgreSQL). ``artifacts`` is where trials checkpoint (a folder,
+    ``file:///folder`` or ``s3://bucket/prefix``; default ``$SWEEP_ARTIFACTS``, else beside a
+    SQLite database, see ``sweep.checkpoint``). On Ctrl-C the run stops, its running trials go
+    back to the queue with their checkpoints, and KeyboardInterrupt propagates; the next run
+    resumes them.
     """
     from joblib import Parallel, delayed
 
@@ -140,12 +146,17 @@ def run(
     if trials is not None:
         spec = dataclasses.replace(spec, trials=trials)
     load_data(spec)  # a missing or corrupt dataset is reported before anything is stored
+    location, warning = artifacts_location(artifacts, url)
+    open_store(location)  # a bad --artifacts too
+    checkpoint_policy()  # and bad $SWEEP_CHECKPOINT_* values
     try:
         study = open_study(spec, open_storage(url))
         recover(study, max_retries=spec.max_retries)
         total = top_up(study, spec)
     except STORAGE_ERRORS as e:
         raise storage_failure(e, url) from e
+    if warning:  # once the study is known good: a refused run prints its one line only
+        logger.warning("%s", warning)
     pool = _pool(backend, threads=spec.threads, scheduler=scheduler)
     run_id = uuid.uuid4().hex[:12]
     start = time.monotonic()
@@ -168,7 +179,8 @@ def run(
         salt = 1 + int(run_id, 16) % 2**20
         with pool:
             Parallel(n_jobs=jobs)(
-                delayed(work)(spec, url, run_id, salt=salt + i) for i in range(jobs)
+                delayed(work)(spec, url, run_id, salt=salt + i, artifacts=location)
+                for i in range(jobs)
             )
     except BaseException as e:
         died = _died(e)

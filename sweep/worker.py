@@ -11,6 +11,7 @@ requeues the trial (``sweep.queue.recover``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import socket
@@ -19,9 +20,11 @@ import time
 from collections.abc import Callable
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from sweep import queue
+from sweep.artifacts import artifacts_location, open_store
+from sweep.checkpoint import trial_ended
 from sweep.errors import DataError, SweepError, WorkerError, on_sigterm_raise_terminated
 from sweep.objective import Objective, TrialFailed, load_data
 from sweep.spec import StudySpec
@@ -70,17 +73,25 @@ class _Heartbeat:
         self._thread.join()
 
 
-def work(spec: StudySpec, url: str, run_id: str, *, salt: int = 0, launch: bool = False) -> int:
+def work(
+    spec: StudySpec, url: str, run_id: str, *, salt: int = 0, launch: bool = False,
+    artifacts: str | None = None,
+) -> int:  # fmt: skip
     """One worker: claim and run trials until nothing is left that it could take.
 
     Returns the number of trials it ran. Safe to run on many hosts against one database. The
     dataset is loaded before the first claim, so a host without it takes nothing. With
     ``launch`` (``sweep worker``), it first tops the queue up and recovers silent trials, as
-    ``run`` does, so that any task of a batch array may be the first.
+    ``run`` does, so that any task of a batch array may be the first. ``artifacts`` is where
+    its trials' checkpoints go (``sweep.artifacts.artifacts_location``).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     on_sigterm_raise_terminated()  # a batch scheduler ending the job releases the trial
     load_data(spec)
+    location, warning = artifacts_location(artifacts, url)
+    if launch and warning:
+        logger.warning("%s", warning)
+    store = open_store(location)
     try:
         storage = WriteBackStorage(open_storage(url))
         study = optuna.load_study(
@@ -90,7 +101,10 @@ def work(spec: StudySpec, url: str, run_id: str, *, salt: int = 0, launch: bool 
         if launch:
             recover(study, max_retries=spec.max_retries)
             top_up(study, spec)
-        return serve(study, Objective(spec), run_id=run_id, max_retries=spec.max_retries)
+        return serve(
+            study, Objective(spec, store), run_id=run_id, max_retries=spec.max_retries,
+            on_end=functools.partial(trial_ended, store),
+        )  # fmt: skip
     except STORAGE_ERRORS as e:
         raise storage_failure(e, url) from None  # a plain message survives the trip home
 
@@ -134,9 +148,11 @@ def serve(
     *,
     run_id: str,
     max_retries: int = 3,
+    on_end: Callable[[optuna.Study, FrozenTrial], None] | None = None,
 ) -> int:
     """Claim and run ``study``'s queued trials with ``objective`` until nothing is left that
     this worker could take; return how many it ran. ``work`` is this with the MLP objective.
+    ``on_end`` is called with each trial it finished (recorded), e.g. to clean its files up.
 
     A failure of the worker gives its trial back to the queue and raises: WorkerError (or the
     storage's own error, or KeyboardInterrupt) with one line saying what went wrong.
@@ -183,6 +199,20 @@ def serve(
                 ) from e
             raise
         ran += 1
+        if on_end is not None:
+            _ended(on_end, study, trial_id)
+
+
+def _ended(
+    on_end: Callable[[optuna.Study, FrozenTrial], None], study: optuna.Study, trial_id: int
+) -> None:
+    """``on_end`` of a recorded trial; its failure (the database, the store) leaves files
+    behind, never stops the worker."""
+    try:
+        on_end(study, study._storage.get_trial(trial_id))
+    except Exception as e:
+        logger.warning("trial id %d: clean-up after it ended failed: %s", trial_id,
+                       root_message(e))  # fmt: skip
 
 
 def _give_back(storage: WriteBackStorage, trial_id: int) -> None:
@@ -190,5 +220,6 @@ def _give_back(storage: WriteBackStorage, trial_id: int) -> None:
     stale-trial check of another process requeues it later."""
     try:
         storage.release(trial_id)
-    except Exception:
-        logger.warning("could not release trial id %d", trial_id, exc_info=True)
+    except Exception as e:  # one line: the error that ends the worker says the rest
+        logger.warning("could not release trial id %d: %s", trial_id, root_message(e))
+        logger.debug("release failure", exc_info=True)

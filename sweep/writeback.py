@@ -191,6 +191,13 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
             self._try_write_back(trial_id)
         return True
 
+    def flush(self, trial_id: int) -> None:
+        """Write a claimed trial's held writes now (a checkpoint's pointer must be in the
+        database before the checkpoint it replaces is deleted). Raises as the write-back does:
+        UpdateFinishedTrialError if the claim no longer holds the trial, the database's error
+        otherwise (the writes then stay pending)."""
+        self._write_back(trial_id)
+
     def _try_write_back(self, trial_id: int) -> None:
         """An early write-back: the writes are already held, so a database error only
         delays them (they stay pending for the next heartbeat or the finish). A trial found

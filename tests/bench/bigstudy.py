@@ -84,6 +84,9 @@ def build(url: str, folder: Path, n: int, *, name: str = "big", sampler: str = "
                 conn.execute(sqlalchemy.text(
                     f"SELECT setval(pg_get_serial_sequence('{table.name}', '{pk}'), "
                     f"(SELECT max({pk}) FROM {table.name}))"))  # fmt: skip
+            # The planner's statistics, which the server's autovacuum gathers as a real study
+            # grows: without them a TPE ask's best-trials lookup took 934 ms at 10^5, 37 ms with.
+            conn.execute(sqlalchemy.text("ANALYZE"))
     stored = dataclasses.replace(spec, trials=n)
     storage = open_storage(url)
     storage.set_study_user_attr(sid, queue.SPEC, stored.to_dict())

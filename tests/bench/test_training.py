@@ -3,6 +3,9 @@
 Nothing here asserts a speed: speed is what `make bench` reports.
 """
 
+import pytest
+
+from tests.bench import checkpoints
 from tests.bench import training as bench
 
 
@@ -24,6 +27,67 @@ def test_the_benchmark_runs_end_to_end(capsys):
     bench.main(["--quick", "--epochs", "1", "--repeats", "1", "--skip-grid"])
     out = capsys.readouterr().out
     headings = ["## sgemm", "## training", "GEMMs alone:", "numpy MLP:", "PyTorch:",
-                "## framework overhead", "trials/s, 2 workers on one SQLite queue:"]  # fmt: skip
+                "## framework overhead", "trials/s, 2 workers on one SQLite queue:",
+                "## checkpoints, one after each of 1 epoch(s)", "epoch, no checkpoints:",
+                "checkpoint:", "wall per epoch:"]  # fmt: skip
     for heading in headings:
         assert heading in out
+    (overhead,) = [line for line in out.splitlines() if line.startswith("overhead:")]
+    assert "of an epoch   target ≤ 5%" in overhead
+    assert overhead.endswith((" ok", " MISSED"))
+
+
+def test_only_runs_the_sections_named(capsys):
+    bench.main(["--quick", "--repeats", "1", "--only", "sgemm"])
+    out = capsys.readouterr().out
+    assert "## sgemm" in out
+    for other in ("## training", "## seed grid", "## framework overhead", "## checkpoints"):
+        assert other not in out
+
+
+def _tiny():
+    from mlp import load_mnist
+
+    return load_mnist().head(300)
+
+
+def test_checkpointed_trials_upload_every_epoch_through_the_sweeps_code(monkeypatch):
+    import sweep.checkpoint
+
+    uploads = []
+    real = sweep.checkpoint.upload_artifact
+
+    def counted(**kwargs):
+        uploads.append(kwargs["study_or_trial"].number)
+        return real(**kwargs)
+
+    monkeypatch.setattr(sweep.checkpoint, "upload_artifact", counted)
+    done = checkpoints.runs(_tiny(), epochs=2, repeats=2)
+    assert [r.checkpointed for r in done] == [False, True, True, False]  # ABBA
+    assert uploads == [1, 1, 2, 2]  # one per epoch of each checkpointed trial
+    for r in done:
+        assert len(r.epochs) == 2 and r.wall > 0
+        assert (len(r.build), len(r.write)) == ((2, 2) if r.checkpointed else (0, 0))
+
+
+def test_a_checkpoint_that_fails_stops_the_benchmark(monkeypatch):
+    import sweep.checkpoint
+
+    def broken(**kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(sweep.checkpoint, "upload_artifact", broken)
+    with pytest.raises(RuntimeError, match="2 checkpoint run"):
+        checkpoints.runs(_tiny(), epochs=1, repeats=2)
+
+
+def test_overhead_is_the_median_checkpoint_over_the_median_epoch():
+    off = checkpoints.Run(False, epochs=[1.0, 2.0, 9.0], wall=12.0)
+    on = checkpoints.Run(True, epochs=[1.0, 1.0], wall=4.0, build=[0.01, 0.02], write=[0.03, 0.5])
+    # epoch median 2.0; checkpoint costs 0.04 and 0.52, median 0.28: 14% of an epoch
+    lines = checkpoints.lines([off, on], 0.05)
+    assert lines[0].startswith("epoch, no checkpoints:  median 2.000")
+    assert lines[1].startswith("checkpoint:             median 0.280")
+    assert lines[2] == "overhead:               14.0% of an epoch   target ≤ 5%   MISSED"
+    assert "median 4.000 without, 2.000 with (-50.0%" in lines[3]
+    assert checkpoints.lines([off, on], 0.15)[2].endswith("target ≤ 15%   ok")

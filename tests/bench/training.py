@@ -7,7 +7,10 @@ Prints, in one run, medians (with min and max) of repeated measurements:
     ratio, and the GFLOP/s achieved;
   - the wall time of a reduced seed grid with workers × BLAS threads = 1×2 and 2×1;
   - per-trial framework overhead (storage, claiming, bookkeeping; trivial objective) on our
-    SQLite storage against optuna's in-memory storage, and trials/s with 8 worker processes.
+    SQLite storage against optuna's in-memory storage, and trials/s with 8 worker processes;
+  - what a checkpoint every epoch costs a sweep trial of the training rows' model, against
+    the epoch it follows (target ≤ 5%, ``sweep.checkpoint.CHECKPOINT_OVERHEAD``).
+``--only SECTION`` (repeatable) runs some sections alone, e.g. ``--only checkpoints``.
 PyTorch is optional (the ``bench`` extra: ``pip install torch==2.13.0``, a CPU build); without it
 that row says so.
 """
@@ -294,6 +297,9 @@ def parallel_rate(n: int, workers: int) -> float:
         return n / elapsed
 
 
+SECTIONS = ("sgemm", "training", "grid", "overhead", "checkpoints")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=2, help="epochs per training run")
@@ -301,7 +307,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grid-epochs", type=int, default=1)
     parser.add_argument("--skip-grid", action="store_true")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that it runs")
+    parser.add_argument("--only", action="append", choices=SECTIONS,
+                        help="run this section (repeatable); all by default")  # fmt: skip
     args = parser.parse_args(argv)
+    wanted = set(args.only or SECTIONS) - ({"grid"} if args.skip_grid else set())
 
     from mlp import load_mnist
 
@@ -311,29 +320,46 @@ def main(argv: list[str] | None = None) -> None:
     data = load_mnist()
     if args.quick:
         data = data.head(2_000)
-    n = len(data.train.y)
 
+    if "sgemm" in wanted:
+        _sgemm_section(args.quick)
+    if "training" in wanted:
+        _training_section(data, args.epochs, args.repeats)
+    if "grid" in wanted:
+        _grid_section(args.grid_epochs, 2_000 if args.quick else len(data.train.y))
+    if "overhead" in wanted:
+        _overhead_section(args.quick, args.repeats)
+    if "checkpoints" in wanted:
+        from tests.bench.checkpoints import section  # it imports this module's helpers
+
+        for line in section(data, epochs=1 if args.quick else 2, repeats=args.repeats):
+            print(line)
+
+
+def _sgemm_section(quick: bool) -> None:
     print("\n## sgemm (float32), GFLOP/s")
-    side, sgemm_repeats = (256, 1) if args.quick else (2048, 5)
+    side, sgemm_repeats = (256, 1) if quick else (2048, 5)
     peak = sgemm_rate(side, side, side, sgemm_repeats)
     print(f"{side}³ square:".ljust(26) + _stats(peak))
     for m, k, nn in [(BATCH, 784, 512), (BATCH, 512, 768), (784, BATCH, 512)]:
         rates = sgemm_rate(m, k, nn, sgemm_repeats)
         print(f"({m}, {k}) @ ({k}, {nn}):".ljust(26) + _stats(rates))
 
-    print(f"\n## training, {args.epochs} epoch(s) of 784-512-768-10, seconds ({args.repeats} runs)")
+
+def _training_section(data, epochs: int, repeats: int) -> None:
+    print(f"\n## training, {epochs} epoch(s) of 784-512-768-10, seconds ({repeats} runs)")
     # Interleaved, so that a slow spell of a shared machine hits every row alike.
     runs: dict[str, list[float]] = {"bound": [], "ours": [], "torch": []}
     try:
         import torch  # noqa: F401
     except ImportError:
         del runs["torch"]
-    for _ in range(args.repeats):
-        runs["bound"].append(gemm_bound(data, args.epochs))
-        runs["ours"].append(train_numpy(data, args.epochs))
+    for _ in range(repeats):
+        runs["bound"].append(gemm_bound(data, epochs))
+        runs["ours"].append(train_numpy(data, epochs))
         if "torch" in runs:
-            runs["torch"].append(train_torch(data, args.epochs))
-    flops = flops_per_epoch(n, full_eval=True) * args.epochs
+            runs["torch"].append(train_torch(data, epochs))
+    flops = flops_per_epoch(len(data.train.y), full_eval=True) * epochs
     ours, bound = statistics.median(runs["ours"]), statistics.median(runs["bound"])
     print(f"GEMMs alone: {_stats(runs['bound'])}   {flops / bound / 1e9:.0f} GFLOP/s")
     print(f"numpy MLP:   {_stats(runs['ours'])}   {flops / ours / 1e9:.0f} GFLOP/s, "
@@ -345,24 +371,26 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print("PyTorch:     not installed (pip install 'mlp-sweep[bench]' for this row)")
 
-    if not args.skip_grid:
-        print(f"\n## seed grid, 24 points × {args.grid_epochs} epoch(s), wall seconds")
-        train_size = 2_000 if args.quick else n
-        for jobs, threads in [(1, 2), (2, 1)]:
-            wall = grid_wall(jobs, threads, epochs=args.grid_epochs, train_size=train_size)
-            print(f"{jobs} worker(s) × {threads} BLAS thread(s): {wall:.1f}")
-        bound = grid_gemm_bound(epochs=args.grid_epochs, train_size=train_size)
-        full = bound * 10 / args.grid_epochs
-        print(f"GEMMs alone, 2 workers × 1 thread: {bound:.1f}  (the full 10-epoch grid's floor: "
-              f"{full:.0f} s)")  # fmt: skip
 
+def _grid_section(epochs: int, train_size: int) -> None:
+    print(f"\n## seed grid, 24 points × {epochs} epoch(s), wall seconds")
+    for jobs, threads in [(1, 2), (2, 1)]:
+        wall = grid_wall(jobs, threads, epochs=epochs, train_size=train_size)
+        print(f"{jobs} worker(s) × {threads} BLAS thread(s): {wall:.1f}")
+    bound = grid_gemm_bound(epochs=epochs, train_size=train_size)
+    full = bound * 10 / epochs
+    print(f"GEMMs alone, 2 workers × 1 thread: {bound:.1f}  (the full 10-epoch grid's floor: "
+          f"{full:.0f} s)")  # fmt: skip
+
+
+def _overhead_section(quick: bool, repeats: int) -> None:
     print("\n## framework overhead, trivial objective")
-    queued, parallel, workers = (20, 20, 2) if args.quick else (300, 400, 8)
-    overheads = _repeat(lambda: storage_overhead(queued), args.repeats)
+    queued, parallel, workers = (20, 20, 2) if quick else (300, 400, 8)
+    overheads = _repeat(lambda: storage_overhead(queued), repeats)
     base_ms = statistics.median(base for _, base in overheads)
     print(f"ms per trial, {queued} queued: {_stats([o for o, _ in overheads])} on SQLite (ours), "
           f"median {base_ms:.2f} in memory (optuna)")  # fmt: skip
-    rates = _repeat(lambda: parallel_rate(parallel, workers), args.repeats)
+    rates = _repeat(lambda: parallel_rate(parallel, workers), repeats)
     print(f"trials/s, {workers} workers on one SQLite queue: {_stats(rates)}")
 
 

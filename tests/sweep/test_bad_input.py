@@ -296,6 +296,8 @@ def _npz_claiming_5_tib(tmp: Path) -> None:
         zf.writestr("x_train.npy", header.getvalue())
 
 
+EXPORT = ["export", "g", "--storage", "sqlite:///{db}"]
+
 # Other commands: (case, arguments, set-up, exit code, message pattern); in the arguments,
 # {tmp} is a fresh folder (with its slash), {db} the existing database, {port} a busy port.
 OTHER_CASES = [
@@ -383,6 +385,36 @@ OTHER_CASES = [
         1,
         # without a resolver at all (no network), the lookup fails another way
         r"cannot serve on nosuchhost\.invalid:8080: (unknown host|cannot resolve host \(.*\))",
+    ),
+    (
+        "an export --out that is not .npz",
+        [*EXPORT, "--out", "{tmp}best.json"],
+        None,
+        2,
+        r"--out must be a \.npz file \(the sidecar goes beside it as \.json\); got "
+        r"'{tmp}best\.json'",
+    ),
+    (
+        "an export --out that is a folder",
+        [*EXPORT, "--out", "{tmp}best.npz"],
+        lambda tmp: (tmp / "best.npz").mkdir(),
+        1,
+        r"--out {tmp}best\.npz: is a folder; give a file name, e\.g\. {tmp}best\.npz/model\.npz",
+    ),
+    (
+        "an export --out in a missing folder",
+        [*EXPORT, "--out", "{tmp}none/best.npz"],
+        None,
+        1,
+        r"--out {tmp}none/best\.npz: no such folder {tmp}none",
+    ),
+    (
+        "an export of a study without a best model",
+        [*EXPORT, "--out", "{tmp}best.npz", "--artifacts", "{tmp}empty"],
+        None,
+        1,
+        r"study 'g' has no best model to export \(its artifact [0-9a-f-]+ is not in "
+        r"{tmp}empty\); retrain and upload it with: sweep evaluate STUDY\.toml",
     ),
 ]
 

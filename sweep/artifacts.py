@@ -1,0 +1,149 @@
+"""A study's artifact store: where it is and opening it.
+
+Checkpoints and the best model (``sweep.checkpoint``) live in an optuna artifact store: a folder
+(``FileSystemArtifactStore``) beside a SQLite database by default (``runs/sweep.db`` →
+``runs/artifacts/``), else ``--artifacts`` or ``$SWEEP_ARTIFACTS``: a folder,
+``file:///folder`` or ``s3://bucket/prefix`` (boto3's own settings: ``AWS_*`` variables or
+``~/.aws``; ``AWS_ENDPOINT_URL_S3`` for MinIO and other S3-compatible servers). Like the data
+path, it is a property of the host, not of the study: it is never stored with the spec. A store
+is checked when it opens (an S3 bucket by writing and deleting one small object), so a bad one
+is one line before any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.parse
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from optuna.artifacts import FileSystemArtifactStore
+
+from sweep.errors import SpecError, StorageError
+from sweep.storage import root_message
+
+if TYPE_CHECKING:
+    from optuna.artifacts._protocol import ArtifactStore
+
+ARTIFACTS_ENV = "SWEEP_ARTIFACTS"
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_FORMS = "a folder, file:///folder or s3://bucket/prefix"
+#: An S3 client's connection: a dead endpoint fails in seconds rather than after boto3's
+#: default 60 s connect timeout times 5 attempts; a loaded one still gets a few retries
+#: ("standard" mode backs off between them).
+_S3_OPTIONS: dict[str, Any] = {
+    "connect_timeout": 5,
+    "read_timeout": 60,
+    "retries": {"max_attempts": 3, "mode": "standard"},
+}
+
+
+def artifacts_location(artifacts: str | None, storage_url: str) -> tuple[str, str | None]:
+    """The artifact store's URL for a study in ``storage_url`` (``artifacts``, else
+    ``$SWEEP_ARTIFACTS``, else a folder beside a SQLite file, else ``runs/artifacts``) and a
+    warning when other hosts cannot reach it (a shared database with a local default)."""
+    given = artifacts or os.environ.get(ARTIFACTS_ENV)
+    if given:
+        return given, None
+    if storage_url.startswith("sqlite:///") and storage_url[10:] not in ("", ":memory:"):
+        path = storage_url[10:].split("?", 1)[0]
+        return str(Path(path).parent / "artifacts"), None
+    if storage_url.startswith("sqlite"):
+        return "runs/artifacts", None
+    return "runs/artifacts", (
+        "checkpoints go to runs/artifacts on this host: workers on other hosts cannot resume "
+        f"from them (give every host one store with --artifacts or ${ARTIFACTS_ENV}, e.g. "
+        "s3://bucket/prefix)"
+    )
+
+
+def open_store(url: str) -> ArtifactStore:
+    """The artifact store at ``url`` (see ``artifacts_location``); a folder is created.
+
+    Raises SpecError for a URL of another form, StorageError if the folder cannot be made or
+    boto3 is missing."""
+    if "\x00" in url or not url.strip():
+        raise SpecError(f"--artifacts must be {_FORMS}; got {url!r}")
+    parsed = urllib.parse.urlsplit(url)
+    scheme = parsed.scheme.lower()
+    if scheme == "s3":
+        return _s3_store(url, parsed)
+    if scheme == "file":
+        if parsed.netloc not in ("", "localhost") or parsed.query or parsed.fragment:
+            raise SpecError(f"--artifacts must be {_FORMS}; got {url!r}")
+        folder = Path(urllib.parse.unquote(parsed.path))
+    elif scheme and len(scheme) > 1:  # one letter: a Windows drive
+        raise SpecError(f"--artifacts must be {_FORMS}; got {url!r}")
+    else:
+        folder = Path(url)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as e:
+        raise StorageError(f"cannot use {folder} for checkpoints: {root_message(e)}") from e
+    return FileSystemArtifactStore(folder)
+
+
+def _s3_store(url: str, parsed: urllib.parse.SplitResult) -> ArtifactStore:
+    """An S3 (or S3-compatible) bucket, checked by writing and deleting one probe object.
+
+    The client is boto3's default one, configured the usual way: credentials and region from
+    ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_DEFAULT_REGION`` or ``~/.aws``, and
+    another server (MinIO, Ceph, a test's moto) from ``AWS_ENDPOINT_URL_S3`` or
+    ``AWS_ENDPOINT_URL`` (boto3 >= 1.28). The probe needs only what checkpoints need (put and
+    delete under the prefix, not a listing of the bucket), so a user whose rights end at the
+    prefix passes; a missing bucket, refused rights, absent credentials or a dead endpoint are
+    one line when the launcher (and each worker) starts, not a warning per trial later.
+    """
+    if not _BUCKET.fullmatch(parsed.netloc) or parsed.query or parsed.fragment:
+        raise SpecError(f"--artifacts s3://bucket/prefix: not a bucket name in {url!r}")
+    try:
+        import boto3
+        from botocore.config import Config
+        from botocore.exceptions import BotoCoreError, ClientError
+        from optuna.artifacts import Boto3ArtifactStore
+    except ImportError as e:
+        raise StorageError(f"--artifacts {url} needs boto3: pip install boto3") from e
+    bucket, prefix = parsed.netloc, parsed.path.strip("/")
+    where = f"--artifacts {url}"
+    try:
+        client = boto3.client("s3", config=Config(**_S3_OPTIONS))
+        where += f" (endpoint {client.meta.endpoint_url})"
+        probe = f"{prefix}/.sweep-probe-{uuid.uuid4().hex}".lstrip("/")
+        client.put_object(Bucket=bucket, Key=probe, Body=b"")
+        client.delete_object(Bucket=bucket, Key=probe)
+    except (BotoCoreError, ClientError, ValueError) as e:  # ValueError: a malformed endpoint
+        raise StorageError(f"{where}: {_s3_message(e, bucket)}") from e
+    return _Prefixed(Boto3ArtifactStore(bucket, client), prefix)
+
+
+def _s3_message(e: Exception, bucket: str) -> str:
+    """What S3 said, in one line: ``ClientError`` carries a code and a message."""
+    response = getattr(e, "response", None)
+    error = response.get("Error", {}) if isinstance(response, dict) else {}
+    code = error.get("Code")
+    if code in ("NoSuchBucket", "404"):
+        return f"there is no bucket {bucket!r}"
+    if code is not None:
+        return f"{code}: {error.get('Message') or 'refused'}"
+    if type(e).__name__ == "EndpointConnectionError":  # its text names the probe's URL
+        return "cannot connect to the endpoint"
+    return (str(e).strip().splitlines() or [repr(e)])[0]
+
+
+class _Prefixed:
+    """An artifact store whose ids live under ``prefix/`` (optuna's S3 store has no prefix):
+    many studies, or other data, can share one bucket."""
+
+    def __init__(self, store: ArtifactStore, prefix: str) -> None:
+        self.store, self.prefix = store, f"{prefix}/" if prefix else ""
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        return self.store.open_reader(self.prefix + artifact_id)
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        self.store.write(self.prefix + artifact_id, content_body)
+
+    def remove(self, artifact_id: str) -> None:
+        self.store.remove(self.prefix + artifact_id)

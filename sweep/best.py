@@ -1,0 +1,176 @@
+"""A study's best model as files a user can load with ``mlp.MLP.load``.
+
+Two ways to get one, both written by ``MLP.save`` (weights .npz and a JSON sidecar holding the
+architecture, activation, dtype and ``model_meta``: the configuration, trial, validation and test
+accuracy):
+
+  - ``export``: the best trial's own final weights, kept by the workers in the study's artifact
+    store and named by the study's system attribute ``best_model``
+    (``sweep.checkpoint.keep_best``). Nothing is retrained and no data is read.
+  - ``upload``: a model retrained by ``sweep evaluate``, put into the study's artifact store
+    beside the checkpoints (optuna's ``upload_artifact`` on the study).
+
+Everything read from the database is untrusted: the ``best_model`` pointer, the trial it names,
+the stored spec and the artifact itself are checked, and anything that does not hold together
+is one SweepError line (the artifact must also reproduce the trial's value: its last epoch's
+validation accuracy, stored in the checkpoint, is the trial's value exactly).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.artifacts import download_artifact, upload_artifact
+from optuna.trial import TrialState
+
+from sweep.checkpoint import BEST_MODEL, pointer
+from sweep.errors import SpecError, StorageError, SweepError
+from sweep.objective import _settings_of, build_model_and_config, trial_seed
+from sweep.queue import SPEC
+from sweep.spec import StudySpec, stored_spec
+from sweep.storage import root_message
+from sweep.stored import number, printable
+
+if TYPE_CHECKING:
+    from optuna.artifacts._protocol import ArtifactStore
+
+    from mlp import MLP
+
+_HINT = "retrain and upload it with: sweep evaluate STUDY.toml"
+
+
+def model_meta(
+    study: optuna.Study, trial: int, settings: Any, seed: int, valid: float, test: float | None
+) -> dict[str, Any]:
+    """The sidecar's ``meta``: what the model is and how good it was (accuracies in percent)."""
+    return {
+        "study": study.study_name,
+        "trial": trial,
+        "config": dataclasses.asdict(settings),
+        "seed": seed,
+        "valid_accuracy_percent": valid,
+        "test_accuracy_percent": test,
+    }
+
+
+def check_out(out: Path) -> None:
+    """The --out of an export: a .npz file name in an existing folder (checked before the
+    database is opened, so a typo costs nothing)."""
+    if out.suffix != ".npz":
+        raise SpecError(
+            f"--out must be a .npz file (the sidecar goes beside it as .json); got {str(out)!r}"
+        )
+    if out.is_dir():
+        raise SweepError(f"--out {out}: is a folder; give a file name, e.g. {out / 'model.npz'}")
+    if not out.parent.is_dir():
+        raise SweepError(f"--out {out}: no such folder {out.parent}")
+
+
+def export(study: optuna.Study, store: ArtifactStore, out: Path, *, where: str) -> Path:
+    """Write the weights ``best_model`` names to ``out`` and the sidecar beside it; return the
+    sidecar. SweepError (one line) if the study has no usable best model in ``store`` (found
+    at ``where``, for messages)."""
+    from mlp import CheckpointError, load_state
+
+    name = printable(study.study_name, 200)
+
+    def missing(why: str) -> SweepError:
+        return SweepError(f"study {name!r} has no best model to export ({why}); {_HINT}")
+
+    system = study._storage.get_study_system_attrs(study._study_id)  # optuna 5: not on Study
+    if BEST_MODEL not in system:
+        raise missing("none was kept: it ran before checkpoints, or no trial completed")
+    kept = pointer(system[BEST_MODEL])
+    number_ = kept.get("trial") if kept is not None else None
+    if kept is None or type(number_) is not int or not 0 <= number_ < 2**31:  # optuna's column
+        raise missing("its best_model attribute is malformed")
+    trial = _complete_trial(study, number_)
+    if trial is None:
+        raise missing(f"best_model names trial {number_}, which is not a COMPLETE trial")
+    spec = _stored_spec(study)
+    settings = _settings_of(trial, spec)
+    seed = trial_seed(spec.seed, trial.params)
+    model, _ = build_model_and_config(settings, seed)
+    artifact = kept["artifact_id"]
+    with tempfile.TemporaryDirectory(prefix="sweep-export-") as folder:
+        path = Path(folder, "best.npz")
+        try:
+            download_artifact(artifact_store=store, file_path=str(path), artifact_id=artifact)
+        except optuna.artifacts.exceptions.ArtifactNotFound:
+            raise missing(f"its artifact {artifact} is not in {where}") from None
+        except Exception as e:  # a store that fails: not the study's fault
+            raise StorageError(
+                f"study {name!r}: cannot read its best model {artifact}: {_line(e)}"
+            ) from e
+        try:
+            state = load_state(path, like=model)
+        except CheckpointError as e:
+            raise missing(f"artifact {artifact}: {_line(e).split(': ', 1)[-1]}") from e
+    if not state.history or 100 * state.history[-1].valid_accuracy != trial.value:
+        raise missing(f"artifact {artifact} does not reproduce trial {trial.number}'s value")
+    for p, w in zip(model.params, state.params, strict=True):
+        p[...] = w
+    test = stored_test_accuracy(study, trial.number)
+    meta = model_meta(study, trial.number, settings, seed, trial.value, test)
+    return _save(model, out, meta)
+
+
+def upload(study: optuna.Study, store: ArtifactStore, model: MLP, meta: dict) -> tuple[str, str]:
+    """Put ``model`` (weights and sidecar) into the study's artifact store; (weights' artifact
+    id, sidecar's). StorageError (one line) if the store fails."""
+    with tempfile.TemporaryDirectory(prefix="sweep-upload-") as folder:
+        weights = Path(folder, f"trial-{meta['trial']}-model.npz")
+        sidecar = model.save(weights, meta=meta)
+        try:
+            return tuple(  # type: ignore[return-value]
+                upload_artifact(artifact_store=store, file_path=str(f), study_or_trial=study)
+                for f in (weights, sidecar)
+            )
+        except Exception as e:
+            raise StorageError(
+                f"study {printable(study.study_name, 200)!r}: trial {meta['trial']} was evaluated "
+                f"(stored on the study) but its model could not be uploaded: {_line(e)}"
+            ) from e
+
+
+def stored_test_accuracy(study: optuna.Study, trial: int) -> float | None:
+    """The study's test accuracy if it was measured for ``trial`` (``sweep evaluate``)."""
+    attrs = study.user_attrs
+    measured = attrs.get("test_trial")
+    if type(measured) is not int or measured != trial:
+        return None
+    return number(attrs.get("test_accuracy"))
+
+
+def _complete_trial(study: optuna.Study, number_: int) -> optuna.trial.FrozenTrial | None:
+    storage = study._storage
+    try:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number_)
+        trial = storage.get_trial(trial_id)
+    except KeyError:
+        return None
+    if trial.state != TrialState.COMPLETE or number(trial.value) is None:
+        return None
+    return trial
+
+
+def _stored_spec(study: optuna.Study) -> StudySpec:
+    source = f"study {printable(study.study_name, 200)!r}"
+    if SPEC not in study.user_attrs:
+        raise SpecError(f"{source} was not made by sweep (it has no stored spec)")
+    return stored_spec(study.user_attrs[SPEC], source=source)
+
+
+def _save(model: MLP, out: Path, meta: dict) -> Path:
+    try:
+        return model.save(out, meta=meta)
+    except OSError as e:
+        raise SweepError(f"cannot write the model to {out}: {e.strerror or e}") from e
+
+
+def _line(e: BaseException) -> str:
+    return (root_message(e).splitlines() or [""])[0][:300]

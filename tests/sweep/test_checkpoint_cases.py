@@ -1,0 +1,156 @@
+"""Checkpoints case by case, without worker processes: what a resume refuses, which weights may
+become the best model, where a handed-on trial resumes from, and the write policy's settings."""
+
+import json
+import logging
+
+import numpy as np
+import optuna
+import pytest
+from optuna.artifacts import upload_artifact
+
+from mlp import MLP, TrainConfig, fit, save_state
+from mlp.data import Dataset, Split
+from sweep import queue
+from sweep.artifacts import open_store
+from sweep.checkpoint import BEST_MODEL, Checkpoints, policy, trial_ended
+from sweep.errors import SpecError
+from sweep.storage import open_storage
+
+
+def _data() -> Dataset:
+    rng = np.random.default_rng(0)
+    split = lambda n: Split(rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n))  # noqa: E731
+    return Dataset(split(256), split(64), split(64))
+
+
+def _state(tmp_path, *, momentum: float, epochs: int = 2):
+    """A model, its config, and the file of its state after the first epoch."""
+    model = MLP(16, 8, seed=0)
+    config = TrainConfig(epochs=epochs, batch_size=64, learning_rate=0.1, momentum=momentum)
+    states = []
+    fit(model, _data(), config, on_state=states.append)
+    path = tmp_path / "state.npz"
+    save_state(states[0], path)
+    return MLP(16, 8, seed=1), config, path
+
+
+def _trial_with(tmp_path, store, attrs: dict):
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    trial = study.ask()
+    for key, value in attrs.items():
+        storage.set_trial_system_attr(trial._trial_id, key, value)
+    return study, trial
+
+
+def test_a_checkpoint_of_another_momentum_is_one_warning_and_epoch_1(tmp_path, caplog):
+    store = open_store(str(tmp_path / "artifacts"))
+    _, _, path = _state(tmp_path, momentum=0.0)  # no momentum buffers in the file
+    model = MLP(16, 8, seed=1)
+    config = TrainConfig(epochs=2, batch_size=64, learning_rate=0.1, momentum=0.9)
+    study, trial = _trial_with(tmp_path, store, {})
+    artifact = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+    study._storage.set_trial_system_attr(
+        trial._trial_id, queue.RESUME_FROM, {"artifact_id": artifact, "epoch": 1, "trial": 0}
+    )
+    saved = Checkpoints(store, trial)
+    with caplog.at_level(logging.WARNING, logger="sweep.checkpoint"):
+        assert saved.resume(model, config) is None
+    warned = [r.getMessage() for r in caplog.records if r.name == "sweep.checkpoint"]
+    assert len(warned) == 1 and "momentum buffers do not fit" in warned[0]
+    fit(model, _data(), config)  # and the trial trains from epoch 1, as it would have
+    assert saved.stale == [artifact]  # a file of no use: deleted once the trial records its own
+
+
+def test_a_store_that_fails_leaves_the_checkpoint_for_the_next_try(tmp_path, caplog):
+    store = open_store(str(tmp_path / "artifacts"))
+    model, config, path = _state(tmp_path, momentum=0.9)
+    study, trial = _trial_with(tmp_path, store, {})
+    artifact = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+    study._storage.set_trial_system_attr(
+        trial._trial_id, queue.RESUME_FROM, {"artifact_id": artifact, "epoch": 1, "trial": 0}
+    )
+
+    class Down:
+        def open_reader(self, artifact_id):
+            raise OSError("connection refused")
+
+    saved = Checkpoints(Down(), trial)
+    with caplog.at_level(logging.WARNING, logger="sweep.checkpoint"):
+        assert saved.resume(model, config) is None
+    assert saved.stale == []  # the store may hold it yet: never deleted for being unreachable
+    assert Checkpoints(store, trial).resume(model, config).epoch == 1
+
+
+def test_only_a_trials_final_weights_become_the_best_model(tmp_path):
+    store = open_store(str(tmp_path / "artifacts"))
+    _, _, path = _state(tmp_path, momentum=0.9)
+    study, trial = _trial_with(tmp_path, store, {})
+    artifact = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+    study._storage.set_trial_system_attr(
+        trial._trial_id, queue.CHECKPOINT, {"artifact_id": artifact, "epoch": 1}
+    )
+    trial.report(50.0, 1)
+    trial.report(60.0, 2)  # its final upload (epoch 2) failed: the checkpoint is epoch 1's
+    study.tell(trial, 60.0)
+    trial_ended(store, study, study._storage.get_trial(trial._trial_id))
+    assert BEST_MODEL not in study._storage.get_study_system_attrs(study._study_id)
+
+    second = study.ask()
+    artifact = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=second)
+    study._storage.set_trial_system_attr(
+        second._trial_id, queue.CHECKPOINT, {"artifact_id": artifact, "epoch": 2}
+    )
+    second.report(55.0, 1)
+    second.report(58.0, 2)
+    study.tell(second, 58.0)
+    trial_ended(store, study, study._storage.get_trial(second._trial_id))
+    best = study._storage.get_study_system_attrs(study._study_id)[BEST_MODEL]
+    assert best["artifact_id"] == artifact and best["trial"] == 1
+
+
+def test_a_trial_requeued_before_its_own_checkpoint_hands_on_what_it_was_given():
+    given = json.dumps({"artifact_id": "a1", "epoch": 5, "trial": 3})
+    own_is_given = json.dumps({"artifact_id": "a1", "epoch": 5})
+    own = json.dumps({"artifact_id": "b2", "epoch": 7})
+    assert queue._resume_point(9, own_is_given, given) == {"artifact_id": "a1", "epoch": 5,
+                                                           "trial": 3}  # fmt: skip
+    assert queue._resume_point(9, own, given) == {"artifact_id": "b2", "epoch": 7, "trial": 9}
+    assert queue._resume_point(9, None, given)["trial"] == 3
+    assert queue._resume_point(9, own, None)["trial"] == 9
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("SWEEP_CHECKPOINT_EPOCHS", "0x"), ("SWEEP_CHECKPOINT_EPOCHS", "0"),
+     ("SWEEP_CHECKPOINT_EPOCHS", "-2"), ("SWEEP_CHECKPOINT_OVERHEAD", "nan"),
+     ("SWEEP_CHECKPOINT_OVERHEAD", "0"), ("SWEEP_CHECKPOINT_OVERHEAD", "lots")],
+)  # fmt: skip
+def test_the_write_policy_settings_are_checked(monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SpecError, match=f"^{variable} must be .*; got {value!r}$"):
+        policy()
+
+
+def test_the_write_policy_defaults_and_settings(monkeypatch):
+    assert policy() == (1, 0.05)
+    monkeypatch.setenv("SWEEP_CHECKPOINT_EPOCHS", "3")
+    monkeypatch.setenv("SWEEP_CHECKPOINT_OVERHEAD", "inf")
+    assert policy() == (3, float("inf"))
+
+
+def test_a_clean_up_that_fails_never_stops_the_worker(tmp_path, caplog):
+    from sweep.worker import serve
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'w.db'}")
+    study = optuna.create_study(study_name="w", storage=storage, direction="maximize")
+    for _ in range(3):
+        study.enqueue_trial({})
+
+    def broken(study, trial):
+        raise OSError("the store is gone")
+
+    with caplog.at_level(logging.WARNING, logger="sweep.worker"):
+        assert serve(study, lambda trial: 1.0, run_id="r", on_end=broken) == 3
+    assert sum("clean-up after it ended failed" in r.getMessage() for r in caplog.records) == 3

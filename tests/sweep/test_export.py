@@ -1,0 +1,222 @@
+"""The best model, usable: `sweep export` writes the best trial's own final weights with a JSON
+sidecar, and `sweep evaluate` uploads the model it retrained; both load with `mlp.MLP.load` and
+reproduce the accuracy the study recorded for them, exactly.
+
+The oracle is the study itself: a trial's value is 100 × the validation accuracy its weights
+had, computed by `fit` in the study's BLAS thread count, so the exported weights must give the
+same number to the last bit, and the evaluated model the printed test accuracy.
+"""
+
+import dataclasses
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from optuna.artifacts import FileSystemArtifactStore, download_artifact
+from optuna.trial import TrialState
+from threadpoolctl import threadpool_limits
+
+from mlp import MLP
+from sweep.checkpoint import BEST_MODEL
+from sweep.objective import _settings_of, load_data
+from sweep.spec import load_spec
+from tests.sweep.helpers import grid_study, load, run_cli
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    """A finished 4-trial grid study (2 architectures × 2 learning rates) and its store."""
+    tmp = tmp_path_factory.mktemp("export")
+    study = grid_study(tmp, train_size=2000, epochs=3)
+    url = f"sqlite:///{tmp / 'db.sqlite'}"
+    store = tmp / "store"
+    out = run_cli("run", str(study), "--storage", url, "--jobs", "1", "--trials", "4",
+                  "--artifacts", str(store))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return tmp, study, url, store
+
+
+def _accuracy(model: MLP, split, spec) -> float:
+    """100 × accuracy as the trial's `fit` computed it (same threads, same batches)."""
+    with threadpool_limits(limits=spec.threads, user_api="blas"):
+        _, acc = model.evaluate(split.x.astype(model.dtype, copy=False), split.y)
+    return 100 * acc
+
+
+def _system_attrs(url: str) -> dict:
+    study = load(url, "g")
+    return study._storage.get_study_system_attrs(study._study_id)  # optuna 5: not on Study
+
+
+def _kept(url: str) -> dict:
+    return _system_attrs(url)[BEST_MODEL]
+
+
+def test_export_writes_the_best_trials_own_weights_and_a_sidecar(ran, tmp_path):
+    _, study_file, url, store = ran
+    spec = load_spec(study_file)
+    study = load(url, "g")
+    kept = _kept(url)
+    best = study.trials[kept["trial"]]
+    assert best.value == study.best_value == kept["value"]
+    out = run_cli("export", "g", "--out", str(tmp_path / "model.npz"), "--storage", url,
+                  "--artifacts", str(store))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert str(tmp_path / "model.json") in out.stdout
+
+    model = MLP.load(tmp_path / "model.npz")
+    # The trial's own weights: not a retraining (which float32 summation may move by a hair).
+    assert _accuracy(model, load_data(spec).valid, spec) == best.value
+    sidecar = json.loads((tmp_path / "model.json").read_text())
+    assert sidecar["sizes"] == [784, best.params["hidden_1"], best.params["hidden_2"], 10]
+    assert (sidecar["activation"], sidecar["dtype"]) == (spec.train.activation, spec.train.dtype)
+    meta = sidecar["meta"]
+    assert meta["config"] == dataclasses.asdict(_settings_of(best, spec))
+    assert meta["config"]["learning_rate"] == best.params["learning_rate"]
+    assert (meta["study"], meta["trial"], meta["valid_accuracy_percent"]) == (
+        "g", best.number, best.value,
+    )  # fmt: skip
+    assert meta["test_accuracy_percent"] is None  # not evaluated yet
+
+
+def test_export_from_the_python_api_returns_the_sidecar(ran, tmp_path):
+    import sweep
+
+    _, _, url, store = ran
+    sidecar = sweep.export("g", out=tmp_path / "m.npz", storage=url, artifacts=str(store))
+    assert sidecar == tmp_path / "m.json" and (tmp_path / "m.npz").is_file()
+
+
+def test_evaluate_uploads_the_retrained_model_which_reproduces_its_test_accuracy(ran, tmp_path):
+    tmp, study_file, url, store = ran
+    db = tmp_path / "db.sqlite"  # a copy: the other tests see the study unevaluated
+    shutil.copy(tmp / "db.sqlite", db)
+    url = f"sqlite:///{db}"
+    spec = load_spec(study_file)
+    out = run_cli("evaluate", str(study_file), "--storage", url, "--artifacts", str(store))
+    assert out.returncode == 0, out.stderr
+    first, second = out.stdout.splitlines()
+    printed = first.split("test ")[1].split("%")[0]
+    prefix = f"retrained model uploaded to {store}: weights "
+    assert second.startswith(prefix), second
+    weights, sidecar = second.removeprefix(prefix).split(", sidecar ")
+    assert {f"artifacts:{weights}", f"artifacts:{sidecar}"} <= _system_attrs(url).keys()
+    study = load(url, "g")
+
+    files = FileSystemArtifactStore(str(store))
+    download_artifact(artifact_store=files, artifact_id=weights, file_path=str(tmp_path / "e.npz"))
+    download_artifact(artifact_store=files, artifact_id=sidecar, file_path=str(tmp_path / "e.json"))
+    model = MLP.load(tmp_path / "e.npz")
+    test = _accuracy(model, load_data(spec).test, spec)
+    assert test == study.user_attrs["test_accuracy"] and f"{test:.2f}" == printed
+    meta = json.loads((tmp_path / "e.json").read_text())["meta"]
+    assert (meta["trial"], meta["test_accuracy_percent"]) == (study.best_trial.number, test)
+
+    # An export now carries the test accuracy, when it was measured on the kept trial.
+    out = run_cli("export", "g", "--out", str(tmp_path / "x.npz"), "--storage", url,
+                  "--artifacts", str(store))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    meta = json.loads((tmp_path / "x.json").read_text())["meta"]
+    measured = study.user_attrs["test_trial"] == meta["trial"]
+    assert meta["test_accuracy_percent"] == (test if measured else None)
+
+    # A test accuracy measured on another trial is not this model's.
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE study_user_attributes SET value_json = ? WHERE key = 'test_trial'",
+                     (str(meta["trial"] + 1),))  # fmt: skip
+    conn.close()
+    out = run_cli("export", "g", "--out", str(tmp_path / "y.npz"), "--storage", url,
+                  "--artifacts", str(store))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "y.json").read_text())["meta"]["test_accuracy_percent"] is None
+
+
+def _same_architecture_other_trial(url: str) -> int:
+    study = load(url, "g")
+    kept = study.trials[_kept(url)["trial"]]
+    shape = (kept.params["hidden_1"], kept.params["hidden_2"])
+    return next(
+        t.number for t in study.trials
+        if t.state == TrialState.COMPLETE and t.number != kept.number
+        and (t.params["hidden_1"], t.params["hidden_2"]) == shape and t.value != kept.value
+    )  # fmt: skip
+
+
+# What another client may have left in the `best_model` attribute (None: no attribute).
+BAD_POINTERS = {
+    "absent": None,
+    "not an object": "[1, 2]",
+    "an artifact id that is a number": '{"artifact_id": 7, "trial": 0, "value": 1.0}',
+    "an artifact id that is a path": '{"artifact_id": "../../etc/passwd", "trial": 0}',
+    "no trial": '{"artifact_id": "{id}", "value": 1.0}',
+    "a trial that is text": '{"artifact_id": "{id}", "trial": "0"}',
+    "a trial that does not exist": '{"artifact_id": "{id}", "trial": 999}',
+    "a trial number beyond the database's integers": '{"artifact_id": "{id}", "trial": 2e31}',
+    "a trial number of 2**64": '{"artifact_id": "{id}", "trial": 18446744073709551616}',
+    "an artifact that is not in the store": '{"artifact_id": "nosuch", "trial": {trial}}',
+    "another trial of the same architecture": '{"artifact_id": "{id}", "trial": {other}}',
+}
+
+
+@pytest.mark.parametrize("case", BAD_POINTERS, ids=list(BAD_POINTERS))
+def test_a_missing_or_untrusted_best_model_is_one_line(ran, tmp_path, case):
+    tmp, _, _, store = ran
+    db = tmp_path / "db.sqlite"
+    shutil.copy(tmp / "db.sqlite", db)
+    url = f"sqlite:///{db}"
+    kept = _kept(url)
+    value = BAD_POINTERS[case]
+    with sqlite3.connect(db) as conn:
+        where = "WHERE key = ?", (BEST_MODEL,)
+        if value is None:
+            conn.execute("DELETE FROM study_system_attributes " + where[0], where[1])
+        else:
+            value = value.replace("{id}", kept["artifact_id"])
+            value = value.replace("{trial}", str(kept["trial"]))
+            if "{other}" in value:
+                value = value.replace("{other}", str(_same_architecture_other_trial(url)))
+            conn.execute("UPDATE study_system_attributes SET value_json = ? " + where[0],
+                         (value, *where[1]))  # fmt: skip
+    conn.close()
+    out = run_cli("export", "g", "--out", str(tmp_path / "m.npz"), "--storage", url,
+                  "--artifacts", str(store))  # fmt: skip
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith("sweep: error: study 'g' has no best model to export ("), (
+        out.stderr
+    )
+    assert out.stderr.endswith("; retrain and upload it with: sweep evaluate STUDY.toml\n")
+    if case == "another trial of the same architecture":
+        assert "does not reproduce trial" in out.stderr
+    assert not list(tmp_path.glob("m.*"))
+
+
+def test_a_corrupt_best_model_artifact_is_one_line(ran, tmp_path):
+    _, _, url, store = ran
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    (copy / _kept(url)["artifact_id"]).write_bytes(b"PK\x03\x04 not really a zip")
+    out = run_cli("export", "g", "--out", str(tmp_path / "m.npz"), "--storage", url,
+                  "--artifacts", str(copy))  # fmt: skip
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.count("\n") == 1 and "has no best model to export" in out.stderr
+    assert not list(tmp_path.glob("m.*"))
+
+
+@pytest.mark.parametrize(
+    ("out", "code", "message"),
+    [
+        ("m.json", 2, "--out must be a .npz file (the sidecar goes beside it as .json); got "),
+        ("folder.npz", 1, "is a folder; give a file name"),
+        ("none/m.npz", 1, "no such folder"),
+    ],
+)
+def test_a_bad_out_is_one_line_before_the_database_is_read(tmp_path, out, code, message):
+    (tmp_path / "folder.npz").mkdir()
+    out = run_cli("export", "g", "--out", str(tmp_path / out), "--storage",
+                  f"sqlite:///{tmp_path / 'no.db'}")  # fmt: skip
+    assert out.returncode == code and out.stderr.count("\n") == 1, out.stderr
+    assert message in out.stderr
+    assert not Path(tmp_path / "no.db").exists()
