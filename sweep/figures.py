@@ -137,12 +137,12 @@ def accuracy_vs_params(
 
 
 def importances(scores: dict[str, float], path: Path, *, metric: str = ACCURACY) -> Path:
-    """Parameter importances (fANOVA, as optuna computes them), largest on top."""
+    """Parameter importances (optuna's default evaluator, PED-ANOVA), largest on top."""
     names = sorted(scores, key=scores.get)
     fig, ax = plt.subplots(figsize=SIZE)
     ax.barh(names, [scores[n] for n in names], color="tab:blue")
     ax.set(title="Parameter importances",
-           xlabel=f"share of the variance in {metric} it explains (fANOVA)")  # fmt: skip
+           xlabel=f"importance for {metric}, the parameters' sum 1 (PED-ANOVA)")  # fmt: skip
     ax.grid(alpha=0.3, axis="x")
     return _save(fig, path)
 

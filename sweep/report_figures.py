@@ -116,9 +116,9 @@ def _group_order(trials: Sequence[Trial], name: str | None) -> list[Trial]:
 
 def _importances(study: optuna.Study, done: Sequence[Trial], kind: Kind,
                  large: bool) -> dict[str, float]:  # fmt: skip
-    """optuna's fANOVA importances; for a large study, of ``digest.IMPORTANCE_TRIALS``
-    complete trials spread evenly over it (copied into an in-memory study), since optuna would
-    load every trial and fit its forest to all of them."""
+    """optuna's importances (its default evaluator, PED-ANOVA); for a large study, of
+    ``digest.IMPORTANCE_TRIALS`` complete trials spread evenly over it (copied into an
+    in-memory study), since optuna would load every trial and score all of them."""
     if not large:
         return optuna.importance.get_param_importances(study)
     sample = optuna.create_study(direction="maximize" if kind.maximize else "minimize")
