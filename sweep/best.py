@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 
 from sweep.checkpoint import BEST_MODEL, pointer
 from sweep.errors import SpecError, StorageError, SweepError
-from sweep.objective import _settings_of, build_model_and_config, trial_seed
+from sweep.objective import build_model_and_config, settings_of, trial_seed
 from sweep.queue import SPEC
 from sweep.spec import StudySpec, stored_spec
 from sweep.storage import root_message
@@ -92,7 +92,7 @@ def export(study: optuna.Study, store: ArtifactStore, out: Path, *, where: str) 
     if trial is None:
         raise missing(f"best_model names trial {number_}, which is not a COMPLETE trial")
     spec = _stored_spec(study)
-    settings = _settings_of(trial, spec)
+    settings = settings_of(trial, spec)
     seed = trial_seed(spec.seed, trial.params)
     model, _ = build_model_and_config(settings, seed)
     artifact = kept["artifact_id"]

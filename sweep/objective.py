@@ -169,7 +169,7 @@ class Evaluation:
     store: str | None = None  # that store's location (``sweep.artifacts.artifacts_location``)
 
 
-def _settings_of(trial: optuna.trial.FrozenTrial, spec: StudySpec) -> TrainSettings:
+def settings_of(trial: optuna.trial.FrozenTrial, spec: StudySpec) -> TrainSettings:
     """The trial's training settings, derived again from the spec and the trial's parameters as
     the objective derived them, and checked by the study-file rules: its stored ``config``
     attribute is anyone's JSON and is not believed."""
@@ -193,7 +193,7 @@ def evaluate_best(study: optuna.Study, spec: StudySpec) -> Evaluation:
     Model selection used the validation split only; the test split is touched here, once.
     """
     best = study.best_trial
-    settings = _settings_of(best, spec)
+    settings = settings_of(best, spec)
     seed = trial_seed(spec.seed, best.params)
     model, config = build_model_and_config(settings, seed)
     data = load_data(spec)

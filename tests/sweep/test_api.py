@@ -9,7 +9,7 @@ import pytest
 from optuna.trial import TrialState
 
 import sweep
-from sweep.objective import _settings_of
+from sweep.objective import settings_of
 from sweep.storage import open_storage
 from sweep.study import open_study, top_up
 from tests.sweep.helpers import grid_study
@@ -67,4 +67,4 @@ def test_evaluate_derives_the_best_configuration_from_the_spec_not_stored_attrib
     outside = copy.copy(best)
     outside.params = {**best.params, "hidden_1": 10**9}
     with pytest.raises(sweep.SpecError, match=r"trial \d+: its parameters do not fit"):
-        _settings_of(outside, spec)
+        settings_of(outside, spec)

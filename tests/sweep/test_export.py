@@ -20,7 +20,7 @@ from threadpoolctl import threadpool_limits
 
 from mlp import MLP
 from sweep.checkpoint import BEST_MODEL
-from sweep.objective import _settings_of, load_data
+from sweep.objective import load_data, settings_of
 from sweep.spec import load_spec
 from tests.sweep.helpers import grid_study, load, run_cli
 
@@ -73,7 +73,7 @@ def test_export_writes_the_best_trials_own_weights_and_a_sidecar(ran, tmp_path):
     assert sidecar["sizes"] == [784, best.params["hidden_1"], best.params["hidden_2"], 10]
     assert (sidecar["activation"], sidecar["dtype"]) == (spec.train.activation, spec.train.dtype)
     meta = sidecar["meta"]
-    assert meta["config"] == dataclasses.asdict(_settings_of(best, spec))
+    assert meta["config"] == dataclasses.asdict(settings_of(best, spec))
     assert meta["config"]["learning_rate"] == best.params["learning_rate"]
     assert (meta["study"], meta["trial"], meta["valid_accuracy_percent"]) == (
         "g", best.number, best.value,
