@@ -149,20 +149,13 @@ def _release(conn: Any, trial_id: int, started: datetime | None) -> bool:
     ).scalar()
     if number is None:
         return False
-    system = tb.system_attrs
-    work = dict(
-        conn.execute(
-            sqlalchemy.select(system.c.key, system.c.value_json).where(
-                system.c.trial_id == trial_id, system.c.key.in_([FIXED, CHECKPOINT, RESUME_FROM])
-            )
-        ).all()
-    )
-    fixed = _fixed(work.get(FIXED), _stored_params(conn, [trial_id]).get(trial_id, {}))
-    kept = {RESUME_FROM: _resume_point(number, work.get(CHECKPOINT), work.get(RESUME_FROM))}
-    if fixed or FIXED in work:
-        kept[FIXED] = fixed
+    work = _handover(conn, trial_id, number)
+    kept = {RESUME_FROM: work.resume_from}
+    if work.fixed or work.had_fixed:
+        kept[FIXED] = work.fixed
     for table in (tb.params, tb.values, tb.steps, tb.heartbeats, tb.user_attrs):
         conn.execute(table.delete().where(table.c.trial_id == trial_id))
+    system = tb.system_attrs
     conn.execute(
         system.delete().where(
             system.c.trial_id == trial_id, system.c.key.not_in([FAILED_TRIAL, RETRY_HISTORY])
@@ -176,6 +169,44 @@ def _release(conn: Any, trial_id: int, started: datetime | None) -> bool:
     if rows:
         conn.execute(system.insert(), rows)
     return True
+
+
+@dataclasses.dataclass(frozen=True)
+class _Work:
+    """What a trial's successor takes over: its parameters and where its training stands."""
+
+    fixed: dict[str, Any]  # the fixed parameters, with those it ran with where none were fixed
+    had_fixed: bool  # it was enqueued with fixed parameters (a grid point, or a user's)
+    history: list[int]  # optuna's ``retry_history``: its failed predecessors' numbers
+    resume_from: dict[str, Any] | None  # see ``_resume_point``
+
+
+def _handover(conn: Any, trial_id: int, number: int) -> _Work:
+    """The work of trial ``number``, read in the transaction that just took it from its claim.
+
+    Read after that fenced update, never before: on PostgreSQL (READ COMMITTED) a statement
+    that waited for the trial's row sees the rows committed meanwhile only if it starts after
+    the wait, so a checkpoint pointer read together with the row lock could be the one the
+    worker replaced (and deleted) while we waited, and the successor would retrain from
+    epoch 1. Once the update holds the row, the worker's write-backs fail on the fence: the
+    pointer read here is its last one.
+    """
+    system = tb.system_attrs
+    keys = [FIXED, CHECKPOINT, RESUME_FROM, RETRY_HISTORY]
+    work = dict(
+        conn.execute(
+            sqlalchemy.select(system.c.key, system.c.value_json).where(
+                system.c.trial_id == trial_id, system.c.key.in_(keys)
+            )
+        ).all()
+    )
+    ran = _stored_params(conn, [trial_id]).get(trial_id, {})
+    return _Work(
+        fixed=_fixed(work.get(FIXED), ran),
+        had_fixed=FIXED in work,
+        history=_history(work.get(RETRY_HISTORY)),
+        resume_from=_resume_point(number, work.get(CHECKPOINT), work.get(RESUME_FROM)),
+    )
 
 
 def adopt_spec(storage: RDBStorage, study_id: int, spec_json: str) -> str | None:
@@ -471,23 +502,15 @@ def _history(text: str | None) -> list[int]:
 
 
 def _orphans(conn: Any, study_id: int, joins: Any, *where: Any) -> list[Any]:
-    """The study's RUNNING sweep-claimed trials that ``joins`` and ``where`` select, with what
-    a replacement needs; their rows locked on PostgreSQL until the transaction ends."""
+    """(trial id, number, claim start, worker tag) of the study's RUNNING sweep-claimed trials
+    that ``joins`` and ``where`` select; their rows locked on PostgreSQL until the transaction
+    ends. What a successor takes over is read later, by ``_handover``."""
     tag, on_tag = _attr(tb.user_attrs, WORKER_TAG, "tag")
-    fixed, on_fixed = _attr(tb.system_attrs, FIXED, "fixed")
-    history, on_history = _attr(tb.system_attrs, RETRY_HISTORY, "history")
-    saved, on_saved = _attr(tb.system_attrs, CHECKPOINT, "saved")
-    given, on_given = _attr(tb.system_attrs, RESUME_FROM, "given")
     return conn.execute(
         sqlalchemy.select(
-            trials.c.trial_id, trials.c.number, trials.c.datetime_start, fixed.c.value_json,
-            history.c.value_json, tag.c.value_json, saved.c.value_json, given.c.value_json,
+            trials.c.trial_id, trials.c.number, trials.c.datetime_start, tag.c.value_json
         )
-        .select_from(
-            joins(trials.join(tag, on_tag)).outerjoin(fixed, on_fixed)
-            .outerjoin(history, on_history).outerjoin(saved, on_saved)
-            .outerjoin(given, on_given)
-        )
+        .select_from(joins(trials.join(tag, on_tag)))
         .where(trials.c.study_id == study_id, trials.c.state == TrialState.RUNNING, *where)
         .order_by(trials.c.trial_id)
         .with_for_update(of=trials)
@@ -501,8 +524,8 @@ def _fail_and_requeue(
     parameters, else those it ran with, optuna's ``failed_trial`` and ``retry_history``, and
     its last checkpoint as ``resume_from``), unless its workers have died ``max_retries``
     times; the numbers of the trials failed."""
-    failed, requeued = [], []
-    for trial_id, number, started, fixed_json, history_json, worker_json, *work in orphans:
+    failed, fixed, extras = [], [], []
+    for trial_id, number, started, worker_json in orphans:
         update = conn.execute(
             trials.update()
             .where(*tb.held_by(trial_id, started))
@@ -511,22 +534,21 @@ def _fail_and_requeue(
         if update.rowcount != 1:  # finished or released meanwhile: not an orphan after all
             continue
         failed.append(number)
-        past = _history(history_json)
+        work = _handover(conn, trial_id, number)
+        past = work.history
         attrs = {"lost": why.format(worker=_json(worker_json, str, "?"))}
         if len(past) + 1 >= max_retries:
             attrs[FAIL_REASON] = f"worker died {len(past) + 1} times"
         else:
             extra = {FAILED_TRIAL: past[0] if past else number, RETRY_HISTORY: [*past, number]}
-            resume = _resume_point(number, *work)
-            if resume is not None:
-                extra[RESUME_FROM] = resume
-            requeued.append((trial_id, fixed_json, extra))
+            if work.resume_from is not None:
+                extra[RESUME_FROM] = work.resume_from
+            fixed.append(work.fixed)
+            extras.append(extra)
         tb.replace_attrs(
             conn, tb.user_attrs, trial_id, {k: json.dumps(v) for k, v in attrs.items()}
         )
-    ran = _stored_params(conn, [trial_id for trial_id, _, _ in requeued])
-    fixed = [_fixed(fixed_json, ran.get(trial_id, {})) for trial_id, fixed_json, _ in requeued]
-    _enqueue(conn, study_id, fixed, [extra for _, _, extra in requeued])
+    _enqueue(conn, study_id, fixed, extras)
     return failed
 
 
@@ -575,7 +597,7 @@ def release_run(storage: RDBStorage, study_id: int, run_id: str) -> int:
     joins, names_run = _of_run(run_id)
     with storage.engine.begin() as conn:
         orphans = _orphans(conn, study_id, joins, names_run)
-        return sum(_release(conn, trial_id, started) for trial_id, _, started, *_ in orphans)
+        return sum(_release(conn, trial_id, started) for trial_id, _, started, _ in orphans)
 
 
 # -- what is left -----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -349,3 +350,61 @@ def test_a_worker_killed_mid_trial_leaves_its_parameters_and_checkpoint(tmp_path
     assert replacement.system_attrs[queue.FIXED] == params
     assert replacement.system_attrs[queue.RESUME_FROM] == {**SAVED, "trial": 0}
     assert states(study)[TrialState.FAIL] == 1
+
+
+def test_a_checkpoint_written_while_the_hand_over_waits_is_the_one_handed_on(
+    tmp_path, postgres_server
+):
+    """On PostgreSQL a hand-over that waits for the trial's row (the worker is writing back
+    its next checkpoint) passes on that checkpoint, not the one it replaced: the worker
+    deletes the replaced file once its pointer is committed."""
+    from tests.postgres import fresh_database
+
+    url = fresh_database(postgres_server)
+    study, spec = _queued(tmp_path, url, "random")
+    stored, _ = _start(study, spec, SAVED)
+    newer = {"artifact_id": "5d1f0b7e-9c1e-4c5e-9a39-0c2d7e4a101f", "epoch": 3}
+    rdb = rdb_of(study._storage)
+    done: list = []
+    worker = sqlalchemy.create_engine(url)
+    try:
+        with worker.connect() as conn, conn.begin():
+            # The worker's write-back: the fenced update locks the trial's row, then the
+            # pointer to the new checkpoint.
+            conn.execute(
+                sqlalchemy.text("UPDATE trials SET state = state WHERE trial_id = :t"),
+                {"t": stored._trial_id},
+            )
+            conn.execute(
+                sqlalchemy.text(
+                    "UPDATE trial_system_attributes SET value_json = :v"
+                    " WHERE trial_id = :t AND key = :k"
+                ),
+                {"t": stored._trial_id, "k": queue.CHECKPOINT, "v": json.dumps(newer)},
+            )
+            waiting = threading.Thread(
+                target=lambda: done.append(
+                    queue.abandon_run(rdb, study._study_id, "r", max_retries=3)
+                )
+            )
+            waiting.start()
+            _until_blocked(conn)
+        waiting.join(timeout=30)
+    finally:
+        worker.dispose()
+    assert done, "the hand-over did not finish"
+    taker = _newest(study)
+    assert taker.state == TrialState.WAITING
+    assert taker.system_attrs[queue.RESUME_FROM] == {**newer, "trial": stored.number}
+
+
+def _until_blocked(conn: sqlalchemy.Connection) -> None:
+    """Return once another session waits for a lock that ``conn``'s transaction holds."""
+    me = conn.execute(sqlalchemy.text("SELECT pg_backend_pid()")).scalar_one()
+    blocked = sqlalchemy.text(
+        "SELECT count(*) FROM pg_stat_activity WHERE :me = ANY(pg_blocking_pids(pid))"
+    )
+    deadline = time.monotonic() + 30
+    while conn.execute(blocked, {"me": me}).scalar_one() == 0:
+        assert time.monotonic() < deadline, "the hand-over never waited for the trial's row"
+        time.sleep(0.02)
