@@ -8,12 +8,20 @@ Checkpoints and the best model (``sweep.checkpoint``) live in an optuna artifact
 path, it is a property of the host, not of the study: it is never stored with the spec. A store
 is checked when it opens (an S3 bucket by writing and deleting one small object), so a bad one
 is one line before any work starts.
+
+A folder store writes atomically (``_AtomicFolder``): optuna's ``FileSystemArtifactStore`` writes
+the file in place, so a kill or a full disk during an upload would leave a truncated checkpoint
+or model under its final name for a resuming worker, ``sweep export`` or the dashboard to read.
+(An S3 object appears only once its upload completes.)
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import re
+import shutil
 import urllib.parse
 import uuid
 from pathlib import Path
@@ -59,8 +67,11 @@ def artifacts_location(artifacts: str | None, storage_url: str) -> tuple[str, st
     )
 
 
-def open_store(url: str) -> ArtifactStore:
+def open_store(url: str, *, read_only: bool = False) -> ArtifactStore:
     """The artifact store at ``url`` (see ``artifacts_location``); a folder is created.
+
+    ``read_only`` (a read-only dashboard): nothing is written, neither the folder nor an S3
+    probe, so a missing folder or bucket shows only as missing artifacts.
 
     Raises SpecError for a URL of another form, StorageError if the folder cannot be made or
     boto3 is missing."""
@@ -69,7 +80,7 @@ def open_store(url: str) -> ArtifactStore:
     parsed = urllib.parse.urlsplit(url)
     scheme = parsed.scheme.lower()
     if scheme == "s3":
-        return _s3_store(url, parsed)
+        return _s3_store(url, parsed, probe=not read_only)
     if scheme == "file":
         if parsed.netloc not in ("", "localhost") or parsed.query or parsed.fragment:
             raise SpecError(f"--artifacts must be {_FORMS}; got {url!r}")
@@ -79,14 +90,69 @@ def open_store(url: str) -> ArtifactStore:
     else:
         folder = Path(url)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        if not read_only:
+            folder.mkdir(parents=True, exist_ok=True)
     except (OSError, ValueError) as e:
         raise StorageError(f"cannot use {folder} for checkpoints: {root_message(e)}") from e
-    return FileSystemArtifactStore(folder)
+    return _AtomicFolder(folder)
 
 
-def _s3_store(url: str, parsed: urllib.parse.SplitResult) -> ArtifactStore:
-    """An S3 (or S3-compatible) bucket, checked by writing and deleting one probe object.
+class _AtomicFolder(FileSystemArtifactStore):
+    """optuna's folder store whose ``write`` is atomic: the body goes to a temporary file in the
+    artifact's own folder, is flushed and fsynced, then renamed to the artifact's name
+    (``os.replace``, atomic on POSIX), so a reader sees the whole file or none; the temporary
+    file is removed if anything fails. ``open_reader`` and ``remove`` are optuna's.
+
+    A subclass rather than a wrapper so that artifact ids are checked exactly as optuna's
+    reader and remover check them (``_get_filepath``: an absolute id, or one that leaves the
+    folder, is a ValueError since optuna PR #6432, in 5.0) and the store still is a
+    ``FileSystemArtifactStore`` to anyone who asks.
+
+    A process killed mid-write leaves its temporary file (``.<id>.<random>.tmp``); ``remove``
+    deletes those of its id with the artifact (sweep names every artifact in the database
+    before writing it, so the trial's end removes its id). The folder's own entry is fsynced
+    after the rename where the file system allows it.
+    """
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        path = self._get_filepath(artifact_id)  # optuna's checks, as its reader's
+        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        # O_EXCL: never another writer's file; 0o666 less the umask, as open() gives optuna.
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                shutil.copyfileobj(content_body, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        _fsync_folder(path.parent)
+
+    def remove(self, artifact_id: str) -> None:
+        path = self._get_filepath(artifact_id)
+        for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        super().remove(artifact_id)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable; a file system that cannot (some network ones)
+    still has the file, whole."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _s3_store(url: str, parsed: urllib.parse.SplitResult, *, probe: bool) -> ArtifactStore:
+    """An S3 (or S3-compatible) bucket, checked by writing and deleting one probe object
+    (unless not ``probe``).
 
     The client is boto3's default one, configured the usual way: credentials and region from
     ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_DEFAULT_REGION`` or ``~/.aws``, and
@@ -110,9 +176,10 @@ def _s3_store(url: str, parsed: urllib.parse.SplitResult) -> ArtifactStore:
     try:
         client = boto3.client("s3", config=Config(**_S3_OPTIONS))
         where += f" (endpoint {client.meta.endpoint_url})"
-        probe = f"{prefix}/.sweep-probe-{uuid.uuid4().hex}".lstrip("/")
-        client.put_object(Bucket=bucket, Key=probe, Body=b"")
-        client.delete_object(Bucket=bucket, Key=probe)
+        if probe:
+            key = f"{prefix}/.sweep-probe-{uuid.uuid4().hex}".lstrip("/")
+            client.put_object(Bucket=bucket, Key=key, Body=b"")
+            client.delete_object(Bucket=bucket, Key=key)
     except (BotoCoreError, ClientError, ValueError) as e:  # ValueError: a malformed endpoint
         raise StorageError(f"{where}: {_s3_message(e, bucket)}") from e
     return _Prefixed(Boto3ArtifactStore(bucket, client), prefix)

@@ -6,40 +6,55 @@ accuracy):
 
   - ``export``: the best trial's own final weights, kept by the workers in the study's artifact
     store and named by the study's system attribute ``best_model``
-    (``sweep.checkpoint.keep_best``). Nothing is retrained and no data is read.
+    (``sweep.cleanup.keep_best``). Nothing is retrained and no data is read.
   - ``upload``: a model retrained by ``sweep evaluate``, put into the study's artifact store
-    beside the checkpoints (optuna's ``upload_artifact`` on the study).
+    beside the checkpoints (optuna's ``upload_artifact`` on the study) and named by the study's
+    system attribute ``evaluated_model``. It replaces the previous evaluate's: that one's
+    artifacts and their ``artifacts:<id>`` attributes are deleted once the new one is named.
 
 Everything read from the database is untrusted: the ``best_model`` pointer, the trial it names,
 the stored spec and the artifact itself are checked, and anything that does not hold together
 is one SweepError line (the artifact must also reproduce the trial's value: its last epoch's
-validation accuracy, stored in the checkpoint, is the trial's value exactly).
+validation accuracy, stored in the checkpoint, is the trial's value exactly). An
+``evaluated_model`` that is malformed deletes nothing; one is deleted only if its ids are plain
+names (``sweep.queue.pointer``) of artifacts uploaded to the study itself, never a trial's
+checkpoint or the ``best_model``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
+import sqlalchemy
 from optuna.artifacts import download_artifact, upload_artifact
 from optuna.trial import TrialState
 
-from sweep.checkpoint import BEST_MODEL, pointer
+from sweep import tables as tb
+from sweep.cleanup import BEST_MODEL, swap_study_attr
 from sweep.errors import SpecError, StorageError, SweepError
 from sweep.objective import build_model_and_config, settings_of, trial_seed
-from sweep.queue import SPEC
+from sweep.queue import SPEC, pointer
 from sweep.spec import StudySpec, stored_spec
 from sweep.storage import root_message
 from sweep.stored import number, printable
 
 if TYPE_CHECKING:
     from optuna.artifacts._protocol import ArtifactStore
+    from optuna.storages import RDBStorage
 
     from mlp import MLP
 
+logger = logging.getLogger(__name__)
+
+#: The study's system attribute naming the model ``sweep evaluate`` uploaded last:
+#: ``{"artifact_id": weights, "sidecar_id": sidecar, "trial": number}``.
+EVALUATED_MODEL = "evaluated_model"
 _HINT = "retrain and upload it with: sweep evaluate STUDY.toml"
 
 
@@ -120,13 +135,15 @@ def export(study: optuna.Study, store: ArtifactStore, out: Path, *, where: str) 
 
 
 def upload(study: optuna.Study, store: ArtifactStore, model: MLP, meta: dict) -> tuple[str, str]:
-    """Put ``model`` (weights and sidecar) into the study's artifact store; (weights' artifact
-    id, sidecar's). StorageError (one line) if the store fails."""
+    """Put ``model`` (weights and sidecar) into the study's artifact store as its
+    ``evaluated_model``, replacing the previous one; (weights' artifact id, sidecar's).
+    StorageError (one line) if the store fails; a previous model that cannot be deleted is a
+    warning (the new one is in place)."""
     with tempfile.TemporaryDirectory(prefix="sweep-upload-") as folder:
         weights = Path(folder, f"trial-{meta['trial']}-model.npz")
         sidecar = model.save(weights, meta=meta)
         try:
-            return tuple(  # type: ignore[return-value]
+            ids: tuple[str, str] = tuple(  # type: ignore[assignment]
                 upload_artifact(artifact_store=store, file_path=str(f), study_or_trial=study)
                 for f in (weights, sidecar)
             )
@@ -135,6 +152,76 @@ def upload(study: optuna.Study, store: ArtifactStore, model: MLP, meta: dict) ->
                 f"study {printable(study.study_name, 200)!r}: trial {meta['trial']} was evaluated "
                 f"(stored on the study) but its model could not be uploaded: {_line(e)}"
             ) from e
+    _replace_evaluated(study, store, ids, meta["trial"])
+    return ids
+
+
+def _replace_evaluated(
+    study: optuna.Study, store: ArtifactStore, ids: tuple[str, str], trial: int
+) -> None:
+    """Name ``ids`` as the study's ``evaluated_model``, then delete the model it named before:
+    its files first, then the ``artifacts:<id>`` attributes of those that are gone (a file the
+    store could not delete stays named, for whoever cleans up). Never raises."""
+    from sweep.study import rdb_of  # sweep.study imports the objective, which imports us
+
+    record = {"artifact_id": ids[0], "sidecar_id": ids[1], "trial": trial}
+    try:
+        backend = rdb_of(study._storage)
+        encoded = json.dumps(record)
+        swapped = swap_study_attr(backend, study._study_id, EVALUATED_MODEL, lambda _: encoded)
+        old = _evaluated_ids(swapped)
+        # Only the attributes needed, undecoded: another client's odd value elsewhere is not ours.
+        raw = _raw_attrs(
+            backend, study._study_id, [BEST_MODEL, *(tb.ARTIFACT_PREFIX + a for a in old)]
+        )
+    except Exception as e:  # the model is uploaded; only the old one stays
+        logger.warning("could not replace the previous evaluated model: %s", _line(e))
+        return
+    kept = pointer(tb.decoded(raw.get(BEST_MODEL)))
+    protected = {*ids, kept["artifact_id"] if kept is not None else None}
+    gone = []
+    for artifact in old:
+        if (
+            artifact in protected or tb.ARTIFACT_PREFIX + artifact not in raw
+        ):  # not uploaded to the study
+            continue
+        try:
+            store.remove(artifact)
+        except optuna.artifacts.exceptions.ArtifactNotFound:
+            pass
+        except Exception as e:
+            logger.warning("could not delete the previous evaluated model's artifact %s: %s",
+                           artifact, _line(e))  # fmt: skip
+            continue
+        gone.append(tb.ARTIFACT_PREFIX + artifact)
+    if gone:
+        attrs = tb.study_system_attrs
+        try:
+            with backend.engine.begin() as conn:
+                conn.execute(attrs.delete().where(attrs.c.study_id == study._study_id,
+                                                  attrs.c.key.in_(gone)))  # fmt: skip
+        except Exception as e:
+            logger.warning("could not forget the deleted artifacts %s: %s", gone, _line(e))
+
+
+def _raw_attrs(storage: RDBStorage, study_id: int, keys: list[str]) -> dict[str, str]:
+    """The study's system attributes among ``keys``, as stored (JSON text)."""
+    attrs = tb.study_system_attrs
+    query = sqlalchemy.select(attrs.c.key, attrs.c.value_json).where(
+        attrs.c.study_id == study_id, attrs.c.key.in_(keys)
+    )
+    with storage.engine.connect() as conn:
+        return {key: value for key, value in conn.execute(query)}
+
+
+def _evaluated_ids(text: str | None) -> list[str]:
+    """The artifact ids of an ``evaluated_model`` value (untrusted: another client may have
+    written anything), each a plain name (``sweep.queue.pointer``), else none."""
+    record = pointer(tb.decoded(text))
+    if record is None:
+        return []
+    sidecar = pointer({"artifact_id": record.get("sidecar_id")})
+    return [record["artifact_id"]] + ([sidecar["artifact_id"]] if sidecar is not None else [])
 
 
 def stored_test_accuracy(study: optuna.Study, trial: int) -> float | None:

@@ -13,19 +13,19 @@ trial loses what it trained since its last checkpoint, at most about one epoch.
     sooner than the last write's cost divided by ``CHECKPOINT_OVERHEAD`` seconds after it, so
     that writing takes at most that share of the training time on any model and any store.
   - Clean-up: a checkpoint's artifact is deleted once the pointer to its successor is in the
-    database, and a finished trial's once it has ended (``trial_ended``), except the final
-    weights of the best COMPLETE trial, kept as the study's system attribute ``best_model``
-    (``keep_best``, a compare-and-set under the study lock). A study's artifacts thus stay
-    within about one checkpoint per running worker, plus the requeued trials' and the best.
+    database; a finished trial's are deleted when it ends (``sweep.cleanup``), except the best
+    model's. A trial that resumes a checkpoint is claimed before any other (``sweep.queue``),
+    so a study's artifacts stay within one checkpoint per running worker (two while it
+    replaces one) plus the best model.
 
-Note: optuna's ``upload_artifact`` also records each artifact's meta data as a trial system
-attribute ``artifacts:<id>``; those of deleted checkpoints stay on the trial (optuna has no
-call to remove them), so optuna-dashboard lists them though their files are gone.
+optuna's ``upload_artifact`` names each artifact on its trial first (the system attribute
+``artifacts:<id>``, which optuna-dashboard lists) and then writes it; sweep commits that name
+before the bytes are written, so that a worker killed at any moment leaves no file that the
+database does not name (``sweep.cleanup`` deletes them by their names).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -35,24 +35,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
-import sqlalchemy
 from optuna.artifacts import download_artifact, upload_artifact
 
-from sweep import tables as tb
-from sweep.errors import SpecError
-from sweep.queue import ARTIFACT_ID, CHECKPOINT, RESUME_FROM
+from sweep.errors import SpecError, StorageError
+from sweep.queue import CHECKPOINT, RESUMED_FROM, pointer
 from sweep.storage import root_message
 
 if TYPE_CHECKING:
     from optuna.artifacts._protocol import ArtifactStore
-    from optuna.storages import RDBStorage
 
     from mlp import MLP, TrainConfig, TrainState
 
 logger = logging.getLogger(__name__)
 
-#: The study's system attribute naming the best COMPLETE trial's final weights.
-BEST_MODEL = "best_model"
 #: Checkpoint after every this many epochs at most (1: a kill loses at most one epoch) ...
 CHECKPOINT_EPOCHS = 1
 #: ... and let writing take at most this share of the training time: the next write waits
@@ -84,30 +79,21 @@ def policy() -> tuple[int, float]:
     return epochs, share
 
 
-def pointer(value: Any) -> dict[str, Any] | None:
-    """A ``checkpoint``/``resume_from``/``best_model`` attribute as far as it is well formed
-    (another client may have written anything): its artifact id must be a plain name."""
-    if not isinstance(value, dict):
-        return None
-    artifact = value.get("artifact_id")
-    if not (isinstance(artifact, str) and ARTIFACT_ID.fullmatch(artifact)):
-        return None
-    return value
-
-
 def system_attrs(trial: optuna.Trial) -> dict[str, Any]:
     """A running trial's system attributes (optuna 5's Trial no longer shows them)."""
     return trial.storage.get_trial(trial._trial_id).system_attrs
 
 
-def remove(store: ArtifactStore, artifact_id: str) -> None:
-    """Delete an artifact; one already gone, or a store that fails, only leaves a file."""
+def remove(store: ArtifactStore, artifact_id: str) -> bool:
+    """Delete an artifact; whether it is gone (a store that fails only leaves a file)."""
     try:
         store.remove(artifact_id)
     except optuna.artifacts.exceptions.ArtifactNotFound:
         pass
     except Exception as e:  # a leftover file is not worth a failed trial
         logger.warning("could not delete checkpoint %s: %s", artifact_id, root_message(e))
+        return False
+    return True
 
 
 # -- one trial's checkpoints --------------------------------------------------------------------
@@ -122,6 +108,7 @@ class Checkpoints:
         self.stale: list[str] = []  # replaced; deleted once the replacement is in the database
         self.epoch = 0  # the epoch of ``current``
         self.latest: TrainState | None = None  # the last state ``fit`` gave
+        self.resumed_from: dict[str, Any] | None = None  # the pointer ``resume`` resumed from
         self.interval = 0.0  # seconds before the next write may start (cost / overhead)
         self.written_at = time.monotonic()
         self._folder = tempfile.TemporaryDirectory(prefix="sweep-checkpoint-")
@@ -133,11 +120,13 @@ class Checkpoints:
         and ``config`` (the run it belongs to), or None: nothing to resume from, or it could
         not be used (one warning line; the trial then trains from its first epoch)."""
         from mlp import CheckpointError, load_state
+        from sweep.cleanup import clear_predecessors  # (it imports this module)
 
-        given = system_attrs(self.trial).get(RESUME_FROM)
+        given = system_attrs(self.trial).get(RESUMED_FROM)
+        found = pointer(given)
+        clear_predecessors(self.store, self.trial, found["artifact_id"] if found else None)
         if given is None:
             return None
-        found = pointer(given)
         where = f"trial {self.trial.number}: cannot resume"
         if found is None:
             logger.warning("%s: resume_from is malformed; training from epoch 1", where)
@@ -162,7 +151,7 @@ class Checkpoints:
         # The trial's work now lives in that artifact: a kill before our first checkpoint
         # hands it on again, and our first checkpoint replaces (deletes) it.
         self._record(artifact, state.epoch)
-        self.latest = state
+        self.latest, self.resumed_from = state, found
         return state
 
     def on_state(self, state: TrainState) -> None:
@@ -182,8 +171,9 @@ class Checkpoints:
         try:
             save_state(state, path)
             artifact = upload_artifact(
-                artifact_store=self.store, file_path=str(path), study_or_trial=self.trial
-            )
+                artifact_store=_NamedFirst(self.store, self.trial), file_path=str(path),
+                study_or_trial=self.trial,
+            )  # fmt: skip
         except Exception as e:
             if not self._warned:
                 logger.warning("trial %d: checkpoint of epoch %d failed: %s", self.trial.number,
@@ -221,9 +211,25 @@ class Checkpoints:
 
     def close(self) -> None:
         """Delete what is replaced, if its replacement reached the database; the temporary
-        folder goes. The current checkpoint stays: ``trial_ended`` or a successor decides."""
+        folder goes. The current checkpoint stays: the trial's end (``sweep.cleanup``) or a
+        successor decides."""
         self._drop_stale()
         self._folder.cleanup()
+
+
+class _NamedFirst:
+    """The store as ``upload_artifact`` sees it: before an artifact's bytes are written, the
+    name optuna has just given it on the trial (``artifacts:<id>``, held by a worker's storage)
+    is committed, so that a worker killed after the write leaves a file its trial names, for
+    the trial's end to delete, never a stray one."""
+
+    def __init__(self, store: ArtifactStore, trial: optuna.Trial) -> None:
+        self.store, self.trial = store, trial
+
+    def write(self, artifact_id: str, content_body: Any) -> None:
+        if not _flush(self.trial):
+            raise StorageError("its name could not be written to the study database")
+        self.store.write(artifact_id, content_body)
 
 
 def _flush(trial: optuna.Trial) -> bool:
@@ -243,81 +249,3 @@ def _flush(trial: optuna.Trial) -> bool:
         logger.debug("checkpoint pointer not yet written: %s", root_message(e))
         return False
     return True
-
-
-# -- a trial's end: clean up, keep the best -----------------------------------------------------
-
-
-def trial_ended(store: ArtifactStore, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """After ``study.tell``: delete the trial's checkpoint artifacts, except its final weights
-    when it is the best COMPLETE trial so far (``keep_best``). Never raises."""
-    try:
-        mine = pointer(trial.system_attrs.get(CHECKPOINT))
-        given = pointer(trial.system_attrs.get(RESUME_FROM))
-        keep = None
-        value = trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None
-        final = mine is not None and mine.get("epoch") == trial.last_step
-        if final and value is not None and math.isfinite(value):  # (else its final upload failed)
-            keep = mine["artifact_id"]
-            from sweep.study import rdb_of  # sweep.study imports the objective, which imports us
-
-            backend = rdb_of(study._storage)
-            maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-            best = {"artifact_id": keep, "trial": trial.number, "value": value}
-            kept, old = keep_best(backend, study._study_id, best, maximize=maximize)
-            if old is not None:
-                remove(store, old)
-            if not kept:
-                keep = None
-        for p in (mine, given):
-            if p is not None and p["artifact_id"] != keep:
-                remove(store, p["artifact_id"])
-    except Exception as e:  # a leftover file is not worth stopping the worker
-        logger.warning("trial %d: checkpoint clean-up failed: %s", trial.number, root_message(e))
-
-
-def keep_best(
-    storage: RDBStorage, study_id: int, best: dict[str, Any], *, maximize: bool = True
-) -> tuple[bool, str | None]:
-    """Make ``best`` (``{"artifact_id", "trial", "value"}``) the study's ``best_model`` if its
-    value beats the stored one's; (whether it did, the artifact id it replaced).
-
-    Read and written in one transaction under the study lock (the ``studies`` row on
-    PostgreSQL; ``BEGIN IMMEDIATE`` on SQLite), so two workers finishing at once cannot lose
-    the better model. A stored value that is not a finite number (another client's) loses.
-    """
-    attrs = tb.study_system_attrs
-    with storage.engine.begin() as conn:
-        conn.execute(
-            sqlalchemy.select(tb.studies.c.study_id)
-            .where(tb.studies.c.study_id == study_id)
-            .with_for_update()
-        )
-        where = (attrs.c.study_id == study_id, attrs.c.key == BEST_MODEL)
-        text = conn.execute(sqlalchemy.select(attrs.c.value_json).where(*where)).scalar()
-        stored = _stored_best(text)
-        if stored is not None and stored["value"] is not None:
-            old_value = stored["value"]
-            if (best["value"] <= old_value) if maximize else (best["value"] >= old_value):
-                return False, None
-        encoded = json.dumps(best)
-        if text is None:
-            conn.execute(attrs.insert(), {"study_id": study_id, "key": BEST_MODEL,
-                                          "value_json": encoded})  # fmt: skip
-        else:
-            conn.execute(attrs.update().where(*where).values(value_json=encoded))
-    old = stored["artifact_id"] if stored is not None else None
-    return True, (old if old != best["artifact_id"] else None)
-
-
-def _stored_best(text: str | None) -> dict[str, Any] | None:
-    try:
-        value = pointer(json.loads(text)) if text else None
-    except ValueError:
-        return None
-    if value is None:
-        return None
-    v = value.get("value")
-    if type(v) not in (int, float) or not math.isfinite(v):
-        return {**value, "value": None}  # beaten by anything; its file still deleted
-    return value

@@ -199,12 +199,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     """Serve optuna-dashboard for the study database: read-only unless --allow-writes, and
-    only to requests that name this machine (127.0.0.1 unless --host says otherwise)."""
+    only to requests that name this machine (127.0.0.1 unless --host says otherwise). Its trial
+    view lists and downloads the checkpoints and models in the study's artifact store."""
+    from sweep.artifacts import artifacts_location, open_store
     from sweep.dashboard import serve
     from sweep.storage import mask_password, open_storage, resolve_url
 
     storage = open_storage(args.storage, heartbeat_interval=None, grace_period=None,
                            read_only=not args.allow_writes)  # fmt: skip
+    location, _ = artifacts_location(args.artifacts, resolve_url(args.storage))
+    store = open_store(location, read_only=not args.allow_writes)
     if args.allow_writes:
         policy = ("writes allowed: anyone who can reach it can create, rename and delete "
                   "studies")  # fmt: skip
@@ -216,7 +220,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         print(f"dashboard for {shown} at {url} ({policy}; Ctrl-C stops it)", file=sys.stderr)
 
     serve(storage, host=args.host, port=args.port, allow_writes=args.allow_writes,
-          extra_hosts=args.allow_host, on_ready=ready)  # fmt: skip
+          extra_hosts=args.allow_host, artifact_store=store, on_ready=ready)  # fmt: skip
     return EXIT_OK
 
 
@@ -560,6 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-host", action="append", default=[], metavar="NAME",
         help="another name the dashboard answers to (a DNS alias, a reverse proxy); repeatable",
     )  # fmt: skip
+    p.add_argument("--artifacts", metavar="URL", help=artifacts_help.replace(
+        "where trials checkpoint", "the study's artifact store, whose files it shows"))  # fmt: skip
     p.set_defaults(func=_cmd_dashboard)
     return parser
 

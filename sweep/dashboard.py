@@ -8,6 +8,13 @@ requests whose ``Host`` is one of :func:`allowed_hosts` (421 otherwise), refuses
 but GET, HEAD and OPTIONS (405) unless writes are allowed, and then refuses a write whose
 ``Origin`` is another site (403: CSRF).
 
+The dashboard is given the study's artifact store (``sweep.artifacts``), so that its trial view
+lists each trial's checkpoints and the study's evaluated model and downloads them (a GET, so
+read-only mode allows it; uploading and deleting artifacts are writes). optuna keeps the meta
+data of a deleted artifact on its trial (``artifacts:<id>``), so the dashboard may list files
+that are gone; fetching one answers 404 with a line of text (:class:`_Served`), where the
+dashboard itself would answer 500 and print a traceback on the terminal for each click.
+
 :func:`serve` binds in the calling thread, so that a busy port or an unknown host is a one-line
 :class:`SweepError`, and serves from a daemon thread: in the main thread, wsgiref's error
 handler swallows a Ctrl-C or SIGTERM that lands during a request, and serving carries on.
@@ -27,7 +34,7 @@ import re
 import socket
 import threading
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from sweep.errors import SpecError, SweepError
@@ -36,6 +43,7 @@ if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
     import optuna
+    from optuna.artifacts._protocol import ArtifactStore
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +113,11 @@ def serve(
     port: int,
     allow_writes: bool = False,
     extra_hosts: Iterable[str] = (),
+    artifact_store: ArtifactStore | None = None,
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve optuna-dashboard for ``storage`` on ``host``:``port`` until interrupted.
+    """Serve optuna-dashboard for ``storage`` on ``host``:``port`` until interrupted, with the
+    artifacts in ``artifact_store`` (without one, the dashboard cannot show them).
 
     Binds first (a one-line SweepError if it cannot; SpecError for a bad port or extra host),
     calls ``on_ready(url)`` with the URL to open (the actual port for port 0, the machine's name
@@ -134,7 +144,8 @@ def serve(
 
     thread = threading.Thread(target=run, name="dashboard", daemon=True)
     try:
-        app = optuna_dashboard.wsgi(storage)
+        served = None if artifact_store is None else _Served(artifact_store)
+        app = optuna_dashboard.wsgi(storage, artifact_store=served)
         server.set_app(guard(app, allowed_hosts=hosts, allow_writes=allow_writes))
         thread.start()
         if on_ready is not None:
@@ -151,6 +162,29 @@ def serve(
             server.server_close()
     if failed:
         raise failed[0]
+
+
+class _Served:
+    """The artifact store as the dashboard uses it: a missing artifact (a deleted checkpoint
+    that its trial still lists) is a 404, not an uncaught ArtifactNotFound."""
+
+    def __init__(self, store: ArtifactStore) -> None:
+        self.store = store
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        from bottle import HTTPError  # optuna-dashboard's web framework: it answers this one
+        from optuna.artifacts.exceptions import ArtifactNotFound
+
+        try:
+            return self.store.open_reader(artifact_id)
+        except ArtifactNotFound:
+            raise HTTPError(404, "this artifact was deleted (a replaced checkpoint?)") from None
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        self.store.write(artifact_id, content_body)
+
+    def remove(self, artifact_id: str) -> None:
+        self.store.remove(artifact_id)
 
 
 class _Server(WSGIServer):

@@ -21,9 +21,8 @@ from threadpoolctl import threadpool_limits
 
 from mlp import MLP, Dataset, DivergedError, EpochMetrics, TrainConfig, fit, load_mnist
 from mlp.model import parameter_count
-from sweep.checkpoint import Checkpoints, system_attrs
+from sweep.checkpoint import Checkpoints
 from sweep.errors import SpecError
-from sweep.queue import RESUME_FROM
 from sweep.rules import check_value, train_rules
 from sweep.settings import TrainSettings, configs
 from sweep.space import suggest
@@ -127,9 +126,10 @@ class Objective:
             # The epochs it did not run, as they were reported (not pruned: it went on).
             for m in resumed.history:
                 record(m)
+            given = saved.resumed_from.get("trial") if saved and saved.resumed_from else None
             resume_attrs = {
                 "resumed_from_epoch": resumed.epoch,
-                "resumed_from_trial": _resumed_from(trial),
+                "resumed_from_trial": given if type(given) is int else None,
             }
         try:
             # The study's BLAS thread count, whatever the worker's: float32 sums depend on it.
@@ -146,13 +146,6 @@ class Objective:
                 saved.close()
         save()
         return curves["valid_accuracy"][-1]
-
-
-def _resumed_from(trial: optuna.Trial) -> int | None:
-    """The number of the trial whose checkpoint this one resumed from (the queue wrote it)."""
-    given = system_attrs(trial).get(RESUME_FROM, {})
-    number = given.get("trial") if isinstance(given, dict) else None
-    return number if type(number) is int else None
 
 
 @dataclasses.dataclass(frozen=True)

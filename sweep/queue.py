@@ -59,7 +59,7 @@ from optuna.trial import TrialState
 
 from sweep import tables as tb
 from sweep.storage import READ_ONLY
-from sweep.tables import trials
+from sweep.tables import RESUME_FROM, RESUMED_FROM, trials
 
 #: The user attributes of a claim; recovery touches only trials that carry them.
 RUN_TAG, WORKER_TAG = "run", "worker"
@@ -67,8 +67,9 @@ RUN_TAG, WORKER_TAG = "run", "worker"
 FIXED, FAILED_TRIAL, RETRY_HISTORY = "fixed_params", "failed_trial", "retry_history"
 #: System attributes of a trial's work in progress: its latest checkpoint, ``{"artifact_id":
 #: str, "epoch": int}`` (written by the objective), and the checkpoint a requeued trial starts
-#: from, the same with the ``trial`` (number) that wrote it (written here).
-CHECKPOINT, RESUME_FROM = "checkpoint", "resume_from"
+#: from, the same with the ``trial`` (number) that wrote it (written here): ``resume_from``
+#: while it waits, ``resumed_from`` once claimed (``sweep.tables.RESUME_INDEX``).
+CHECKPOINT = "checkpoint"
 #: User attribute of a trial that did not run because the cap was lowered (state FAIL, and
 #: it does not count toward the cap or cover its grid point: raising the cap queues it again).
 SKIPPED = "skipped"
@@ -86,7 +87,7 @@ def _attr(table: Any, key: str, name: str) -> Any:
     return alias, sqlalchemy.and_(alias.c.trial_id == trials.c.trial_id, alias.c.key == key)
 
 
-def _lock_study(conn: Any, study_id: int) -> None:
+def lock_study(conn: Any, study_id: int) -> None:
     """The study-level lock: its ``studies`` row on PostgreSQL (what optuna locks to number a
     new trial); on SQLite the transaction's ``BEGIN IMMEDIATE`` already holds the database."""
     conn.execute(
@@ -113,18 +114,24 @@ class Claim:
 
 
 def claim(storage: RDBStorage, study_id: int, tags: dict[str, Any]) -> Claim | None:
-    """Move the study's oldest WAITING trial to RUNNING, with its first heartbeat and ``tags``
-    (which must name the ``run`` and the ``worker``) as user attributes, in one transaction;
-    None if nothing waits."""
+    """Move the study's oldest WAITING trial that resumes a checkpoint, else its oldest WAITING
+    trial, to RUNNING, with its first heartbeat and ``tags`` (which must name the ``run`` and
+    the ``worker``) as user attributes, in one transaction; None if nothing waits. A claimed
+    trial's ``resume_from`` becomes ``resumed_from``."""
     assert RUN_TAG in tags and WORKER_TAG in tags, "recovery finds sweep's claims by their tags"
+    locking, sql = _locking(storage), tb.SQL
     with storage.engine.begin() as conn:
-        oldest = tb.SQL.oldest_waiting_locked if _locking(storage) else tb.SQL.oldest_waiting
-        row = conn.execute(oldest, {"sid": study_id}).first()
+        resumable = sql.resumable_waiting_locked if locking else sql.resumable_waiting
+        row = conn.execute(resumable, {"sid": study_id}).first()
+        if row is None:
+            oldest = sql.oldest_waiting_locked if locking else sql.oldest_waiting
+            row = conn.execute(oldest, {"sid": study_id}).first()
         if row is None:
             return None
         trial_id, number = row
         started = tb.utc_now()
-        conn.execute(tb.SQL.start, {"tid": trial_id, "started": started})
+        conn.execute(sql.start, {"tid": trial_id, "started": started})
+        conn.execute(sql.resumed, {"tid": trial_id})
         conn.execute(tb.heartbeats.insert(), {"trial_id": trial_id})
         tb.replace_attrs(conn, tb.user_attrs, trial_id, {k: json.dumps(v) for k, v in tags.items()})
     return Claim(trial_id, number, started)
@@ -132,9 +139,10 @@ def claim(storage: RDBStorage, study_id: int, tags: dict[str, Any]) -> Claim | N
 
 def release(storage: RDBStorage, trial_id: int, started: datetime | None = None) -> bool:
     """Put a RUNNING trial back in the queue: WAITING, with its fixed parameters (those it ran
-    with, if none were fixed), its retry history and its checkpoint as ``resume_from``, and
-    nothing else (its values, curves, heartbeat and every user attribute go, an enqueuer's
-    included). With ``started``, only that claim of it. False if it was no longer RUNNING."""
+    with, if none were fixed), its retry history, its checkpoint as ``resume_from`` and the
+    names of its artifacts, and nothing else (its values, curves, heartbeat and every user
+    attribute go, an enqueuer's included). With ``started``, only that claim of it. False if it
+    was no longer RUNNING."""
     with storage.engine.begin() as conn:
         return _release(conn, trial_id, started)
 
@@ -156,9 +164,11 @@ def _release(conn: Any, trial_id: int, started: datetime | None) -> bool:
     for table in (tb.params, tb.values, tb.steps, tb.heartbeats, tb.user_attrs):
         conn.execute(table.delete().where(table.c.trial_id == trial_id))
     system = tb.system_attrs
-    conn.execute(
+    conn.execute(  # the names of its artifacts stay: the trial's end deletes those files
         system.delete().where(
-            system.c.trial_id == trial_id, system.c.key.not_in([FAILED_TRIAL, RETRY_HISTORY])
+            system.c.trial_id == trial_id,
+            system.c.key.not_in([FAILED_TRIAL, RETRY_HISTORY]),
+            sqlalchemy.not_(system.c.key.startswith(tb.ARTIFACT_PREFIX, autoescape=True)),
         )
     )
     rows = [
@@ -192,7 +202,7 @@ def _handover(conn: Any, trial_id: int, number: int) -> _Work:
     pointer read here is its last one.
     """
     system = tb.system_attrs
-    keys = [FIXED, CHECKPOINT, RESUME_FROM, RETRY_HISTORY]
+    keys = [FIXED, CHECKPOINT, RESUMED_FROM, RETRY_HISTORY]
     work = dict(
         conn.execute(
             sqlalchemy.select(system.c.key, system.c.value_json).where(
@@ -205,7 +215,7 @@ def _handover(conn: Any, trial_id: int, number: int) -> _Work:
         fixed=_fixed(work.get(FIXED), ran),
         had_fixed=FIXED in work,
         history=_history(work.get(RETRY_HISTORY)),
-        resume_from=_resume_point(number, work.get(CHECKPOINT), work.get(RESUME_FROM)),
+        resume_from=_resume_point(number, work.get(CHECKPOINT), work.get(RESUMED_FROM)),
     )
 
 
@@ -216,7 +226,7 @@ def adopt_spec(storage: RDBStorage, study_id: int, spec_json: str) -> str | None
     that already has trials is another client's: nothing is stored and None comes back."""
     attrs = tb.study_user_attrs
     with storage.engine.begin() as conn:
-        _lock_study(conn, study_id)
+        lock_study(conn, study_id)
         stored = conn.execute(
             sqlalchemy.select(attrs.c.value_json).where(
                 attrs.c.study_id == study_id, attrs.c.key == SPEC
@@ -406,7 +416,7 @@ def top_up(
     are enqueued up to it, and the newest WAITING slots beyond it are skipped.
     """
     with storage.engine.begin() as conn:
-        _lock_study(conn, study_id)
+        lock_study(conn, study_id)
         if points is not None:
             _top_up_grid(conn, study_id, points, beyond)
             return len(points)
@@ -448,10 +458,7 @@ def _top_up_grid(
 
 def _json(text: str | None, kind: type, default: Any) -> Any:
     """A JSON attribute another client may have written: ``default`` unless it is a ``kind``."""
-    try:
-        value = json.loads(text) if text else default
-    except ValueError:  # not JSON at all (written by SQL, not by optuna)
-        return default
+    value = tb.decoded(text)
     return value if isinstance(value, kind) else default
 
 
@@ -467,16 +474,28 @@ def _fixed(fixed_json: str | None, ran: dict[str, Any]) -> dict[str, Any]:
 ARTIFACT_ID = re.compile(r"[0-9A-Za-z_-][0-9A-Za-z_.-]{0,127}")
 
 
+def pointer(value: Any) -> dict[str, Any] | None:
+    """An attribute that names an artifact (``checkpoint``, ``resume_from``,
+    ``resumed_from``, the study's ``best_model``), decoded, as far as it is well formed
+    (another client may have written anything): a dict whose ``artifact_id`` is a plain
+    name; None if not."""
+    if not isinstance(value, dict):
+        return None
+    artifact = value.get("artifact_id")
+    return value if isinstance(artifact, str) and ARTIFACT_ID.fullmatch(artifact) else None
+
+
 def _pointer(text: str | None) -> dict[str, Any] | None:
-    """A ``checkpoint`` or ``resume_from`` attribute as far as it is well formed: an artifact
-    id and an epoch >= 1 (None if not), with its ``trial`` if that is a number >= 0."""
-    value = _json(text, dict, {})
-    artifact, epoch, trial = value.get("artifact_id"), value.get("epoch"), value.get("trial")
-    if not (isinstance(artifact, str) and ARTIFACT_ID.fullmatch(artifact)):
+    """A ``checkpoint`` or ``resume_from`` attribute as stored (JSON text), as far as it is well
+    formed: an artifact pointer with an epoch >= 1 (None if not), with its ``trial``."""
+    value = pointer(_json(text, dict, {}))
+    if value is None or type(value.get("epoch")) is not int or value["epoch"] < 1:
         return None
-    if type(epoch) is not int or epoch < 1:
-        return None
-    return {"artifact_id": artifact, "epoch": epoch, "trial": trial}
+    return {
+        "artifact_id": value["artifact_id"],
+        "epoch": value["epoch"],
+        "trial": value.get("trial"),
+    }
 
 
 def _resume_point(
@@ -562,7 +581,7 @@ def recover(storage: RDBStorage, study_id: int, *, grace: float, max_retries: in
     """
     h = tb.heartbeats
     with storage.engine.begin() as conn:
-        _lock_study(conn, study_id)
+        lock_study(conn, study_id)
         now = conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar_one()
         cutoff = now.replace(tzinfo=None) - timedelta(seconds=grace)
         orphans = _orphans(
@@ -585,7 +604,7 @@ def abandon_run(storage: RDBStorage, study_id: int, run_id: str, *, max_retries:
     would count it, at once rather than after the grace period."""
     joins, names_run = _of_run(run_id)
     with storage.engine.begin() as conn:
-        _lock_study(conn, study_id)
+        lock_study(conn, study_id)
         orphans = _orphans(conn, study_id, joins, names_run)
         why = "worker {worker} died with its run's processes"
         return _fail_and_requeue(conn, study_id, orphans, max_retries=max_retries, why=why)

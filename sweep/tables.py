@@ -61,8 +61,25 @@ _values_copy = values.to_metadata(sqlalchemy.MetaData())
 VALUE_INDEX = sqlalchemy.Index(
     "ix_sweep_values_best", _values_copy.c.value_type, _values_copy.c.value
 )
+#: The system attribute of a WAITING trial that takes over a dead or released trial's work:
+#: the checkpoint it resumes from (``sweep.queue``). A claim renames it ``RESUMED_FROM``.
+RESUME_FROM, RESUMED_FROM = "resume_from", "resumed_from"
+#: The WAITING trials that resume a checkpoint, claimed before any other (``sweep.queue``): a
+#: checkpoint waiting in the queue is a file on disk, so the queue hands it on at once rather
+#: than after everything queued before it. Partial, so it holds only the attributes of such
+#: trials (a claim renames the attribute): a claim finds the next one, or that there is none,
+#: in one index probe however large the study.
+_attrs_copy = system_attrs.to_metadata(sqlalchemy.MetaData())
+_is_resume = _attrs_copy.c.key == sqlalchemy.literal_column(f"'{RESUME_FROM}'")
+RESUME_INDEX = sqlalchemy.Index(
+    "ix_sweep_resumable", _attrs_copy.c.trial_id, sqlite_where=_is_resume,
+    postgresql_where=_is_resume,
+)  # fmt: skip
+#: The key prefix of the attribute by which optuna's ``upload_artifact`` names an artifact on
+#: its trial or study (``artifacts:<id>``, its meta data as JSON; optuna-dashboard lists them).
+ARTIFACT_PREFIX = "artifacts:"
 #: sweep's additions to optuna's schema, made by ``sweep.storage`` when it opens for writing.
-INDEXES = (QUEUE_INDEX, VALUE_INDEX)
+INDEXES = (QUEUE_INDEX, VALUE_INDEX, RESUME_INDEX)
 
 #: Every column sweep reads or writes directly, by table.
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -123,6 +140,21 @@ def _prepared() -> SimpleNamespace:
         .order_by(trials.c.trial_id)
         .limit(1)
     )
+    # The literal (not a bound parameter) lets SQLite match the partial index's condition,
+    # and ``study_id + 0`` keeps its planner from walking the study's WAITING trials through
+    # the queue's index instead (all of a big grid's): the join starts from the partial index.
+    resume = system_attrs.c.key == sqlalchemy.literal_column(f"'{RESUME_FROM}'")
+    resumable_waiting = (
+        sqlalchemy.select(trials.c.trial_id, trials.c.number)
+        .select_from(system_attrs.join(trials, trials.c.trial_id == system_attrs.c.trial_id))
+        .where(
+            resume,
+            trials.c.study_id + sqlalchemy.literal_column("0") == sqlalchemy.bindparam("sid"),
+            trials.c.state == TrialState.WAITING,
+        )
+        .order_by(system_attrs.c.trial_id)
+        .limit(1)
+    )
     keys = sqlalchemy.bindparam("keys", expanding=True)
     reads = [
         ("params", params, ("param_name", "param_value", "distribution_json", "param_id")),
@@ -134,6 +166,11 @@ def _prepared() -> SimpleNamespace:
     return SimpleNamespace(
         oldest_waiting=oldest_waiting,
         oldest_waiting_locked=oldest_waiting.with_for_update(skip_locked=True),  # PostgreSQL
+        resumable_waiting=resumable_waiting,
+        resumable_waiting_locked=resumable_waiting.with_for_update(of=trials, skip_locked=True),
+        resumed=system_attrs.update()
+        .where(system_attrs.c.trial_id == tid, resume)
+        .values(key=RESUMED_FROM),
         start=trials.update()
         .where(trials.c.trial_id == tid)
         .values(state=TrialState.RUNNING, datetime_start=sqlalchemy.bindparam("started")),
@@ -156,6 +193,15 @@ def _prepared() -> SimpleNamespace:
 
 
 SQL = _prepared()
+
+
+def decoded(text: Any) -> Any:
+    """An attribute's JSON text as anyone may have stored it; None if it is not JSON (raw SQL
+    text, NULL, or nesting deep enough to exhaust the parser)."""
+    try:
+        return json.loads(text) if isinstance(text, str | bytes) else None
+    except (ValueError, RecursionError):
+        return None
 
 
 def replace_attrs(conn: Any, table: Any, trial_id: int, attrs: dict[str, str]) -> None:

@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep import queue
 from sweep.artifacts import artifacts_location, open_store
-from sweep.checkpoint import trial_ended
+from sweep.cleanup import trial_ended
 from sweep.errors import DataError, SweepError, WorkerError, on_sigterm_raise_terminated
 from sweep.objective import Objective, TrialFailed, load_data
 from sweep.spec import StudySpec

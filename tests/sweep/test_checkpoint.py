@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from sweep import runner
 from sweep.artifacts import open_store
-from sweep.checkpoint import BEST_MODEL, keep_best
+from sweep.cleanup import BEST_MODEL, keep_best
 from sweep.errors import SpecError, StorageError
 from sweep.queue import CHECKPOINT, RESUME_FROM
 from sweep.spec import load_spec
@@ -192,24 +192,59 @@ def test_a_corrupt_checkpoint_restarts_from_epoch_1_with_one_warning(tmp_path):
     assert not artifact.exists()  # of no use: deleted
 
 
+def _pointers(trials) -> list:
+    """Each trial's state and the artifacts it names: what a failure should show."""
+    keys = (CHECKPOINT, RESUME_FROM, "resumed_from")
+    return [
+        (t.number, t.state.name, {k: t.system_attrs[k] for k in t.system_attrs if k in keys},
+         sorted(k[10:18] for k in t.system_attrs if k.startswith("artifacts:")))
+        for t in trials
+    ]  # fmt: skip
+
+
+def _complete(url: str) -> int:
+    try:
+        return sum(t.state == TrialState.COMPLETE for t in load(url, "c").trials)
+    except KeyError:
+        return 0
+
+
 def test_the_artifacts_stay_bounded_through_kills_and_only_the_best_model_is_left(tmp_path):
-    jobs = 2
-    study = _study(tmp_path, hidden_1="[8, 12, 16, 20, 24, 28]")
+    # A 30-point grid; three times a worker is killed in the middle of a trial (the launcher
+    # then ends its run, and each run's trials are handed on with their checkpoints), then a
+    # last run finishes the grid.
+    jobs, kills, points = 2, 3, 30
+    widths = ", ".join(str(8 + 2 * i) for i in range(points))
+    study = _study(tmp_path, hidden_1=f"[{widths}]")
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     folder = tmp_path / "artifacts"
+    marker = tmp_path / "stalled.pid"
     counts: list[int] = []
     stop = threading.Event()
 
+    crowded: list[set[str]] = []  # what the folder held when it held too much
+
     def poll() -> None:
         while not stop.is_set():
-            counts.append(len(_artifacts(folder)))
-            stop.wait(0.02)
+            held = _artifacts(folder)
+            counts.append(len(held))
+            if len(held) > 2 * jobs + 1:
+                crowded.append(held)
+            stop.wait(0.01)
 
     watcher = threading.Thread(target=poll)
     watcher.start()
     try:
-        proc = _kill_mid_epoch(tmp_path, study, url, signal.SIGKILL, jobs=jobs)
-        assert proc.returncode == 1
+        for kill in range(kills):
+            marker.write_text("")  # no worker stalls while it exists
+            proc = start_cli("run", str(study), "--storage", url, "--jobs", str(jobs),
+                             env=_env(tmp_path))  # fmt: skip
+            done = 6 * (kill + 1)  # kills spread over the grid
+            wait_for(lambda done=done: _complete(url) >= done)
+            marker.unlink()
+            os.kill(_stalled(tmp_path, proc), signal.SIGKILL)
+            proc.wait(timeout=120)
+            assert proc.returncode == 1, proc.stderr.read()
         out = run_cli("run", str(study), "--storage", url, "--jobs", str(jobs),
                       env=_env(tmp_path, False))  # fmt: skip
         assert out.returncode == 0, out.stderr
@@ -217,15 +252,20 @@ def test_the_artifacts_stay_bounded_through_kills_and_only_the_best_model_is_lef
         stop.set()
         watcher.join()
     trials = load(url, "c").trials
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == 6
-    assert any("resumed_from_epoch" in t.user_attrs for t in trials)
-    # Per worker its checkpoint and, while it replaces it, the next; the requeued trials'
-    # (one per killed worker) until they are claimed; the best model.
-    assert max(counts) <= 2 * jobs + jobs + 1, counts
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["hidden_1"] for t in complete) == [8 + 2 * i for i in range(points)]
+    assert sum("resumed_from_epoch" in t.user_attrs for t in complete) >= kills
+    # Each running worker's checkpoint and, while it replaces it, the next one; the best
+    # model. A run's trials killed with it are claimed first by the next run, each taking its
+    # checkpoint over; none waits on disk behind the rest of the grid.
+    assert max(counts) <= 2 * jobs + 1, (max(counts), crowded[:3], _pointers(trials))
     best = _best(url)
-    top = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    top = max(complete, key=lambda t: t.value)
     assert best["value"] == top.value
     assert _artifacts(folder) == {best["artifact_id"]}
+    # and only the best model is still named on its trial (the dashboard lists no other)
+    names = [k for t in trials for k in t.system_attrs if k.startswith("artifacts:")]
+    assert names == [f"artifacts:{best['artifact_id']}"]
 
 
 # -- the artifact store's URL ------------------------------------------------------------------
@@ -280,7 +320,8 @@ def test_keep_best_keeps_the_better_model(storage_url):
     sid = study._study_id
     assert keep_best(rdb, sid, {"artifact_id": "x", "trial": 0, "value": 50.0}) == (True, None)
     assert keep_best(rdb, sid, {"artifact_id": "y", "trial": 1, "value": 40.0}) == (False, None)
-    assert keep_best(rdb, sid, {"artifact_id": "z", "trial": 2, "value": 60.0}) == (True, "x")
+    replaced = {"artifact_id": "x", "trial": 0, "value": 50.0}
+    assert keep_best(rdb, sid, {"artifact_id": "z", "trial": 2, "value": 60.0}) == (True, replaced)
     # Many workers finishing at once, again and again: the best of them is kept.
     n = 4
     barrier = multiprocessing.get_context("spawn").Barrier(n)

@@ -13,7 +13,8 @@ from mlp import MLP, TrainConfig, fit, save_state
 from mlp.data import Dataset, Split
 from sweep import queue
 from sweep.artifacts import open_store
-from sweep.checkpoint import BEST_MODEL, Checkpoints, policy, trial_ended
+from sweep.checkpoint import Checkpoints, policy
+from sweep.cleanup import BEST_MODEL, trial_ended
 from sweep.errors import SpecError
 from sweep.storage import open_storage
 
@@ -52,7 +53,7 @@ def test_a_checkpoint_of_another_momentum_is_one_warning_and_epoch_1(tmp_path, c
     study, trial = _trial_with(tmp_path, store, {})
     artifact = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
     study._storage.set_trial_system_attr(
-        trial._trial_id, queue.RESUME_FROM, {"artifact_id": artifact, "epoch": 1, "trial": 0}
+        trial._trial_id, queue.RESUMED_FROM, {"artifact_id": artifact, "epoch": 1, "trial": 0}
     )
     saved = Checkpoints(store, trial)
     with caplog.at_level(logging.WARNING, logger="sweep.checkpoint"):
@@ -69,7 +70,7 @@ def test_a_store_that_fails_leaves_the_checkpoint_for_the_next_try(tmp_path, cap
     study, trial = _trial_with(tmp_path, store, {})
     artifact = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
     study._storage.set_trial_system_attr(
-        trial._trial_id, queue.RESUME_FROM, {"artifact_id": artifact, "epoch": 1, "trial": 0}
+        trial._trial_id, queue.RESUMED_FROM, {"artifact_id": artifact, "epoch": 1, "trial": 0}
     )
 
     class Down:
@@ -154,3 +155,49 @@ def test_a_clean_up_that_fails_never_stops_the_worker(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="sweep.worker"):
         assert serve(study, lambda trial: 1.0, run_id="r", on_end=broken) == 3
     assert sum("clean-up after it ended failed" in r.getMessage() for r in caplog.records) == 3
+
+
+@pytest.mark.parametrize("when", ["start", "end"])
+def test_a_checkpoint_is_named_in_the_database_before_its_bytes_are_written(tmp_path, when):
+    # A worker killed right after writing a checkpoint leaves a file its trial names; the
+    # trial that takes its work over deletes it, and its name, when it starts (and, had that
+    # failed, when it ends).
+    from sweep.worker import as_worker_study
+    from tests.sweep.helpers import WORKER_TAGS
+
+    folder = tmp_path / "artifacts"
+    store = open_store(str(folder))
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    study.enqueue_trial({})
+    worker = as_worker_study(study)
+    trial_id = worker._storage.claim(study._study_id, WORKER_TAGS)
+    trial = optuna.Trial(worker, trial_id)
+
+    class Killed(BaseException):
+        pass
+
+    class DiesAfterWriting:
+        def write(self, artifact_id, body):
+            store.write(artifact_id, body)
+            raise Killed  # the process is gone: nothing after this runs
+
+    saved = Checkpoints(DiesAfterWriting(), trial)
+    model, config, _ = _state(tmp_path, momentum=0.0)
+    states = []
+    fit(model, _data(), config, on_state=states.append)
+    with pytest.raises(Killed):
+        saved.write(states[0])
+    [stray] = [p.name for p in folder.iterdir()]
+    named = storage.get_trial(trial_id).system_attrs  # read from the database, not the worker
+    assert f"artifacts:{stray}" in named
+    # Its work is handed on; the successor ends (here: fails) and deletes it.
+    assert queue.abandon_run(storage, study._study_id, "r", max_retries=3) == [0]
+    successor = study.ask()
+    if when == "start":
+        assert Checkpoints(store, successor).resume(MLP(16, 8, seed=1), config) is None
+    else:
+        study.tell(successor, state=optuna.trial.TrialState.FAIL)
+        trial_ended(store, study, study.trials[successor.number])
+    assert not list(folder.iterdir())
+    assert not any(k.startswith("artifacts:") for k in storage.get_trial(trial_id).system_attrs)

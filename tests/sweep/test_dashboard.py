@@ -25,6 +25,7 @@ import pytest
 
 from sweep.dashboard import LOCAL_HOSTS, allowed_hosts, guard, serve
 from sweep.errors import SpecError, SweepError
+from tests.sweep.helpers import start_cli, wait_for
 
 
 @pytest.fixture
@@ -299,3 +300,82 @@ def test_a_privileged_port_is_a_one_line_error():
 def test_a_port_out_of_range_is_a_spec_error(db, port):
     with pytest.raises(SpecError, match="port"):
         serve(storage(db), host="127.0.0.1", port=port, on_ready=pytest.fail)
+
+
+# --- artifacts ------------------------------------------------------------------------------
+
+
+def with_artifacts(db: Path, folder: Path) -> tuple[str, str]:
+    """Two checkpoint-like artifacts uploaded to trial 2 of ``db`` into the store at
+    ``folder``, the second then deleted as sweep deletes a replaced checkpoint (optuna keeps
+    its ``artifacts:<id>`` meta data on the trial); (kept id, deleted id)."""
+    from optuna.artifacts import upload_artifact
+
+    from sweep.artifacts import open_store
+
+    store, rdb = open_store(str(folder)), storage(db)
+    ids = []
+    for epoch in (1, 2):
+        path = folder.parent / f"trial-1-epoch-{epoch}.npz"
+        path.write_bytes(ARTIFACT * epoch)
+        trial = rdb.get_trial(2)  # running: optuna uploads only to a running trial
+        ids.append(upload_artifact(artifact_store=store, file_path=str(path),
+                                   study_or_trial=trial, storage=rdb))  # fmt: skip
+    store.remove(ids[1])
+    return ids[0], ids[1]
+
+
+ARTIFACT = bytes(range(256)) * 40  # not text, not one chunk of a small read
+
+
+def test_serve_lists_and_serves_a_trials_artifacts_read_only(db, tmp_path, capfd):
+    from sweep.artifacts import open_store
+
+    kept, deleted = with_artifacts(db, tmp_path / "artifacts")
+    before = dump(db)
+
+    def client(url):
+        return (
+            json.loads(request(url + "api/studies/1")[1]),
+            request(url + f"artifacts/1/2/{kept}"),
+            request(url + f"artifacts/1/2/{deleted}"),
+            request(url + "api/artifacts/1/2", "POST"),
+            request(url + f"api/artifacts/1/2/{kept}", "DELETE"),
+        )
+
+    store = open_store(str(tmp_path / "artifacts"), read_only=True)
+    (detail, got, gone, upload, delete), _ = serving(db, client, artifact_store=store)
+    listed = {a["artifact_id"]: a["filename"] for a in detail["trials"][1]["artifacts"]}
+    assert listed == {kept: "trial-1-epoch-1.npz", deleted: "trial-1-epoch-2.npz"}
+    assert got == (200, ARTIFACT)  # the stored bytes, through the dashboard's artifact route
+    assert gone[0] == 404 and b"this artifact was deleted" in gone[1]
+    assert "Traceback" not in capfd.readouterr().err  # (the dashboard's own 500 prints one)
+    assert upload[0] == delete[0] == 405 and dump(db) == before
+    assert (tmp_path / "artifacts" / kept).read_bytes() == ARTIFACT
+
+
+def test_sweep_dashboard_serves_the_store_beside_the_database_or_the_given_one(db, tmp_path):
+    given, _ = with_artifacts(db, tmp_path / "artifacts")
+    (tmp_path / "artifacts").rename(tmp_path / "given")
+    beside, _ = with_artifacts(db, tmp_path / "artifacts")  # the default: beside s.db
+    got = {}
+    for args, artifact in [([], beside), (["--artifacts", str(tmp_path / "given")], given)]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        base = f"http://127.0.0.1:{port}/"
+        proc = start_cli("dashboard", "--storage", f"sqlite:///{db}", "--port", str(port), *args)
+        try:
+            wait_for(lambda base=base: _up(base), timeout=60)
+            got[artifact] = request(base + f"artifacts/1/2/{artifact}")
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=30)
+    assert got == {beside: (200, ARTIFACT), given: (200, ARTIFACT)}
+
+
+def _up(base: str) -> bool:
+    try:
+        return request(base + "api/studies")[0] == 200
+    except OSError:  # not listening yet
+        return False

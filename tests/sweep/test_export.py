@@ -9,6 +9,7 @@ same number to the last bit, and the evaluated model the printed test accuracy.
 
 import dataclasses
 import json
+import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -19,7 +20,8 @@ from optuna.trial import TrialState
 from threadpoolctl import threadpool_limits
 
 from mlp import MLP
-from sweep.checkpoint import BEST_MODEL
+from sweep import best
+from sweep.cleanup import BEST_MODEL
 from sweep.objective import load_data, settings_of
 from sweep.spec import load_spec
 from tests.sweep.helpers import grid_study, load, run_cli
@@ -131,6 +133,82 @@ def test_evaluate_uploads_the_retrained_model_which_reproduces_its_test_accuracy
                   "--artifacts", str(store))  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert json.loads((tmp_path / "y.json").read_text())["meta"]["test_accuracy_percent"] is None
+
+
+def _own_copy(ran, tmp_path) -> tuple[str, Path]:
+    """A copy of the study's database, and a store that holds only its best model."""
+    tmp, _, _, store = ran
+    shutil.copy(tmp / "db.sqlite", tmp_path / "db.sqlite")
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    (tmp_path / "store").mkdir()
+    kept = _kept(url)["artifact_id"]
+    shutil.copy(store / kept, tmp_path / "store" / kept)
+    return url, tmp_path / "store"
+
+
+def _study_artifacts(url: str) -> set[str]:
+    """The ids of the artifacts uploaded to the study itself (optuna's ``artifacts:<id>``)."""
+    return {k.removeprefix("artifacts:") for k in _system_attrs(url) if k.startswith("artifacts:")}
+
+
+def test_a_new_evaluate_replaces_the_previous_evaluates_model(ran, tmp_path):
+    import sweep
+
+    spec = load_spec(ran[1])
+    url, store = _own_copy(ran, tmp_path)
+    kept = _kept(url)["artifact_id"]
+    first = sweep.evaluate(spec, storage=url, artifacts=str(store))
+    assert set(os.listdir(store)) == {kept, *first.artifacts}
+    second = sweep.evaluate(spec, storage=url, artifacts=str(store))
+    weights, sidecar = second.artifacts
+    assert set(os.listdir(store)) == {kept, weights, sidecar}  # the first's two files are gone
+    assert _study_artifacts(url) == {weights, sidecar}  # and their attributes
+    assert _system_attrs(url)[best.EVALUATED_MODEL] == {
+        "artifact_id": weights, "sidecar_id": sidecar, "trial": second.trial,
+    }  # fmt: skip
+    # The best trial's own weights are untouched: export still writes them.
+    sidecar_file = sweep.export("g", out=tmp_path / "m.npz", storage=url, artifacts=str(store))
+    assert json.loads(sidecar_file.read_text())["meta"]["test_accuracy_percent"] == (
+        second.test_accuracy if second.trial == _kept(url)["trial"] else None
+    )
+
+
+# What another client may have left in `evaluated_model`: nothing of it may be deleted unless
+# it names a plain artifact uploaded to the study ("{up}": one planted with its attribute), and
+# never the best model (even one that another client also named as a study artifact).
+BAD_RECORDS = {
+    "not an object": "[1, 2]",
+    "not JSON": "{",
+    "an id that is a path": '{"artifact_id": "../db.sqlite", "sidecar_id": "../db.sqlite"}',
+    "an id that is a number": '{"artifact_id": 7, "sidecar_id": 8}',
+    "the best model": '{"artifact_id": "{kept}", "sidecar_id": "{kept}"}',
+    "a file that is not a study artifact": '{"artifact_id": "stray", "sidecar_id": "stray"}',
+    "a sidecar id that is a path, beside a good one": '{"artifact_id": "{up}", "sidecar_id": "/"}',
+}
+
+
+@pytest.mark.parametrize("case", BAD_RECORDS, ids=list(BAD_RECORDS))
+def test_an_untrusted_evaluated_model_deletes_only_a_study_artifact(ran, tmp_path, case):
+    from sweep.artifacts import open_store
+
+    url, store = _own_copy(ran, tmp_path)
+    kept = _kept(url)["artifact_id"]
+    study = load(url, "g")
+    (store / "stray").write_bytes(b"another client's")
+    (store / "planted-0").write_bytes(b"an older evaluate's")
+    for planted in ("planted-0", kept):
+        study._storage.set_study_system_attr(study._study_id, f"artifacts:{planted}", "{}")
+    text = BAD_RECORDS[case].replace("{kept}", kept).replace("{up}", "planted-0")
+    with sqlite3.connect(tmp_path / "db.sqlite") as conn:
+        conn.execute("INSERT INTO study_system_attributes (study_id, key, value_json) "
+                     "VALUES (?, ?, ?)", (study._study_id, best.EVALUATED_MODEL, text))  # fmt: skip
+    conn.close()
+    before = set(os.listdir(store))
+    new = best.upload(study, open_store(str(store)), MLP(4, 4), {"trial": 0})  # no retraining
+    replaced = {"planted-0"} if "{up}" in BAD_RECORDS[case] else set()
+    assert set(os.listdir(store)) == (before | set(new)) - replaced
+    assert _study_artifacts(url) == {"planted-0", kept, *new} - replaced
+    assert (tmp_path / "db.sqlite").is_file() and (store / kept).is_file()
 
 
 def _same_architecture_other_trial(url: str) -> int:

@@ -78,10 +78,18 @@ def _start(study: optuna.Study, spec, checkpoint: dict | None = None):
 
 
 def _take(study: optuna.Study, spec, number: int, checkpoint: dict | None = None):
-    """``_start`` on trial ``number``; another run claims the trials queued before it."""
-    while _waiting(study)[0].number != number:
+    """``_start`` on trial ``number``; another run claims the trials handed out before it."""
+    while _next(study) != number:
         queue.claim(rdb_of(study._storage), study._study_id, {**WORKER_TAGS, "run": "elsewhere"})
     return _start(study, spec, checkpoint)
+
+
+def _next(study: optuna.Study) -> int:
+    """The number of the trial the queue hands out next: the oldest resuming a checkpoint,
+    else the oldest."""
+    waiting = _waiting(study)
+    resuming = [t for t in waiting if queue.RESUME_FROM in t.system_attrs]
+    return (resuming or waiting)[0].number
 
 
 def _stored(study: optuna.Study, trial_id: int) -> optuna.trial.FrozenTrial:
@@ -159,6 +167,8 @@ def test_a_released_trial_keeps_its_parameters_and_its_checkpoint(
 ):
     study, spec = _queued(tmp_path, storage_url, sampler)
     trial, settings = _start(study, spec, SAVED)
+    name = "artifacts:" + SAVED["artifact_id"]  # as optuna's upload_artifact names it
+    _write_attr(storage_url, trial._trial_id, name, '{"artifact_id": "x"}')
     _release(study, trial._trial_id, how)
     back = _stored(study, trial._trial_id)
     assert back.state == TrialState.WAITING
@@ -166,6 +176,7 @@ def test_a_released_trial_keeps_its_parameters_and_its_checkpoint(
     assert back.system_attrs == {
         queue.FIXED: trial.params,
         queue.RESUME_FROM: {**SAVED, "trial": trial.number},
+        name: {"artifact_id": "x"},  # its files are still there: the trial's end deletes them
     }
     if sampler == "grid":  # the point it was enqueued with
         assert back.system_attrs[queue.FIXED] == trial.system_attrs[queue.FIXED]
@@ -189,16 +200,41 @@ def test_a_resumed_trial_that_dies_before_its_own_checkpoint_passes_on_what_it_w
     first, _ = _start(study, spec, SAVED)
     _die(study, "abandon_run", max_retries=9)
     second, _ = _take(study, spec, 3)
-    assert second.system_attrs[queue.RESUME_FROM]["trial"] == first.number
+    assert second.system_attrs[queue.RESUMED_FROM]["trial"] == first.number
     _die(study, "abandon_run", max_retries=9)
     third, _ = _take(study, spec, 4)
-    assert third.system_attrs[queue.RESUME_FROM] == {**SAVED, "trial": first.number}
+    assert third.system_attrs[queue.RESUMED_FROM] == {**SAVED, "trial": first.number}
     _release(study, third._trial_id, "release")
     assert _stored(study, third._trial_id).system_attrs[queue.RESUME_FROM]["trial"] == 0
     fourth, _ = _take(study, spec, 4, {"artifact_id": "later", "epoch": 4})
     _die(study, "abandon_run", max_retries=9)
     expected = {"artifact_id": "later", "epoch": 4, "trial": fourth.number}
     assert _waiting(study)[-1].system_attrs[queue.RESUME_FROM] == expected
+
+
+@pytest.mark.parametrize("how", ["abandon_run", "release"])
+def test_a_trial_that_resumes_a_checkpoint_is_claimed_before_older_ones(tmp_path, storage_url, how):
+    # A checkpoint waiting in the queue is a file on disk: it is handed on first, and the
+    # claim renames the pointer, so that the claimed trial is no longer found as waiting.
+    study, spec = _queued(tmp_path, storage_url, "random")
+    plain, _ = _start(study, spec)  # trial 0, no checkpoint
+    saved, _ = _start(study, spec, SAVED)  # trial 1
+    if how == "release":
+        for trial in (plain, saved):
+            _release(study, trial._trial_id, how)
+        assert [t.number for t in _waiting(study)] == [0, 1, 2]
+        expected, then = saved.number, plain.number
+    else:
+        _die(study, how)
+        assert [t.number for t in _waiting(study)] == [2, 3, 4]  # 3 and 4 replace 0 and 1
+        expected, then = 4, 2
+    taken, _ = _start(study, spec)
+    assert taken.number == expected
+    assert taken.system_attrs[queue.RESUMED_FROM] == {**SAVED, "trial": saved.number}
+    assert queue.RESUME_FROM not in taken.system_attrs
+    after, _ = _start(study, spec)  # and then the queue's order again
+    assert after.number == then
+    assert queue.RESUMED_FROM not in after.system_attrs
 
 
 def test_max_retries_still_ends_a_trial_with_a_checkpoint_without_a_replacement(
@@ -212,7 +248,7 @@ def test_max_retries_still_ends_a_trial_with_a_checkpoint_without_a_replacement(
     trials = study.trials
     assert trials[3].state == TrialState.FAIL
     assert trials[3].user_attrs[queue.FAIL_REASON] == "worker died 2 times"
-    assert len(trials) == 4 and not _waiting(study)
+    assert len(trials) == 4 and [t.number for t in _waiting(study)] == [1, 2]  # no 4th
     assert replacement[0].system_attrs[queue.RETRY_HISTORY] == [0]
 
 
@@ -251,6 +287,7 @@ HOSTILE = [
     '{"artifact_id": "0b7e", "epoch": "2"}',
     '{"artifact_id": "0b7e", "epoch": true}',
     '{"artifact_id": "0b7e", "epoch": 1e400}',
+    "[" * 100_000 + "]" * 100_000,  # deeper than the JSON parser's recursion
 ]
 
 
@@ -273,7 +310,7 @@ def test_a_hostile_checkpoint_gives_no_resume_point(tmp_path, storage_url, how):
         trial, _ = _start(study, spec)
         _write_attr(storage_url, trial._trial_id, queue.CHECKPOINT, text)
         given = text.replace("}", ', "trial": 0}')  # as a resume point it was given
-        _write_attr(storage_url, trial._trial_id, queue.RESUME_FROM, given)
+        _write_attr(storage_url, trial._trial_id, queue.RESUMED_FROM, given)
         if how == "release":
             _release(study, trial._trial_id, how)
             after = _stored(study, trial._trial_id)

@@ -131,17 +131,32 @@ def test_every_queue_read_of_a_big_study_goes_through_the_index(storage_url):
             else:
                 assert "Seq Scan on trials" not in plan and "Sort" not in plan, shown
                 assert "study_id = " in plan and "state = " in plan, shown
-    # The claim's statement is the prepared one of the hot path, found at once.
+    # The claim's statements are the prepared ones of the hot path, found at once: the trials
+    # that resume a checkpoint first, through their own partial index, then the oldest.
     with _Statements(rdb.engine) as sent:
         queue.claim(rdb, sid, WORKER_TAGS)
-    claim = tb.SQL.oldest_waiting if rdb.engine.name == "sqlite" else tb.SQL.oldest_waiting_locked
-    statement, parameters = sent.reads()[0]
-    assert statement == str(claim.compile(dialect=rdb.engine.dialect))
+    sql = tb.SQL
+    sqlite = rdb.engine.name == "sqlite"
+    claim = [
+        sql.resumable_waiting if sqlite else sql.resumable_waiting_locked,
+        sql.oldest_waiting if sqlite else sql.oldest_waiting_locked,
+    ]
+    reads = sent.reads()
+    assert [s for s, _ in reads] == [str(c.compile(dialect=rdb.engine.dialect)) for c in claim]
+    plan = _plan(rdb.engine, *reads[0])
+    assert tb.RESUME_INDEX.name in plan, plan
+    if sqlite:  # a walk of the partial index (the waiting resumable trials only), in order
+        assert f"trial_system_attributes USING INDEX {tb.RESUME_INDEX.name}" in plan, plan
+        assert "SEARCH trials USING INTEGER PRIMARY KEY" in plan, plan
+        assert "TEMP B-TREE" not in plan, plan
+    else:
+        assert "Seq Scan" not in plan and "Sort" not in plan, plan
 
 
 def _indexes(engine: sqlalchemy.Engine) -> list[str]:
     inspect = sqlalchemy.inspect(engine)
-    return [ix["name"] for table in ("trials", "trial_values") for ix in inspect.get_indexes(table)]
+    tables = ("trials", "trial_values", "trial_system_attributes")
+    return [ix["name"] for table in tables for ix in inspect.get_indexes(table)]
 
 
 def _drop_index(engine: sqlalchemy.Engine) -> None:
