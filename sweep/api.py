@@ -19,25 +19,36 @@ import dataclasses
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sweep.artifacts import artifacts_location, open_store
 from sweep.errors import SpecError, SweepError
-from sweep.objective import Evaluation, evaluate_best
-from sweep.runner import run
-from sweep.spec import StudySpec, load_spec
-from sweep.storage import open_storage, resolve_url, study_names
-from sweep.study import join as _stored_spec_of
-from sweep.summary import StudyStatus
-from sweep.summary import status as _status
-from sweep.worker import work
 
-if TYPE_CHECKING:  # the report imports matplotlib: only the functions that report load it
+# Each function imports what it uses when it is called: ``sweep status`` comes through here and
+# must not wait for the training code, boto3 and alembic (tests/sweep/test_startup.py).
+if TYPE_CHECKING:
+    from sweep.objective import Evaluation
     from sweep.report import Report
+    from sweep.runner import run
+    from sweep.spec import StudySpec, load_spec
+    from sweep.summary import StudyStatus
 
 __all__ = [
     "evaluate", "export", "join", "load_spec", "report_all", "report_study", "run", "status",
 ]  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    """``run`` and ``load_spec`` are the runner's and the study file's own functions, imported
+    on first use."""
+    if name == "run":
+        from sweep.runner import run
+
+        return run
+    if name == "load_spec":
+        from sweep.spec import load_spec
+
+        return load_spec
+    raise AttributeError(f"module 'sweep.api' has no attribute {name!r}")
 
 
 def join(
@@ -48,10 +59,14 @@ def join(
     how many trials this worker ran. The stored spec decides what runs (``spec``, if given,
     must agree with it); ``wait`` seconds for the study to be created by its launcher;
     ``artifacts`` where its trials checkpoint (see ``sweep.run``)."""
+    from sweep.storage import resolve_url
+    from sweep.study import join as stored_spec_of
+    from sweep.worker import work
+
     if spec is not None and spec.name != name:
         raise SpecError(f"{spec.source}: [study.name] is {spec.name!r}, not {name!r}")
     url = resolve_url(storage)
-    stored = _stored_spec_of(url, name, spec=spec, wait=wait, data_path=data_path)
+    stored = stored_spec_of(url, name, spec=spec, wait=wait, data_path=data_path)
     run_id = uuid.uuid4().hex[:12]
     # A sampler seed of its own (the study seed plus a salt): the tasks of a batch array would
     # otherwise all draw the same random and TPE start-up points.
@@ -61,8 +76,10 @@ def join(
 
 def status(storage: str | None = None) -> list[StudyStatus]:
     """Every study in the database: trials by state, best trial (read-only)."""
-    return _status(open_storage(storage, heartbeat_interval=None, grace_period=None,
-                                read_only=True))  # fmt: skip
+    from sweep.storage import open_reader
+    from sweep.summary import status as studies
+
+    return studies(open_reader(storage))
 
 
 def report_study(
@@ -71,6 +88,7 @@ def report_study(
     """Write study ``name``'s report (report.md, trials.csv, figures) into ``out``, by default
     ``runs/<slug>/`` (a study's name never becomes a path); return what was written."""
     from sweep.report import report_folder, write_report
+    from sweep.storage import open_storage
 
     rdb = open_storage(storage, heartbeat_interval=None, grace_period=None, read_only=True)
     return write_report(rdb, name, out_dir=out or report_folder(Path("runs"), rdb, name),
@@ -84,6 +102,7 @@ def report_all(
     """Report every study it can, each in its own folder under ``root``; return the reports
     and, for each study that could not be reported, why."""
     from sweep.report import report_folder, write_report
+    from sweep.storage import open_storage, study_names
 
     rdb = open_storage(storage, heartbeat_interval=None, grace_period=None, read_only=True)
     done, failed = [], {}
@@ -108,7 +127,10 @@ def evaluate(
     (weights and JSON sidecar, ``mlp.MLP.save``) is uploaded to the study's artifact store
     (``artifacts``, see ``sweep.run``); the result names the two artifacts and the store."""
     from sweep import best
+    from sweep.artifacts import artifacts_location, open_store
+    from sweep.objective import evaluate_best
     from sweep.report import load_study
+    from sweep.storage import open_storage, resolve_url
 
     url = resolve_url(storage)
     location, _ = artifacts_location(artifacts, url)
@@ -134,7 +156,9 @@ def export(
     ``sweep.run``); nothing is retrained. SweepError if the study has none (a study run before
     checkpoints were kept: ``evaluate`` retrains and uploads one)."""
     from sweep import best
+    from sweep.artifacts import artifacts_location, open_store
     from sweep.report import load_study
+    from sweep.storage import open_storage, resolve_url
 
     out = Path(out)
     best.check_out(out)

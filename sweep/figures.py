@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from sweep.objective import METRIC as ACCURACY
+from sweep.spec import METRIC as ACCURACY
 
 SIZE = (7.5, 4.6)  # inches; at DPI this is 900 × 552 pixels, readable at 100% zoom
 DPI = 120

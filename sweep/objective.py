@@ -63,10 +63,6 @@ def build_model_and_config(settings: TrainSettings, seed: int) -> tuple[MLP, Tra
     return MLP.from_config(model_config, seed=seed), config
 
 
-#: What the objective returns, as optuna's metric name (the dashboard and reports label by it).
-METRIC = "validation accuracy [%]"
-
-
 @dataclasses.dataclass(frozen=True)
 class Objective:
     """Callable objective for one study: returns the final validation accuracy in percent.

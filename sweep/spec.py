@@ -41,6 +41,10 @@ from sweep.space import Budget, Dimension, feasible_architectures_exist
 
 _HIDDEN = ("hidden_1", "hidden_2")
 
+#: What every sweep study maximises (the objective's return value), as optuna's metric name:
+#: the dashboard and reports label by it, and ``sweep.stored`` recognises sweep's studies by it.
+METRIC = "validation accuracy [%]"
+
 
 @dataclass(frozen=True)
 class StudySpec:

@@ -11,6 +11,10 @@ transaction takes the write lock before it reads; with that, the same run claime
 trials with no error. The file is in WAL mode, so readers (the dashboard, ``sweep status``)
 never block writers, and every connection waits up to ``BUSY_TIMEOUT_S`` for the lock instead
 of failing at once. PostgreSQL honours ``FOR UPDATE`` natively and needs none of this.
+
+Longer than our usual 400 lines: every way a study database is opened (for writing; read-only
+through optuna; read-only without it, ``open_reader``) shares the URL checks, engine settings
+and one-line errors here, so that a fix to one is a fix to all.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import optuna
 import sqlalchemy
 from sqlalchemy import event
 
+from sweep import schema
 from sweep.errors import StorageError
 from sweep.tables import INDEXES, studies
 
@@ -135,10 +140,6 @@ class MissingDatabase(StorageError):
     """Read-only: no database at the URL yet, or one without optuna's tables."""
 
 
-#: The tables every optuna study database has (optuna's ``models.py`` and alembic's own).
-_OPTUNA_TABLES = {"studies", "trials", "version_info", "alembic_version"}
-
-
 def _read_only_sqlite(path: Path, shown: str) -> dict[str, Any]:
     """Engine arguments that open ``path`` read-only (SQLite's ``mode=ro``: the library itself
     refuses every write, so a foreign file cannot be changed by a bug of ours or optuna's set-up
@@ -164,7 +165,7 @@ def _read_only_sqlite(path: Path, shown: str) -> dict[str, Any]:
             names = {
                 r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
             }
-            versioned = _OPTUNA_TABLES <= names and conn.execute(
+            versioned = schema.TABLES <= names and conn.execute(
                 "SELECT count(*) FROM version_info").fetchone()[0] == 1  # fmt: skip
         finally:
             conn.close()
@@ -175,11 +176,54 @@ def _read_only_sqlite(path: Path, shown: str) -> dict[str, Any]:
     return {"creator": connect}
 
 
-def _check_optuna_tables(engine: sqlalchemy.engine.Engine, shown: str) -> None:
+def _check_optuna_tables(conn: sqlalchemy.Connection, shown: str) -> None:
     """The database holds optuna's tables, checked before optuna's own set-up would add them."""
-    names = set(sqlalchemy.inspect(engine).get_table_names())
-    if not _OPTUNA_TABLES <= names:
+    if not schema.TABLES <= schema.table_names(conn):
         raise MissingDatabase(f"storage {shown}: not an optuna study database (no optuna tables)")
+
+
+def _supported(url: str | None) -> tuple[str, str, Path | None]:
+    """The resolved URL, as shown in messages, and its SQLite file (None on PostgreSQL);
+    StorageError for a URL sweep cannot share between worker processes."""
+    url = resolve_url(url)
+    shown = mask_password(url)
+    # MySQL is not offered: its DATETIME drops the microseconds that fence a claim.
+    if not re.match(r"^(sqlite|postgresql|postgresql\+\w+)://", url):
+        raise StorageError(
+            f"storage URL {shown!r} is not supported; use sqlite:///PATH or "
+            "postgresql://USER:PASSWORD@HOST/DB"
+        )
+    path = _sqlite_path(url)
+    if url.startswith("sqlite") and path is None:
+        raise StorageError(
+            f"storage URL {shown!r}: an in-memory SQLite database cannot be shared by worker "
+            "processes; give a file, sqlite:///PATH"
+        )
+    return url, shown, path
+
+
+def _postgresql_kwargs(*, read_only: bool) -> dict[str, Any]:
+    """Engine arguments for PostgreSQL; ``read_only``: the server refuses every write."""
+    # A host cut off mid-transaction must not hold its row locks for the OS's two hours of TCP
+    # keepalive: the server notices a silent peer within a minute and rolls back.
+    return {
+        "pool_pre_ping": True,  # survive server restarts between trials
+        "connect_args": {
+            "connect_timeout": 10,
+            "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+            "keepalives_count": 3,
+            "options": "-c idle_in_transaction_session_timeout=60000 "
+            "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3"
+            + (" -c default_transaction_read_only=on" if read_only else ""),
+        },
+    }  # fmt: skip
+
+
+def _no_driver(shown: str) -> StorageError:
+    return StorageError(
+        f"storage {shown}: its database driver is not installed "
+        "(for PostgreSQL: pip install 'mlp-sweep[postgres]')"
+    )
 
 
 def open_storage(
@@ -197,21 +241,8 @@ def open_storage(
     Raises StorageError, with the password masked, when the database cannot be reached or, read
     only, is not an optuna study database.
     """
-    url = resolve_url(url)
-    shown = mask_password(url)
-    # MySQL is not offered: its DATETIME drops the microseconds that fence a claim.
-    if not re.match(r"^(sqlite|postgresql|postgresql\+\w+)://", url):
-        raise StorageError(
-            f"storage URL {shown!r} is not supported; use sqlite:///PATH or "
-            "postgresql://USER:PASSWORD@HOST/DB"
-        )
-    if url.startswith("sqlite") and _sqlite_path(url) is None:
-        raise StorageError(
-            f"storage URL {shown!r}: an in-memory SQLite database cannot be shared by worker "
-            "processes; give a file, sqlite:///PATH"
-        )
+    url, shown, path = _supported(url)
     engine_kwargs: dict[str, Any] = {}
-    path = _sqlite_path(url)
     if path is not None and read_only:
         engine_kwargs = _read_only_sqlite(path, shown)
     elif path is not None:
@@ -223,18 +254,8 @@ def open_storage(
             raise StorageError(f"storage {shown}: cannot create {path.parent}: {e.strerror}") from e
         engine_kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_S}
         _into_wal(path)
-    elif url.startswith("postgresql"):
-        engine_kwargs["pool_pre_ping"] = True  # survive server restarts between trials
-        # A host cut off mid-transaction must not hold its row locks for the OS's two hours
-        # of TCP keepalive: the server notices a silent peer within a minute and rolls back.
-        engine_kwargs["connect_args"] = {
-            "connect_timeout": 10,
-            "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
-            "keepalives_count": 3,
-            "options": "-c idle_in_transaction_session_timeout=60000 "
-            "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3"
-            + (" -c default_transaction_read_only=on" if read_only else ""),
-        }  # fmt: skip
+    else:
+        engine_kwargs = _postgresql_kwargs(read_only=read_only)
     try:
         for attempt in range(_INIT_ATTEMPTS):
             try:
@@ -243,7 +264,8 @@ def open_storage(
                     if read_only and path is None:
                         probe = sqlalchemy.create_engine(url, **engine_kwargs)
                         try:
-                            _check_optuna_tables(probe, shown)
+                            with probe.connect() as conn:
+                                _check_optuna_tables(conn, shown)
                         finally:
                             probe.dispose()
                     storage = optuna.storages.RDBStorage(
@@ -266,17 +288,48 @@ def open_storage(
                     raise
                 time.sleep(0.2 * (attempt + 1))
     except ImportError as e:
-        raise StorageError(
-            f"storage {shown}: its database driver is not installed "
-            "(for PostgreSQL: pip install 'mlp-sweep[postgres]')"
-        ) from e
+        raise _no_driver(shown) from e
     except (sqlalchemy.exc.SQLAlchemyError, ValueError, RuntimeError) as e:
+        raise StorageError(f"storage {shown}: cannot open: {_first_line(e)}") from e
+    except Exception as e:
+        # alembic's CommandError (a version table it cannot read: two revisions in it); read
+        # only, optuna's StorageInternalError (its set-up tried to add a missing version row)
+        refused = read_only and isinstance(e, optuna.exceptions.StorageInternalError)
+        if not (refused or type(e).__module__.split(".")[0] == "alembic"):
+            raise
         raise StorageError(f"storage {shown}: cannot open: {_first_line(e)}") from e
     if path is not None and not read_only:
         _configure_sqlite(storage.engine)
     if not read_only:
         _add_indexes(storage.engine, shown)
     return storage
+
+
+def open_reader(url: str | None = None) -> sqlalchemy.engine.Engine:
+    """A read-only SQLAlchemy engine on the study database at ``url``, for sweep's own reads
+    of optuna's tables (``sweep status``): refused as ``open_storage(read_only=True)`` refuses
+    it, in the same one-line errors, but without optuna's storage object and its set-up, most
+    of a reading command's start-up (``sweep.schema``). One connection checks the tables; a
+    schema ``sweep.schema`` does not recognise as current is left to ``open_storage``."""
+    url, shown, path = _supported(url)
+    if path is not None:
+        engine_kwargs = _read_only_sqlite(path, shown)
+    else:
+        engine_kwargs = _postgresql_kwargs(read_only=True)
+    try:
+        engine = sqlalchemy.create_engine(url, **engine_kwargs)
+        with engine.connect() as conn:
+            if path is None:  # the SQLite file was checked above, before it was opened
+                _check_optuna_tables(conn, shown)
+            current = schema.is_current(conn)
+    except ImportError as e:
+        raise _no_driver(shown) from e
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        raise StorageError(f"storage {shown}: cannot open: {_first_line(e)}") from e
+    if current:
+        return engine
+    engine.dispose()
+    return open_storage(url, heartbeat_interval=None, grace_period=None, read_only=True).engine
 
 
 #: The PostgreSQL advisory lock that serialises creating sweep's index ("sweep" in ASCII).
@@ -327,7 +380,10 @@ _INIT_ATTEMPTS = 5
 
 
 def _first_line(error: BaseException) -> str:
-    """The useful line of a driver error (SQLAlchemy appends background links)."""
+    """The useful line of a driver error (SQLAlchemy appends background links; optuna's
+    StorageInternalError hides it under a sentence of its own)."""
+    if isinstance(error, optuna.exceptions.StorageInternalError) and error.__cause__:
+        error = error.__cause__
     orig = getattr(error, "orig", None) or error
     text = str(orig).strip().splitlines()
     return text[0] if text else type(orig).__name__

@@ -16,9 +16,8 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
 from sweep.errors import SpecError
-from sweep.objective import METRIC
 from sweep.queue import SPEC
-from sweep.spec import StudySpec, stored_spec
+from sweep.spec import METRIC, StudySpec, stored_spec
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,10 +17,9 @@ import optuna
 from mlp.model import parameter_count
 from sweep import queue
 from sweep.errors import SpecError
-from sweep.objective import METRIC
 from sweep.sampler import BoundedTPESampler
 from sweep.space import grid_points
-from sweep.spec import StudySpec, first_difference, stored_spec
+from sweep.spec import METRIC, StudySpec, first_difference, stored_spec
 from sweep.storage import GRACE_PERIOD_S, MissingDatabase, mask_password, open_storage
 from sweep.writeback import WriteBackStorage
 

@@ -465,6 +465,9 @@ def main(argv: list[str] | None = None) -> None:
     for fact in machine_facts():
         print(f"- {fact}")
     print(f"- load average at the start: {_load()} (a shared machine inflates every row)")
+    if sys.flags.dont_write_bytecode:  # an installed package runs from cached bytecode
+        print("- PYTHONDONTWRITEBYTECODE is set: every command compiles the project's modules "
+              "anew, which adds to each command row (`sweep status`: about 0.05 s)")  # fmt: skip
     print(f"- sizes {', '.join(f'{n:,}' for n in sizes)}; claim + finish over {plan.cycles} "
           f"trials; up to {plan.asks} TPE asks or {plan.ask_budget_s:.0f} s; status × "
           f"{plan.status_repeats}; a timeout of {plan.timeout:.0f} s per measurement")  # fmt: skip

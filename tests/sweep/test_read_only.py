@@ -3,14 +3,17 @@ them by mistake, not a study database (no tables, no journal mode), not a file t
 """
 
 import hashlib
+import re
 import sqlite3
 from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 
+from sweep import schema
 from sweep.errors import StorageError
-from sweep.storage import open_storage, root_cause
+from sweep.storage import open_reader, open_storage, root_cause
 from tests.sweep.helpers import run_cli
 
 
@@ -92,3 +95,119 @@ def test_a_database_without_optuna_tables_is_refused_read_only(storage_url):
         _foreign_sqlite(Path(storage_url.removeprefix("sqlite:///")))
     with pytest.raises(StorageError, match="not an optuna study database"):
         open_storage(storage_url, read_only=True)
+
+
+# --- sweep status's reader: optuna's tables read without optuna's storage object ------------
+
+
+def _optuna_reader(url: str) -> sqlalchemy.engine.Engine:
+    return open_storage(url, heartbeat_interval=None, grace_period=None, read_only=True).engine
+
+
+#: ``sweep status``'s reader, and optuna's own storage opened read-only: one verdict.
+READERS = {"open_reader": open_reader, "open_storage": _optuna_reader}
+
+
+def _sql(url: str, *statements: str) -> None:
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as conn:
+        for s in statements:
+            conn.execute(sqlalchemy.text(s))
+    engine.dispose()
+
+
+def _rows(url: str, table: str) -> list[tuple]:
+    engine = sqlalchemy.create_engine(url)
+    with engine.connect() as conn:
+        rows = [tuple(r) for r in conn.execute(sqlalchemy.text(f"SELECT * FROM {table}"))]
+    engine.dispose()
+    return sorted(rows)
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_the_status_reader_refuses_writes(storage_url, reader):
+    optuna.create_study(study_name="g", storage=open_storage(storage_url))
+    engine = READERS[reader](storage_url)
+    with pytest.raises(sqlalchemy.exc.DBAPIError) as refused, engine.begin() as conn:
+        conn.execute(sqlalchemy.text("UPDATE studies SET study_name = 'h'"))
+    assert "read" in str(root_cause(refused.value)).lower()  # "readonly", "read-only"
+    assert _rows(storage_url, "studies") == [(1, "g")]
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_the_status_reader_refuses_a_database_without_optuna_tables(storage_url, reader):
+    if storage_url.startswith("sqlite"):
+        _foreign_sqlite(Path(storage_url.removeprefix("sqlite:///")))
+    with pytest.raises(StorageError, match="not an optuna study database"):
+        READERS[reader](storage_url)
+
+
+def test_the_schema_revision_read_from_optunas_scripts_is_alembics_head():
+    from optuna.storages._rdb.storage import _VersionManager
+
+    # the head as optuna finds it: alembic loading every migration script
+    versions = _VersionManager.__new__(_VersionManager)
+    versions.url = "sqlite://"
+    assert schema.head() == versions.get_head_version() is not None
+
+
+#: A database optuna made, then changed by hand or by another version of optuna: each is
+#: refused by both readers, with optuna's own verdict where optuna gives one, in one line.
+ODD_SCHEMAS = {
+    "an older schema": (["UPDATE alembic_version SET version_num = 'v3.0.0.d'"],
+                        "is no longer compatible with the table schema"),
+    "an unknown revision": (["UPDATE alembic_version SET version_num = 'v9.9.9.z'"],
+                            "is no longer compatible with the table schema"),
+    "two revisions": (["INSERT INTO alembic_version VALUES ('v3.0.0.d')"], "more than one head"),
+    # optuna would stamp the revision or add the row: a write, refused
+    "no revision": (["DELETE FROM alembic_version"], "read-?only"),
+    "no version row": (["DELETE FROM version_info"], "read-only|not an optuna study database"),
+    "no studies table": (["DROP TABLE studies CASCADE"], "not an optuna study database"),
+    "two version rows": (
+        ["ALTER TABLE version_info DROP CONSTRAINT version_info_version_info_id_check",
+         "INSERT INTO version_info VALUES (2, 12, '5.0.0')"], "[Mm]ultiple rows"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("odd", ODD_SCHEMAS)
+@pytest.mark.parametrize("reader", READERS)
+def test_a_schema_optuna_would_not_read_is_refused_unchanged(storage_url, reader, odd):
+    statements, message = ODD_SCHEMAS[odd]
+    if storage_url.startswith("sqlite"):
+        if odd == "two version rows":
+            pytest.skip("SQLite cannot drop a CHECK constraint")
+        statements = [s.removesuffix(" CASCADE") for s in statements]
+    optuna.create_study(study_name="g", storage=open_storage(storage_url))
+    _sql(storage_url, *statements)
+    before = {t: _rows(storage_url, t) for t in ("alembic_version", "version_info", "trials")}
+    with pytest.raises(StorageError) as refused:
+        READERS[reader](storage_url)
+    assert re.search(message, str(refused.value)) and "\n" not in str(refused.value), refused.value
+    assert {t: _rows(storage_url, t) for t in before} == before
+    if reader == "open_storage":
+        return
+    out = run_cli("status", "--storage", storage_url)
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("sweep: error: storage ") and re.search(message, out.stderr)
+
+
+def _scripts(folder: Path, *revisions: tuple[str, str]) -> Path:
+    folder.mkdir()
+    for i, (revision, down) in enumerate(revisions):
+        (folder / f"s{i}.py").write_text(f'"""A migration."""\nrevision = {revision}\n'
+                                         f"down_revision = {down}\n")  # fmt: skip
+    return folder
+
+
+@pytest.mark.parametrize(("revisions", "head"), [
+    ([('"a"', "None"), ('"b"', '"a"'), ("'c'", "'b'")], "c"),
+    ([('"a"', "None")], "a"),
+    ([('"a"', "None"), ('"b"', '"a"'), ('"c"', '"a"')], None),  # a branch: two heads
+    ([('"a"', "None"), ('"b"', '"a"'), ('"c"', '("a", "b")')], None),  # a merge
+    ([('"a"', "None"), ('"c"', '"b"')], None),  # a missing script
+    ([('"a"', "None"), ('"b"', '"c"'), ('"c"', '"b"')], None),  # a cycle beside the chain
+    ([('"a"', "None"), ('"a"', "None")], None),  # one revision twice
+    ([('"a"', "None"), ("make_revision()", '"a"')], None),  # not a literal
+], ids=["chain", "one", "branch", "merge", "gap", "cycle", "twice", "computed"])  # fmt: skip
+def test_a_head_is_read_only_from_one_chain_of_scripts(tmp_path, revisions, head):
+    assert schema.head_of(_scripts(tmp_path / "versions", *revisions)) == head
