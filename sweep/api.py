@@ -127,14 +127,13 @@ def evaluate(
     (weights and JSON sidecar, ``mlp.MLP.save``) is uploaded to the study's artifact store
     (``artifacts``, see ``sweep.run``); the result names the two artifacts and the store."""
     from sweep import best
-    from sweep.artifacts import artifacts_location, open_store
+    from sweep.artifacts import study_store
     from sweep.objective import evaluate_best
     from sweep.report import load_study
     from sweep.storage import open_storage, resolve_url
 
     url = resolve_url(storage)
-    location, _ = artifacts_location(artifacts, url)
-    store = open_store(location)  # a bad --artifacts fails before minutes of training
+    store, location, _ = study_store(artifacts, url)  # a bad one fails before any training
     study = load_study(open_storage(url, heartbeat_interval=None, grace_period=None),
                        spec.name)  # fmt: skip
     if not any(t.value is not None for t in study.get_trials(deepcopy=False)):
@@ -156,14 +155,13 @@ def export(
     ``sweep.run``); nothing is retrained. SweepError if the study has none (a study run before
     checkpoints were kept: ``evaluate`` retrains and uploads one)."""
     from sweep import best
-    from sweep.artifacts import artifacts_location, open_store
+    from sweep.artifacts import study_store
     from sweep.report import load_study
     from sweep.storage import open_storage, resolve_url
 
     out = Path(out)
     best.check_out(out)
     url = resolve_url(storage)
-    location, _ = artifacts_location(artifacts, url)
-    store = open_store(location)
+    store, location, _ = study_store(artifacts, url)
     rdb = open_storage(url, heartbeat_interval=None, grace_period=None, read_only=True)
     return best.export(load_study(rdb, name), store, out, where=location)

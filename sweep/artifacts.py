@@ -67,6 +67,15 @@ def artifacts_location(artifacts: str | None, storage_url: str) -> tuple[str, st
     )
 
 
+def study_store(
+    artifacts: str | None, storage_url: str, *, read_only: bool = False
+) -> tuple[ArtifactStore, str, str | None]:
+    """The artifact store of the studies in ``storage_url`` (``artifacts_location``), opened
+    and checked (``open_store``): (the store, its location, a warning for other hosts)."""
+    location, warning = artifacts_location(artifacts, storage_url)
+    return open_store(location, read_only=read_only), location, warning
+
+
 def open_store(url: str, *, read_only: bool = False) -> ArtifactStore:
     """The artifact store at ``url`` (see ``artifacts_location``); a folder is created.
 

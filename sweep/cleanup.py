@@ -20,7 +20,15 @@ import sqlalchemy
 
 from sweep import tables as tb
 from sweep.checkpoint import remove
-from sweep.queue import ARTIFACT_ID, CHECKPOINT, RESUMED_FROM, RETRY_HISTORY, lock_study, pointer
+from sweep.queue import (
+    ARTIFACT_ID,
+    CHECKPOINT,
+    FAIL_REASON,
+    RESUMED_FROM,
+    RETRY_HISTORY,
+    lock_study,
+    pointer,
+)  # fmt: skip
 from sweep.storage import root_message
 
 if TYPE_CHECKING:
@@ -68,6 +76,38 @@ def trial_ended(store: ArtifactStore, study: optuna.Study, trial: optuna.trial.F
         _forget(store, backend, [(t, a) for t, a in named + loose if a != keep])
     except Exception as e:  # a leftover file is not worth stopping the worker
         logger.warning("trial %d: checkpoint clean-up failed: %s", trial.number, root_message(e))
+
+
+def clear_dead(store: ArtifactStore, storage: RDBStorage, study_id: int) -> None:
+    """Delete what the study's trials that died for good left: those whose workers died
+    ``max_retries`` times (FAIL with a ``fail_reason``, and no successor, whose end would
+    have deleted it) keep the artifacts named on them and on the trials they took over. Reads
+    the study's FAIL trials that still name an artifact (through the queue's index). Never
+    raises."""
+    trials, system, user = tb.trials, tb.system_attrs, tb.user_attrs
+    named = sqlalchemy.exists().where(
+        system.c.trial_id == trials.c.trial_id,
+        system.c.key.startswith(tb.ARTIFACT_PREFIX, autoescape=True),
+    )
+    ended = sqlalchemy.exists().where(
+        user.c.trial_id == trials.c.trial_id, user.c.key == FAIL_REASON
+    )
+    history = system.alias("history")
+    try:
+        with storage.engine.connect() as conn:
+            dead = conn.execute(
+                sqlalchemy.select(trials.c.trial_id, history.c.value_json)
+                .outerjoin(history, sqlalchemy.and_(
+                    history.c.trial_id == trials.c.trial_id, history.c.key == RETRY_HISTORY))
+                .where(trials.c.study_id == study_id,
+                       trials.c.state == optuna.trial.TrialState.FAIL, ended, named)
+            ).all()  # fmt: skip
+        for trial_id, past in dead:
+            named_here = _named(storage, study_id, trial_id,
+                                predecessors({RETRY_HISTORY: tb.decoded(past)}))  # fmt: skip
+            _forget(store, storage, named_here)
+    except Exception as e:
+        logger.warning("clean-up of the trials that died for good failed: %s", root_message(e))
 
 
 def predecessors(system_attrs: dict[str, Any]) -> list[int]:

@@ -201,14 +201,14 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     """Serve optuna-dashboard for the study database: read-only unless --allow-writes, and
     only to requests that name this machine (127.0.0.1 unless --host says otherwise). Its trial
     view lists and downloads the checkpoints and models in the study's artifact store."""
-    from sweep.artifacts import artifacts_location, open_store
+    from sweep.artifacts import study_store
     from sweep.dashboard import serve
     from sweep.storage import mask_password, open_storage, resolve_url
 
     storage = open_storage(args.storage, heartbeat_interval=None, grace_period=None,
                            read_only=not args.allow_writes)  # fmt: skip
-    location, _ = artifacts_location(args.artifacts, resolve_url(args.storage))
-    store = open_store(location, read_only=not args.allow_writes)
+    store, _, _ = study_store(args.artifacts, resolve_url(args.storage),
+                              read_only=not args.allow_writes)  # fmt: skip
     if args.allow_writes:
         policy = ("writes allowed: anyone who can reach it can create, rename and delete "
                   "studies")  # fmt: skip

@@ -121,17 +121,24 @@ def claim(storage: RDBStorage, study_id: int, tags: dict[str, Any]) -> Claim | N
     assert RUN_TAG in tags and WORKER_TAG in tags, "recovery finds sweep's claims by their tags"
     locking, sql = _locking(storage), tb.SQL
     with storage.engine.begin() as conn:
-        resumable = sql.resumable_waiting_locked if locking else sql.resumable_waiting
-        row = conn.execute(resumable, {"sid": study_id}).first()
-        if row is None:
-            oldest = sql.oldest_waiting_locked if locking else sql.oldest_waiting
-            row = conn.execute(oldest, {"sid": study_id}).first()
+        if locking:  # FOR UPDATE SKIP LOCKED: one statement each
+            row = conn.execute(sql.resumable_waiting_locked, {"sid": study_id}).first()
+            if row is None:
+                row = conn.execute(sql.oldest_waiting_locked, {"sid": study_id}).first()
+            resumes = True  # (see below)
+        else:
+            row = conn.execute(sql.next_waiting, {"sid": study_id}).first()
+            resumes = row is not None and bool(row[2])
         if row is None:
             return None
-        trial_id, number = row
+        trial_id, number = row[0], row[1]
         started = tb.utc_now()
         conn.execute(sql.start, {"tid": trial_id, "started": started})
-        conn.execute(sql.resumed, {"tid": trial_id})
+        # On SQLite the transaction holds the database: the oldest trial, if not the resumable
+        # one, resumes nothing. On PostgreSQL each statement sees what was committed before
+        # it, so the second may find a trial released back to the queue in between: rename.
+        if resumes:
+            conn.execute(sql.resumed, {"tid": trial_id})
         conn.execute(tb.heartbeats.insert(), {"trial_id": trial_id})
         tb.replace_attrs(conn, tb.user_attrs, trial_id, {k: json.dumps(v) for k, v in tags.items()})
     return Claim(trial_id, number, started)

@@ -26,7 +26,7 @@ from typing import Any
 import optuna
 
 from sweep import queue
-from sweep.artifacts import artifacts_location, open_store
+from sweep.artifacts import study_store
 from sweep.checkpoint import policy as checkpoint_policy
 from sweep.errors import SpecError, StorageError, SweepError, WorkerError
 from sweep.objective import load_data
@@ -45,6 +45,9 @@ from sweep.study import open_study, rdb_of, recover, top_up
 from sweep.worker import POLL_S, work
 
 logger = logging.getLogger(__name__)
+
+#: How long a launcher tries to reach a dask scheduler before it gives up with one line.
+DASK_TIMEOUT_S = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +112,7 @@ def _pool(backend: str, *, threads: int, scheduler: str | None) -> Any:
     if not scheduler:
         raise SpecError("--backend dask needs --scheduler ADDRESS (e.g. tcp://host:8786)")
     try:
-        client = Client(scheduler, timeout="10s", set_as_default=True)
+        client = Client(scheduler, timeout=f"{DASK_TIMEOUT_S}s", set_as_default=True)
     except OSError as e:
         raise StorageError(f"cannot reach the dask scheduler at {scheduler}: {e}") from e
     pool = contextlib.ExitStack()
@@ -146,8 +149,7 @@ def run(
     if trials is not None:
         spec = dataclasses.replace(spec, trials=trials)
     load_data(spec)  # a missing or corrupt dataset is reported before anything is stored
-    location, warning = artifacts_location(artifacts, url)
-    open_store(location)  # a bad --artifacts too
+    _, location, warning = study_store(artifacts, url)  # a bad --artifacts too
     checkpoint_policy()  # and bad $SWEEP_CHECKPOINT_* values
     try:
         study = open_study(spec, open_storage(url))

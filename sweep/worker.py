@@ -23,8 +23,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep import queue
-from sweep.artifacts import artifacts_location, open_store
-from sweep.cleanup import trial_ended
+from sweep.artifacts import study_store
+from sweep.cleanup import clear_dead, trial_ended
 from sweep.errors import DataError, SweepError, WorkerError, on_sigterm_raise_terminated
 from sweep.objective import Objective, TrialFailed, load_data
 from sweep.spec import StudySpec
@@ -88,10 +88,9 @@ def work(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     on_sigterm_raise_terminated()  # a batch scheduler ending the job releases the trial
     load_data(spec)
-    location, warning = artifacts_location(artifacts, url)
+    store, _, warning = study_store(artifacts, url)
     if launch and warning:
         logger.warning("%s", warning)
-    store = open_store(location)
     try:
         storage = WriteBackStorage(open_storage(url))
         study = optuna.load_study(
@@ -101,10 +100,13 @@ def work(
         if launch:
             recover(study, max_retries=spec.max_retries)
             top_up(study, spec)
-        return serve(
+        ran = serve(
             study, Objective(spec, store), run_id=run_id, max_retries=spec.max_retries,
             on_end=functools.partial(trial_ended, store),
         )  # fmt: skip
+        # The queue is empty: what the trials that died for good left is nobody's any more.
+        clear_dead(store, rdb_of(study._storage), study._study_id)
+        return ran
     except STORAGE_ERRORS as e:
         raise storage_failure(e, url) from None  # a plain message survives the trip home
 

@@ -192,6 +192,22 @@ def test_a_corrupt_checkpoint_restarts_from_epoch_1_with_one_warning(tmp_path):
     assert not artifact.exists()  # of no use: deleted
 
 
+def test_a_trial_whose_workers_died_for_good_leaves_no_checkpoint(tmp_path):
+    # max_retries = 1: the killed trial ends FAIL and nobody takes its work over; the next
+    # run's workers, finding the queue empty, delete what it left.
+    study = _study(tmp_path)
+    study.write_text(study.read_text().replace("seed = 0", "seed = 0\nmax_retries = 1"))
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    proc = _kill_mid_epoch(tmp_path, study, url, signal.SIGKILL)
+    assert proc.returncode == 1
+    assert _artifacts(tmp_path / "artifacts")  # its checkpoint, until then
+    out = run_cli("run", str(study), "--storage", url, "--jobs", "1", env=_env(tmp_path, False))
+    [dead] = load(url, "c").trials
+    assert dead.state == TrialState.FAIL and "died" in dead.user_attrs["fail_reason"], out.stderr
+    assert _artifacts(tmp_path / "artifacts") == set()
+    assert not any(k.startswith("artifacts:") for k in dead.system_attrs)
+
+
 def _pointers(trials) -> list:
     """Each trial's state and the artifacts it names: what a failure should show."""
     keys = (CHECKPOINT, RESUME_FROM, "resumed_from")

@@ -201,3 +201,33 @@ def test_a_checkpoint_is_named_in_the_database_before_its_bytes_are_written(tmp_
         trial_ended(store, study, study.trials[successor.number])
     assert not list(folder.iterdir())
     assert not any(k.startswith("artifacts:") for k in storage.get_trial(trial_id).system_attrs)
+
+
+@pytest.mark.parametrize("retries", [1, 3])
+def test_what_a_trial_that_died_for_good_left_is_deleted_and_a_requeued_ones_kept(
+    tmp_path, retries
+):
+    from sweep.cleanup import clear_dead
+    from sweep.worker import as_worker_study
+    from tests.sweep.helpers import WORKER_TAGS
+
+    folder = tmp_path / "artifacts"
+    store = open_store(str(folder))
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    study.enqueue_trial({})
+    worker = as_worker_study(study)
+    trial_id = worker._storage.claim(study._study_id, WORKER_TAGS)
+    model, config, _ = _state(tmp_path, momentum=0.0)
+    states = []
+    fit(model, _data(), config, on_state=states.append)
+    Checkpoints(store, optuna.Trial(worker, trial_id)).write(states[0])
+    [saved] = [p.name for p in folder.iterdir()]
+    # Its worker dies: with max_retries 1 for good, else it is handed on with its checkpoint.
+    assert queue.abandon_run(storage, study._study_id, "r", max_retries=retries) == [0]
+    clear_dead(store, storage, study._study_id)
+    names = [k for k in storage.get_trial(trial_id).system_attrs if k.startswith("artifacts:")]
+    if retries == 1:
+        assert not list(folder.iterdir()) and names == []
+    else:
+        assert [p.name for p in folder.iterdir()] == [saved] and names == [f"artifacts:{saved}"]

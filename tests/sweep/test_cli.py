@@ -13,15 +13,33 @@ import optuna
 import pytest
 
 from mlp import data as data_mod
-from tests.sweep.helpers import grid_study, load, start_cli, wait_for
+from tests.sweep.helpers import grid_study, load, start_cli, sweep_cmd, wait_for
 
 
 def sweep(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    exe = Path(sys.executable).with_name("sweep")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "sweep.cli"]
     return subprocess.run(
-        [*cmd, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}
+        sweep_cmd(*args), capture_output=True, text=True, env={**os.environ, **(env or {})}
     )
+
+
+def sweep_at_once(
+    commands: list[list[str]], env: dict[str, str] | None = None
+) -> list[subprocess.CompletedProcess[str]]:
+    """`sweep(*args, env=env)` for each of independent commands, all started together.
+
+    Each `sweep` spends most of a second importing before it fails; one after another, the 8
+    commands of a password test keep one core busy for 7-8 s, together they can use every core.
+    """
+    pipe, environ = subprocess.PIPE, {**os.environ, **(env or {})}
+    procs = [
+        subprocess.Popen(sweep_cmd(*args), stdout=pipe, stderr=pipe, text=True, env=environ)
+        for args in commands
+    ]
+    outs = [p.communicate() for p in procs]
+    return [
+        subprocess.CompletedProcess(p.args, p.returncode, *out)
+        for p, out in zip(procs, outs, strict=True)
+    ]
 
 
 def test_version_is_the_installed_package_version():
@@ -277,8 +295,9 @@ def test_no_command_prints_a_password(tmp_path, url):
         ["dashboard", "--storage", url, "--port", "1"],
         ["status"],  # from the environment
     ]
-    for args in commands:
-        out = sweep(*args, env={"SWEEP_STORAGE": url})
+    # The commands share no database (none can open one), so they can run at the same time.
+    outs = sweep_at_once(commands, env={"SWEEP_STORAGE": url})
+    for args, out in zip(commands, outs, strict=True):
         shown = out.stdout + out.stderr
         assert out.returncode == 1, (args, shown)
         assert "SECRET" not in shown and "SEC%52ET" not in shown, (args, shown)

@@ -33,9 +33,10 @@ def test_a_study_on_postgresql_runs_through_a_dask_cluster(tmp_path, postgres_se
     assert states(study) == {TrialState.COMPLETE: 8}
 
 
-def test_unreachable_dask_scheduler_is_a_clear_error(tmp_path):
+def test_unreachable_dask_scheduler_is_a_clear_error(tmp_path, monkeypatch):
     from sweep.errors import StorageError
 
+    monkeypatch.setattr(runner, "DASK_TIMEOUT_S", 1)  # a refused port fails at once anyway
     spec = load_spec(grid_study(tmp_path))
     with pytest.raises(StorageError, match=r"cannot reach the dask scheduler at tcp://127.0.0.1:1"):
         runner.run(spec, storage=f"sqlite:///{tmp_path / 'db.sqlite'}", backend="dask",
