@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 from optuna.trial import TrialState
 
 SWEEP = Path(sys.executable).with_name("sweep")
@@ -167,3 +168,13 @@ def alive(pid: int) -> bool:
 
 def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     os.killpg(proc.pid, sig)
+
+
+def run_sql(url: str, *statements: str) -> None:
+    """Run SQL statements on the database at ``url`` in one transaction, as another client
+    (or a user at the SQL prompt) would."""
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as conn:
+        for s in statements:
+            conn.execute(sqlalchemy.text(s))
+    engine.dispose()

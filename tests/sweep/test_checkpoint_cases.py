@@ -157,11 +157,9 @@ def test_a_clean_up_that_fails_never_stops_the_worker(tmp_path, caplog):
     assert sum("clean-up after it ended failed" in r.getMessage() for r in caplog.records) == 3
 
 
-@pytest.mark.parametrize("when", ["start", "end"])
-def test_a_checkpoint_is_named_in_the_database_before_its_bytes_are_written(tmp_path, when):
-    # A worker killed right after writing a checkpoint leaves a file its trial names; the
-    # trial that takes its work over deletes it, and its name, when it starts (and, had that
-    # failed, when it ends).
+def _claimed(tmp_path):
+    """A study with one trial, claimed by a worker process's storage (which holds its writes):
+    (the artifact folder, its store, the storage, the study, the worker's study, the trial id)."""
     from sweep.worker import as_worker_study
     from tests.sweep.helpers import WORKER_TAGS
 
@@ -171,7 +169,22 @@ def test_a_checkpoint_is_named_in_the_database_before_its_bytes_are_written(tmp_
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
     study.enqueue_trial({})
     worker = as_worker_study(study)
-    trial_id = worker._storage.claim(study._study_id, WORKER_TAGS)
+    return (
+        folder,
+        store,
+        storage,
+        study,
+        worker,
+        worker._storage.claim(study._study_id, WORKER_TAGS),
+    )
+
+
+@pytest.mark.parametrize("when", ["start", "end"])
+def test_a_checkpoint_is_named_in_the_database_before_its_bytes_are_written(tmp_path, when):
+    # A worker killed right after writing a checkpoint leaves a file its trial names; the
+    # trial that takes its work over deletes it, and its name, when it starts (and, had that
+    # failed, when it ends).
+    folder, store, storage, study, worker, trial_id = _claimed(tmp_path)
     trial = optuna.Trial(worker, trial_id)
 
     class Killed(BaseException):
@@ -208,16 +221,8 @@ def test_what_a_trial_that_died_for_good_left_is_deleted_and_a_requeued_ones_kep
     tmp_path, retries
 ):
     from sweep.cleanup import clear_dead
-    from sweep.worker import as_worker_study
-    from tests.sweep.helpers import WORKER_TAGS
 
-    folder = tmp_path / "artifacts"
-    store = open_store(str(folder))
-    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
-    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
-    study.enqueue_trial({})
-    worker = as_worker_study(study)
-    trial_id = worker._storage.claim(study._study_id, WORKER_TAGS)
+    folder, store, storage, study, worker, trial_id = _claimed(tmp_path)
     model, config, _ = _state(tmp_path, momentum=0.0)
     states = []
     fit(model, _data(), config, on_state=states.append)

@@ -14,7 +14,7 @@ import sqlalchemy
 from sweep import schema
 from sweep.errors import StorageError
 from sweep.storage import open_reader, open_storage, root_cause
-from tests.sweep.helpers import run_cli
+from tests.sweep.helpers import run_cli, run_sql
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
@@ -108,14 +108,6 @@ def _optuna_reader(url: str) -> sqlalchemy.engine.Engine:
 READERS = {"open_reader": open_reader, "open_storage": _optuna_reader}
 
 
-def _sql(url: str, *statements: str) -> None:
-    engine = sqlalchemy.create_engine(url)
-    with engine.begin() as conn:
-        for s in statements:
-            conn.execute(sqlalchemy.text(s))
-    engine.dispose()
-
-
 def _rows(url: str, table: str) -> list[tuple]:
     engine = sqlalchemy.create_engine(url)
     with engine.connect() as conn:
@@ -178,7 +170,7 @@ def test_a_schema_optuna_would_not_read_is_refused_unchanged(storage_url, reader
             pytest.skip("SQLite cannot drop a CHECK constraint")
         statements = [s.removesuffix(" CASCADE") for s in statements]
     optuna.create_study(study_name="g", storage=open_storage(storage_url))
-    _sql(storage_url, *statements)
+    run_sql(storage_url, *statements)
     before = {t: _rows(storage_url, t) for t in ("alembic_version", "version_info", "trials")}
     with pytest.raises(StorageError) as refused:
         READERS[reader](storage_url)

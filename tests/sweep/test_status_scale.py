@@ -23,7 +23,7 @@ from sweep.queue import SKIPPED, SPEC
 from sweep.spec import load_spec
 from sweep.storage import open_reader, open_storage
 from sweep.stored import study_kind
-from tests.sweep.helpers import grid_study, run_cli
+from tests.sweep.helpers import grid_study, run_cli, run_sql
 
 DISTRIBUTIONS = {
     "hidden_1": IntDistribution(16, 128),
@@ -280,18 +280,10 @@ def test_sweep_run_ends_with_the_best_20_trials_or_all_of_them(tmp_path):
 # --- someone else's data ---------------------------------------------------------------------
 
 
-def _sql(url: str, *statements: str) -> None:
-    engine = sqlalchemy.create_engine(url)
-    with engine.begin() as conn:
-        for s in statements:
-            conn.execute(sqlalchemy.text(s))
-    engine.dispose()
-
-
 def test_odd_values_written_by_another_client_do_not_crash_status(tmp_path, storage_url):
     _varied(storage_url, tmp_path)
     nan = "'NaN'" if storage_url.startswith("postgresql") else "NULL"  # SQLite stores NaN so
-    _sql(
+    run_sql(
         storage_url,
         "UPDATE study_user_attributes SET value_json = '{not json' WHERE key = 'spec'",
         "UPDATE study_system_attributes SET value_json = '5' WHERE key = 'study:metric_names'",
@@ -302,7 +294,7 @@ def test_odd_values_written_by_another_client_do_not_crash_status(tmp_path, stor
         "FROM trials WHERE study_id = 1 AND number = 7)",
     )
     if storage_url.startswith("sqlite"):  # no enum types in SQLite: anything goes
-        _sql(
+        run_sql(
             storage_url,
             "UPDATE trials SET state = 'ZOMBIE' WHERE study_id = 2 AND number = 0",
             "UPDATE study_directions SET direction = 'SIDEWAYS' WHERE study_id = 3",
