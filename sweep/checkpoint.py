@@ -122,9 +122,10 @@ class Checkpoints:
         from mlp import CheckpointError, load_state
         from sweep.cleanup import clear_predecessors  # (it imports this module)
 
-        given = system_attrs(self.trial).get(RESUMED_FROM)
+        attrs = system_attrs(self.trial)
+        given = attrs.get(RESUMED_FROM)
         found = pointer(given)
-        clear_predecessors(self.store, self.trial, found["artifact_id"] if found else None)
+        clear_predecessors(self.store, self.trial, attrs, found["artifact_id"] if found else None)
         if given is None:
             return None
         where = f"trial {self.trial.number}: cannot resume"

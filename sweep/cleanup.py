@@ -117,14 +117,17 @@ def predecessors(system_attrs: dict[str, Any]) -> list[int]:
     return [n for n in history if type(n) is int] if isinstance(history, list) else []
 
 
-def clear_predecessors(store: ArtifactStore, trial: optuna.Trial, keep: str | None) -> None:
+def clear_predecessors(
+    store: ArtifactStore, trial: optuna.Trial, system_attrs: dict[str, Any], keep: str | None
+) -> None:
     """When a trial that took over dead trials' work starts: delete what they left (a
     checkpoint a kill cut short, one written and never recorded) but ``keep``, the checkpoint
-    it resumes from, rather than leave them on disk until it ends. Never raises."""
+    it resumes from, rather than leave them on disk until it ends; ``system_attrs`` are the
+    trial's, as its resume read them. Never raises."""
     try:
         from sweep.study import rdb_of  # sweep.study imports the objective, which imports us
 
-        dead = predecessors(trial.storage.get_trial(trial._trial_id).system_attrs)
+        dead = predecessors(system_attrs)
         if not dead:
             return
         backend = rdb_of(trial.study._storage)
