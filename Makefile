@@ -1,30 +1,58 @@
 # mlp-sweep: every target sets up what it needs, so any of them works first on a fresh clone.
+comma := ,
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The exact versions every install here uses (make lock refreshes it): a fresh clone tests what
+# main was tested with. PIP_CONSTRAINT, not -c: pip hands it to the build's own environment too.
+LOCK := .ci/constraints.txt
+LOCKED := PIP_CONSTRAINT=$(CURDIR)/$(LOCK)
+# What the lock covers: the package with every extra but the benchmark's torch.
+EXTRAS := dev,postgres,s3,pandas,dask
 
 STORAGE ?= sqlite:///runs/sweep.db
 # One worker per core, one BLAS thread each: the fastest split measured (make bench).
 JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 
 .PHONY: install data train sweep sweep-pruned sweep-tpe best init gradcheck bench bench-scale \
-	report status dashboard test lint format clean
+	report status dashboard test test-newest lock lint format clean
 
 DEV_STAMP := $(VENV)/.installed-dev
 
 install: $(STAMP)
 
 # What the commands need (make sweep, report, status, ...); the tests' extras come with make test.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e .
+	$(LOCKED) $(BIN)/python -m pip install --quiet -e .
 	touch $@
 
 $(DEV_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(LOCKED) $(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
+
+# Refresh the lock: the newest versions pyproject.toml's ranges allow, for Python 3.11 on Linux.
+# Then run make test (and make test-newest before raising a range).
+lock: $(STAMP)
+	$(BIN)/python -m pip install --quiet pip-tools
+	$(BIN)/pip-compile --quiet --upgrade --strip-extras --allow-unsafe --all-build-deps \
+		--no-emit-find-links --no-emit-index-url $(foreach e,$(subst $(comma), ,$(EXTRAS)),--extra $(e)) \
+		--output-file $(LOCK) pyproject.toml
+
+# New releases as a check, not as a broken main: the storage, queue and checkpoint tests in a
+# second environment with the newest versions the ranges allow, unlocked (a few minutes).
+NEWEST := .venv-newest
+test-newest: data
+	rm -rf $(NEWEST)
+	$(PYTHON) -m venv $(NEWEST)
+	$(NEWEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager \
+		-e '.[dev]'
+	$(NEWEST)/bin/python -m pip list --format=freeze | $(BIN)/python -m tests.newer $(LOCK)
+	$(NEWEST)/bin/python -m pytest -q -m 'not slow' tests/sweep/test_storage.py \
+		tests/sweep/test_queue.py tests/sweep/test_queue_resume.py tests/sweep/test_writeback.py \
+		tests/sweep/test_checkpoint.py tests/sweep/test_checkpoint_cases.py \
+		tests/sweep/test_artifacts.py tests/test_versions.py
 
 data: $(STAMP)
 	$(BIN)/sweep data
@@ -89,4 +117,4 @@ format: $(DEV_STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(NEWEST) build *.egg-info .pytest_cache .ruff_cache

@@ -18,7 +18,10 @@ or model under its final name for a resuming worker, ``sweep export`` or the das
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
+import json
+import mimetypes
 import os
 import re
 import shutil
@@ -27,13 +30,16 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from optuna.artifacts import FileSystemArtifactStore
+from optuna.artifacts import ArtifactMeta, FileSystemArtifactStore
 
 from sweep.errors import SpecError, StorageError
 from sweep.storage import root_message
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from optuna.artifacts._protocol import ArtifactStore
+    from optuna.storages import BaseStorage
 
 ARTIFACTS_ENV = "SWEEP_ARTIFACTS"
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -146,6 +152,49 @@ class _AtomicFolder(FileSystemArtifactStore):
             with contextlib.suppress(OSError):
                 leftover.unlink()
         super().remove(artifact_id)
+
+
+def upload(
+    store: ArtifactStore,
+    storage: BaseStorage,
+    path: Path,
+    *,
+    trial_id: int | None = None,
+    study_id: int | None = None,
+    named: Callable[[], bool] = lambda: True,
+) -> str:
+    """Put the file at ``path`` into ``store`` as a new artifact of a trial (or of a study) and
+    return its id; the artifact is named in the database *before* its bytes are written.
+
+    The name is optuna's (the system attribute ``artifacts:<id>`` holding ``ArtifactMeta`` as
+    JSON, which optuna-dashboard and ``optuna.artifacts.get_all_artifact_meta`` list), so a
+    worker killed at any moment leaves no file that the database does not name: whoever ends
+    the trial deletes what it names (``sweep.cleanup``). ``named`` makes the name durable
+    (a worker's storage holds writes for a while) and says whether it did; if not, nothing is
+    written (StorageError).
+
+    Note: optuna's own ``upload_artifact`` made no promise of that order; 5.0 named first,
+    5.1 writes first. Doing it here keeps the rule whatever optuna does.
+    """
+    from sweep.tables import ARTIFACT_PREFIX  # (it loads optuna's table models)
+
+    artifact_id = str(uuid.uuid4())
+    guessed, encoding = mimetypes.guess_type(path.name)
+    meta = ArtifactMeta(
+        artifact_id=artifact_id, filename=path.name,
+        mimetype=guessed or "application/octet-stream", encoding=encoding,
+    )  # fmt: skip
+    value = json.dumps(dataclasses.asdict(meta))
+    if trial_id is not None:
+        storage.set_trial_system_attr(trial_id, ARTIFACT_PREFIX + artifact_id, value)
+    else:
+        assert study_id is not None, "an artifact belongs to a trial or a study"
+        storage.set_study_system_attr(study_id, ARTIFACT_PREFIX + artifact_id, value)
+    if not named():
+        raise StorageError("its name could not be written to the study database")
+    with path.open("rb") as body:
+        store.write(artifact_id, body)
+    return artifact_id
 
 
 def _fsync_folder(folder: Path) -> None:

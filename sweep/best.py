@@ -8,7 +8,7 @@ accuracy):
     store and named by the study's system attribute ``best_model``
     (``sweep.cleanup.keep_best``). Nothing is retrained and no data is read.
   - ``upload``: a model retrained by ``sweep evaluate``, put into the study's artifact store
-    beside the checkpoints (optuna's ``upload_artifact`` on the study) and named by the study's
+    beside the checkpoints (``sweep.artifacts.upload`` on the study) and named by the study's
     system attribute ``evaluated_model``. It replaces the previous evaluate's: that one's
     artifacts and their ``artifacts:<id>`` attributes are deleted once the new one is named.
 
@@ -32,9 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 import sqlalchemy
-from optuna.artifacts import download_artifact, upload_artifact
+from optuna.artifacts import download_artifact
 from optuna.trial import TrialState
 
+from sweep import artifacts
 from sweep import tables as tb
 from sweep.cleanup import BEST_MODEL, swap_study_attr
 from sweep.errors import SpecError, StorageError, SweepError
@@ -144,7 +145,7 @@ def upload(study: optuna.Study, store: ArtifactStore, model: MLP, meta: dict) ->
         sidecar = model.save(weights, meta=meta)
         try:
             ids: tuple[str, str] = tuple(  # type: ignore[assignment]
-                upload_artifact(artifact_store=store, file_path=str(f), study_or_trial=study)
+                artifacts.upload(store, study._storage, f, study_id=study._study_id)
                 for f in (weights, sidecar)
             )
         except Exception as e:

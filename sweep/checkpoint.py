@@ -18,9 +18,9 @@ trial loses what it trained since its last checkpoint, at most about one epoch.
     so a study's artifacts stay within one checkpoint per running worker (two while it
     replaces one) plus the best model.
 
-optuna's ``upload_artifact`` names each artifact on its trial first (the system attribute
-``artifacts:<id>``, which optuna-dashboard lists) and then writes it; sweep commits that name
-before the bytes are written, so that a worker killed at any moment leaves no file that the
+Each artifact is named on its trial (optuna's system attribute ``artifacts:<id>``, which
+optuna-dashboard lists) and that name committed before its bytes are written
+(``sweep.artifacts.upload``), so that a worker killed at any moment leaves no file that the
 database does not name (``sweep.cleanup`` deletes them by their names).
 """
 
@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
-from optuna.artifacts import download_artifact, upload_artifact
+from optuna.artifacts import download_artifact
 
-from sweep.errors import SpecError, StorageError
+from sweep.artifacts import upload
+from sweep.errors import SpecError
 from sweep.queue import CHECKPOINT, RESUMED_FROM, pointer
 from sweep.storage import root_message
 
@@ -171,9 +172,9 @@ class Checkpoints:
         path = Path(self._folder.name, f"trial-{self.trial.number}-epoch-{state.epoch}.npz")
         try:
             save_state(state, path)
-            artifact = upload_artifact(
-                artifact_store=_NamedFirst(self.store, self.trial), file_path=str(path),
-                study_or_trial=self.trial,
+            artifact = upload(
+                self.store, self.trial.storage, path, trial_id=self.trial._trial_id,
+                named=lambda: _flush(self.trial),
             )  # fmt: skip
         except Exception as e:
             if not self._warned:
@@ -216,21 +217,6 @@ class Checkpoints:
         successor decides."""
         self._drop_stale()
         self._folder.cleanup()
-
-
-class _NamedFirst:
-    """The store as ``upload_artifact`` sees it: before an artifact's bytes are written, the
-    name optuna has just given it on the trial (``artifacts:<id>``, held by a worker's storage)
-    is committed, so that a worker killed after the write leaves a file its trial names, for
-    the trial's end to delete, never a stray one."""
-
-    def __init__(self, store: ArtifactStore, trial: optuna.Trial) -> None:
-        self.store, self.trial = store, trial
-
-    def write(self, artifact_id: str, content_body: Any) -> None:
-        if not _flush(self.trial):
-            raise StorageError("its name could not be written to the study database")
-        self.store.write(artifact_id, content_body)
 
 
 def _flush(trial: optuna.Trial) -> bool:

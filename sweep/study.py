@@ -16,6 +16,7 @@ import optuna
 
 from mlp.model import parameter_count
 from sweep import queue
+from sweep import tables as tb
 from sweep.errors import SpecError
 from sweep.sampler import BoundedTPESampler
 from sweep.space import grid_points
@@ -69,6 +70,14 @@ def _refuse_difference(stored: StudySpec, given: StudySpec) -> None:
         )
 
 
+def _warn_if_untested() -> None:
+    """One warning line where a launcher or a worker starts, if optuna is a release sweep was
+    not tested with."""
+    untested = tb.untested_optuna()
+    if untested:
+        logger.warning("%s", untested)
+
+
 def open_study(
     spec: StudySpec, storage: optuna.storages.BaseStorage, *, salt: int = 0
 ) -> optuna.Study:
@@ -77,6 +86,7 @@ def open_study(
     The stored spec is the study's source of truth; this launcher's trial cap (``spec.trials``)
     replaces the stored one, so lowering or raising it steers every worker.
     """
+    _warn_if_untested()
     study = optuna.create_study(
         study_name=spec.name,
         storage=storage,
@@ -124,6 +134,7 @@ def join(
     stored spec in everything that changes results; its trial cap is ignored (launchers set
     it). ``data_path`` (or the file's ``[data] path``) is this host's copy of the dataset.
     """
+    _warn_if_untested()
     deadline, delay = time.monotonic() + wait, 0.5
     # Read-only until the study is known good: a worker refused here changes nothing.
     while (attrs := _peek(url, name)) is None or queue.SPEC not in attrs:

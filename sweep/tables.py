@@ -25,6 +25,7 @@ import sqlalchemy
 from optuna import distributions
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
+from optuna.version import __version__ as optuna_version
 
 studies = models.StudyModel.__table__
 trials = models.TrialModel.__table__
@@ -97,6 +98,25 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "study_system_attributes": ("study_id", "key", "value_json"),
     "study_user_attributes": ("study_id", "key", "value_json"),
 }  # fmt: skip
+
+
+#: The optuna releases (major.minor) this code was tested with: the lock's (``make test``) and
+#: those ``make test-newest`` passed on. pyproject.toml's upper bound is the release after the
+#: last; ``tests/test_versions.py`` keeps the three in step.
+TESTED_OPTUNA = ("5.0", "5.1")
+
+
+def untested_optuna(version: str | None = None) -> str | None:
+    """One line if optuna ``version`` (the installed one) is not a release sweep was tested
+    with, else None: sweep writes optuna's tables itself, so a new release may change what a
+    worker must write even when every column is still there (``conforms``)."""
+    version = version or optuna_version
+    if ".".join(version.split(".")[:2]) in TESTED_OPTUNA:
+        return None
+    return (
+        f"optuna {version} is not a release sweep was tested with ({', '.join(TESTED_OPTUNA)}); "
+        "results may be stored wrongly: install a tested one, or run `make test-newest` first"
+    )
 
 
 def conforms() -> str | None:
