@@ -11,6 +11,7 @@ import os
 import socket
 from pathlib import Path
 
+import optuna
 import pytest
 
 from sweep.artifacts import open_store
@@ -213,3 +214,26 @@ def test_a_record_that_is_not_json_is_a_404_and_one_line(db, tmp_path):
     lines = [line for line in err.splitlines() if "artifact record" in line]
     assert len(lines) == len(RECORDS), err
     assert all("not optuna's ArtifactMeta as JSON; answered 404" in line for line in lines)
+
+
+def test_a_studys_artifact_is_served_and_a_trials_only_under_its_own_study(db, tmp_path):
+    """The evaluated model is the study's artifact (``/artifacts/<study>/<id>``); a trial's
+    is served only under the study it belongs to."""
+    from sweep.artifacts import upload
+
+    folder = tmp_path / "artifacts"
+    kept, _ = with_artifacts(db, folder)
+    (tmp_path / "model.npz").write_bytes(ARTIFACT)
+    model = upload(open_store(str(folder)), storage(db), tmp_path / "model.npz", study_id=1)
+    other = storage(db).create_new_study([optuna.study.StudyDirection.MAXIMIZE], "other")
+    paths = [f"artifacts/1/{model}", f"artifacts/1/2/{kept}", f"artifacts/{other}/2/{kept}",
+             f"artifacts/{other}/{model}", f"artifacts/9/2/{kept}", "artifacts/1/9/x"]  # fmt: skip
+
+    def client(url):
+        return [fetch(url + path) for path in paths]
+
+    store = open_store(str(folder), read_only=True)
+    answers, _ = serving(db, client, artifact_store=store)
+    assert [a[0] for a in answers] == [200, 200, 404, 404, 404, 404]
+    assert answers[0][2] == ARTIFACT and answers[0][1]["Content-Type"] == "application/octet-stream"
+    assert answers[0][1]["Content-Disposition"] == 'attachment; filename="model.npz"'
