@@ -9,15 +9,21 @@ but GET, HEAD and OPTIONS (405) unless writes are allowed, and then refuses a wr
 ``Origin`` is another site (403: CSRF).
 
 The dashboard is given the study's artifact store (``sweep.artifacts``), so that its trial view
-lists each trial's checkpoints and the study's evaluated model and downloads them (a GET, so
-read-only mode allows it; uploading and deleting artifacts are writes). optuna keeps the meta
-data of a deleted artifact on its trial (``artifacts:<id>``), so the dashboard may list files
-that are gone; fetching one answers 404 with a line of text (:class:`_Served`), where the
-dashboard itself would answer 500 and print a traceback on the terminal for each click.
+lists each trial's checkpoints and the study's evaluated model (uploading and deleting them are
+writes). Downloading one is answered by :func:`sweep.dashboard_files.artifact_files`: only a
+regular file inside the store, never through a symlink, always as an ``application/octet-stream``
+attachment, whatever the (untrusted) ``artifacts:<id>`` record says. No response carries CORS
+headers (the dashboard sent ``Access-Control-Allow-Origin: *`` with every download): its own
+page is same-origin and needs none.
 
 :func:`serve` binds in the calling thread, so that a busy port or an unknown host is a one-line
-:class:`SweepError`, and serves from a daemon thread: in the main thread, wsgiref's error
-handler swallows a Ctrl-C or SIGTERM that lands during a request, and serving carries on.
+:class:`SweepError`, and serves through waitress, a maintained WSGI server (optuna-dashboard's
+docs call the standard library's wsgiref, which answers one request at a time, unsuitable for
+production use). Its event loop, in a daemon thread, reads requests and hands each whole one to
+a bounded pool of threads, so a client that sends half a request holds no thread and delays
+nobody, and a connection silent for ``idle_timeout`` seconds is closed. The calling thread
+only waits, so a Ctrl-C or SIGTERM reaches it (waitress's own loop would swallow a Ctrl-C) and
+stops the server.
 
 Note: the port in ``Host`` is not checked (an SSH tunnel may use another); the name is what a
 rebinding page cannot choose. A write without ``Origin`` (curl, a script) is not checked for
@@ -34,9 +40,9 @@ import re
 import socket
 import threading
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, BinaryIO
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+from typing import TYPE_CHECKING
 
+from sweep.dashboard_files import artifact_files, text_response
 from sweep.errors import SpecError, SweepError
 
 if TYPE_CHECKING:
@@ -44,6 +50,7 @@ if TYPE_CHECKING:
 
     import optuna
     from optuna.artifacts._protocol import ArtifactStore
+    from waitress.server import BaseWSGIServer
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +62,18 @@ LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # getaddrinfo's answers for a name that does not exist (other errors: DNS down, say).
 _NO_SUCH_HOST = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
-_STOP_TIMEOUT_S = 5.0  # how long Ctrl-C waits for the request in hand (a locked database?)
+_STOP_TIMEOUT_S = 5.0  # how long Ctrl-C waits for the requests in hand (a locked database?)
+# A connection that sends nothing for this long (an idle keep-alive, a request sent in part) is
+# closed; a browser opens another when it next asks.
+IDLE_TIMEOUT_S = 30
+# Threads answering whole requests. The dashboard's requests are short reads of the database;
+# a download is streamed by the event loop (wsgi.file_wrapper), not by a thread.
+_THREADS = 8
+_CONNECTIONS = 100  # open connections at most; more wait in the listen backlog
+# Request bodies: a read-only dashboard takes none (every write is refused after the body is
+# read); with writes, an artifact upload is a data URI that optuna-dashboard caps at 128 MiB.
+_BODY_READ_ONLY = 64 * 1024
+_BODY_WRITES = 192 * 1024 * 1024
 
 
 def allowed_hosts(host: str, *, extra_hosts: Iterable[str] = ()) -> frozenset[str]:
@@ -79,11 +97,16 @@ def guard(
     app: WSGIApplication, *, allowed_hosts: Iterable[str], allow_writes: bool = False
 ) -> WSGIApplication:
     """``app`` answering only to ``allowed_hosts`` (``[::1]:8080`` form allowed, port ignored)
-    and, unless ``allow_writes``, only to GET, HEAD and OPTIONS."""
+    and, unless ``allow_writes``, only to GET, HEAD and OPTIONS; no answer carries CORS
+    (``Access-Control-*``) headers."""
     allowed = _names(allowed_hosts)
     logged: set[str] = set()
 
-    def guarded(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    def guarded(environ: WSGIEnvironment, respond: StartResponse) -> Iterable[bytes]:
+        def start_response(status: str, headers: list, exc_info: object = None) -> object:
+            same_origin = [h for h in headers if not h[0].lower().startswith("access-control-")]
+            return respond(status, same_origin, exc_info)
+
         method = environ.get("REQUEST_METHOD", "GET").upper()
         host = environ.get("HTTP_HOST", "")
         if _host_name(host) not in allowed:
@@ -91,16 +114,18 @@ def guard(
                 logged.add(host)
                 logger.warning("refused Host %r; allowed: %s", host, ", ".join(sorted(allowed)))
             text = "this server does not answer to that host name"
-            return _refuse(start_response, method, "421 Misdirected Request", text)
+            return text_response(start_response, method, "421 Misdirected Request", text)
         if method in READ_METHODS:
             return app(environ, start_response)
         if not allow_writes:
             text = "the dashboard is read-only (it was started without allowing writes)"
             allow = [("Allow", ", ".join(sorted(READ_METHODS)))]
-            return _refuse(start_response, method, "405 Method Not Allowed", text, allow)
+            return text_response(start_response, method, "405 Method Not Allowed", text, allow)
         origin = environ.get("HTTP_ORIGIN")  # scheme://host[:port] (RFC 6454), or "null"
         if origin is not None and origin.lower().partition("://")[2] != host.lower():
-            return _refuse(start_response, method, "403 Forbidden", "cross-origin write refused")
+            return text_response(
+                start_response, method, "403 Forbidden", "cross-origin write refused"
+            )
         return app(environ, start_response)
 
     return guarded
@@ -115,6 +140,7 @@ def serve(
     extra_hosts: Iterable[str] = (),
     artifact_store: ArtifactStore | None = None,
     on_ready: Callable[[str], None] | None = None,
+    idle_timeout: int = IDLE_TIMEOUT_S,
 ) -> None:
     """Serve optuna-dashboard for ``storage`` on ``host``:``port`` until interrupted, with the
     artifacts in ``artifact_store`` (without one, the dashboard cannot show them).
@@ -122,21 +148,25 @@ def serve(
     Binds first (a one-line SweepError if it cannot; SpecError for a bad port or extra host),
     calls ``on_ready(url)`` with the URL to open (the actual port for port 0, the machine's name
     for an all-interfaces bind), and serves until an exception (KeyboardInterrupt, the CLI's
-    SIGTERM) reaches the calling thread, which stops the server and raises it again."""
+    SIGTERM) reaches the calling thread, which stops the server and raises it again. A
+    connection silent for ``idle_timeout`` seconds is closed."""
     import optuna_dashboard  # heavy, and only needed here
+    import waitress
 
     if not 0 <= port <= 65535:
         raise SpecError(f"port must be an integer in [0, 65535]; got {port}")
     hosts = allowed_hosts(host, extra_hosts=extra_hosts)
-    server = _bind(host, port)
+    sock = _bind(host, port)
     failed: list[BaseException] = []
     # Not Thread.is_alive(): a KeyboardInterrupt that lands in join() marks the thread stopped
     # while it still runs (CPython 3.11's fix for bpo-45274 releases the thread's own lock).
     stopped = threading.Event()
+    server: BaseWSGIServer | None = None
+    connections: dict = {}  # the event loop's sockets: the listening one and each client's
 
     def run() -> None:
         try:
-            server.serve_forever(poll_interval=0.5)
+            server.run()
         except BaseException as e:  # raised again in the calling thread
             failed.append(e)
         finally:
@@ -144,74 +174,65 @@ def serve(
 
     thread = threading.Thread(target=run, name="dashboard", daemon=True)
     try:
-        served = None if artifact_store is None else _Served(artifact_store)
-        app = optuna_dashboard.wsgi(storage, artifact_store=served)
-        server.set_app(guard(app, allowed_hosts=hosts, allow_writes=allow_writes))
+        app = optuna_dashboard.wsgi(storage, artifact_store=artifact_store)
+        if artifact_store is not None:
+            app = artifact_files(app, storage, artifact_store)
+        server = waitress.create_server(
+            guard(app, allowed_hosts=hosts, allow_writes=allow_writes), map=connections,
+            sockets=[sock], threads=_THREADS, connection_limit=_CONNECTIONS,
+            channel_timeout=idle_timeout, cleanup_interval=1,  # closes within ~2 s of the limit
+            max_request_body_size=_BODY_WRITES if allow_writes else _BODY_READ_ONLY,
+            asyncore_use_poll=True,  # select() fails past 1024 descriptors
+            ident="sweep dashboard",
+        )  # fmt: skip
         thread.start()
         if on_ready is not None:
             name = socket.gethostname() if _is_wildcard(host) else host
-            on_ready(f"http://{_netloc(name, server.server_address[1])}/")
+            on_ready(f"http://{_netloc(name, sock.getsockname()[1])}/")
         while not stopped.wait(0.5):  # short waits: a signal that did not wake it gets in
             pass
     finally:
-        if thread.ident is not None and not stopped.is_set():
-            # shutdown() waits for the request in hand; a stuck one must not hold up Ctrl-C.
-            threading.Thread(target=server.shutdown, daemon=True).start()
-            stopped.wait(_STOP_TIMEOUT_S)
-        if thread.ident is None or stopped.is_set():  # else the thread uses it until exit
-            server.server_close()
+        if server is None:
+            sock.close()
+        else:
+            _stop(server, connections, stopped)
     if failed:
         raise failed[0]
 
 
-class _Served:
-    """The artifact store as the dashboard uses it: a missing artifact (a deleted checkpoint
-    that its trial still lists) is a 404, not an uncaught ArtifactNotFound."""
+def _stop(server: BaseWSGIServer, connections: dict, stopped: threading.Event) -> None:
+    """Close every connection and the listening socket, in the event loop's own thread (its
+    trigger runs the closing there), which then ends; then stop the request threads, waiting
+    at most _STOP_TIMEOUT_S for the requests in hand (a stuck one must not hold up Ctrl-C)."""
+    from waitress import wasyncore
 
-    def __init__(self, store: ArtifactStore) -> None:
-        self.store = store
-
-    def open_reader(self, artifact_id: str) -> BinaryIO:
-        from bottle import HTTPError  # optuna-dashboard's web framework: it answers this one
-        from optuna.artifacts.exceptions import ArtifactNotFound
-
+    if not stopped.is_set():
         try:
-            return self.store.open_reader(artifact_id)
-        except ArtifactNotFound:
-            raise HTTPError(404, "this artifact was deleted (a replaced checkpoint?)") from None
-
-    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
-        self.store.write(artifact_id, content_body)
-
-    def remove(self, artifact_id: str) -> None:
-        self.store.remove(artifact_id)
+            server.trigger.pull_trigger(lambda: wasyncore.close_all(connections))
+        except OSError:  # the loop has closed its trigger: it is ending anyway
+            pass
+        stopped.wait(_STOP_TIMEOUT_S)
+    if not stopped.is_set():  # never run: nobody else touches the map
+        wasyncore.close_all(connections)
+    server.task_dispatcher.shutdown(timeout=_STOP_TIMEOUT_S)
 
 
-class _Server(WSGIServer):
-    """wsgiref's server for IPv4 or IPv6, with a request log at DEBUG instead of on stderr."""
-
-    def __init__(self, family: socket.AddressFamily, address: tuple) -> None:
-        self.address_family = family  # read by TCPServer.__init__ when it makes the socket
-        super().__init__(address, _QuietHandler)
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        logger.debug("%s %s", self.address_string(), format % args)
-
-
-def _bind(host: str, port: int) -> _Server:
-    """A server bound to ``host``:``port``, or a one-line SweepError saying why not."""
+def _bind(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port`` (not yet listening), or a one-line SweepError
+    saying why not."""
     where = _netloc(host, port)
     try:
-        family, _, _, _, address = _resolve(host, port)[0]
+        family, kind, proto, _, address = _resolve(host, port)[0]
     except (socket.gaierror, UnicodeError) as e:
         unknown = not isinstance(e, socket.gaierror) or e.errno in _NO_SUCH_HOST
         reason = "unknown host" if unknown else f"cannot resolve host ({e.strerror})"
         raise SweepError(f"cannot serve on {where}: {reason}") from e
+    sock = socket.socket(family, kind, proto)
     try:
-        return _Server(family, address)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart after TIME_WAIT
+        sock.bind(address)
     except OSError as e:
+        sock.close()
         reasons = {
             errno.EADDRINUSE: "address already in use (another dashboard? choose another --port)",
             errno.EADDRNOTAVAIL: "not an address of this machine (choose another --host)",
@@ -220,6 +241,7 @@ def _bind(host: str, port: int) -> _Server:
         }
         reason = reasons.get(e.errno) or (e.strerror or str(e)).lower()
         raise SweepError(f"cannot serve on {where}: {reason}") from e
+    return sock
 
 
 def _resolve(host: str, port: int | None) -> list:
@@ -256,15 +278,6 @@ def _host_name(value: str) -> str | None:
         return ipaddress.ip_address(name).compressed
     except ValueError:
         return name if re.fullmatch(r"[a-z0-9_.-]+", name) else None
-
-
-def _refuse(
-    start_response: StartResponse, method: str, status: str, text: str, headers: list = ()
-) -> list[bytes]:
-    body = f"{status}: {text}\n".encode()
-    plain = [("Content-Type", "text/plain; charset=utf-8"), ("X-Content-Type-Options", "nosniff")]
-    start_response(status, [*plain, ("Content-Length", str(len(body))), *headers])
-    return [] if method == "HEAD" else [body]
 
 
 def _netloc(host: str, port: int) -> str:

@@ -4,18 +4,14 @@ The guard is called as a WSGI app (no network) over the real dashboard and a rea
 ``serve`` is run for real on a free port, in the main thread, and stopped by a Ctrl-C.
 """
 
-import _thread
 import io
 import json
 import os
 import shutil
 import socket
-import sqlite3
 import subprocess
 import sys
-import threading
-import urllib.error
-import urllib.request
+import time
 from pathlib import Path
 from wsgiref.util import setup_testing_defaults
 
@@ -25,27 +21,12 @@ import pytest
 
 from sweep.dashboard import LOCAL_HOSTS, allowed_hosts, guard, serve
 from sweep.errors import SpecError, SweepError
-from tests.sweep.helpers import start_cli, wait_for
+from tests.sweep.dashboard_helpers import dump, fetch, request, serving, storage, study_db
 
 
 @pytest.fixture
 def db(tmp_path) -> Path:
-    """A SQLite database holding one study, "g" (id 1): trial 1 complete, trial 2 running."""
-    path = tmp_path / "s.db"
-    study = optuna.create_study(storage=f"sqlite:///{path}", study_name="g")
-    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=1.0))
-    study.ask()  # trial 2, running
-    return path
-
-
-def storage(db: Path) -> optuna.storages.RDBStorage:
-    return optuna.storages.RDBStorage(f"sqlite:///{db}")
-
-
-def dump(db: Path) -> list[str]:
-    """Everything in the database, as SQL."""
-    with sqlite3.connect(db) as conn:
-        return list(conn.iterdump())
+    return study_db(tmp_path)
 
 
 def names(db: Path) -> list[str]:
@@ -174,42 +155,6 @@ def test_a_malformed_extra_host_is_a_spec_error(extra):
 
 # --- serve, end to end ----------------------------------------------------------------------
 
-NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def request(url, method="GET", *, host=None, origin=None):
-    headers = {k: v for k, v in [("Host", host), ("Origin", origin)] if v is not None}
-    req = urllib.request.Request(url, method=method, headers=headers)
-    try:
-        with NO_PROXY.open(req, timeout=10) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        with e:
-            return e.code, e.read()
-
-
-def serving(db, client, **kw):
-    """``client(url)`` run against ``serve`` (in this, the main thread), then a Ctrl-C; returns
-    its result and the interrupt, whose traceback keeps ``serve``'s frame (and server) alive."""
-    result = {}
-
-    def on_ready(url):
-        def run():
-            try:
-                result["value"] = client(url)
-            except BaseException as e:
-                result["error"] = e
-            finally:
-                _thread.interrupt_main()
-
-        threading.Thread(target=run, daemon=True).start()
-
-    with pytest.raises(KeyboardInterrupt) as interrupt:
-        serve(storage(db), host="127.0.0.1", port=0, on_ready=on_ready, **kw)
-    if "error" in result:
-        raise result["error"]
-    return result["value"], interrupt
-
 
 def test_serve_is_read_only_and_answers_only_to_local_names(db):
     before = dump(db)
@@ -302,80 +247,64 @@ def test_a_port_out_of_range_is_a_spec_error(db, port):
         serve(storage(db), host="127.0.0.1", port=port, on_ready=pytest.fail)
 
 
-# --- artifacts ------------------------------------------------------------------------------
+# --- same origin ----------------------------------------------------------------------------
 
 
-def with_artifacts(db: Path, folder: Path) -> tuple[str, str]:
-    """Two checkpoint-like artifacts uploaded to trial 2 of ``db`` into the store at
-    ``folder``, the second then deleted as sweep deletes a replaced checkpoint (optuna keeps
-    its ``artifacts:<id>`` meta data on the trial); (kept id, deleted id)."""
-    from optuna.artifacts import upload_artifact
+def test_no_answer_carries_cors_headers(db):
+    """optuna-dashboard sent ``Access-Control-Allow-Origin: *`` with every artifact: any web
+    page could read what the dashboard serves. The guard drops every CORS header."""
 
-    from sweep.artifacts import open_store
+    def cors(environ, start_response):
+        headers = [("Content-Type", "text/plain"), ("Access-Control-Allow-Origin", "*")]
+        start_response("200 OK", [*headers, ("access-control-allow-credentials", "true")])
+        return [b"x"]
 
-    store, rdb = open_store(str(folder)), storage(db)
-    ids = []
-    for epoch in (1, 2):
-        path = folder.parent / f"trial-1-epoch-{epoch}.npz"
-        path.write_bytes(ARTIFACT * epoch)
-        trial = rdb.get_trial(2)  # running: optuna uploads only to a running trial
-        ids.append(upload_artifact(artifact_store=store, file_path=str(path),
-                                   study_or_trial=trial, storage=rdb))  # fmt: skip
-    store.remove(ids[1])
-    return ids[0], ids[1]
-
-
-ARTIFACT = bytes(range(256)) * 40  # not text, not one chunk of a small read
-
-
-def test_serve_lists_and_serves_a_trials_artifacts_read_only(db, tmp_path, capfd):
-    from sweep.artifacts import open_store
-
-    kept, deleted = with_artifacts(db, tmp_path / "artifacts")
-    before = dump(db)
+    status, headers, _ = call(guard(cors, allowed_hosts=LOCAL_HOSTS), "GET", "/")
+    assert status == 200 and headers == {"Content-Type": "text/plain"}
 
     def client(url):
-        return (
-            json.loads(request(url + "api/studies/1")[1]),
-            request(url + f"artifacts/1/2/{kept}"),
-            request(url + f"artifacts/1/2/{deleted}"),
-            request(url + "api/artifacts/1/2", "POST"),
-            request(url + f"api/artifacts/1/2/{kept}", "DELETE"),
-        )
+        return [fetch(url + path) for path in ["", "api/studies", "api/studies/1", "nothing"]]
 
-    store = open_store(str(tmp_path / "artifacts"), read_only=True)
-    (detail, got, gone, upload, delete), _ = serving(db, client, artifact_store=store)
-    listed = {a["artifact_id"]: a["filename"] for a in detail["trials"][1]["artifacts"]}
-    assert listed == {kept: "trial-1-epoch-1.npz", deleted: "trial-1-epoch-2.npz"}
-    assert got == (200, ARTIFACT)  # the stored bytes, through the dashboard's artifact route
-    assert gone[0] == 404 and b"this artifact was deleted" in gone[1]
-    assert "Traceback" not in capfd.readouterr().err  # (the dashboard's own 500 prints one)
-    assert upload[0] == delete[0] == 405 and dump(db) == before
-    assert (tmp_path / "artifacts" / kept).read_bytes() == ARTIFACT
+    answers, _ = serving(db, client)
+    assert [a[0] for a in answers] == [200, 200, 200, 404]
+    assert not [k for _, h, _ in answers for k in h if k.lower().startswith("access-control-")]
 
 
-def test_sweep_dashboard_serves_the_store_beside_the_database_or_the_given_one(db, tmp_path):
-    given, _ = with_artifacts(db, tmp_path / "artifacts")
-    (tmp_path / "artifacts").rename(tmp_path / "given")
-    beside, _ = with_artifacts(db, tmp_path / "artifacts")  # the default: beside s.db
-    got = {}
-    for args, artifact in [([], beside), (["--artifacts", str(tmp_path / "given")], given)]:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        base = f"http://127.0.0.1:{port}/"
-        proc = start_cli("dashboard", "--storage", f"sqlite:///{db}", "--port", str(port), *args)
-        try:
-            wait_for(lambda base=base: _up(base), timeout=60)
-            got[artifact] = request(base + f"artifacts/1/2/{artifact}")
-        finally:
-            proc.terminate()
-            proc.communicate(timeout=30)
-    assert got == {beside: (200, ARTIFACT), given: (200, ARTIFACT)}
+# --- many clients ---------------------------------------------------------------------------
+
+HALF_A_REQUEST = b"GET /api/studies HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
 
 
-def _up(base: str) -> bool:
-    try:
-        return request(base + "api/studies")[0] == 200
-    except OSError:  # not listening yet
-        return False
+def half_sent(url: str) -> socket.socket:
+    """A connection that sent part of a request and says nothing more."""
+    host, port = url.removeprefix("http://").strip("/").rsplit(":", 1)
+    slow = socket.create_connection((host, int(port)), timeout=10)
+    slow.sendall(HALF_A_REQUEST)
+    return slow
+
+
+def test_a_client_that_sends_half_a_request_delays_nobody(db):
+    """wsgiref answered one connection at a time: one half-sent request stopped the dashboard
+    for everybody, with no timeout."""
+
+    def client(url):
+        with half_sent(url), half_sent(url):
+            time.sleep(0.5)  # the server has taken both connections in
+            return request(url + "api/studies")  # urllib gives up after 10 s
+
+    (status, body), _ = serving(db, client)
+    assert status == 200 and b'"g"' in body
+
+
+def test_a_silent_connection_is_closed_after_the_idle_timeout(db):
+    def client(url):
+        with half_sent(url) as slow:
+            start = time.monotonic()
+            try:
+                got = slow.recv(1024)  # b"" when the server closes it; 10 s at most
+            except TimeoutError:
+                got = "still open after 10 s"
+            return got, time.monotonic() - start
+
+    (got, waited), _ = serving(db, client, idle_timeout=1)
+    assert got == b"" and waited < 10
