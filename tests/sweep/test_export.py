@@ -174,8 +174,10 @@ def test_a_new_evaluate_replaces_the_previous_evaluates_model(ran, tmp_path):
 
 
 # What another client may have left in `evaluated_model`: nothing of it may be deleted unless
-# it names a plain artifact uploaded to the study ("{up}": one planted with its attribute), and
-# never the best model (even one that another client also named as a study artifact).
+# it names an artifact of sweep's form uploaded to the study ("{up}": one planted with its
+# attribute), and never the best model (even one that another client also named as a study
+# artifact). A name of another form, even named on the study, stays (test_checkpoint_forged).
+PLANTED = "6f1c1a52-8a4e-4d2b-9a55-2f0c6b9e7d10"  # an older evaluate's artifact
 BAD_RECORDS = {
     "not an object": "[1, 2]",
     "not JSON": "{",
@@ -195,19 +197,19 @@ def test_an_untrusted_evaluated_model_deletes_only_a_study_artifact(ran, tmp_pat
     kept = _kept(url)["artifact_id"]
     study = load(url, "g")
     (store / "stray").write_bytes(b"another client's")
-    (store / "planted-0").write_bytes(b"an older evaluate's")
-    for planted in ("planted-0", kept):
+    (store / PLANTED).write_bytes(b"an older evaluate's")
+    for planted in (PLANTED, kept):
         study._storage.set_study_system_attr(study._study_id, f"artifacts:{planted}", "{}")
-    text = BAD_RECORDS[case].replace("{kept}", kept).replace("{up}", "planted-0")
+    text = BAD_RECORDS[case].replace("{kept}", kept).replace("{up}", PLANTED)
     with sqlite3.connect(tmp_path / "db.sqlite") as conn:
         conn.execute("INSERT INTO study_system_attributes (study_id, key, value_json) "
                      "VALUES (?, ?, ?)", (study._study_id, best.EVALUATED_MODEL, text))  # fmt: skip
     conn.close()
     before = set(os.listdir(store))
     new = best.upload(study, open_store(str(store)), MLP(4, 4), {"trial": 0})  # no retraining
-    replaced = {"planted-0"} if "{up}" in BAD_RECORDS[case] else set()
+    replaced = {PLANTED} if "{up}" in BAD_RECORDS[case] else set()
     assert set(os.listdir(store)) == (before | set(new)) - replaced
-    assert _study_artifacts(url) == {"planted-0", kept, *new} - replaced
+    assert _study_artifacts(url) == {PLANTED, kept, *new} - replaced
     assert (tmp_path / "db.sqlite").is_file() and (store / kept).is_file()
 
 
