@@ -320,8 +320,12 @@ def _fits(env: Env) -> str:
 def test_a_forged_finished_checkpoint_is_refused_and_the_trial_trains(tmp_path, caplog, lie):
     env = Env(tmp_path)
     trial_id = env.enqueue()
-    fits = _fits(env) if lie == "accuracy" else "sweep-fits/1:" + "0" * 64
-    _forged_finished(env, trial_id, fits=fits, claimed=1.0)  # "100% validation"
+    # Each lie alone: a wrong digest with numbers its weights do give, or the right digest
+    # with "100% validation".
+    if lie == "digest":
+        _forged_finished(env, trial_id, fits="sweep-fits/1:" + "0" * 64, claimed=None)
+    else:
+        _forged_finished(env, trial_id, fits=_fits(env), claimed=1.0)
     with caplog.at_level(logging.WARNING):
         done = env.serve()
     [warning] = _warnings(caplog)

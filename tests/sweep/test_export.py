@@ -237,6 +237,8 @@ BAD_POINTERS = {
     "a trial number of 2**64": '{"artifact_id": "{id}", "trial": 18446744073709551616}',
     "an artifact that is not in the store": '{"artifact_id": "nosuch", "trial": {trial}}',
     "another trial of the same architecture": '{"artifact_id": "{id}", "trial": {other}}',
+    # A name not of sweep's form is never read, even of a file that holds the right model.
+    "a copy of the model under another name": '{"artifact_id": "copy.npz", "trial": {trial}}',
 }
 
 
@@ -260,6 +262,10 @@ def test_a_missing_or_untrusted_best_model_is_one_line(ran, tmp_path, case):
             conn.execute("UPDATE study_system_attributes SET value_json = ? " + where[0],
                          (value, *where[1]))  # fmt: skip
     conn.close()
+    if "copy.npz" in (value or ""):
+        shutil.copytree(store, tmp_path / "store")
+        store = tmp_path / "store"
+        shutil.copy(store / kept["artifact_id"], store / "copy.npz")
     out = run_cli("export", "g", "--out", str(tmp_path / "m.npz"), "--storage", url,
                   "--artifacts", str(store))  # fmt: skip
     assert out.returncode == 1, out.stderr
@@ -270,6 +276,8 @@ def test_a_missing_or_untrusted_best_model_is_one_line(ran, tmp_path, case):
     assert out.stderr.endswith("; retrain and upload it with: sweep evaluate STUDY.toml\n")
     if case == "another trial of the same architecture":
         assert "does not reproduce trial" in out.stderr
+    if "copy.npz" in (value or ""):
+        assert "best_model names 'copy.npz', not an artifact id sweep writes" in out.stderr
     assert not list(tmp_path.glob("m.*"))
 
 
