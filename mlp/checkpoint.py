@@ -2,8 +2,9 @@
 
 A training checkpoint (``save_state``/``load_state``) is one .npz of plain arrays: the weights,
 the momentum buffers, every epoch's metrics as a float64 table, and a JSON document for the
-rest (epoch, patience bookkeeping, the random generator's state) stored as UTF-8 bytes padded
-to a fixed size, so that its .npy header can be checked like any other member's. The metrics
+rest (epoch, patience bookkeeping, the random generator's state, what the state was trained
+for) stored as UTF-8 bytes padded to a fixed size, so that its .npy header can be checked like
+any other member's. The metrics
 are a table, not JSON, so that they are exact and their size is known from the epoch (the
 JSON of 10,000 epochs would take over 1 MiB, more than the read allows beyond the arrays).
 No pickle is written or read. A trained model (``MLP.save``/``MLP.load``) is a .npz of its
@@ -37,7 +38,11 @@ from mlp.model import MLP, N_CLASSES, N_INPUTS, parameter_count
 if TYPE_CHECKING:
     from mlp.train import EpochMetrics
 
-STATE_FORMAT = "mlp-train-state/1"
+STATE_FORMAT = "mlp-train-state/2"
+#: The format before ``fits`` (read as ``fits = ""``: fits nothing a caller names).
+_STATE_FORMAT_1 = "mlp-train-state/1"
+#: At most this many characters of ``fits`` (a caller's digest takes 64).
+MAX_FITS = 256
 MODEL_FORMAT = "mlp-model/1"
 # The JSON part of a training checkpoint, padded with spaces: a PCG64 state and the scalars
 # take ~300 bytes, so 4 KiB leaves room without making the member's shape vary.
@@ -68,6 +73,10 @@ class TrainState:
     best: float  # patience bookkeeping: best validation accuracy so far
     since_best: int  #   and epochs since it
     history: list[EpochMetrics]  # every completed epoch's metrics, in order
+    # What the state was trained for, as its caller names it (opaque here; e.g. a digest of the
+    # run's settings): a caller that resumes compares it with its own, since a file may come
+    # from anywhere. At most MAX_FITS characters.
+    fits: str = ""
 
 
 # --- Training state --------------------------------------------------------------------------
@@ -83,7 +92,11 @@ def save_state(state: TrainState, path: str | os.PathLike) -> None:
         "since_best": state.since_best,
         "velocity": state.velocity is not None,
         "rng": state.rng,
+        "fits": state.fits,
     }
+    if not isinstance(state.fits, str) or len(state.fits) > MAX_FITS:
+        raise ValueError(f"a training state's fits must be a string of at most {MAX_FITS} "
+                         "characters")  # fmt: skip
     text = json.dumps(doc, allow_nan=False).encode()
     if len(text) > STATE_JSON_BYTES:
         raise ValueError(f"a training state's JSON of {len(text)} bytes, over {STATE_JSON_BYTES}")
@@ -123,6 +136,7 @@ def load_state(path: str | os.PathLike, *, like: MLP) -> TrainState:
         best=float(doc["best"]),
         since_best=doc["since_best"],
         history=history,
+        fits=doc.get("fits", ""),
     )
 
 
@@ -137,8 +151,14 @@ def _state_doc(raw: np.ndarray) -> dict[str, Any]:
     """The JSON part of a checkpoint, checked to be what save_state writes."""
     doc = _json_object(raw.tobytes(), "the JSON part")
     keys = {"format", "epoch", "best", "since_best", "velocity", "rng"}
-    if doc.keys() != keys or doc["format"] != STATE_FORMAT:
+    if not (
+        (doc.keys() == keys | {"fits"} and doc["format"] == STATE_FORMAT)
+        or (doc.keys() == keys and doc["format"] == _STATE_FORMAT_1)
+    ):
         raise _formats.Refused(f"got a JSON part that is not {STATE_FORMAT}")
+    fits = doc.get("fits", "")
+    if not (isinstance(fits, str) and len(fits) <= MAX_FITS):
+        raise _formats.Refused(f"got fits {_shown(fits)}, not a string of at most {MAX_FITS}")
     epoch, since_best, best = doc["epoch"], doc["since_best"], doc["best"]
     if not (_is_int(epoch) and 0 <= epoch <= MAX_EPOCHS):
         raise _formats.Refused(f"got epoch {_shown(epoch)}, not an integer in 0..{MAX_EPOCHS}")

@@ -13,6 +13,17 @@ A folder store writes atomically (``_AtomicFolder``): optuna's ``FileSystemArtif
 the file in place, so a kill or a full disk during an upload would leave a truncated checkpoint
 or model under its final name for a resuming worker, ``sweep export`` or the dashboard to read.
 (An S3 object appears only once its upload completes.)
+
+Sweep names its artifacts ``str(uuid.uuid4())`` (``upload``): 36 characters, lowercase hex,
+version 4 (``SWEEP_ID``). The database is shared and untrusted, so an artifact id read from it
+is read or deleted only in that exact form (``is_sweep_id``), and deleted only by ``remove``;
+which of those ids belong to a trial is ``sweep.cleanup``'s question. A folder store reads and
+deletes only regular files and never follows a symbolic link (sweep writes none).
+
+Note: optuna's own ``upload_artifact`` names artifacts the same way, so another optuna
+client's artifact in the same store has sweep's form: what protects it is that sweep deletes
+only what is named on the trial it cleans up (``sweep.cleanup``), a name anyone who can write
+the database can forge. Files of any other name (a user's ``notes.txt``, ``../x``) never are.
 """
 
 from __future__ import annotations
@@ -21,16 +32,19 @@ import contextlib
 import dataclasses
 import glob
 import json
+import logging
 import mimetypes
 import os
 import re
 import shutil
+import stat
 import urllib.parse
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from optuna.artifacts import ArtifactMeta, FileSystemArtifactStore
+from optuna.artifacts.exceptions import ArtifactNotFound
 
 from sweep.errors import SpecError, StorageError
 from sweep.storage import root_message
@@ -41,7 +55,16 @@ if TYPE_CHECKING:
     from optuna.artifacts._protocol import ArtifactStore
     from optuna.storages import BaseStorage
 
+logger = logging.getLogger(__name__)
+
 ARTIFACTS_ENV = "SWEEP_ARTIFACTS"
+#: The form of the ids sweep gives its artifacts: ``str(uuid.uuid4())``, canonical (lowercase,
+#: hyphenated), version 4, RFC 4122 variant. Nothing else read from the database is touched.
+SWEEP_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+#: Sweep's form of an artifact id, for messages.
+SWEEP_FORM = "a lowercase uuid4"
+#: A folder store's temporary file of an artifact (``_AtomicFolder.write``).
+_TEMPORARY = re.compile(r"\.(?P<id>.+)\.[0-9a-f]{32}\.tmp")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _FORMS = "a folder, file:///folder or s3://bucket/prefix"
 #: An S3 client's connection: a dead endpoint fails in seconds rather than after boto3's
@@ -112,6 +135,37 @@ def open_store(url: str, *, read_only: bool = False) -> ArtifactStore:
     return _AtomicFolder(folder)
 
 
+def is_sweep_id(artifact_id: object) -> bool:
+    """Whether ``artifact_id`` (read from the database: anything) has the form of the ids sweep
+    gives its artifacts (``SWEEP_ID``)."""
+    return isinstance(artifact_id, str) and SWEEP_ID.fullmatch(artifact_id) is not None
+
+
+def remove(store: ArtifactStore, artifact_id: str, *, what: str = "checkpoint") -> bool:
+    """Delete one of sweep's artifacts; whether it is gone (a store that fails only leaves a
+    file: one warning). An id not of sweep's form (``is_sweep_id``) is left as it is, with one
+    warning: the caller has checked that the artifact is its own, this is the last guard."""
+    if not is_sweep_id(artifact_id):
+        logger.warning("%s %s: not an artifact id sweep writes (%s); left as it is", what,
+                       shown(artifact_id), SWEEP_FORM)  # fmt: skip
+        return False
+    try:
+        store.remove(artifact_id)
+    except ArtifactNotFound:
+        pass
+    except Exception as e:  # a leftover file is not worth a failed trial
+        logger.warning("could not delete %s %s: %s", what, artifact_id, root_message(e))
+        return False
+    return True
+
+
+def shown(value: object) -> str:
+    """A value from the database for a log line: its repr (control characters escaped), cut
+    short."""
+    text = repr(value)
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
 class _AtomicFolder(FileSystemArtifactStore):
     """optuna's folder store whose ``write`` is atomic: the body goes to a temporary file in the
     artifact's own folder, is flushed and fsynced, then renamed to the artifact's name
@@ -123,11 +177,30 @@ class _AtomicFolder(FileSystemArtifactStore):
     folder, is a ValueError since optuna PR #6432, in 5.0) and the store still is a
     ``FileSystemArtifactStore`` to anyone who asks.
 
-    A process killed mid-write leaves its temporary file (``.<id>.<random>.tmp``); ``remove``
+    A process killed mid-write leaves its temporary file (``.<id>.<32 hex>.tmp``); ``remove``
     deletes those of its id with the artifact (sweep names every artifact in the database
     before writing it, so the trial's end removes its id). The folder's own entry is fsynced
     after the rename where the file system allows it.
+
+    Only regular files are read or deleted, and a symbolic link never is (``O_NOFOLLOW``,
+    ``lstat``): sweep writes none, so one under an artifact's name is someone else's and may
+    point anywhere.
     """
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        path = self._get_filepath(artifact_id)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK)
+        except FileNotFoundError as e:
+            raise ArtifactNotFound("not found") from e
+        except OSError as e:  # ELOOP: a symbolic link
+            if os.path.islink(path):
+                raise _not_a_file(artifact_id, "a symbolic link") from e
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a folder, a FIFO (O_NONBLOCK: no wait)
+            os.close(fd)
+            raise _not_a_file(artifact_id, "not a regular file")
+        return os.fdopen(fd, "rb")
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
         path = self._get_filepath(artifact_id)  # optuna's checks, as its reader's
@@ -148,9 +221,20 @@ class _AtomicFolder(FileSystemArtifactStore):
 
     def remove(self, artifact_id: str) -> None:
         path = self._get_filepath(artifact_id)
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError as e:
+            raise ArtifactNotFound("not found") from e
+        if not stat.S_ISREG(mode):
+            raise _not_a_file(artifact_id, "a symbolic link" if stat.S_ISLNK(mode) else
+                              "not a regular file")  # fmt: skip
         for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            match = _TEMPORARY.fullmatch(leftover.name)
+            if match is None or match["id"] != path.name:
+                continue  # another name's, or not of write's form
             with contextlib.suppress(OSError):
-                leftover.unlink()
+                if stat.S_ISREG(leftover.lstat().st_mode):
+                    leftover.unlink()
         super().remove(artifact_id)
 
 
@@ -195,6 +279,16 @@ def upload(
     with path.open("rb") as body:
         store.write(artifact_id, body)
     return artifact_id
+
+
+class ForeignArtifact(ValueError):
+    """A folder store's artifact that is not a regular file (a symbolic link, a folder): not
+    one sweep wrote, so never read or deleted, and not a bad checkpoint of sweep's either."""
+
+
+def _not_a_file(artifact_id: str, what: str) -> ForeignArtifact:
+    return ForeignArtifact(f"artifact {artifact_id} is {what}, not a file sweep wrote; left as "
+                           "it is")  # fmt: skip
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -259,16 +353,27 @@ def _s3_message(e: Exception, bucket: str) -> str:
 
 class _Prefixed:
     """An artifact store whose ids live under ``prefix/`` (optuna's S3 store has no prefix):
-    many studies, or other data, can share one bucket."""
+    many studies, or other data, can share one bucket.
+
+    An id is a plain name (``sweep.queue.ARTIFACT_ID``: no ``/``, no leading ``.``), checked as
+    optuna's folder store checks its ids (ValueError ``Invalid artifact_id``): an S3 key is any
+    string, and ``prefix/../x`` or ``prefix/other/x`` would reach another prefix's objects."""
 
     def __init__(self, store: ArtifactStore, prefix: str) -> None:
         self.store, self.prefix = store, f"{prefix}/" if prefix else ""
 
+    def _key(self, artifact_id: str) -> str:
+        from sweep.queue import ARTIFACT_ID  # (it loads optuna's table models)
+
+        if not isinstance(artifact_id, str) or not ARTIFACT_ID.fullmatch(artifact_id):
+            raise ValueError(f"Invalid artifact_id: {artifact_id!r}")
+        return self.prefix + artifact_id
+
     def open_reader(self, artifact_id: str) -> BinaryIO:
-        return self.store.open_reader(self.prefix + artifact_id)
+        return self.store.open_reader(self._key(artifact_id))
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
-        self.store.write(self.prefix + artifact_id, content_body)
+        self.store.write(self._key(artifact_id), content_body)
 
     def remove(self, artifact_id: str) -> None:
-        self.store.remove(self.prefix + artifact_id)
+        self.store.remove(self._key(artifact_id))

@@ -16,9 +16,10 @@ Everything read from the database is untrusted: the ``best_model`` pointer, the 
 the stored spec and the artifact itself are checked, and anything that does not hold together
 is one SweepError line (the artifact must also reproduce the trial's value: its last epoch's
 validation accuracy, stored in the checkpoint, is the trial's value exactly). An
-``evaluated_model`` that is malformed deletes nothing; one is deleted only if its ids are plain
-names (``sweep.queue.pointer``) of artifacts uploaded to the study itself, never a trial's
-checkpoint or the ``best_model``.
+``evaluated_model`` that is malformed deletes nothing; one is deleted only if its ids have
+sweep's form (``sweep.artifacts.is_sweep_id``) and name artifacts uploaded to the study itself
+(``artifacts:<id>`` on the study), never a trial's checkpoint or the ``best_model``; a
+``best_model`` of another form is never read.
 """
 
 from __future__ import annotations
@@ -112,6 +113,9 @@ def export(study: optuna.Study, store: ArtifactStore, out: Path, *, where: str) 
     seed = trial_seed(spec.seed, trial.params)
     model, _ = build_model_and_config(settings, seed)
     artifact = kept["artifact_id"]
+    if not artifacts.is_sweep_id(artifact):  # another client's name: never read
+        raise missing(f"best_model names {printable(artifact, 80)!r}, not an artifact id sweep "
+                      f"writes ({artifacts.SWEEP_FORM})")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="sweep-export-") as folder:
         path = Path(folder, "best.npz")
         try:
@@ -186,15 +190,8 @@ def _replace_evaluated(
             artifact in protected or tb.ARTIFACT_PREFIX + artifact not in raw
         ):  # not uploaded to the study
             continue
-        try:
-            store.remove(artifact)
-        except optuna.artifacts.exceptions.ArtifactNotFound:
-            pass
-        except Exception as e:
-            logger.warning("could not delete the previous evaluated model's artifact %s: %s",
-                           artifact, _line(e))  # fmt: skip
-            continue
-        gone.append(tb.ARTIFACT_PREFIX + artifact)
+        if artifacts.remove(store, artifact, what="the previous evaluated model's artifact"):
+            gone.append(tb.ARTIFACT_PREFIX + artifact)
     if gone:
         attrs = tb.study_system_attrs
         try:

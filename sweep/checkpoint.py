@@ -22,10 +22,27 @@ Each artifact is named on its trial (optuna's system attribute ``artifacts:<id>`
 optuna-dashboard lists) and that name committed before its bytes are written
 (``sweep.artifacts.upload``), so that a worker killed at any moment leaves no file that the
 database does not name (``sweep.cleanup`` deletes them by their names).
+
+A checkpoint proves it fits before a trial goes on from it, since the database and the store
+are shared with other clients: ``resume_from`` must name an artifact of sweep's form that is
+named on the trial or on the dead trials it took over (``sweep.cleanup.owned``), the state
+must carry the digest of the trial's training settings and parameters (``fits_of``, written
+into every checkpoint), its patience bookkeeping must follow from its history, and its weights,
+measured again on the validation split, must give exactly the validation accuracy its last
+epoch claims (evaluation is deterministic for the same weights, dtype and BLAS thread count,
+which is the study's). Anything else is one warning and training from epoch 1, so a state can
+complete a trial without running an epoch only with its numbers measured again.
+
+Note: the digest is not a secret: whoever can write the store can write a state that fits and
+holds other weights; its value is then what those weights measure, not a claimed one. Only the
+last epoch is measured again: the earlier epochs' reported values are the file's.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import math
 import os
@@ -34,10 +51,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import optuna
 from optuna.artifacts import download_artifact
 
-from sweep.artifacts import upload
+from sweep.artifacts import ForeignArtifact, is_sweep_id, remove, shown, upload
+from sweep.cleanup import NOT_OURS, clear_predecessors, owned
 from sweep.errors import SpecError
 from sweep.queue import CHECKPOINT, RESUMED_FROM, pointer
 from sweep.storage import root_message
@@ -45,7 +64,9 @@ from sweep.storage import root_message
 if TYPE_CHECKING:
     from optuna.artifacts._protocol import ArtifactStore
 
-    from mlp import MLP, TrainConfig, TrainState
+    from mlp import MLP, Dataset, TrainConfig, TrainState
+    from sweep.settings import TrainSettings
+    from sweep.spec import StudySpec
 
 logger = logging.getLogger(__name__)
 
@@ -85,16 +106,19 @@ def system_attrs(trial: optuna.Trial) -> dict[str, Any]:
     return trial.storage.get_trial(trial._trial_id).system_attrs
 
 
-def remove(store: ArtifactStore, artifact_id: str) -> bool:
-    """Delete an artifact; whether it is gone (a store that fails only leaves a file)."""
-    try:
-        store.remove(artifact_id)
-    except optuna.artifacts.exceptions.ArtifactNotFound:
-        pass
-    except Exception as e:  # a leftover file is not worth a failed trial
-        logger.warning("could not delete checkpoint %s: %s", artifact_id, root_message(e))
-        return False
-    return True
+def fits_of(spec: StudySpec, settings: TrainSettings, seed: int, params: dict[str, Any]) -> str:
+    """What a trial's checkpoints are trained for: the SHA-256 of its training settings, seed
+    and parameters and of what else shapes its numbers (the training size, the BLAS thread
+    count). Written into each of its checkpoints (``TrainState.fits``) and compared on resume."""
+    key = {
+        "settings": dataclasses.asdict(settings),
+        "seed": seed,
+        "params": params,
+        "train_size": spec.train_size,
+        "threads": spec.threads,
+    }
+    text = json.dumps(key, sort_keys=True, allow_nan=False)
+    return "sweep-fits/1:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 # -- one trial's checkpoints --------------------------------------------------------------------
@@ -103,8 +127,8 @@ def remove(store: ArtifactStore, artifact_id: str) -> bool:
 class Checkpoints:
     """The checkpoints of one running trial: resume from one, write them, rotate them."""
 
-    def __init__(self, store: ArtifactStore, trial: optuna.Trial) -> None:
-        self.store, self.trial = store, trial
+    def __init__(self, store: ArtifactStore, trial: optuna.Trial, *, fits: str) -> None:
+        self.store, self.trial, self.fits = store, trial, fits  # fits: ``fits_of`` the trial
         self.current: str | None = None  # the artifact the trial's ``checkpoint`` names
         self.stale: list[str] = []  # replaced; deleted once the replacement is in the database
         self.epoch = 0  # the epoch of ``current``
@@ -116,12 +140,13 @@ class Checkpoints:
         self._warned = False
         self.every, self.share = policy()
 
-    def resume(self, model: MLP, config: TrainConfig) -> TrainState | None:
-        """The training state the trial's ``resume_from`` names, checked against ``model``
-        and ``config`` (the run it belongs to), or None: nothing to resume from, or it could
-        not be used (one warning line; the trial then trains from its first epoch)."""
+    def resume(self, model: MLP, config: TrainConfig, data: Dataset) -> TrainState | None:
+        """The training state the trial's ``resume_from`` names, checked against ``model``,
+        ``config`` (the run it belongs to), ``self.fits`` and ``data``'s validation split (its
+        weights measured again: call it with the study's BLAS thread count), or None: nothing
+        to resume from, or it could not be used (one warning line; the trial then trains from
+        its first epoch). ``model`` keeps its weights."""
         from mlp import CheckpointError, load_state
-        from sweep.cleanup import clear_predecessors  # (it imports this module)
 
         attrs = system_attrs(self.trial)
         given = attrs.get(RESUMED_FROM)
@@ -134,6 +159,10 @@ class Checkpoints:
             logger.warning("%s: resume_from is malformed; training from epoch 1", where)
             return None
         artifact = found["artifact_id"]
+        if not is_sweep_id(artifact) or artifact not in owned(self.trial, attrs):
+            logger.warning("%s from checkpoint %s: %s; left as it is, training from epoch 1",
+                           where, shown(artifact), NOT_OURS)  # fmt: skip
+            return None
         path = Path(self._folder.name, f"resume-{artifact}.npz")
         try:
             download_artifact(artifact_store=self.store, file_path=str(path), artifact_id=artifact)
@@ -142,10 +171,15 @@ class Checkpoints:
                 raise ValueError(f"it holds {state.epoch} epochs of a run of {config.epochs}")
             if bool(config.momentum) != (state.velocity is not None):
                 raise ValueError("its momentum buffers do not fit the run's momentum")
+            if state.fits != self.fits:
+                raise ValueError("it was saved for other training settings or parameters "
+                                 "(or by a sweep before checkpoints named them)")  # fmt: skip
+            _check_measured(state, model, config, data)
         except Exception as e:  # missing, corrupt, another network, the store unreachable
             logger.warning("%s from checkpoint %s (%s); training from epoch 1", where, artifact,
                            (root_message(e).splitlines() or [""])[0][:300])  # fmt: skip
-            if isinstance(e, CheckpointError | ValueError):  # a bad file: of no use to anyone
+            if isinstance(e, CheckpointError | ValueError) and not isinstance(e, ForeignArtifact):
+                # A bad file of sweep's: of no use to anyone.
                 self.stale.append(artifact)  # (a store that is down may hold it yet)
             return None
         finally:
@@ -171,7 +205,7 @@ class Checkpoints:
         start = time.perf_counter()
         path = Path(self._folder.name, f"trial-{self.trial.number}-epoch-{state.epoch}.npz")
         try:
-            save_state(state, path)
+            save_state(dataclasses.replace(state, fits=self.fits), path)
             artifact = upload(
                 self.store, self.trial.storage, path, trial_id=self.trial._trial_id,
                 named=lambda: _flush(self.trial),
@@ -217,6 +251,34 @@ class Checkpoints:
         successor decides."""
         self._drop_stale()
         self._folder.cleanup()
+
+
+def _check_measured(state: TrainState, model: MLP, config: TrainConfig, data: Dataset) -> None:
+    """ValueError unless ``state``'s patience bookkeeping follows from its history as ``fit``
+    keeps it, and its weights give, on ``data``'s validation split, exactly the validation
+    accuracy its last epoch claims (measured as ``fit`` measures an epoch). ``model`` lends
+    its arrays and gets its own weights back."""
+    best, since_best = -1.0, 0
+    for m in state.history:  # as mlp.train.fit
+        best, since_best = (
+            (m.valid_accuracy, 0) if m.valid_accuracy > best else (best, since_best + 1)
+        )
+    if (best, since_best) != (state.best, state.since_best):
+        raise ValueError("its patience bookkeeping does not follow from its history")
+    own = [p.copy() for p in model.params]
+    try:
+        for p, q in zip(model.params, state.params, strict=True):
+            p[...] = q
+        with np.errstate(all="ignore"):  # any weights: a wrong number is the answer, not a warning
+            _, accuracy = model.evaluate(np.asarray(data.valid.x, dtype=model.dtype), data.valid.y,
+                                         batch_size=config.eval_batch_size)  # fmt: skip
+    finally:
+        for p, q in zip(model.params, own, strict=True):
+            p[...] = q
+    claimed = state.history[-1].valid_accuracy
+    if accuracy != claimed:
+        raise ValueError(f"its weights measure {100 * accuracy:.4f}% validation accuracy, not the "
+                         f"{100 * claimed:.4f}% its epoch {state.epoch} claims")  # fmt: skip
 
 
 def _flush(trial: optuna.Trial) -> bool:

@@ -5,6 +5,13 @@ named on it (``artifacts:<id>``, see ``sweep.checkpoint``) and on the dead trial
 took over (its ``retry_history``) is deleted with its name, except its final weights when it is
 the best COMPLETE trial so far: those become the study's ``best_model`` (``keep_best``, a
 compare-and-set under the study lock), and the model they replace is deleted.
+
+Sweep deletes only what sweep wrote: an artifact whose id has sweep's form
+(``sweep.artifacts.is_sweep_id``) and is named ``artifacts:<id>`` on the trial it cleans up or
+on the dead trials whose work that trial took over (``owned``). A pointer (``checkpoint``,
+``resumed_from``, ``best_model``) only chooses among those; one that names anything else (another
+client may write any attribute) is left on disk with one warning line, as is a name of another
+form.
 """
 
 from __future__ import annotations
@@ -19,16 +26,8 @@ import optuna
 import sqlalchemy
 
 from sweep import tables as tb
-from sweep.checkpoint import remove
-from sweep.queue import (
-    ARTIFACT_ID,
-    CHECKPOINT,
-    FAIL_REASON,
-    RESUMED_FROM,
-    RETRY_HISTORY,
-    lock_study,
-    pointer,
-)  # fmt: skip
+from sweep.artifacts import SWEEP_FORM, is_sweep_id, remove, shown
+from sweep.queue import CHECKPOINT, FAIL_REASON, RETRY_HISTORY, lock_study, pointer
 from sweep.storage import root_message
 
 if TYPE_CHECKING:
@@ -39,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 #: The study's system attribute naming the best COMPLETE trial's final weights.
 BEST_MODEL = "best_model"
+#: Why a pointer that names no artifact of its trial's is left alone (for log lines).
+NOT_OURS = (f"not an artifact sweep wrote for this trial or the trials it took over "
+            f"({SWEEP_FORM} named artifacts:<id> on them)")  # fmt: skip
 
 
 def trial_ended(store: ArtifactStore, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -49,7 +51,16 @@ def trial_ended(store: ArtifactStore, study: optuna.Study, trial: optuna.trial.F
         from sweep.study import rdb_of  # sweep.study imports the objective, which imports us
 
         backend = rdb_of(study._storage)
+        where = f"trial {trial.number}"
+        named = _named(backend, study._study_id, trial._trial_id, predecessors(trial.system_attrs),
+                       where=where)  # fmt: skip
         mine = pointer(trial.system_attrs.get(CHECKPOINT))
+        if CHECKPOINT in trial.system_attrs and (
+            mine is None or mine["artifact_id"] not in {a for _, a in named}
+        ):  # another client's: never kept, never deleted (its resumed_from was the resume's)
+            logger.warning("%s: its checkpoint %s: %s; left as it is", where,
+                           shown(trial.system_attrs[CHECKPOINT]), NOT_OURS)  # fmt: skip
+            mine = None
         keep = None
         value = trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None
         final = mine is not None and mine.get("epoch") == trial.last_step
@@ -60,20 +71,10 @@ def trial_ended(store: ArtifactStore, study: optuna.Study, trial: optuna.trial.F
                     "trial_id": trial._trial_id}  # fmt: skip
             kept, old = keep_best(backend, study._study_id, best, maximize=maximize)
             if old is not None:
-                owner = old.get("trial_id")
-                _forget(
-                    store, backend, [(owner if type(owner) is int else None, old["artifact_id"])]
-                )
+                _forget_best(store, backend, study._study_id, old)
             if not kept:
                 keep = None
-        named = _named(backend, study._study_id, trial._trial_id, predecessors(trial.system_attrs))
-        # Pointers a name does not cover (written by a sweep before names were kept, or by
-        # another client) still lose their files.
-        listed = {artifact for _, artifact in named}
-        given = pointer(trial.system_attrs.get(RESUMED_FROM))
-        loose = [(None, p["artifact_id"]) for p in (mine, given)
-                 if p is not None and p["artifact_id"] not in listed]  # fmt: skip
-        _forget(store, backend, [(t, a) for t, a in named + loose if a != keep])
+        _forget(store, backend, [(t, a) for t, a in named if a != keep])
     except Exception as e:  # a leftover file is not worth stopping the worker
         logger.warning("trial %d: checkpoint clean-up failed: %s", trial.number, root_message(e))
 
@@ -104,7 +105,8 @@ def clear_dead(store: ArtifactStore, storage: RDBStorage, study_id: int) -> None
             ).all()  # fmt: skip
         for trial_id, past in dead:
             named_here = _named(storage, study_id, trial_id,
-                                predecessors({RETRY_HISTORY: tb.decoded(past)}))  # fmt: skip
+                                predecessors({RETRY_HISTORY: tb.decoded(past)}),
+                                where=f"a trial that died for good (id {trial_id})")  # fmt: skip
             _forget(store, storage, named_here)
     except Exception as e:
         logger.warning("clean-up of the trials that died for good failed: %s", root_message(e))
@@ -115,6 +117,16 @@ def predecessors(system_attrs: dict[str, Any]) -> list[int]:
     ``retry_history``, as far as it is a list of numbers."""
     history = system_attrs.get(RETRY_HISTORY)
     return [n for n in history if type(n) is int] if isinstance(history, list) else []
+
+
+def owned(trial: optuna.Trial, system_attrs: dict[str, Any]) -> set[str]:
+    """The ids of sweep's artifacts that a running trial may read and delete: named on it and
+    on the dead trials whose work it took over; ``system_attrs`` are the trial's."""
+    from sweep.study import rdb_of  # sweep.study imports the objective, which imports us
+
+    backend = rdb_of(trial.study._storage)
+    dead = predecessors(system_attrs)
+    return {a for _, a in _named(backend, trial.study._study_id, trial._trial_id, dead)}
 
 
 def clear_predecessors(
@@ -139,10 +151,17 @@ def clear_predecessors(
 
 
 def _named(
-    storage: RDBStorage, study_id: int, trial_id: int | None, numbers: list[int]
+    storage: RDBStorage,
+    study_id: int,
+    trial_id: int | None,
+    numbers: list[int],
+    *,
+    where: str | None = None,
 ) -> list[tuple[int, str]]:
-    """(trial id, artifact id) of every artifact named on trial ``trial_id`` (if not None) and
-    on the study's trials ``numbers``; a name that is not a plain artifact id is left alone."""
+    """(trial id, artifact id) of every artifact of sweep's form named on trial ``trial_id``
+    (if not None: the caller knows it is the study's) and on the study's trials ``numbers``.
+    A name of another form is left alone, with one warning line if ``where`` names whose
+    clean-up it is."""  # fmt: skip
     attrs, trials = tb.system_attrs, tb.trials
     owners = attrs.c.trial_id == trial_id if trial_id is not None else sqlalchemy.false()
     if numbers:
@@ -157,17 +176,48 @@ def _named(
             )
         ).all()
     named = [(owner, key[len(tb.ARTIFACT_PREFIX) :]) for owner, key in rows]
-    return [(owner, artifact) for owner, artifact in named if ARTIFACT_ID.fullmatch(artifact)]
+    odd = sorted({artifact for _, artifact in named if not is_sweep_id(artifact)})
+    if odd and where is not None:
+        logger.warning("%s: artifacts named %s: not artifact ids sweep writes (%s); left as "
+                       "they are", where, shown(odd), SWEEP_FORM)  # fmt: skip
+    return [(owner, artifact) for owner, artifact in named if is_sweep_id(artifact)]
 
 
-def _forget(
-    store: ArtifactStore, storage: RDBStorage, artifacts: list[tuple[int | None, str]]
+def _forget_best(
+    store: ArtifactStore, storage: RDBStorage, study_id: int, old: dict[str, Any]
 ) -> None:
-    """Delete these artifacts and then the names of those deleted, on their trials (None: a
-    name unknown); a file that cannot be deleted keeps its name."""
+    """Delete the model a new ``best_model`` replaced, if it is sweep's: named on the study's
+    trial that ``old`` names (``trial_id``) or on the dead trials whose work that one took
+    over, as every trial's kept final weights are."""
+    owner, artifact = old.get("trial_id"), old["artifact_id"]
+    holders: list[tuple[int, str]] = []
+    if type(owner) is int:
+        trials, attrs = tb.trials, tb.system_attrs
+        history = attrs.alias("history")
+        with storage.engine.connect() as conn:
+            found = conn.execute(
+                sqlalchemy.select(trials.c.trial_id, history.c.value_json)
+                .outerjoin(history, sqlalchemy.and_(
+                    history.c.trial_id == trials.c.trial_id, history.c.key == RETRY_HISTORY))
+                .where(trials.c.trial_id == owner, trials.c.study_id == study_id)
+            ).first()  # fmt: skip
+        if found is not None:
+            past = predecessors({RETRY_HISTORY: tb.decoded(found[1])})
+            holders = [(t, a) for t, a in _named(storage, study_id, owner, past) if a == artifact]
+    if not holders:
+        logger.warning("the replaced best_model %s: not an artifact sweep wrote for the trial "
+                       "it names or the trials that one took over (%s named artifacts:<id> on "
+                       "them); left as it is", shown(artifact), SWEEP_FORM)  # fmt: skip
+        return
+    _forget(store, storage, holders[:1])
+
+
+def _forget(store: ArtifactStore, storage: RDBStorage, artifacts: list[tuple[int, str]]) -> None:
+    """Delete these artifacts (each named on the trial given with it: ``_named``) and then the
+    names of those deleted; a file that cannot be deleted keeps its name."""
     gone = []
     for owner, artifact in artifacts:
-        if remove(store, artifact) and owner is not None:
+        if remove(store, artifact):
             gone.append((owner, tb.ARTIFACT_PREFIX + artifact))
     if not gone:
         return

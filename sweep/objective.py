@@ -21,7 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from mlp import MLP, Dataset, DivergedError, EpochMetrics, TrainConfig, fit, load_mnist
 from mlp.model import parameter_count
-from sweep.checkpoint import Checkpoints
+from sweep.checkpoint import Checkpoints, fits_of
 from sweep.errors import SpecError
 from sweep.rules import check_value, train_rules
 from sweep.settings import TrainSettings, configs
@@ -84,8 +84,13 @@ class Objective:
             "train_loss": [], "train_accuracy": [], "valid_loss": [], "valid_accuracy": []
         }  # fmt: skip
         start = time.perf_counter()
-        saved = Checkpoints(self.artifacts, trial) if self.artifacts is not None else None
-        resumed = saved.resume(model, config) if saved is not None else None
+        saved = resumed = None
+        if self.artifacts is not None:
+            saved = Checkpoints(self.artifacts, trial,
+                                fits=fits_of(self.spec, settings, seed, trial.params))  # fmt: skip
+            # The study's BLAS threads: the resumed weights are measured again, exactly.
+            with threadpool_limits(limits=self.spec.threads, user_api="blas"):
+                resumed = saved.resume(model, config, load_data(self.spec))
         resume_attrs: dict[str, Any] = {}
         ran = [0]
 

@@ -58,7 +58,7 @@ def runs(data, *, epochs: int, repeats: int) -> list[Run]:
 
     def objective(trial: optuna.Trial) -> float:
         run = Run(checkpointed=trial.number % 4 in (1, 2))
-        saved = Checkpoints(store, trial) if run.checkpointed else None
+        saved = Checkpoints(store, trial, fits="bench") if run.checkpointed else None
 
         def on_state(state: TrainState) -> None:
             start = time.perf_counter()

@@ -137,9 +137,26 @@ def _same_state(a: TrainState, b: TrainState) -> bool:
     return (
         len(arrays[0]) == len(arrays[1])
         and all(np.array_equal(p, q) for p, q in zip(*arrays, strict=True))
-        and (a.epoch, a.rng, a.best, a.since_best, a.history)
-        == (b.epoch, b.rng, b.best, b.since_best, b.history)
+        and (a.epoch, a.rng, a.best, a.since_best, a.history, a.fits)
+        == (b.epoch, b.rng, b.best, b.since_best, b.history, b.fits)
     )
+
+
+def test_what_a_state_was_trained_for_is_kept_and_checked(saved, tmp_path):
+    path, state, like = saved
+    fits = dataclasses.replace(state, fits="sweep-fits/1:" + "ab" * 32)
+    save_state(fits, tmp_path / "f.npz")
+    assert load_state(tmp_path / "f.npz", like=like).fits == fits.fits
+    with pytest.raises(ValueError, match="fits must be a string of at most 256"):
+        save_state(dataclasses.replace(state, fits="x" * 257), tmp_path / "long.npz")
+    # A state of format 1 (before fits) reads as fitting nothing a caller names.
+    old = _members(path)
+    doc = json.loads(old["state"].tobytes())
+    del doc["fits"]
+    doc["format"] = "mlp-train-state/1"
+    np.savez(tmp_path / "old.npz", **old | {"state": np.frombuffer(
+        json.dumps(doc).encode().ljust(STATE_JSON_BYTES), np.uint8)})  # fmt: skip
+    assert load_state(tmp_path / "old.npz", like=like).fits == ""
 
 
 def test_save_and_load_round_trip_every_field(saved, tmp_path):
@@ -238,8 +255,11 @@ def _variants(path, like):
         ("since_best", _with_json(m, since_best=3), "got since_best 3"),
         ("best", _with_json(m, best=2.5), "got best 2.5"),
         ("velocity flag", _with_json(m, velocity=1), "got velocity 1"),
-        ("extra key", _with_json(m, extra=1), "not mlp-train-state/1"),
-        ("other format", _with_json(m, format="x"), "not mlp-train-state/1"),
+        ("extra key", _with_json(m, extra=1), "not mlp-train-state/2"),
+        ("fits a number", _with_json(m, fits=7), "got fits 7, not a string"),
+        ("fits too long", _with_json(m, fits="x" * 300), "not a string of at most 256"),
+        ("format 1 with fits", _with_json(m, format="mlp-train-state/1"), "not mlp-train-state/2"),
+        ("other format", _with_json(m, format="x"), "not mlp-train-state/2"),
         ("mt19937", _with_json(m, rng=rng | {"bit_generator": "MT19937"}), "not a PCG64"),
         ("rng inc", _with_json(m, rng=rng | {"state": {"state": 1, "inc": -1}}), "not a PCG64"),
         ("rng bool", _with_json(m, rng=rng | {"has_uint32": True}), "not a PCG64"),

@@ -56,10 +56,12 @@ def test_a_folder_store_is_optunas_with_an_atomic_write(tmp_path):
 def test_removing_an_artifact_removes_what_a_killed_write_of_it_left(tmp_path):
     store = open_store(str(tmp_path))
     store.write("a[1]", io.BytesIO(b"whole"))
-    for leftover in (".a[1].0f3c.tmp", ".a1.0f3c.tmp", ".b.0f3c.tmp"):  # killed mid-write
+    hex32 = "0f3c" * 8  # write's temporary files: .<id>.<uuid4 hex>.tmp
+    others = [f".a1.{hex32}.tmp", f".b.{hex32}.tmp", ".a[1].0f3c.tmp", ".a[1].notes.tmp"]
+    for leftover in (f".a[1].{hex32}.tmp", *others):  # killed mid-write, and others' files
         (tmp_path / leftover).write_bytes(b"part")
     store.remove("a[1]")  # (an id is a name, never a pattern)
-    assert sorted(os.listdir(tmp_path)) == [".a1.0f3c.tmp", ".b.0f3c.tmp"]  # not its own
+    assert sorted(os.listdir(tmp_path)) == sorted(others)  # not of its own, or not write's form
     with pytest.raises(ArtifactNotFound):  # and a missing id is still reported
         store.remove("a[1]")
 

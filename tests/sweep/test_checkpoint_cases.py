@@ -55,9 +55,9 @@ def test_a_checkpoint_of_another_momentum_is_one_warning_and_epoch_1(tmp_path, c
     study._storage.set_trial_system_attr(
         trial._trial_id, queue.RESUMED_FROM, {"artifact_id": artifact, "epoch": 1, "trial": 0}
     )
-    saved = Checkpoints(store, trial)
+    saved = Checkpoints(store, trial, fits="")
     with caplog.at_level(logging.WARNING, logger="sweep.checkpoint"):
-        assert saved.resume(model, config) is None
+        assert saved.resume(model, config, _data()) is None
     warned = [r.getMessage() for r in caplog.records if r.name == "sweep.checkpoint"]
     assert len(warned) == 1 and "momentum buffers do not fit" in warned[0]
     fit(model, _data(), config)  # and the trial trains from epoch 1, as it would have
@@ -77,11 +77,11 @@ def test_a_store_that_fails_leaves_the_checkpoint_for_the_next_try(tmp_path, cap
         def open_reader(self, artifact_id):
             raise OSError("connection refused")
 
-    saved = Checkpoints(Down(), trial)
+    saved = Checkpoints(Down(), trial, fits="")
     with caplog.at_level(logging.WARNING, logger="sweep.checkpoint"):
-        assert saved.resume(model, config) is None
+        assert saved.resume(model, config, _data()) is None
     assert saved.stale == []  # the store may hold it yet: never deleted for being unreachable
-    assert Checkpoints(store, trial).resume(model, config).epoch == 1
+    assert Checkpoints(store, trial, fits="").resume(model, config, _data()).epoch == 1
 
 
 def test_only_a_trials_final_weights_become_the_best_model(tmp_path):
@@ -195,7 +195,7 @@ def test_a_checkpoint_is_named_in_the_database_before_its_bytes_are_written(tmp_
             store.write(artifact_id, body)
             raise Killed  # the process is gone: nothing after this runs
 
-    saved = Checkpoints(DiesAfterWriting(), trial)
+    saved = Checkpoints(DiesAfterWriting(), trial, fits="")
     model, config, _ = _state(tmp_path, momentum=0.0)
     states = []
     fit(model, _data(), config, on_state=states.append)
@@ -208,7 +208,8 @@ def test_a_checkpoint_is_named_in_the_database_before_its_bytes_are_written(tmp_
     assert queue.abandon_run(storage, study._study_id, "r", max_retries=3) == [0]
     successor = study.ask()
     if when == "start":
-        assert Checkpoints(store, successor).resume(MLP(16, 8, seed=1), config) is None
+        resumed = Checkpoints(store, successor, fits="")
+        assert resumed.resume(MLP(16, 8, seed=1), config, _data()) is None
     else:
         study.tell(successor, state=optuna.trial.TrialState.FAIL)
         trial_ended(store, study, study.trials[successor.number])
@@ -226,7 +227,7 @@ def test_what_a_trial_that_died_for_good_left_is_deleted_and_a_requeued_ones_kep
     model, config, _ = _state(tmp_path, momentum=0.0)
     states = []
     fit(model, _data(), config, on_state=states.append)
-    Checkpoints(store, optuna.Trial(worker, trial_id)).write(states[0])
+    Checkpoints(store, optuna.Trial(worker, trial_id), fits="").write(states[0])
     [saved] = [p.name for p in folder.iterdir()]
     # Its worker dies: with max_retries 1 for good, else it is handed on with its checkpoint.
     assert queue.abandon_run(storage, study._study_id, "r", max_retries=retries) == [0]

@@ -170,3 +170,75 @@ def test_a_bad_bucket_is_one_line_when_the_launcher_starts(tmp_path, s3, fault):
     assert line.startswith(f"sweep: error: --artifacts {artifacts}"), line
     assert line.endswith(expected), line
     assert not db.exists()  # checked before the study was made: nothing to clean up
+
+
+def test_forged_pointers_read_and_delete_nothing_outside_sweeps_forms_in_a_bucket(
+    tmp_path, s3, monkeypatch, caplog
+):
+    # Objects beside and under the study's prefix, in other prefixes and at the bucket's root;
+    # every pointer another client could write names one of them (by its name, by ../ forms,
+    # by a uuid4 that no trial names). Every S3 request the store makes is recorded. (A forged
+    # ``artifacts:<uuid4>`` on the trial itself would count as sweep's: the module's Note.)
+    import logging
+
+    import optuna
+
+    from mlp import MLP, TrainConfig
+    from sweep import queue
+    from sweep.artifacts import open_store
+    from sweep.checkpoint import Checkpoints
+    from sweep.cleanup import BEST_MODEL, trial_ended
+    from sweep.storage import open_storage
+    from tests.sweep.test_checkpoint_cases import _data
+
+    for name, value in s3.items():
+        monkeypatch.setenv(name, value)
+    bucket, foreign = _bucket(s3), str(uuid.uuid4())
+    victims = {"victim.txt", "studies/victim.txt", f"{PREFIX}/victim.txt",
+               f"studies/other/{foreign}", f"{PREFIX}/{foreign}"}  # fmt: skip
+    for key in victims:
+        _client(s3).put_object(Bucket=bucket, Key=key, Body=key.encode())
+    store = open_store(f"s3://{bucket}/{PREFIX}")
+    requests = []
+    store.store.client.meta.events.register(
+        "before-call.s3.*",
+        lambda model, params, **_: requests.append((model.name, params.get("Key"))),
+    )
+    forged = ["victim.txt", "../victim.txt", f"../other/{foreign}", "../../victim.txt", foreign]
+    # The store itself takes plain names only: a key of another prefix is never formed.
+    for artifact in forged[1:4]:
+        with pytest.raises(ValueError, match="Invalid artifact_id"):
+            store.open_reader(artifact)
+        with pytest.raises(ValueError, match="Invalid artifact_id"):
+            store.remove(artifact)
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    with caplog.at_level(logging.WARNING):
+        for artifact in forged:  # as resume_from, then as every other pointer
+            trial = study.ask()
+            attrs = {
+                queue.RESUMED_FROM: {"artifact_id": artifact, "epoch": 1, "trial": 0},
+                queue.CHECKPOINT: {"artifact_id": artifact, "epoch": 1},
+            }
+            if artifact != foreign:
+                attrs[f"artifacts:{artifact}"] = {}
+            for key, value in attrs.items():
+                storage.set_trial_system_attr(trial._trial_id, key, value)
+            saved = Checkpoints(store, trial, fits="")
+            config = TrainConfig(epochs=2, batch_size=64, learning_rate=0.1)
+            assert saved.resume(MLP(16, 8, seed=1), config, _data()) is None
+            saved.close()
+            trial.report(50.0, 1)
+            study.tell(trial, 50.0)
+            trial_ended(store, study, storage.get_trial(trial._trial_id))
+    assert requests == []  # nothing read, nothing deleted
+    listed = _client(s3).list_objects_v2(Bucket=bucket)["Contents"]
+    assert {o["Key"] for o in listed} == victims
+    for key in victims:
+        assert _client(s3).get_object(Bucket=bucket, Key=key)["Body"].read() == key.encode()
+    # One line per forged record: resume_from (at the resume), the name and checkpoint (at the
+    # trial's end); none made a best model.
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("sweep")]
+    assert len(messages) == 3 * len(forged) - 1, messages
+    assert all("left as" in m or "malformed" in m for m in messages), messages
+    assert BEST_MODEL not in storage.get_study_system_attrs(study._study_id)

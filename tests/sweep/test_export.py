@@ -174,8 +174,10 @@ def test_a_new_evaluate_replaces_the_previous_evaluates_model(ran, tmp_path):
 
 
 # What another client may have left in `evaluated_model`: nothing of it may be deleted unless
-# it names a plain artifact uploaded to the study ("{up}": one planted with its attribute), and
-# never the best model (even one that another client also named as a study artifact).
+# it names an artifact of sweep's form uploaded to the study ("{up}": one planted with its
+# attribute), and never the best model (even one that another client also named as a study
+# artifact). A name of another form, even named on the study, stays (test_checkpoint_forged).
+PLANTED = "6f1c1a52-8a4e-4d2b-9a55-2f0c6b9e7d10"  # an older evaluate's artifact
 BAD_RECORDS = {
     "not an object": "[1, 2]",
     "not JSON": "{",
@@ -195,19 +197,19 @@ def test_an_untrusted_evaluated_model_deletes_only_a_study_artifact(ran, tmp_pat
     kept = _kept(url)["artifact_id"]
     study = load(url, "g")
     (store / "stray").write_bytes(b"another client's")
-    (store / "planted-0").write_bytes(b"an older evaluate's")
-    for planted in ("planted-0", kept):
+    (store / PLANTED).write_bytes(b"an older evaluate's")
+    for planted in (PLANTED, kept):
         study._storage.set_study_system_attr(study._study_id, f"artifacts:{planted}", "{}")
-    text = BAD_RECORDS[case].replace("{kept}", kept).replace("{up}", "planted-0")
+    text = BAD_RECORDS[case].replace("{kept}", kept).replace("{up}", PLANTED)
     with sqlite3.connect(tmp_path / "db.sqlite") as conn:
         conn.execute("INSERT INTO study_system_attributes (study_id, key, value_json) "
                      "VALUES (?, ?, ?)", (study._study_id, best.EVALUATED_MODEL, text))  # fmt: skip
     conn.close()
     before = set(os.listdir(store))
     new = best.upload(study, open_store(str(store)), MLP(4, 4), {"trial": 0})  # no retraining
-    replaced = {"planted-0"} if "{up}" in BAD_RECORDS[case] else set()
+    replaced = {PLANTED} if "{up}" in BAD_RECORDS[case] else set()
     assert set(os.listdir(store)) == (before | set(new)) - replaced
-    assert _study_artifacts(url) == {"planted-0", kept, *new} - replaced
+    assert _study_artifacts(url) == {PLANTED, kept, *new} - replaced
     assert (tmp_path / "db.sqlite").is_file() and (store / kept).is_file()
 
 
@@ -235,6 +237,8 @@ BAD_POINTERS = {
     "a trial number of 2**64": '{"artifact_id": "{id}", "trial": 18446744073709551616}',
     "an artifact that is not in the store": '{"artifact_id": "nosuch", "trial": {trial}}',
     "another trial of the same architecture": '{"artifact_id": "{id}", "trial": {other}}',
+    # A name not of sweep's form is never read, even of a file that holds the right model.
+    "a copy of the model under another name": '{"artifact_id": "copy.npz", "trial": {trial}}',
 }
 
 
@@ -258,6 +262,10 @@ def test_a_missing_or_untrusted_best_model_is_one_line(ran, tmp_path, case):
             conn.execute("UPDATE study_system_attributes SET value_json = ? " + where[0],
                          (value, *where[1]))  # fmt: skip
     conn.close()
+    if "copy.npz" in (value or ""):
+        shutil.copytree(store, tmp_path / "store")
+        store = tmp_path / "store"
+        shutil.copy(store / kept["artifact_id"], store / "copy.npz")
     out = run_cli("export", "g", "--out", str(tmp_path / "m.npz"), "--storage", url,
                   "--artifacts", str(store))  # fmt: skip
     assert out.returncode == 1, out.stderr
@@ -268,6 +276,8 @@ def test_a_missing_or_untrusted_best_model_is_one_line(ran, tmp_path, case):
     assert out.stderr.endswith("; retrain and upload it with: sweep evaluate STUDY.toml\n")
     if case == "another trial of the same architecture":
         assert "does not reproduce trial" in out.stderr
+    if "copy.npz" in (value or ""):
+        assert "best_model names 'copy.npz', not an artifact id sweep writes" in out.stderr
     assert not list(tmp_path.glob("m.*"))
 
 
