@@ -8,9 +8,10 @@ exactly that with SQLAlchemy Core on optuna's tables (``sweep.tables``), in read
 transactions, and decodes it the way optuna does (its distributions' external values, its
 value encoders for ±inf and NaN).
 
-Everything read stays untrusted: an attribute that is not JSON reads as absent, like one that
-was never written; a parameter whose distribution does not parse is left out; values are
-optuna's decoding of what is stored (±inf and NaN included, for ``sweep.stored`` to judge).
+Everything read stays untrusted: an attribute that is not JSON, or longer than
+``MAX_VALUE_CHARS`` (one warning says how many), reads as absent, like one that was never
+written; a parameter whose distribution does not parse is left out; values are optuna's
+decoding of what is stored (±inf and NaN included, for ``sweep.stored`` to judge).
 A trial that finishes between two reads appears in the later one only: records are keyed by
 trial id, and rows of a trial the first read did not see are ignored.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -32,9 +34,16 @@ from optuna.trial import TrialState
 from sweep import tables as tb
 from sweep.storage import READ_ONLY
 
+logger = logging.getLogger(__name__)
+
 #: The user attributes the report shows; the others (run, worker, seed, …) are never read.
 ATTRS = ("n_params", "seconds", "config", "pruned_at", "fail_reason", "skipped", "train_loss",
          "train_accuracy", "valid_loss", "valid_accuracy")  # fmt: skip
+#: The longest attribute value read, in characters: a configuration or a failure is under a
+#: kilobyte and a per-epoch list of 3,000 epochs under 64 KiB. A longer one (any client may
+#: write one: 2,000 trials of 1 MB each took the report to 2.1 GB, issue 22) reads as absent,
+#: and the database measures it without sending it.
+MAX_VALUE_CHARS = 65_536
 #: Trial ids per statement when reading curves (SQLite's bound-parameter limit is 32,766).
 _CHUNK = 5_000
 
@@ -90,11 +99,13 @@ def read(storage: RDBStorage, study_id: int) -> list[Record]:
         .with_only_columns(p.c.trial_id, p.c.param_name, p.c.param_value, p.c.distribution_json)
         .order_by(p.c.param_id)
     )  # optuna's order of a trial's parameters
+    size = sqlalchemy.func.length(u.c.value_json)
     attrs = (
         _in_study(u, study_id)
-        .with_only_columns(u.c.trial_id, u.c.key, u.c.value_json)
+        .with_only_columns(u.c.trial_id, u.c.key, size,
+                           sqlalchemy.case((size <= MAX_VALUE_CHARS, u.c.value_json)))
         .where(u.c.key.in_(ATTRS))
-    )
+    )  # fmt: skip
     decode = models.TrialValueModel.stored_repr_to_value
     with _read_only(storage) as conn:
         records = {
@@ -125,12 +136,33 @@ def read(storage: RDBStorage, study_id: int) -> list[Record]:
         for tid, step in conn.execute(last):
             if tid in records:
                 records[tid].last_step = step
-        for tid, key, text in conn.execute(attrs):
+        too_long: list[tuple[int, str]] = []
+        for tid, key, chars, text in conn.execute(attrs):
             record = records.get(tid)
+            if record is not None and text is None and (chars or 0) > MAX_VALUE_CHARS:
+                too_long.append((record.number, key))
             value = _json(text)
             if record is not None and value is not _ABSENT:
                 record.user_attrs[key] = value
+    if too_long:
+        number, key = min(too_long)
+        logger.warning(
+            "%d trial attribute(s) longer than %s characters left unread, as if absent "
+            "(the first: trial %d's %r)", len(too_long), f"{MAX_VALUE_CHARS:,}", number, key,
+        )  # fmt: skip
     return list(records.values())
+
+
+def attribute_chars(storage: RDBStorage, study_id: int) -> int:
+    """How many characters the study's trials hold in attributes (user and system), measured
+    by the database: what optuna's ``get_trials`` would read whole."""
+    total = 0
+    with _read_only(storage) as conn:
+        for table in (tb.user_attrs, tb.system_attrs):
+            size = sqlalchemy.func.coalesce(sqlalchemy.func.sum(
+                sqlalchemy.func.length(table.c.value_json)), 0)  # fmt: skip
+            total += conn.execute(_in_study(table, study_id).with_only_columns(size)).scalar_one()
+    return int(total)
 
 
 def read_curves(storage: RDBStorage, records: Iterable[Record]) -> None:

@@ -35,6 +35,9 @@ from sweep.summary import ordered
 logger = logging.getLogger(__name__)
 
 METRICS = ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy")
+#: The most attribute text a report reads through optuna's ``get_trials`` (a study with
+#: several objectives), which builds every trial whole: 2,000 trials of 1 MB took 4 GB.
+MAX_OPTUNA_READ = 200_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +118,13 @@ def write_report(
     study = load_study(storage, study_name)
     multi = len(study.directions) > 1
     if multi:  # another client's, reported by optuna's own reading (its Pareto front)
+        chars = records.attribute_chars(storage, study._study_id)
+        if chars > MAX_OPTUNA_READ:  # optuna reads them whole: 4 GB for 2 GB of them
+            raise SweepError(
+                f"study {printable(study_name, 200)!r} has several objectives and its trials "
+                f"hold {chars:,} characters of attributes; a report of such a study reads "
+                f"them all, at most {MAX_OPTUNA_READ:,}"
+            )
         trials: list[Trial] = [t for t in study.get_trials(deepcopy=False)
                                if t.state != TrialState.WAITING]  # fmt: skip
     else:

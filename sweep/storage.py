@@ -34,8 +34,10 @@ import sqlalchemy
 from sqlalchemy import event
 
 from sweep import schema
-from sweep.errors import StorageError
+from sweep.errors import SpecError, StorageError
 from sweep.tables import INDEXES, studies
+from sweep.text import printable
+from sweep.urls import mask_password, parse_url, redact
 
 logger = logging.getLogger(__name__)
 
@@ -52,28 +54,6 @@ GRACE_PERIOD_S = int(os.environ.get("SWEEP_GRACE_PERIOD", "30"))
 def resolve_url(url: str | None = None) -> str:
     """The storage URL: the argument, else ``$SWEEP_STORAGE``, else ``sqlite:///runs/sweep.db``."""
     return url or os.environ.get(STORAGE_ENV) or DEFAULT_URL
-
-
-#: Query parameters that carry a secret (libpq's and common drivers' names), compared after
-#: percent-decoding and case-folding.
-_SECRET_KEYS = {"password", "passwd", "pwd", "sslpassword", "passfile"}
-
-
-def mask_password(url: str) -> str:
-    """The URL with every secret replaced by ***, for messages and logs: the password of
-    ``user:password@`` (an empty user too, ``://:pw@``) and the value of ``password=`` (any
-    case, percent-encoded or not) in the query string. Used by every message that names a
-    storage URL; text that is not a URL comes back unchanged."""
-    # Up to the last @ before the query: a password may hold a raw "@" (libpq reads it so);
-    # a URL without a scheme ("u:pw@host") is masked the same way.
-    userinfo = r"(://[^:/@?#]*:)[^?#]*@" if "://" in url else r"^([^:/@?#]*:)[^?#]*@"
-    masked = re.sub(userinfo, r"\1***@", url, count=1)
-
-    def query_value(m: re.Match[str]) -> str:
-        key = urllib.parse.unquote_plus(m.group(2)).strip().lower()
-        return f"{m.group(1)}{m.group(2)}=***" if key in _SECRET_KEYS else m.group(0)
-
-    return re.sub(r"([?&;])([^=&;#]*)=([^&;#]*)", query_value, masked)
 
 
 #: What optuna and SQLAlchemy raise when the database fails (not the caller's mistake).
@@ -182,20 +162,25 @@ def _check_optuna_tables(conn: sqlalchemy.Connection, shown: str) -> None:
         raise MissingDatabase(f"storage {shown}: not an optuna study database (no optuna tables)")
 
 
+_FORMS = "sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB"
+
+
 def _supported(url: str | None) -> tuple[str, str, Path | None]:
     """The resolved URL, as shown in messages, and its SQLite file (None on PostgreSQL);
-    StorageError for a URL sweep cannot share between worker processes."""
+    SpecError (bad usage, exit 2) for a URL that does not parse or that sweep cannot share
+    between worker processes."""
     url = resolve_url(url)
     shown = mask_password(url)
     # MySQL is not offered: its DATETIME drops the microseconds that fence a claim.
     if not re.match(r"^(sqlite|postgresql|postgresql\+\w+)://", url):
-        raise StorageError(
-            f"storage URL {shown!r} is not supported; use sqlite:///PATH or "
-            "postgresql://USER:PASSWORD@HOST/DB"
-        )
+        raise SpecError(f"storage URL {shown!r} is not supported; use {_FORMS}")
+    try:
+        parse_url(url)  # before any engine: SQLAlchemy's own error is a ValueError traceback
+    except ValueError as e:
+        raise SpecError(f"storage URL {shown!r} does not parse: {e}; use {_FORMS}") from None
     path = _sqlite_path(url)
     if url.startswith("sqlite") and path is None:
-        raise StorageError(
+        raise SpecError(
             f"storage URL {shown!r}: an in-memory SQLite database cannot be shared by worker "
             "processes; give a file, sqlite:///PATH"
         )
@@ -289,19 +274,19 @@ def open_storage(
                 time.sleep(0.2 * (attempt + 1))
     except ImportError as e:
         raise _no_driver(shown) from e
-    except (sqlalchemy.exc.SQLAlchemyError, ValueError, RuntimeError) as e:
-        raise StorageError(f"storage {shown}: cannot open: {_first_line(e)}") from e
+    except _OPEN_ERRORS as e:
+        raise StorageError(f"storage {shown}: cannot open: {_first_line(e, url)}") from e
     except Exception as e:
         # alembic's CommandError (a version table it cannot read: two revisions in it); read
         # only, optuna's StorageInternalError (its set-up tried to add a missing version row)
         refused = read_only and isinstance(e, optuna.exceptions.StorageInternalError)
         if not (refused or type(e).__module__.split(".")[0] == "alembic"):
             raise
-        raise StorageError(f"storage {shown}: cannot open: {_first_line(e)}") from e
+        raise StorageError(f"storage {shown}: cannot open: {_first_line(e, url)}") from e
     if path is not None and not read_only:
         _configure_sqlite(storage.engine)
     if not read_only:
-        _add_indexes(storage.engine, shown)
+        _add_indexes(storage.engine, url)
     return storage
 
 
@@ -324,8 +309,8 @@ def open_reader(url: str | None = None) -> sqlalchemy.engine.Engine:
             current = schema.is_current(conn)
     except ImportError as e:
         raise _no_driver(shown) from e
-    except sqlalchemy.exc.SQLAlchemyError as e:
-        raise StorageError(f"storage {shown}: cannot open: {_first_line(e)}") from e
+    except _OPEN_ERRORS as e:
+        raise StorageError(f"storage {shown}: cannot open: {_first_line(e, url)}") from e
     if current:
         return engine
     engine.dispose()
@@ -344,7 +329,7 @@ def _has_index(conn: sqlalchemy.Connection, name: str) -> bool:
     return conn.execute(sqlalchemy.text(query), {"name": name}).first() is not None
 
 
-def _add_indexes(engine: sqlalchemy.engine.Engine, shown: str) -> None:
+def _add_indexes(engine: sqlalchemy.engine.Engine, url: str) -> None:
     """Create sweep's indexes (``sweep.tables.INDEXES``: the queue's, the best values') unless
     they exist.
 
@@ -356,7 +341,7 @@ def _add_indexes(engine: sqlalchemy.engine.Engine, shown: str) -> None:
     database that refuses them (on PostgreSQL an index needs the table's owner) is still used,
     with a warning: every queue operation stays correct, only slower.
     """
-    index = INDEXES[0]
+    index, shown = INDEXES[0], mask_password(url)
     try:
         with engine.connect().execution_options(**{READ_ONLY: True}) as conn:
             if all(_has_index(conn, i.name) for i in INDEXES):
@@ -372,21 +357,25 @@ def _add_indexes(engine: sqlalchemy.engine.Engine, shown: str) -> None:
     except sqlalchemy.exc.SQLAlchemyError as e:
         logger.warning(
             "storage %s: cannot create index %s (%s); claims and TPE asks will read past "
-            "every finished trial of a study", shown, index.name, _first_line(e),
+            "every finished trial of a study", shown, index.name, _first_line(e, url),
         )  # fmt: skip
 
 
 _INIT_ATTEMPTS = 5
+#: What opening a database raises for the URL's or the server's sake: a driver's ValueError
+#: too (a host name of 70 letters: UnicodeError from the IDNA codec, issue 22).
+_OPEN_ERRORS = (sqlalchemy.exc.SQLAlchemyError, ValueError, RuntimeError)
 
 
-def _first_line(error: BaseException) -> str:
-    """The useful line of a driver error (SQLAlchemy appends background links; optuna's
-    StorageInternalError hides it under a sentence of its own)."""
+def _first_line(error: BaseException, url: str) -> str:
+    """The useful line of a driver error about ``url`` (SQLAlchemy appends background links;
+    optuna's StorageInternalError hides it under a sentence of its own), with the URL's
+    secrets hidden and the server's control characters made printable."""
     if isinstance(error, optuna.exceptions.StorageInternalError) and error.__cause__:
         error = error.__cause__
     orig = getattr(error, "orig", None) or error
     text = str(orig).strip().splitlines()
-    return text[0] if text else type(orig).__name__
+    return redact(text[0], url) if text else type(orig).__name__
 
 
 def study_names(storage: optuna.storages.RDBStorage) -> list[str]:
@@ -408,14 +397,15 @@ def root_cause(e: BaseException) -> BaseException:
 
 
 def root_message(e: BaseException) -> str:
-    """The first line of what the database driver said under ``e``, else of ``e`` itself."""
+    """The first line of what the database driver said under ``e``, else of ``e`` itself,
+    printable (a server's text may hold ANSI escape codes)."""
     text = str(root_cause(e)).strip()
-    return text.splitlines()[0] if text else repr(e)
+    return printable(text.splitlines()[0] if text else repr(e), 500)
 
 
 def storage_failure(e: BaseException, url: str) -> StorageError:
     """One line naming what the database said, e.g. that the disk is full or a lock was held."""
-    cause = root_message(e)
+    cause = redact(root_message(e), url)
     hint = ""
     if "locked" in cause:
         hint = (f" (another process held a write transaction for more than {BUSY_TIMEOUT_S:.0f} s;"

@@ -3,7 +3,7 @@
 The study database is shared: optuna-dashboard, the ``optuna`` CLI and any script can write a
 study's attributes and name. Everything sweep shows from it goes through here: whether a study
 is sweep's own (its stored spec validates), numbers that are finite numbers, text that stays on
-one line.
+one line (``sweep.text.printable``, re-exported here).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial
 from sweep.errors import SpecError
 from sweep.queue import SPEC
 from sweep.spec import METRIC, StudySpec, stored_spec
+from sweep.text import printable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,13 +49,6 @@ def study_kind(user_attrs: dict[str, Any], directions: list[StudyDirection],
     names = metric_names or [METRIC if spec else "value"] * len(directions)
     shown = tuple(printable(n, 40) for n in names)
     return Kind(spec is not None, directions[0] != StudyDirection.MINIMIZE, shown, spec)
-
-
-def printable(text: str, limit: int) -> str:
-    """Someone else's text, safe inside one line of Markdown: no control characters or
-    backticks, at most ``limit`` characters."""
-    clean = "".join(c if c.isprintable() and c != "`" else "?" for c in str(text))
-    return clean if len(clean) <= limit else clean[: limit - 1] + "…"
 
 
 def number(value: Any) -> float | None:

@@ -215,7 +215,7 @@ CASES = [
     (
         "malformed storage URL",
         study(),
-        1,
+        2,
         r"storage URL 'mongodb://x' is not supported; use sqlite:///PATH or postgresql://.*",
     ),
 ]
@@ -369,6 +369,31 @@ OTHER_CASES = [
         None,
         1,
         r"storage sqlite:///{tmp}none\.db: no such database file {tmp}none\.db",
+    ),
+    (
+        "a storage URL whose port is not a number (every command)",
+        ["status", "--storage", "postgresql://u:pw@127.0.0.1:xx/db"],
+        None,
+        2,
+        r"storage URL 'postgresql://\*\*\*@127\.0\.0\.1:xx/db' does not parse: the port must be a "
+        r"number from 1 to 65535; use sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB",
+    ),
+    (
+        "a storage URL with an unclosed IPv6 host",
+        ["report", "all", "--storage", "postgresql://u:pw@[::1/db"],
+        None,
+        2,
+        r"storage URL 'postgresql://\*\*\*@\[::1/db' does not parse: an IPv6 host must be closed "
+        r"with \], as in \[::1\]; use sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB",
+    ),
+    (
+        "a storage URL with an @ after the password's",
+        [*EXPORT[:2], "--out", "{tmp}best.npz", "--storage", "postgresql://u:p@ss@127.0.0.1/db"],
+        None,
+        2,
+        r"storage URL 'postgresql://\*\*\*@127\.0\.0\.1/db' does not parse: an @ leaves its host "
+        r"unclear \(in a user name, password or value, write @ as %40, and : / \? # beside one as "
+        r"%3A %2F %3F %23\); use sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB",
     ),
     (
         "a dashboard port in use",

@@ -19,8 +19,10 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from sweep import digest, digest_figures, figures, records, report
+from sweep.errors import SweepError
 from sweep.storage import open_storage
 from tests.bench.bigstudy import build
+from tests.sweep.helpers import run_cli
 
 N = 1_500  # above digest.LARGE (1,000), small enough to build in seconds
 
@@ -196,3 +198,63 @@ def test_the_threshold_counts_finished_trials(monkeypatch):
     assert not digest.is_large(trials(TrialState.COMPLETE, digest.LARGE))
     assert digest.is_large(trials(TrialState.PRUNED, digest.LARGE + 1))
     assert not digest.is_large(trials(TrialState.RUNNING, digest.LARGE + 1))
+
+
+def _one_trial_with(tmp_path, value_chars: int, directions=("maximize",)) -> tuple[str, int]:
+    """A study of one trial whose ``config`` attribute is a string of ``value_chars``
+    characters (written in SQL: through optuna it would take the memory the test watches)."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    study = optuna.create_study(study_name="s", storage=url, directions=list(directions))
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    study.add_trial(optuna.trial.create_trial(
+        params={"x": 0.2}, distributions=dist, values=[0.5] * len(directions),
+        user_attrs={"config": {}, "n_params": 7}))  # fmt: skip
+    conn = sqlite3.connect(tmp_path / "db.sqlite")
+    conn.execute("UPDATE trial_user_attributes SET value_json = '\"' || "
+                 "replace(hex(zeroblob(?)), '00', 'xx') || '\"' WHERE key = 'config'",
+                 (value_chars // 2,))  # fmt: skip
+    conn.commit()
+    conn.close()
+    return url, study._study_id
+
+
+def test_an_attribute_of_50_mb_is_measured_not_read(tmp_path, caplog):
+    # Any client may write a trial attribute of any size: 2,000 trials of 1 MB each took a
+    # report to 2.1 GB (issue 22). The database measures the value; Python never holds it.
+    import tracemalloc
+
+    url, study_id = _one_trial_with(tmp_path, 50_000_000)
+    storage = _read_only(url)
+    tracemalloc.start()
+    try:
+        read = records.read(storage, study_id)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 5_000_000, f"{peak:,} bytes held while reading"
+    assert read[0].user_attrs == {"n_params": 7}  # the long one reads as absent
+    assert "1 trial attribute(s) longer than 65,536 characters left unread" in caplog.text
+    assert "trial 0's 'config'" in caplog.text
+
+
+def test_an_attribute_just_under_the_limit_is_read(tmp_path):
+    url, study_id = _one_trial_with(tmp_path, records.MAX_VALUE_CHARS - 2)  # and its quotes
+    (read,) = records.read(_read_only(url), study_id)
+    assert len(read.user_attrs["config"]) == records.MAX_VALUE_CHARS - 2
+
+
+def test_a_study_of_several_objectives_is_refused_past_what_optuna_would_read(
+    tmp_path, monkeypatch
+):
+    # Its report reads through optuna's get_trials, which builds every attribute whole.
+    monkeypatch.setattr(report, "MAX_OPTUNA_READ", 1_000_000)
+    url, _ = _one_trial_with(tmp_path, 1_000_000, directions=("minimize", "maximize"))
+    out = run_cli("report", "s", "--storage", url, "--out", str(tmp_path / "out"))
+    assert out.returncode == 0, out.stderr  # the CLI's own limit: 200 MB
+    with pytest.raises(
+        SweepError,
+        match=r"study 's' has several objectives and its "
+        r"trials hold 1,000,0\d\d characters of attributes; .* at most 1,000,000",
+    ):
+        report.write_report(_read_only(url), "s", out_dir=tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
