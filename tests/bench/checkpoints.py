@@ -7,7 +7,7 @@ trial loses at most about one epoch; the writes must stay a small share of the t
 (``sweep.worker.serve``: claims, a heartbeat, held writes) on a temporary SQLite study runs
 trials that train with ``fit``, and every other one writes a checkpoint after each epoch with
 ``sweep.checkpoint.Checkpoints.write``: ``save_state`` to a temporary file,
-``upload_artifact`` to a FileSystemArtifactStore in a temporary folder, the ``checkpoint``
+``sweep.artifacts.upload`` to a FileSystemArtifactStore in a temporary folder, the ``checkpoint``
 pointer on the trial (flushed to the database, and the replaced artifact deleted, from the
 second checkpoint on). ``Checkpoints.on_state`` is bypassed: it skips writes that would exceed
 the share, and the point here is to time every one.

@@ -55,13 +55,13 @@ def test_checkpointed_trials_upload_every_epoch_through_the_sweeps_code(monkeypa
     import sweep.checkpoint
 
     uploads = []
-    real = sweep.checkpoint.upload_artifact
+    real = sweep.checkpoint.upload
 
-    def counted(**kwargs):
-        uploads.append(kwargs["study_or_trial"].number)
-        return real(**kwargs)
+    def counted(store, storage, path, **kwargs):
+        uploads.append(storage.get_trial(kwargs["trial_id"]).number)
+        return real(store, storage, path, **kwargs)
 
-    monkeypatch.setattr(sweep.checkpoint, "upload_artifact", counted)
+    monkeypatch.setattr(sweep.checkpoint, "upload", counted)
     done = checkpoints.runs(_tiny(), epochs=2, repeats=2)
     assert [r.checkpointed for r in done] == [False, True, True, False]  # ABBA
     assert uploads == [1, 1, 2, 2]  # one per epoch of each checkpointed trial
@@ -73,10 +73,10 @@ def test_checkpointed_trials_upload_every_epoch_through_the_sweeps_code(monkeypa
 def test_a_checkpoint_that_fails_stops_the_benchmark(monkeypatch):
     import sweep.checkpoint
 
-    def broken(**kwargs):
+    def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(sweep.checkpoint, "upload_artifact", broken)
+    monkeypatch.setattr(sweep.checkpoint, "upload", broken)
     with pytest.raises(RuntimeError, match="2 checkpoint run"):
         checkpoints.runs(_tiny(), epochs=1, repeats=2)
 
