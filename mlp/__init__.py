@@ -7,6 +7,7 @@ from mlp.checkpoint import CheckpointError, TrainState, load_state, save_state
 from mlp.config import ModelConfig, TrainConfig
 from mlp.data import DataError, Dataset, Split, load_mnist
 from mlp.gradcheck import GradCheck, gradcheck
+from mlp.memory import InsufficientMemory
 from mlp.model import MLP, parameter_count
 from mlp.train import DivergedError, EpochMetrics, History, fit
 
@@ -19,6 +20,7 @@ __all__ = [
     "EpochMetrics",
     "GradCheck",
     "History",
+    "InsufficientMemory",
     "ModelConfig",
     "Split",
     "TrainConfig",

@@ -90,9 +90,15 @@ def cache_dir() -> Path:
 def load_mnist(path: str | os.PathLike[str] | None = None) -> Dataset:
     """The dataset, from ``path`` if given, else from the cache (fetched on first use).
 
-    Raises DataError naming the file and what was expected when anything is wrong.
+    Raises DataError naming the file and what was expected when anything is wrong; an empty
+    path is one too (``Path("")`` is the current folder, which it would read instead).
     """
     if path is not None:
+        if not os.fspath(path):
+            raise DataError(
+                "the dataset path is empty (expected the path of mnist.pkl.gz, a keras-style "
+                ".npz or a folder of the four IDX files)"
+            )
         return _read_user_copy(Path(path))
     cached = cache_dir() / CACHE_NAME
     if not cached.exists():

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mlp.model import MLP
+from mlp.model import MLP, PARAM_NAMES
 
 #: The notebook's N values: 1, 5, 10, 50, …, 100000, 500000.
 DEFAULT_NS: tuple[int, ...] = tuple(k * 10**i for i in range(6) for k in (1, 5))
-PARAM_NAMES = ("W1", "b1", "W2", "b2", "W3", "b3")
 
 
 @dataclass(frozen=True)

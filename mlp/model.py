@@ -25,6 +25,19 @@ def parameter_count(hidden_1: int, hidden_2: int) -> int:
     return (N_INPUTS + 1) * hidden_1 + (hidden_1 + 1) * hidden_2 + (hidden_2 + 1) * N_CLASSES
 
 
+#: Names of ``MLP.params`` in order, as messages show them.
+PARAM_NAMES = ("W1", "b1", "W2", "b2", "W3", "b3")
+
+
+def not_finite(params: list[np.ndarray]) -> str | None:
+    """The name of the first of ``params`` (``MLP.params`` order) holding a NaN or an
+    infinity, else None."""
+    return next(
+        (name for name, p in zip(PARAM_NAMES, params, strict=True) if not np.isfinite(p).all()),
+        None,
+    )
+
+
 class Cache(NamedTuple):
     """What backward needs from forward: the input, each hidden layer's activation output
     (before dropout) and, when dropout was applied, its mask."""
@@ -77,9 +90,17 @@ class MLP:
         initialise = INITIALISERS[init]
         self.params: list[np.ndarray] = []
         for fan_in, fan_out in zip(self.sizes[:-1], self.sizes[1:], strict=True):
-            # Drawn in float64 then cast, so float32 and float64 models start from the same numbers.
-            w = initialise(fan_in, fan_out, rng, init_std).astype(self.dtype)
+            # Drawn in float64 then cast, so float32 and float64 models start from the same
+            # numbers. A draw past the dtype's range becomes inf, refused below in one line
+            # rather than as numpy's overflow warning (#22: --init-std 1e308).
+            with np.errstate(over="ignore"):
+                w = initialise(fan_in, fan_out, rng, init_std).astype(self.dtype)
             self.params += [w, np.zeros(fan_out, dtype=self.dtype)]
+        if (bad := not_finite(self.params)) is not None:
+            raise ValueError(
+                f"init {init!r} with init_std {init_std:g} drew {bad} weights that are not "
+                f"finite in {dtype} (largest finite: {np.finfo(self.dtype).max:.3g})"
+            )
 
     @classmethod
     def from_config(cls, config: ModelConfig, *, seed: int = 0) -> MLP:
@@ -187,7 +208,13 @@ class MLP:
     @classmethod
     def load(cls, path: str | os.PathLike) -> MLP:
         """The model saved by ``save`` (reads the sidecar for the architecture); raises
-        CheckpointError (one line) on a missing/corrupt/mismatched file."""
-        from mlp.checkpoint import load_model
+        CheckpointError (one line) on a missing/corrupt/mismatched file, or on weights that
+        are not finite: the sidecar's digest proves only that the weights are the ones it
+        describes, and a NaN model predicts class 0 for everything without a word (#22)."""
+        from mlp.checkpoint import CheckpointError, load_model
 
-        return load_model(path)
+        model = load_model(path)
+        if (bad := not_finite(model.params)) is not None:
+            raise CheckpointError(f"{path}: expected a trained model; got {bad} weights that "
+                                  "are not finite (NaN or infinite)")  # fmt: skip
+        return model

@@ -147,20 +147,22 @@ def evaluate(
 
 
 def export(
-    name: str, *, out: str | Path, storage: str | None = None, artifacts: str | None = None
-) -> Path:
+    name: str, *, out: str | Path, storage: str | None = None, artifacts: str | None = None,
+    force: bool = False,
+) -> Path:  # fmt: skip
     """Write study ``name``'s best model to ``out`` (.npz weights) and its JSON sidecar beside
     it (``mlp.MLP.load(out)`` reads both); return the sidecar. The weights are the best trial's
     own final weights, kept by the workers in the artifact store (``artifacts``, see
     ``sweep.run``); nothing is retrained. SweepError if the study has none (a study run before
-    checkpoints were kept: ``evaluate`` retrains and uploads one)."""
+    checkpoints were kept: ``evaluate`` retrains and uploads one). SpecError if either file
+    exists, unless ``force``: export never replaces a file it was not asked to."""
     from sweep import best
     from sweep.artifacts import study_store
     from sweep.report import load_study
     from sweep.storage import open_storage, resolve_url
 
     out = Path(out)
-    best.check_out(out)
+    best.check_out(out, force=force)
     url = resolve_url(storage)
     store, location, _ = study_store(artifacts, url)
     rdb = open_storage(url, heartbeat_interval=None, grace_period=None, read_only=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,9 +75,15 @@ def model_meta(
     }
 
 
-def check_out(out: Path) -> None:
-    """The --out of an export: a .npz file name in an existing folder (checked before the
-    database is opened, so a typo costs nothing)."""
+def check_out(out: Path, *, force: bool = False) -> None:
+    """The --out of an export: a .npz file name in an existing folder, and (unless ``force``)
+    neither it nor its sidecar already there: an unrelated ``config.json`` beside
+    ``config.npz`` was replaced without a word (#22). Checked before the database is opened,
+    so a typo costs nothing.
+
+    Note: checked, then written by ``MLP.save`` (which renames into place): a file another
+    process creates in between is replaced.
+    """
     if out.suffix != ".npz":
         raise SpecError(
             f"--out must be a .npz file (the sidecar goes beside it as .json); got {str(out)!r}"
@@ -85,6 +92,12 @@ def check_out(out: Path) -> None:
         raise SweepError(f"--out {out}: is a folder; give a file name, e.g. {out / 'model.npz'}")
     if not out.parent.is_dir():
         raise SweepError(f"--out {out}: no such folder {out.parent}")
+    there = [p for p in (out, out.with_suffix(".json")) if os.path.lexists(p)]
+    if there and not force:
+        raise SpecError(
+            f"--out {out}: {' and '.join(str(p) for p in there)} already "
+            f"{'exist' if len(there) > 1 else 'exists'}; export replaces no file unless --force"
+        )
 
 
 def export(study: optuna.Study, store: ArtifactStore, out: Path, *, where: str) -> Path:
@@ -92,6 +105,7 @@ def export(study: optuna.Study, store: ArtifactStore, out: Path, *, where: str) 
     sidecar. SweepError (one line) if the study has no usable best model in ``store`` (found
     at ``where``, for messages)."""
     from mlp import CheckpointError, load_state
+    from mlp.model import not_finite
 
     name = printable(study.study_name, 200)
 
@@ -130,6 +144,8 @@ def export(study: optuna.Study, store: ArtifactStore, out: Path, *, where: str) 
             state = load_state(path, like=model)
         except CheckpointError as e:
             raise missing(f"artifact {artifact}: {_line(e).split(': ', 1)[-1]}") from e
+    if (bad := not_finite(state.params)) is not None:  # its history may claim any value
+        raise missing(f"artifact {artifact} holds {bad} weights that are not finite")
     if not state.history or 100 * state.history[-1].valid_accuracy != trial.value:
         raise missing(f"artifact {artifact} does not reproduce trial {trial.number}'s value")
     for p, w in zip(model.params, state.params, strict=True):

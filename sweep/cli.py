@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
+from mlp.memory import InsufficientMemory
 from mlp.train import DivergedError
 from sweep.errors import (
     DataError,
@@ -38,8 +39,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
     """Fetch, verify and cache MNIST, and print where the cache is."""
     from mlp import data
 
-    if args.path:
-        ds = data.load_mnist(args.path)
+    if args.path is not None:  # an empty one is an error, not the cache
+        ds = data.load_mnist(_data_path(args.path, "path"))
         print(f"{args.path}: read {len(ds.train.y)}/{len(ds.valid.y)}/{len(ds.test.y)} examples")
         return EXIT_OK
     path = data.fetch(force=args.force)
@@ -50,14 +51,20 @@ def _cmd_data(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     """Train one network and print a line per epoch and the final validation accuracy."""
     from mlp import MLP, EpochMetrics, fit, load_mnist, parameter_count
+    from mlp.memory import require_training
     from sweep.settings import configs_from_args
 
     # Checked before any data is read: a bad value is one line and exit 2 (a SpecError).
     m, config = configs_from_args(args, seed=args.seed, train_size=args.train_size)
-    ds = load_mnist(args.data)
+    ds = load_mnist(_data_path(args.data))
     if args.train_size:
         ds = ds.head(args.train_size)
-    model = MLP.from_config(m, seed=config.seed)
+    # before anything of the model is allocated (InsufficientMemory: one line, exit 1)
+    require_training(m, config, train_examples=len(ds.train.y), valid_examples=len(ds.valid.y))
+    try:
+        model = MLP.from_config(m, seed=config.seed)
+    except ValueError as e:  # initial weights past the dtype's range (--init-std 1e308)
+        raise SpecError(str(e)) from e
     print(
         f"784-{m.hidden_1}-{m.hidden_2}-10 ({parameter_count(m.hidden_1, m.hidden_2):,}"
         f" parameters), {m.init} init, {m.activation}, {m.dtype}, lr {config.learning_rate},"
@@ -172,8 +179,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         raise SpecError("worker needs a study: --study NAME, or a study file")
     given = _study_spec(args.study) if args.study else None
     name = args.name or given.name
-    ran = join(name, storage=args.storage, spec=given, wait=args.wait, data_path=args.data,
-               artifacts=args.artifacts)  # fmt: skip
+    ran = join(name, storage=args.storage, spec=given, wait=args.wait,
+               data_path=_data_path(args.data), artifacts=args.artifacts)  # fmt: skip
     print(f"worker ran {ran} trial(s); study {name!r} has nothing left to claim")
     return EXIT_OK
 
@@ -299,7 +306,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     _quiet_optuna()
     sidecar = export(_study_name(args.study), out=args.out, storage=args.storage,
-                     artifacts=args.artifacts)  # fmt: skip
+                     artifacts=args.artifacts, force=args.force)  # fmt: skip
     print(f"{args.out} (weights) and {sidecar} (architecture, config, accuracy)")
     return EXIT_OK
 
@@ -309,16 +316,29 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sweep.gradcheck import check_gradients
+    from sweep.rules import DATA_RULES
+    from sweep.settings import checked, seed_rule
 
+    seed = checked("seed", seed_rule(), args.seed)
+    examples = checked("examples", DATA_RULES["train_size"], args.examples)
     report = check_gradients(hidden_1=args.hidden_1, hidden_2=args.hidden_2,
-                             examples=args.examples, seed=args.seed, out_dir=Path(args.out),
-                             data_path=args.data)  # fmt: skip
+                             examples=examples, seed=seed, out_dir=Path(args.out),
+                             data_path=_data_path(args.data))  # fmt: skip
     print(f"{'N':>8}  {'epsilon':>8}  max |difference|")
     for n, d in zip(report.ns, report.max_abs_diff, strict=True):
         print(f"{n:>8}  {1 / n:>8.0e}  {d:.3e}")
     print(report.reading)
     print(f"written to {report.out_dir}/gradcheck.md")
     return EXIT_OK
+
+
+def _data_path(text: str | None, flag: str = "data") -> str | None:
+    """A ``--data`` (or ``--path``) flag checked as a study file's ``[data] path`` is: an empty
+    one would read the current folder (or, to a worker, mean the stored study's copy)."""
+    from sweep.rules import DATA_RULES
+    from sweep.settings import checked
+
+    return None if text is None else checked(flag, DATA_RULES["path"], text)
 
 
 def _int(text: str, allowed: str) -> int:
@@ -534,6 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help=storage_help)
     p.add_argument("--artifacts", metavar="URL", help=artifacts_help.replace(
         "where trials checkpoint", "where the study's trials checkpointed"))  # fmt: skip
+    p.add_argument(
+        "--force", action="store_true", help="replace FILE.npz and FILE.json if they exist"
+    )
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser(
@@ -605,7 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpecError as e:
         print(f"sweep: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (SweepError, DataError, DivergedError) as e:
+    except (SweepError, DataError, DivergedError, InsufficientMemory) as e:
         print(f"sweep: error: {e}", file=sys.stderr)
         return EXIT_ERROR
 

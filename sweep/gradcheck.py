@@ -9,6 +9,7 @@ import dataclasses
 from pathlib import Path
 
 from mlp import MLP, gradcheck, load_mnist
+from mlp.memory import architecture, gradcheck_bytes, require
 from sweep import figures
 from sweep.report import md_table
 
@@ -28,8 +29,12 @@ def check_gradients(
     data_path: str | None = None,
 ) -> GradcheckReport:  # fmt: skip
     """Check a 784-hidden_1-hidden_2-10 network's backprop on its first ``examples`` training
-    examples against central differences at every ε of ``mlp.gradcheck``; write the report."""
+    examples against central differences at every ε of ``mlp.gradcheck``; write the report.
+    InsufficientMemory, before the network is built, if it would not fit."""
     data = load_mnist(data_path)
+    require(gradcheck_bytes(hidden_1, hidden_2, examples=examples),
+            f"a gradient check of {architecture(hidden_1, hidden_2)} in float64 on "
+            f"{examples} examples")  # fmt: skip
     model = MLP(hidden_1, hidden_2, dtype="float64", seed=seed)
     x = data.train.x[:examples].astype("float64")
     result = gradcheck(model, x, data.train.y[:examples], seed=seed)

@@ -20,12 +20,15 @@ import optuna
 from threadpoolctl import threadpool_limits
 
 from mlp import MLP, Dataset, DivergedError, EpochMetrics, TrainConfig, fit, load_mnist
+from mlp.config import ModelConfig
+from mlp.memory import require_training
 from mlp.model import parameter_count
 from sweep.checkpoint import Checkpoints, fits_of
 from sweep.errors import SpecError
+from sweep.queue import FAIL_REASON
 from sweep.rules import check_value, train_rules
 from sweep.settings import TrainSettings, configs
-from sweep.space import suggest
+from sweep.space import OutsideSpace, suggest, suggest_checked
 from sweep.spec import StudySpec
 
 if TYPE_CHECKING:
@@ -77,9 +80,22 @@ class Objective:
     artifacts: ArtifactStore | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
-        settings = suggest(trial, self.spec)
+        try:
+            # The fixed parameters optuna's suggest_* will return (optuna keeps them private):
+            # another client may have enqueued anything.
+            settings = suggest_checked(trial, self.spec, getattr(trial, "_fixed_params", {}))
+        except OutsideSpace as e:
+            raise _failed(trial, str(e)) from e
         seed = trial_seed(self.spec.seed, trial.params)
-        model, config = build_model_and_config(settings, seed)
+        model_config, config = configs(settings, seed)
+        data = load_data(self.spec)
+        # Before the model is allocated; a worker's failure (its trial goes back to the queue
+        # for a host with the memory), as a MemoryError would be.
+        _require_memory(model_config, config, data, trial.number)
+        try:
+            model = MLP.from_config(model_config, seed=seed)
+        except ValueError as e:  # initial weights past the dtype's range: the trial's numbers
+            raise _failed(trial, str(e)) from e
         curves: dict[str, list[float]] = {
             "train_loss": [], "train_accuracy": [], "valid_loss": [], "valid_accuracy": []
         }  # fmt: skip
@@ -135,7 +151,7 @@ class Objective:
         try:
             # The study's BLAS thread count, whatever the worker's: float32 sums depend on it.
             with threadpool_limits(limits=self.spec.threads, user_api="blas"):
-                fit(model, load_data(self.spec), config, on_epoch=on_epoch, resume=resumed,
+                fit(model, data, config, on_epoch=on_epoch, resume=resumed,
                     on_state=saved.on_state if saved is not None else None)  # fmt: skip
             if saved is not None:
                 saved.finish()  # the final weights, for the study's best model
@@ -147,6 +163,21 @@ class Objective:
                 saved.close()
         save()
         return curves["valid_accuracy"][-1]
+
+
+def _require_memory(model: ModelConfig, config: TrainConfig, data: Dataset, number: int) -> None:
+    """InsufficientMemory (one line naming the trial and its sizes) if training it on ``data``
+    would take more memory than this host has available; checked before anything of it is
+    allocated."""
+    require_training(model, config, train_examples=len(data.train.y),
+                     valid_examples=len(data.valid.y), prefix=f"trial {number}: ")  # fmt: skip
+
+
+def _failed(trial: optuna.Trial, reason: str) -> TrialFailed:
+    """The trial's own failure before it trained: ``fail_reason`` recorded, one warning line."""
+    trial.set_user_attr(FAIL_REASON, reason)
+    logger.warning("trial %d failed: %s", trial.number, reason)
+    return TrialFailed(reason)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,8 +220,10 @@ def evaluate_best(study: optuna.Study, spec: StudySpec) -> Evaluation:
     best = study.best_trial
     settings = settings_of(best, spec)
     seed = trial_seed(spec.seed, best.params)
-    model, config = build_model_and_config(settings, seed)
     data = load_data(spec)
+    model_config, config = configs(settings, seed)
+    _require_memory(model_config, config, data, best.number)
+    model = MLP.from_config(model_config, seed=seed)
     with threadpool_limits(limits=spec.threads, user_api="blas"):
         history = fit(model, data, config)
         _, test_acc = model.evaluate(data.test.x.astype(model.dtype, copy=False), data.test.y,

@@ -135,7 +135,7 @@ BUDGET_RULES: dict[str, Rule] = {
     "max_params": int_in(1, MAX_PARAMS),
 }
 DATA_RULES: dict[str, Rule] = {
-    "train_size": int_in(1, TRAIN_SET_SIZE),
+    "train_size": int_in(1, TRAIN_SET_SIZE, " (the examples in MNIST's training split)"),
     "path": Rule(
         str, lambda v: v != "" and "\0" not in v,
         "a path to your own copy of MNIST (not empty, no NUL character)",

@@ -24,7 +24,7 @@ from mlp.config import (
     split,
 )
 from sweep.errors import SpecError
-from sweep.rules import conform, rule_of, show, train_rules
+from sweep.rules import DATA_RULES, Rule, conform, rule_of, show, train_rules
 
 #: Spellings a flag had before it was derived, kept so that commands keep working.
 _ALIASES = {"learning_rate": ("--lr",)}
@@ -110,20 +110,33 @@ def configs_from_args(
 ) -> tuple[ModelConfig, TrainConfig]:
     """The model's and the training run's configurations from flags added by
     ``add_train_arguments``, checked with the study files' rules; a batch is at most
-    ``train_size`` (the training set in use). ``seed`` (a ``--seed`` flag's value, its text
-    or a number) is checked as declared. Raises SpecError naming the flag."""
-    rules = train_rules(train_size) | {"seed": rule_of(_declared("seed"))}
+    ``train_size`` (the training set in use, itself at most MNIST's). ``seed`` (a ``--seed``
+    flag's value, its text or a number) is checked as declared. Raises SpecError naming the
+    flag."""
+    if train_size is not None:
+        checked("train_size", DATA_RULES["train_size"], train_size)
+    rules = train_rules(train_size) | {"seed": seed_rule()}
     given = {h.name: getattr(args, h.name) for h in hyperparameters()}
     given["seed"] = _lenient(int)(seed) if isinstance(seed, str) else seed
-    values = {}
-    for name, got in given.items():
-        ok, values[name] = conform(rules[name], got)
-        if not ok:
-            raise SpecError(f"{flag(name)} must be {rules[name].allowed}; got {show(got)}")
+    values = {name: checked(name, rules[name], got) for name, got in given.items()}
     # The optimiser refuses Nesterov without momentum; say so before the data is loaded.
     if values["nesterov"] and not values["momentum"] > 0:
         raise SpecError(f"--nesterov must be off unless --momentum > 0; got {values['momentum']}")
     return split(values)
+
+
+def checked(name: str, rule: Rule, got: Any) -> Any:
+    """A flag's value as ``rule`` has it; SpecError naming the flag (``name``'s) if it breaks
+    the rule: ``--seed must be a 64-bit integer >= 0; got -1``."""
+    ok, value = conform(rule, got)
+    if not ok:
+        raise SpecError(f"{flag(name)} must be {rule.allowed}; got {show(got)}")
+    return value
+
+
+def seed_rule() -> Rule:
+    """What a seed accepts, as declared (``mlp.config.PARAMETERS``)."""
+    return rule_of(_declared("seed"))
 
 
 def _declared(name: str) -> Hyperparameter:

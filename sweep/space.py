@@ -21,6 +21,8 @@ import itertools
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from mlp.model import parameter_count
+from sweep.errors import SpecError
+from sweep.rules import show
 
 if TYPE_CHECKING:
     import optuna
@@ -218,6 +220,84 @@ def _suggest_hidden(trial: optuna.Trial, spec: SearchSpec) -> dict[str, int]:
     # have an in-budget partner, then the other size from the interval it leaves (optuna's
     # integer distributions may change their bounds from trial to trial).
     return _Plan.of(spec).suggest(trial, budget)
+
+
+class OutsideSpace(SpecError):
+    """A claimed trial's fixed parameters (any client may enqueue a trial) that the study's
+    space would never suggest; the message names the parameter, its value and the space."""
+
+
+#: Choices a message lists before it says how many there are (an ``architecture`` parameter
+#: may have 100,000).
+_LISTED = 8
+
+
+class _Checked:
+    """A trial as ``suggest`` sees it, whose fixed parameters are checked against each
+    distribution asked for before optuna records them: optuna only warns of a fixed value
+    out of range, then trains it (``hidden_1 = 10**7`` under a range of [16, 200], #22)."""
+
+    def __init__(self, trial: optuna.Trial, fixed: dict[str, Any]) -> None:
+        self.trial, self.fixed, self.asked = trial, fixed, set()
+
+    def _check(self, name: str, fits: bool, allowed: str) -> None:
+        self.asked.add(name)
+        if name in self.fixed and not fits:
+            raise OutsideSpace(
+                f"parameter {show(name)} = {show(self.fixed[name])} is outside the study's space "
+                f"({name}: {allowed})"
+            )
+
+    def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
+        v = self.fixed.get(name)
+        listed = ", ".join(show(c) for c in choices[:_LISTED])
+        more = f", … ({len(choices):,} values)" if len(choices) > _LISTED else ""
+        self._check(name, any(_same(v, c) for c in choices), f"one of {listed}{more}")
+        return self.trial.suggest_categorical(name, choices)
+
+    def suggest_int(self, name: str, low: int, high: int, *, log: bool = False) -> int:
+        v = self.fixed.get(name)
+        fits = type(v) is int and low <= v <= high
+        self._check(name, fits, f"an integer in [{low}, {high}]")
+        return self.trial.suggest_int(name, low, high, log=log)
+
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float:
+        v = self.fixed.get(name)
+        fits = type(v) in (int, float) and low <= v <= high  # NaN compares false
+        self._check(name, fits, f"a float in [{low:g}, {high:g}]")
+        return self.trial.suggest_float(name, low, high, log=log)
+
+
+def _same(v: Any, choice: Any) -> bool:
+    """Whether a fixed value is ``choice`` as optuna finds it (by ==, so 64.0 is 64), but
+    never a boolean for a number or the other way round (True == 1)."""
+    return (type(v) is bool) == (type(choice) is bool) and v == choice
+
+
+def suggest_checked(trial: optuna.Trial, spec: SearchSpec[Settings], fixed: Any) -> Settings:
+    """``suggest`` for a claimed trial, whose ``fixed`` parameters (as enqueued, by sweep or by
+    any client) must each be a value the space would suggest, for a parameter it asks for, and
+    give an architecture inside the budget. Raises OutsideSpace naming the first that is not,
+    before optuna records it."""
+    if not isinstance(fixed, dict):
+        raise OutsideSpace(f"its fixed parameters are {show(fixed)}, not a table of them")
+    checked = _Checked(trial, fixed)
+    settings = suggest(checked, spec)  # type: ignore[arg-type]
+    unknown = [name for name in fixed if name not in checked.asked]
+    if unknown:
+        searched = ", ".join(sorted(checked.asked)) or "nothing"
+        raise OutsideSpace(
+            f"parameter {show(unknown[0])} = {show(fixed[unknown[0]])} is not in the study's "
+            f"space (it searches {searched})"
+        )
+    if not spec.budget.admits(settings.hidden_1, settings.hidden_2):
+        b = spec.budget
+        raise OutsideSpace(
+            f"architecture {settings.hidden_1}x{settings.hidden_2} has "
+            f"{parameter_count(settings.hidden_1, settings.hidden_2):,} parameters, outside "
+            f"the study's budget ({b.min_params:,} < parameters < {b.max_params:,})"
+        )
+    return settings
 
 
 def suggest(trial: optuna.Trial, spec: SearchSpec[Settings]) -> Settings:

@@ -613,3 +613,9 @@ def test_pixels_outside_zero_one_are_refused_after_float32(tmp_path, tiny_splits
     path = tmp_path / "tiny.pkl.gz"
     path.write_bytes(_pkl_gz(tuple(tiny_splits)))
     _refused(path, r"train pixels must be floats in \[0, 1\)")
+
+
+def test_an_empty_path_is_refused_not_read_as_the_current_folder():
+    # Path("") is ".", which was read (and reported as `.: missing train-images-idx3-ubyte`).
+    with pytest.raises(DataError, match=r"^the dataset path is empty \(expected the path of "):
+        load_mnist("")

@@ -1,9 +1,10 @@
 import math
+import warnings
 
 import numpy as np
 import pytest
 
-from mlp import MLP, ModelConfig, parameter_count
+from mlp import MLP, CheckpointError, ModelConfig, parameter_count
 from mlp.functions import ACTIVATIONS
 from mlp.optim import SGD
 from tests.mlp.numeric import central_differences, relative_error
@@ -96,3 +97,28 @@ def test_float32_and_float64_start_from_the_same_weights():
 def test_unknown_options_are_refused(kwargs, field):
     with pytest.raises(ValueError, match=field):
         MLP(4, 4, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_initial_weights_past_the_dtypes_range_are_refused_without_a_numpy_warning(dtype):
+    # 1e308 · N(0, 1) overflows float64 beyond 1.8 and every float32: numpy warned of the cast
+    # before the one-line error (#22); now the draw is checked, silently, and refused.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=rf"^init 'normal' with init_std 1e\+308 drew W1 "
+                           rf"weights that are not finite in {dtype} "):  # fmt: skip
+            MLP(64, 8, init="normal", init_std=1e308, dtype=dtype)
+        MLP(64, 8, init="normal", init_std=1e30, dtype="float32")  # finite: built
+
+
+def test_a_model_whose_weights_are_not_finite_does_not_load(tmp_path):
+    # The sidecar's digest matches (save computed it), yet the weights predict nothing.
+    model = MLP(8, 4, seed=1)
+    model.params[2][1, 2] = np.nan
+    model.save(tmp_path / "nan.npz")
+    with pytest.raises(CheckpointError, match=r"nan\.npz: expected a trained model; got W2 "
+                       r"weights that are not finite \(NaN or infinite\)$"):  # fmt: skip
+        MLP.load(tmp_path / "nan.npz")
+    model.params[2][1, 2] = 0.5
+    model.save(tmp_path / "ok.npz")
+    MLP.load(tmp_path / "ok.npz")

@@ -72,13 +72,14 @@ def sweep_cmd(*args: str) -> list[str]:
     return [str(SWEEP), *args] if SWEEP.exists() else [sys.executable, "-m", "sweep.cli", *args]
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300):
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300, preexec_fn=None):
     return subprocess.run(
         sweep_cmd(*args),
         capture_output=True,
         text=True,
         timeout=timeout,
         env={**os.environ, **(env or {})},
+        preexec_fn=preexec_fn,
     )
 
 

@@ -8,6 +8,7 @@ import hashlib
 import io
 import os
 import re
+import resource
 import socket
 import zipfile
 import zlib
@@ -441,7 +442,81 @@ OTHER_CASES = [
         r"study 'g' has no best model to export \(its artifact [0-9a-f-]+ is not in "
         r"{tmp}empty\); retrain and upload it with: sweep evaluate STUDY\.toml",
     ),
+    (
+        "an export over a file it did not write",
+        [*EXPORT, "--out", "{tmp}config.npz"],
+        lambda tmp: (tmp / "config.json").write_text('{"someone": "else\'s"}\n'),
+        2,
+        r"--out {tmp}config\.npz: {tmp}config\.json already exists; export replaces no file "
+        r"unless --force",
+    ),
+    (
+        "a network too large for the memory",
+        ["train", "--hidden-1", "200000", "--hidden-2", "200000"],
+        None,
+        1,
+        r"training 784-200000-200000-10 \(40,159,200,010 parameters\) in float32 with batches "
+        r"of 128 needs about [\d,.]+ GiB of memory, more than the [\d,.]+ [GM]iB available",
+    ),
+    (
+        "a gradient check too large for the memory",
+        ["gradcheck", "--hidden-1", "1000000", "--hidden-2", "1000000", "--out", "{tmp}gc"],
+        None,
+        1,
+        r"a gradient check of 784-1000000-1000000-10 \(1,000,796,000,010 parameters\) in "
+        r"float64 on 10 examples needs about [\d,.]+ GiB of memory, more than the [\d,.]+ "
+        r"[GM]iB available",
+    ),
+    (
+        "a negative seed",
+        ["gradcheck", "--seed", "-1", "--out", "{tmp}gc"],
+        None,
+        2,
+        r"--seed must be a 64-bit integer >= 0; got -1",
+    ),
+    (
+        "a training size over the data",
+        ["train", "--train-size", "1000000000"],
+        None,
+        2,
+        r"--train-size must be an integer in \[1, 50000\] \(the examples in MNIST's training "
+        r"split\); got 1000000000",
+    ),
+    (
+        "more gradient-check examples than the data",
+        ["gradcheck", "--examples", "50001", "--out", "{tmp}gc"],
+        None,
+        2,
+        r"--examples must be an integer in \[1, 50000\] \(the examples in MNIST's training "
+        r"split\); got 50001",
+    ),
+    (
+        "an empty dataset path",
+        ["train", "--data", ""],
+        None,
+        2,
+        r"--data must be a path to your own copy of MNIST \(not empty, no NUL character\); "
+        r"got ''",
+    ),
+    (
+        "initial weights past the dtype's range",
+        ["train", "--init", "normal", "--init-std", "1e308"],
+        None,
+        2,
+        # numpy's overflow warnings preceded the line (#22): the one-line check refuses them
+        r"init 'normal' with init_std 1e\+308 drew W1 weights that are not finite in float32 "
+        r"\(largest finite: 3\.4e\+38\)",
+    ),
 ]
+
+
+#: The address space each command of OTHER_CASES may take: no bad input may take the machine's
+#: memory, and a size check that failed would meet MemoryError here, not the OOM killer.
+ADDRESS_SPACE = 8 << 30
+
+
+def _bounded() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
 
 
 @pytest.mark.parametrize(
@@ -453,7 +528,8 @@ def test_bad_input_to_other_commands(case, args, setup, code, pattern, existing_
     tmp = f"{tmp_path}/"
     before = _digest(existing_db)
     try:
-        out = run_cli(*(a.format(tmp=tmp, db=existing_db, port=port) for a in args), timeout=60)
+        out = run_cli(*(a.format(tmp=tmp, db=existing_db, port=port) for a in args), timeout=60,
+                      preexec_fn=_bounded)  # fmt: skip
     finally:
         if isinstance(held, socket.socket):
             held.close()
@@ -482,3 +558,31 @@ def test_the_readme_table_and_the_tests_agree_both_ways():
         assert code == want_code, case
         expected = "sweep: error: " + pattern.format(file=re.escape("x.toml"), tmp=r"(?:\S*/)?")
         assert re.fullmatch(expected, message), (case, message)
+
+
+@pytest.mark.parametrize("command", ["train", "gradcheck"])
+def test_sizes_no_machine_has_are_one_line_before_anything_is_allocated(command, tmp_path):
+    # numpy's `array is too big; arr.size * arr.dtype.itemsize is larger than the maximum
+    # possible size` traceback (#22); the estimate is exact integer arithmetic at any size.
+    out_dir = ["--out", str(tmp_path)] if command == "gradcheck" else []
+    out = run_cli(command, "--hidden-1", str(2**62), *out_dir)
+    _assert_one_line(
+        out, 1, r"(a gradient check of|training) 784-4611686018427387904-768-10 \(7,161,948,"
+        r"386,617,733,423,370 parameters\) .* needs about [\d,.]+ GiB of memory, more than the "
+        r"[\d,.]+ [GM]iB available",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["data", "--path", ""], ["gradcheck", "--data", ""],
+     ["worker", "--study", "g", "--storage", "sqlite:///{db}", "--data", ""]],
+    ids=["data", "gradcheck", "worker"],
+)  # fmt: skip
+def test_every_empty_dataset_flag_is_the_same_one_line(args, existing_db):
+    # `sweep data --path ''` checked the cache instead, and a worker's `--data ''` meant the
+    # stored study's copy: each now says what the flag must be.
+    out = run_cli(*(a.format(db=existing_db) for a in args))
+    flag = "--path" if args[0] == "data" else "--data"
+    _assert_one_line(out, 2, f"{flag} must be a path to your own copy of MNIST \\(not empty, "
+                     "no NUL character\\); got ''")  # fmt: skip

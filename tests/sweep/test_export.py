@@ -14,15 +14,16 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from optuna.trial import TrialState
 from threadpoolctl import threadpool_limits
 
-from mlp import MLP
+from mlp import MLP, load_state, save_state
 from sweep import best
 from sweep.cleanup import BEST_MODEL
-from sweep.objective import load_data, settings_of
+from sweep.objective import build_model_and_config, load_data, settings_of
 from sweep.spec import load_spec
 from tests.sweep.helpers import grid_study, load, run_cli
 
@@ -308,3 +309,54 @@ def test_a_bad_out_is_one_line_before_the_database_is_read(tmp_path, out, code, 
     assert out.returncode == code and out.stderr.count("\n") == 1, out.stderr
     assert message in out.stderr
     assert not Path(tmp_path / "no.db").exists()
+
+
+def test_export_replaces_no_file_it_did_not_write_unless_forced(ran, tmp_path):
+    # An unrelated config.json beside --out config.npz was replaced without a word (#22).
+    _, _, url, store = ran
+    theirs = b'{"learning_rate": "someone else\'s"}\n'
+    (tmp_path / "config.json").write_bytes(theirs)
+    args = ["export", "g", "--out", str(tmp_path / "config.npz"), "--storage", url,
+            "--artifacts", str(store)]  # fmt: skip
+    out = run_cli(*args)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr == (
+        f"sweep: error: --out {tmp_path / 'config.npz'}: {tmp_path / 'config.json'} already "
+        "exists; export replaces no file unless --force\n"
+    )
+    assert (tmp_path / "config.json").read_bytes() == theirs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+    # the weights' file alone, or both, are refused the same way
+    (tmp_path / "config.json").rename(tmp_path / "config.npz")
+    assert run_cli(*args).returncode == 2
+    (tmp_path / "config.json").write_bytes(theirs)
+    out = run_cli(*args)
+    assert (
+        out.returncode == 2 and "config.npz and " in out.stderr and "already exist;" in (out.stderr)
+    )
+    assert (tmp_path / "config.npz").read_bytes() == theirs
+    # --force replaces both with the model
+    out = run_cli(*args, "--force")
+    assert out.returncode == 0, out.stderr
+    MLP.load(tmp_path / "config.npz")
+    assert json.loads((tmp_path / "config.json").read_text())["meta"]["study"] == "g"
+
+
+def test_a_best_model_whose_weights_are_not_finite_is_one_line(ran, tmp_path):
+    # A state whose history claims the trial's value exactly, but whose weights are NaN.
+    _, _, url, store = ran
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    kept = _kept(url)
+    study = load(url, "g")
+    spec = best._stored_spec(study)
+    trial = study.trials[kept["trial"]]
+    model, _ = build_model_and_config(settings_of(trial, spec), 0)
+    state = load_state(copy / kept["artifact_id"], like=model)
+    state.params[0][3, 4] = np.nan
+    save_state(state, copy / kept["artifact_id"])
+    out = run_cli("export", "g", "--out", str(tmp_path / "m.npz"), "--storage", url,
+                  "--artifacts", str(copy))  # fmt: skip
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+    assert f"(artifact {kept['artifact_id']} holds W1 weights that are not finite)" in out.stderr
+    assert not list(tmp_path.glob("m.*"))

@@ -5,7 +5,15 @@ import optuna
 import pytest
 
 from mlp import parameter_count
-from sweep.space import ARCHITECTURE, grid_points, hidden_1_interval, hidden_2_interval, suggest
+from sweep.space import (
+    ARCHITECTURE,
+    OutsideSpace,
+    grid_points,
+    hidden_1_interval,
+    hidden_2_interval,
+    suggest,
+    suggest_checked,
+)
 from sweep.spec import Budget, load_spec, parse_spec
 from tests.sweep.test_spec import STUDIES
 
@@ -123,3 +131,49 @@ def test_one_searched_size_against_a_fixed_one():
     h2 = {s.hidden_2 for s in _sample(spec, 300, optuna.samplers.RandomSampler(seed=3))}
     lo, hi = hidden_2_interval(spec.budget, 512)
     assert min(h2) >= lo and max(h2) <= hi and max(h2) - min(h2) > 0.8 * (hi - lo)
+
+
+def _claimed(fixed: dict) -> optuna.Trial:
+    """A trial enqueued by any client with these parameters, as a worker claims it."""
+    study = optuna.create_study()
+    study.enqueue_trial(fixed, skip_if_exists=False)
+    return study.ask()
+
+
+@pytest.mark.parametrize(
+    "space",
+    [
+        RANGES["space"],
+        {"hidden_1": [392, 512, 768, 1024], "hidden_2": [256, 512, 768, 1024]},  # architecture
+        {"hidden_1": [128, 392, 1024], "hidden_2": {"low": 64, "high": 1024}, "shuffle": [True]},
+    ],
+    ids=["ranges", "architecture", "list-and-range"],
+)
+def test_the_parameters_a_space_suggested_pass_its_check_when_enqueued_again(space):
+    # A requeued trial is enqueued with the parameters it ran with (sweep.queue): the check
+    # must never fail one the space itself suggested.
+    spec = parse_spec({**RANGES, "space": space})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=4))
+    for _ in range(200):
+        trial = study.ask()
+        settings = suggest(trial, spec)
+        again = _claimed(trial.params)
+        assert suggest_checked(again, spec, again._fixed_params) == settings
+        study.tell(trial, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("fixed", "why"),
+    [
+        ({"shuffle": 1}, r"parameter 'shuffle' = 1 is outside the study's space \(shuffle: one "
+         r"of True, False\)"),  # 1 == True, but a number is not a boolean
+        ({"learning_rate": float("nan")}, r"'learning_rate' = nan is outside .* a float in"),
+        ({"hidden_1": 512.5}, r"'hidden_1' = 512\.5 is outside .* an integer in \[271, 1024\]"),
+        ({"dropout": 0.5}, r"'dropout' = 0\.5 is not in the study's space \(it searches "),
+    ],
+)  # fmt: skip
+def test_a_fixed_value_the_space_would_not_suggest_is_refused(fixed, why):
+    spec = parse_spec({**RANGES, "space": {**RANGES["space"], "shuffle": [True, False]}})
+    trial = _claimed(fixed)
+    with pytest.raises(OutsideSpace, match=why):
+        suggest_checked(trial, spec, trial._fixed_params)
