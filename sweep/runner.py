@@ -41,7 +41,7 @@ from sweep.storage import (
     root_cause,
     storage_failure,
 )
-from sweep.study import open_study, rdb_of, recover, top_up
+from sweep.study import grid_left, open_study, rdb_of, recover, top_up, unfinished
 from sweep.worker import POLL_S, work
 
 logger = logging.getLogger(__name__)
@@ -76,10 +76,19 @@ def _waiting_for(pending: queue.Pending, run_id: str, grace: float) -> str | Non
     return f"waiting for {len(elsewhere)} trial(s) running on other workers"
 
 
-def _progress(study: optuna.Study, total: int, start: float, run_id: str) -> Progress:
-    # Read-only aggregates: a display polled every second must not queue for the write lock.
+def _progress(
+    study: optuna.Study, spec: StudySpec, total: int, start: float, run_id: str, *,
+    exact: bool = False,
+) -> Progress:  # fmt: skip
+    """The run's progress, by read-only aggregates: a display polled every second must not
+    queue for the write lock. A grid's points done are counted exactly (what covers each,
+    ``sweep.study.grid_left``) when ``exact`` (the last line) or when the cheap count reaches
+    the total, so that no line reads N/N while a point is left."""
     rdb = rdb_of(study._storage)
-    done, best = queue.tally(rdb, study._study_id)
+    grid = spec.sampler == "grid"
+    done, best = queue.tally(rdb, study._study_id, grid=grid)
+    if grid and (exact or done >= total):
+        done, total = grid_left(study, spec)
     pending = queue.pending(rdb, study._study_id)
     return Progress(
         done=done,
@@ -167,13 +176,13 @@ def run(
     def watch() -> None:
         while not stop.wait(POLL_S):
             try:
-                on_progress(_progress(study, total, start, run_id))
+                on_progress(_progress(study, spec, total, start, run_id))
             except Exception:  # a busy database only delays the display
                 logger.debug("progress poll failed", exc_info=True)
 
     watcher = threading.Thread(target=watch, daemon=True) if on_progress else None
     if watcher:
-        on_progress(_progress(study, total, start, run_id))
+        on_progress(_progress(study, spec, total, start, run_id))
         watcher.start()
     try:
         # Each worker's sampler has a seed of its own, also across launchers (two runs on two
@@ -203,8 +212,14 @@ def run(
         stop.set()
         if watcher:
             watcher.join()
+    try:
+        last = _progress(study, spec, total, start, run_id, exact=True)
+    except STORAGE_ERRORS as e:
+        raise storage_failure(e, url) from e
     if on_progress:
-        on_progress(_progress(study, total, start, run_id))
+        on_progress(last)
+    if spec.sampler == "grid" and last.done < last.total:
+        raise unfinished(last.done, last.total, url)
     return study
 
 

@@ -15,9 +15,9 @@ from typing import Any
 import optuna
 
 from mlp.model import parameter_count
-from sweep import queue
+from sweep import guard, queue
 from sweep import tables as tb
-from sweep.errors import SpecError
+from sweep.errors import SpecError, UnfinishedError
 from sweep.sampler import BoundedTPESampler
 from sweep.space import grid_points
 from sweep.spec import METRIC, StudySpec, first_difference, stored_spec
@@ -186,6 +186,7 @@ def top_up(study: optuna.Study, spec: StudySpec) -> int:
     """Enqueue what the study still needs, atomically (``sweep.queue.top_up``); return the
     study's total, the progress target."""
     rdb = rdb_of(study._storage)
+    guard.ensure(rdb)  # before anything is queued: only sweep's workers take from the queue
     if spec.sampler != "grid":
         return queue.top_up(rdb, study._study_id, cap=spec.trials)
     grid = grid_points(spec)
@@ -194,6 +195,37 @@ def top_up(study: optuna.Study, spec: StudySpec) -> int:
     # side, not with one large trial running alone while the other workers idle.
     points = sorted(points, key=lambda p: _cost(spec, p), reverse=True)
     return queue.top_up(rdb, study._study_id, points=points, beyond=beyond)
+
+
+def _with_stored_cap(study: optuna.Study, spec: StudySpec) -> StudySpec:
+    """``spec`` with the study's stored trial cap, which a launcher may have changed since
+    this process read it."""
+    stored = study._storage.get_study_user_attrs(study._study_id).get(queue.SPEC)
+    if stored is None:
+        return spec
+    cap = stored_spec(stored, source=f"study {spec.name!r}").trials
+    return dataclasses.replace(spec, trials=cap)
+
+
+def refill(study: optuna.Study, spec: StudySpec) -> None:
+    """``top_up`` under the study's stored cap: what a worker does when the queue runs dry,
+    so that a point another client took from the queue and did not train is queued again."""
+    top_up(study, _with_stored_cap(study, spec))
+
+
+def grid_left(study: optuna.Study, spec: StudySpec) -> tuple[int, int]:
+    """(points done, points in all) of a grid under the study's stored cap: done is trained
+    (COMPLETE or PRUNED with the point's parameters) or failed for good (``sweep.coverage``)."""
+    points = grid_points(spec)[: _with_stored_cap(study, spec).trials]
+    return queue.grid_done(rdb_of(study._storage), study._study_id, points), len(points)
+
+
+def unfinished(done: int, total: int, url: str) -> UnfinishedError:
+    """The one line of a launcher that ends with points of its grid not done."""
+    return UnfinishedError(
+        f"{total - done} of {total} grid points were neither trained nor failed for good "
+        f"(another client took their trials?); run again to train them ({mask_password(url)})"
+    )
 
 
 def recover(study: optuna.Study, *, max_retries: int) -> list[int]:

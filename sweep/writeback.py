@@ -48,6 +48,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep import queue
 from sweep import tables as tb
+from sweep.errors import ForeignDistribution
 from sweep.storage import READ_ONLY, root_message
 
 logger = logging.getLogger(__name__)
@@ -273,7 +274,14 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
             with self._reading() as conn:
                 text = tb.first_distribution(conn, study_id, name)
             known = distribution if text is None else distributions.json_to_distribution(text)
-        distributions.check_distribution_compatibility(known, distribution)
+        try:
+            distributions.check_distribution_compatibility(known, distribution)
+        except ValueError as e:
+            raise ForeignDistribution(
+                f"parameter {name!r} is stored in this study as {type(known).__name__}, and "
+                f"the trial suggests it as {type(distribution).__name__} ({e}); optuna allows "
+                "one kind per parameter in a study: did another client suggest it first?"
+            ) from e
         self._known[(study_id, name)] = known
 
     def set_trial_param(
