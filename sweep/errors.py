@@ -20,6 +20,17 @@ class WorkerError(SweepError):
     went back to the queue."""
 
 
+class StudyGone(StorageError):
+    """The study was deleted (another client's ``optuna delete-study``) under a launcher or a
+    worker, which then stops: nothing more can be stored in it."""
+
+    def __init__(self, study: str) -> None:
+        super().__init__(
+            f"{study} was deleted while sweep worked on it (another client's delete-study?); "
+            "nothing more is stored in it; run again to start it anew"
+        )
+
+
 class ForeignDistribution(StorageError, ValueError):
     """A parameter suggested from a distribution of another kind than the study has stored
     for it (optuna's ValueError). Not the trial's own failure: another client may have
@@ -55,6 +66,7 @@ def on_sigterm_raise_terminated() -> None:
 
 # mlp cannot import sweep, so its DataError is re-exported here as part of the same family.
 __all__ = [
-    "DataError", "ForeignDistribution", "SpecError", "StorageError", "SweepError", "Terminated",
+    "DataError", "ForeignDistribution", "SpecError", "StorageError", "StudyGone", "SweepError",
+    "Terminated",
     "UnfinishedError", "WorkerError", "on_sigterm_raise_terminated",
 ]  # fmt: skip

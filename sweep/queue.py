@@ -59,6 +59,7 @@ import sqlalchemy
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
+from sweep import orphans
 from sweep import tables as tb
 from sweep.attrs import (  # the names sweep writes, re-exported: ``queue.RUN_TAG`` etc.
     CHECKPOINT,
@@ -82,18 +83,30 @@ from sweep.coverage import (
     point_key,
     stored_params,
 )
+from sweep.errors import StudyGone
 from sweep.storage import READ_ONLY
 from sweep.tables import RESUME_FROM, RESUMED_FROM, trials
 
 
 def lock_study(conn: Any, study_id: int) -> None:
     """The study-level lock: its ``studies`` row on PostgreSQL (what optuna locks to number a
-    new trial); on SQLite the transaction's ``BEGIN IMMEDIATE`` already holds the database."""
-    conn.execute(
+    new trial); on SQLite the transaction's ``BEGIN IMMEDIATE`` already holds the database.
+    StudyGone if the study was deleted: nothing is then written for it (a trial inserted for
+    a study that is gone would be an orphan, on SQLite, which enforces no foreign key)."""
+    found = conn.execute(
         sqlalchemy.select(tb.studies.c.study_id)
         .where(tb.studies.c.study_id == study_id)
         .with_for_update()
-    )
+    ).first()
+    if found is None:
+        raise StudyGone(f"study id {study_id}")
+
+
+def study_exists(storage: RDBStorage, study_id: int) -> bool:
+    """Whether the study is still there (another client may delete it), read only."""
+    query = sqlalchemy.select(tb.studies.c.study_id).where(tb.studies.c.study_id == study_id)
+    with storage.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+        return conn.execute(query).first() is not None
 
 
 def _locking(storage: RDBStorage) -> bool:
@@ -283,6 +296,7 @@ def _enqueue(
     the study lock."""
     if not fixed:
         return
+    orphans.clear(conn)  # a deleted study's rows, which the new trials' ids would meet
     if base is None:
         count = sqlalchemy.select(sqlalchemy.func.count()).where(trials.c.study_id == study_id)
         base = conn.execute(count.select_from(trials)).scalar_one()

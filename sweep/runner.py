@@ -28,7 +28,7 @@ import optuna
 from sweep import queue
 from sweep.artifacts import study_store
 from sweep.checkpoint import policy as checkpoint_policy
-from sweep.errors import SpecError, StorageError, SweepError, WorkerError
+from sweep.errors import SpecError, StorageError, StudyGone, SweepError, WorkerError
 from sweep.objective import load_data
 from sweep.spec import StudySpec
 from sweep.storage import (
@@ -39,6 +39,7 @@ from sweep.storage import (
     open_storage,
     resolve_url,
     root_cause,
+    root_message,
     storage_failure,
 )
 from sweep.study import grid_left, open_study, rdb_of, recover, top_up, unfinished
@@ -213,6 +214,8 @@ def run(
         if watcher:
             watcher.join()
     try:
+        if not queue.study_exists(rdb_of(study._storage), study._study_id):
+            raise StudyGone(f"study {spec.name!r}")  # its trials, table and all, are gone
         last = _progress(study, spec, total, start, run_id, exact=True)
     except STORAGE_ERRORS as e:
         raise storage_failure(e, url) from e
@@ -240,10 +243,13 @@ def _stop_run(study: optuna.Study, run_id: str, *, died: bool, max_retries: int)
     trial of a failed node), else back to WAITING as they were enqueued."""
     storage, study_id = rdb_of(study._storage), study._study_id
     try:
+        if not queue.study_exists(storage, study_id):
+            return  # deleted by another client: nothing to stop or hand back
         study._storage.set_study_system_attr(study_id, f"stop:{run_id}", True)
         if died:
             queue.abandon_run(storage, study_id, run_id, max_retries=max_retries)
         else:
             queue.release_run(storage, study_id, run_id)
-    except Exception:  # the storage failing: the stale-trial check requeues them later
-        logger.warning("could not hand back the run's trials", exc_info=True)
+    except Exception as e:  # the storage failing: the stale-trial check requeues them later
+        logger.warning("could not hand back the run's trials: %s", root_message(e))
+        logger.debug("hand-back failure", exc_info=True)

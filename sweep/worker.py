@@ -29,6 +29,7 @@ from sweep.cleanup import clear_dead, trial_ended
 from sweep.errors import (
     DataError,
     StorageError,
+    StudyGone,
     SweepError,
     WorkerError,
     on_sigterm_raise_terminated,
@@ -52,7 +53,7 @@ from sweep.study import (
     top_up,
     unfinished,
 )
-from sweep.writeback import WriteBackStorage
+from sweep.writeback import TrialDeleted, WriteBackStorage
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def _run_one(
         return None, TrialState.PRUNED
     except TrialFailed:
         return None, TrialState.FAIL
-    except WORKER_FAILURES:
+    except (*WORKER_FAILURES, TrialDeleted):
         raise
     except Exception as e:  # a bug in one trial's numbers must not end the sweep
         logger.exception("trial %d raised", trial.number)
@@ -224,7 +225,9 @@ def serve(
                 trial = optuna.Trial(study, trial_id)
                 value, state = _run_one(objective, trial)
             study.tell(trial, value, state=state)
-        except optuna.exceptions.UpdateFinishedTrialError:
+        except optuna.exceptions.UpdateFinishedTrialError as e:
+            if isinstance(e, TrialDeleted) and not queue.study_exists(rdb, study._study_id):
+                raise StudyGone(f"study {study.study_name!r}") from None
             # Failed as stale while it ran (its heartbeats were held up past the grace
             # period); whoever failed it queued a replacement, so this result is not needed.
             logger.warning("trial id %d was failed elsewhere while it ran", trial_id)
