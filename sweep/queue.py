@@ -25,8 +25,9 @@ on any host) goes through these few operations, each one transaction on optuna's
     than the grace period is failed and its replacement enqueued in the same transaction, with
     optuna's ``retry_history``, under the study lock; after ``max_retries`` deaths it stays
     FAIL with a ``fail_reason``. The replacement runs the orphan's parameters (fixed) and
-    resumes from its last ``checkpoint`` (``resume_from``), so a killed trial loses at most an
-    epoch. Trials without sweep's tags (another optuna client's) are never touched.
+    resumes from its last ``checkpoint`` (``resume_from``), so a killed trial loses only what
+    it trained since (``sweep.checkpoint``'s spacing: an epoch, more where epochs are cheap).
+    Trials without sweep's tags (another optuna client's) are never touched.
     ``abandon_run`` does the same at once for a run whose processes died.
   - ``pending``, ``tally`` and ``grid_done``: what a launcher still waits for (it leaves only
     when nothing WAITING or RUNNING is left that it could take), its progress, and how many

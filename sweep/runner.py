@@ -49,6 +49,9 @@ logger = logging.getLogger(__name__)
 
 #: How long a launcher tries to reach a dask scheduler before it gives up with one line.
 DASK_TIMEOUT_S = 10
+#: A claimed trial whose heartbeat is older than this is no longer counted as running: its
+#: worker missed two beats (it is likely dead, and recovered once the grace period is over).
+SILENT_S = 2 * HEARTBEAT_INTERVAL_S
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +60,7 @@ class Progress:
 
     done: int  # trials finished (complete, pruned or failed for a reason)
     total: int
-    running: int  # trials sweep workers are running, on every host
+    running: int  # trials sweep workers are running, on every host (heartbeat fresh)
     workers: int  # distinct workers running them
     here: int  # of those trials, the ones this run's workers hold
     best: float | None
@@ -71,7 +74,7 @@ def _waiting_for(pending: queue.Pending, run_id: str, grace: float) -> str | Non
     if pending.waiting or not elsewhere:
         return None
     quiet = max(elsewhere, key=lambda r: r.silent)
-    if quiet.silent >= 2 * HEARTBEAT_INTERVAL_S:
+    if quiet.silent >= SILENT_S:
         return (f"waiting for trial {quiet.number}'s worker: silent for {quiet.silent:.0f} s "
                 f"of {grace:.0f}")  # fmt: skip
     return f"waiting for {len(elsewhere)} trial(s) running on other workers"
@@ -91,12 +94,13 @@ def _progress(
     if grid and (exact or done >= total):
         done, total = grid_left(study, spec)
     pending = queue.pending(rdb, study._study_id)
+    alive = [r for r in pending.running if r.silent < SILENT_S]
     return Progress(
         done=done,
         total=total,
-        running=len(pending.running),
-        workers=len({r.worker for r in pending.running}),
-        here=sum(r.run == run_id for r in pending.running),
+        running=len(alive),
+        workers=len({r.worker for r in alive}),
+        here=sum(r.run == run_id for r in alive),
         best=best,
         elapsed=time.monotonic() - start,
         waiting_for=_waiting_for(pending, run_id, rdb.grace_period or GRACE_PERIOD_S),

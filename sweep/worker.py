@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep import queue
 from sweep.artifacts import study_store
+from sweep.checkpoint import policy as checkpoint_policy
 from sweep.cleanup import clear_dead, trial_ended
 from sweep.errors import (
     DataError,
@@ -105,6 +106,7 @@ def work(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     on_sigterm_raise_terminated()  # a batch scheduler ending the job releases the trial
     load_data(spec)
+    checkpoint_policy()  # bad $SWEEP_CHECKPOINT_* values: one line, not every trial FAIL
     store, _, warning = study_store(artifacts, url)
     if launch and warning:
         logger.warning("%s", warning)
