@@ -19,7 +19,8 @@ relies on its top-up alone: a point whose trial another client took and did not 
 queued again (``sweep.coverage``), later rather than never.
 
 Note: an ``ask()`` in a sweep study tries every WAITING trial before it makes its own, one
-refused update each (optuna's loop, not ours): about a millisecond per queued trial on SQLite.
+refused update each (optuna's loop, not ours): 2.3-2.6 s with 640 queued on SQLite, 4.6-5.7 s
+on PostgreSQL (load average 6.5), against 0.15-0.41 s when it popped the first one.
 Note: on SQLite, a future optuna migration that rebuilds ``trial_heartbeats`` or
 ``study_user_attributes`` (``optuna storage upgrade``) may be refused because the trigger
 names them; ``DROP TRIGGER sweep_queue_guard`` first, and sweep makes it again.

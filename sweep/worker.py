@@ -29,7 +29,7 @@ from sweep.checkpoint import policy as checkpoint_policy
 from sweep.cleanup import clear_dead, trial_ended
 from sweep.errors import (
     DataError,
-    StorageError,
+    ForeignDistribution,
     StudyGone,
     SweepError,
     WorkerError,
@@ -62,7 +62,9 @@ logger = logging.getLogger(__name__)
 POLL_S = 1.0
 #: Failures of the worker, not of its trial: the trial goes back to the queue and the worker
 #: ends. Anything else a trial raises is the trial's own (recorded FAIL, not rerun).
-WORKER_FAILURES = (DataError, MemoryError, ImportError, OSError, StorageError, *STORAGE_ERRORS)
+WORKER_FAILURES = (
+    DataError, MemoryError, ImportError, OSError, ForeignDistribution, *STORAGE_ERRORS,
+)  # fmt: skip
 
 
 @dataclasses.dataclass

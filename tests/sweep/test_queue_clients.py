@@ -8,6 +8,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
 from sweep import guard, queue, runner
@@ -222,3 +223,29 @@ def test_optuna_and_its_cli_read_and_upgrade_a_guarded_database(tmp_path, storag
     optuna.delete_study(study_name="g", storage=storage_url)
     with open_storage(storage_url).engine.connect() as conn:
         assert guard.installed(conn)
+
+
+def test_a_database_that_refuses_the_guard_is_still_used(tmp_path, postgres_server, caplog):
+    # A worker's role with rights on the rows, not the tables: no trigger, one warning, and
+    # the queue still works (its top-up then puts back what another client takes).
+    import logging
+
+    from tests.postgres import fresh_database
+
+    url = fresh_database(postgres_server)
+    optuna.create_study(study_name="other", storage=url)  # the owner's schema
+    role = url.rsplit("/", 1)[1] + "_worker"
+    with sqlalchemy.create_engine(url).begin() as conn:
+        conn.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+        conn.exec_driver_sql(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+        conn.exec_driver_sql(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+    worker_url = url.replace("postgres@", f"{role}@")
+    spec = load_spec(grid_study(tmp_path))
+    study = open_study(spec, open_storage(worker_url))
+    caplog.set_level(logging.WARNING, logger="sweep.guard")
+    assert top_up(study, spec) == 8
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "sweep.guard"]
+    assert f"cannot create trigger {guard.NAME} (" in warning
+    with open_storage(url).engine.connect() as conn:
+        assert not guard.installed(conn)
+    assert WriteBackStorage(open_storage(worker_url)).claim(study._study_id, WORKER_TAGS)
