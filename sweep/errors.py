@@ -20,6 +20,29 @@ class WorkerError(SweepError):
     went back to the queue."""
 
 
+class StudyGone(StorageError):
+    """The study was deleted (another client's ``optuna delete-study``) under a launcher or a
+    worker, which then stops: nothing more can be stored in it."""
+
+    def __init__(self, study: str) -> None:
+        super().__init__(
+            f"{study} was deleted while sweep worked on it (another client's delete-study?); "
+            "nothing more is stored in it; run again to start it anew"
+        )
+
+
+class ForeignDistribution(StorageError, ValueError):
+    """A parameter suggested from a distribution of another kind than the study has stored
+    for it (optuna's ValueError). Not the trial's own failure: another client may have
+    stored the parameter first, and every later trial would fail the same way, so the worker
+    gives the trial back and stops, rather than failing each point for good."""
+
+
+class UnfinishedError(SweepError):
+    """A run ended with points of its grid neither trained nor failed for good (another client
+    took their trials from the queue while nothing was left to put them back)."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a batch scheduler ending its job, ``kill``), taken through the same clean-up
     as Ctrl-C: running trials go back to the queue. The CLI exits 143 for it, 130 for Ctrl-C."""
@@ -43,6 +66,7 @@ def on_sigterm_raise_terminated() -> None:
 
 # mlp cannot import sweep, so its DataError is re-exported here as part of the same family.
 __all__ = [
-    "DataError", "SpecError", "StorageError", "SweepError", "Terminated", "WorkerError",
-    "on_sigterm_raise_terminated",
+    "DataError", "ForeignDistribution", "SpecError", "StorageError", "StudyGone", "SweepError",
+    "Terminated",
+    "UnfinishedError", "WorkerError", "on_sigterm_raise_terminated",
 ]  # fmt: skip

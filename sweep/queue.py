@@ -9,12 +9,14 @@ on any host) goes through these few operations, each one transaction on optuna's
     read-then-enqueue (the ``studies`` row ``FOR UPDATE`` on PostgreSQL, the lock optuna's own
     ``create_new_trial`` takes; ``BEGIN IMMEDIATE`` on SQLite), so any number of launchers
     started at once enqueue each point once. A capped (TPE, random) study is counted, not
-    read: one count over the study and the ids of the WAITING trials to skip. A grid reads one
-    row per counting trial (its fixed parameters; another client's parameters only where it
-    has none), since it must know which points are covered.
+    read: one count over the study and the ids of the WAITING trials to skip. A grid reads what
+    covers each point (``sweep.coverage``: one row per counting trial, and the parameters of
+    the trials whose attributes do not say what they ran): a point whose queued trial another
+    client took and did not train there is queued again.
   - ``claim``: move the oldest WAITING trial to RUNNING with its first heartbeat and the
     claimer's tags (``run``, ``worker``), atomically (``FOR UPDATE SKIP LOCKED`` on
-    PostgreSQL).
+    PostgreSQL); the heartbeat goes first, which is what the queue's guard (``sweep.guard``)
+    lets through and optuna's own ``ask()`` never does.
   - ``release``: a trial whose worker failed (not the trial: its data, memory or storage went,
     or it was interrupted) goes back to WAITING as it was enqueued, in one transaction;
     ``release_run`` does so for every RUNNING trial of an interrupted launcher's run. It keeps
@@ -23,11 +25,13 @@ on any host) goes through these few operations, each one transaction on optuna's
     than the grace period is failed and its replacement enqueued in the same transaction, with
     optuna's ``retry_history``, under the study lock; after ``max_retries`` deaths it stays
     FAIL with a ``fail_reason``. The replacement runs the orphan's parameters (fixed) and
-    resumes from its last ``checkpoint`` (``resume_from``), so a killed trial loses at most an
-    epoch. Trials without sweep's tags (another optuna client's) are never touched.
+    resumes from its last ``checkpoint`` (``resume_from``), so a killed trial loses only what
+    it trained since (``sweep.checkpoint``'s spacing: an epoch, more where epochs are cheap).
+    Trials without sweep's tags (another optuna client's) are never touched.
     ``abandon_run`` does the same at once for a run whose processes died.
-  - ``pending`` and ``tally``: what a launcher still waits for (it leaves only when nothing
-    WAITING or RUNNING is left that it could take) and its progress, read-only, no lock.
+  - ``pending``, ``tally`` and ``grid_done``: what a launcher still waits for (it leaves only
+    when nothing WAITING or RUNNING is left that it could take), its progress, and how many
+    points of its grid are done, read-only, no lock.
 
 Every read of the queue names a study and a state and goes through sweep's index on
 ``(study_id, state, trial_id)`` (``sweep.tables.QUEUE_INDEX``, which ``sweep.storage``
@@ -47,7 +51,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -57,44 +60,54 @@ import sqlalchemy
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
+from sweep import orphans
 from sweep import tables as tb
+from sweep.attrs import (  # the names sweep writes, re-exported: ``queue.RUN_TAG`` etc.
+    CHECKPOINT,
+    FAIL_REASON,
+    FAILED_TRIAL,
+    FIXED,
+    RETRY_HISTORY,
+    RUN_TAG,
+    SKIPPED,
+    SPEC,
+    WORKER_TAG,
+    attr,
+)
+from sweep.coverage import (
+    chunks,
+    counting,
+    covering,
+    done_points,
+    has_reason,
+    keyed,
+    point_key,
+    stored_params,
+)
+from sweep.errors import StudyGone
 from sweep.storage import READ_ONLY
 from sweep.tables import RESUME_FROM, RESUMED_FROM, trials
-
-#: The user attributes of a claim; recovery touches only trials that carry them.
-RUN_TAG, WORKER_TAG = "run", "worker"
-#: System attributes an enqueued trial starts with; a release keeps these and drops the rest.
-FIXED, FAILED_TRIAL, RETRY_HISTORY = "fixed_params", "failed_trial", "retry_history"
-#: System attributes of a trial's work in progress: its latest checkpoint, ``{"artifact_id":
-#: str, "epoch": int}`` (written by the objective), and the checkpoint a requeued trial starts
-#: from, the same with the ``trial`` (number) that wrote it (written here): ``resume_from``
-#: while it waits, ``resumed_from`` once claimed (``sweep.tables.RESUME_INDEX``).
-CHECKPOINT = "checkpoint"
-#: User attribute of a trial that did not run because the cap was lowered (state FAIL, and
-#: it does not count toward the cap or cover its grid point: raising the cap queues it again).
-SKIPPED = "skipped"
-#: The study's user attribute holding its spec (``StudySpec.to_dict``), its source of truth.
-SPEC = "spec"
-#: User attribute of a FAIL that is the trial's own result (it counts; it is not rerun).
-FAIL_REASON = "fail_reason"
-
-_LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
-
-
-def _attr(table: Any, key: str, name: str) -> Any:
-    """``table`` (a trial attribute table) aliased as ``name`` and limited to ``key``."""
-    alias = table.alias(name)
-    return alias, sqlalchemy.and_(alias.c.trial_id == trials.c.trial_id, alias.c.key == key)
 
 
 def lock_study(conn: Any, study_id: int) -> None:
     """The study-level lock: its ``studies`` row on PostgreSQL (what optuna locks to number a
-    new trial); on SQLite the transaction's ``BEGIN IMMEDIATE`` already holds the database."""
-    conn.execute(
+    new trial); on SQLite the transaction's ``BEGIN IMMEDIATE`` already holds the database.
+    StudyGone if the study was deleted: nothing is then written for it (a trial inserted for
+    a study that is gone would be an orphan, on SQLite, which enforces no foreign key)."""
+    found = conn.execute(
         sqlalchemy.select(tb.studies.c.study_id)
         .where(tb.studies.c.study_id == study_id)
         .with_for_update()
-    )
+    ).first()
+    if found is None:
+        raise StudyGone(f"study id {study_id}")
+
+
+def study_exists(storage: RDBStorage, study_id: int) -> bool:
+    """Whether the study is still there (another client may delete it), read only."""
+    query = sqlalchemy.select(tb.studies.c.study_id).where(tb.studies.c.study_id == study_id)
+    with storage.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+        return conn.execute(query).first() is not None
 
 
 def _locking(storage: RDBStorage) -> bool:
@@ -133,13 +146,15 @@ def claim(storage: RDBStorage, study_id: int, tags: dict[str, Any]) -> Claim | N
             return None
         trial_id, number = row[0], row[1]
         started = tb.utc_now()
+        # The heartbeat first: the queue's guard (``sweep.guard``) lets a WAITING trial of a
+        # sweep study become RUNNING only once it has one, which optuna's own pop never has.
+        conn.execute(tb.heartbeats.insert(), {"trial_id": trial_id})
         conn.execute(sql.start, {"tid": trial_id, "started": started})
         # On SQLite the transaction holds the database: the oldest trial, if not the resumable
         # one, resumes nothing. On PostgreSQL each statement sees what was committed before
         # it, so the second may find a trial released back to the queue in between: rename.
         if resumes:
             conn.execute(sql.resumed, {"tid": trial_id})
-        conn.execute(tb.heartbeats.insert(), {"trial_id": trial_id})
         tb.replace_attrs(conn, tb.user_attrs, trial_id, {k: json.dumps(v) for k, v in tags.items()})
     return Claim(trial_id, number, started)
 
@@ -217,7 +232,7 @@ def _handover(conn: Any, trial_id: int, number: int) -> _Work:
             )
         ).all()
     )
-    ran = _stored_params(conn, [trial_id]).get(trial_id, {})
+    ran = stored_params(conn, [trial_id]).get(trial_id, {})
     return _Work(
         fixed=_fixed(work.get(FIXED), ran),
         had_fixed=FIXED in work,
@@ -252,10 +267,6 @@ def adopt_spec(storage: RDBStorage, study_id: int, spec_json: str) -> str | None
 # -- top-up ----------------------------------------------------------------------------------
 
 
-def _point_key(params: dict[str, Any]) -> str:
-    return json.dumps(params, sort_keys=True)
-
-
 def why_failed(user_attrs: dict[str, Any]) -> str:
     """Why a FAIL trial failed, in a few words, from attributes any client may have written."""
     if FAIL_REASON in user_attrs:
@@ -265,92 +276,12 @@ def why_failed(user_attrs: dict[str, Any]) -> str:
     return "worker lost (rerun as another trial)"
 
 
-def _has_reason() -> Any:
-    """The condition that a trial has a ``fail_reason`` (one indexed probe)."""
-    attrs = tb.user_attrs
-    return (
-        sqlalchemy.exists()
-        .where(attrs.c.trial_id == trials.c.trial_id, attrs.c.key == FAIL_REASON)
-        .correlate(trials)
-    )
-
-
-def _counting() -> Any:
-    """The condition that a trial counts toward the cap and covers its grid point: live or
-    finished, or failed for a reason of its own (an interrupted or skipped one is run again).
-    The reason is looked up for FAIL trials only."""
-    failed = sqlalchemy.and_(trials.c.state == TrialState.FAIL, _has_reason())
-    return sqlalchemy.or_(trials.c.state.in_(_LIVE), failed)
-
-
 def _census(conn: Any, study_id: int) -> tuple[int, int]:
     """(trials in the study, those that count), counted in the database: one pass over the
     study's entries in the queue index, and a lookup of the reason of its FAIL trials."""
-    counting = sqlalchemy.func.count(sqlalchemy.case((_counting(), 1)))  # NULL otherwise
-    query = sqlalchemy.select(sqlalchemy.func.count(), counting).where(
-        trials.c.study_id == study_id
-    )
+    counts = sqlalchemy.func.count(sqlalchemy.case((counting(), 1)))  # NULL otherwise
+    query = sqlalchemy.select(sqlalchemy.func.count(), counts).where(trials.c.study_id == study_id)
     return tuple(conn.execute(query).one())
-
-
-#: Trial ids per statement where a list of them is bound (SQLite allows 32766 parameters in
-#: one statement, PostgreSQL's protocol 65535; a study may hold more trials than either).
-_CHUNK = 1000
-
-
-def _chunks(ids: Sequence[int]) -> list[Sequence[int]]:
-    return [ids[i : i + _CHUNK] for i in range(0, len(ids), _CHUNK)]
-
-
-def _covering(conn: Any, study_id: int) -> list[tuple[int, bool, str | None]]:
-    """(trial id, whether it is WAITING, grid point key or None) of the study's trials that
-    count, oldest first: what a grid's top-up must know of each. A trial's point is its fixed
-    parameters, else (another client's) its parameters, read for those trials only."""
-    fixed, on_fixed = _attr(tb.system_attrs, FIXED, "fixed")
-    rows = conn.execute(
-        sqlalchemy.select(
-            trials.c.trial_id, trials.c.state == TrialState.WAITING, fixed.c.value_json
-        )
-        .select_from(trials.outerjoin(fixed, on_fixed))
-        .where(trials.c.study_id == study_id, _counting())
-        .order_by(trials.c.trial_id)
-    ).all()
-    out = []
-    unfixed = []
-    for trial_id, waiting, fixed_json in rows:
-        point = _json(fixed_json, dict, {})
-        out.append([trial_id, bool(waiting), _point_key(point) if point else None])
-        if not point:
-            unfixed.append(trial_id)
-    stored = _stored_params(conn, unfixed)
-    for row in out:
-        if row[2] is None and row[0] in stored:
-            row[2] = _point_key(stored[row[0]])
-    return [tuple(r) for r in out]
-
-
-def _stored_params(conn: Any, trial_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-    """The parameters these trials ran with (made by another client, or chosen by a sampler:
-    no fixed parameters); a parameter whose stored distribution optuna cannot read, or whose
-    value is not a number (NULL, NaN: written by SQL), is left out."""
-    from optuna.distributions import json_to_distribution
-
-    p = tb.params
-    stored: dict[int, dict[str, Any]] = {}
-    for chunk in _chunks(trial_ids):
-        for tid, name, value, dist in conn.execute(
-            sqlalchemy.select(
-                p.c.trial_id, p.c.param_name, p.c.param_value, p.c.distribution_json
-            ).where(p.c.trial_id.in_(chunk))
-        ):
-            try:
-                if not math.isfinite(value):
-                    continue
-                external = json_to_distribution(dist).to_external_repr(value)
-            except (ValueError, TypeError, KeyError, IndexError, AttributeError):
-                continue  # written by SQL, not by optuna
-            stored.setdefault(tid, {})[name] = external
-    return stored
 
 
 def _enqueue(
@@ -366,6 +297,7 @@ def _enqueue(
     the study lock."""
     if not fixed:
         return
+    orphans.clear(conn)  # a deleted study's rows, which the new trials' ids would meet
     if base is None:
         count = sqlalchemy.select(sqlalchemy.func.count()).where(trials.c.study_id == study_id)
         base = conn.execute(count.select_from(trials)).scalar_one()
@@ -387,7 +319,7 @@ def _skip(conn: Any, trial_ids: list[int], why: str) -> int:
     """Mark WAITING trials as not to be run (FAIL with a ``skipped`` attribute saying why);
     one claimed meanwhile is left alone. How many it marked."""
     marked = []
-    for chunk in _chunks(trial_ids):
+    for chunk in chunks(trial_ids):
         marked += (
             conn.execute(
                 trials.update()
@@ -428,52 +360,51 @@ def top_up(
             _top_up_grid(conn, study_id, points, beyond)
             return len(points)
         assert cap is not None, "a TPE or random study has a trial cap"
-        total, counting = _census(conn, study_id)
+        total, counted = _census(conn, study_id)
         skipped = 0
-        if counting > cap:  # the newest WAITING slots beyond the cap
+        if counted > cap:  # the newest WAITING slots beyond the cap
             surplus = conn.execute(
                 sqlalchemy.select(trials.c.trial_id)
                 .where(trials.c.study_id == study_id, trials.c.state == TrialState.WAITING)
                 .order_by(trials.c.trial_id.desc())
-                .limit(counting - cap)
+                .limit(counted - cap)
             ).scalars().all()  # fmt: skip
             skipped = _skip(conn, surplus, f"beyond the trial cap of {cap}")
-        _enqueue(conn, study_id, [{}] * (cap - counting), base=total)
-        return max(cap, counting - skipped)
+        _enqueue(conn, study_id, [{}] * (cap - counted), base=total)
+        return max(cap, counted - skipped)
 
 
 def _top_up_grid(
     conn: Any, study_id: int, points: Sequence[dict[str, Any]], beyond: Sequence[dict[str, Any]]
 ) -> None:
-    """``top_up`` of a grid, under the study lock: it must know each counting trial's point,
-    so it reads one row per counting trial (its id, whether it waits, its fixed parameters)."""
-    keys = [_point_key(p) for p in points]  # once: a grid of 10^5 points spends its time here
+    """``top_up`` of a grid, under the study lock: what covers each point is read
+    (``sweep.coverage``: one narrow row per counting trial). A point no trial covers is
+    enqueued, one that another client took from the queue and ran at other parameters too."""
+    keys = [point_key(p) for p in points]  # once: a grid of 10^5 points spends its time here
     wanted = set(keys)
-    capped = {_point_key(p) for p in beyond}
-    covered: set[str | None] = set()
-    surplus = []
-    for trial_id, waiting, key in _covering(conn, study_id):
-        if waiting and (key in capped or (key in wanted and key in covered)):
-            surplus.append(trial_id)
-        covered.add(key)
-    _skip(conn, surplus, f"not in the grid's first {len(points)} points (the trial cap)")
+    capped = {point_key(p) for p in beyond}
+    covers = covering(conn, study_id)
+    covered = {c.key for c in covers if c.done}  # a point done needs no queued trial
+    beyond_cap, twice = [], []
+    for c in covers:
+        if c.waiting and c.key in capped:
+            beyond_cap.append(c.trial_id)
+        elif c.waiting and c.key in wanted and c.key in covered:
+            twice.append(c.trial_id)
+        covered.add(c.key)
+    _skip(conn, beyond_cap, f"not in the grid's first {len(points)} points (the trial cap)")
+    _skip(conn, twice, "its grid point is covered by another trial")
     _enqueue(conn, study_id, [p for p, k in zip(points, keys, strict=True) if k not in covered])
 
 
 # -- recovery --------------------------------------------------------------------------------
 
 
-def _json(text: str | None, kind: type, default: Any) -> Any:
-    """A JSON attribute another client may have written: ``default`` unless it is a ``kind``."""
-    value = tb.decoded(text)
-    return value if isinstance(value, kind) else default
-
-
 def _fixed(fixed_json: str | None, ran: dict[str, Any]) -> dict[str, Any]:
     """The parameters a trial's successor runs: its fixed ones, over those it ran with (a
     TPE/random slot has none fixed: its sampler chose them), so that every ``suggest_*`` of
     the successor returns what the trial's did and its checkpoint fits the same network."""
-    return {**ran, **_json(fixed_json, dict, {})}
+    return {**ran, **attr(fixed_json, dict, {})}
 
 
 #: What an artifact id read from the database may look like (optuna's are uuid4 strings): a
@@ -495,7 +426,7 @@ def pointer(value: Any) -> dict[str, Any] | None:
 def _pointer(text: str | None) -> dict[str, Any] | None:
     """A ``checkpoint`` or ``resume_from`` attribute as stored (JSON text), as far as it is well
     formed: an artifact pointer with an epoch >= 1 (None if not), with its ``trial``."""
-    value = pointer(_json(text, dict, {}))
+    value = pointer(attr(text, dict, {}))
     if value is None or type(value.get("epoch")) is not int or value["epoch"] < 1:
         return None
     return {
@@ -523,7 +454,7 @@ def _resume_point(
 
 def _history(text: str | None) -> list[int]:
     """A trial's ``retry_history`` (optuna's: the numbers of its failed predecessors)."""
-    past = _json(text, list, [])
+    past = attr(text, list, [])
     return past if all(type(n) is int for n in past) else []
 
 
@@ -531,7 +462,7 @@ def _orphans(conn: Any, study_id: int, joins: Any, *where: Any) -> list[Any]:
     """(trial id, number, claim start, worker tag) of the study's RUNNING sweep-claimed trials
     that ``joins`` and ``where`` select; their rows locked on PostgreSQL until the transaction
     ends. What a successor takes over is read later, by ``_handover``."""
-    tag, on_tag = _attr(tb.user_attrs, WORKER_TAG, "tag")
+    tag, on_tag = keyed(tb.user_attrs, WORKER_TAG, "tag")
     return conn.execute(
         sqlalchemy.select(
             trials.c.trial_id, trials.c.number, trials.c.datetime_start, tag.c.value_json
@@ -562,7 +493,7 @@ def _fail_and_requeue(
         failed.append(number)
         work = _handover(conn, trial_id, number)
         past = work.history
-        attrs = {"lost": why.format(worker=_json(worker_json, str, "?"))}
+        attrs = {"lost": why.format(worker=attr(worker_json, str, "?"))}
         if len(past) + 1 >= max_retries:
             attrs[FAIL_REASON] = f"worker died {len(past) + 1} times"
         else:
@@ -601,7 +532,7 @@ def recover(storage: RDBStorage, study_id: int, *, grace: float, max_retries: in
 
 def _of_run(run_id: str) -> tuple[Any, Any]:
     """A join to the run tag, and the condition that it names ``run_id``."""
-    run, on_run = _attr(tb.user_attrs, RUN_TAG, "run")
+    run, on_run = keyed(tb.user_attrs, RUN_TAG, "run")
     return (lambda j: j.join(run, on_run)), run.c.value_json == json.dumps(run_id)
 
 
@@ -652,13 +583,21 @@ class Pending:
         return not self.waiting and not self.running
 
 
-def tally(storage: RDBStorage, study_id: int) -> tuple[int, float | None]:
+def tally(storage: RDBStorage, study_id: int, *, grid: bool = False) -> tuple[int, float | None]:
     """(finished trials that count, the best finite value) of a maximised study, in one
-    read-only transaction."""
+    read-only transaction. A ``grid`` counts the trials its points were trained in only as
+    far as a sweep worker ran them (its tags), so that another client's trials in the study
+    are never counted as points: a lower bound while it runs, ``grid_done`` says exactly."""
     v = tb.values
+    trained = trials.c.state.in_([TrialState.COMPLETE, TrialState.PRUNED])
+    if grid:
+        attrs = tb.user_attrs
+        tagged = sqlalchemy.exists().where(
+            attrs.c.trial_id == trials.c.trial_id, attrs.c.key == RUN_TAG
+        )
+        trained = sqlalchemy.and_(trained, tagged.correlate(trials))
     counted = sqlalchemy.or_(
-        trials.c.state.in_([TrialState.COMPLETE, TrialState.PRUNED]),
-        sqlalchemy.and_(trials.c.state == TrialState.FAIL, _has_reason()),
+        trained, sqlalchemy.and_(trials.c.state == TrialState.FAIL, has_reason())
     )
     done = sqlalchemy.select(sqlalchemy.func.count()).where(trials.c.study_id == study_id, counted)
     best = (
@@ -675,10 +614,17 @@ def tally(storage: RDBStorage, study_id: int) -> tuple[int, float | None]:
         return conn.execute(done).scalar_one(), conn.execute(best).scalar()
 
 
+def grid_done(storage: RDBStorage, study_id: int, points: Sequence[dict[str, Any]]) -> int:
+    """How many of the grid's ``points`` a finished trial covers (``sweep.coverage``), read
+    only: what a launcher's last line and its exit code say."""
+    with storage.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+        return done_points(conn, study_id, points)
+
+
 def pending(storage: RDBStorage, study_id: int) -> Pending:
     """The study's WAITING count and its RUNNING trials, sweep's with their heartbeats."""
-    run, on_run = _attr(tb.user_attrs, RUN_TAG, "run")
-    worker, on_worker = _attr(tb.user_attrs, WORKER_TAG, "worker")
+    run, on_run = keyed(tb.user_attrs, RUN_TAG, "run")
+    worker, on_worker = keyed(tb.user_attrs, WORKER_TAG, "worker")
     h = tb.heartbeats
     query = (
         sqlalchemy.select(trials.c.number, trials.c.state, run.c.value_json,
@@ -703,6 +649,6 @@ def pending(storage: RDBStorage, study_id: int) -> Pending:
         elif None not in (run_json, worker_json, beat):  # else another client's: not waited for
             silent = max(0.0, (now - beat).total_seconds())
             running.append(
-                Running(number, _json(run_json, str, "?"), _json(worker_json, str, "?"), silent)
+                Running(number, attr(run_json, str, "?"), attr(worker_json, str, "?"), silent)
             )
     return Pending(waiting, tuple(sorted(running, key=lambda r: r.number)))

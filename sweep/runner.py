@@ -28,7 +28,7 @@ import optuna
 from sweep import queue
 from sweep.artifacts import study_store
 from sweep.checkpoint import policy as checkpoint_policy
-from sweep.errors import SpecError, StorageError, SweepError, WorkerError
+from sweep.errors import SpecError, StorageError, StudyGone, SweepError, WorkerError
 from sweep.objective import load_data
 from sweep.spec import StudySpec
 from sweep.storage import (
@@ -39,15 +39,19 @@ from sweep.storage import (
     open_storage,
     resolve_url,
     root_cause,
+    root_message,
     storage_failure,
 )
-from sweep.study import open_study, rdb_of, recover, top_up
+from sweep.study import grid_left, open_study, rdb_of, recover, top_up, unfinished
 from sweep.worker import POLL_S, work
 
 logger = logging.getLogger(__name__)
 
 #: How long a launcher tries to reach a dask scheduler before it gives up with one line.
 DASK_TIMEOUT_S = 10
+#: A claimed trial whose heartbeat is older than this is no longer counted as running: its
+#: worker missed two beats (it is likely dead, and recovered once the grace period is over).
+SILENT_S = 2 * HEARTBEAT_INTERVAL_S
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +60,7 @@ class Progress:
 
     done: int  # trials finished (complete, pruned or failed for a reason)
     total: int
-    running: int  # trials sweep workers are running, on every host
+    running: int  # trials sweep workers are running, on every host (heartbeat fresh)
     workers: int  # distinct workers running them
     here: int  # of those trials, the ones this run's workers hold
     best: float | None
@@ -70,23 +74,33 @@ def _waiting_for(pending: queue.Pending, run_id: str, grace: float) -> str | Non
     if pending.waiting or not elsewhere:
         return None
     quiet = max(elsewhere, key=lambda r: r.silent)
-    if quiet.silent >= 2 * HEARTBEAT_INTERVAL_S:
+    if quiet.silent >= SILENT_S:
         return (f"waiting for trial {quiet.number}'s worker: silent for {quiet.silent:.0f} s "
                 f"of {grace:.0f}")  # fmt: skip
     return f"waiting for {len(elsewhere)} trial(s) running on other workers"
 
 
-def _progress(study: optuna.Study, total: int, start: float, run_id: str) -> Progress:
-    # Read-only aggregates: a display polled every second must not queue for the write lock.
+def _progress(
+    study: optuna.Study, spec: StudySpec, total: int, start: float, run_id: str, *,
+    exact: bool = False,
+) -> Progress:  # fmt: skip
+    """The run's progress, by read-only aggregates: a display polled every second must not
+    queue for the write lock. A grid's points done are counted exactly (what covers each,
+    ``sweep.study.grid_left``) when ``exact`` (the last line) or when the cheap count reaches
+    the total, so that no line reads N/N while a point is left."""
     rdb = rdb_of(study._storage)
-    done, best = queue.tally(rdb, study._study_id)
+    grid = spec.sampler == "grid"
+    done, best = queue.tally(rdb, study._study_id, grid=grid)
+    if grid and (exact or done >= total):
+        done, total = grid_left(study, spec)
     pending = queue.pending(rdb, study._study_id)
+    alive = [r for r in pending.running if r.silent < SILENT_S]
     return Progress(
         done=done,
         total=total,
-        running=len(pending.running),
-        workers=len({r.worker for r in pending.running}),
-        here=sum(r.run == run_id for r in pending.running),
+        running=len(alive),
+        workers=len({r.worker for r in alive}),
+        here=sum(r.run == run_id for r in alive),
         best=best,
         elapsed=time.monotonic() - start,
         waiting_for=_waiting_for(pending, run_id, rdb.grace_period or GRACE_PERIOD_S),
@@ -167,13 +181,13 @@ def run(
     def watch() -> None:
         while not stop.wait(POLL_S):
             try:
-                on_progress(_progress(study, total, start, run_id))
+                on_progress(_progress(study, spec, total, start, run_id))
             except Exception:  # a busy database only delays the display
                 logger.debug("progress poll failed", exc_info=True)
 
     watcher = threading.Thread(target=watch, daemon=True) if on_progress else None
     if watcher:
-        on_progress(_progress(study, total, start, run_id))
+        on_progress(_progress(study, spec, total, start, run_id))
         watcher.start()
     try:
         # Each worker's sampler has a seed of its own, also across launchers (two runs on two
@@ -203,8 +217,16 @@ def run(
         stop.set()
         if watcher:
             watcher.join()
+    try:
+        if not queue.study_exists(rdb_of(study._storage), study._study_id):
+            raise StudyGone(f"study {spec.name!r}")  # its trials, table and all, are gone
+        last = _progress(study, spec, total, start, run_id, exact=True)
+    except STORAGE_ERRORS as e:
+        raise storage_failure(e, url) from e
     if on_progress:
-        on_progress(_progress(study, total, start, run_id))
+        on_progress(last)
+    if spec.sampler == "grid" and last.done < last.total:
+        raise unfinished(last.done, last.total, url)
     return study
 
 
@@ -225,10 +247,13 @@ def _stop_run(study: optuna.Study, run_id: str, *, died: bool, max_retries: int)
     trial of a failed node), else back to WAITING as they were enqueued."""
     storage, study_id = rdb_of(study._storage), study._study_id
     try:
+        if not queue.study_exists(storage, study_id):
+            return  # deleted by another client: nothing to stop or hand back
         study._storage.set_study_system_attr(study_id, f"stop:{run_id}", True)
         if died:
             queue.abandon_run(storage, study_id, run_id, max_retries=max_retries)
         else:
             queue.release_run(storage, study_id, run_id)
-    except Exception:  # the storage failing: the stale-trial check requeues them later
-        logger.warning("could not hand back the run's trials", exc_info=True)
+    except Exception as e:  # the storage failing: the stale-trial check requeues them later
+        logger.warning("could not hand back the run's trials: %s", root_message(e))
+        logger.debug("hand-back failure", exc_info=True)

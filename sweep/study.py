@@ -5,19 +5,21 @@ operations a launcher performs (``sweep.queue``) in the study's terms.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import time
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import optuna
 
 from mlp.model import parameter_count
-from sweep import queue
+from sweep import guard, orphans, queue
 from sweep import tables as tb
-from sweep.errors import SpecError
+from sweep.errors import SpecError, StudyGone, UnfinishedError
 from sweep.sampler import BoundedTPESampler
 from sweep.space import grid_points
 from sweep.spec import METRIC, StudySpec, first_difference, stored_spec
@@ -87,6 +89,8 @@ def open_study(
     replaces the stored one, so lowering or raising it steers every worker.
     """
     _warn_if_untested()
+    with rdb_of(storage).engine.begin() as conn:  # before SQLite gives a deleted study's id again
+        orphans.clear(conn)
     study = optuna.create_study(
         study_name=spec.name,
         storage=storage,
@@ -186,21 +190,66 @@ def top_up(study: optuna.Study, spec: StudySpec) -> int:
     """Enqueue what the study still needs, atomically (``sweep.queue.top_up``); return the
     study's total, the progress target."""
     rdb = rdb_of(study._storage)
-    if spec.sampler != "grid":
-        return queue.top_up(rdb, study._study_id, cap=spec.trials)
-    grid = grid_points(spec)
-    points, beyond = grid[: spec.trials], grid[spec.trials :] if spec.trials else []
-    # Longest first (LPT scheduling): the queue then ends with short trials running side by
-    # side, not with one large trial running alone while the other workers idle.
-    points = sorted(points, key=lambda p: _cost(spec, p), reverse=True)
-    return queue.top_up(rdb, study._study_id, points=points, beyond=beyond)
+    guard.ensure(rdb)  # before anything is queued: only sweep's workers take from the queue
+    with _named(study):
+        if spec.sampler != "grid":
+            return queue.top_up(rdb, study._study_id, cap=spec.trials)
+        grid = grid_points(spec)
+        points, beyond = grid[: spec.trials], grid[spec.trials :] if spec.trials else []
+        # Longest first (LPT scheduling): the queue then ends with short trials running side
+        # by side, not with one large trial running alone while the other workers idle.
+        points = sorted(points, key=lambda p: _cost(spec, p), reverse=True)
+        return queue.top_up(rdb, study._study_id, points=points, beyond=beyond)
+
+
+@contextlib.contextmanager
+def _named(study: optuna.Study, gone: type[Exception] = StudyGone) -> Iterator[None]:
+    """StudyGone named by the study's name, for the queue's (which knows its id only) or,
+    with ``gone=KeyError``, for optuna's "Record does not exist" of a deleted study."""
+    try:
+        yield
+    except gone:
+        raise StudyGone(f"study {study.study_name!r}") from None
+
+
+def _with_stored_cap(study: optuna.Study, spec: StudySpec) -> StudySpec:
+    """``spec`` with the study's stored trial cap, which a launcher may have changed since
+    this process read it."""
+    with _named(study, KeyError):
+        stored = study._storage.get_study_user_attrs(study._study_id).get(queue.SPEC)
+    if stored is None:
+        return spec
+    cap = stored_spec(stored, source=f"study {spec.name!r}").trials
+    return dataclasses.replace(spec, trials=cap)
+
+
+def refill(study: optuna.Study, spec: StudySpec) -> None:
+    """``top_up`` under the study's stored cap: what a worker does when the queue runs dry,
+    so that a point another client took from the queue and did not train is queued again."""
+    top_up(study, _with_stored_cap(study, spec))
+
+
+def grid_left(study: optuna.Study, spec: StudySpec) -> tuple[int, int]:
+    """(points done, points in all) of a grid under the study's stored cap: done is trained
+    (COMPLETE or PRUNED with the point's parameters) or failed for good (``sweep.coverage``)."""
+    points = grid_points(spec)[: _with_stored_cap(study, spec).trials]
+    return queue.grid_done(rdb_of(study._storage), study._study_id, points), len(points)
+
+
+def unfinished(done: int, total: int, url: str) -> UnfinishedError:
+    """The one line of a launcher that ends with points of its grid not done."""
+    return UnfinishedError(
+        f"{total - done} of {total} grid points were neither trained nor failed for good "
+        f"(another client took their trials?); run again to train them ({mask_password(url)})"
+    )
 
 
 def recover(study: optuna.Study, *, max_retries: int) -> list[int]:
     """Fail and requeue the trials whose sweep worker went silent (``sweep.queue.recover``)."""
     rdb = rdb_of(study._storage)
     grace = rdb.grace_period or GRACE_PERIOD_S
-    return queue.recover(rdb, study._study_id, grace=grace, max_retries=max_retries)
+    with _named(study):
+        return queue.recover(rdb, study._study_id, grace=grace, max_retries=max_retries)
 
 
 def rdb_of(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage:

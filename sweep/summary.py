@@ -306,7 +306,10 @@ def _table(trials: list[FrozenTrial], kind: Kind) -> str:
         if t.state == TrialState.FAIL:
             value = printable(why_failed(t.user_attrs), 40)
         params = [fmt(t.params.get(n, "")) for n in names]
-        rows.append([str(t.number), t.state.name.lower(), *params,
+        state = t.state.name.lower()
+        if t.state == TrialState.FAIL and SKIPPED in t.user_attrs:  # not run: not a failure
+            state, value = "skipped", printable(str(t.user_attrs[SKIPPED]), 40)
+        rows.append([str(t.number), state, *params,
                      str(count(t, "n_params") or ""), value])  # fmt: skip
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return "\n".join(

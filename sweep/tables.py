@@ -311,6 +311,12 @@ def beat(conn: Any, trial_id: int, started: datetime) -> bool:
     return update.rowcount == 1
 
 
+def trial_exists(conn: Any, trial_id: int) -> bool:
+    """Whether the trial's row is there (another client may delete its study)."""
+    query = sqlalchemy.select(trials.c.trial_id).where(trials.c.trial_id == trial_id)
+    return conn.execute(query).first() is not None
+
+
 def has_study_system_attr(conn: Any, study_id: int, key: str) -> bool:
     """Whether the study carries system attribute ``key`` (one indexed read)."""
     attrs = study_system_attrs

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import os
 import socket
 import threading
@@ -24,8 +25,16 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep import queue
 from sweep.artifacts import study_store
+from sweep.checkpoint import policy as checkpoint_policy
 from sweep.cleanup import clear_dead, trial_ended
-from sweep.errors import DataError, SweepError, WorkerError, on_sigterm_raise_terminated
+from sweep.errors import (
+    DataError,
+    ForeignDistribution,
+    StudyGone,
+    SweepError,
+    WorkerError,
+    on_sigterm_raise_terminated,
+)
 from sweep.objective import Objective, TrialFailed, load_data
 from sweep.spec import StudySpec
 from sweep.storage import (
@@ -35,8 +44,17 @@ from sweep.storage import (
     root_message,
     storage_failure,
 )
-from sweep.study import make_pruner, make_sampler, rdb_of, recover, top_up
-from sweep.writeback import WriteBackStorage
+from sweep.study import (
+    grid_left,
+    make_pruner,
+    make_sampler,
+    rdb_of,
+    recover,
+    refill,
+    top_up,
+    unfinished,
+)
+from sweep.writeback import TrialDeleted, WriteBackStorage
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +62,9 @@ logger = logging.getLogger(__name__)
 POLL_S = 1.0
 #: Failures of the worker, not of its trial: the trial goes back to the queue and the worker
 #: ends. Anything else a trial raises is the trial's own (recorded FAIL, not rerun).
-WORKER_FAILURES = (DataError, MemoryError, ImportError, OSError, *STORAGE_ERRORS)
+WORKER_FAILURES = (
+    DataError, MemoryError, ImportError, OSError, ForeignDistribution, *STORAGE_ERRORS,
+)  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -88,6 +108,7 @@ def work(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     on_sigterm_raise_terminated()  # a batch scheduler ending the job releases the trial
     load_data(spec)
+    checkpoint_policy()  # bad $SWEEP_CHECKPOINT_* values: one line, not every trial FAIL
     store, _, warning = study_store(artifacts, url)
     if launch and warning:
         logger.warning("%s", warning)
@@ -102,10 +123,14 @@ def work(
             top_up(study, spec)
         ran = serve(
             study, Objective(spec, store), run_id=run_id, max_retries=spec.max_retries,
-            on_end=functools.partial(trial_ended, store),
+            on_end=functools.partial(trial_ended, store), refill=lambda: refill(study, spec),
         )  # fmt: skip
         # The queue is empty: what the trials that died for good left is nobody's any more.
         clear_dead(store, rdb_of(study._storage), study._study_id)
+        if launch and spec.sampler == "grid":  # a launcher's last word (see sweep.runner)
+            done, total = grid_left(study, spec)
+            if done < total:
+                raise unfinished(done, total, url)
         return ran
     except STORAGE_ERRORS as e:
         raise storage_failure(e, url) from None  # a plain message survives the trip home
@@ -126,22 +151,33 @@ def _run_one(
 ) -> tuple[float | None, TrialState | None]:
     """Run the objective; a pruned, diverged or crashing trial is a result, not a crash.
 
-    The state of a returned value is left to ``study.tell`` (None): it records a NaN or a
-    non-number as FAIL, as ``study.optimize`` does. A failure of the worker
-    (``WORKER_FAILURES``) propagates, so the trial goes back to the queue.
+    A value that is not a finite number is a FAIL with its ``fail_reason`` (optuna's ``tell``
+    would record it FAIL without one, which the queue takes for a trial to run again). A
+    failure of the worker (``WORKER_FAILURES``) propagates, so the trial goes back to the queue.
     """
     try:
-        return objective(trial), None
+        value = objective(trial)
     except optuna.TrialPruned:
         return None, TrialState.PRUNED
     except TrialFailed:
         return None, TrialState.FAIL
-    except WORKER_FAILURES:
+    except (*WORKER_FAILURES, TrialDeleted):
         raise
     except Exception as e:  # a bug in one trial's numbers must not end the sweep
         logger.exception("trial %d raised", trial.number)
         trial.set_user_attr(queue.FAIL_REASON, f"{type(e).__name__}: {e}"[:500])
         return None, TrialState.FAIL
+    if not _finite(value):  # optuna's tell would record a FAIL without a reason: rerun forever
+        trial.set_user_attr(queue.FAIL_REASON, f"the objective returned {value!r}"[:500])
+        return None, TrialState.FAIL
+    return value, None
+
+
+def _finite(value: object) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def serve(
@@ -151,10 +187,13 @@ def serve(
     run_id: str,
     max_retries: int = 3,
     on_end: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    refill: Callable[[], object] | None = None,
 ) -> int:
     """Claim and run ``study``'s queued trials with ``objective`` until nothing is left that
     this worker could take; return how many it ran. ``work`` is this with the MLP objective.
     ``on_end`` is called with each trial it finished (recorded), e.g. to clean its files up.
+    ``refill`` tops the queue up when it runs dry (``sweep.study.refill``): another client
+    may have taken a queued point from it, and the worker leaves only if nothing was queued.
 
     A failure of the worker gives its trial back to the queue and raises: WorkerError (or the
     storage's own error, or KeyboardInterrupt) with one line saying what went wrong.
@@ -177,7 +216,12 @@ def serve(
         if trial_id is None:
             recover(study, max_retries=max_retries)
             if queue.pending(rdb, study._study_id).empty:
-                return ran
+                if refill is None:
+                    return ran
+                refill()
+                if queue.pending(rdb, study._study_id).empty:
+                    return ran
+                continue  # points were queued again: claim them
             time.sleep(POLL_S)
             continue
         try:
@@ -185,7 +229,9 @@ def serve(
                 trial = optuna.Trial(study, trial_id)
                 value, state = _run_one(objective, trial)
             study.tell(trial, value, state=state)
-        except optuna.exceptions.UpdateFinishedTrialError:
+        except optuna.exceptions.UpdateFinishedTrialError as e:
+            if isinstance(e, TrialDeleted) and not queue.study_exists(rdb, study._study_id):
+                raise StudyGone(f"study {study.study_name!r}") from None
             # Failed as stale while it ran (its heartbeats were held up past the grace
             # period); whoever failed it queued a replacement, so this result is not needed.
             logger.warning("trial id %d was failed elsewhere while it ran", trial_id)

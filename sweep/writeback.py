@@ -20,7 +20,7 @@ What is held back is the running trial's own progress, never a result: its final
 value and attributes are one transaction, so a worker killed at any moment leaves either a
 finished trial or a RUNNING one whose heartbeat stops, which is failed and requeued.
 
-Most of the module's length is optuna's ``BaseStorage`` interface, forwarded to its cache.
+The rest of optuna's ``BaseStorage`` interface is forwarded to its cache (``sweep.forwarded``).
 
 Note: the statements are ``sweep.tables``', written against optuna 5's table models (private
 API). Where those models lack a column that sweep writes, the storage says so in one warning
@@ -29,6 +29,7 @@ line and goes through optuna's public storage API instead: slower, still correct
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -41,13 +42,15 @@ from typing import Any
 
 import optuna
 from optuna import distributions
-from optuna.storages import BaseStorage, RDBStorage
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import RDBStorage
 from optuna.storages._cached_storage import _CachedStorage
-from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep import queue
 from sweep import tables as tb
+from sweep.errors import ForeignDistribution
+from sweep.forwarded import Forwarded
 from sweep.storage import READ_ONLY, root_message
 
 logger = logging.getLogger(__name__)
@@ -55,6 +58,12 @@ logger = logging.getLogger(__name__)
 # Longest a claimed trial's writes wait before going to the database on their own account.
 FLUSH_INTERVAL_S = 1.0
 _LOST = "trial id {} is no longer held by this claim; its writes were dropped"
+
+
+class TrialDeleted(optuna.exceptions.UpdateFinishedTrialError):
+    """The claimed trial's row is gone: another client deleted its study. Raised into the
+    objective at its next write, so that training stops at once (``sweep.worker`` then stops
+    with one line) rather than going on for a trial that can store nothing."""
 
 
 @dataclasses.dataclass
@@ -90,9 +99,10 @@ class _Held:
     flushed_at: float  # time.monotonic() of the last write-back (or of the claim)
     pending: _Writes = dataclasses.field(default_factory=_Writes)  # not yet committed
     lost: bool = False  # failed elsewhere (stale) meanwhile: nothing more is stored
+    deleted: bool = False  # lost with its row: another client deleted the study
 
 
-class WriteBackStorage(BaseStorage, BaseHeartbeat):
+class WriteBackStorage(Forwarded):
     """optuna storage for a worker: ``claim`` trials, then write each back in one go.
 
     Safe for several threads (the trial runs in one, its heartbeat in another) and for any
@@ -166,6 +176,11 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
         with self._reading() as conn:
             return tb.has_study_system_attr(conn, study_id, key)
 
+    def _exists(self, trial_id: int) -> bool:
+        """Whether the trial's row is still there (another client may delete its study)."""
+        with self._reading() as conn:
+            return tb.trial_exists(conn, trial_id)
+
     def _reading(self) -> Any:
         """A connection for a read-only transaction (no write lock on SQLite)."""
         return self.backend.engine.connect().execution_options(**{READ_ONLY: True})
@@ -183,10 +198,14 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
             held = self._held.get(trial_id)
             if held is None:
                 return False
-            if held.lost:
+            deleted = held.deleted
+            if held.lost and not deleted:
                 return True
-            update(held.trial, held.pending)
+            if not deleted:
+                update(held.trial, held.pending)
             due = time.monotonic() - held.flushed_at >= FLUSH_INTERVAL_S
+        if deleted:
+            raise TrialDeleted(_LOST.format(trial_id))
         if due:
             self._try_write_back(trial_id)
         return True
@@ -201,9 +220,11 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
     def _try_write_back(self, trial_id: int) -> None:
         """An early write-back: the writes are already held, so a database error only
         delays them (they stay pending for the next heartbeat or the finish). A trial found
-        failed elsewhere is reported by its finish, which raises."""
+        failed elsewhere is reported by its finish, which raises; one deleted raises now."""
         try:
             self._write_back(trial_id)
+        except TrialDeleted:
+            raise
         except optuna.exceptions.UpdateFinishedTrialError:
             logger.warning("trial id %d was failed elsewhere; its writes are dropped", trial_id)
         except Exception as e:  # one line a failure: an outage must not flood the log
@@ -232,7 +253,8 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
                 if held.lost:
                     if state is not None:
                         del self._held[trial_id]
-                    raise optuna.exceptions.UpdateFinishedTrialError(_LOST.format(trial_id))
+                    lost = TrialDeleted if held.deleted else UpdateFinishedTrialError
+                    raise lost(_LOST.format(trial_id))
                 writes, held.pending = held.pending, _Writes()
                 held.flushed_at = time.monotonic()  # no retry storm on errors
             try:
@@ -244,11 +266,13 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
             except tb.TrialGone:
                 # Keep the local copy until the trial's own end: optuna's tell reads the
                 # trial before finishing it and must see it RUNNING to reach us and fail here.
+                deleted = not self._exists(trial_id)
                 with self._lock:
-                    held.lost, held.pending = True, _Writes()
+                    held.lost, held.deleted, held.pending = True, deleted, _Writes()
                     if state is not None:
                         del self._held[trial_id]
-                raise optuna.exceptions.UpdateFinishedTrialError(_LOST.format(trial_id)) from None
+                lost = TrialDeleted if deleted else UpdateFinishedTrialError
+                raise lost(_LOST.format(trial_id)) from None
             except BaseException:
                 with self._lock:
                     held.pending = writes.under(held.pending)
@@ -273,7 +297,14 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
             with self._reading() as conn:
                 text = tb.first_distribution(conn, study_id, name)
             known = distribution if text is None else distributions.json_to_distribution(text)
-        distributions.check_distribution_compatibility(known, distribution)
+        try:
+            distributions.check_distribution_compatibility(known, distribution)
+        except ValueError as e:
+            raise ForeignDistribution(
+                f"parameter {name!r} is stored in this study as {type(known).__name__}, and "
+                f"the trial suggests it as {type(distribution).__name__} ({e}); optuna allows "
+                "one kind per parameter in a study: did another client suggest it first?"
+            ) from e
         self._known[(study_id, name)] = known
 
     def set_trial_param(
@@ -342,12 +373,16 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
         # Its own transaction, so no pending write can hold it up; fenced by the claim, so a
         # worker that lost its trial never keeps another claim of it alive.
         with self.backend.engine.begin() as conn:
-            if not tb.beat(conn, trial_id, held.started):
-                with self._lock:
-                    held.lost = True
+            beating = tb.beat(conn, trial_id, held.started)
+        if not beating:
+            deleted = not self._exists(trial_id)  # the training thread's next write says so
+            with self._lock:
+                held.lost, held.deleted = True, deleted
+            if not deleted:
                 logger.warning("trial id %d was failed elsewhere; stopping its heartbeat", trial_id)
-                return
-        self._try_write_back(trial_id)
+            return
+        with contextlib.suppress(TrialDeleted):  # the training thread's next write says so
+            self._try_write_back(trial_id)
 
     # -- reads: our running trials from memory, everything else from optuna's cache --------
 
@@ -377,56 +412,3 @@ class WriteBackStorage(BaseStorage, BaseHeartbeat):
                 else t
                 for t in trials
             ]
-
-    # -- everything else is optuna's --------------------------------------------------------
-
-    def create_new_study(self, directions: Sequence[Any], study_name: str | None = None) -> int:
-        return self._cache.create_new_study(directions, study_name)
-
-    def delete_study(self, study_id: int) -> None:
-        self._cache.delete_study(study_id)
-
-    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
-        self._cache.set_study_user_attr(study_id, key, value)
-
-    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
-        self._cache.set_study_system_attr(study_id, key, value)
-
-    def get_study_id_from_name(self, study_name: str) -> int:
-        return self._cache.get_study_id_from_name(study_name)
-
-    def get_study_name_from_id(self, study_id: int) -> str:
-        return self._cache.get_study_name_from_id(study_id)
-
-    def get_study_directions(self, study_id: int) -> list[Any]:
-        return self._cache.get_study_directions(study_id)
-
-    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
-        return self._cache.get_study_user_attrs(study_id)
-
-    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
-        return self._cache.get_study_system_attrs(study_id)
-
-    def get_all_studies(self) -> list[Any]:
-        return self._cache.get_all_studies()
-
-    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
-        return self._cache.create_new_trial(study_id, template_trial)
-
-    def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
-        return self._cache.get_trial_id_from_study_id_trial_number(study_id, trial_number)
-
-    def get_best_trial(self, study_id: int) -> FrozenTrial:
-        return self._cache.get_best_trial(study_id)
-
-    def remove_session(self) -> None:
-        self.backend.remove_session()
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        return self.backend._get_stale_trial_ids(study_id)
-
-    def get_heartbeat_interval(self) -> int | None:
-        return self.backend.get_heartbeat_interval()
-
-    def get_heartbeat_stale_trial_callback(self) -> Any:
-        return self.backend.get_heartbeat_stale_trial_callback()

@@ -161,6 +161,17 @@ def test_a_worker_without_the_dataset_claims_nothing(tmp_path, storage_url):
     assert states(load(storage_url, "g")) == {TrialState.COMPLETE: 8}
 
 
+def test_a_worker_with_a_bad_checkpoint_setting_claims_nothing(tmp_path, storage_url):
+    _queued_grid(tmp_path, storage_url)
+    bad = {"SWEEP_CHECKPOINT_EPOCHS": "x"}  # read by every trial: each one would be a FAIL
+    out = run_cli("worker", "--study", "g", "--storage", storage_url, env=bad)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "sweep: error: SWEEP_CHECKPOINT_EPOCHS must be an integer in [1, 10000]; got 'x'"
+    ]
+    assert states(load(storage_url, "g")) == {TrialState.WAITING: 8}
+
+
 def test_a_foreign_trial_held_past_the_grace_period_survives_a_sweep_run(tmp_path, storage_url):
     # Another optuna client asks for a trial in the same study and holds it, with a
     # heartbeat of its own, longer than sweep's grace period.

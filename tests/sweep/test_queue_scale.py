@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from sweep import queue
+from sweep import coverage, queue
 from sweep import tables as tb
 from sweep.storage import open_storage
 from tests.sweep.helpers import WORKER_TAGS
@@ -303,9 +303,9 @@ def _expected(trials: list[optuna.trial.FrozenTrial], cap: int) -> tuple[int, se
     return max(cap, len(counting) - len(surplus)), set(surplus), max(0, cap - len(counting))
 
 
-@pytest.mark.parametrize("chunk", [queue._CHUNK, 2])
+@pytest.mark.parametrize("chunk", [coverage.CHUNK, 2])
 def test_a_capped_top_up_does_what_it_did(storage_url, monkeypatch, chunk):
-    monkeypatch.setattr(queue, "_CHUNK", chunk)  # 2: skips span several statements
+    monkeypatch.setattr(coverage, "CHUNK", chunk)  # 2: skips span several statements
     rdb, sid = _mixed_study(storage_url)
     for cap in (9, 12, 7, 2, 0, 5, 5):
         before = optuna.load_study(study_name="m", storage=rdb).get_trials()

@@ -1,0 +1,251 @@
+"""Other optuna clients in a sweep's study (``ask``/``tell``, ``optimize``): a grid point is
+done only by a trial that trained it, and a launcher says so truthfully."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+from optuna.trial import TrialState
+
+from sweep import guard, queue, runner
+from sweep.errors import UnfinishedError
+from sweep.spec import load_spec
+from sweep.storage import open_storage
+from sweep.study import open_study, top_up
+from sweep.writeback import WriteBackStorage
+from tests.sweep.helpers import (
+    WORKER_TAGS,
+    completed_points,
+    count_state,
+    grid_study,
+    load,
+    run_cli,
+    run_sql,
+    start_cli,
+    wait_for,
+)
+
+#: Another client, as a user would run one: ask/tell, then optimize with an objective that
+#: suggests nothing, then one that suggests learning_rate from a float distribution (the grid
+#: stores it as categorical). It prints how many trials waited when it began.
+THEIRS = """
+import optuna, sys
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+study = optuna.load_study(study_name="g", storage=sys.argv[1])
+print(len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))))
+trial = study.ask()
+study.tell(trial, 1.0)
+study.optimize(lambda t: 0.5, n_trials=3)
+try:
+    study.optimize(lambda t: t.suggest_float("learning_rate", 0.001, 1.0), n_trials=1)
+except ValueError as e:
+    assert "different distribution" in str(e), e
+"""
+
+
+def _theirs(url: str) -> int:
+    """Run the other client in a process of its own; how many trials waited when it began."""
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(THEIRS), url],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout)
+
+
+def _grid_run_with_another_client(tmp_path, url: str, *, guarded: bool):
+    """`sweep run` of the 8-point grid, one worker, trials of about a second each; once one
+    trial is done (learning_rate is stored), the other client runs while trials wait."""
+    study_file = grid_study(tmp_path, train_size=10_000, epochs=3)
+    run = start_cli("run", str(study_file), "--storage", url, "--jobs", "1")
+    try:
+        wait_for(lambda: count_state(url, "g", TrialState.COMPLETE) >= 1, interval=0.1)
+        if not guarded:  # as on a database whose owner would not let sweep make it
+            run_sql(url, f"DROP TRIGGER {guard.NAME}" + ("" if "sqlite" in url else " ON trials"))
+        waited = _theirs(url)
+    finally:
+        _out, err = run.communicate(timeout=300)
+    assert waited >= 2, "the run had nearly finished: nothing was exercised"
+    return run.returncode, err.strip().splitlines(), load(url, "g")
+
+
+def _every_point_trained_once(study: optuna.Study) -> None:
+    done = completed_points(study)
+    points = {k: n for k, n in done.items() if k != "{}"}  # the other client's have none
+    assert len(points) == 8 and set(points.values()) == {1}, done
+    ours = [t for t in study.trials if "run" in t.user_attrs]
+    assert sorted(t.state for t in ours) == [TrialState.COMPLETE] * 8
+
+
+def test_another_clients_ask_and_optimize_take_none_of_the_queue(tmp_path, storage_url):
+    code, err, study = _grid_run_with_another_client(tmp_path, storage_url, guarded=True)
+    assert code == 0, err
+    assert err[-1].startswith("8/8 trials"), err
+    _every_point_trained_once(study)
+    theirs = [t for t in study.trials if "run" not in t.user_attrs]
+    # ask/tell, three trials of optimize and the one that failed on its distribution: each a
+    # trial of their own, none of them a queued grid point
+    assert [t.state for t in theirs] == [TrialState.COMPLETE] * 4 + [TrialState.FAIL]
+    assert all("fixed_params" not in t.system_attrs for t in theirs)
+
+
+def test_points_another_client_took_from_the_queue_are_trained_anyway(tmp_path, storage_url):
+    code, err, study = _grid_run_with_another_client(tmp_path, storage_url, guarded=False)
+    assert code == 0, err
+    assert err[-1].startswith("8/8 trials"), err
+    _every_point_trained_once(study)
+    theirs = [t for t in study.trials if "run" not in t.user_attrs]
+    taken = [t for t in theirs if "fixed_params" in t.system_attrs]
+    assert taken, "the other client took no queued trial: nothing was exercised"
+    assert {t.state for t in taken} <= {TrialState.COMPLETE, TrialState.FAIL}
+
+
+def _queued_points(url: str) -> tuple[optuna.Study, list[dict]]:
+    rdb = open_storage(url)
+    study = optuna.create_study(study_name="g", storage=rdb, direction="maximize")
+    points = [{"x": x} for x in (0.0, 0.5, 1.0, 1.5)]
+    queue.top_up(rdb, study._study_id, points=points)
+    return study, points
+
+
+def _fixed(study: optuna.Study, state: TrialState) -> list[dict]:
+    trials = study.get_trials(deepcopy=False, states=(state,))
+    return [t.system_attrs.get("fixed_params") for t in trials]
+
+
+def test_a_top_up_queues_again_what_another_client_took_and_did_not_train(storage_url):
+    # No guard here (a study without sweep's spec): optuna's ask pops the queue.
+    study, points = _queued_points(storage_url)
+    theirs = optuna.load_study(study_name="g", storage=storage_url)
+    told = theirs.ask()  # pops {"x": 0.0}, suggests nothing
+    theirs.tell(told, 1.0)
+    theirs.ask()  # pops {"x": 0.5} and holds it: nobody promises to train it
+    failed = theirs.ask()  # pops {"x": 1.0}, fails without a reason of sweep's
+    theirs.tell(failed, state=TrialState.FAIL)
+    trained = theirs.ask()  # pops {"x": 1.5} and trains it at the point: that covers it
+    trained.suggest_float("x", 0, 2)
+    theirs.tell(trained, 2.0)
+    rdb = open_storage(storage_url)
+    assert queue.top_up(rdb, study._study_id, points=points) == 4
+    assert _fixed(study, TrialState.WAITING) == points[:3]
+    assert queue.grid_done(rdb, study._study_id, points) == 1
+    assert queue.tally(rdb, study._study_id, grid=True)[0] == 0  # none by sweep's workers
+    assert queue.top_up(rdb, study._study_id, points=points) == 4  # nothing more
+    assert len(study.get_trials(deepcopy=False)) == 7
+
+
+def test_the_guard_leaves_sweeps_claims_and_other_studies_queues_alone(tmp_path, storage_url):
+    spec = load_spec(grid_study(tmp_path))
+    study = open_study(spec, open_storage(storage_url))
+    top_up(study, spec)
+    theirs = optuna.load_study(study_name="g", storage=storage_url)
+    assert theirs.ask().number == 8  # a trial of its own
+    assert [t.state for t in theirs.trials].count(TrialState.WAITING) == 8
+    claimed = WriteBackStorage(open_storage(storage_url)).claim(study._study_id, WORKER_TAGS)
+    assert claimed is not None
+    # A study that is not sweep's keeps optuna's own queue: its ask pops what it enqueued.
+    other = optuna.create_study(study_name="other", storage=storage_url)
+    other.enqueue_trial({"y": 1})
+    assert other.ask().number == 0
+    with open_storage(storage_url).engine.connect() as conn:
+        assert guard.installed(conn)
+
+
+def test_a_launcher_whose_points_were_taken_says_so_and_exits_1(tmp_path, monkeypatch):
+    # Its workers find every queued trial taken by another client (as if the guard were
+    # gone and the client faster than every refill): the last line must not read 8/8.
+    import joblib
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    spec = load_spec(grid_study(tmp_path))
+
+    def taken_by_another_client(*args, **kwargs):
+        run_sql(url, f"DROP TRIGGER {guard.NAME}")
+        theirs = optuna.load_study(study_name="g", storage=url)
+        theirs.optimize(lambda t: 1.0, n_trials=8)
+        return lambda tasks: list(tasks) and []
+
+    monkeypatch.setattr(joblib, "Parallel", taken_by_another_client)
+    lines = []
+    with pytest.raises(UnfinishedError, match=r"^8 of 8 grid points were neither trained"):
+        runner.run(spec, storage=url, jobs=1, on_progress=lines.append)
+    assert (lines[-1].done, lines[-1].total) == (0, 8)
+    assert all(line.done == 0 for line in lines)
+
+
+def test_a_parameter_another_client_stored_first_stops_the_run_in_one_line(tmp_path, storage_url):
+    study_file = grid_study(tmp_path)
+    spec = load_spec(study_file)
+    top_up(open_study(spec, open_storage(storage_url)), spec)
+    theirs = optuna.load_study(study_name="g", storage=storage_url)
+    theirs.optimize(lambda t: t.suggest_float("learning_rate", 0.001, 1.0), n_trials=1)
+    out = run_cli("run", str(study_file), "--storage", storage_url, "--jobs", "1")
+    assert out.returncode == 1
+    assert (
+        out.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "sweep: error: parameter 'learning_rate' is stored in this study as FloatDistribution"
+        )
+    ), out.stderr
+    study = load(storage_url, "g")
+    assert _fixed(study, TrialState.WAITING) and not _fixed(study, TrialState.FAIL)
+
+
+def test_a_trial_whose_objective_returns_nan_fails_for_good(storage_url):
+    from sweep.worker import serve
+
+    study, points = _queued_points(storage_url)
+    assert serve(study, lambda t: float("nan"), run_id="r") == 4
+    reasons = {t.user_attrs.get("fail_reason") for t in study.get_trials()}
+    assert reasons == {"the objective returned nan"}
+    rdb = open_storage(storage_url)
+    assert queue.top_up(rdb, study._study_id, points=points) == 4  # failed for good: done
+    assert queue.grid_done(rdb, study._study_id, points) == 4
+    assert len(study.get_trials(deepcopy=False)) == 4
+
+
+def test_optuna_and_its_cli_read_and_upgrade_a_guarded_database(tmp_path, storage_url):
+    spec = load_spec(grid_study(tmp_path))
+    top_up(open_study(spec, open_storage(storage_url)), spec)
+    optuna_cli = Path(sys.executable).with_name("optuna")
+
+    def cli(*args):
+        out = subprocess.run([str(optuna_cli), *args, "--storage", storage_url],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return out.stdout + out.stderr
+
+    assert "This storage is up-to-date." in cli("storage", "upgrade")
+    assert cli("trials", "--study-name", "g", "-f", "json").count('"WAITING"') == 8
+    optuna.delete_study(study_name="g", storage=storage_url)
+    with open_storage(storage_url).engine.connect() as conn:
+        assert guard.installed(conn)
+
+
+def test_a_database_that_refuses_the_guard_is_still_used(tmp_path, postgres_server, caplog):
+    # A worker's role with rights on the rows, not the tables: no trigger, one warning, and
+    # the queue still works (its top-up then puts back what another client takes).
+    import logging
+
+    from tests.postgres import fresh_database
+
+    url = fresh_database(postgres_server)
+    optuna.create_study(study_name="other", storage=url)  # the owner's schema
+    role = url.rsplit("/", 1)[1] + "_worker"
+    with sqlalchemy.create_engine(url).begin() as conn:
+        conn.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+        conn.exec_driver_sql(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+        conn.exec_driver_sql(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+    worker_url = url.replace("postgres@", f"{role}@")
+    spec = load_spec(grid_study(tmp_path))
+    study = open_study(spec, open_storage(worker_url))
+    caplog.set_level(logging.WARNING, logger="sweep.guard")
+    assert top_up(study, spec) == 8
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "sweep.guard"]
+    assert f"cannot create trigger {guard.NAME} (" in warning
+    with open_storage(url).engine.connect() as conn:
+        assert not guard.installed(conn)
+    assert WriteBackStorage(open_storage(worker_url)).claim(study._study_id, WORKER_TAGS)
