@@ -42,7 +42,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from sweep.dashboard_files import artifact_files, text_response
+from sweep.dashboard_files import artifact_files, text_response, tolerant_listings
 from sweep.errors import SpecError, SweepError
 
 if TYPE_CHECKING:
@@ -174,6 +174,7 @@ def serve(
 
     thread = threading.Thread(target=run, name="dashboard", daemon=True)
     try:
+        tolerant_listings()
         app = optuna_dashboard.wsgi(storage, artifact_store=artifact_store)
         if artifact_store is not None:
             app = artifact_files(app, storage, artifact_store)

@@ -29,13 +29,16 @@ import re
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from sweep.text import printable
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
     from optuna.artifacts._protocol import ArtifactStore
     from optuna.storages import BaseStorage
+    from optuna.trial import FrozenTrial
 
 logger = logging.getLogger(__name__)
 
@@ -169,8 +172,12 @@ def _record(
                 raw = storage.get_trial_system_attrs(trial_id).get(ARTIFACT_PREFIX + artifact_id)
     except KeyError:  # no such study or trial
         return None
-    if raw is None:
-        return None
+    return None if raw is None else _decoded(raw)
+
+
+def _decoded(raw: object) -> dict | None:
+    """An ``artifacts:<id>`` record's ArtifactMeta; None for JSON ``null`` (deleted through the
+    dashboard); _BadRecord saying what is wrong with one that is not JSON or not an object."""
     if not isinstance(raw, str):
         raise _BadRecord(f"a {type(raw).__name__}")
     try:
@@ -180,6 +187,57 @@ def _record(
     if meta is not None and not isinstance(meta, dict):
         raise _BadRecord(f"JSON {type(meta).__name__}")
     return meta
+
+
+def tolerant_listings() -> None:
+    """Make optuna-dashboard list a study's and a trial's artifacts without the records that are
+    not ArtifactMeta as JSON, one log line each, in this process.
+
+    Its own listings (``optuna_dashboard.artifact._backend``, 0.21) decode every record of a
+    study for each of its pages, so one bad record from another client of the database made
+    the study's page a 500 and a traceback per request. Only the names the dashboard calls
+    them by are replaced, with functions of the same signature and result."""
+    from optuna_dashboard import _serializer
+    from optuna_dashboard.artifact import _backend
+
+    for module in (_serializer, _backend):
+        module.list_study_artifacts = _study_artifacts  # type: ignore[assignment]
+        module.list_trial_artifacts = _trial_artifacts  # type: ignore[assignment]
+
+
+def _study_artifacts(study_system_attrs: dict[str, Any]) -> list[dict]:
+    from sweep.tables import ARTIFACT_PREFIX
+
+    records = [(k, v) for k, v in study_system_attrs.items() if k.startswith(ARTIFACT_PREFIX)]
+    return _listed(records, "a study")
+
+
+def _trial_artifacts(
+    study_system_attrs: dict[str, Any], trial_system_attrs: dict[str, Any], trial: FrozenTrial
+) -> list[dict]:
+    from sweep.tables import ARTIFACT_PREFIX
+
+    old = _OLD_TRIAL_PREFIX.format(trial=trial._trial_id)
+    records = [(k, v) for k, v in study_system_attrs.items() if k.startswith(old)]
+    records += [(k, v) for k, v in trial_system_attrs.items() if k.startswith(ARTIFACT_PREFIX)]
+    return _listed(records, f"trial {trial._trial_id}")
+
+
+def _listed(records: list[tuple[str, Any]], owner: str) -> list[dict]:
+    """The ArtifactMeta of ``records`` ((key, raw value) pairs) that decode, in their order."""
+    metas = []
+    for key, raw in records:
+        try:
+            meta = _decoded(raw)
+        except _BadRecord as e:
+            logger.warning(
+                "artifact record %r of %s is %s, not optuna's ArtifactMeta as JSON; not listed",
+                printable(key.rsplit(":", 1)[-1], 100), owner, e,
+            )  # fmt: skip
+            continue
+        if meta is not None:
+            metas.append(meta)
+    return metas
 
 
 def _in_study(storage: BaseStorage, study_id: int, trial_id: int) -> bool:

@@ -203,17 +203,26 @@ def test_a_record_that_is_not_json_is_a_404_and_one_line(db, tmp_path):
     """optuna-dashboard answered such a record with a 500 and a traceback on the terminal, per
     request; now a 404 and one log line."""
     folder = tmp_path / "artifacts"
-    with_artifacts(db, folder)
+    kept = with_artifacts(db, folder)
     for n, record in enumerate(RECORDS):
         (folder / forged_id(n)).write_bytes(SECRET)
         listed(db, forged_id(n), record=record)
-    answers, err = sweep_dashboard(db, [f"artifacts/1/2/{forged_id(n)}" for n in range(4)])
-    assert [a[0] for a in answers] == [404] * len(RECORDS)
+    files = [f"artifacts/1/2/{forged_id(n)}" for n in range(4)]
+    answers, err = sweep_dashboard(db, [*files, "api/studies/1?after=0"])
+    assert [a[0] for a in answers[:-1]] == [404] * len(RECORDS)
     assert not [a for a in answers if SECRET in a[1]]
     assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if "artifact record" in line]
+    lines = [line for line in err.splitlines() if "answered 404" in line]
     assert len(lines) == len(RECORDS), err
     assert all("not optuna's ArtifactMeta as JSON; answered 404" in line for line in lines)
+    # The study's page lists trial 2's good artifacts and leaves the bad records out, one
+    # line each (optuna-dashboard's own listing answered it with a 500 and a traceback).
+    status, body = answers[-1]
+    assert status == 200
+    [trial] = [t for t in json.loads(body)["trials"] if t["trial_id"] == 2]
+    assert {a["artifact_id"] for a in trial["artifacts"]} == set(kept)
+    listed_out = [line for line in err.splitlines() if line.endswith("; not listed")]
+    assert len(listed_out) == len(RECORDS), err
 
 
 def test_a_studys_artifact_is_served_and_a_trials_only_under_its_own_study(db, tmp_path):
