@@ -42,6 +42,7 @@ from sweep.queue import tables as tb
 from sweep.queue.operations import SPEC, pointer
 from sweep.queue.storage import root_message
 from sweep.report.stored import number, printable
+from sweep.study.joining import rdb_of
 from sweep.study.spec import StudySpec, stored_spec
 from sweep.trial import artifacts
 from sweep.trial.cleanup import BEST_MODEL, swap_study_attr
@@ -183,10 +184,6 @@ def _replace_evaluated(
     """Name ``ids`` as the study's ``evaluated_model``, then delete the model it named before:
     its files first, then the ``artifacts:<id>`` attributes of those that are gone (a file the
     store could not delete stays named, for whoever cleans up). Never raises."""
-    from sweep.study.joining import (
-        rdb_of,  # sweep.study.joining imports the objective, which imports us
-    )
-
     record = {"artifact_id": ids[0], "sidecar_id": ids[1], "trial": trial}
     try:
         backend = rdb_of(study._storage)

@@ -28,6 +28,7 @@ import sqlalchemy
 from sweep.queue import tables as tb
 from sweep.queue.operations import CHECKPOINT, FAIL_REASON, RETRY_HISTORY, lock_study, pointer
 from sweep.queue.storage import root_message
+from sweep.study.joining import rdb_of
 from sweep.trial.artifacts import SWEEP_FORM, is_sweep_id, remove, shown
 
 if TYPE_CHECKING:
@@ -48,10 +49,6 @@ def trial_ended(store: ArtifactStore, study: optuna.Study, trial: optuna.trial.F
     whose work it took over (its ``retry_history``), and their names, except its final weights
     when it is the best COMPLETE trial so far (``keep_best``). Never raises."""
     try:
-        from sweep.study.joining import (
-            rdb_of,  # sweep.study.joining imports the objective, which imports us
-        )
-
         backend = rdb_of(study._storage)
         where = f"trial {trial.number}"
         named = _named(backend, study._study_id, trial._trial_id, predecessors(trial.system_attrs),
@@ -124,10 +121,6 @@ def predecessors(system_attrs: dict[str, Any]) -> list[int]:
 def owned(trial: optuna.Trial, system_attrs: dict[str, Any]) -> set[str]:
     """The ids of sweep's artifacts that a running trial may read and delete: named on it and
     on the dead trials whose work it took over; ``system_attrs`` are the trial's."""
-    from sweep.study.joining import (
-        rdb_of,  # sweep.study.joining imports the objective, which imports us
-    )
-
     backend = rdb_of(trial.study._storage)
     dead = predecessors(system_attrs)
     return {a for _, a in _named(backend, trial.study._study_id, trial._trial_id, dead)}
@@ -141,10 +134,6 @@ def clear_predecessors(
     it resumes from, rather than leave them on disk until it ends; ``system_attrs`` are the
     trial's, as its resume read them. Never raises."""
     try:
-        from sweep.study.joining import (
-            rdb_of,  # sweep.study.joining imports the objective, which imports us
-        )
-
         dead = predecessors(system_attrs)
         if not dead:
             return
