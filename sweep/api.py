@@ -26,11 +26,11 @@ from sweep.errors import SpecError, SweepError
 # Each function imports what it uses when it is called: ``sweep status`` comes through here and
 # must not wait for the training code, boto3 and alembic (tests/sweep/test_startup.py).
 if TYPE_CHECKING:
-    from sweep.objective import Evaluation
-    from sweep.report import Report
+    from sweep.report.summary import StudyStatus
+    from sweep.report.writer import Report
     from sweep.runner import run
-    from sweep.spec import StudySpec, load_spec
-    from sweep.summary import StudyStatus
+    from sweep.study.spec import StudySpec, load_spec
+    from sweep.trial.objective import Evaluation
 
 __all__ = [
     "evaluate", "export", "join", "load_spec", "report_all", "report_study", "run", "status",
@@ -45,7 +45,7 @@ def __getattr__(name: str) -> Any:
 
         return run
     if name == "load_spec":
-        from sweep.spec import load_spec
+        from sweep.study.spec import load_spec
 
         return load_spec
     raise AttributeError(f"module 'sweep.api' has no attribute {name!r}")
@@ -59,8 +59,8 @@ def join(
     how many trials this worker ran. The stored spec decides what runs (``spec``, if given,
     must agree with it); ``wait`` seconds for the study to be created by its launcher;
     ``artifacts`` where its trials checkpoint (see ``sweep.run``)."""
-    from sweep.storage import resolve_url
-    from sweep.study import join as stored_spec_of
+    from sweep.queue.storage import resolve_url
+    from sweep.study.joining import join as stored_spec_of
     from sweep.worker import work
 
     if spec is not None and spec.name != name:
@@ -76,8 +76,8 @@ def join(
 
 def status(storage: str | None = None) -> list[StudyStatus]:
     """Every study in the database: trials by state, best trial (read-only)."""
-    from sweep.storage import open_reader
-    from sweep.summary import status as studies
+    from sweep.queue.storage import open_reader
+    from sweep.report.summary import status as studies
 
     return studies(open_reader(storage))
 
@@ -87,8 +87,8 @@ def report_study(
 ) -> Report:
     """Write study ``name``'s report (report.md, trials.csv, figures) into ``out``, by default
     ``runs/<slug>/`` (a study's name never becomes a path); return what was written."""
-    from sweep.report import report_folder, write_report
-    from sweep.storage import open_storage
+    from sweep.queue.storage import open_storage
+    from sweep.report.writer import report_folder, write_report
 
     rdb = open_storage(storage, heartbeat_interval=None, grace_period=None, read_only=True)
     return write_report(rdb, name, out_dir=out or report_folder(Path("runs"), rdb, name),
@@ -101,8 +101,8 @@ def report_all(
 ) -> tuple[list[Report], dict[str, str]]:  # fmt: skip
     """Report every study it can, each in its own folder under ``root``; return the reports
     and, for each study that could not be reported, why."""
-    from sweep.report import report_folder, write_report
-    from sweep.storage import open_storage, study_names
+    from sweep.queue.storage import open_storage, study_names
+    from sweep.report.writer import report_folder, write_report
 
     rdb = open_storage(storage, heartbeat_interval=None, grace_period=None, read_only=True)
     done, failed = [], {}
@@ -126,11 +126,11 @@ def evaluate(
     once; stored on the study as ``test_accuracy`` and ``test_trial``. The retrained model
     (weights and JSON sidecar, ``mlp.MLP.save``) is uploaded to the study's artifact store
     (``artifacts``, see ``sweep.run``); the result names the two artifacts and the store."""
-    from sweep import best
-    from sweep.artifacts import study_store
-    from sweep.objective import evaluate_best
-    from sweep.report import load_study
-    from sweep.storage import open_storage, resolve_url
+    from sweep.queue.storage import open_storage, resolve_url
+    from sweep.report.writer import load_study
+    from sweep.trial import best
+    from sweep.trial.artifacts import study_store
+    from sweep.trial.objective import evaluate_best
 
     url = resolve_url(storage)
     store, location, _ = study_store(artifacts, url)  # a bad one fails before any training
@@ -156,10 +156,10 @@ def export(
     ``sweep.run``); nothing is retrained. SweepError if the study has none (a study run before
     checkpoints were kept: ``evaluate`` retrains and uploads one). SpecError if either file
     exists, unless ``force``: export never replaces a file it was not asked to."""
-    from sweep import best
-    from sweep.artifacts import study_store
-    from sweep.report import load_study
-    from sweep.storage import open_storage, resolve_url
+    from sweep.queue.storage import open_storage, resolve_url
+    from sweep.report.writer import load_study
+    from sweep.trial import best
+    from sweep.trial.artifacts import study_store
 
     out = Path(out)
     best.check_out(out, force=force)

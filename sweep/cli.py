@@ -28,9 +28,9 @@ from sweep.errors import (
 )  # fmt: skip
 
 if TYPE_CHECKING:  # optuna takes a second to import; `sweep --help` should not wait for it
-    from sweep.report import Report
+    from sweep.report.writer import Report
     from sweep.runner import Progress
-    from sweep.spec import StudySpec
+    from sweep.study.spec import StudySpec
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
@@ -52,7 +52,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     """Train one network and print a line per epoch and the final validation accuracy."""
     from mlp import MLP, EpochMetrics, fit, load_mnist, parameter_count
     from mlp.memory import require_training
-    from sweep.settings import configs_from_args
+    from sweep.study.settings import configs_from_args
 
     # Checked before any data is read: a bad value is one line and exit 2 (a SpecError).
     m, config = configs_from_args(args, seed=args.seed, train_size=args.train_size)
@@ -139,8 +139,8 @@ TOP_TRIALS = 20
 def _cmd_run(args: argparse.Namespace) -> int:
     """Create or resume a study and run it to the end with parallel worker processes."""
     from sweep.api import run
-    from sweep.storage import mask_password, resolve_url
-    from sweep.summary import trial_table
+    from sweep.queue.storage import mask_password, resolve_url
+    from sweep.report.summary import trial_table
 
     _quiet_optuna()
     spec = _study_spec(args.study)
@@ -188,9 +188,9 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     """Every study in the database: trials by state, best value and its parameters."""
     from sweep.api import status
-    from sweep.storage import mask_password, resolve_url
-    from sweep.stored import printable
-    from sweep.summary import fmt
+    from sweep.queue.storage import mask_password, resolve_url
+    from sweep.report.stored import printable
+    from sweep.report.summary import fmt
 
     studies = status(args.storage)
     if not studies:
@@ -208,9 +208,9 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     """Serve optuna-dashboard for the study database: read-only unless --allow-writes, and
     only to requests that name this machine (127.0.0.1 unless --host says otherwise). Its trial
     view lists and downloads the checkpoints and models in the study's artifact store."""
-    from sweep.artifacts import study_store
     from sweep.dashboard import serve
-    from sweep.storage import mask_password, open_storage, resolve_url
+    from sweep.queue.storage import mask_password, open_storage, resolve_url
+    from sweep.trial.artifacts import study_store
 
     storage = open_storage(args.storage, heartbeat_interval=None, grace_period=None,
                            read_only=not args.allow_writes)  # fmt: skip
@@ -235,7 +235,7 @@ def _study_spec(study: str) -> StudySpec:
     """A study file, or the name of a shipped one (``seed-grid`` → studies/seed-grid.toml)."""
     from pathlib import Path
 
-    from sweep.spec import load_spec
+    from sweep.study.spec import load_spec
 
     path = Path(study)
     if not path.exists() and not path.suffix and Path("studies", f"{study}.toml").exists():
@@ -316,8 +316,8 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sweep.gradcheck import check_gradients
-    from sweep.rules import DATA_RULES
-    from sweep.settings import checked, seed_rule
+    from sweep.study.rules import DATA_RULES
+    from sweep.study.settings import checked, seed_rule
 
     seed = checked("seed", seed_rule(), args.seed)
     examples = checked("examples", DATA_RULES["train_size"], args.examples)
@@ -335,8 +335,8 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
 def _data_path(text: str | None, flag: str = "data") -> str | None:
     """A ``--data`` (or ``--path``) flag checked as a study file's ``[data] path`` is: an empty
     one would read the current folder (or, to a worker, mean the stored study's copy)."""
-    from sweep.rules import DATA_RULES
-    from sweep.settings import checked
+    from sweep.study.rules import DATA_RULES
+    from sweep.study.settings import checked
 
     return None if text is None else checked(flag, DATA_RULES["path"], text)
 
@@ -368,7 +368,7 @@ def _seconds(text: str) -> float:
 
 
 def _trial_cap(text: str) -> int:
-    from sweep.rules import MAX_TRIALS
+    from sweep.study.rules import MAX_TRIALS
 
     value = _int(text, f"an integer in [1, {MAX_TRIALS}]")
     if not 1 <= value <= MAX_TRIALS:
@@ -446,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="download again even if cached")
     p.set_defaults(func=_cmd_data)
 
-    from sweep.settings import add_train_arguments
+    from sweep.study.settings import add_train_arguments
 
     p = sub.add_parser(
         "train",

@@ -8,8 +8,8 @@ requests whose ``Host`` is one of :func:`allowed_hosts` (421 otherwise), refuses
 but GET, HEAD and OPTIONS (405) unless writes are allowed, and then refuses a write whose
 ``Origin`` is another site (403: CSRF).
 
-The dashboard is given the study's artifact store (``sweep.artifacts``), so that its trial view
-lists each trial's checkpoints and the study's evaluated model (uploading and deleting them are
+The dashboard is given the study's artifact store (``sweep.trial.artifacts``), so that its trial
+view lists each trial's checkpoints and the study's evaluated model (uploading and deleting them are
 writes). Downloading one is answered by :func:`sweep.dashboard_files.artifact_files`: only a
 regular file inside the store, never through a symlink, always as an ``application/octet-stream``
 attachment, whatever the (untrusted) ``artifacts:<id>`` record says. No response carries CORS

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from mlp import MLP, gradcheck, load_mnist
 from mlp.memory import architecture, gradcheck_bytes, require
-from sweep import figures
-from sweep.report import md_table
+from sweep.report import figures
+from sweep.report.writer import md_table
 
 
 @dataclasses.dataclass(frozen=True)

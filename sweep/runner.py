@@ -1,7 +1,7 @@
 """Running a study: a launcher and its workers, as local joblib (loky) processes or on a dask
 cluster, and the progress the launcher shows.
 
-The study is a queue (``sweep.queue``). A launcher (``sweep run``; ``sweep worker`` is a
+The study is a queue (``sweep.queue.operations``). A launcher (``sweep run``; ``sweep worker`` is a
 launcher of one, see ``sweep.worker``) tops it up: a grid study gets one WAITING trial per
 feasible grid point that no trial covers yet, a TPE/random study empty WAITING slots up to
 its trial cap (the sampler fills each slot's parameters when it is claimed). Workers only ever
@@ -25,13 +25,9 @@ from typing import Any
 
 import optuna
 
-from sweep import queue
-from sweep.artifacts import study_store
-from sweep.checkpoint import policy as checkpoint_policy
 from sweep.errors import SpecError, StorageError, StudyGone, SweepError, WorkerError
-from sweep.objective import load_data
-from sweep.spec import StudySpec
-from sweep.storage import (
+from sweep.queue import operations
+from sweep.queue.storage import (
     GRACE_PERIOD_S,
     HEARTBEAT_INTERVAL_S,
     STORAGE_ERRORS,
@@ -42,7 +38,11 @@ from sweep.storage import (
     root_message,
     storage_failure,
 )
-from sweep.study import grid_left, open_study, rdb_of, recover, top_up, unfinished
+from sweep.study.joining import grid_left, open_study, rdb_of, recover, top_up, unfinished
+from sweep.study.spec import StudySpec
+from sweep.trial.artifacts import study_store
+from sweep.trial.checkpoint import policy as checkpoint_policy
+from sweep.trial.objective import load_data
 from sweep.worker import POLL_S, work
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class Progress:
     waiting_for: str | None = None  # what the run waits for when nothing is left to claim
 
 
-def _waiting_for(pending: queue.Pending, run_id: str, grace: float) -> str | None:
+def _waiting_for(pending: operations.Pending, run_id: str, grace: float) -> str | None:
     """What a launcher with nothing left to claim is waiting for, in a few words."""
     elsewhere = [r for r in pending.running if r.run != run_id]
     if pending.waiting or not elsewhere:
@@ -86,14 +86,14 @@ def _progress(
 ) -> Progress:  # fmt: skip
     """The run's progress, by read-only aggregates: a display polled every second must not
     queue for the write lock. A grid's points done are counted exactly (what covers each,
-    ``sweep.study.grid_left``) when ``exact`` (the last line) or when the cheap count reaches
-    the total, so that no line reads N/N while a point is left."""
+    ``sweep.study.joining.grid_left``) when ``exact`` (the last line) or when the cheap count
+    reaches the total, so that no line reads N/N while a point is left."""
     rdb = rdb_of(study._storage)
     grid = spec.sampler == "grid"
-    done, best = queue.tally(rdb, study._study_id, grid=grid)
+    done, best = operations.tally(rdb, study._study_id, grid=grid)
     if grid and (exact or done >= total):
         done, total = grid_left(study, spec)
-    pending = queue.pending(rdb, study._study_id)
+    pending = operations.pending(rdb, study._study_id)
     alive = [r for r in pending.running if r.silent < SILENT_S]
     return Progress(
         done=done,
@@ -153,7 +153,7 @@ def run(
     workers to the dask.distributed cluster at ``scheduler`` (they must reach the same
     storage, e.g. PostgreSQL). ``artifacts`` is where trials checkpoint (a folder,
     ``file:///folder`` or ``s3://bucket/prefix``; default ``$SWEEP_ARTIFACTS``, else beside a
-    SQLite database, see ``sweep.checkpoint``). On Ctrl-C the run stops, its running trials go
+    SQLite database, see ``sweep.trial.checkpoint``). On Ctrl-C the run stops, its running trials go
     back to the queue with their checkpoints, and KeyboardInterrupt propagates; the next run
     resumes them.
     """
@@ -218,7 +218,7 @@ def run(
         if watcher:
             watcher.join()
     try:
-        if not queue.study_exists(rdb_of(study._storage), study._study_id):
+        if not operations.study_exists(rdb_of(study._storage), study._study_id):
             raise StudyGone(f"study {spec.name!r}")  # its trials, table and all, are gone
         last = _progress(study, spec, total, start, run_id, exact=True)
     except STORAGE_ERRORS as e:
@@ -247,13 +247,13 @@ def _stop_run(study: optuna.Study, run_id: str, *, died: bool, max_retries: int)
     trial of a failed node), else back to WAITING as they were enqueued."""
     storage, study_id = rdb_of(study._storage), study._study_id
     try:
-        if not queue.study_exists(storage, study_id):
+        if not operations.study_exists(storage, study_id):
             return  # deleted by another client: nothing to stop or hand back
         study._storage.set_study_system_attr(study_id, f"stop:{run_id}", True)
         if died:
-            queue.abandon_run(storage, study_id, run_id, max_retries=max_retries)
+            operations.abandon_run(storage, study_id, run_id, max_retries=max_retries)
         else:
-            queue.release_run(storage, study_id, run_id)
+            operations.release_run(storage, study_id, run_id)
     except Exception as e:  # the storage failing: the stale-trial check requeues them later
         logger.warning("could not hand back the run's trials: %s", root_message(e))
         logger.debug("hand-back failure", exc_info=True)

@@ -5,7 +5,7 @@ is the worker's (``WORKER_FAILURES``: data, memory, a library, the storage; or C
 SIGTERM) gives the trial back to the queue and ends the worker; only the trial's own failure
 (it diverged, its numbers raised) is a FAIL that is not rerun. While a trial runs, a thread
 records its heartbeat; a worker that dies outright stops it, and whoever notices first
-requeues the trial (``sweep.queue.recover``).
+requeues the trial (``sweep.queue.operations.recover``).
 """
 
 from __future__ import annotations
@@ -23,10 +23,6 @@ from collections.abc import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep import queue
-from sweep.artifacts import study_store
-from sweep.checkpoint import policy as checkpoint_policy
-from sweep.cleanup import clear_dead, trial_ended
 from sweep.errors import (
     DataError,
     ForeignDistribution,
@@ -35,16 +31,16 @@ from sweep.errors import (
     WorkerError,
     on_sigterm_raise_terminated,
 )
-from sweep.objective import Objective, TrialFailed, load_data
-from sweep.spec import StudySpec
-from sweep.storage import (
+from sweep.queue import operations
+from sweep.queue.storage import (
     HEARTBEAT_INTERVAL_S,
     STORAGE_ERRORS,
     open_storage,
     root_message,
     storage_failure,
 )
-from sweep.study import (
+from sweep.queue.writeback import TrialDeleted, WriteBackStorage
+from sweep.study.joining import (
     grid_left,
     make_pruner,
     make_sampler,
@@ -54,7 +50,11 @@ from sweep.study import (
     top_up,
     unfinished,
 )
-from sweep.writeback import TrialDeleted, WriteBackStorage
+from sweep.study.spec import StudySpec
+from sweep.trial.artifacts import study_store
+from sweep.trial.checkpoint import policy as checkpoint_policy
+from sweep.trial.cleanup import clear_dead, trial_ended
+from sweep.trial.objective import Objective, TrialFailed, load_data
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def work(
     dataset is loaded before the first claim, so a host without it takes nothing. With
     ``launch`` (``sweep worker``), it first tops the queue up and recovers silent trials, as
     ``run`` does, so that any task of a batch array may be the first. ``artifacts`` is where
-    its trials' checkpoints go (``sweep.artifacts.artifacts_location``).
+    its trials' checkpoints go (``sweep.trial.artifacts.artifacts_location``).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     on_sigterm_raise_terminated()  # a batch scheduler ending the job releases the trial
@@ -165,10 +165,10 @@ def _run_one(
         raise
     except Exception as e:  # a bug in one trial's numbers must not end the sweep
         logger.exception("trial %d raised", trial.number)
-        trial.set_user_attr(queue.FAIL_REASON, f"{type(e).__name__}: {e}"[:500])
+        trial.set_user_attr(operations.FAIL_REASON, f"{type(e).__name__}: {e}"[:500])
         return None, TrialState.FAIL
     if not _finite(value):  # optuna's tell would record a FAIL without a reason: rerun forever
-        trial.set_user_attr(queue.FAIL_REASON, f"the objective returned {value!r}"[:500])
+        trial.set_user_attr(operations.FAIL_REASON, f"the objective returned {value!r}"[:500])
         return None, TrialState.FAIL
     return value, None
 
@@ -192,7 +192,7 @@ def serve(
     """Claim and run ``study``'s queued trials with ``objective`` until nothing is left that
     this worker could take; return how many it ran. ``work`` is this with the MLP objective.
     ``on_end`` is called with each trial it finished (recorded), e.g. to clean its files up.
-    ``refill`` tops the queue up when it runs dry (``sweep.study.refill``): another client
+    ``refill`` tops the queue up when it runs dry (``sweep.study.joining.refill``): another client
     may have taken a queued point from it, and the worker leaves only if nothing was queued.
 
     A failure of the worker gives its trial back to the queue and raises: WorkerError (or the
@@ -201,7 +201,10 @@ def serve(
     study = as_worker_study(study)
     storage = study._storage
     rdb = storage.backend
-    tags = {queue.WORKER_TAG: f"{socket.gethostname()}:{os.getpid()}", queue.RUN_TAG: run_id}
+    tags = {
+        operations.WORKER_TAG: f"{socket.gethostname()}:{os.getpid()}",
+        operations.RUN_TAG: run_id,
+    }
     ran = 0
     stop_key = f"stop:{run_id}"
     next_stop_check = 0.0
@@ -215,11 +218,11 @@ def serve(
         trial_id = storage.claim(study._study_id, tags)
         if trial_id is None:
             recover(study, max_retries=max_retries)
-            if queue.pending(rdb, study._study_id).empty:
+            if operations.pending(rdb, study._study_id).empty:
                 if refill is None:
                     return ran
                 refill()
-                if queue.pending(rdb, study._study_id).empty:
+                if operations.pending(rdb, study._study_id).empty:
                     return ran
                 continue  # points were queued again: claim them
             time.sleep(POLL_S)
@@ -230,7 +233,7 @@ def serve(
                 value, state = _run_one(objective, trial)
             study.tell(trial, value, state=state)
         except optuna.exceptions.UpdateFinishedTrialError as e:
-            if isinstance(e, TrialDeleted) and not queue.study_exists(rdb, study._study_id):
+            if isinstance(e, TrialDeleted) and not operations.study_exists(rdb, study._study_id):
                 raise StudyGone(f"study {study.study_name!r}") from None
             # Failed as stale while it ran (its heartbeats were held up past the grace
             # period); whoever failed it queued a replacement, so this result is not needed.
@@ -242,7 +245,7 @@ def serve(
                 e, (*STORAGE_ERRORS, SweepError, DataError)
             ):
                 raise WorkerError(
-                    f"worker {tags[queue.WORKER_TAG]} stopped: {type(e).__name__}: "
+                    f"worker {tags[operations.WORKER_TAG]} stopped: {type(e).__name__}: "
                     f"{(str(e).splitlines() or [''])[0]}; its trial went back to the queue"
                 ) from e
             raise

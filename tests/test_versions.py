@@ -13,7 +13,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from sweep import tables
+from sweep.queue import tables
 from tests.newer import installed_pins, pins
 
 ROOT = Path(__file__).parents[1]
@@ -60,14 +60,14 @@ def test_a_tested_optuna_says_nothing(version):
 
 @pytest.mark.parametrize("version", ["5.2.0", "4.9.1", "6.0.0.dev0"])
 def test_an_untested_optuna_is_one_line_when_a_study_opens(version, monkeypatch, caplog, tmp_path):
-    from sweep.spec import load_spec
-    from sweep.storage import open_storage
-    from sweep.study import open_study
+    from sweep.queue.storage import open_storage
+    from sweep.study.joining import open_study
+    from sweep.study.spec import load_spec
 
     assert "\n" not in tables.untested_optuna(version)
     monkeypatch.setattr(tables, "optuna_version", version)
     spec = load_spec(ROOT / "studies" / "quick.toml")
-    with caplog.at_level(logging.WARNING, logger="sweep.study"):
+    with caplog.at_level(logging.WARNING, logger="sweep.study.joining"):
         open_study(spec, open_storage(f"sqlite:///{tmp_path}/s.db"))
     [line] = [r.getMessage() for r in caplog.records if "optuna" in r.getMessage()]
     assert line.startswith(f"optuna {version} is not a release sweep was tested with (5.0, 5.1)")

@@ -14,7 +14,7 @@ from pathlib import Path
 import sqlalchemy
 from optuna.trial import TrialState
 
-from sweep import tables as tb
+from sweep.queue import tables as tb
 
 #: A random study of tiny trials; every real trial takes well under a second.
 STUDY = """
@@ -64,10 +64,11 @@ def build(url: str, folder: Path, n: int, *, name: str = "big", sampler: str = "
     """Make study ``name`` in ``url`` with ``n`` finished trials (``seed_trials`` run for real,
     the rest copied) and a trial cap of ``n``, so that a launcher finds nothing to enqueue.
     Returns the study id."""
-    from sweep import queue, runner
-    from sweep.spec import load_spec
-    from sweep.storage import open_storage
-    from sweep.study import rdb_of
+    from sweep import runner
+    from sweep.queue import operations
+    from sweep.queue.storage import open_storage
+    from sweep.study.joining import rdb_of
+    from sweep.study.spec import load_spec
 
     spec = load_spec(study_file(folder, name, sampler=sampler, trials=seed_trials))
     study = runner.run(spec, storage=url, jobs=1)
@@ -89,7 +90,7 @@ def build(url: str, folder: Path, n: int, *, name: str = "big", sampler: str = "
             conn.execute(sqlalchemy.text("ANALYZE"))
     stored = dataclasses.replace(spec, trials=n)
     storage = open_storage(url)
-    storage.set_study_user_attr(sid, queue.SPEC, stored.to_dict())
+    storage.set_study_user_attr(sid, operations.SPEC, stored.to_dict())
     storage.engine.dispose()
     return sid
 

@@ -1,16 +1,16 @@
 """The ``## checkpoints`` section of ``make bench``: what a checkpoint after every epoch costs.
 
-A sweep trial writes its training state while it trains (``sweep.checkpoint``) so that a killed
-trial loses at most about one epoch; the writes must stay a small share of the training time
+A sweep trial writes its training state while it trains (``sweep.trial.checkpoint``) so that a
+killed trial loses at most about one epoch; the writes must stay a small share of the training time
 (``CHECKPOINT_OVERHEAD``, 5%). This measures that share on the training rows' model
 (784-512-768-10, float32, batch 128, lr 0.1) through the product's own path: a sweep worker
 (``sweep.worker.serve``: claims, a heartbeat, held writes) on a temporary SQLite study runs
 trials that train with ``fit``, and every other one writes a checkpoint after each epoch with
-``sweep.checkpoint.Checkpoints.write``: ``save_state`` to a temporary file,
-``sweep.artifacts.upload`` to a FileSystemArtifactStore in a temporary folder, the ``checkpoint``
-pointer on the trial (flushed to the database, and the replaced artifact deleted, from the
-second checkpoint on). ``Checkpoints.on_state`` is bypassed: it skips writes that would exceed
-the share, and the point here is to time every one.
+``sweep.trial.checkpoint.Checkpoints.write``: ``save_state`` to a temporary file,
+``sweep.trial.artifacts.upload`` to a FileSystemArtifactStore in a temporary folder, the
+``checkpoint`` pointer on the trial (flushed to the database, and the replaced artifact deleted,
+from the second checkpoint on). ``Checkpoints.on_state`` is bypassed: it skips writes that would
+exceed the share, and the point here is to time every one.
 
 Run alone with ``python -m tests.bench.training --only checkpoints``.
 """
@@ -24,7 +24,7 @@ import time
 
 from tests.bench.training import BATCH, LR, SHAPES, _queued_study, _stats, _study_o
 
-#: The issue's target, and ``sweep.checkpoint.CHECKPOINT_OVERHEAD``'s default (the module's
+#: The issue's target, and ``sweep.trial.checkpoint.CHECKPOINT_OVERHEAD``'s default (the module's
 #: value follows $SWEEP_CHECKPOINT_OVERHEAD, which tests set to inf).
 TARGET = 0.05
 
@@ -50,8 +50,8 @@ def runs(data, *, epochs: int, repeats: int) -> list[Run]:
     import optuna
 
     from mlp import MLP, TrainConfig, TrainState, fit
-    from sweep.artifacts import open_store
-    from sweep.checkpoint import Checkpoints
+    from sweep.trial.artifacts import open_store
+    from sweep.trial.checkpoint import Checkpoints
     from sweep.worker import serve
 
     done: list[Run] = []

@@ -7,8 +7,8 @@ through the product's own code paths, so that whatever makes them faster shows h
   - claim + finish: a worker's whole cycle (``sweep.worker.serve`` with a trivial objective
     that suggests from the study's space with a random sampler): claim, trial, write-back;
   - TPE ask: a TPE worker's per-trial sampler work (claim, ``optuna.Trial``,
-    ``sweep.space.suggest`` with ``sweep.study.make_sampler``), the first ask of a fresh worker
-    (which fills optuna's trial cache) apart from the steady state;
+    ``sweep.study.space.suggest`` with ``sweep.study.joining.make_sampler``), the first ask of a
+    fresh worker (which fills optuna's trial cache) apart from the steady state;
   - ``sweep status`` and ``sweep report``: the commands' wall time, in a subprocess;
   - run start-up: ``sweep run`` on the study with its cap one higher, from launch until its
     worker has claimed the new trial (the trial's ``datetime_start``), then Ctrl-C.
@@ -140,12 +140,12 @@ def _in_child(fn: Callable[..., list[float]], *args: object, timeout: float) -> 
 
 def _enqueue(url: str, slots: int) -> None:
     """Add ``slots`` empty WAITING slots to the study, as ``sweep run`` queues them for a TPE
-    study. Through optuna's public ``enqueue_trial``, not ``sweep.queue.top_up``: the set-up
-    must not depend on the code under test (on PostgreSQL, today's ``top_up`` fails beyond
+    study. Through optuna's public ``enqueue_trial``, not ``sweep.queue.operations.top_up``: the
+    set-up must not depend on the code under test (on PostgreSQL, today's ``top_up`` fails beyond
     65,535 trials: one bind parameter per trial)."""
     import optuna
 
-    from sweep.storage import open_storage
+    from sweep.queue.storage import open_storage
 
     rdb = open_storage(url)
     study = optuna.load_study(study_name=NAME, storage=rdb)
@@ -159,9 +159,9 @@ def claim_cycles(url: str, cycles: int) -> list[float]:
     only suggests the study's parameters: the framework's whole per-trial cost."""
     import optuna
 
-    from sweep.space import suggest
-    from sweep.storage import open_storage
-    from sweep.study import join
+    from sweep.queue.storage import open_storage
+    from sweep.study.joining import join
+    from sweep.study.space import suggest
     from sweep.worker import as_worker_study, serve
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -185,11 +185,11 @@ def tpe_asks(url: str, asks: int, budget_s: float) -> list[float]:
     first one first; stops early, after at least four, once ``budget_s`` is spent."""
     import optuna
 
-    from sweep import queue
-    from sweep.space import suggest
-    from sweep.storage import open_storage
-    from sweep.study import join, make_pruner, make_sampler
-    from sweep.writeback import WriteBackStorage
+    from sweep.queue import operations
+    from sweep.queue.storage import open_storage
+    from sweep.queue.writeback import WriteBackStorage
+    from sweep.study.joining import join, make_pruner, make_sampler
+    from sweep.study.space import suggest
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = join(url, NAME)
@@ -197,7 +197,7 @@ def tpe_asks(url: str, asks: int, budget_s: float) -> list[float]:
     storage = WriteBackStorage(open_storage(url))
     study = optuna.load_study(study_name=NAME, storage=storage, sampler=make_sampler(spec, 1),
                               pruner=make_pruner(spec))  # fmt: skip
-    tags = {queue.RUN_TAG: "bench-scale", queue.WORKER_TAG: f"bench:{os.getpid()}"}
+    tags = {operations.RUN_TAG: "bench-scale", operations.WORKER_TAG: f"bench:{os.getpid()}"}
     out: list[float] = []
     deadline = time.monotonic() + budget_s
     for i in range(asks):
@@ -245,8 +245,8 @@ def run_startup(url: str, study_file: Path, trials: int, timeout: float) -> Resu
     Ctrl-C to the launcher's process group, as a terminal sends it."""
     import sqlalchemy
 
-    from sweep import tables as tb
-    from sweep.storage import open_storage
+    from sweep.queue import tables as tb
+    from sweep.queue.storage import open_storage
 
     rdb = open_storage(url, heartbeat_interval=None, grace_period=None, read_only=True)
     t = tb.trials
@@ -307,7 +307,7 @@ class Plan:
 
 def _floor(plan: Plan) -> Result:
     """What ``sweep status`` costs with nothing to read: the floor of the command rows."""
-    from sweep.storage import open_storage
+    from sweep.queue.storage import open_storage
 
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         url = f"sqlite:///{tmp}/empty.db"

@@ -52,16 +52,16 @@ def _tiny():
 
 
 def test_checkpointed_trials_upload_every_epoch_through_the_sweeps_code(monkeypatch):
-    import sweep.checkpoint
+    import sweep.trial.checkpoint
 
     uploads = []
-    real = sweep.checkpoint.upload
+    real = sweep.trial.checkpoint.upload
 
     def counted(store, storage, path, **kwargs):
         uploads.append(storage.get_trial(kwargs["trial_id"]).number)
         return real(store, storage, path, **kwargs)
 
-    monkeypatch.setattr(sweep.checkpoint, "upload", counted)
+    monkeypatch.setattr(sweep.trial.checkpoint, "upload", counted)
     done = checkpoints.runs(_tiny(), epochs=2, repeats=2)
     assert [r.checkpointed for r in done] == [False, True, True, False]  # ABBA
     assert uploads == [1, 1, 2, 2]  # one per epoch of each checkpointed trial
@@ -71,12 +71,12 @@ def test_checkpointed_trials_upload_every_epoch_through_the_sweeps_code(monkeypa
 
 
 def test_a_checkpoint_that_fails_stops_the_benchmark(monkeypatch):
-    import sweep.checkpoint
+    import sweep.trial.checkpoint
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(sweep.checkpoint, "upload", broken)
+    monkeypatch.setattr(sweep.trial.checkpoint, "upload", broken)
     with pytest.raises(RuntimeError, match="2 checkpoint run"):
         checkpoints.runs(_tiny(), epochs=1, repeats=2)
 

@@ -9,7 +9,7 @@ Prints, in one run, medians (with min and max) of repeated measurements:
   - per-trial framework overhead (storage, claiming, bookkeeping; trivial objective) on our
     SQLite storage against optuna's in-memory storage, and trials/s with 8 worker processes;
   - what a checkpoint every epoch costs a sweep trial of the training rows' model, against
-    the epoch it follows (target ≤ 5%, ``sweep.checkpoint.CHECKPOINT_OVERHEAD``).
+    the epoch it follows (target ≤ 5%, ``sweep.trial.checkpoint.CHECKPOINT_OVERHEAD``).
 ``--only SECTION`` (repeatable) runs some sections alone, e.g. ``--only checkpoints``.
 PyTorch is optional (the ``bench`` extra: ``pip install torch==2.13.0``, a CPU build); without it
 that row says so.
@@ -183,8 +183,8 @@ def grid_gemm_bound(*, epochs: int, train_size: int) -> float:
     from joblib import Parallel, delayed, parallel_config
 
     from mlp.model import parameter_count
-    from sweep.space import grid_points
-    from sweep.spec import load_spec
+    from sweep.study.space import grid_points
+    from sweep.study.spec import load_spec
 
     spec = load_spec("studies/seed-grid.toml")
     # Largest first, by the same measure the queue orders grid points by.
@@ -243,7 +243,7 @@ def _queued_study(url: str, n: int):
     """A study "o" on our storage with ``n`` empty slots queued, as `sweep run` makes them."""
     import optuna
 
-    from sweep.storage import open_storage
+    from sweep.queue.storage import open_storage
 
     study = optuna.create_study(
         study_name="o", storage=open_storage(url), sampler=optuna.samplers.RandomSampler(seed=0)
@@ -257,7 +257,7 @@ def _study_o(url: str):
     """Study "o" as a worker opens it (``sweep.worker.work`` with a random sampler)."""
     import optuna
 
-    from sweep.storage import open_storage
+    from sweep.queue.storage import open_storage
     from sweep.worker import as_worker_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -274,8 +274,8 @@ def _serve_from(url: str) -> int:
 
 
 def _imported() -> bool:
-    import sweep.runner
-    import sweep.writeback  # noqa: F401
+    import sweep.queue.writeback
+    import sweep.runner  # noqa: F401
 
     return True
 

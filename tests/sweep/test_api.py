@@ -9,9 +9,9 @@ import pytest
 from optuna.trial import TrialState
 
 import sweep
-from sweep.objective import settings_of
-from sweep.storage import open_storage
-from sweep.study import open_study, top_up
+from sweep.queue.storage import open_storage
+from sweep.study.joining import open_study, top_up
+from sweep.trial.objective import settings_of
 from tests.sweep.helpers import grid_study
 
 

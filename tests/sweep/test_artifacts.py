@@ -1,4 +1,4 @@
-"""sweep.artifacts: a folder store writes atomically, and checks ids as optuna's store does.
+"""sweep.trial.artifacts: a folder store writes atomically, and checks ids as optuna's store does.
 
 A write whose body fails part-way (a full disk, a cut connection, an exception in the caller)
 must leave nothing under the artifact's name, where a resuming worker or ``sweep export`` would
@@ -12,7 +12,7 @@ import pytest
 from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 
-from sweep.artifacts import open_store
+from sweep.trial.artifacts import open_store
 
 BODY = os.urandom(3 * 2**20)  # several of shutil.copyfileobj's chunks
 

@@ -19,12 +19,12 @@ import pytest
 from optuna.trial import TrialState
 
 from sweep import runner
-from sweep.artifacts import open_store
-from sweep.cleanup import BEST_MODEL, keep_best
 from sweep.errors import SpecError, StorageError
-from sweep.queue import CHECKPOINT, RESUME_FROM
-from sweep.spec import load_spec
-from sweep.storage import open_storage
+from sweep.queue.operations import CHECKPOINT, RESUME_FROM
+from sweep.queue.storage import open_storage
+from sweep.study.spec import load_spec
+from sweep.trial.artifacts import open_store
+from sweep.trial.cleanup import BEST_MODEL, keep_best
 from tests.sweep.helpers import FAST_STALE, load, run_cli, start_cli, wait_for
 
 STALL = Path(__file__).with_name("stall")
@@ -362,7 +362,7 @@ def test_keep_best_waits_for_the_study_lock(postgres_server):
     import optuna
     import sqlalchemy
 
-    from sweep import tables as tb
+    from sweep.queue import tables as tb
     from tests.postgres import fresh_database
 
     url = fresh_database(postgres_server)

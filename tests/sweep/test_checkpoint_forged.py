@@ -21,14 +21,20 @@ from optuna.trial import TrialState
 
 from mlp import MLP, TrainState, save_state
 from mlp.train import EpochMetrics
-from sweep import queue
-from sweep.artifacts import open_store
-from sweep.checkpoint import fits_of
-from sweep.cleanup import BEST_MODEL, trial_ended
-from sweep.objective import Objective, build_model_and_config, load_data, settings_of, trial_seed
-from sweep.space import suggest
-from sweep.spec import load_spec
-from sweep.storage import open_storage
+from sweep.queue import operations
+from sweep.queue.storage import open_storage
+from sweep.study.space import suggest
+from sweep.study.spec import load_spec
+from sweep.trial.artifacts import open_store
+from sweep.trial.checkpoint import fits_of
+from sweep.trial.cleanup import BEST_MODEL, trial_ended
+from sweep.trial.objective import (
+    Objective,
+    build_model_and_config,
+    load_data,
+    settings_of,
+    trial_seed,
+)
 from sweep.worker import serve
 
 STUDY = """
@@ -111,7 +117,7 @@ def test_a_forged_resume_from_leaves_the_file_it_names(tmp_path, caplog, params)
     env = Env(tmp_path)
     trial_id = env.enqueue(params)
     env.storage.set_trial_system_attr(
-        trial_id, queue.RESUME_FROM, {"artifact_id": "victim.txt", "epoch": 2, "trial": 0}
+        trial_id, operations.RESUME_FROM, {"artifact_id": "victim.txt", "epoch": 2, "trial": 0}
     )
     with caplog.at_level(logging.WARNING):
         done = env.serve()
@@ -132,7 +138,7 @@ def test_a_forged_resume_from_of_sweeps_form_but_not_the_trials_is_not_read(tmp_
     (env.folder / foreign).write_bytes(VICTIM)
     trial_id = env.enqueue()
     env.storage.set_trial_system_attr(
-        trial_id, queue.RESUME_FROM, {"artifact_id": foreign, "epoch": 2, "trial": 0}
+        trial_id, operations.RESUME_FROM, {"artifact_id": foreign, "epoch": 2, "trial": 0}
     )
     with caplog.at_level(logging.WARNING):
         done = env.serve()
@@ -172,7 +178,7 @@ def _finished(env: Env, forged: dict | None = None) -> tuple[optuna.trial.Frozen
     trial = env.study.ask()
     own = upload_artifact(artifact_store=env.store, file_path=str(path), study_or_trial=trial)
     pointer = forged if forged is not None else {"artifact_id": own, "epoch": 1}
-    env.storage.set_trial_system_attr(trial._trial_id, queue.CHECKPOINT, pointer)
+    env.storage.set_trial_system_attr(trial._trial_id, operations.CHECKPOINT, pointer)
     trial.report(50.0, 1)
     env.study.tell(trial, 50.0)
     return env.storage.get_trial(trial._trial_id), own
@@ -235,7 +241,7 @@ def test_a_best_model_sweep_kept_is_deleted_when_a_better_one_replaces_it(tmp_pa
 
 
 def test_a_forged_evaluated_model_leaves_the_file_it_names(tmp_path, caplog):
-    from sweep.best import EVALUATED_MODEL, _replace_evaluated
+    from sweep.trial.best import EVALUATED_MODEL, _replace_evaluated
 
     env = Env(tmp_path)
     sid = env.study._study_id
@@ -264,7 +270,7 @@ def test_a_symbolic_link_under_a_named_id_is_neither_followed_nor_deleted(
     env.storage.set_trial_system_attr(trial_id, f"artifacts:{link}", {})  # sweep's form, named
     if resumed:  # and read: a resume opens no link either
         env.storage.set_trial_system_attr(
-            trial_id, queue.RESUME_FROM, {"artifact_id": link, "epoch": 2, "trial": 0}
+            trial_id, operations.RESUME_FROM, {"artifact_id": link, "epoch": 2, "trial": 0}
         )
     with caplog.at_level(logging.WARNING):
         done = env.serve()
@@ -286,7 +292,7 @@ def _forged_finished(env: Env, trial_id: int, *, fits: str, claimed: float | Non
     """Give the WAITING trial a "finished" state of its own form (named on it, its
     ``resume_from``): all its epochs run, zero weights, every epoch claiming ``claimed``
     validation accuracy (None: what zero weights truly measure); what they measure."""
-    from sweep.artifacts import upload
+    from sweep.trial.artifacts import upload
 
     settings = suggest(optuna.trial.FixedTrial(GOOD), env.spec)
     seed = trial_seed(env.spec.seed, GOOD)
@@ -305,7 +311,9 @@ def _forged_finished(env: Env, trial_id: int, *, fits: str, claimed: float | Non
     save_state(state, path)
     artifact = upload(env.store, env.storage, path, trial_id=trial_id)
     env.storage.set_trial_system_attr(
-        trial_id, queue.RESUME_FROM, {"artifact_id": artifact, "epoch": config.epochs, "trial": 0}
+        trial_id,
+        operations.RESUME_FROM,
+        {"artifact_id": artifact, "epoch": config.epochs, "trial": 0},
     )
     return measured
 

@@ -315,7 +315,7 @@ def test_a_dashboard_port_out_of_range_is_a_usage_error(port):
 
 
 def test_a_data_path_starting_with_a_tilde_is_the_home_folder(tmp_path, monkeypatch):
-    from sweep.spec import load_spec
+    from sweep.study.spec import load_spec
 
     monkeypatch.setenv("HOME", str(tmp_path))
     path = grid_study(tmp_path, extra_train="")

@@ -14,8 +14,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from sweep.artifacts import open_store
 from sweep.dashboard_files import NotServed, open_artifact
+from sweep.trial.artifacts import open_store
 from tests.sweep.dashboard_helpers import dump, fetch, request, serving, storage, study_db
 from tests.sweep.helpers import start_cli, wait_for
 
@@ -31,7 +31,7 @@ def with_artifacts(db: Path, folder: Path) -> tuple[str, str]:
     its ``artifacts:<id>`` meta data on the trial); (kept id, deleted id)."""
     from optuna.artifacts import upload_artifact
 
-    from sweep.artifacts import open_store
+    from sweep.trial.artifacts import open_store
 
     store, rdb = open_store(str(folder)), storage(db)
     ids = []
@@ -49,7 +49,7 @@ ARTIFACT = bytes(range(256)) * 40  # not text, not one chunk of a small read
 
 
 def test_serve_lists_and_serves_a_trials_artifacts_read_only(db, tmp_path, capfd):
-    from sweep.artifacts import open_store
+    from sweep.trial.artifacts import open_store
 
     kept, deleted = with_artifacts(db, tmp_path / "artifacts")
     before = dump(db)
@@ -228,7 +228,7 @@ def test_a_record_that_is_not_json_is_a_404_and_one_line(db, tmp_path):
 def test_a_studys_artifact_is_served_and_a_trials_only_under_its_own_study(db, tmp_path):
     """The evaluated model is the study's artifact (``/artifacts/<study>/<id>``); a trial's
     is served only under the study it belongs to."""
-    from sweep.artifacts import upload
+    from sweep.trial.artifacts import upload
 
     folder = tmp_path / "artifacts"
     kept, _ = with_artifacts(db, folder)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sweep import runner
-from sweep.spec import load_spec
+from sweep.study.spec import load_spec
 from tests.sweep.helpers import grid_study, load, run_cli
 
 

@@ -21,10 +21,10 @@ from optuna.trial import TrialState
 from threadpoolctl import threadpool_limits
 
 from mlp import MLP, load_state, save_state
-from sweep import best
-from sweep.cleanup import BEST_MODEL
-from sweep.objective import build_model_and_config, load_data, settings_of
-from sweep.spec import load_spec
+from sweep.study.spec import load_spec
+from sweep.trial import best
+from sweep.trial.cleanup import BEST_MODEL
+from sweep.trial.objective import build_model_and_config, load_data, settings_of
 from tests.sweep.helpers import grid_study, load, run_cli
 
 
@@ -192,7 +192,7 @@ BAD_RECORDS = {
 
 @pytest.mark.parametrize("case", BAD_RECORDS, ids=list(BAD_RECORDS))
 def test_an_untrusted_evaluated_model_deletes_only_a_study_artifact(ran, tmp_path, case):
-    from sweep.artifacts import open_store
+    from sweep.trial.artifacts import open_store
 
     url, store = _own_copy(ran, tmp_path)
     kept = _kept(url)["artifact_id"]

@@ -6,8 +6,8 @@ import numpy as np
 
 from mlp import MLP, TrainConfig
 from mlp.config import ModelConfig, declared_fields
-from sweep.objective import build_model_and_config, trial_seed
-from sweep.settings import TrainSettings
+from sweep.study.settings import TrainSettings
+from sweep.trial.objective import build_model_and_config, trial_seed
 from tests.mlp.test_config import other_value
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from sweep import queue
-from sweep.storage import open_storage
+from sweep.queue import operations
+from sweep.queue.storage import open_storage
 from tests.postgres import fresh_database
 from tests.sweep.helpers import wait_for
 
@@ -36,7 +36,7 @@ A_VALUE, B_VALUE = 1.0, 2.0
 WORKER = """
 import os, sys, time, optuna
 from sweep.worker import serve
-from sweep.storage import open_storage
+from sweep.queue.storage import open_storage
 url, name, run_id, value, gate = sys.argv[1:]
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -257,7 +257,7 @@ def test_a_worker_cut_off_past_the_grace_period_cannot_complete_its_point_twice(
         assert done.value == B_VALUE
         assert done.user_attrs["run"] == "b"
         assert done.system_attrs["retry_history"] == [original.number]
-        assert queue.pending(rdb, sid).empty
+        assert operations.pending(rdb, sid).empty
 
         # A's finish was fenced (tables.transition raised TrialGone, the write-back
         # UpdateFinishedTrialError), which serve logs and skips: A ran nothing and exits 0.

@@ -11,12 +11,13 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from sweep import guard, queue, runner
+from sweep import runner
 from sweep.errors import UnfinishedError
-from sweep.spec import load_spec
-from sweep.storage import open_storage
-from sweep.study import open_study, top_up
-from sweep.writeback import WriteBackStorage
+from sweep.queue import guard, operations
+from sweep.queue.storage import open_storage
+from sweep.queue.writeback import WriteBackStorage
+from sweep.study.joining import open_study, top_up
+from sweep.study.spec import load_spec
 from tests.sweep.helpers import (
     WORKER_TAGS,
     completed_points,
@@ -106,7 +107,7 @@ def _queued_points(url: str) -> tuple[optuna.Study, list[dict]]:
     rdb = open_storage(url)
     study = optuna.create_study(study_name="g", storage=rdb, direction="maximize")
     points = [{"x": x} for x in (0.0, 0.5, 1.0, 1.5)]
-    queue.top_up(rdb, study._study_id, points=points)
+    operations.top_up(rdb, study._study_id, points=points)
     return study, points
 
 
@@ -128,11 +129,11 @@ def test_a_top_up_queues_again_what_another_client_took_and_did_not_train(storag
     trained.suggest_float("x", 0, 2)
     theirs.tell(trained, 2.0)
     rdb = open_storage(storage_url)
-    assert queue.top_up(rdb, study._study_id, points=points) == 4
+    assert operations.top_up(rdb, study._study_id, points=points) == 4
     assert _fixed(study, TrialState.WAITING) == points[:3]
-    assert queue.grid_done(rdb, study._study_id, points) == 1
-    assert queue.tally(rdb, study._study_id, grid=True)[0] == 0  # none by sweep's workers
-    assert queue.top_up(rdb, study._study_id, points=points) == 4  # nothing more
+    assert operations.grid_done(rdb, study._study_id, points) == 1
+    assert operations.tally(rdb, study._study_id, grid=True)[0] == 0  # none by sweep's workers
+    assert operations.top_up(rdb, study._study_id, points=points) == 4  # nothing more
     assert len(study.get_trials(deepcopy=False)) == 7
 
 
@@ -202,8 +203,8 @@ def test_a_trial_whose_objective_returns_nan_fails_for_good(storage_url):
     reasons = {t.user_attrs.get("fail_reason") for t in study.get_trials()}
     assert reasons == {"the objective returned nan"}
     rdb = open_storage(storage_url)
-    assert queue.top_up(rdb, study._study_id, points=points) == 4  # failed for good: done
-    assert queue.grid_done(rdb, study._study_id, points) == 4
+    assert operations.top_up(rdb, study._study_id, points=points) == 4  # failed for good: done
+    assert operations.grid_done(rdb, study._study_id, points) == 4
     assert len(study.get_trials(deepcopy=False)) == 4
 
 
@@ -242,9 +243,9 @@ def test_a_database_that_refuses_the_guard_is_still_used(tmp_path, postgres_serv
     worker_url = url.replace("postgres@", f"{role}@")
     spec = load_spec(grid_study(tmp_path))
     study = open_study(spec, open_storage(worker_url))
-    caplog.set_level(logging.WARNING, logger="sweep.guard")
+    caplog.set_level(logging.WARNING, logger="sweep.queue.guard")
     assert top_up(study, spec) == 8
-    (warning,) = [r.getMessage() for r in caplog.records if r.name == "sweep.guard"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "sweep.queue.guard"]
     assert f"cannot create trigger {guard.NAME} (" in warning
     with open_storage(url).engine.connect() as conn:
         assert not guard.installed(conn)

@@ -11,10 +11,10 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from sweep.errors import StudyGone
-from sweep.spec import load_spec
-from sweep.storage import open_storage
-from sweep.study import open_study, recover, top_up
-from sweep.writeback import WriteBackStorage
+from sweep.queue.storage import open_storage
+from sweep.queue.writeback import WriteBackStorage
+from sweep.study.joining import open_study, recover, top_up
+from sweep.study.spec import load_spec
 from tests.sweep.helpers import (
     WORKER_TAGS,
     completed_points,
@@ -33,8 +33,8 @@ GONE = "sweep: error: study 'g' was deleted while sweep worked on it"
 #: The lines of a launcher's progress display (its header, then one line per change).
 _PROGRESS = re.compile(r"study 'g' \(grid\) in |\d+/\d+ trials ")
 _LOST_CHECKPOINT = re.compile(
-    r"WARNING sweep.checkpoint: trial \d+: checkpoint of epoch \d+ failed: its name could not "
-    r"be written to the study database$"
+    r"WARNING sweep.trial.checkpoint: trial \d+: checkpoint of epoch \d+ failed: its name could "
+    r"not be written to the study database$"
 )
 
 
@@ -69,7 +69,7 @@ def test_a_study_deleted_under_a_run_and_a_worker_then_rerun(tmp_path, storage_u
         if deleted:
             assert proc.returncode == 1, err
             # One line, after the progress lines; a checkpoint that was being named when the
-            # study went may say so first (sweep.checkpoint's warning, not this change's).
+            # study went may say so first (sweep.trial.checkpoint's warning, not this change's).
             said = [line for line in err.splitlines() if not _PROGRESS.match(line)]
             assert said[-1].startswith(GONE), err
             assert all(_LOST_CHECKPOINT.match(line) for line in said[:-1]), err
@@ -170,7 +170,7 @@ def test_a_running_trial_whose_study_is_deleted_stops_at_its_next_write(
 ):
     # Its heartbeat finds it gone and says nothing; the training thread's next write raises,
     # so the trial stops at once instead of training on for a study that can store nothing.
-    from sweep.writeback import TrialDeleted
+    from sweep.queue.writeback import TrialDeleted
 
     study_file = grid_study(tmp_path)
     spec = load_spec(study_file)

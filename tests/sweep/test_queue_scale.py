@@ -19,9 +19,10 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from sweep import coverage, queue
-from sweep import tables as tb
-from sweep.storage import open_storage
+from sweep.queue import coverage
+from sweep.queue import operations as queue
+from sweep.queue import tables as tb
+from sweep.queue.storage import open_storage
 from tests.sweep.helpers import WORKER_TAGS
 
 INDEX = tb.QUEUE_INDEX.name
@@ -183,7 +184,7 @@ def test_the_index_is_made_once_by_many_openings_at_once(storage_url, caplog):
         except Exception as e:  # reported below
             failures.append(e)
 
-    caplog.set_level(logging.INFO, logger="sweep.storage")
+    caplog.set_level(logging.INFO, logger="sweep.queue.storage")
     openers = [threading.Thread(target=open_at_once) for _ in range(8)]
     for opener in openers:
         opener.start()
@@ -202,10 +203,10 @@ def test_only_an_opening_for_writing_makes_the_index(storage_url, caplog):
     engine = sqlalchemy.create_engine(storage_url)
     optuna.create_study(study_name="theirs", storage=storage_url)  # plain optuna: no index
     assert INDEX not in _indexes(engine)
-    caplog.set_level(logging.INFO, logger="sweep.storage")
+    caplog.set_level(logging.INFO, logger="sweep.queue.storage")
     open_storage(storage_url, read_only=True).get_all_studies()
     assert INDEX not in _indexes(engine)
-    assert not [r for r in caplog.records if r.name == "sweep.storage"]  # not even tried
+    assert not [r for r in caplog.records if r.name == "sweep.queue.storage"]  # not even tried
     open_storage(storage_url)
     assert INDEX in _indexes(engine)
 
@@ -241,9 +242,9 @@ def test_a_database_that_refuses_the_index_is_still_used(postgres_server, caplog
         conn.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
         conn.exec_driver_sql(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
         conn.exec_driver_sql(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
-    caplog.set_level(logging.WARNING, logger="sweep.storage")
+    caplog.set_level(logging.WARNING, logger="sweep.queue.storage")
     rdb = open_storage(url.replace("postgres@", f"{role}@"))
-    (warning,) = [r.getMessage() for r in caplog.records if r.name == "sweep.storage"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "sweep.queue.storage"]
     assert f"cannot create index {INDEX} (" in warning and "owner" in warning
     sid = rdb.get_study_id_from_name("s")
     queue.top_up(rdb, sid, cap=2)

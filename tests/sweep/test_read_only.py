@@ -11,9 +11,9 @@ import optuna
 import pytest
 import sqlalchemy
 
-from sweep import schema
 from sweep.errors import StorageError
-from sweep.storage import open_reader, open_storage, root_cause
+from sweep.queue import schema
+from sweep.queue.storage import open_reader, open_storage, root_cause
 from tests.sweep.helpers import run_cli, run_sql
 
 

@@ -12,10 +12,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sweep import figures, report, runner
+from sweep import runner
 from sweep.errors import SweepError
-from sweep.spec import load_spec
-from sweep.storage import open_storage
+from sweep.queue.storage import open_storage
+from sweep.report import figures, writer
+from sweep.study.spec import load_spec
 from tests.sweep.helpers import grid_study, load, run_cli, sweep_cmd
 
 
@@ -36,7 +37,7 @@ def grid_db(tmp_path_factory):
 
 def test_grid_report_writes_every_file(grid_db, tmp_path):
     url, _ = grid_db
-    written = report.write_report(open_storage(url), "g", out_dir=tmp_path)
+    written = writer.write_report(open_storage(url), "g", out_dir=tmp_path)
     names = set(written.files)
     assert {"report.md", "trials.csv", "history.png", "learning_curves.png",
             "accuracy_over_time.png",
@@ -56,7 +57,7 @@ def test_grid_report_writes_every_file(grid_db, tmp_path):
 
 def test_csv_and_markdown_hold_one_row_per_trial_with_the_stored_values(grid_db, tmp_path):
     url, _ = grid_db
-    report.write_report(open_storage(url), "g", out_dir=tmp_path)
+    writer.write_report(open_storage(url), "g", out_dir=tmp_path)
     study = load(url, "g")
     by_number = {t.number: t for t in study.trials}
     rows = list(csv.DictReader((tmp_path / "trials.csv").open()))
@@ -99,7 +100,7 @@ def test_pruned_and_failed_trials_are_marked_with_why(tmp_path):
         params={"learning_rate": 1.0}, distributions=dist, state=TrialState.FAIL,
         user_attrs=attrs | {"fail_reason": "training diverged: loss nan at epoch 1, batch 3"},
     ))  # fmt: skip
-    report.write_report(open_storage(url), "m", out_dir=tmp_path / "out")
+    writer.write_report(open_storage(url), "m", out_dir=tmp_path / "out")
     rows = {r["number"]: r for r in csv.DictReader((tmp_path / "out" / "trials.csv").open())}
     assert rows["1"]["reason"] == "pruned at epoch 1"
     assert rows["2"]["reason"] == "training diverged: loss nan at epoch 1, batch 3"
@@ -122,7 +123,7 @@ def test_init_report_draws_one_line_per_initialisation(tmp_path, monkeypatch):
     drawn = []
     real = figures.init_loss
     monkeypatch.setattr(figures, "init_loss", lambda *a, **k: drawn.append(real(*a, **k)))
-    written = report.write_report(
+    written = writer.write_report(
         open_storage(url), "init", out_dir=tmp_path / "out", log_loss=True
     )
     assert "init_loss.png" in written.files and drawn == [3]
@@ -140,9 +141,9 @@ def test_unknown_and_empty_studies_are_one_line_errors(tmp_path):
     with pytest.raises(
         SweepError, match=r"study 'nope' not found in sqlite:///.*; studies there: empty"
     ):
-        report.write_report(open_storage(url), "nope", out_dir=tmp_path / "out")
+        writer.write_report(open_storage(url), "nope", out_dir=tmp_path / "out")
     with pytest.raises(SweepError, match=r"study 'empty' has no trials yet"):
-        report.write_report(open_storage(url), "empty", out_dir=tmp_path / "out")
+        writer.write_report(open_storage(url), "empty", out_dir=tmp_path / "out")
     out = run_cli("report", "nope", "--storage", url)
     assert out.returncode == 1 and out.stderr.startswith("sweep: error: study 'nope' not found")
 
@@ -182,7 +183,7 @@ def test_evaluate_touches_the_test_set_once_and_stores_it(grid_db, tmp_path):
     retrained = float(out.stdout.split("validation ")[1].split("%")[0])
     assert retrained == pytest.approx(study.best_value, abs=0.15)
     assert 50 < study.user_attrs["test_accuracy"] <= 100
-    written = report.write_report(open_storage(url), "g", out_dir=tmp_path / "out")
+    written = writer.write_report(open_storage(url), "g", out_dir=tmp_path / "out")
     md = (written.out_dir / "report.md").read_text()
     assert f"**{study.user_attrs['test_accuracy']:.2f}%**" in md
 
@@ -321,7 +322,7 @@ def test_curves_and_sizes_are_coloured_by_one_searched_parameter(grid_db, tmp_pa
             return _real(*args, **kwargs)
 
         monkeypatch.setattr(figures, name, spy)
-    report.write_report(open_storage(url), "g", out_dir=tmp_path)
+    writer.write_report(open_storage(url), "g", out_dir=tmp_path)
     curves, kwargs = seen["learning_curves"]
     labels = [label for label, *_ in curves[0]]
     assert kwargs["legend_title"] == "coloured by"

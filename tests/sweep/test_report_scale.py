@@ -18,9 +18,9 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from sweep import digest, digest_figures, figures, records, report
 from sweep.errors import SweepError
-from sweep.storage import open_storage
+from sweep.queue.storage import open_storage
+from sweep.report import digest, digest_figures, figures, records, writer
 from tests.bench.bigstudy import build
 from tests.sweep.helpers import run_cli
 
@@ -70,7 +70,7 @@ def test_a_large_study_is_summarised_and_trials_csv_holds_every_trial(big, tmp_p
             return _real(*args, **kwargs)
 
         monkeypatch.setattr(module, name, spy)
-    written = report.write_report(_read_only(big), "big", out_dir=tmp_path)
+    written = writer.write_report(_read_only(big), "big", out_dir=tmp_path)
     # the summarising figures, and none of the per-trial ones
     assert drawn == {"binned": 2, "curve_bands": 1, "accuracy_hexbin": 1}, drawn
     assert {"history.png", "learning_curves.png", "accuracy_vs_params.png",
@@ -101,7 +101,7 @@ def test_a_large_study_is_summarised_and_trials_csv_holds_every_trial(big, tmp_p
 def test_curves_are_read_only_for_the_trials_drawn(big, tmp_path):
     storage = _read_only(big)
     reads = _curve_reads(storage.engine)
-    report.write_report(storage, "big", out_dir=tmp_path)
+    writer.write_report(storage, "big", out_dir=tmp_path)
     assert reads, "no learning curve was read"
     ours = [r for r in reads if " IN " in r[0].upper()]
     ids = [i for _, params in ours for i in _ids(params)]
@@ -127,7 +127,7 @@ def test_a_small_study_reads_every_curve(tmp_path):
             intermediate_values={1: i / 2, 2: float(i)}))  # fmt: skip
     storage = _read_only(url)
     reads = _curve_reads(storage.engine)
-    report.write_report(storage, "s", out_dir=tmp_path / "out")
+    writer.write_report(storage, "s", out_dir=tmp_path / "out")
     ours = [r for r in reads if " IN " in r[0].upper()]
     assert sorted(i for _, p in ours for i in _ids(p)) == list(range(1, 31))
     assert "## Trials" in (tmp_path / "out" / "report.md").read_text()
@@ -247,7 +247,7 @@ def test_a_study_of_several_objectives_is_refused_past_what_optuna_would_read(
     tmp_path, monkeypatch
 ):
     # Its report reads through optuna's get_trials, which builds every attribute whole.
-    monkeypatch.setattr(report, "MAX_OPTUNA_READ", 1_000_000)
+    monkeypatch.setattr(writer, "MAX_OPTUNA_READ", 1_000_000)
     url, _ = _one_trial_with(tmp_path, 1_000_000, directions=("minimize", "maximize"))
     out = run_cli("report", "s", "--storage", url, "--out", str(tmp_path / "out"))
     assert out.returncode == 0, out.stderr  # the CLI's own limit: 200 MB
@@ -256,5 +256,5 @@ def test_a_study_of_several_objectives_is_refused_past_what_optuna_would_read(
         match=r"study 's' has several objectives and its "
         r"trials hold 1,000,0\d\d characters of attributes; .* at most 1,000,000",
     ):
-        report.write_report(_read_only(url), "s", out_dir=tmp_path / "out2")
+        writer.write_report(_read_only(url), "s", out_dir=tmp_path / "out2")
     assert not (tmp_path / "out2").exists()

@@ -14,12 +14,12 @@ from optuna.trial import TrialState
 
 from sweep import runner
 from sweep.errors import SpecError, WorkerError
-from sweep.space import grid_points
-from sweep.spec import load_spec
-from sweep.storage import open_storage
-from sweep.study import open_study, recover, top_up
+from sweep.queue.storage import open_storage
+from sweep.queue.writeback import WriteBackStorage
+from sweep.study.joining import open_study, recover, top_up
+from sweep.study.space import grid_points
+from sweep.study.spec import load_spec
 from sweep.worker import serve
-from sweep.writeback import WriteBackStorage
 from tests.sweep.helpers import (
     FAST_STALE,
     WORKER_TAGS,
@@ -336,7 +336,7 @@ def test_a_reader_holding_a_transaction_blocks_no_writer(tmp_path):
 SERVE = """
 import sys, optuna
 from sweep.worker import serve
-from sweep.storage import open_storage
+from sweep.queue.storage import open_storage
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 study = optuna.load_study(study_name="o", storage=open_storage(sys.argv[1]),
                           sampler=optuna.samplers.RandomSampler())

@@ -8,13 +8,13 @@ from optuna.distributions import FloatDistribution
 from optuna.storages._cached_storage import _CachedStorage
 from optuna.trial import TrialState, create_trial
 
-from sweep import sampler, space
-from sweep import tables as tb
-from sweep.sampler import BEST, RECENT, BoundedTPESampler
-from sweep.spec import parse_spec
-from sweep.storage import open_storage
-from sweep.study import make_sampler
-from sweep.writeback import WriteBackStorage
+from sweep.queue import tables as tb
+from sweep.queue.storage import open_storage
+from sweep.queue.writeback import WriteBackStorage
+from sweep.study import sampler, space
+from sweep.study.joining import make_sampler
+from sweep.study.sampler import BEST, RECENT, BoundedTPESampler
+from sweep.study.spec import parse_spec
 from tests.sweep.helpers import WORKER_TAGS
 
 X = FloatDistribution(0.0, 1.0)

@@ -11,8 +11,8 @@ import pytest
 from optuna.trial import TrialState
 
 from sweep import runner
-from sweep.spec import load_spec
-from sweep.storage import open_storage
+from sweep.queue.storage import open_storage
+from sweep.study.spec import load_spec
 from tests.sweep.helpers import completed_points, grid_study, load, start_cli, states, wait_for
 from tests.sweep.test_runner import SERVE, start_cli_python
 

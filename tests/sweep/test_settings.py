@@ -14,15 +14,15 @@ import pytest
 from mlp import config as declaration
 from mlp.config import ModelConfig, TrainConfig
 from sweep.errors import SpecError
-from sweep.rules import train_rules
-from sweep.settings import (
+from sweep.study.rules import train_rules
+from sweep.study.settings import (
     TrainSettings,
     add_train_arguments,
     configs,
     configs_from_args,
     train_reference,
 )
-from sweep.spec import parse_spec
+from sweep.study.spec import parse_spec
 from tests.sweep.test_spec import BASE, RULES
 
 README = Path(__file__).parents[2] / "README.md"
@@ -172,6 +172,6 @@ def test_flags_obey_the_rules_of_study_files(key, legal, illegal):
 
 def test_the_space_does_not_import_the_spec():
     # The spec checks its budget with the space; the space needs nothing of the spec module.
-    code = "import sys, sweep.space; print('sweep.spec' in sys.modules)"
+    code = "import sys, sweep.study.space; print('sweep.study.spec' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -5,7 +5,7 @@ import optuna
 import pytest
 
 from mlp import parameter_count
-from sweep.space import (
+from sweep.study.space import (
     ARCHITECTURE,
     OutsideSpace,
     grid_points,
@@ -14,7 +14,7 @@ from sweep.space import (
     suggest,
     suggest_checked,
 )
-from sweep.spec import Budget, load_spec, parse_spec
+from sweep.study.spec import Budget, load_spec, parse_spec
 from tests.sweep.test_spec import STUDIES
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -150,8 +150,8 @@ def _claimed(fixed: dict) -> optuna.Trial:
     ids=["ranges", "architecture", "list-and-range"],
 )
 def test_the_parameters_a_space_suggested_pass_its_check_when_enqueued_again(space):
-    # A requeued trial is enqueued with the parameters it ran with (sweep.queue): the check
-    # must never fail one the space itself suggested.
+    # A requeued trial is enqueued with the parameters it ran with (sweep.queue.operations): the
+    # check must never fail one the space itself suggested.
     spec = parse_spec({**RANGES, "space": space})
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=4))
     for _ in range(200):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from sweep.errors import SpecError
-from sweep.rules import float_in
-from sweep.spec import Budget, TrainSettings, load_spec, parse_spec, stored_spec
+from sweep.study.rules import float_in
+from sweep.study.spec import Budget, TrainSettings, load_spec, parse_spec, stored_spec
 
 STUDIES = Path(__file__).parents[2] / "studies"
 
@@ -264,7 +264,7 @@ def test_an_unknown_key_is_named_with_every_known_key_in_order():
 def test_the_largest_seed_still_seeds_every_worker():
     import optuna
 
-    from sweep.study import make_sampler
+    from sweep.study.joining import make_sampler
 
     spec = spec_with("study", "seed", 2**32 - 1)
     for salt in (0, 1, 2**20 + 7):  # a sweep run's workers, and a sweep worker's salt
@@ -331,12 +331,12 @@ def test_a_grid_has_at_most_100000_points_counted_before_the_budget():
 
 
 def test_a_huge_grid_is_counted_not_enumerated(monkeypatch):
-    import sweep.space
+    import sweep.study.space
 
     def enumerate_the_grid(spec):
         raise AssertionError("the grid was enumerated")
 
-    monkeypatch.setattr(sweep.space, "grid_points", enumerate_the_grid)
+    monkeypatch.setattr(sweep.study.space, "grid_points", enumerate_the_grid)
     ints = list(range(1, 1001))
     floats = [(i + 1) / 1001 for i in range(1000)]
     space = {name: ints for name in ("hidden_1", "hidden_2", "epochs", "batch_size", "step_size")}

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sweep.errors import SpecError
-from sweep.rules import BUDGET_RULES, DATA_RULES, SECTIONS, STUDY_RULES, TRAIN_RULES
-from sweep.spec import StudySpec, load_spec, parse_spec, stored_spec
+from sweep.study.rules import BUDGET_RULES, DATA_RULES, SECTIONS, STUDY_RULES, TRAIN_RULES
+from sweep.study.spec import StudySpec, load_spec, parse_spec, stored_spec
 from tests.sweep.test_spec import STUDIES
 
 SHIPPED = sorted(STUDIES.glob("*.toml"))

@@ -14,18 +14,18 @@ import pytest
 from optuna.distributions import IntDistribution
 from optuna.trial import create_trial
 
-from sweep.queue import SPEC
-from sweep.spec import load_spec
-from sweep.storage import open_storage
+from sweep.queue.operations import SPEC
+from sweep.queue.storage import open_storage
+from sweep.study.spec import load_spec
 from tests.sweep.helpers import grid_study
 
 #: Modules ``sweep status`` must not import (a package stands for all of its modules).
 NOT_IMPORTED = (
-    "alembic",  # optuna's storage object imports it to check the schema: sweep.schema reads it
+    "alembic",  # optuna's storage object checks the schema with it: sweep.queue.schema reads it
     "boto3", "botocore", "optuna.artifacts",  # the artifact store, for checkpoints
     "matplotlib", "joblib", "threadpoolctl",  # reports and training
-    "sweep.objective", "sweep.runner", "sweep.worker", "sweep.checkpoint", "sweep.artifacts",
-    "sweep.study", "sweep.writeback", "sweep.sampler", "sweep.report",
+    "sweep.trial", "sweep.runner", "sweep.worker",  # a trial's work and the processes running it
+    "sweep.study.joining", "sweep.study.sampler", "sweep.queue.writeback", "sweep.report.writer",
 )  # fmt: skip
 
 #: Run in a fresh interpreter: ``sweep status`` (the command's own ``main``) or the Python
@@ -75,4 +75,4 @@ def test_status_imports_only_what_it_reads_with(tmp_path, storage_url, entry):
     unwanted = sorted(m for m in modules if _package_of(m, NOT_IMPORTED))
     assert unwanted == [], unwanted
     driver = "psycopg" if storage_url.startswith("postgresql") else "sqlite3"
-    assert {"sweep.summary", "sweep.schema", driver} <= modules
+    assert {"sweep.report.summary", "sweep.queue.schema", driver} <= modules

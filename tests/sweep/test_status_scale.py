@@ -18,11 +18,11 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 from sqlalchemy.engine.cursor import CursorResult
 
-from sweep import summary
-from sweep.queue import SKIPPED, SPEC
-from sweep.spec import load_spec
-from sweep.storage import open_reader, open_storage
-from sweep.stored import study_kind
+from sweep.queue.operations import SKIPPED, SPEC
+from sweep.queue.storage import open_reader, open_storage
+from sweep.report import summary
+from sweep.report.stored import study_kind
+from sweep.study.spec import load_spec
 from tests.sweep.helpers import grid_study, run_cli, run_sql
 
 DISTRIBUTIONS = {

@@ -8,13 +8,13 @@ import pytest
 from optuna.trial import TrialState
 
 from sweep.errors import SpecError, StorageError, SweepError
-from sweep.storage import open_storage, resolve_url
+from sweep.queue.storage import open_storage, resolve_url
 
 POP = textwrap.dedent(
     """
     import sys, optuna
-    from sweep.storage import open_storage
-    from sweep.writeback import WriteBackStorage
+    from sweep.queue.storage import open_storage
+    from sweep.queue.writeback import WriteBackStorage
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url, how = sys.argv[1:]
     storage = open_storage(url) if how == "optuna" else WriteBackStorage(open_storage(url))

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from sweep.errors import SpecError, StorageError, SweepError
-from sweep.storage import open_reader, open_storage
-from sweep.urls import mask_password, parse_url, redact
+from sweep.queue.storage import open_reader, open_storage
+from sweep.queue.urls import mask_password, parse_url, redact
 from tests.sweep.helpers import grid_study, run_cli
 
 EXAMPLES = [

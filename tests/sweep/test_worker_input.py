@@ -10,9 +10,9 @@ import resource
 import optuna
 from optuna.trial import TrialState
 
-from sweep.spec import load_spec
-from sweep.storage import open_storage
-from sweep.study import open_study
+from sweep.queue.storage import open_storage
+from sweep.study.joining import open_study
+from sweep.study.spec import load_spec
 from tests.sweep.helpers import grid_study, load, run_cli, states
 
 TPE = """
@@ -80,7 +80,7 @@ def test_a_worker_fails_foreign_trials_outside_a_grid_and_runs_the_rest(tmp_path
     }
     assert _reasons(url, "g") == reasons
     assert _warnings(out.stderr) == [
-        f"WARNING sweep.objective: trial {n} failed: {why}" for n, why in reasons.items()
+        f"WARNING sweep.trial.objective: trial {n} failed: {why}" for n, why in reasons.items()
     ]
     # and it went on: the whole grid ran
     assert states(load(url, "g")) == {TrialState.FAIL: 4, TrialState.COMPLETE: 8}
@@ -111,7 +111,7 @@ def test_a_run_fails_foreign_trials_outside_a_range_before_they_train(tmp_path):
     }
     assert _reasons(url, "t") == reasons
     # (a warning logged in a worker process reaches the terminal without its level)
-    assert [w.removeprefix("WARNING sweep.objective: ") for w in _warnings(out.stderr)] == [
+    assert [w.removeprefix("WARNING sweep.trial.objective: ") for w in _warnings(out.stderr)] == [
         f"trial {n} failed: {why}" for n, why in reasons.items()
     ]
     assert states(load(url, "t")) == {TrialState.FAIL: 3, TrialState.COMPLETE: 2}

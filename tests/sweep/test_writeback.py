@@ -6,10 +6,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sweep import writeback
-from sweep.storage import open_storage
+from sweep.queue import writeback
+from sweep.queue.storage import open_storage
+from sweep.queue.writeback import WriteBackStorage
 from sweep.worker import serve
-from sweep.writeback import WriteBackStorage
 from tests.sweep.helpers import WORKER_TAGS
 
 
@@ -147,7 +147,7 @@ def test_a_trial_failed_elsewhere_while_running_ends_as_that_failure(storage_url
 def test_when_optunas_schema_moves_workers_fall_back_to_its_public_api(
     storage_url, monkeypatch, caplog
 ):
-    from sweep import queue, tables
+    from sweep.queue import operations, tables
 
     moved = {**tables.COLUMNS, "trials": (*tables.COLUMNS["trials"], "renamed_column")}
     monkeypatch.setattr(tables, "COLUMNS", moved)
@@ -155,15 +155,15 @@ def test_when_optunas_schema_moves_workers_fall_back_to_its_public_api(
     def no_sql(*args, **kwargs):
         raise AssertionError("the direct claim ran against a schema that moved")
 
-    monkeypatch.setattr(queue, "claim", no_sql)
+    monkeypatch.setattr(operations, "claim", no_sql)
     fixed = [{"x": 0.25, "n": 3, "act": "tanh"}, {"x": 0.5, "n": 2, "act": "relu"}]
     theirs = _queued(storage_url, "optuna", fixed)
     theirs.optimize(_objective, n_trials=2)
     _queued(storage_url, "ours", fixed)
-    with caplog.at_level("WARNING", logger="sweep.writeback"):
+    with caplog.at_level("WARNING", logger="sweep.queue.writeback"):
         storage = WriteBackStorage(open_storage(storage_url))
     assert not storage.direct
-    assert [r.getMessage() for r in caplog.records if r.name == "sweep.writeback"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "sweep.queue.writeback"] == [
         "optuna's table 'trials' has no column 'renamed_column'; "
         "workers write through optuna's storage API (slower)"
     ]
@@ -213,11 +213,11 @@ def _as_datetime(value):
 
 
 def test_a_topped_up_trial_reads_back_as_an_enqueued_one(storage_url):
-    from sweep import queue
+    from sweep.queue import operations
 
     theirs = _queued(storage_url, "optuna", [{"x": 0.5}])
     ours = _queued(storage_url, "ours", [])
-    queue.top_up(open_storage(storage_url), ours._study_id, points=[{"x": 0.5}])
+    operations.top_up(open_storage(storage_url), ours._study_id, points=[{"x": 0.5}])
     mine, reference = ours.get_trials()[0], theirs.get_trials()[0]
     assert (mine.number, mine.state, mine.params, mine.user_attrs, mine.system_attrs) == (
         reference.number, reference.state, reference.params, reference.user_attrs,

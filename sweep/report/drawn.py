@@ -1,0 +1,224 @@
+"""Which figures a report draws, and the sections built around figures (the grid's heatmaps,
+the initialisation study's losses): the full set for a small study, the summarising ones
+(``sweep.report.digest_figures``) for a large one, whose best trials ``top`` lists.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from sweep.report import digest, digest_figures, figures
+from sweep.report.shown import Trial, cell, config, finished, md_table, param_names, varying
+from sweep.report.stored import Kind, count, number, series
+from sweep.study.spec import StudySpec
+
+logger = logging.getLogger(__name__)
+
+NOTEBOOK_BEST = 97.74  # validation accuracy of the notebook's best grid point, percent
+
+
+def grid_section(done: Sequence[Trial], out: Path, files: list[str], large: bool) -> str:
+    """The notebook's table and one heatmap per learning rate, for hidden_1 × hidden_2 grids;
+    a large grid's table is left to trials.csv, and only the ``digest.HEATMAPS`` learning
+    rates with the best trials get a heatmap."""
+    rows = sorted(
+        (config(t)["hidden_1"], config(t)["hidden_2"], count(t, "n_params"),
+         config(t)["learning_rate"], t.value)
+        for t in done
+    )  # fmt: skip
+    if large:
+        text = (f"## The grid\n\n{len(rows):,} grid points; each one's values are in "
+                "[trials.csv](trials.csv).")  # fmt: skip
+    else:
+        text = "## The grid\n\n" + md_table(
+            ["hidden_1", "hidden_2", "parameters", "lr", "r_valid [%]"],
+            [[h1, h2, f"{n:,}" if n is not None else "?", lr, f"{v:.2f}"]
+             for h1, h2, n, lr, v in rows],
+        )  # fmt: skip
+    h1s = sorted({r[0] for r in rows})
+    h2s = sorted({r[1] for r in rows})
+    by_lr: dict[Any, dict[tuple[Any, Any], float]] = {}
+    for h1, h2, _, lr, v in rows:
+        by_lr.setdefault(lr, {})[h1, h2] = v
+    lrs = sorted(by_lr, reverse=True)
+    if large and len(lrs) > digest.HEATMAPS:
+        lrs = sorted(sorted(lrs, key=lambda lr: -max(by_lr[lr].values()))[: digest.HEATMAPS],
+                     reverse=True)  # fmt: skip
+        text += (f" The heatmaps show the {digest.HEATMAPS} of {len(by_lr)} learning rates "
+                 "with the best trials.")  # fmt: skip
+    for lr in lrs:
+        name = f"grid_lr_{lr:g}.png"
+        figures.grid_heatmap(f"Validation accuracy (%), learning rate {lr:g}", h1s, h2s,
+                             by_lr[lr], out / name)  # fmt: skip
+        files.append(name)
+        text += f"\n\n![validation accuracy at lr {lr:g}]({name})"
+    return text + "\n"
+
+
+def init_section(trials: Sequence[Trial], out: Path, files: list[str], log: bool) -> str:
+    losses = {
+        str(config(t).get("init")): series(t, "train_loss")
+        for t in sorted(trials, key=lambda t: t.number)
+        if series(t, "train_loss")
+    }
+    figures.init_loss(losses, out / "init_loss.png", log=log)
+    files.append("init_loss.png")
+    rows = [[name, f"{v[0]:.5g}", f"{v[-1]:.5g}", len(v)] for name, v in losses.items()]
+    table = md_table(["init", "loss after epoch 1", "final loss", "epochs"], rows)
+    return f"## Initialisation\n\n![training loss by initialisation](init_loss.png)\n\n{table}\n"
+
+
+def is_grid(done: Sequence[Trial], varying: list[str], kind: Kind) -> bool:
+    """A hidden_1 × hidden_2 grid whose configurations are all numbers (the heatmaps' axes)."""
+    if not (done and {"hidden_1", "hidden_2"} <= set(varying) and kind.spec is not None
+            and kind.spec.sampler == "grid"):  # fmt: skip
+        return False
+    return all(
+        all(number(config(t).get(k)) is not None for k in ("hidden_1", "hidden_2",
+                                                              "learning_rate"))
+        for t in done
+    )  # fmt: skip
+
+
+def _colour_by(trials: Sequence[Trial], scores: dict[str, float]) -> str | None:
+    """The searched parameter whose values tell the curves apart: the most important one (or
+    learning_rate) among those with 2 to 10 values; None if there is none."""
+
+    def values(name: str) -> int:
+        return len({repr(t.params.get(name)) for t in trials})
+
+    candidates = [n for n in param_names(trials) if 2 <= values(n) <= 10]
+    ranked = sorted(candidates, key=lambda n: (-scores.get(n, 0.0), n != "learning_rate"))
+    return ranked[0] if ranked else None
+
+
+def _group(t: Trial, name: str | None) -> str:
+    return f"{name} = {cell(t.params.get(name))}" if name else f"#{t.number}"
+
+
+def _group_order(trials: Sequence[Trial], name: str | None) -> list[Trial]:
+    """Trials ordered by the colouring parameter's value, so the legend reads in order."""
+    if name is None:
+        return list(trials)
+
+    def key(t: Trial) -> tuple[bool, float, str, int]:
+        value = number(t.params.get(name))
+        return value is None, value or 0.0, repr(t.params.get(name)), t.number
+
+    return sorted(trials, key=key)
+
+
+def _importances(study: optuna.Study, done: Sequence[Trial], kind: Kind,
+                 large: bool) -> dict[str, float]:  # fmt: skip
+    """optuna's importances (its default evaluator, PED-ANOVA); for a large study, of
+    ``digest.IMPORTANCE_TRIALS`` complete trials spread evenly over it (copied into an
+    in-memory study), since optuna would load every trial and score all of them."""
+    if not large:
+        return optuna.importance.get_param_importances(study)
+    sample = optuna.create_study(direction="maximize" if kind.maximize else "minimize")
+    sample.add_trials([
+        optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=t.value)
+        for t in digest.evenly(list(done), digest.IMPORTANCE_TRIALS)
+    ])  # fmt: skip
+    return optuna.importance.get_param_importances(sample)
+
+
+def draw(study: optuna.Study, trials: Sequence[Trial], kind: Kind, out: Path,
+             files: list[str], top: list[Trial] | None) -> str | None:  # fmt: skip
+    """The figures every single-objective study gets, labelled with its metric; returns the
+    parameter the curves are coloured by. ``top`` (a large study's best trials) asks for the
+    summarising figures."""
+    done = finished(trials)
+    large = top is not None
+    if done and large:
+        digest_figures.binned([t.number for t in done], [t.value for t in done],
+                              out / "history.png", title="Optimisation history",
+                              xlabel="trial number", ylabel=kind.metric,
+                              maximize=kind.maximize)  # fmt: skip
+        files.append("history.png")
+    elif done:
+        figures.history([t.number for t in done], [t.value for t in done], out / "history.png",
+                        metric=kind.metric, maximize=kind.maximize)  # fmt: skip
+        files.append("history.png")
+    scores: dict[str, float] = {}
+    varies = varying(done)
+    if len(varies) >= 2 and len(done) >= 2:
+        try:
+            scores = _importances(study, done, kind, large)
+            figures.importances(scores, out / "importances.png", metric=kind.metric)
+            files.append("importances.png")
+        except (ValueError, RuntimeError) as e:  # e.g. a dynamic search space
+            logger.info("no importances for %s: %s", study.study_name, e)
+    if large:
+        _curve_bands(trials, top, kind, out, files)
+        return None
+    colour = _colour_by(trials, scores)
+    curves = [
+        (_group(t, colour), sorted(t.intermediate_values), [t.intermediate_values[e] for e in
+         sorted(t.intermediate_values)], t.state == TrialState.PRUNED)
+        for t in _group_order(trials, colour) if t.intermediate_values
+    ]  # fmt: skip
+    if curves:
+        figures.learning_curves(curves, out / "learning_curves.png", metric=kind.metric,
+                                legend_title=colour and "coloured by")  # fmt: skip
+        files.append("learning_curves.png")
+    return colour
+
+
+def _curve_bands(trials: Sequence[Trial], top: list[Trial], kind: Kind, out: Path,
+                 files: list[str]) -> None:  # fmt: skip
+    """A large study's learning curves: bands over the sampled trials, the best as lines."""
+    sampled = [(list(t.intermediate_values), list(t.intermediate_values.values()))
+               for t in digest.curve_sample(trials) if t.intermediate_values]  # fmt: skip
+    best = [(f"#{t.number} (best {i + 1})", list(t.intermediate_values),
+             list(t.intermediate_values.values()))
+            for i, t in enumerate(top[: digest.BEST_CURVES]) if t.intermediate_values]  # fmt: skip
+    if sampled:
+        curved = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+        digest_figures.curve_bands(sampled, best, out / "learning_curves.png",
+                                   metric=kind.metric, of=curved)  # fmt: skip
+        files.append("learning_curves.png")
+
+
+def draw_sweep(trials: Sequence[Trial], spec: StudySpec, out: Path, files: list[str],
+                   colour: str | None, large: bool) -> None:  # fmt: skip
+    """Sweep's own figures: accuracy against model size (the budget) and search time."""
+    done = finished(trials)
+    sized = _group_order([t for t in done if count(t, "n_params") is not None], colour)
+    bounds = (spec.budget.min_params, spec.budget.max_params)
+    if sized and large:
+        top = digest.best(sized, 1, maximize=True)[0]
+        digest_figures.accuracy_hexbin(
+            [count(t, "n_params") for t in sized], [t.value for t in sized], bounds,
+            out / "accuracy_vs_params.png", best=(count(top, "n_params"), top.value),
+        )  # fmt: skip
+        files.append("accuracy_vs_params.png")
+    elif sized:
+        figures.accuracy_vs_params(
+            [count(t, "n_params") for t in sized], [t.value for t in sized], bounds,
+            out / "accuracy_vs_params.png",
+            groups=[_group(t, colour) for t in sized] if colour else None,
+            legend_title=colour and "coloured by",
+        )  # fmt: skip
+        files.append("accuracy_vs_params.png")
+    if done:
+        first = min(t.datetime_start for t in trials if t.datetime_start is not None)
+        minutes = [(t.datetime_complete - first).total_seconds() / 60 for t in done]
+        reference = ("the notebook's best (97.74%)", NOTEBOOK_BEST)
+        if large:
+            digest_figures.binned(minutes, [t.value for t in done], out / "accuracy_over_time.png",
+                                  title="Accuracy against search time",
+                                  xlabel="wall time since the first trial (min)",
+                                  reference=reference)  # fmt: skip
+        else:
+            figures.accuracy_over_time(
+                minutes, [t.value for t in done], out / "accuracy_over_time.png",
+                reference=reference,
+            )  # fmt: skip
+        files.append("accuracy_over_time.png")

@@ -1,0 +1,82 @@
+"""How a report shows one trial: which trials a figure can place, a trial's parameters,
+configuration and note, and a Markdown table's cells.
+
+Shared by the report (``sweep.report.writer``) and its figures (``sweep.report.drawn``); takes
+sweep's narrow records (``sweep.report.records.Record``) or optuna's whole trials alike.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from sweep.queue.operations import why_failed
+from sweep.report.records import Record
+from sweep.report.stored import count, printable, series
+
+#: What the report reads a trial as: sweep's own narrow record, or optuna's whole trial (the
+#: multi-objective report, the best trial).
+Trial = Record | FrozenTrial
+
+
+def finished(trials: Sequence[Trial]) -> list[Trial]:
+    """The complete trials with a finite value: the ones a figure can place (another client
+    may have stored inf)."""
+    return [t for t in trials if t.state == TrialState.COMPLETE and math.isfinite(t.value)]
+
+
+def varying(done: Sequence[Trial]) -> list[str]:
+    """The parameters that take more than one value among ``done``."""
+    return [n for n in param_names(done) if len({repr(t.params.get(n)) for t in done}) > 1]
+
+
+def reason(t: Trial) -> str:
+    """Why a trial was pruned or failed, in a few words; empty for the others."""
+    if t.state == TrialState.PRUNED:
+        # a large study's record carries its last step without its curve (``Record.last_step``)
+        last = max(t.intermediate_values, default=getattr(t, "last_step", None))
+        epoch = count(t, "pruned_at") or ("?" if last is None else last)
+        return f"pruned at epoch {epoch}"
+    if t.state == TrialState.FAIL:
+        return printable(why_failed(t.user_attrs), 200)
+    return ""
+
+
+def cell(v: Any) -> str:
+    """A value in a Markdown table: floats short, anyone's text printable."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else printable(v, 80)
+
+
+def final(t: Trial, key: str) -> float | None:
+    """The last epoch's value of a stored per-epoch series, if it is a valid one."""
+    values = series(t, key)
+    return values[-1] if values else None
+
+
+def param_names(trials: Sequence[Trial]) -> list[str]:
+    """Every parameter name among ``trials``, in order of first appearance."""
+    names: list[str] = []
+    seen: set[str] = set()
+    for t in trials:
+        new = [k for k in t.params if k not in seen]
+        names += new
+        seen.update(new)
+    return names
+
+
+def config(t: Trial) -> dict[str, Any]:
+    """The trial's whole configuration as sweep stored it, else its parameters."""
+    stored = t.user_attrs.get("config")
+    return stored if isinstance(stored, dict) else dict(t.params)
+
+
+def md_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table, every cell through ``cell``."""
+    lines = ["| " + " | ".join(cell(c) for c in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,312 @@
+"""Study files: TOML → validated, frozen specs.
+
+Every rule lives in a table in ``sweep.study.rules`` (those of [train] and [space] derived from the
+declaration in ``mlp.config``), and every violation is one line naming the file, the field,
+what is allowed and what came::
+
+    studies/x.toml: [space.learning_rate] must be a float in (0, inf); got -0.1
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import stat
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlp.model import parameter_count
+from sweep.errors import SpecError
+from sweep.study.rules import (
+    BOOL,
+    BUDGET_RULES,
+    DATA_RULES,
+    MAX_CHOICES,
+    MAX_STUDY_FILE_BYTES,
+    MISSING,
+    SECTIONS,
+    STUDY_RULES,
+    Rule,
+    check_value,
+    fail,
+    field_key,
+    train_rules,
+)
+from sweep.study.settings import TrainSettings, settings_class
+from sweep.study.space import Budget, Dimension, feasible_architectures_exist
+
+_HIDDEN = ("hidden_1", "hidden_2")
+
+#: What every sweep study maximises (the objective's return value), as optuna's metric name:
+#: the dashboard and reports label by it, and ``sweep.report.stored`` recognises sweep's studies by
+#: it.
+METRIC = "validation accuracy [%]"
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A validated study file."""
+
+    name: str  # optuna study name
+    sampler: str  # grid | tpe | random
+    trials: int | None  # cap for all workers together; None: the whole grid
+    seed: int  # study seed: the sampler's seed and the root of every trial's seed
+    pruner: str  # none | median | successive-halving | hyperband
+    budget: Budget
+    train: TrainSettings  # fixed settings; searched ones are overridden per trial
+    space: tuple[Dimension, ...]
+    threads: int = 1  # BLAS threads per trial: float32 sums depend on it, so it is the study's
+    max_retries: int = 3  # a trial whose workers die this often is FAIL, not requeued again
+    train_size: int | None = None  # use only a prefix of the training split
+    data_path: str | None = None  # a user's own copy of MNIST
+    source: str = "<spec>"  # where it came from, for messages
+
+    def dimension(self, name: str) -> Dimension | None:
+        return next((d for d in self.space if d.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain data, as stored on the study (``study.user_attrs['spec']``)."""
+        space = {
+            d.name: list(d.choices) if d.choices is not None else
+            {"low": d.low, "high": d.high, "log": d.log}
+            for d in self.space
+        }  # fmt: skip
+        searched = {d.name for d in self.space}
+        train = {k: v for k, v in dataclasses.asdict(self.train).items() if k not in searched}
+        return {
+            "study": {
+                "name": self.name, "sampler": self.sampler, "trials": self.trials,
+                "seed": self.seed, "pruner": self.pruner, "threads": self.threads,
+                "max_retries": self.max_retries,
+            },
+            "budget": dataclasses.asdict(self.budget),
+            "data": {"train_size": self.train_size, "path": self.data_path},
+            "train": train,
+            "space": space,
+        }  # fmt: skip
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read and validate a study file; raise SpecError (one line) on the first problem."""
+    path = Path(path)
+    data = _read_study_file(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - data.rfind(b"\n", 0, e.start)
+        raise SpecError(
+            f"{path}: not valid UTF-8: byte 0x{data[e.start]:02x} at line {line}, column {column}"
+        ) from e
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: not valid TOML: {e}") from e
+    except ValueError as e:  # Python's limit on the digits of an int (sys.set_int_max_str_digits)
+        limit = sys.get_int_max_str_digits()
+        raise SpecError(f"{path}: not valid TOML: an integer of more than {limit} digits") from e
+    except RecursionError as e:  # tomllib recurses into nested arrays and inline tables
+        raise SpecError(f"{path}: not valid TOML: arrays or tables nested too deeply") from e
+    return parse_spec(raw, source=str(path))
+
+
+_FILE_KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
+               stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}  # fmt: skip
+
+
+def _read_study_file(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_STUDY_FILE_BYTES. Anything else is refused
+    before it is opened: a FIFO would block the open until some writer came, for ever."""
+    limit = MAX_STUDY_FILE_BYTES
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            kind = _FILE_KINDS.get(stat.S_IFMT(st.st_mode), "a special file")
+            raise SpecError(f"{path}: cannot read study file: {kind}, not a regular file")
+        if st.st_size > limit:
+            raise SpecError(
+                f"{path}: cannot read study file: {st.st_size:,} bytes; at most {limit:,}"
+            )
+        # Non-blocking, so that even a file swapped for a FIFO since the stat cannot hang.
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            data = f.read(limit + 1) or b""
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        raise SpecError(f"{path}: cannot read study file: {getattr(e, 'strerror', 0) or e}") from e
+    if len(data) > limit:  # it grew since the stat
+        raise SpecError(f"{path}: cannot read study file: more than {limit:,} bytes")
+    return data
+
+
+def _section(source: str, raw: dict[str, Any], name: str, rules: dict[str, Rule]) -> dict[str, Any]:
+    table = raw.get(name, {})
+    if not isinstance(table, dict):
+        raise fail(source, name, "a table", table)
+    for k in table:
+        if k not in rules:
+            known = "one of the known keys " + ", ".join(rules)
+            raise fail(source, f"{name}.{field_key(k)}", known, k)
+    return {k: check_value(source, f"{name}.{k}", rules[k], v) for k, v in table.items()}
+
+
+def _dimension(source: str, name: Any, raw: Any, sampler: str, rules: dict[str, Rule]) -> Dimension:
+    field = f"space.{field_key(name)}"
+    if name not in rules:
+        raise fail(source, field, "a [train] setting: " + ", ".join(rules), name)
+    rule = rules[name]
+    if isinstance(raw, list):
+        if not raw:
+            raise fail(source, field, "a non-empty list", raw)
+        if len(raw) > MAX_CHOICES:
+            raise fail(source, field, f"a list of at most {MAX_CHOICES:,} values", raw,
+                       shown=f"{len(raw):,} values")  # fmt: skip
+        choices = tuple(check_value(source, field, rule, v) for v in raw)
+        if len(set(choices)) != len(choices):
+            raise fail(source, field, "a list without repeated values", raw)
+        return Dimension(name, choices=choices)
+    if not isinstance(raw, dict):
+        raise fail(source, field, "a list of values or a table {low, high, log}", raw)
+    if sampler == "grid":
+        raise fail(source, field, "a list of values with sampler 'grid'", raw)
+    if rule.kind not in (int, float):
+        raise fail(source, field, f"a list of values ({name} is not numeric)", raw)
+    unknown = set(raw) - {"low", "high", "log"}
+    if unknown or not {"low", "high"} <= set(raw):
+        raise fail(source, field, "a table with keys low, high and optionally log", raw)
+    low = check_value(source, f"{field}.low", rule, raw["low"])
+    high = check_value(source, f"{field}.high", rule, raw["high"])
+    log = check_value(source, f"{field}.log", BOOL, raw.get("log", False))
+    if not low < high:
+        raise fail(source, f"{field}.high", f"greater than low = {low}", high)
+    if log and not low > 0:
+        raise fail(source, f"{field}.low", "greater than 0 with log = true", low)
+    return Dimension(name, low=low, high=high, log=log)
+
+
+def _check_space_size(source: str, sampler: str, space: tuple[Dimension, ...]) -> None:
+    """Grid points, and the (hidden_1, hidden_2) pairs of two lists under TPE or random
+    sampling, counted from the list lengths (never enumerated) and capped."""
+    if sampler == "grid":
+        count, what = math.prod(len(d.choices or ()) for d in space), "grid points"
+    else:
+        sizes = [len(d.choices) for d in space if d.name in _HIDDEN and d.choices is not None]
+        count, what = (math.prod(sizes) if len(sizes) == 2 else 0), "pairs of hidden sizes"
+    if count > MAX_CHOICES:
+        allowed = f"at most {MAX_CHOICES:,} {what} (the product of the list lengths)"
+        raise fail(source, "space", allowed, count, shown=f"{count:,}")
+
+
+def _hidden_values(spec_train: Any, dim: Dimension | None, name: str) -> tuple[int, int]:
+    """The (smallest, largest) value a hidden size can take."""
+    if dim is None:
+        v = getattr(spec_train, name)
+        return v, v
+    if dim.choices is not None:
+        return min(dim.choices), max(dim.choices)
+    return int(dim.low), int(dim.high)
+
+
+def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> StudySpec:
+    """Validate a parsed TOML document (see ``load_spec``)."""
+    for k in raw:
+        if k not in SECTIONS:
+            raise fail(source, field_key(k), "one of the sections " + ", ".join(SECTIONS), k)
+    study = _section(source, raw, "study", STUDY_RULES)
+    for required in ("name", "sampler"):
+        if required not in study:
+            raise fail(source, f"study.{required}", "given", MISSING)
+    sampler = study["sampler"]
+    if sampler != "grid" and "trials" not in study:
+        raise fail(source, "study.trials", f"given for sampler {sampler!r}", MISSING)
+    budget = Budget(**_section(source, raw, "budget", BUDGET_RULES))
+    if not budget.min_params < budget.max_params:
+        raise fail(
+            source, "budget.max_params", f"greater than min_params = {budget.min_params}",
+            budget.max_params,
+        )  # fmt: skip
+    data = _section(source, raw, "data", DATA_RULES)
+    rules = train_rules(data.get("train_size"))
+    train = settings_class()(**_section(source, raw, "train", rules))
+    space_raw = raw.get("space", {})
+    if not isinstance(space_raw, dict):
+        raise fail(source, "space", "a table", space_raw)
+    space = tuple(_dimension(source, k, v, sampler, rules) for k, v in space_raw.items())
+    if sampler == "grid" and not space:
+        raise fail(source, "space", "at least one list of values with sampler 'grid'", {})
+    _check_space_size(source, sampler, space)
+    # Nesterov momentum with no momentum would fail every trial (the optimiser refuses it).
+    searched = {d.name: d.choices or () for d in space}
+    nesterov = train.nesterov or True in searched.get("nesterov", ())
+    if nesterov and "momentum" not in searched and not train.momentum > 0:
+        raise fail(source, "train.nesterov", "false unless momentum > 0", True)
+    momentum = next((d for d in space if d.name == "momentum"), None)
+    if nesterov and momentum is not None and (
+        any(not m > 0 for m in momentum.choices or ()) or (momentum.is_range and
+                                                            not momentum.low > 0)
+    ):  # fmt: skip
+        shown = list(momentum.choices) if momentum.choices else {"low": momentum.low}
+        raise fail(source, "space.momentum", "greater than 0 where nesterov may be true", shown)
+    spec = StudySpec(
+        name=study["name"],
+        sampler=sampler,
+        trials=study.get("trials"),
+        seed=study.get("seed", 0),
+        pruner=study.get("pruner", "none"),
+        threads=study.get("threads", 1),
+        max_retries=study.get("max_retries", 3),
+        budget=budget,
+        train=train,
+        space=space,
+        train_size=data.get("train_size"),
+        data_path=os.path.expanduser(data["path"]) if "path" in data else None,
+        source=source,
+    )
+    _check_budget_feasible(spec)
+    return spec
+
+
+#: Fields that do not change a study's results: its name, its cap (launchers steer it), and
+#: where this host keeps the dataset.
+_LOCAL = {"study.name", "study.trials", "data.path"}
+
+
+def stored_spec(stored: Any, *, source: str) -> StudySpec:
+    """The spec stored on a study (``StudySpec.to_dict``), validated like a study file: the
+    database is shared, so what it holds is someone else's input."""
+    if not isinstance(stored, dict):
+        raise fail(source, "spec", "a table of sections", stored)
+    raw = {
+        name: {k: v for k, v in table.items() if v is not None}
+        if isinstance(table, dict) else table
+        for name, table in stored.items()
+    }  # fmt: skip
+    return parse_spec(raw, source=source)
+
+
+def first_difference(stored: StudySpec, given: StudySpec) -> tuple[str, Any, Any] | None:
+    """The first field (``section.key``) in which ``given`` would change ``stored``'s results,
+    with both values; None if they agree."""
+    old, new = stored.to_dict(), given.to_dict()
+    for section in SECTIONS:
+        a, b = old.get(section, {}), new.get(section, {})
+        for key in [*a, *(k for k in b if k not in a)]:
+            field = f"{section}.{key}"
+            if field not in _LOCAL and a.get(key) != b.get(key):
+                return field, a.get(key), b.get(key)
+    return None
+
+
+def _check_budget_feasible(spec: StudySpec) -> None:
+    """A budget no architecture in the space can meet is an error before anything runs."""
+    if not feasible_architectures_exist(spec):
+        lo1, hi1 = _hidden_values(spec.train, spec.dimension("hidden_1"), "hidden_1")
+        lo2, hi2 = _hidden_values(spec.train, spec.dimension("hidden_2"), "hidden_2")
+        raise SpecError(
+            f"{spec.source}: [budget] no architecture with hidden_1 in [{lo1}, {hi1}] and "
+            f"hidden_2 in [{lo2}, {hi2}] has {spec.budget.min_params:,} < parameters < "
+            f"{spec.budget.max_params:,} (these sizes give {parameter_count(lo1, lo2):,} to "
+            f"{parameter_count(hi1, hi2):,})"
+        )

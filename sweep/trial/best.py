@@ -1,0 +1,276 @@
+"""A study's best model as files a user can load with ``mlp.MLP.load``.
+
+Two ways to get one, both written by ``MLP.save`` (weights .npz and a JSON sidecar holding the
+architecture, activation, dtype and ``model_meta``: the configuration, trial, validation and test
+accuracy):
+
+  - ``export``: the best trial's own final weights, kept by the workers in the study's artifact
+    store and named by the study's system attribute ``best_model``
+    (``sweep.trial.cleanup.keep_best``). Nothing is retrained and no data is read.
+  - ``upload``: a model retrained by ``sweep evaluate``, put into the study's artifact store
+    beside the checkpoints (``sweep.trial.artifacts.upload`` on the study) and named by the study's
+    system attribute ``evaluated_model``. It replaces the previous evaluate's: that one's
+    artifacts and their ``artifacts:<id>`` attributes are deleted once the new one is named.
+
+Everything read from the database is untrusted: the ``best_model`` pointer, the trial it names,
+the stored spec and the artifact itself are checked, and anything that does not hold together
+is one SweepError line (the artifact must also reproduce the trial's value: its last epoch's
+validation accuracy, stored in the checkpoint, is the trial's value exactly). An
+``evaluated_model`` that is malformed deletes nothing; one is deleted only if its ids have
+sweep's form (``sweep.trial.artifacts.is_sweep_id``) and name artifacts uploaded to the study itself
+(``artifacts:<id>`` on the study), never a trial's checkpoint or the ``best_model``; a
+``best_model`` of another form is never read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+import sqlalchemy
+from optuna.artifacts import download_artifact
+from optuna.trial import TrialState
+
+from sweep.errors import SpecError, StorageError, SweepError
+from sweep.queue import tables as tb
+from sweep.queue.operations import SPEC, pointer
+from sweep.queue.storage import root_message
+from sweep.report.stored import number, printable
+from sweep.study.joining import rdb_of
+from sweep.study.spec import StudySpec, stored_spec
+from sweep.trial import artifacts
+from sweep.trial.cleanup import BEST_MODEL, swap_study_attr
+from sweep.trial.objective import build_model_and_config, settings_of, trial_seed
+
+if TYPE_CHECKING:
+    from optuna.artifacts._protocol import ArtifactStore
+    from optuna.storages import RDBStorage
+
+    from mlp import MLP
+
+logger = logging.getLogger(__name__)
+
+#: The study's system attribute naming the model ``sweep evaluate`` uploaded last:
+#: ``{"artifact_id": weights, "sidecar_id": sidecar, "trial": number}``.
+EVALUATED_MODEL = "evaluated_model"
+_HINT = "retrain and upload it with: sweep evaluate STUDY.toml"
+
+
+def model_meta(
+    study: optuna.Study, trial: int, settings: Any, seed: int, valid: float, test: float | None
+) -> dict[str, Any]:
+    """The sidecar's ``meta``: what the model is and how good it was (accuracies in percent)."""
+    return {
+        "study": study.study_name,
+        "trial": trial,
+        "config": dataclasses.asdict(settings),
+        "seed": seed,
+        "valid_accuracy_percent": valid,
+        "test_accuracy_percent": test,
+    }
+
+
+def check_out(out: Path, *, force: bool = False) -> None:
+    """The --out of an export: a .npz file name in an existing folder, and (unless ``force``)
+    neither it nor its sidecar already there: an unrelated ``config.json`` beside
+    ``config.npz`` was replaced without a word (#22). Checked before the database is opened,
+    so a typo costs nothing.
+
+    Note: checked, then written by ``MLP.save`` (which renames into place): a file another
+    process creates in between is replaced.
+    """
+    if out.suffix != ".npz":
+        raise SpecError(
+            f"--out must be a .npz file (the sidecar goes beside it as .json); got {str(out)!r}"
+        )
+    if out.is_dir():
+        raise SweepError(f"--out {out}: is a folder; give a file name, e.g. {out / 'model.npz'}")
+    if not out.parent.is_dir():
+        raise SweepError(f"--out {out}: no such folder {out.parent}")
+    there = [p for p in (out, out.with_suffix(".json")) if os.path.lexists(p)]
+    if there and not force:
+        raise SpecError(
+            f"--out {out}: {' and '.join(str(p) for p in there)} already "
+            f"{'exist' if len(there) > 1 else 'exists'}; export replaces no file unless --force"
+        )
+
+
+def export(study: optuna.Study, store: ArtifactStore, out: Path, *, where: str) -> Path:
+    """Write the weights ``best_model`` names to ``out`` and the sidecar beside it; return the
+    sidecar. SweepError (one line) if the study has no usable best model in ``store`` (found
+    at ``where``, for messages)."""
+    from mlp import CheckpointError, load_state
+    from mlp.model import not_finite
+
+    name = printable(study.study_name, 200)
+
+    def missing(why: str) -> SweepError:
+        return SweepError(f"study {name!r} has no best model to export ({why}); {_HINT}")
+
+    system = study._storage.get_study_system_attrs(study._study_id)  # optuna 5: not on Study
+    if BEST_MODEL not in system:
+        raise missing("none was kept: it ran before checkpoints, or no trial completed")
+    kept = pointer(system[BEST_MODEL])
+    number_ = kept.get("trial") if kept is not None else None
+    if kept is None or type(number_) is not int or not 0 <= number_ < 2**31:  # optuna's column
+        raise missing("its best_model attribute is malformed")
+    trial = _complete_trial(study, number_)
+    if trial is None:
+        raise missing(f"best_model names trial {number_}, which is not a COMPLETE trial")
+    spec = _stored_spec(study)
+    settings = settings_of(trial, spec)
+    seed = trial_seed(spec.seed, trial.params)
+    model, _ = build_model_and_config(settings, seed)
+    artifact = kept["artifact_id"]
+    if not artifacts.is_sweep_id(artifact):  # another client's name: never read
+        raise missing(f"best_model names {printable(artifact, 80)!r}, not an artifact id sweep "
+                      f"writes ({artifacts.SWEEP_FORM})")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="sweep-export-") as folder:
+        path = Path(folder, "best.npz")
+        try:
+            download_artifact(artifact_store=store, file_path=str(path), artifact_id=artifact)
+        except optuna.artifacts.exceptions.ArtifactNotFound:
+            raise missing(f"its artifact {artifact} is not in {where}") from None
+        except Exception as e:  # a store that fails: not the study's fault
+            raise StorageError(
+                f"study {name!r}: cannot read its best model {artifact}: {_line(e)}"
+            ) from e
+        try:
+            state = load_state(path, like=model)
+        except CheckpointError as e:
+            raise missing(f"artifact {artifact}: {_line(e).split(': ', 1)[-1]}") from e
+    if (bad := not_finite(state.params)) is not None:  # its history may claim any value
+        raise missing(f"artifact {artifact} holds {bad} weights that are not finite")
+    if not state.history or 100 * state.history[-1].valid_accuracy != trial.value:
+        raise missing(f"artifact {artifact} does not reproduce trial {trial.number}'s value")
+    for p, w in zip(model.params, state.params, strict=True):
+        p[...] = w
+    test = stored_test_accuracy(study, trial.number)
+    meta = model_meta(study, trial.number, settings, seed, trial.value, test)
+    return _save(model, out, meta)
+
+
+def upload(study: optuna.Study, store: ArtifactStore, model: MLP, meta: dict) -> tuple[str, str]:
+    """Put ``model`` (weights and sidecar) into the study's artifact store as its
+    ``evaluated_model``, replacing the previous one; (weights' artifact id, sidecar's).
+    StorageError (one line) if the store fails; a previous model that cannot be deleted is a
+    warning (the new one is in place)."""
+    with tempfile.TemporaryDirectory(prefix="sweep-upload-") as folder:
+        weights = Path(folder, f"trial-{meta['trial']}-model.npz")
+        sidecar = model.save(weights, meta=meta)
+        try:
+            ids: tuple[str, str] = tuple(  # type: ignore[assignment]
+                artifacts.upload(store, study._storage, f, study_id=study._study_id)
+                for f in (weights, sidecar)
+            )
+        except Exception as e:
+            raise StorageError(
+                f"study {printable(study.study_name, 200)!r}: trial {meta['trial']} was evaluated "
+                f"(stored on the study) but its model could not be uploaded: {_line(e)}"
+            ) from e
+    _replace_evaluated(study, store, ids, meta["trial"])
+    return ids
+
+
+def _replace_evaluated(
+    study: optuna.Study, store: ArtifactStore, ids: tuple[str, str], trial: int
+) -> None:
+    """Name ``ids`` as the study's ``evaluated_model``, then delete the model it named before:
+    its files first, then the ``artifacts:<id>`` attributes of those that are gone (a file the
+    store could not delete stays named, for whoever cleans up). Never raises."""
+    record = {"artifact_id": ids[0], "sidecar_id": ids[1], "trial": trial}
+    try:
+        backend = rdb_of(study._storage)
+        encoded = json.dumps(record)
+        swapped = swap_study_attr(backend, study._study_id, EVALUATED_MODEL, lambda _: encoded)
+        old = _evaluated_ids(swapped)
+        # Only the attributes needed, undecoded: another client's odd value elsewhere is not ours.
+        raw = _raw_attrs(
+            backend, study._study_id, [BEST_MODEL, *(tb.ARTIFACT_PREFIX + a for a in old)]
+        )
+    except Exception as e:  # the model is uploaded; only the old one stays
+        logger.warning("could not replace the previous evaluated model: %s", _line(e))
+        return
+    kept = pointer(tb.decoded(raw.get(BEST_MODEL)))
+    protected = {*ids, kept["artifact_id"] if kept is not None else None}
+    gone = []
+    for artifact in old:
+        if (
+            artifact in protected or tb.ARTIFACT_PREFIX + artifact not in raw
+        ):  # not uploaded to the study
+            continue
+        if artifacts.remove(store, artifact, what="the previous evaluated model's artifact"):
+            gone.append(tb.ARTIFACT_PREFIX + artifact)
+    if gone:
+        attrs = tb.study_system_attrs
+        try:
+            with backend.engine.begin() as conn:
+                conn.execute(attrs.delete().where(attrs.c.study_id == study._study_id,
+                                                  attrs.c.key.in_(gone)))  # fmt: skip
+        except Exception as e:
+            logger.warning("could not forget the deleted artifacts %s: %s", gone, _line(e))
+
+
+def _raw_attrs(storage: RDBStorage, study_id: int, keys: list[str]) -> dict[str, str]:
+    """The study's system attributes among ``keys``, as stored (JSON text)."""
+    attrs = tb.study_system_attrs
+    query = sqlalchemy.select(attrs.c.key, attrs.c.value_json).where(
+        attrs.c.study_id == study_id, attrs.c.key.in_(keys)
+    )
+    with storage.engine.connect() as conn:
+        return {key: value for key, value in conn.execute(query)}
+
+
+def _evaluated_ids(text: str | None) -> list[str]:
+    """The artifact ids of an ``evaluated_model`` value (untrusted: another client may have
+    written anything), each a plain name (``sweep.queue.operations.pointer``), else none."""
+    record = pointer(tb.decoded(text))
+    if record is None:
+        return []
+    sidecar = pointer({"artifact_id": record.get("sidecar_id")})
+    return [record["artifact_id"]] + ([sidecar["artifact_id"]] if sidecar is not None else [])
+
+
+def stored_test_accuracy(study: optuna.Study, trial: int) -> float | None:
+    """The study's test accuracy if it was measured for ``trial`` (``sweep evaluate``)."""
+    attrs = study.user_attrs
+    measured = attrs.get("test_trial")
+    if type(measured) is not int or measured != trial:
+        return None
+    return number(attrs.get("test_accuracy"))
+
+
+def _complete_trial(study: optuna.Study, number_: int) -> optuna.trial.FrozenTrial | None:
+    storage = study._storage
+    try:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number_)
+        trial = storage.get_trial(trial_id)
+    except KeyError:
+        return None
+    if trial.state != TrialState.COMPLETE or number(trial.value) is None:
+        return None
+    return trial
+
+
+def _stored_spec(study: optuna.Study) -> StudySpec:
+    source = f"study {printable(study.study_name, 200)!r}"
+    if SPEC not in study.user_attrs:
+        raise SpecError(f"{source} was not made by sweep (it has no stored spec)")
+    return stored_spec(study.user_attrs[SPEC], source=source)
+
+
+def _save(model: MLP, out: Path, meta: dict) -> Path:
+    try:
+        return model.save(out, meta=meta)
+    except OSError as e:
+        raise SweepError(f"cannot write the model to {out}: {e.strerror or e}") from e
+
+
+def _line(e: BaseException) -> str:
+    return (root_message(e).splitlines() or [""])[0][:300]
