@@ -36,7 +36,8 @@ from optuna.storages import RDBStorage
 
 from sweep.queue import tables as tb
 from sweep.queue.attrs import SPEC
-from sweep.queue.storage import READ_ONLY, mask_password, root_message
+from sweep.queue.storage import mask_password, root_message
+from sweep.queue.transactions import READ_ONLY
 
 logger = logging.getLogger(__name__)
 

@@ -60,7 +60,6 @@ import sqlalchemy
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-from sweep.errors import StudyGone
 from sweep.queue import orphans
 from sweep.queue import tables as tb
 from sweep.queue.attrs import (  # the names sweep writes, re-exported: ``queue.RUN_TAG`` etc.
@@ -85,22 +84,8 @@ from sweep.queue.coverage import (
     point_key,
     stored_params,
 )
-from sweep.queue.storage import READ_ONLY
 from sweep.queue.tables import RESUME_FROM, RESUMED_FROM, trials
-
-
-def lock_study(conn: Any, study_id: int) -> None:
-    """The study-level lock: its ``studies`` row on PostgreSQL (what optuna locks to number a
-    new trial); on SQLite the transaction's ``BEGIN IMMEDIATE`` already holds the database.
-    StudyGone if the study was deleted: nothing is then written for it (a trial inserted for
-    a study that is gone would be an orphan, on SQLite, which enforces no foreign key)."""
-    found = conn.execute(
-        sqlalchemy.select(tb.studies.c.study_id)
-        .where(tb.studies.c.study_id == study_id)
-        .with_for_update()
-    ).first()
-    if found is None:
-        raise StudyGone(f"study id {study_id}")
+from sweep.queue.transactions import READ_ONLY, lock_study
 
 
 def study_exists(storage: RDBStorage, study_id: int) -> bool:

@@ -36,6 +36,7 @@ from sqlalchemy import event
 from sweep.errors import SpecError, StorageError
 from sweep.queue import schema
 from sweep.queue.tables import INDEXES, studies
+from sweep.queue.transactions import READ_ONLY
 from sweep.queue.urls import mask_password, parse_url, redact
 from sweep.text import printable
 
@@ -58,9 +59,6 @@ def resolve_url(url: str | None = None) -> str:
 
 #: What optuna and SQLAlchemy raise when the database fails (not the caller's mistake).
 STORAGE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)
-
-#: Connection execution option marking a transaction that only reads (SQLite: plain BEGIN).
-READ_ONLY = "sweep_read_only"
 
 
 def _configure_sqlite(engine: sqlalchemy.engine.Engine) -> None:

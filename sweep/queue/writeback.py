@@ -52,7 +52,8 @@ from sweep.errors import ForeignDistribution
 from sweep.queue import operations
 from sweep.queue import tables as tb
 from sweep.queue.forwarded import Forwarded
-from sweep.queue.storage import READ_ONLY, root_message
+from sweep.queue.storage import root_message
+from sweep.queue.transactions import READ_ONLY
 
 logger = logging.getLogger(__name__)
 

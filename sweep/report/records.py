@@ -32,7 +32,7 @@ from optuna.storages._rdb import models
 from optuna.trial import TrialState
 
 from sweep.queue import tables as tb
-from sweep.queue.storage import READ_ONLY
+from sweep.queue.transactions import READ_ONLY
 
 logger = logging.getLogger(__name__)
 

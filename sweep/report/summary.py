@@ -33,8 +33,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep.queue import tables as tb
 from sweep.queue.operations import SKIPPED, SPEC, why_failed
-from sweep.queue.storage import READ_ONLY
 from sweep.queue.tables import trials
+from sweep.queue.transactions import READ_ONLY
 from sweep.report.stored import Kind, count, printable, study_kind
 
 #: How trials are listed: finished ones first, then those under way, then the failures.

@@ -57,7 +57,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.queue import tables as tb
-from sweep.queue.storage import READ_ONLY
+from sweep.queue.transactions import READ_ONLY
 
 logger = logging.getLogger(__name__)
 

@@ -26,8 +26,9 @@ import optuna
 import sqlalchemy
 
 from sweep.queue import tables as tb
-from sweep.queue.operations import CHECKPOINT, FAIL_REASON, RETRY_HISTORY, lock_study, pointer
+from sweep.queue.operations import CHECKPOINT, FAIL_REASON, RETRY_HISTORY, pointer
 from sweep.queue.storage import root_message
+from sweep.queue.transactions import lock_study
 from sweep.study.joining import rdb_of
 from sweep.trial.artifacts import SWEEP_FORM, is_sweep_id, remove, shown
 
