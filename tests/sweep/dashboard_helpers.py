@@ -1,6 +1,7 @@
 """What the dashboard's tests share: a small study database and ``serve`` run for real."""
 
 import _thread
+import signal
 import sqlite3
 import threading
 import urllib.error
@@ -69,8 +70,14 @@ def serving(db, client, **kw):
 
         threading.Thread(target=run, daemon=True).start()
 
-    with pytest.raises(KeyboardInterrupt) as interrupt:
-        serve(storage(db), host="127.0.0.1", port=0, on_ready=on_ready, **kw)
+    # interrupt_main does nothing while SIGINT is ignored, as it is in a run started in the
+    # background (nohup, ``&``): serve would then wait forever.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt) as interrupt:
+            serve(storage(db), host="127.0.0.1", port=0, on_ready=on_ready, **kw)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     if "error" in result:
         raise result["error"]
     return result["value"], interrupt
