@@ -2,7 +2,7 @@
 configuration and note, and a Markdown table's cells.
 
 Shared by the report (``sweep.report.writer``) and its figures (``sweep.report.drawn``); takes
-sweep's narrow records (``sweep.report.records.Record``) or optuna's whole trials alike.
+sweep's narrow records (``sweep.queue.report_reads.Record``) or optuna's whole trials alike.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.queue.operations import why_failed
-from sweep.report.records import Record
+from sweep.queue.report_reads import Record
 from sweep.report.stored import count, printable, series
 
 #: What the report reads a trial as: sweep's own narrow record, or optuna's whole trial (the

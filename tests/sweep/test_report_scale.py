@@ -19,8 +19,9 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from sweep.errors import SweepError
+from sweep.queue import report_reads
 from sweep.queue.storage import open_storage
-from sweep.report import digest, digest_figures, figures, records, writer
+from sweep.report import digest, digest_figures, figures, writer
 from tests.bench.bigstudy import build
 from tests.sweep.helpers import run_cli
 
@@ -150,7 +151,7 @@ def test_unreadable_attributes_and_parameters_read_as_absent(tmp_path):
                  "VALUES (3, 'seconds', ?)", (json.dumps([1, 2]),))  # fmt: skip
     conn.commit()
     conn.close()
-    read = records.read(_read_only(url), study._study_id)
+    read = report_reads.read(_read_only(url).engine, study._study_id)
     assert [r.value for r in read] == [0.5, float("inf"), float("-inf")]
     assert read[0].user_attrs == {} and read[0].params == {"x": 0.2}
     assert read[1].params == {} and read[1].user_attrs == {"n_params": 7}
@@ -227,7 +228,7 @@ def test_an_attribute_of_50_mb_is_measured_not_read(tmp_path, caplog):
     storage = _read_only(url)
     tracemalloc.start()
     try:
-        read = records.read(storage, study_id)
+        read = report_reads.read(storage.engine, study_id)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -238,9 +239,9 @@ def test_an_attribute_of_50_mb_is_measured_not_read(tmp_path, caplog):
 
 
 def test_an_attribute_just_under_the_limit_is_read(tmp_path):
-    url, study_id = _one_trial_with(tmp_path, records.MAX_VALUE_CHARS - 2)  # and its quotes
-    (read,) = records.read(_read_only(url), study_id)
-    assert len(read.user_attrs["config"]) == records.MAX_VALUE_CHARS - 2
+    url, study_id = _one_trial_with(tmp_path, report_reads.MAX_VALUE_CHARS - 2)  # and its quotes
+    (read,) = report_reads.read(_read_only(url).engine, study_id)
+    assert len(read.user_attrs["config"]) == report_reads.MAX_VALUE_CHARS - 2
 
 
 def test_a_study_of_several_objectives_is_refused_past_what_optuna_would_read(
