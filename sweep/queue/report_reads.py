@@ -10,8 +10,8 @@ does (its distributions' external values, its value encoders for ±inf and NaN).
 
 Everything read stays untrusted: an attribute that is not JSON, or longer than
 ``MAX_VALUE_CHARS`` (one warning says how many), reads as absent, like one that was never
-written; a parameter whose distribution does not parse is left out; values are optuna's
-decoding of what is stored (±inf and NaN included, for ``sweep.report.stored`` to judge).
+written; a parameter stored badly is left out (``sweep.queue.attrs.stored_param``); values are
+optuna's decoding of what is stored (±inf and NaN included, for ``sweep.report.stored`` to judge).
 A trial that finishes between two reads appears in the later one only: records are keyed by
 trial id, and rows of a trial the first read did not see are ignored.
 """
@@ -31,6 +31,7 @@ from optuna.storages._rdb import models
 from optuna.trial import TrialState
 
 from sweep.queue import tables as tb
+from sweep.queue.attrs import stored_param
 from sweep.queue.transactions import reading
 
 logger = logging.getLogger(__name__)
@@ -109,18 +110,11 @@ def read(engine: sqlalchemy.engine.Engine, study_id: int) -> list[Record]:
             )
             for tid, number, state, start, done, value, kind in conn.execute(head)
         }
-        parsed: dict[str, dists.BaseDistribution | None] = {}
         for tid, name, value, text in conn.execute(params):
             record = records.get(tid)
-            if record is None:
-                continue
-            if text not in parsed:
-                parsed[text] = _distribution(text)
-            dist = parsed[text]
-            external = _external(dist, value)
-            if dist is not None and external is not _ABSENT:
-                record.params[name] = external
-                record.distributions[name] = dist
+            param = stored_param(value, text)
+            if record is not None and param is not None:
+                record.params[name], record.distributions[name] = param
         s = tb.steps
         last = (
             sqlalchemy.select(s.c.trial_id, sqlalchemy.func.max(s.c.step))
@@ -187,20 +181,4 @@ def _json(text: Any) -> Any:
     try:
         return json.loads(text)
     except (TypeError, ValueError, RecursionError):
-        return _ABSENT
-
-
-def _distribution(text: Any) -> dists.BaseDistribution | None:
-    try:
-        return dists.json_to_distribution(text)
-    except Exception:
-        return None
-
-
-def _external(dist: dists.BaseDistribution | None, value: Any) -> Any:
-    if dist is None:
-        return _ABSENT
-    try:
-        return dist.to_external_repr(value)
-    except Exception:
         return _ABSENT

@@ -24,12 +24,12 @@ import sys
 from typing import Any
 
 import sqlalchemy
-from optuna.distributions import json_to_distribution
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from sweep.queue import tables as tb
 from sweep.queue.attrs import SKIPPED, SPEC, attr
+from sweep.queue.coverage import stored_params
 from sweep.queue.tables import trials
 from sweep.queue.transactions import reading
 
@@ -47,7 +47,7 @@ class Best:
 
     number: int
     value: float  # objective 0; ±inf when optuna stored an infinite value
-    params: dict[str, Any]  # as optuna shows them (a categorical's choice, not its index)
+    params: dict[str, Any]  # as optuna shows them (``attrs.stored_param``), in their order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,14 +77,14 @@ def studies(engine: Engine) -> list[StudyRow]:
                 row = _best(conn, study_id, maximize=directions[0] != StudyDirection.MINIMIZE)
                 if row is not None:
                     best[study_id] = row
-        params = _params(conn, [row[0] for row in best.values()])
+        params = stored_params(conn, [row[0] for row in best.values()])
     out = []
     for study_id, name, directions, user_attrs, metric_names in found:
         shown = None
         if study_id in best:
             trial_id, number, rank, value = best[study_id]
             value = float(value) if rank == 0 else math.copysign(math.inf, rank)
-            shown = Best(number, value, params[trial_id])
+            shown = Best(number, value, params.get(trial_id, {}))
         out.append(StudyRow(study_id, name, directions, user_attrs, metric_names,
                             states.get(study_id, []), skipped.get(study_id, 0), shown))  # fmt: skip
     return out
@@ -174,29 +174,6 @@ def _best(conn: sqlalchemy.Connection, study_id: int, *, maximize: bool) -> Any:
         .order_by(*order, trials.c.trial_id)
         .limit(1)
     ).first()  # fmt: skip
-
-
-def _external(value: Any, distribution: Any) -> Any:
-    """A stored parameter as optuna shows it; the stored number if its distribution is not
-    one optuna can read (or the number not one of its values)."""
-    try:
-        return json_to_distribution(distribution).to_external_repr(value)
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RecursionError):
-        return value
-
-
-def _params(conn: sqlalchemy.Connection, trial_ids: list[int]) -> dict[int, dict[str, Any]]:
-    """The parameters of these few trials, in the order they were set."""
-    p = tb.params
-    found: dict[int, dict[str, Any]] = {t: {} for t in trial_ids}
-    if trial_ids:
-        for trial_id, name, value, distribution in conn.execute(
-            sqlalchemy.select(p.c.trial_id, p.c.param_name, p.c.param_value,
-                              p.c.distribution_json)
-            .where(p.c.trial_id.in_(trial_ids)).order_by(p.c.param_id)
-        ):  # fmt: skip
-            found[trial_id][name] = _external(value, distribution)
-    return found
 
 
 def first_listed(

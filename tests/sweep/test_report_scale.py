@@ -136,8 +136,8 @@ def test_a_small_study_reads_every_curve(tmp_path):
 
 def test_unreadable_attributes_and_parameters_read_as_absent(tmp_path):
     # Another client may write any text: non-JSON attributes, a distribution that does not
-    # parse, infinite values. None of it stops the read; each reads as absent or as optuna
-    # decodes it.
+    # parse, a parameter that is no number, infinite values. None of it stops the read; each
+    # reads as absent or as optuna decodes it.
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     study = optuna.create_study(study_name="s", storage=url, direction="maximize")
     dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
@@ -147,6 +147,7 @@ def test_unreadable_attributes_and_parameters_read_as_absent(tmp_path):
     conn = sqlite3.connect(tmp_path / "db.sqlite")
     conn.execute("UPDATE trial_user_attributes SET value_json = 'not json' WHERE trial_id = 1")
     conn.execute("UPDATE trial_params SET distribution_json = '{' WHERE trial_id = 2")
+    conn.execute("UPDATE trial_params SET param_value = NULL WHERE trial_id = 3")
     conn.execute("INSERT INTO trial_user_attributes (trial_id, key, value_json) "
                  "VALUES (3, 'seconds', ?)", (json.dumps([1, 2]),))  # fmt: skip
     conn.commit()
@@ -155,7 +156,7 @@ def test_unreadable_attributes_and_parameters_read_as_absent(tmp_path):
     assert [r.value for r in read] == [0.5, float("inf"), float("-inf")]
     assert read[0].user_attrs == {} and read[0].params == {"x": 0.2}
     assert read[1].params == {} and read[1].user_attrs == {"n_params": 7}
-    assert read[2].user_attrs == {"n_params": 7, "seconds": [1, 2]}
+    assert read[2].user_attrs == {"n_params": 7, "seconds": [1, 2]} and read[2].params == {}
     assert all(r.state == TrialState.COMPLETE for r in read)
 
 
