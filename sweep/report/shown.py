@@ -24,8 +24,11 @@ Trial = Record | FrozenTrial
 
 def finished(trials: Sequence[Trial]) -> list[Trial]:
     """The complete trials with a finite value: the ones a figure can place (another client
-    may have stored inf)."""
-    return [t for t in trials if t.state == TrialState.COMPLETE and math.isfinite(t.value)]
+    may have stored inf, or, in SQL, completed a trial without a value)."""
+    return [
+        t for t in trials
+        if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
+    ]  # fmt: skip
 
 
 def varying(done: Sequence[Trial]) -> list[str]:

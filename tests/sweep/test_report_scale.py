@@ -160,6 +160,24 @@ def test_unreadable_attributes_and_parameters_read_as_absent(tmp_path):
     assert all(r.state == TrialState.COMPLETE for r in read)
 
 
+def test_a_complete_trial_without_a_value_is_listed_not_drawn(tmp_path):
+    # A client's SQL may complete a trial without a value row (or delete it): the report lists
+    # the trial with no value and places only the others.
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    study = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    for v in (0.5, 0.9, 0.1):
+        study.add_trial(optuna.trial.create_trial(params={"x": v}, distributions=dist, value=v))
+    conn = sqlite3.connect(tmp_path / "db.sqlite")
+    conn.execute("DELETE FROM trial_values WHERE trial_id = 1")
+    conn.commit()
+    conn.close()
+    written = writer.write_report(_read_only(url), "s", out_dir=tmp_path / "out")
+    assert (written.best_number, written.best_value) == (1, 0.9)
+    rows = {r["number"]: r for r in csv.DictReader((tmp_path / "out" / "trials.csv").open())}
+    assert rows["0"]["value"] == "" and rows["1"]["value"] == "0.9"
+
+
 def test_a_heatmap_of_many_cells_carries_no_per_cell_text(tmp_path, monkeypatch):
     texts = []
     real = matplotlib.axes.Axes.text
