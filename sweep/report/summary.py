@@ -4,8 +4,9 @@ trials as an aligned text table.
 Light on purpose (optuna, no matplotlib), so that ``sweep status`` answers at once; the report
 (``sweep.report.writer``) orders its tables the same way, from here.
 
-Both read through ``sweep.queue.status_reads`` (a few aggregate statements, never trial by
-trial) and shape what it returns: the status line's counts, the study's kind, the table's rows.
+``sweep status`` reads through ``sweep.queue.status_reads`` (a few aggregate statements, never
+trial by trial) and shapes what it returns: the line's counts, the study's kind. The table reads
+its trials through optuna, with a limit only the ones it shows (``status_reads`` picks them).
 The command's start-up is kept to what it reads with: no training code, boto3 or alembic
 (``sweep.queue.storage.open_reader``, tests/sweep/test_startup.py); at 10⁵ trials on PostgreSQL
 it took 0.65 s in all (1.2 s before, same machine, load ~2).
