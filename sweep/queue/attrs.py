@@ -6,7 +6,11 @@ also write them, so a value is read back as untrusted JSON (``attr``).
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any
+
+from optuna.distributions import BaseDistribution, json_to_distribution
 
 from sweep.queue.tables import decoded
 
@@ -34,3 +38,35 @@ def attr(text: str | None, kind: type, default: Any) -> Any:
     """A JSON attribute another client may have written: ``default`` unless it is a ``kind``."""
     value = decoded(text)
     return value if isinstance(value, kind) else default
+
+
+def stored_param(value: Any, distribution: Any) -> tuple[Any, BaseDistribution] | None:
+    """A trial parameter as any client stored it (a ``trial_params`` row's number and its
+    distribution's JSON), as optuna shows it: ``(value, distribution)``, the value in the
+    distribution's terms (a categorical's choice, not its index). None where optuna would not
+    have stored it so (SQL wrote it): a number that is not finite (NULL, NaN, text), a
+    distribution optuna cannot parse, or a number it has no value for (an index past a
+    categorical's choices).
+
+    One policy for every reader (a grid's coverage, the report, ``sweep status``): such a
+    parameter is left out, as if it had never been set. A guess misleads each of them: a
+    grid point taken as trained because a broken row held its number, a categorical's index
+    shown as if it were its choice. The errors caught are those optuna's parser raises on
+    bad input, found by tests/sweep/test_stored_param.py (an integer bound of ``1e999``
+    overflows, a float step past ``Decimal``'s range is an ``InvalidOperation``).
+    """
+    try:
+        if not math.isfinite(value):
+            return None
+        parsed = _distribution(distribution)
+        return parsed.to_external_repr(value), parsed
+    except (ValueError, TypeError, LookupError, ArithmeticError, RecursionError):
+        return None
+
+
+@functools.lru_cache(maxsize=256)
+def _distribution(text: str) -> BaseDistribution:
+    """A stored distribution, parsed once per text: a study's parameters share a few texts,
+    and a report of 10⁵ trials would otherwise parse one per row. Distributions are never
+    changed once made, so readers may share them."""
+    return json_to_distribution(text)

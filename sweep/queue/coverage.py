@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +27,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from sweep.queue import tables as tb
-from sweep.queue.attrs import FAIL_REASON, FIXED, RUN_TAG, attr
+from sweep.queue.attrs import FAIL_REASON, FIXED, RUN_TAG, attr, stored_param
 from sweep.queue.tables import trials
 
 _LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
@@ -126,24 +125,18 @@ def done_points(conn: Any, study_id: int, points: Sequence[dict[str, Any]]) -> i
 
 
 def stored_params(conn: Any, trial_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-    """The parameters these trials ran with (made by another client, or chosen by a sampler:
-    no fixed parameters); a parameter whose stored distribution optuna cannot read, or whose
-    value is not a number (NULL, NaN: written by SQL), is left out."""
-    from optuna.distributions import json_to_distribution
-
+    """The parameters these trials ran with, as optuna shows them, in the order they were set
+    (a trial another client made, or whose parameters a sampler chose; ``sweep status``'s best
+    trials); a parameter stored badly is left out (``attrs.stored_param``)."""
     p = tb.params
     stored: dict[int, dict[str, Any]] = {}
     for chunk in chunks(trial_ids):
         for tid, name, value, dist in conn.execute(
-            sqlalchemy.select(
-                p.c.trial_id, p.c.param_name, p.c.param_value, p.c.distribution_json
-            ).where(p.c.trial_id.in_(chunk))
-        ):
-            try:
-                if not math.isfinite(value):
-                    continue
-                external = json_to_distribution(dist).to_external_repr(value)
-            except (ValueError, TypeError, KeyError, IndexError, AttributeError):
-                continue  # written by SQL, not by optuna
-            stored.setdefault(tid, {})[name] = external
+            sqlalchemy.select(p.c.trial_id, p.c.param_name, p.c.param_value,
+                              p.c.distribution_json)
+            .where(p.c.trial_id.in_(chunk)).order_by(p.c.param_id)
+        ):  # fmt: skip
+            param = stored_param(value, dist)
+            if param is not None:
+                stored.setdefault(tid, {})[name] = param[0]
     return stored

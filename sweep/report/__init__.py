@@ -1,6 +1,7 @@
-"""Everything a report or ``sweep status`` reads and draws, from the database alone: the
-status summary, values any client stored read as untrusted input, the report's narrow trial
-records, the report folder and its figures.
+"""Everything a report or ``sweep status`` shows and draws, from the database alone: the
+status summary, values any client stored read as untrusted input, how a trial is shown, the
+report folder and its figures. What they read, and the SQL that reads it, is the queue's
+(``sweep.queue.status_reads``, ``sweep.queue.report_reads``).
 
 Import the module you need (``from sweep.report.writer import write_report``): the package
 re-exports nothing, so that ``sweep status`` (``summary``) never loads matplotlib

@@ -4,8 +4,9 @@ Above ``LARGE`` finished trials a report stops listing and drawing every trial (
 rows is read by nobody, and one line per trial is a blot): ``report.md`` shows the ``TOP`` best
 trials, the value's quantiles and each parameter's buckets, and says that ``trials.csv`` holds
 every trial; learning curves are read for an even sample of ``CURVES`` trials and the
-``BEST_CURVES`` best only (``sweep.report.records.read_curves``). Smaller studies keep the full
-report. Pure functions of the trials (``sweep.report.records.Record`` or optuna's ``FrozenTrial``).
+``BEST_CURVES`` best only (``sweep.queue.report_reads.read_curves``). Smaller studies keep the
+full report. Pure functions of the trials (``sweep.queue.report_reads.Record`` or optuna's
+``FrozenTrial``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The report's figures: pure functions from plain data to a PNG file.
+"""The figures of a report (and of ``sweep gradcheck``): pure functions from plain data to a
+PNG file.
 
 A large study's figures (``sweep.report.digest`` decides when) summarise instead of drawing every
 trial: ``binned`` for values over trials or time, ``curve_bands`` for learning curves,

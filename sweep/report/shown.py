@@ -2,7 +2,7 @@
 configuration and note, and a Markdown table's cells.
 
 Shared by the report (``sweep.report.writer``) and its figures (``sweep.report.drawn``); takes
-sweep's narrow records (``sweep.report.records.Record``) or optuna's whole trials alike.
+sweep's narrow records (``sweep.queue.report_reads.Record``) or optuna's whole trials alike.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.queue.operations import why_failed
-from sweep.report.records import Record
+from sweep.queue.report_reads import Record
 from sweep.report.stored import count, printable, series
 
 #: What the report reads a trial as: sweep's own narrow record, or optuna's whole trial (the
@@ -24,8 +24,11 @@ Trial = Record | FrozenTrial
 
 def finished(trials: Sequence[Trial]) -> list[Trial]:
     """The complete trials with a finite value: the ones a figure can place (another client
-    may have stored inf)."""
-    return [t for t in trials if t.state == TrialState.COMPLETE and math.isfinite(t.value)]
+    may have stored inf, or, in SQL, completed a trial without a value)."""
+    return [
+        t for t in trials
+        if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
+    ]  # fmt: skip
 
 
 def varying(done: Sequence[Trial]) -> list[str]:

@@ -1,9 +1,10 @@
 """What any client stored on a study, read as untrusted input.
 
 The study database is shared: optuna-dashboard, the ``optuna`` CLI and any script can write a
-study's attributes and name. Everything sweep shows from it goes through here: whether a study
-is sweep's own (its stored spec validates), numbers that are finite numbers, text that stays on
-one line (``sweep.text.printable``, re-exported here).
+study's attributes and name. What sweep shows from it is judged here: whether a study is
+sweep's own (its stored spec validates), numbers that are finite numbers, text that stays on one
+line (``sweep.text.printable``, re-exported here). A stored parameter is judged where it is read
+(``sweep.queue.attrs.stored_param``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
 from sweep.errors import SpecError
-from sweep.queue.operations import SPEC
+from sweep.queue.attrs import SPEC
 from sweep.study.spec import METRIC, StudySpec, stored_spec
 from sweep.text import printable
 

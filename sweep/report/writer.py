@@ -4,7 +4,7 @@ Reads only the database (never trains), so it works on a study still running or 
 another host. Writes ``report.md`` (figures embedded by relative path), ``trials.csv`` and PNG
 figures with stable names.
 
-Trials are read narrowly (``sweep.report.records``: what the report shows, curves only for the
+Trials are read narrowly (``sweep.queue.report_reads``: what the report shows, curves only for the
 trials drawn), and a study of more than ``digest.LARGE`` finished trials is summarised rather than
 listed (``sweep.report.digest``): its best trials, quantiles and per-parameter buckets in
 ``report.md``, binned figures, and every trial still in ``trials.csv``. At 10⁵ trials the
@@ -26,8 +26,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.errors import SweepError
+from sweep.queue import report_reads
 from sweep.queue.storage import mask_password, study_names
-from sweep.report import digest, digest_figures, drawn, records
+from sweep.report import digest, digest_figures, drawn
 from sweep.report.shown import (
     Trial,
     cell,
@@ -128,7 +129,7 @@ def write_report(
     study = load_study(storage, study_name)
     multi = len(study.directions) > 1
     if multi:  # another client's, reported by optuna's own reading (its Pareto front)
-        chars = records.attribute_chars(storage, study._study_id)
+        chars = report_reads.attribute_chars(storage.engine, study._study_id)
         if chars > MAX_OPTUNA_READ:  # optuna reads them whole: 4 GB for 2 GB of them
             raise SweepError(
                 f"study {printable(study_name, 200)!r} has several objectives and its trials "
@@ -138,7 +139,7 @@ def write_report(
         trials: list[Trial] = [t for t in study.get_trials(deepcopy=False)
                                if t.state != TrialState.WAITING]  # fmt: skip
     else:
-        trials = list(records.read(storage, study._study_id))
+        trials = list(report_reads.read(storage.engine, study._study_id))
     if not trials:
         raise SweepError(f"study {study_name!r} has no trials yet; run it with `sweep run`")
     kind = study_kind(study.user_attrs, study.directions, study.metric_names)
@@ -155,7 +156,8 @@ def write_report(
     large = digest.is_large(trials)
     top = digest.best(finished(trials), digest.TOP, maximize=kind.maximize) if large else None
     # learning curves only for the trials drawn: every one of a small study
-    records.read_curves(storage, digest.curve_trials(trials, top) if top is not None else trials)
+    drawn_trials = digest.curve_trials(trials, top) if top is not None else trials
+    report_reads.read_curves(storage.engine, drawn_trials)
     write_csv(trials, out_dir / "trials.csv", maximize=kind.maximize)
     colour = drawn.draw(study, trials, kind, out_dir, files, top)
     sections = []

@@ -19,8 +19,9 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from sweep.errors import SweepError
+from sweep.queue import report_reads
 from sweep.queue.storage import open_storage
-from sweep.report import digest, digest_figures, figures, records, writer
+from sweep.report import digest, digest_figures, figures, writer
 from tests.bench.bigstudy import build
 from tests.sweep.helpers import run_cli
 
@@ -135,8 +136,8 @@ def test_a_small_study_reads_every_curve(tmp_path):
 
 def test_unreadable_attributes_and_parameters_read_as_absent(tmp_path):
     # Another client may write any text: non-JSON attributes, a distribution that does not
-    # parse, infinite values. None of it stops the read; each reads as absent or as optuna
-    # decodes it.
+    # parse, a parameter that is no number, infinite values. None of it stops the read; each
+    # reads as absent or as optuna decodes it.
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     study = optuna.create_study(study_name="s", storage=url, direction="maximize")
     dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
@@ -146,16 +147,35 @@ def test_unreadable_attributes_and_parameters_read_as_absent(tmp_path):
     conn = sqlite3.connect(tmp_path / "db.sqlite")
     conn.execute("UPDATE trial_user_attributes SET value_json = 'not json' WHERE trial_id = 1")
     conn.execute("UPDATE trial_params SET distribution_json = '{' WHERE trial_id = 2")
+    conn.execute("UPDATE trial_params SET param_value = NULL WHERE trial_id = 3")
     conn.execute("INSERT INTO trial_user_attributes (trial_id, key, value_json) "
                  "VALUES (3, 'seconds', ?)", (json.dumps([1, 2]),))  # fmt: skip
     conn.commit()
     conn.close()
-    read = records.read(_read_only(url), study._study_id)
+    read = report_reads.read(_read_only(url).engine, study._study_id)
     assert [r.value for r in read] == [0.5, float("inf"), float("-inf")]
     assert read[0].user_attrs == {} and read[0].params == {"x": 0.2}
     assert read[1].params == {} and read[1].user_attrs == {"n_params": 7}
-    assert read[2].user_attrs == {"n_params": 7, "seconds": [1, 2]}
+    assert read[2].user_attrs == {"n_params": 7, "seconds": [1, 2]} and read[2].params == {}
     assert all(r.state == TrialState.COMPLETE for r in read)
+
+
+def test_a_complete_trial_without_a_value_is_listed_not_drawn(tmp_path):
+    # A client's SQL may complete a trial without a value row (or delete it): the report lists
+    # the trial with no value and places only the others.
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    study = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    for v in (0.5, 0.9, 0.1):
+        study.add_trial(optuna.trial.create_trial(params={"x": v}, distributions=dist, value=v))
+    conn = sqlite3.connect(tmp_path / "db.sqlite")
+    conn.execute("DELETE FROM trial_values WHERE trial_id = 1")
+    conn.commit()
+    conn.close()
+    written = writer.write_report(_read_only(url), "s", out_dir=tmp_path / "out")
+    assert (written.best_number, written.best_value) == (1, 0.9)
+    rows = {r["number"]: r for r in csv.DictReader((tmp_path / "out" / "trials.csv").open())}
+    assert rows["0"]["value"] == "" and rows["1"]["value"] == "0.9"
 
 
 def test_a_heatmap_of_many_cells_carries_no_per_cell_text(tmp_path, monkeypatch):
@@ -227,7 +247,7 @@ def test_an_attribute_of_50_mb_is_measured_not_read(tmp_path, caplog):
     storage = _read_only(url)
     tracemalloc.start()
     try:
-        read = records.read(storage, study_id)
+        read = report_reads.read(storage.engine, study_id)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -238,9 +258,9 @@ def test_an_attribute_of_50_mb_is_measured_not_read(tmp_path, caplog):
 
 
 def test_an_attribute_just_under_the_limit_is_read(tmp_path):
-    url, study_id = _one_trial_with(tmp_path, records.MAX_VALUE_CHARS - 2)  # and its quotes
-    (read,) = records.read(_read_only(url), study_id)
-    assert len(read.user_attrs["config"]) == records.MAX_VALUE_CHARS - 2
+    url, study_id = _one_trial_with(tmp_path, report_reads.MAX_VALUE_CHARS - 2)  # and its quotes
+    (read,) = report_reads.read(_read_only(url).engine, study_id)
+    assert len(read.user_attrs["config"]) == report_reads.MAX_VALUE_CHARS - 2
 
 
 def test_a_study_of_several_objectives_is_refused_past_what_optuna_would_read(

@@ -287,11 +287,18 @@ def test_odd_values_written_by_another_client_do_not_crash_status(tmp_path, stor
         storage_url,
         "UPDATE study_user_attributes SET value_json = '{not json' WHERE key = 'spec'",
         "UPDATE study_system_attributes SET value_json = '5' WHERE key = 'study:metric_names'",
-        # the best trial of "ours" gets a value that is no number and a broken distribution
+        # the best trial of "ours" gets a value that is no number; the next best a broken
+        # distribution and a parameter that is no number
         f"UPDATE trial_values SET value = {nan} WHERE trial_id = (SELECT trial_id FROM trials "
         "WHERE study_id = 1 AND number = 6)",
-        "UPDATE trial_params SET distribution_json = '{}' WHERE trial_id = (SELECT trial_id "
-        "FROM trials WHERE study_id = 1 AND number = 7)",
+        "UPDATE trial_params SET distribution_json = '{}' WHERE param_name = 'act' AND "
+        "trial_id = (SELECT trial_id FROM trials WHERE study_id = 1 AND number = 7)",
+        f"UPDATE trial_params SET param_value = {nan} WHERE param_name = 'learning_rate' AND "
+        "trial_id = (SELECT trial_id FROM trials WHERE study_id = 1 AND number = 7)",
+        # and a distribution optuna's parser overflows on (its integer bounds)
+        'UPDATE trial_params SET distribution_json = \'{"name": "IntDistribution", '
+        '"attributes": {"low": 1e999, "high": 1e999}}\' WHERE trial_id = (SELECT '
+        "trial_id FROM trials WHERE study_id = 2 AND number = 1)",
     )
     if storage_url.startswith("sqlite"):  # no enum types in SQLite: anything goes
         run_sql(
@@ -304,7 +311,9 @@ def test_odd_values_written_by_another_client_do_not_crash_status(tmp_path, stor
     ours, theirs, edge, *_ = summary.status(_reader(storage_url))
     assert not ours.kind.sweep  # its spec is no longer readable
     assert ours.best.number == 7 and ours.best.value == 99.5
-    assert ours.best.params["act"] == 1.0  # the stored index: its distribution is unreadable
+    # a parameter stored badly is left out, as the report and the grid's coverage leave it
+    assert ours.best.params == {"hidden_1": 23}
+    assert theirs.best.number == 1 and theirs.best.params == {}
     if storage_url.startswith("sqlite"):
         assert list(theirs.counts.items()) == [("complete", 3), ("zombie", 1)]
         assert edge.best is not None

@@ -1,17 +1,17 @@
-"""A study's trials as the report reads them: a few narrow SQL reads into plain records.
+"""A study's trials as a report reads them: a few narrow SQL reads into plain records.
 
 optuna's ``get_trials`` builds every trial whole (each attribute, system attribute and
 intermediate value, through the ORM): 17 s of the 45 s a report of 10⁴ trials took, and most
 of a 10⁵-trial report. The report needs less: each trial's state, value, parameters and the few
 user attributes it shows, and learning curves only for the trials it draws. This module reads
-exactly that with SQLAlchemy Core on optuna's tables (``sweep.queue.tables``), in read-only
-transactions, and decodes it the way optuna does (its distributions' external values, its
-value encoders for ±inf and NaN).
+exactly that with SQLAlchemy Core on optuna's tables (``sweep.queue.tables``), each read in one
+read-only transaction (``sweep.queue.transactions.reading``), and decodes it the way optuna
+does (its distributions' external values, its value encoders for ±inf and NaN).
 
 Everything read stays untrusted: an attribute that is not JSON, or longer than
 ``MAX_VALUE_CHARS`` (one warning says how many), reads as absent, like one that was never
-written; a parameter whose distribution does not parse is left out; values are optuna's
-decoding of what is stored (±inf and NaN included, for ``sweep.report.stored`` to judge).
+written; a parameter stored badly is left out (``sweep.queue.attrs.stored_param``); values are
+optuna's decoding of what is stored (±inf and NaN included, for ``sweep.report.stored`` to judge).
 A trial that finishes between two reads appears in the later one only: records are keyed by
 trial id, and rows of a trial the first read did not see are ignored.
 """
@@ -27,12 +27,12 @@ from typing import Any
 
 import sqlalchemy
 from optuna import distributions as dists
-from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
 from optuna.trial import TrialState
 
 from sweep.queue import tables as tb
-from sweep.queue.transactions import READ_ONLY
+from sweep.queue.attrs import stored_param
+from sweep.queue.transactions import reading
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +67,6 @@ class Record:
     last_step: int | None = None  # a pruned trial's last reported step, read without its curve
 
 
-def _read_only(storage: RDBStorage) -> sqlalchemy.Connection:
-    return storage.engine.connect().execution_options(**{READ_ONLY: True})
-
-
 def _in_study(table: sqlalchemy.Table, study_id: int) -> sqlalchemy.Select:
     """The rows of ``table`` (a per-trial table) whose trial is in the study and not queued."""
     t = tb.trials
@@ -81,7 +77,7 @@ def _in_study(table: sqlalchemy.Table, study_id: int) -> sqlalchemy.Select:
     )
 
 
-def read(storage: RDBStorage, study_id: int) -> list[Record]:
+def read(engine: sqlalchemy.engine.Engine, study_id: int) -> list[Record]:
     """Every trial of the study except the queued (WAITING) ones, by number, with its first
     objective value, parameters and the user attributes in ``ATTRS``; no learning curves
     (``read_curves`` reads those for the trials that are drawn)."""
@@ -107,25 +103,18 @@ def read(storage: RDBStorage, study_id: int) -> list[Record]:
         .where(u.c.key.in_(ATTRS))
     )  # fmt: skip
     decode = models.TrialValueModel.stored_repr_to_value
-    with _read_only(storage) as conn:
+    with reading(engine) as conn:
         records = {
             tid: Record(
                 tid, number, state, None if kind is None else decode(value, kind), start, done
             )
             for tid, number, state, start, done, value, kind in conn.execute(head)
         }
-        parsed: dict[str, dists.BaseDistribution | None] = {}
         for tid, name, value, text in conn.execute(params):
             record = records.get(tid)
-            if record is None:
-                continue
-            if text not in parsed:
-                parsed[text] = _distribution(text)
-            dist = parsed[text]
-            external = _external(dist, value)
-            if dist is not None and external is not _ABSENT:
-                record.params[name] = external
-                record.distributions[name] = dist
+            param = stored_param(value, text)
+            if record is not None and param is not None:
+                record.params[name], record.distributions[name] = param
         s = tb.steps
         last = (
             sqlalchemy.select(s.c.trial_id, sqlalchemy.func.max(s.c.step))
@@ -153,11 +142,11 @@ def read(storage: RDBStorage, study_id: int) -> list[Record]:
     return list(records.values())
 
 
-def attribute_chars(storage: RDBStorage, study_id: int) -> int:
+def attribute_chars(engine: sqlalchemy.engine.Engine, study_id: int) -> int:
     """How many characters the study's trials hold in attributes (user and system), measured
     by the database: what optuna's ``get_trials`` would read whole."""
     total = 0
-    with _read_only(storage) as conn:
+    with reading(engine) as conn:
         for table in (tb.user_attrs, tb.system_attrs):
             size = sqlalchemy.func.coalesce(sqlalchemy.func.sum(
                 sqlalchemy.func.length(table.c.value_json)), 0)  # fmt: skip
@@ -165,7 +154,7 @@ def attribute_chars(storage: RDBStorage, study_id: int) -> int:
     return int(total)
 
 
-def read_curves(storage: RDBStorage, records: Iterable[Record]) -> None:
+def read_curves(engine: sqlalchemy.engine.Engine, records: Iterable[Record]) -> None:
     """Fill ``intermediate_values`` of ``records`` (only those), in statements of at most
     ``_CHUNK`` trial ids."""
     by_id = {r.trial_id: r for r in records}
@@ -176,7 +165,7 @@ def read_curves(storage: RDBStorage, records: Iterable[Record]) -> None:
     ).where(s.c.trial_id.in_(ids))
     decode = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value
     chunks = list(by_id)
-    with _read_only(storage) as conn:
+    with reading(engine) as conn:
         for i in range(0, len(chunks), _CHUNK):
             for tid, step, value, kind in conn.execute(query, {"ids": chunks[i : i + _CHUNK]}):
                 by_id[tid].intermediate_values[step] = decode(value, kind)
@@ -192,20 +181,4 @@ def _json(text: Any) -> Any:
     try:
         return json.loads(text)
     except (TypeError, ValueError, RecursionError):
-        return _ABSENT
-
-
-def _distribution(text: Any) -> dists.BaseDistribution | None:
-    try:
-        return dists.json_to_distribution(text)
-    except Exception:
-        return None
-
-
-def _external(dist: dists.BaseDistribution | None, value: Any) -> Any:
-    if dist is None:
-        return _ABSENT
-    try:
-        return dist.to_external_repr(value)
-    except Exception:
         return _ABSENT
