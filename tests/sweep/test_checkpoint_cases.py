@@ -221,7 +221,7 @@ def test_a_checkpoint_is_named_in_the_database_before_its_bytes_are_written(tmp_
 def test_what_a_trial_that_died_for_good_left_is_deleted_and_a_requeued_ones_kept(
     tmp_path, retries
 ):
-    from sweep.trial.cleanup import clear_dead
+    from sweep.trial.cleanup import clear_ended
 
     folder, store, storage, study, worker, trial_id = _claimed(tmp_path)
     model, config, _ = _state(tmp_path, momentum=0.0)
@@ -231,7 +231,7 @@ def test_what_a_trial_that_died_for_good_left_is_deleted_and_a_requeued_ones_kep
     [saved] = [p.name for p in folder.iterdir()]
     # Its worker dies: with max_retries 1 for good, else it is handed on with its checkpoint.
     assert operations.abandon_run(storage, study._study_id, "r", max_retries=retries) == [0]
-    clear_dead(store, storage, study._study_id)
+    clear_ended(store, storage, study._study_id)
     names = [k for k in storage.get_trial(trial_id).system_attrs if k.startswith("artifacts:")]
     if retries == 1:
         assert not list(folder.iterdir()) and names == []
