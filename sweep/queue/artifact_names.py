@@ -45,10 +45,10 @@ def named(
     return [(owner, key[len(tb.ARTIFACT_PREFIX) :]) for owner, key in rows]
 
 
-def ended_naming(engine: sqlalchemy.engine.Engine, study_id: int) -> list[int]:
-    """The ids of the study's trials that ended for good and still name an artifact: COMPLETE,
-    PRUNED, or FAIL with a ``fail_reason`` (its own result, or its workers died ``max_retries``
-    times). A FAIL without one was handed on: its successor owns what it names.
+def ended_naming(engine: sqlalchemy.engine.Engine, study_id: int) -> list[tuple[int, str]]:
+    """(trial id, artifact id) of every artifact named on the study's trials that ended for good:
+    COMPLETE, PRUNED, or FAIL with a ``fail_reason`` (its own result, or its workers died
+    ``max_retries`` times). A FAIL without one was handed on: its successor owns what it names.
 
     One pass over the trials' system attributes for the few that name an artifact, then the
     queue index: 60–160 ms on a loaded machine at 10⁵ trials on SQLite, where a probe of each
@@ -64,8 +64,14 @@ def ended_naming(engine: sqlalchemy.engine.Engine, study_id: int) -> list[int]:
         sqlalchemy.or_(trials.c.state != TrialState.FAIL, reason),
         trials.c.trial_id.in_(naming),
     )
+    rows = []
     with reading(engine) as conn:
-        return list(conn.execute(query).scalars())
+        ended = list(conn.execute(query).scalars())
+        for start in range(0, len(ended), MOST_PREDECESSORS):  # (bounded statements)
+            owners = system.c.trial_id.in_(ended[start : start + MOST_PREDECESSORS])
+            names = sqlalchemy.select(system.c.trial_id, system.c.key)
+            rows += conn.execute(names.where(owners, _is_name(system.c.key))).all()
+    return [(owner, key[len(tb.ARTIFACT_PREFIX) :]) for owner, key in rows]
 
 
 def retry_history(

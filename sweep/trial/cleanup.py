@@ -33,7 +33,7 @@ import optuna
 from sweep.queue import artifact_names
 from sweep.queue.operations import CHECKPOINT, RETRY_HISTORY, pointer
 from sweep.queue.storage import root_message
-from sweep.queue.study_attr import swap_study_attr
+from sweep.queue.study_attr import study_attrs, swap_study_attr
 from sweep.queue.tables import decoded
 from sweep.study.joining import rdb_of
 from sweep.trial.artifacts import SWEEP_FORM, is_sweep_id, remove, shown
@@ -97,14 +97,24 @@ def _end(
 
 
 def clear_ended(store: ArtifactStore, storage: RDBStorage, study_id: int) -> None:
-    """Finish the ends of the study's trials that ended and still name an artifact
-    (``artifact_names.ended_naming``): a worker killed during a trial's end, or between
-    ``study.tell`` and it, left them unfinished; the workers of a FAIL with a ``fail_reason``
-    died ``max_retries`` times, and no successor ends it. Each is ended as ``trial_ended``
-    ends a trial. Never raises."""
+    """Finish the ends of the study's trials that ended and still name an artifact of sweep's
+    form other than the ``best_model`` (``artifact_names.ended_naming``): a worker killed
+    during a trial's end, or between ``study.tell`` and it, left them unfinished; the workers of
+    a FAIL with a ``fail_reason`` died ``max_retries`` times, and no successor ends it. Each is
+    ended as ``trial_ended`` ends a trial. (A name of another form was warned of at the trial's
+    end and stays.) Never raises."""
     try:
-        maximize = storage.get_study_directions(study_id) == [optuna.study.StudyDirection.MAXIMIZE]
-        for trial_id in artifact_names.ended_naming(storage.engine, study_id):
+        named = artifact_names.ended_naming(storage.engine, study_id)
+        kept = pointer(decoded(study_attrs(storage.engine, study_id, [BEST_MODEL]).get(BEST_MODEL)))
+        best = kept["artifact_id"] if kept is not None else None
+        left = sorted(
+            {owner for owner, artifact in named if is_sweep_id(artifact) and artifact != best}
+        )
+        if not left:
+            return
+        directions = storage.get_study_directions(study_id)
+        maximize = directions == [optuna.study.StudyDirection.MAXIMIZE]
+        for trial_id in left:
             _end(store, storage, study_id, storage.get_trial(trial_id), maximize=maximize)
     except Exception as e:
         logger.warning("clean-up of the trials that ended failed: %s", root_message(e))
