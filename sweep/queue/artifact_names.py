@@ -18,8 +18,9 @@ from sweep.queue import tables as tb
 from sweep.queue.attrs import FAIL_REASON, RETRY_HISTORY
 from sweep.queue.transactions import reading, writing
 
-#: At most this many dead trials' numbers in one query (a ``retry_history`` is anyone's list).
-MOST_PREDECESSORS = 1000
+#: At most this many ids or numbers in one statement's IN list: a ``retry_history`` is anyone's
+#: list, and a database binds a bounded number of parameters.
+MOST_IDS = 1000
 
 
 def _is_name(key: Any) -> Any:
@@ -31,12 +32,12 @@ def named(
 ) -> list[tuple[int, str]]:
     """(trial id, artifact id) of every artifact named on trial ``trial_id`` (if not None: the
     caller knows it is the study's) and on the study's trials numbered ``numbers`` (the first
-    ``MOST_PREDECESSORS`` of them)."""
+    ``MOST_IDS`` of them)."""
     attrs, trials = tb.system_attrs, tb.trials
     owners = attrs.c.trial_id == trial_id if trial_id is not None else sqlalchemy.false()
     if numbers:
         dead = sqlalchemy.select(trials.c.trial_id).where(
-            trials.c.study_id == study_id, trials.c.number.in_(numbers[:MOST_PREDECESSORS])
+            trials.c.study_id == study_id, trials.c.number.in_(numbers[:MOST_IDS])
         )
         owners = sqlalchemy.or_(owners, attrs.c.trial_id.in_(dead))
     query = sqlalchemy.select(attrs.c.trial_id, attrs.c.key).where(owners, _is_name(attrs.c.key))
@@ -67,8 +68,8 @@ def ended_naming(engine: sqlalchemy.engine.Engine, study_id: int) -> list[tuple[
     rows = []
     with reading(engine) as conn:
         ended = list(conn.execute(query).scalars())
-        for start in range(0, len(ended), MOST_PREDECESSORS):  # (bounded statements)
-            owners = system.c.trial_id.in_(ended[start : start + MOST_PREDECESSORS])
+        for start in range(0, len(ended), MOST_IDS):
+            owners = system.c.trial_id.in_(ended[start : start + MOST_IDS])
             names = sqlalchemy.select(system.c.trial_id, system.c.key)
             rows += conn.execute(names.where(owners, _is_name(system.c.key))).all()
     return [(owner, key[len(tb.ARTIFACT_PREFIX) :]) for owner, key in rows]
