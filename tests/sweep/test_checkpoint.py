@@ -384,7 +384,7 @@ def _offer(url: str, study_id: int, first: int, step: int, barrier) -> None:
     rdb = open_storage(url)
     keep_best(rdb, study_id, {"artifact_id": "warm", "trial": 0, "value": 0.0})  # connected
     barrier.wait()
-    for value in range(first, 4000, step):
+    for value in range(first, 2000, step):
         keep_best(rdb, study_id, {"artifact_id": f"a{value}", "trial": value, "value": value})
 
 
@@ -410,10 +410,10 @@ def test_keep_best_keeps_the_better_model(storage_url):
     for p in procs:
         p.start()
     for p in procs:
-        p.join(60)
+        p.join(600)  # a guard against a hang, not a speed limit: under load a worker took > 60 s
         assert p.exitcode == 0
     stored = rdb.get_study_system_attrs(sid)[BEST_MODEL]
-    assert stored["value"] == 3999 and stored["artifact_id"] == "a3999"
+    assert stored["value"] == 1999 and stored["artifact_id"] == "a1999"
 
 
 def test_keep_best_waits_for_the_study_lock(postgres_server):
