@@ -42,6 +42,7 @@ from sweep.study.joining import grid_left, open_study, rdb_of, recover, top_up, 
 from sweep.study.spec import StudySpec
 from sweep.trial.artifacts import study_store
 from sweep.trial.checkpoint import policy as checkpoint_policy
+from sweep.trial.cleanup import clear_ended
 from sweep.trial.objective import load_data
 from sweep.worker import POLL_S, work
 
@@ -163,12 +164,13 @@ def run(
     if trials is not None:
         spec = dataclasses.replace(spec, trials=trials)
     load_data(spec)  # a missing or corrupt dataset is reported before anything is stored
-    _, location, warning = study_store(artifacts, url)  # a bad --artifacts too
+    store, location, warning = study_store(artifacts, url)  # a bad --artifacts too
     checkpoint_policy()  # and bad $SWEEP_CHECKPOINT_* values
     try:
         study = open_study(spec, open_storage(url))
         recover(study, max_retries=spec.max_retries)
         total = top_up(study, spec)
+        clear_ended(store, rdb_of(study._storage), study._study_id)  # ends a kill cut short
     except STORAGE_ERRORS as e:
         raise storage_failure(e, url) from e
     if warning:  # once the study is known good: a refused run prints its one line only

@@ -53,7 +53,7 @@ from sweep.study.joining import (
 from sweep.study.spec import StudySpec
 from sweep.trial.artifacts import study_store
 from sweep.trial.checkpoint import policy as checkpoint_policy
-from sweep.trial.cleanup import clear_dead, trial_ended
+from sweep.trial.cleanup import clear_ended, trial_ended
 from sweep.trial.objective import Objective, TrialFailed, load_data
 
 logger = logging.getLogger(__name__)
@@ -121,12 +121,13 @@ def work(
         if launch:
             recover(study, max_retries=spec.max_retries)
             top_up(study, spec)
+            clear_ended(store, rdb_of(study._storage), study._study_id)  # ends a kill cut short
         ran = serve(
             study, Objective(spec, store), run_id=run_id, max_retries=spec.max_retries,
             on_end=functools.partial(trial_ended, store), refill=lambda: refill(study, spec),
         )  # fmt: skip
-        # The queue is empty: what the trials that died for good left is nobody's any more.
-        clear_dead(store, rdb_of(study._storage), study._study_id)
+        # The queue is empty: what the trials that ended (or died for good) left is nobody's.
+        clear_ended(store, rdb_of(study._storage), study._study_id)
         if launch and spec.sampler == "grid":  # a launcher's last word (see sweep.runner)
             done, total = grid_left(study, spec)
             if done < total:

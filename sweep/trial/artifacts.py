@@ -1,7 +1,7 @@
 """A study's artifact store: where it is and opening it.
 
-Checkpoints and the best model (``sweep.trial.checkpoint``) live in an optuna artifact store: a
-folder (``FileSystemArtifactStore``) beside a SQLite database by default (``runs/sweep.db`` →
+Checkpoints and models (``sweep.trial.checkpoint``, ``sweep.trial.best``) live in an optuna
+artifact store: a folder beside a SQLite database by default (``runs/sweep.db`` →
 ``runs/artifacts/``), else ``--artifacts`` or ``$SWEEP_ARTIFACTS``: a folder,
 ``file:///folder`` or ``s3://bucket/prefix`` (boto3's own settings: ``AWS_*`` variables or
 ``~/.aws``; ``AWS_ENDPOINT_URL_S3`` for MinIO and other S3-compatible servers). Like the data

@@ -33,24 +33,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
-import sqlalchemy
 from optuna.artifacts import download_artifact
 from optuna.trial import TrialState
 
 from sweep.errors import SpecError, StorageError, SweepError
-from sweep.queue import tables as tb
+from sweep.queue.artifact_names import forget_on_study
 from sweep.queue.operations import SPEC, pointer
 from sweep.queue.storage import root_message
+from sweep.queue.study_attr import study_attrs, swap_study_attr
+from sweep.queue.tables import ARTIFACT_PREFIX, decoded
 from sweep.report.stored import number, printable
 from sweep.study.joining import rdb_of
 from sweep.study.spec import StudySpec, stored_spec
 from sweep.trial import artifacts
-from sweep.trial.cleanup import BEST_MODEL, swap_study_attr
+from sweep.trial.cleanup import BEST_MODEL
 from sweep.trial.objective import build_model_and_config, settings_of, trial_seed
 
 if TYPE_CHECKING:
     from optuna.artifacts._protocol import ArtifactStore
-    from optuna.storages import RDBStorage
 
     from mlp import MLP
 
@@ -188,49 +188,34 @@ def _replace_evaluated(
     try:
         backend = rdb_of(study._storage)
         encoded = json.dumps(record)
-        swapped = swap_study_attr(backend, study._study_id, EVALUATED_MODEL, lambda _: encoded)
+        swapped = swap_study_attr(backend.engine, study._study_id, EVALUATED_MODEL,
+                                  lambda _: encoded)  # fmt: skip
         old = _evaluated_ids(swapped)
         # Only the attributes needed, undecoded: another client's odd value elsewhere is not ours.
-        raw = _raw_attrs(
-            backend, study._study_id, [BEST_MODEL, *(tb.ARTIFACT_PREFIX + a for a in old)]
+        raw = study_attrs(
+            backend.engine, study._study_id, [BEST_MODEL, *(ARTIFACT_PREFIX + a for a in old)]
         )
     except Exception as e:  # the model is uploaded; only the old one stays
         logger.warning("could not replace the previous evaluated model: %s", _line(e))
         return
-    kept = pointer(tb.decoded(raw.get(BEST_MODEL)))
+    kept = pointer(decoded(raw.get(BEST_MODEL)))
     protected = {*ids, kept["artifact_id"] if kept is not None else None}
     gone = []
     for artifact in old:
-        if (
-            artifact in protected or tb.ARTIFACT_PREFIX + artifact not in raw
-        ):  # not uploaded to the study
+        if artifact in protected or ARTIFACT_PREFIX + artifact not in raw:  # not the study's
             continue
         if artifacts.remove(store, artifact, what="the previous evaluated model's artifact"):
-            gone.append(tb.ARTIFACT_PREFIX + artifact)
-    if gone:
-        attrs = tb.study_system_attrs
-        try:
-            with backend.engine.begin() as conn:
-                conn.execute(attrs.delete().where(attrs.c.study_id == study._study_id,
-                                                  attrs.c.key.in_(gone)))  # fmt: skip
-        except Exception as e:
-            logger.warning("could not forget the deleted artifacts %s: %s", gone, _line(e))
-
-
-def _raw_attrs(storage: RDBStorage, study_id: int, keys: list[str]) -> dict[str, str]:
-    """The study's system attributes among ``keys``, as stored (JSON text)."""
-    attrs = tb.study_system_attrs
-    query = sqlalchemy.select(attrs.c.key, attrs.c.value_json).where(
-        attrs.c.study_id == study_id, attrs.c.key.in_(keys)
-    )
-    with storage.engine.connect() as conn:
-        return {key: value for key, value in conn.execute(query)}
+            gone.append(artifact)
+    try:
+        forget_on_study(backend.engine, study._study_id, gone)
+    except Exception as e:
+        logger.warning("could not forget the deleted artifacts %s: %s", gone, _line(e))
 
 
 def _evaluated_ids(text: str | None) -> list[str]:
     """The artifact ids of an ``evaluated_model`` value (untrusted: another client may have
     written anything), each a plain name (``sweep.queue.operations.pointer``), else none."""
-    record = pointer(tb.decoded(text))
+    record = pointer(decoded(text))
     if record is None:
         return []
     sidecar = pointer({"artifact_id": record.get("sidecar_id")})

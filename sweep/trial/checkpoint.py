@@ -1,4 +1,4 @@
-"""A study's artifact store: the running trials' checkpoints and the best trial's weights.
+"""A running trial's checkpoints: written as it trains, resumed by whoever takes its work over.
 
 A trial's training state (``mlp.save_state``: weights, momentum, random generator, metrics) is
 uploaded to the study's optuna artifact store while it trains, and the latest one is named on
@@ -14,9 +14,9 @@ killed trial loses what it trained since its last checkpoint, at most about one 
     that writing takes at most that share of the training time on any model and any store.
   - Clean-up: a checkpoint's artifact is deleted once the pointer to its successor is in the
     database; a finished trial's are deleted when it ends (``sweep.trial.cleanup``), except the best
-    model's. A trial that resumes a checkpoint is claimed before any other
-    (``sweep.queue.operations``), so a study's artifacts stay within one checkpoint per running
-    worker (two while it replaces one) plus the best model.
+    model's, or, if a kill cut that end short, when the next launcher starts. A trial that resumes
+    a checkpoint is claimed before any other (``sweep.queue.operations``), so a study's artifacts
+    stay within one checkpoint per running worker (two while it replaces one) plus the best model.
 
 Each artifact is named on its trial (optuna's system attribute ``artifacts:<id>``, which
 optuna-dashboard lists) and that name committed before its bytes are written
@@ -141,11 +141,11 @@ class Checkpoints:
         self.every, self.share = policy()
 
     def resume(self, model: MLP, config: TrainConfig, data: Dataset) -> TrainState | None:
-        """The training state the trial's ``resume_from`` names, checked against ``model``,
-        ``config`` (the run it belongs to), ``self.fits`` and ``data``'s validation split (its
-        weights measured again: call it with the study's BLAS thread count), or None: nothing
-        to resume from, or it could not be used (one warning line; the trial then trains from
-        its first epoch). ``model`` keeps its weights."""
+        """The training state the trial's ``resumed_from`` names (its ``resume_from``, renamed by
+        the claim), checked against ``model``, ``config`` (the run it belongs to), ``self.fits``
+        and ``data``'s validation split (its weights measured again: call it with the study's
+        BLAS thread count), or None: nothing to resume from, or it could not be used (one
+        warning line; the trial then trains from its first epoch). ``model`` keeps its weights."""
         from mlp import CheckpointError, load_state
 
         attrs = system_attrs(self.trial)

@@ -6,6 +6,13 @@ it took over (its ``retry_history``) is deleted with its name, except its final 
 the best COMPLETE trial so far: those become the study's ``best_model`` (``keep_best``, a
 compare-and-set under the study lock), and the model they replace is deleted.
 
+A worker killed during a trial's end, or between ``study.tell`` and it, leaves that end
+unfinished: files and names of a trial that ended. ``clear_ended`` finishes the ends of every
+such trial (and of those whose workers died for good, which no successor ends); a launcher runs
+it as it starts, and every worker once the queue is empty. An end may thus run twice, even at
+once: every step of it is one a second run finds done (a file already gone counts as deleted;
+a ``best_model`` that already names the trial's weights keeps them).
+
 Sweep deletes only what sweep wrote: an artifact whose id has sweep's form
 (``sweep.trial.artifacts.is_sweep_id``) and is named ``artifacts:<id>`` on the trial it cleans up or
 on the dead trials whose work that trial took over (``owned``). A pointer (``checkpoint``,
@@ -19,16 +26,15 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import optuna
-import sqlalchemy
 
-from sweep.queue import tables as tb
-from sweep.queue.operations import CHECKPOINT, FAIL_REASON, RETRY_HISTORY, pointer
+from sweep.queue import artifact_names
+from sweep.queue.operations import CHECKPOINT, RETRY_HISTORY, pointer
 from sweep.queue.storage import root_message
-from sweep.queue.transactions import lock_study
+from sweep.queue.study_attr import study_attrs, swap_study_attr
+from sweep.queue.tables import decoded
 from sweep.study.joining import rdb_of
 from sweep.trial.artifacts import SWEEP_FORM, is_sweep_id, remove, shown
 
@@ -50,66 +56,68 @@ def trial_ended(store: ArtifactStore, study: optuna.Study, trial: optuna.trial.F
     whose work it took over (its ``retry_history``), and their names, except its final weights
     when it is the best COMPLETE trial so far (``keep_best``). Never raises."""
     try:
-        backend = rdb_of(study._storage)
-        where = f"trial {trial.number}"
-        named = _named(backend, study._study_id, trial._trial_id, predecessors(trial.system_attrs),
-                       where=where)  # fmt: skip
-        mine = pointer(trial.system_attrs.get(CHECKPOINT))
-        if CHECKPOINT in trial.system_attrs and (
-            mine is None or mine["artifact_id"] not in {a for _, a in named}
-        ):  # another client's: never kept, never deleted (its resumed_from was the resume's)
-            logger.warning("%s: its checkpoint %s: %s; left as it is", where,
-                           shown(trial.system_attrs[CHECKPOINT]), NOT_OURS)  # fmt: skip
-            mine = None
-        keep = None
-        value = trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None
-        final = mine is not None and mine.get("epoch") == trial.last_step
-        if final and value is not None and math.isfinite(value):  # (else its final upload failed)
-            keep = mine["artifact_id"]
-            maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-            best = {"artifact_id": keep, "trial": trial.number, "value": value,
-                    "trial_id": trial._trial_id}  # fmt: skip
-            kept, old = keep_best(backend, study._study_id, best, maximize=maximize)
-            if old is not None:
-                _forget_best(store, backend, study._study_id, old)
-            if not kept:
-                keep = None
-        _forget(store, backend, [(t, a) for t, a in named if a != keep])
+        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        _end(store, rdb_of(study._storage), study._study_id, trial, maximize=maximize)
     except Exception as e:  # a leftover file is not worth stopping the worker
         logger.warning("trial %d: checkpoint clean-up failed: %s", trial.number, root_message(e))
 
 
-def clear_dead(store: ArtifactStore, storage: RDBStorage, study_id: int) -> None:
-    """Delete what the study's trials that died for good left: those whose workers died
-    ``max_retries`` times (FAIL with a ``fail_reason``, and no successor, whose end would
-    have deleted it) keep the artifacts named on them and on the trials they took over. Reads
-    the study's FAIL trials that still name an artifact (through the queue's index). Never
-    raises."""
-    trials, system, user = tb.trials, tb.system_attrs, tb.user_attrs
-    named = sqlalchemy.exists().where(
-        system.c.trial_id == trials.c.trial_id,
-        system.c.key.startswith(tb.ARTIFACT_PREFIX, autoescape=True),
-    )
-    ended = sqlalchemy.exists().where(
-        user.c.trial_id == trials.c.trial_id, user.c.key == FAIL_REASON
-    )
-    history = system.alias("history")
+def _end(
+    store: ArtifactStore,
+    storage: RDBStorage,
+    study_id: int,
+    trial: optuna.trial.FrozenTrial,
+    *,
+    maximize: bool,
+) -> None:
+    """``trial_ended``'s work, which raises."""
+    where = f"trial {trial.number}"
+    named = _named(storage, study_id, trial._trial_id, predecessors(trial.system_attrs),
+                   where=where)  # fmt: skip
+    mine = pointer(trial.system_attrs.get(CHECKPOINT))
+    if CHECKPOINT in trial.system_attrs and (
+        mine is None or mine["artifact_id"] not in {a for _, a in named}
+    ):  # another client's: never kept, never deleted (its resumed_from was the resume's)
+        logger.warning("%s: its checkpoint %s: %s; left as it is", where,
+                       shown(trial.system_attrs[CHECKPOINT]), NOT_OURS)  # fmt: skip
+        mine = None
+    keep = None
+    value = trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None
+    final = mine is not None and mine.get("epoch") == trial.last_step
+    if final and value is not None and math.isfinite(value):  # (else its final upload failed)
+        keep = mine["artifact_id"]
+        best = {"artifact_id": keep, "trial": trial.number, "value": value,
+                "trial_id": trial._trial_id}  # fmt: skip
+        kept, old = keep_best(storage, study_id, best, maximize=maximize)
+        if old is not None:
+            _forget_best(store, storage, study_id, old)
+        if not kept:
+            keep = None
+    _forget(store, storage, [(t, a) for t, a in named if a != keep])
+
+
+def clear_ended(store: ArtifactStore, storage: RDBStorage, study_id: int) -> None:
+    """Finish the ends of the study's trials that ended and still name an artifact of sweep's
+    form other than the ``best_model`` (``artifact_names.ended_naming``): a worker killed
+    during a trial's end, or between ``study.tell`` and it, left them unfinished; the workers of
+    a FAIL with a ``fail_reason`` died ``max_retries`` times, and no successor ends it. Each is
+    ended as ``trial_ended`` ends a trial. (A name of another form was warned of at the trial's
+    end and stays.) Never raises."""
     try:
-        with storage.engine.connect() as conn:
-            dead = conn.execute(
-                sqlalchemy.select(trials.c.trial_id, history.c.value_json)
-                .outerjoin(history, sqlalchemy.and_(
-                    history.c.trial_id == trials.c.trial_id, history.c.key == RETRY_HISTORY))
-                .where(trials.c.study_id == study_id,
-                       trials.c.state == optuna.trial.TrialState.FAIL, ended, named)
-            ).all()  # fmt: skip
-        for trial_id, past in dead:
-            named_here = _named(storage, study_id, trial_id,
-                                predecessors({RETRY_HISTORY: tb.decoded(past)}),
-                                where=f"a trial that died for good (id {trial_id})")  # fmt: skip
-            _forget(store, storage, named_here)
+        named = artifact_names.ended_naming(storage.engine, study_id)
+        kept = pointer(decoded(study_attrs(storage.engine, study_id, [BEST_MODEL]).get(BEST_MODEL)))
+        best = kept["artifact_id"] if kept is not None else None
+        left = sorted(
+            {owner for owner, artifact in named if is_sweep_id(artifact) and artifact != best}
+        )
+        if not left:
+            return
+        directions = storage.get_study_directions(study_id)
+        maximize = directions == [optuna.study.StudyDirection.MAXIMIZE]
+        for trial_id in left:
+            _end(store, storage, study_id, storage.get_trial(trial_id), maximize=maximize)
     except Exception as e:
-        logger.warning("clean-up of the trials that died for good failed: %s", root_message(e))
+        logger.warning("clean-up of the trials that ended failed: %s", root_message(e))
 
 
 def predecessors(system_attrs: dict[str, Any]) -> list[int]:
@@ -158,20 +166,7 @@ def _named(
     (if not None: the caller knows it is the study's) and on the study's trials ``numbers``.
     A name of another form is left alone, with one warning line if ``where`` names whose
     clean-up it is."""  # fmt: skip
-    attrs, trials = tb.system_attrs, tb.trials
-    owners = attrs.c.trial_id == trial_id if trial_id is not None else sqlalchemy.false()
-    if numbers:
-        dead = sqlalchemy.select(trials.c.trial_id).where(
-            trials.c.study_id == study_id, trials.c.number.in_(numbers[:1000])
-        )
-        owners = sqlalchemy.or_(owners, attrs.c.trial_id.in_(dead))
-    with storage.engine.connect() as conn:
-        rows = conn.execute(
-            sqlalchemy.select(attrs.c.trial_id, attrs.c.key).where(
-                owners, attrs.c.key.startswith(tb.ARTIFACT_PREFIX, autoescape=True)
-            )
-        ).all()
-    named = [(owner, key[len(tb.ARTIFACT_PREFIX) :]) for owner, key in rows]
+    named = artifact_names.named(storage.engine, study_id, trial_id, numbers)
     odd = sorted({artifact for _, artifact in named if not is_sweep_id(artifact)})
     if odd and where is not None:
         logger.warning("%s: artifacts named %s: not artifact ids sweep writes (%s); left as "
@@ -188,17 +183,9 @@ def _forget_best(
     owner, artifact = old.get("trial_id"), old["artifact_id"]
     holders: list[tuple[int, str]] = []
     if type(owner) is int:
-        trials, attrs = tb.trials, tb.system_attrs
-        history = attrs.alias("history")
-        with storage.engine.connect() as conn:
-            found = conn.execute(
-                sqlalchemy.select(trials.c.trial_id, history.c.value_json)
-                .outerjoin(history, sqlalchemy.and_(
-                    history.c.trial_id == trials.c.trial_id, history.c.key == RETRY_HISTORY))
-                .where(trials.c.trial_id == owner, trials.c.study_id == study_id)
-            ).first()  # fmt: skip
-        if found is not None:
-            past = predecessors({RETRY_HISTORY: tb.decoded(found[1])})
+        found, history = artifact_names.retry_history(storage.engine, study_id, owner)
+        if found:
+            past = predecessors({RETRY_HISTORY: history})
             holders = [(t, a) for t, a in _named(storage, study_id, owner, past) if a == artifact]
     if not holders:
         logger.warning("the replaced best_model %s: not an artifact sweep wrote for the trial "
@@ -211,16 +198,8 @@ def _forget_best(
 def _forget(store: ArtifactStore, storage: RDBStorage, artifacts: list[tuple[int, str]]) -> None:
     """Delete these artifacts (each named on the trial given with it: ``_named``) and then the
     names of those deleted; a file that cannot be deleted keeps its name."""
-    gone = []
-    for owner, artifact in artifacts:
-        if remove(store, artifact):
-            gone.append((owner, tb.ARTIFACT_PREFIX + artifact))
-    if not gone:
-        return
-    attrs = tb.system_attrs
-    with storage.engine.begin() as conn:
-        for owner, key in gone:
-            conn.execute(attrs.delete().where(attrs.c.trial_id == owner, attrs.c.key == key))
+    gone = [(owner, artifact) for owner, artifact in artifacts if remove(store, artifact)]
+    artifact_names.forget(storage.engine, gone)
 
 
 def keep_best(
@@ -232,50 +211,32 @@ def keep_best(
 
     A compare-and-set under the study lock (``swap_study_attr``), so two workers finishing at
     once cannot lose the better model. A stored value that is not a finite number (another
-    client's) loses.
+    client's) loses. A ``best_model`` that already names ``best``'s artifact keeps it (an end
+    run again: ``clear_ended``).
     """
     encoded = json.dumps(best)
 
     def beaten(text: str | None) -> str | None:
         stored = _stored_best(text)
+        if stored is not None and stored["artifact_id"] == best["artifact_id"]:
+            return encoded if text != encoded else None
         if stored is not None and stored["value"] is not None:
             old = stored["value"]
             if (best["value"] <= old) if maximize else (best["value"] >= old):
                 return None
         return encoded
 
-    text = swap_study_attr(storage, study_id, BEST_MODEL, beaten)
+    text = swap_study_attr(storage.engine, study_id, BEST_MODEL, beaten)
+    stored = _stored_best(text)
+    if stored is not None and stored["artifact_id"] == best["artifact_id"]:
+        return True, None
     if beaten(text) is None:
         return False, None
-    stored = _stored_best(text)
-    if stored is None or stored["artifact_id"] == best["artifact_id"]:
-        return True, None
     return True, stored
 
 
-def swap_study_attr(
-    storage: RDBStorage, study_id: int, key: str, new: Callable[[str | None], str | None]
-) -> str | None:
-    """Read the study's system attribute ``key`` (its JSON text, None if unset) and set it to
-    ``new(text)`` unless that is None, in one transaction under the study lock (its
-    ``studies`` row on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite); the text read."""
-    attrs = tb.study_system_attrs
-    with storage.engine.begin() as conn:
-        lock_study(conn, study_id)
-        where = (attrs.c.study_id == study_id, attrs.c.key == key)
-        text = conn.execute(sqlalchemy.select(attrs.c.value_json).where(*where)).scalar()
-        encoded = new(text)
-        if encoded is None:
-            pass
-        elif text is None:
-            conn.execute(attrs.insert(), {"study_id": study_id, "key": key, "value_json": encoded})
-        else:
-            conn.execute(attrs.update().where(*where).values(value_json=encoded))
-    return text
-
-
 def _stored_best(text: str | None) -> dict[str, Any] | None:
-    value = pointer(tb.decoded(text))
+    value = pointer(decoded(text))
     if value is None:
         return None
     v = value.get("value")

@@ -1,8 +1,9 @@
 """The optuna objective: a trial's parameters → one training run of the numpy MLP.
 
-It knows nothing of processes or storage: it suggests, trains, reports validation accuracy
+It knows nothing of processes or of the queue: it suggests, trains, reports validation accuracy
 each epoch for pruning and leaves the learning curves on the trial as user attributes. Given the
 study's artifact store, it checkpoints the training and resumes it (``sweep.trial.checkpoint``).
+``evaluate_best`` retrains the best trial the same way, once, for its test accuracy.
 """
 
 from __future__ import annotations

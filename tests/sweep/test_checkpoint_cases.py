@@ -221,7 +221,7 @@ def test_a_checkpoint_is_named_in_the_database_before_its_bytes_are_written(tmp_
 def test_what_a_trial_that_died_for_good_left_is_deleted_and_a_requeued_ones_kept(
     tmp_path, retries
 ):
-    from sweep.trial.cleanup import clear_dead
+    from sweep.trial.cleanup import clear_ended
 
     folder, store, storage, study, worker, trial_id = _claimed(tmp_path)
     model, config, _ = _state(tmp_path, momentum=0.0)
@@ -231,9 +231,40 @@ def test_what_a_trial_that_died_for_good_left_is_deleted_and_a_requeued_ones_kep
     [saved] = [p.name for p in folder.iterdir()]
     # Its worker dies: with max_retries 1 for good, else it is handed on with its checkpoint.
     assert operations.abandon_run(storage, study._study_id, "r", max_retries=retries) == [0]
-    clear_dead(store, storage, study._study_id)
+    clear_ended(store, storage, study._study_id)
     names = [k for k in storage.get_trial(trial_id).system_attrs if k.startswith("artifacts:")]
     if retries == 1:
         assert not list(folder.iterdir()) and names == []
     else:
         assert [p.name for p in folder.iterdir()] == [saved] and names == [f"artifacts:{saved}"]
+
+
+def test_an_end_a_kill_cut_short_is_finished_later_and_an_end_run_twice_keeps_the_best(tmp_path):
+    from sweep.trial.cleanup import clear_ended
+
+    folder, store, storage, study, worker, trial_id = _claimed(tmp_path)
+    trial = optuna.Trial(worker, trial_id)
+    model, config, _ = _state(tmp_path, momentum=0.0)
+    states = []
+    fit(model, _data(), config, on_state=states.append)
+    saved = Checkpoints(store, trial, fits="")
+    for state in states:  # epochs 1 and 2: the first replaced (deleted), still named
+        saved.write(state)
+        trial.report(50.0 + state.epoch, state.epoch)
+    saved.close()
+    worker.tell(trial, 52.0)  # and the worker is killed here, before its trial's end
+    [final] = [p.name for p in folder.iterdir()]
+
+    def names() -> list[str]:
+        return sorted(k for k in storage.get_trial(trial_id).system_attrs
+                      if k.startswith("artifacts:"))  # fmt: skip
+
+    assert len(names()) == 2
+    clear_ended(store, storage, study._study_id)  # the next launcher, or a worker at its end
+    assert [p.name for p in folder.iterdir()] == [final] and names() == [f"artifacts:{final}"]
+    assert storage.get_study_system_attrs(study._study_id)[BEST_MODEL]["artifact_id"] == final
+    # Its end again (two clean-ups at once, or its own worker late): the model stays kept.
+    trial_ended(store, study, storage.get_trial(trial_id))
+    clear_ended(store, storage, study._study_id)
+    assert [p.name for p in folder.iterdir()] == [final] and names() == [f"artifacts:{final}"]
+    assert storage.get_study_system_attrs(study._study_id)[BEST_MODEL]["artifact_id"] == final

@@ -9,6 +9,7 @@ warning line and leaves the victim's bytes as they were. The trials run in this 
 the worker's own loop (``sweep.worker.serve`` with the MLP objective and ``trial_ended``).
 """
 
+import contextlib
 import functools
 import logging
 import uuid
@@ -17,6 +18,7 @@ import numpy as np
 import optuna
 import pytest
 from optuna.artifacts import upload_artifact
+from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import TrialState
 
 from mlp import MLP, TrainState, save_state
@@ -27,7 +29,7 @@ from sweep.study.space import suggest
 from sweep.study.spec import load_spec
 from sweep.trial.artifacts import open_store
 from sweep.trial.checkpoint import fits_of
-from sweep.trial.cleanup import BEST_MODEL, trial_ended
+from sweep.trial.cleanup import BEST_MODEL, clear_ended, trial_ended
 from sweep.trial.objective import (
     Objective,
     build_model_and_config,
@@ -156,6 +158,7 @@ def test_a_forged_artifact_name_leaves_the_file_it_names(tmp_path, caplog):
     env.storage.set_trial_system_attr(trial_id, "artifacts:victim.txt", meta)
     with caplog.at_level(logging.WARNING):
         done = env.serve()
+        clear_ended(env.store, env.storage, env.study._study_id)  # (once said; not again)
     assert done.state == TrialState.COMPLETE
     assert env.victim.read_bytes() == VICTIM
     [warning] = _warnings(caplog)
@@ -165,6 +168,43 @@ def test_a_forged_artifact_name_leaves_the_file_it_names(tmp_path, caplog):
     assert sorted(p.name for p in env.folder.iterdir()) == sorted(
         [best["artifact_id"], "victim.txt"]
     )
+
+
+@pytest.mark.parametrize("guards", ["both", "the trial's end's alone"])
+def test_names_of_another_form_keep_their_files_at_the_trials_end(
+    tmp_path, caplog, monkeypatch, guards
+):
+    # Two guards stand between a name on a trial and a deletion: the trial's end takes only
+    # names of sweep's form (cleanup._named), and ``remove`` refuses any other id. The second
+    # taken away, what is left is the folder store's own check, which refuses only ids that
+    # leave the folder: ``.keep-me`` and ``sub/other`` do not.
+    from sweep.trial import cleanup
+
+    env = Env(tmp_path)
+    (env.folder / "sub").mkdir()
+    victims = [env.folder / ".keep-me", env.folder / "sub" / "other"]
+    for victim in victims:
+        victim.write_bytes(VICTIM)
+    trial_id = env.enqueue()
+    for name in (".keep-me", "sub/other"):
+        env.storage.set_trial_system_attr(trial_id, f"artifacts:{name}", {})
+    if guards != "both":
+
+        def unguarded(store, artifact_id):  # sweep.trial.artifacts.remove without its check
+            with contextlib.suppress(ArtifactNotFound):
+                store.remove(artifact_id)
+            return True
+
+        monkeypatch.setattr(cleanup, "remove", unguarded)
+    with caplog.at_level(logging.WARNING):
+        done = env.serve()
+    assert done.state == TrialState.COMPLETE
+    assert [v.read_bytes() for v in victims] == [VICTIM, VICTIM]
+    best = env.storage.get_study_system_attrs(env.study._study_id)[BEST_MODEL]["artifact_id"]
+    names = sorted(k for k in env.storage.get_trial(trial_id).system_attrs if ":" in k)
+    assert names == sorted([f"artifacts:{best}", "artifacts:.keep-me", "artifacts:sub/other"])
+    [warning] = _warnings(caplog)
+    assert "trial 0: artifacts named ['.keep-me', 'sub/other']: not artifact ids sweep" in warning
 
 
 def _finished(env: Env, forged: dict | None = None) -> tuple[optuna.trial.FrozenTrial, str]:
