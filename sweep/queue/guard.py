@@ -37,7 +37,7 @@ from optuna.storages import RDBStorage
 from sweep.queue import tables as tb
 from sweep.queue.attrs import SPEC
 from sweep.queue.storage import mask_password, root_message
-from sweep.queue.transactions import READ_ONLY
+from sweep.queue.transactions import reading, writing
 
 logger = logging.getLogger(__name__)
 
@@ -81,13 +81,13 @@ def ensure(storage: RDBStorage) -> None:
     where optuna's schema moved (``sweep.queue.tables.conforms``): workers then claim through
     optuna's own API, which the guard would refuse."""
     engine = storage.engine
-    with engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+    with reading(engine) as conn:
         if installed(conn):
             return
     if tb.conforms() is not None:
         return
     try:
-        with engine.begin() as conn:  # SQLite: BEGIN IMMEDIATE, the write lock
+        with writing(engine) as conn:  # SQLite: BEGIN IMMEDIATE, the write lock
             if conn.dialect.name != "sqlite":
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK})
             if installed(conn):  # made while we waited for the lock

@@ -85,13 +85,13 @@ from sweep.queue.coverage import (
     stored_params,
 )
 from sweep.queue.tables import RESUME_FROM, RESUMED_FROM, trials
-from sweep.queue.transactions import READ_ONLY, lock_study
+from sweep.queue.transactions import reading, writing
 
 
 def study_exists(storage: RDBStorage, study_id: int) -> bool:
     """Whether the study is still there (another client may delete it), read only."""
     query = sqlalchemy.select(tb.studies.c.study_id).where(tb.studies.c.study_id == study_id)
-    with storage.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+    with reading(storage.engine) as conn:
         return conn.execute(query).first() is not None
 
 
@@ -118,7 +118,7 @@ def claim(storage: RDBStorage, study_id: int, tags: dict[str, Any]) -> Claim | N
     trial's ``resume_from`` becomes ``resumed_from``."""
     assert RUN_TAG in tags and WORKER_TAG in tags, "recovery finds sweep's claims by their tags"
     locking, sql = _locking(storage), tb.SQL
-    with storage.engine.begin() as conn:
+    with writing(storage.engine) as conn:
         if locking:  # FOR UPDATE SKIP LOCKED: one statement each
             row = conn.execute(sql.resumable_waiting_locked, {"sid": study_id}).first()
             if row is None:
@@ -150,7 +150,7 @@ def release(storage: RDBStorage, trial_id: int, started: datetime | None = None)
     names of its artifacts, and nothing else (its values, curves, heartbeat and every user
     attribute go, an enqueuer's included). With ``started``, only that claim of it. False if it
     was no longer RUNNING."""
-    with storage.engine.begin() as conn:
+    with writing(storage.engine) as conn:
         return _release(conn, trial_id, started)
 
 
@@ -232,8 +232,7 @@ def adopt_spec(storage: RDBStorage, study_id: int, spec_json: str) -> str | None
     thus agree on whose spec it is, and the other is compared with it. A study without a spec
     that already has trials is another client's: nothing is stored and None comes back."""
     attrs = tb.study_user_attrs
-    with storage.engine.begin() as conn:
-        lock_study(conn, study_id)
+    with writing(storage.engine, lock=study_id) as conn:
         stored = conn.execute(
             sqlalchemy.select(attrs.c.value_json).where(
                 attrs.c.study_id == study_id, attrs.c.key == SPEC
@@ -339,8 +338,7 @@ def top_up(
     points, enqueued by hand, are left alone). A TPE/random study passes ``cap``: empty slots
     are enqueued up to it, and the newest WAITING slots beyond it are skipped.
     """
-    with storage.engine.begin() as conn:
-        lock_study(conn, study_id)
+    with writing(storage.engine, lock=study_id) as conn:
         if points is not None:
             _top_up_grid(conn, study_id, points, beyond)
             return len(points)
@@ -503,8 +501,7 @@ def recover(storage: RDBStorage, study_id: int, *, grace: float, max_retries: in
     is not requeued: it ends FAIL with ``fail_reason = "worker died N times"``.
     """
     h = tb.heartbeats
-    with storage.engine.begin() as conn:
-        lock_study(conn, study_id)
+    with writing(storage.engine, lock=study_id) as conn:
         now = conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar_one()
         cutoff = now.replace(tzinfo=None) - timedelta(seconds=grace)
         orphans = _orphans(
@@ -526,8 +523,7 @@ def abandon_run(storage: RDBStorage, study_id: int, run_id: str, *, max_retries:
     fails and requeues its run's RUNNING trials, each counted as a death as ``recover``
     would count it, at once rather than after the grace period."""
     joins, names_run = _of_run(run_id)
-    with storage.engine.begin() as conn:
-        lock_study(conn, study_id)
+    with writing(storage.engine, lock=study_id) as conn:
         orphans = _orphans(conn, study_id, joins, names_run)
         why = "worker {worker} died with its run's processes"
         return _fail_and_requeue(conn, study_id, orphans, max_retries=max_retries, why=why)
@@ -537,7 +533,7 @@ def release_run(storage: RDBStorage, study_id: int, run_id: str) -> int:
     """Put every RUNNING trial of run ``run_id`` back in the queue (the launcher was
     interrupted); a trial another run has claimed since is not touched. How many it put back."""
     joins, names_run = _of_run(run_id)
-    with storage.engine.begin() as conn:
+    with writing(storage.engine) as conn:
         orphans = _orphans(conn, study_id, joins, names_run)
         return sum(_release(conn, trial_id, started) for trial_id, _, started, _ in orphans)
 
@@ -595,14 +591,14 @@ def tally(storage: RDBStorage, study_id: int, *, grid: bool = False) -> tuple[in
             v.c.value_type == tb.FINITE,
         )
     )
-    with storage.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+    with reading(storage.engine) as conn:
         return conn.execute(done).scalar_one(), conn.execute(best).scalar()
 
 
 def grid_done(storage: RDBStorage, study_id: int, points: Sequence[dict[str, Any]]) -> int:
     """How many of the grid's ``points`` a finished trial covers (``sweep.queue.coverage``), read
     only: what a launcher's last line and its exit code say."""
-    with storage.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+    with reading(storage.engine) as conn:
         return done_points(conn, study_id, points)
 
 
@@ -623,7 +619,7 @@ def pending(storage: RDBStorage, study_id: int) -> Pending:
             trials.c.state.in_([TrialState.WAITING, TrialState.RUNNING]),
         )
     )  # fmt: skip
-    with storage.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+    with reading(storage.engine) as conn:
         now = conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar_one()
         rows = conn.execute(query).all()
     now = now.replace(tzinfo=None)

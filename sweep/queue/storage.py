@@ -36,7 +36,7 @@ from sqlalchemy import event
 from sweep.errors import SpecError, StorageError
 from sweep.queue import schema
 from sweep.queue.tables import INDEXES, studies
-from sweep.queue.transactions import READ_ONLY
+from sweep.queue.transactions import READ_ONLY, reading, writing
 from sweep.queue.urls import mask_password, parse_url, redact
 from sweep.text import printable
 
@@ -247,7 +247,7 @@ def open_storage(
                     if read_only and path is None:
                         probe = sqlalchemy.create_engine(url, **engine_kwargs)
                         try:
-                            with probe.connect() as conn:
+                            with reading(probe) as conn:
                                 _check_optuna_tables(conn, shown)
                         finally:
                             probe.dispose()
@@ -301,7 +301,7 @@ def open_reader(url: str | None = None) -> sqlalchemy.engine.Engine:
         engine_kwargs = _postgresql_kwargs(read_only=True)
     try:
         engine = sqlalchemy.create_engine(url, **engine_kwargs)
-        with engine.connect() as conn:
+        with reading(engine) as conn:
             if path is None:  # the SQLite file was checked above, before it was opened
                 _check_optuna_tables(conn, shown)
             current = schema.is_current(conn)
@@ -341,10 +341,10 @@ def _add_indexes(engine: sqlalchemy.engine.Engine, url: str) -> None:
     """
     index, shown = INDEXES[0], mask_password(url)
     try:
-        with engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+        with reading(engine) as conn:
             if all(_has_index(conn, i.name) for i in INDEXES):
                 return
-        with engine.begin() as conn:  # SQLite: BEGIN IMMEDIATE, the write lock
+        with writing(engine) as conn:  # SQLite: BEGIN IMMEDIATE, the write lock
             if conn.dialect.name == "postgresql":
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"),
                              {"key": _INDEX_LOCK})  # fmt: skip
@@ -380,7 +380,7 @@ def study_names(storage: optuna.storages.RDBStorage) -> list[str]:
     """Every study's name, in creation order: one narrow read (optuna's summaries read every
     trial of every study, 10 s at 10^4 trials)."""
     query = sqlalchemy.select(studies.c.study_name).order_by(studies.c.study_id)
-    with storage.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+    with reading(storage.engine) as conn:
         return list(conn.execute(query).scalars())
 
 

@@ -53,7 +53,7 @@ from sweep.queue import operations
 from sweep.queue import tables as tb
 from sweep.queue.forwarded import Forwarded
 from sweep.queue.storage import root_message
-from sweep.queue.transactions import READ_ONLY
+from sweep.queue.transactions import reading, writing
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ class WriteBackStorage(Forwarded):
 
     def _reading(self) -> Any:
         """A connection for a read-only transaction (no write lock on SQLite)."""
-        return self.backend.engine.connect().execution_options(**{READ_ONLY: True})
+        return reading(self.backend.engine)
 
     # -- writes to a claimed trial: held locally, then written back ------------------------
 
@@ -260,7 +260,7 @@ class WriteBackStorage(Forwarded):
                 writes, held.pending = held.pending, _Writes()
                 held.flushed_at = time.monotonic()  # no retry storm on errors
             try:
-                with self.backend.engine.begin() as conn:
+                with writing(self.backend.engine) as conn:
                     tb.transition(conn, trial_id, held.started, state)
                     writes.commit(conn, trial_id)
                     if values is not None:
@@ -374,7 +374,7 @@ class WriteBackStorage(Forwarded):
             return
         # Its own transaction, so no pending write can hold it up; fenced by the claim, so a
         # worker that lost its trial never keeps another claim of it alive.
-        with self.backend.engine.begin() as conn:
+        with writing(self.backend.engine) as conn:
             beating = tb.beat(conn, trial_id, held.started)
         if not beating:
             deleted = not self._exists(trial_id)  # the training thread's next write says so

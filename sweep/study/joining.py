@@ -21,6 +21,7 @@ from sweep.errors import SpecError, StudyGone, UnfinishedError
 from sweep.queue import guard, operations, orphans
 from sweep.queue import tables as tb
 from sweep.queue.storage import GRACE_PERIOD_S, MissingDatabase, mask_password, open_storage
+from sweep.queue.transactions import writing
 from sweep.queue.writeback import WriteBackStorage
 from sweep.study.sampler import BoundedTPESampler
 from sweep.study.space import grid_points
@@ -89,7 +90,7 @@ def open_study(
     replaces the stored one, so lowering or raising it steers every worker.
     """
     _warn_if_untested()
-    with rdb_of(storage).engine.begin() as conn:  # before SQLite gives a deleted study's id again
+    with writing(rdb_of(storage).engine) as conn:  # before SQLite gives a deleted study's id again
         orphans.clear(conn)
     study = optuna.create_study(
         study_name=spec.name,

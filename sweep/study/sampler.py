@@ -57,7 +57,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.queue import tables as tb
-from sweep.queue.transactions import READ_ONLY
+from sweep.queue.transactions import reading
 
 logger = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ class BoundedTPESampler(TPESampler):
             trials = study._get_trials(deepcopy=False, states=states, use_cache=False)
             view = _View(study, select_view(trials, **bounds))
         else:
-            with rdb.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+            with reading(rdb.engine) as conn:
                 finished, running = _ids(conn, study._study_id, **bounds)
                 loaded = _load(conn, (finished - self._kept.keys()) | running)
             kept = {i: t for i, t in loaded.items() if i in finished and t.state.is_finished()}
