@@ -34,7 +34,6 @@ from typing import Any
 import sqlalchemy
 from optuna.storages import RDBStorage
 
-from sweep.queue import tables as tb
 from sweep.queue.attrs import SPEC
 from sweep.queue.storage import mask_password, root_message
 from sweep.queue.transactions import reading, writing
@@ -77,15 +76,11 @@ def installed(conn: Any) -> bool:
 
 
 def ensure(storage: RDBStorage) -> None:
-    """Make the guard unless the database has it: one catalog read when it does. Not made
-    where optuna's schema moved (``sweep.queue.tables.conforms``): workers then claim through
-    optuna's own API, which the guard would refuse."""
+    """Make the guard unless the database has it: one catalog read when it does."""
     engine = storage.engine
     with reading(engine) as conn:
         if installed(conn):
             return
-    if tb.conforms() is not None:
-        return
     try:
         with writing(engine) as conn:  # SQLite: BEGIN IMMEDIATE, the write lock
             if conn.dialect.name != "sqlite":

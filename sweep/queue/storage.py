@@ -35,7 +35,7 @@ from sqlalchemy import event
 
 from sweep.errors import SpecError, StorageError
 from sweep.queue import schema
-from sweep.queue.tables import INDEXES, studies
+from sweep.queue.tables import INDEXES, moved_schema, studies
 from sweep.queue.transactions import READ_ONLY, reading, writing
 from sweep.queue.urls import mask_password, parse_url, redact
 from sweep.text import printable
@@ -165,10 +165,14 @@ _FORMS = "sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB"
 
 def _supported(url: str | None) -> tuple[str, str, Path | None]:
     """The resolved URL, as shown in messages, and its SQLite file (None on PostgreSQL);
-    SpecError (bad usage, exit 2) for a URL that does not parse or that sweep cannot share
-    between worker processes."""
+    StorageError if the installed optuna's tables moved (``sweep.queue.tables.moved_schema``:
+    then no database can be used), SpecError (bad usage, exit 2) for a URL that does not parse
+    or that sweep cannot share between worker processes."""
     url = resolve_url(url)
     shown = mask_password(url)
+    moved = moved_schema()  # before any URL check: no database of this optuna can be used
+    if moved:
+        raise StorageError(moved)
     # MySQL is not offered: its DATETIME drops the microseconds that fence a claim.
     if not re.match(r"^(sqlite|postgresql|postgresql\+\w+)://", url):
         raise SpecError(f"storage URL {shown!r} is not supported; use {_FORMS}")

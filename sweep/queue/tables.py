@@ -5,10 +5,9 @@ private API): the tables ``studies``, ``trials``, ``trial_heartbeats``, ``trial_
 ``trial_values``, ``trial_intermediate_values``, ``trial_user_attributes`` and
 ``trial_system_attributes``, the columns named in ``COLUMNS``, and the models' own value
 encoders (``TrialValueModel.value_to_stored_repr`` and its intermediate-value twin). optuna
-has kept them since 3.0. ``conforms()`` checks the columns when a worker's storage opens; where
-they moved, the worker's write-back path falls back to optuna's public storage API (slower,
-still correct), while the queue's operations (``sweep.queue.operations``) name the missing column in
-the database's own error.
+has kept them since 3.0. ``moved_schema()`` checks the columns when any command opens a study
+database (``sweep.queue.storage``): where one moved, sweep refuses to start, in one line, rather
+than write half of a trial through its own statements and half through optuna's API.
 ``tests/sweep/test_writeback.py`` checks every field written here against what optuna itself
 reads back, datetimes included.
 """
@@ -119,16 +118,20 @@ def untested_optuna(version: str | None = None) -> str | None:
     )
 
 
-def conforms() -> str | None:
-    """None if optuna's models still have every column sweep writes; else what is missing."""
+def moved_schema() -> str | None:
+    """None if the installed optuna's models still have every table and column sweep reads or
+    writes (``COLUMNS``); else one line saying which is missing and what to install."""
     tables = models.BaseModel.metadata.tables
     for name, columns in COLUMNS.items():
         table = tables.get(name)
-        if table is None:
-            return f"optuna has no table {name!r}"
-        missing = [c for c in columns if c not in table.c]
+        missing = f"no table {name!r}" if table is None else None
+        if table is not None and (gone := [c for c in columns if c not in table.c]):
+            missing = f"a table {name!r} without the column {gone[0]!r}"
         if missing:
-            return f"optuna's table {name!r} has no column {missing[0]!r}"
+            return (
+                f"optuna {optuna_version} has {missing}: sweep reads and writes optuna's tables "
+                f"itself, as optuna {', '.join(TESTED_OPTUNA)} lay them out; install one of those"
+            )
     return None
 
 

@@ -23,9 +23,8 @@ finished trial or a RUNNING one whose heartbeat stops, which is failed and reque
 The rest of optuna's ``BaseStorage`` interface is forwarded to its cache
 (``sweep.queue.forwarded``).
 
-Note: the statements are ``sweep.queue.tables``', written against optuna 5's table models (private
-API). Where those models lack a column that sweep writes, the storage says so in one warning
-line and goes through optuna's public storage API instead: slower, still correct.
+The statements are ``sweep.queue.tables``', written against optuna 5's table models (private
+API); where those models lack a column, no storage opens (``sweep.queue.storage``).
 """
 
 from __future__ import annotations
@@ -119,18 +118,12 @@ class WriteBackStorage(Forwarded):
         self._known: dict[tuple[int, str], distributions.BaseDistribution] = {}
         self._lock = threading.Lock()  # guards the dicts above; never held for database work
         self._io_lock = threading.Lock()  # one write-back at a time, in order
-        moved = tb.conforms()
-        self.direct = moved is None  # False: optuna's schema moved; use its public API
-        if moved:
-            logger.warning("%s; workers write through optuna's storage API (slower)", moved)
 
     # -- the queue -------------------------------------------------------------------------
 
     def claim(self, study_id: int, tags: dict[str, Any]) -> int | None:
         """Pop the study's oldest WAITING trial for this process (``sweep.queue.operations.claim``:
         state, first heartbeat and ``tags`` in one transaction); its id, None if none waits."""
-        if not self.direct:
-            return self._claim_through_optuna(study_id, tags)
         claimed = operations.claim(self.backend, study_id, tags)
         if claimed is None:
             return None
@@ -142,36 +135,14 @@ class WriteBackStorage(Forwarded):
             )
         return claimed.trial_id
 
-    def _claim_through_optuna(self, study_id: int, tags: dict[str, Any]) -> int | None:
-        """The claim in optuna's public API: its conditional state update is atomic under
-        ``BEGIN IMMEDIATE`` (SQLite) and ``FOR UPDATE`` (PostgreSQL); tag and first heartbeat
-        follow in their own transactions.
-
-        Note: a worker killed between the claim and its tag leaves a RUNNING trial without
-        sweep's tags, which recovery takes for another client's and never requeues; the
-        direct claim has no such gap. The fallback trades that for working at all.
-        """
-        for trial in self._cache.get_all_trials(study_id, states=(TrialState.WAITING,)):
-            trial_id = trial._trial_id
-            try:
-                if not self._cache.set_trial_state_values(trial_id, TrialState.RUNNING):
-                    continue
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue
-            self.backend.record_heartbeat(trial_id)
-            for key, value in tags.items():
-                self._cache.set_trial_user_attr(trial_id, key, value)
-            return trial_id
-        return None
-
     def release(self, trial_id: int) -> bool:
         """Give a claimed trial back to the queue (``sweep.queue.operations.release``), its held
         writes dropped; False if it was no longer this process's to give."""
         with self._lock:
             held = self._held.pop(trial_id, None)
-        if held is None and self.direct:
+        if held is None:
             return False
-        return operations.release(self.backend, trial_id, held.started if held else None)
+        return operations.release(self.backend, trial_id, held.started)
 
     def has_study_system_attr(self, study_id: int, key: str) -> bool:
         """Whether the study carries system attribute ``key`` (one indexed read)."""
