@@ -1,6 +1,6 @@
 """The queue's guard: a trigger that keeps other optuna clients from taking sweep's queue.
 
-A sweep study's WAITING trials are its queue (``sweep.queue.operations``), and optuna's own
+A sweep study's WAITING trials are its queue (``sweep.queue.claims``), and optuna's own
 ``study.ask()`` (so ``study.optimize`` and the ``optuna ask`` CLI too) starts by popping the
 oldest WAITING trial of the study: before this guard, a notebook's ``ask()`` then ``tell``
 took a grid point away and it was never trained. So sweep adds one trigger to optuna's

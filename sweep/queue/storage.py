@@ -1,20 +1,9 @@
-"""Study storage: a URL → an optuna RDB storage that is safe for many worker processes.
+"""Study storage: a URL → an optuna RDB storage that is safe for many worker processes, or a
+read-only engine for sweep's own reads; and the database's errors as one line.
 
-Note: optuna's docs warn against SQLite for parallel optimisation, and rightly so for its
-default connection: pysqlite opens a transaction only at the first write, so optuna's
-read-then-update of a WAITING trial is not atomic (``FOR UPDATE`` is ignored on SQLite) and two
-processes can claim the same trial. Measured on this kind of machine: 200 enqueued trials
-popped by 4 processes → duplicate claims and 3 of 4 workers dead with UpdateFinishedTrialError.
-We therefore open every SQLite transaction as ``BEGIN IMMEDIATE`` (SQLAlchemy's pysqlite
-recipe: driver autocommit plus an explicit BEGIN on the engine's ``begin`` event), so a
-transaction takes the write lock before it reads; with that, the same run claimed 200 distinct
-trials with no error. The file is in WAL mode, so readers (the dashboard, ``sweep status``)
-never block writers, and every connection waits up to ``BUSY_TIMEOUT_S`` for the lock instead
-of failing at once. PostgreSQL honours ``FOR UPDATE`` natively and needs none of this.
-
-Longer than our usual 400 lines: every way a study database is opened (for writing; read-only
-through optuna; read-only without it, ``open_reader``) shares the URL checks, engine settings
-and one-line errors here, so that a fix to one is a fix to all.
+Every way a study database is opened (for writing; read-only through optuna; read-only without
+it, ``open_reader``) shares the URL checks, engine settings and one-line errors here, so that a
+fix to one is a fix to all. What makes SQLite safe for many processes is ``sweep.queue.sqlite``.
 """
 
 from __future__ import annotations
@@ -31,12 +20,12 @@ from typing import Any
 
 import optuna
 import sqlalchemy
-from sqlalchemy import event
 
 from sweep.errors import SpecError, StorageError
 from sweep.queue import schema
+from sweep.queue.sqlite import BUSY_TIMEOUT_S, configure, into_wal
 from sweep.queue.tables import INDEXES, moved_schema, studies
-from sweep.queue.transactions import READ_ONLY, reading, writing
+from sweep.queue.transactions import reading, writing
 from sweep.queue.urls import mask_password, parse_url, redact
 from sweep.text import printable
 
@@ -44,8 +33,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_URL = "sqlite:///runs/sweep.db"
 STORAGE_ENV = "SWEEP_STORAGE"
-# How long a writer waits for SQLite's lock before giving up (tests shorten it).
-BUSY_TIMEOUT_S = float(os.environ.get("SWEEP_BUSY_TIMEOUT", "60"))
 # A running trial proves its worker is alive every HEARTBEAT_INTERVAL_S; one silent for
 # GRACE_PERIOD_S is stale (its worker is gone) and is run again. Tests shorten both.
 HEARTBEAT_INTERVAL_S = int(os.environ.get("SWEEP_HEARTBEAT_INTERVAL", "5"))
@@ -61,57 +48,11 @@ def resolve_url(url: str | None = None) -> str:
 STORAGE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)
 
 
-def _configure_sqlite(engine: sqlalchemy.engine.Engine) -> None:
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
-        cursor.execute("PRAGMA synchronous=NORMAL")  # durable in WAL mode across process crashes
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: sqlalchemy.Connection) -> None:
-        # Our own read-only transactions say so (``read_only``) and take no lock at all.
-        read_only = conn.get_execution_options().get(READ_ONLY, False)
-        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
-
-    engine.dispose()  # connections opened before the listeners existed are dropped
-
-
 def _sqlite_path(url: str) -> Path | None:
     if not url.startswith("sqlite:///"):
         return None
     path = url.removeprefix("sqlite:///")
     return None if path in ("", ":memory:") else Path(path)
-
-
-def _into_wal(path: Path) -> None:
-    """Switch the database file to WAL before any engine touches it, retrying while another
-    process holds it. optuna's schema set-up makes a new file in rollback-journal mode, and the
-    switch used to come with each process's first configured connection, while other
-    processes already read and wrote the file: in that mode a reader that wants the exclusive
-    lock the switch needs, facing a writer that wants it to commit, is a deadlock that SQLite
-    answers at once with "database is locked" (two launchers on a new file failed so, about
-    one run in three of the full suite). Best effort: any other error is left for optuna's own
-    set-up to report."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_S
-    try:
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-    except sqlite3.Error:
-        return
-    try:
-        while True:
-            try:
-                if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal":
-                    return
-            except sqlite3.Error as e:
-                if "locked" not in str(e) or time.monotonic() > deadline:
-                    return
-            time.sleep(0.05)
-    finally:
-        conn.close()
 
 
 class MissingDatabase(StorageError):
@@ -240,7 +181,7 @@ def open_storage(
         except OSError as e:
             raise StorageError(f"storage {shown}: cannot create {path.parent}: {e.strerror}") from e
         engine_kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_S}
-        _into_wal(path)
+        into_wal(path)
     else:
         engine_kwargs = _postgresql_kwargs(read_only=read_only)
     try:
@@ -286,7 +227,7 @@ def open_storage(
             raise
         raise StorageError(f"storage {shown}: cannot open: {_first_line(e, url)}") from e
     if path is not None and not read_only:
-        _configure_sqlite(storage.engine)
+        configure(storage.engine)
     if not read_only:
         _add_indexes(storage.engine, url)
     return storage

@@ -26,6 +26,8 @@ from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 from optuna.version import __version__ as optuna_version
 
+from sweep.queue.attrs import RESUME_FROM, RESUMED_FROM
+
 studies = models.StudyModel.__table__
 trials = models.TrialModel.__table__
 heartbeats = models.TrialHeartbeatModel.__table__
@@ -61,11 +63,8 @@ _values_copy = values.to_metadata(sqlalchemy.MetaData())
 VALUE_INDEX = sqlalchemy.Index(
     "ix_sweep_values_best", _values_copy.c.value_type, _values_copy.c.value
 )
-#: The system attribute of a WAITING trial that takes over a dead or released trial's work:
-#: the checkpoint it resumes from (``sweep.queue.operations``). A claim renames it ``RESUMED_FROM``.
-RESUME_FROM, RESUMED_FROM = "resume_from", "resumed_from"
-#: The WAITING trials that resume a checkpoint, claimed before any other
-#: (``sweep.queue.operations``): a checkpoint waiting in the queue is a file on disk, so the queue
+#: The WAITING trials that resume a checkpoint (their ``resume_from``), claimed before any other
+#: (``sweep.queue.claims``): a checkpoint waiting in the queue is a file on disk, so the queue
 #: hands it on at once rather than after everything queued before it. Partial, so it holds only the
 #: attributes of such trials (a claim renames the attribute): a claim finds the next one, or that
 #: there is none, in one index probe however large the study.
@@ -75,9 +74,6 @@ RESUME_INDEX = sqlalchemy.Index(
     "ix_sweep_resumable", _attrs_copy.c.trial_id, sqlite_where=_is_resume,
     postgresql_where=_is_resume,
 )  # fmt: skip
-#: The key prefix of the attribute by which optuna's ``upload_artifact`` names an artifact on
-#: its trial or study (``artifacts:<id>``, its meta data as JSON; optuna-dashboard lists them).
-ARTIFACT_PREFIX = "artifacts:"
 #: sweep's additions to optuna's schema, made by ``sweep.queue.storage`` when it opens for writing.
 INDEXES = (QUEUE_INDEX, VALUE_INDEX, RESUME_INDEX)
 
@@ -231,15 +227,6 @@ def _prepared() -> SimpleNamespace:
 
 
 SQL = _prepared()
-
-
-def decoded(text: Any) -> Any:
-    """An attribute's JSON text as anyone may have stored it; None if it is not JSON (raw SQL
-    text, NULL, or nesting deep enough to exhaust the parser)."""
-    try:
-        return json.loads(text) if isinstance(text, str | bytes) else None
-    except (ValueError, RecursionError):
-        return None
 
 
 def replace_attrs(conn: Any, table: Any, trial_id: int, attrs: dict[str, str]) -> None:

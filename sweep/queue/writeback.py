@@ -7,7 +7,7 @@ claim grows with the queue. Measured with a trivial objective (``make bench``): 
 trial with 300 queued, and 16 trials/s for 8 workers on one SQLite file (#5).
 
 ``WriteBackStorage`` wraps the RDB storage in a worker process:
-  - ``claim`` pops the queue (``sweep.queue.operations.claim``: state, first heartbeat and the run
+  - ``claim`` pops the queue (``sweep.queue.claims.claim``: state, first heartbeat and the run
     and worker tags in one transaction) and keeps the trial in memory.
   - Writes to a claimed trial (parameters, attributes, intermediate values) update a local
     copy at once and reach the database in one transaction: immediately when the last
@@ -48,7 +48,7 @@ from optuna.storages._cached_storage import _CachedStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.errors import ForeignDistribution
-from sweep.queue import operations
+from sweep.queue import claims
 from sweep.queue import tables as tb
 from sweep.queue.forwarded import Forwarded
 from sweep.queue.storage import root_message
@@ -122,9 +122,9 @@ class WriteBackStorage(Forwarded):
     # -- the queue -------------------------------------------------------------------------
 
     def claim(self, study_id: int, tags: dict[str, Any]) -> int | None:
-        """Pop the study's oldest WAITING trial for this process (``sweep.queue.operations.claim``:
+        """Pop the study's oldest WAITING trial for this process (``sweep.queue.claims.claim``:
         state, first heartbeat and ``tags`` in one transaction); its id, None if none waits."""
-        claimed = operations.claim(self.backend, study_id, tags)
+        claimed = claims.claim(self.backend, study_id, tags)
         if claimed is None:
             return None
         with self._reading() as conn:  # after the commit: other writers need not wait for it
@@ -136,13 +136,13 @@ class WriteBackStorage(Forwarded):
         return claimed.trial_id
 
     def release(self, trial_id: int) -> bool:
-        """Give a claimed trial back to the queue (``sweep.queue.operations.release``), its held
+        """Give a claimed trial back to the queue (``sweep.queue.claims.release``), its held
         writes dropped; False if it was no longer this process's to give."""
         with self._lock:
             held = self._held.pop(trial_id, None)
         if held is None:
             return False
-        return operations.release(self.backend, trial_id, held.started)
+        return claims.release(self.backend, trial_id, held.started)
 
     def has_study_system_attr(self, study_id: int, key: str) -> bool:
         """Whether the study carries system attribute ``key`` (one indexed read)."""

@@ -16,7 +16,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
 from sweep.errors import SpecError
-from sweep.queue.operations import SPEC
+from sweep.queue.attrs import SPEC
 from sweep.study.spec import METRIC, StudySpec, stored_spec
 from sweep.text import printable
 

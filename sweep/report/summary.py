@@ -32,7 +32,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.queue import tables as tb
-from sweep.queue.operations import SKIPPED, SPEC, why_failed
+from sweep.queue.attrs import SKIPPED, SPEC, decoded, why_failed
 from sweep.queue.tables import trials
 from sweep.queue.transactions import READ_ONLY
 from sweep.report.stored import Kind, count, printable, study_kind
@@ -126,7 +126,7 @@ def _studies(conn: sqlalchemy.Connection) -> list[tuple[int, str, Kind, int]]:
         rows = conn.execute(
             sqlalchemy.select(table.c.study_id, table.c.value_json).where(table.c.key == key)
         )
-        attrs[key] = {study_id: tb.decoded(text) for study_id, text in rows}
+        attrs[key] = {study_id: decoded(text) for study_id, text in rows}
     out = []
     for study_id, name in names:
         user = {SPEC: attrs[SPEC][study_id]} if study_id in attrs[SPEC] else {}

@@ -39,7 +39,7 @@ from optuna.trial import TrialState
 
 from sweep.errors import SpecError, StorageError, SweepError
 from sweep.queue import tables as tb
-from sweep.queue.operations import SPEC, pointer
+from sweep.queue.attrs import ARTIFACT_PREFIX, SPEC, decoded, pointer
 from sweep.queue.storage import root_message
 from sweep.report.stored import number, printable
 from sweep.study.joining import rdb_of
@@ -192,21 +192,21 @@ def _replace_evaluated(
         old = _evaluated_ids(swapped)
         # Only the attributes needed, undecoded: another client's odd value elsewhere is not ours.
         raw = _raw_attrs(
-            backend, study._study_id, [BEST_MODEL, *(tb.ARTIFACT_PREFIX + a for a in old)]
+            backend, study._study_id, [BEST_MODEL, *(ARTIFACT_PREFIX + a for a in old)]
         )
     except Exception as e:  # the model is uploaded; only the old one stays
         logger.warning("could not replace the previous evaluated model: %s", _line(e))
         return
-    kept = pointer(tb.decoded(raw.get(BEST_MODEL)))
+    kept = pointer(decoded(raw.get(BEST_MODEL)))
     protected = {*ids, kept["artifact_id"] if kept is not None else None}
     gone = []
     for artifact in old:
         if (
-            artifact in protected or tb.ARTIFACT_PREFIX + artifact not in raw
+            artifact in protected or ARTIFACT_PREFIX + artifact not in raw
         ):  # not uploaded to the study
             continue
         if artifacts.remove(store, artifact, what="the previous evaluated model's artifact"):
-            gone.append(tb.ARTIFACT_PREFIX + artifact)
+            gone.append(ARTIFACT_PREFIX + artifact)
     if gone:
         attrs = tb.study_system_attrs
         try:
@@ -229,8 +229,8 @@ def _raw_attrs(storage: RDBStorage, study_id: int, keys: list[str]) -> dict[str,
 
 def _evaluated_ids(text: str | None) -> list[str]:
     """The artifact ids of an ``evaluated_model`` value (untrusted: another client may have
-    written anything), each a plain name (``sweep.queue.operations.pointer``), else none."""
-    record = pointer(tb.decoded(text))
+    written anything), each a plain name (``sweep.queue.attrs.pointer``), else none."""
+    record = pointer(decoded(text))
     if record is None:
         return []
     sidecar = pointer({"artifact_id": record.get("sidecar_id")})

@@ -2,7 +2,7 @@
 
 A trial's training state (``mlp.save_state``: weights, momentum, random generator, metrics) is
 uploaded to the study's optuna artifact store while it trains, and the latest one is named on
-the running trial by the system attribute ``checkpoint`` (``sweep.queue.operations.CHECKPOINT``).
+the running trial by the system attribute ``checkpoint`` (``sweep.queue.attrs.CHECKPOINT``).
 When the queue hands the trial's work on (its worker died, or was interrupted), the successor gets
 it as ``resume_from`` and continues after that epoch, exactly as if nothing had happened, so a
 killed trial loses what it trained since its last checkpoint, at most about one epoch.
@@ -15,7 +15,7 @@ killed trial loses what it trained since its last checkpoint, at most about one 
   - Clean-up: a checkpoint's artifact is deleted once the pointer to its successor is in the
     database; a finished trial's are deleted when it ends (``sweep.trial.cleanup``), except the best
     model's. A trial that resumes a checkpoint is claimed before any other
-    (``sweep.queue.operations``), so a study's artifacts stay within one checkpoint per running
+    (``sweep.queue.claims``), so a study's artifacts stay within one checkpoint per running
     worker (two while it replaces one) plus the best model.
 
 Each artifact is named on its trial (optuna's system attribute ``artifacts:<id>``, which
@@ -56,7 +56,7 @@ import optuna
 from optuna.artifacts import download_artifact
 
 from sweep.errors import SpecError
-from sweep.queue.operations import CHECKPOINT, RESUMED_FROM, pointer
+from sweep.queue.attrs import CHECKPOINT, RESUMED_FROM, pointer
 from sweep.queue.storage import root_message
 from sweep.trial.artifacts import ForeignArtifact, is_sweep_id, remove, shown, upload
 from sweep.trial.cleanup import NOT_OURS, clear_predecessors, owned

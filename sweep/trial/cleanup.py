@@ -26,7 +26,14 @@ import optuna
 import sqlalchemy
 
 from sweep.queue import tables as tb
-from sweep.queue.operations import CHECKPOINT, FAIL_REASON, RETRY_HISTORY, pointer
+from sweep.queue.attrs import (
+    ARTIFACT_PREFIX,
+    CHECKPOINT,
+    FAIL_REASON,
+    RETRY_HISTORY,
+    decoded,
+    pointer,
+)
 from sweep.queue.storage import root_message
 from sweep.queue.transactions import lock_study
 from sweep.study.joining import rdb_of
@@ -88,7 +95,7 @@ def clear_dead(store: ArtifactStore, storage: RDBStorage, study_id: int) -> None
     trials, system, user = tb.trials, tb.system_attrs, tb.user_attrs
     named = sqlalchemy.exists().where(
         system.c.trial_id == trials.c.trial_id,
-        system.c.key.startswith(tb.ARTIFACT_PREFIX, autoescape=True),
+        system.c.key.startswith(ARTIFACT_PREFIX, autoescape=True),
     )
     ended = sqlalchemy.exists().where(
         user.c.trial_id == trials.c.trial_id, user.c.key == FAIL_REASON
@@ -105,7 +112,7 @@ def clear_dead(store: ArtifactStore, storage: RDBStorage, study_id: int) -> None
             ).all()  # fmt: skip
         for trial_id, past in dead:
             named_here = _named(storage, study_id, trial_id,
-                                predecessors({RETRY_HISTORY: tb.decoded(past)}),
+                                predecessors({RETRY_HISTORY: decoded(past)}),
                                 where=f"a trial that died for good (id {trial_id})")  # fmt: skip
             _forget(store, storage, named_here)
     except Exception as e:
@@ -168,10 +175,10 @@ def _named(
     with storage.engine.connect() as conn:
         rows = conn.execute(
             sqlalchemy.select(attrs.c.trial_id, attrs.c.key).where(
-                owners, attrs.c.key.startswith(tb.ARTIFACT_PREFIX, autoescape=True)
+                owners, attrs.c.key.startswith(ARTIFACT_PREFIX, autoescape=True)
             )
         ).all()
-    named = [(owner, key[len(tb.ARTIFACT_PREFIX) :]) for owner, key in rows]
+    named = [(owner, key[len(ARTIFACT_PREFIX) :]) for owner, key in rows]
     odd = sorted({artifact for _, artifact in named if not is_sweep_id(artifact)})
     if odd and where is not None:
         logger.warning("%s: artifacts named %s: not artifact ids sweep writes (%s); left as "
@@ -198,7 +205,7 @@ def _forget_best(
                 .where(trials.c.trial_id == owner, trials.c.study_id == study_id)
             ).first()  # fmt: skip
         if found is not None:
-            past = predecessors({RETRY_HISTORY: tb.decoded(found[1])})
+            past = predecessors({RETRY_HISTORY: decoded(found[1])})
             holders = [(t, a) for t, a in _named(storage, study_id, owner, past) if a == artifact]
     if not holders:
         logger.warning("the replaced best_model %s: not an artifact sweep wrote for the trial "
@@ -214,7 +221,7 @@ def _forget(store: ArtifactStore, storage: RDBStorage, artifacts: list[tuple[int
     gone = []
     for owner, artifact in artifacts:
         if remove(store, artifact):
-            gone.append((owner, tb.ARTIFACT_PREFIX + artifact))
+            gone.append((owner, ARTIFACT_PREFIX + artifact))
     if not gone:
         return
     attrs = tb.system_attrs
@@ -275,7 +282,7 @@ def swap_study_attr(
 
 
 def _stored_best(text: str | None) -> dict[str, Any] | None:
-    value = pointer(tb.decoded(text))
+    value = pointer(decoded(text))
     if value is None:
         return None
     v = value.get("value")

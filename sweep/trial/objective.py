@@ -24,7 +24,7 @@ from mlp.config import ModelConfig
 from mlp.memory import require_training
 from mlp.model import parameter_count
 from sweep.errors import SpecError
-from sweep.queue.operations import FAIL_REASON
+from sweep.queue.attrs import FAIL_REASON
 from sweep.study.rules import check_value, train_rules
 from sweep.study.settings import TrainSettings, configs
 from sweep.study.space import OutsideSpace, suggest, suggest_checked

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from sweep import runner
 from sweep.errors import SpecError, StorageError
-from sweep.queue.operations import CHECKPOINT, RESUME_FROM
+from sweep.queue.attrs import CHECKPOINT, RESUME_FROM
 from sweep.queue.storage import open_storage
 from sweep.study.spec import load_spec
 from sweep.trial.artifacts import open_store

@@ -19,8 +19,7 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from sweep.queue import coverage
-from sweep.queue import operations as queue
+from sweep.queue import claims, coverage, progress, recovery, topup
 from sweep.queue import tables as tb
 from sweep.queue.storage import open_storage
 from tests.sweep.helpers import WORKER_TAGS
@@ -100,9 +99,9 @@ def _big_study(url: str, n: int) -> tuple[optuna.storages.RDBStorage, int]:
     rdb = open_storage(url)
     study = optuna.create_study(study_name="big", storage=rdb, direction="maximize")
     _finished(rdb.engine, study._study_id, n)
-    queue.top_up(rdb, study._study_id, cap=n + 7)
+    topup.top_up(rdb, study._study_id, cap=n + 7)
     for _ in range(2):
-        assert queue.claim(rdb, study._study_id, WORKER_TAGS) is not None
+        assert claims.claim(rdb, study._study_id, WORKER_TAGS) is not None
     if rdb.engine.name == "postgresql":
         with rdb.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("ANALYZE")
@@ -111,13 +110,13 @@ def _big_study(url: str, n: int) -> tuple[optuna.storages.RDBStorage, int]:
 
 def test_every_queue_read_of_a_big_study_goes_through_the_index(storage_url):
     rdb, sid = _big_study(storage_url, 100_000)
-    operations = {
-        "claim": lambda: queue.claim(rdb, sid, WORKER_TAGS),
-        "pending": lambda: queue.pending(rdb, sid),
-        "recover": lambda: queue.recover(rdb, sid, grace=3600, max_retries=3),
-        "release_run": lambda: queue.release_run(rdb, sid, "no such run"),
+    issued = {
+        "claim": lambda: claims.claim(rdb, sid, WORKER_TAGS),
+        "pending": lambda: progress.pending(rdb, sid),
+        "recover": lambda: recovery.recover(rdb, sid, grace=3600, max_retries=3),
+        "release_run": lambda: recovery.release_run(rdb, sid, "no such run"),
     }
-    for name, operation in operations.items():
+    for name, operation in issued.items():
         with _Statements(rdb.engine) as sent:
             operation()
         compound = str(tb.SQL.next_waiting.compile(dialect=rdb.engine.dialect))  # see below
@@ -137,7 +136,7 @@ def test_every_queue_read_of_a_big_study_goes_through_the_index(storage_url):
     # that resume a checkpoint first, through their own partial index, then the oldest (on
     # SQLite both in one statement).
     with _Statements(rdb.engine) as sent:
-        queue.claim(rdb, sid, WORKER_TAGS)
+        claims.claim(rdb, sid, WORKER_TAGS)
     sql = tb.SQL
     sqlite = rdb.engine.name == "sqlite"
     claim = (
@@ -247,8 +246,8 @@ def test_a_database_that_refuses_the_index_is_still_used(postgres_server, caplog
     (warning,) = [r.getMessage() for r in caplog.records if r.name == "sweep.queue.storage"]
     assert f"cannot create index {INDEX} (" in warning and "owner" in warning
     sid = rdb.get_study_id_from_name("s")
-    queue.top_up(rdb, sid, cap=2)
-    assert queue.claim(rdb, sid, WORKER_TAGS) is not None
+    topup.top_up(rdb, sid, cap=2)
+    assert claims.claim(rdb, sid, WORKER_TAGS) is not None
 
 
 # -- top-up ----------------------------------------------------------------------------------
@@ -266,7 +265,7 @@ def test_a_capped_top_up_counts_instead_of_reading_every_trial(storage_url):
     rdb, sid = _big_study(storage_url, 2_000)
     for cap in (2_010, 2_003):  # more slots; fewer (the newest WAITING ones are skipped)
         with _Statements(rdb.engine) as sent:
-            queue.top_up(rdb, sid, cap=cap)
+            topup.top_up(rdb, sid, cap=cap)
         rows = _rows_read(rdb.engine, sent.reads())
         assert rows and max(rows) <= 20, (rows, sent.reads())
 
@@ -281,13 +280,13 @@ def _mixed_study(url: str) -> tuple[optuna.storages.RDBStorage, int]:
                                   and state != TrialState.FAIL else None, user_attrs=attrs)
     )  # fmt: skip
     add(TrialState.COMPLETE)
-    queue.top_up(rdb, sid, cap=4)  # three WAITING
+    topup.top_up(rdb, sid, cap=4)  # three WAITING
     add(TrialState.FAIL, fail_reason="diverged")  # counts
     add(TrialState.FAIL)  # lost: does not count
     add(TrialState.FAIL, skipped="beyond the trial cap of 1")  # does not count
     add(TrialState.PRUNED)
-    queue.claim(rdb, sid, WORKER_TAGS)  # one of the WAITING ones RUNNING
-    queue.top_up(rdb, sid, cap=9)  # more WAITING, after the others
+    claims.claim(rdb, sid, WORKER_TAGS)  # one of the WAITING ones RUNNING
+    topup.top_up(rdb, sid, cap=9)  # more WAITING, after the others
     return rdb, sid
 
 
@@ -311,7 +310,7 @@ def test_a_capped_top_up_does_what_it_did(storage_url, monkeypatch, chunk):
     for cap in (9, 12, 7, 2, 0, 5, 5):
         before = optuna.load_study(study_name="m", storage=rdb).get_trials()
         total, skipped, enqueued = _expected(before, cap)
-        assert queue.top_up(rdb, sid, cap=cap) == total, cap
+        assert topup.top_up(rdb, sid, cap=cap) == total, cap
         after = optuna.load_study(study_name="m", storage=rdb).get_trials()
         assert len(after) == len(before) + enqueued, cap
         assert all(t.state == TrialState.WAITING for t in after[len(before) :]), cap
@@ -329,14 +328,14 @@ def test_a_grid_reads_parameters_only_of_trials_without_fixed_ones(storage_url):
     rdb = open_storage(storage_url)
     study = optuna.create_study(study_name="g", storage=rdb, direction="maximize")
     points = [{"x": 0.0}, {"x": 0.5}, {"x": 1.0}]
-    queue.top_up(rdb, study._study_id, points=points[:2])
+    topup.top_up(rdb, study._study_id, points=points[:2])
     theirs = optuna.trial.create_trial(
         params={"x": 1.0}, distributions={"x": optuna.distributions.FloatDistribution(0, 1)},
         value=1.0,
     )  # fmt: skip
     study.add_trial(theirs)  # another client ran the third point
     with _Statements(rdb.engine) as sent:
-        assert queue.top_up(rdb, study._study_id, points=points) == 3
+        assert topup.top_up(rdb, study._study_id, points=points) == 3
     assert len(study.get_trials()) == 3  # the foreign trial covers its point
     (params_read,) = [(s, p) for s, p in sent.sent if "FROM trial_params" in s]
     bound = params_read[1].values() if isinstance(params_read[1], dict) else params_read[1]

@@ -204,11 +204,11 @@ def _as_datetime(value):
 
 
 def test_a_topped_up_trial_reads_back_as_an_enqueued_one(storage_url):
-    from sweep.queue import operations
+    from sweep.queue import topup
 
     theirs = _queued(storage_url, "optuna", [{"x": 0.5}])
     ours = _queued(storage_url, "ours", [])
-    operations.top_up(open_storage(storage_url), ours._study_id, points=[{"x": 0.5}])
+    topup.top_up(open_storage(storage_url), ours._study_id, points=[{"x": 0.5}])
     mine, reference = ours.get_trials()[0], theirs.get_trials()[0]
     assert (mine.number, mine.state, mine.params, mine.user_attrs, mine.system_attrs) == (
         reference.number, reference.state, reference.params, reference.user_attrs,

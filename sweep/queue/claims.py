@@ -1,0 +1,133 @@
+"""A worker's claim on a queued trial, and its release back to the queue.
+
+``claim`` moves the oldest WAITING trial to RUNNING with its first heartbeat and the claimer's
+tags (``run``, ``worker``), atomically (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, the
+transaction's ``BEGIN IMMEDIATE`` on SQLite); the heartbeat goes first, which is what the
+queue's guard (``sweep.queue.guard``) lets through and optuna's own ``ask()`` never does. A
+trial that resumes a checkpoint is claimed before any other, so that no checkpoint waits on
+disk behind the rest of a grid.
+
+``release`` puts a trial whose worker failed (not the trial: its data, memory or storage went,
+or it was interrupted) back to WAITING as it was enqueued, in one transaction, keeping the
+parameters it ran with and handing its checkpoint on (``sweep.queue.handover``).
+
+Each claim is fenced by its start time: a write-back or release names the claim it belongs to
+(``sweep.queue.tables.held_by``), so a worker that was cut off while its trial was recovered
+and claimed again can never write into the new claim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+
+from sweep.queue import tables as tb
+from sweep.queue.attrs import (
+    ARTIFACT_PREFIX,
+    FAILED_TRIAL,
+    FIXED,
+    RESUME_FROM,
+    RETRY_HISTORY,
+    RUN_TAG,
+    WORKER_TAG,
+)
+from sweep.queue.handover import handover
+from sweep.queue.tables import trials
+from sweep.queue.transactions import writing
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A trial moved to RUNNING by one worker; ``started`` (naive UTC) fences it."""
+
+    trial_id: int
+    number: int
+    started: datetime
+
+
+def _locking(storage: RDBStorage) -> bool:
+    return storage.engine.name != "sqlite"
+
+
+def claim(storage: RDBStorage, study_id: int, tags: dict[str, Any]) -> Claim | None:
+    """Move the study's oldest WAITING trial that resumes a checkpoint, else its oldest WAITING
+    trial, to RUNNING, with its first heartbeat and ``tags`` (which must name the ``run`` and
+    the ``worker``) as user attributes, in one transaction; None if nothing waits. A claimed
+    trial's ``resume_from`` becomes ``resumed_from``."""
+    assert RUN_TAG in tags and WORKER_TAG in tags, "recovery finds sweep's claims by their tags"
+    locking, sql = _locking(storage), tb.SQL
+    with writing(storage.engine) as conn:
+        if locking:  # FOR UPDATE SKIP LOCKED: one statement each
+            row = conn.execute(sql.resumable_waiting_locked, {"sid": study_id}).first()
+            if row is None:
+                row = conn.execute(sql.oldest_waiting_locked, {"sid": study_id}).first()
+            resumes = True  # (see below)
+        else:
+            row = conn.execute(sql.next_waiting, {"sid": study_id}).first()
+            resumes = row is not None and bool(row[2])
+        if row is None:
+            return None
+        trial_id, number = row[0], row[1]
+        started = tb.utc_now()
+        # The heartbeat first: the queue's guard (``sweep.queue.guard``) lets a WAITING trial of a
+        # sweep study become RUNNING only once it has one, which optuna's own pop never has.
+        conn.execute(tb.heartbeats.insert(), {"trial_id": trial_id})
+        conn.execute(sql.start, {"tid": trial_id, "started": started})
+        # On SQLite the transaction holds the database: the oldest trial, if not the resumable
+        # one, resumes nothing. On PostgreSQL each statement sees what was committed before
+        # it, so the second may find a trial released back to the queue in between: rename.
+        if resumes:
+            conn.execute(sql.resumed, {"tid": trial_id})
+        tb.replace_attrs(conn, tb.user_attrs, trial_id, {k: json.dumps(v) for k, v in tags.items()})
+    return Claim(trial_id, number, started)
+
+
+def release(storage: RDBStorage, trial_id: int, started: datetime | None = None) -> bool:
+    """Put a RUNNING trial back in the queue: WAITING, with its fixed parameters (those it ran
+    with, if none were fixed), its retry history, its checkpoint as ``resume_from`` and the
+    names of its artifacts, and nothing else (its values, curves, heartbeat and every user
+    attribute go, an enqueuer's included). With ``started``, only that claim of it. False if it
+    was no longer RUNNING."""
+    with writing(storage.engine) as conn:
+        return release_in(conn, trial_id, started)
+
+
+def release_in(conn: Any, trial_id: int, started: datetime | None) -> bool:
+    """``release`` in the caller's write transaction."""
+    where = tb.held_by(trial_id, started)
+    number = conn.execute(
+        trials.update()
+        .where(*where)
+        .values(state=TrialState.WAITING, datetime_start=None, datetime_complete=None)
+        .returning(trials.c.number)
+    ).scalar()
+    if number is None:
+        return False
+    work = handover(conn, trial_id, number)
+    kept = {RESUME_FROM: work.resume_from}
+    if work.fixed or work.had_fixed:
+        kept[FIXED] = work.fixed
+    for table in (tb.params, tb.values, tb.steps, tb.heartbeats, tb.user_attrs):
+        conn.execute(table.delete().where(table.c.trial_id == trial_id))
+    system = tb.system_attrs
+    conn.execute(  # the names of its artifacts stay: the trial's end deletes those files
+        system.delete().where(
+            system.c.trial_id == trial_id,
+            system.c.key.not_in([FAILED_TRIAL, RETRY_HISTORY]),
+            sqlalchemy.not_(system.c.key.startswith(ARTIFACT_PREFIX, autoescape=True)),
+        )
+    )
+    rows = [
+        {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
+        for key, value in kept.items()
+        if value is not None
+    ]
+    if rows:
+        conn.execute(system.insert(), rows)
+    return True
