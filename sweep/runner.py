@@ -34,13 +34,14 @@ from sweep.queue.storage import (
     STORAGE_ERRORS,
     mask_password,
     open_storage,
+    rdb_of,
     resolve_url,
     root_cause,
     root_message,
     storage_failure,
 )
 from sweep.queue.studies import study_exists
-from sweep.study.joining import grid_left, open_study, rdb_of, recover, top_up, unfinished
+from sweep.study.joining import grid_left, open_study, recover, top_up, unfinished
 from sweep.study.spec import StudySpec
 from sweep.trial.artifacts import study_store
 from sweep.trial.checkpoint import policy as checkpoint_policy

@@ -37,6 +37,7 @@ from sweep.queue.storage import (
     HEARTBEAT_INTERVAL_S,
     STORAGE_ERRORS,
     open_storage,
+    rdb_of,
     root_message,
     storage_failure,
 )
@@ -46,7 +47,6 @@ from sweep.study.joining import (
     grid_left,
     make_pruner,
     make_sampler,
-    rdb_of,
     recover,
     refill,
     top_up,

@@ -321,6 +321,18 @@ def _first_line(error: BaseException, url: str) -> str:
     return redact(text[0], url) if text else type(orig).__name__
 
 
+def rdb_of(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage:
+    """The RDB storage a study's storage stands on: itself, or the one under a worker's
+    write-back storage (``backend``) or optuna's cache (``_backend``). TypeError if there is
+    none (optuna's in-memory storage): the queue lives in a database."""
+    found = storage
+    for _ in range(3):
+        if isinstance(found, optuna.storages.RDBStorage):
+            return found
+        found = getattr(found, "backend", None) or getattr(found, "_backend", None)
+    raise TypeError(f"a study queue needs an RDB storage; got {type(storage).__name__}")
+
+
 def study_names(storage: optuna.storages.RDBStorage) -> list[str]:
     """Every study's name, in creation order: one narrow read (optuna's summaries read every
     trial of every study, 10 s at 10^4 trials)."""

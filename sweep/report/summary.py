@@ -267,7 +267,7 @@ def trial_table(study: optuna.Study, *, limit: int | None = None) -> tuple[str, 
 def _top(study: optuna.Study, *, kind: Kind, limit: int) -> tuple[list[FrozenTrial], int]:
     """The first ``limit`` trials of the study as ``ordered`` lists them, and how many more
     there are: one ordered, limited statement, one count, then each trial shown."""
-    from sweep.study.joining import rdb_of
+    from sweep.queue.storage import rdb_of
 
     rdb, study_id = rdb_of(study._storage), study._study_id
     v = tb.values

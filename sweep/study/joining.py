@@ -22,10 +22,15 @@ from sweep.queue import guard, orphans, recovery, topup
 from sweep.queue import tables as tb
 from sweep.queue.attrs import SPEC
 from sweep.queue.progress import grid_done
-from sweep.queue.storage import GRACE_PERIOD_S, MissingDatabase, mask_password, open_storage
+from sweep.queue.storage import (
+    GRACE_PERIOD_S,
+    MissingDatabase,
+    mask_password,
+    open_storage,
+    rdb_of,
+)
 from sweep.queue.studies import adopt_spec
 from sweep.queue.transactions import writing
-from sweep.queue.writeback import WriteBackStorage
 from sweep.study.sampler import BoundedTPESampler
 from sweep.study.space import grid_points
 from sweep.study.spec import METRIC, StudySpec, first_difference, stored_spec
@@ -256,13 +261,3 @@ def recover(study: optuna.Study, *, max_retries: int) -> list[int]:
     grace = rdb.grace_period or GRACE_PERIOD_S
     with _named(study):
         return recovery.recover(rdb, study._study_id, grace=grace, max_retries=max_retries)
-
-
-def rdb_of(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage:
-    """The RDB storage under our write-back wrapper or optuna's cache."""
-    if isinstance(storage, WriteBackStorage):
-        return storage.backend
-    backend = getattr(storage, "_backend", storage)
-    if not isinstance(backend, optuna.storages.RDBStorage):
-        raise TypeError(f"a study queue needs an RDB storage; got {type(backend).__name__}")
-    return backend

@@ -40,9 +40,8 @@ from optuna.trial import TrialState
 from sweep.errors import SpecError, StorageError, SweepError
 from sweep.queue import tables as tb
 from sweep.queue.attrs import ARTIFACT_PREFIX, SPEC, decoded, pointer
-from sweep.queue.storage import root_message
+from sweep.queue.storage import rdb_of, root_message
 from sweep.report.stored import number, printable
-from sweep.study.joining import rdb_of
 from sweep.study.spec import StudySpec, stored_spec
 from sweep.trial import artifacts
 from sweep.trial.cleanup import BEST_MODEL, swap_study_attr

@@ -34,9 +34,8 @@ from sweep.queue.attrs import (
     decoded,
     pointer,
 )
-from sweep.queue.storage import root_message
+from sweep.queue.storage import rdb_of, root_message
 from sweep.queue.transactions import lock_study
-from sweep.study.joining import rdb_of
 from sweep.trial.artifacts import SWEEP_FORM, is_sweep_id, remove, shown
 
 if TYPE_CHECKING:

@@ -66,8 +66,7 @@ def build(url: str, folder: Path, n: int, *, name: str = "big", sampler: str = "
     Returns the study id."""
     from sweep import runner
     from sweep.queue import attrs
-    from sweep.queue.storage import open_storage
-    from sweep.study.joining import rdb_of
+    from sweep.queue.storage import open_storage, rdb_of
     from sweep.study.spec import load_spec
 
     spec = load_spec(study_file(folder, name, sampler=sampler, trials=seed_trials))

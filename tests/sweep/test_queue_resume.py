@@ -17,8 +17,8 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from sweep.queue import attrs, claims, recovery
-from sweep.queue.storage import open_storage
-from sweep.study.joining import open_study, rdb_of, top_up
+from sweep.queue.storage import open_storage, rdb_of
+from sweep.study.joining import open_study, top_up
 from sweep.study.space import suggest
 from sweep.study.spec import load_spec
 from sweep.worker import as_worker_study
