@@ -26,6 +26,7 @@ from typing import Any
 import optuna
 
 from sweep.errors import SpecError, StorageError, StudyGone, SweepError, WorkerError
+from sweep.queue.attrs import stop_key
 from sweep.queue.progress import Pending, pending, tally
 from sweep.queue.recovery import abandon_run, release_run
 from sweep.queue.storage import (
@@ -252,7 +253,7 @@ def _stop_run(study: optuna.Study, run_id: str, *, died: bool, max_retries: int)
     try:
         if not study_exists(storage, study_id):
             return  # deleted by another client: nothing to stop or hand back
-        study._storage.set_study_system_attr(study_id, f"stop:{run_id}", True)
+        study._storage.set_study_system_attr(study_id, stop_key(run_id), True)
         if died:
             abandon_run(storage, study_id, run_id, max_retries=max_retries)
         else:

@@ -31,7 +31,7 @@ from sweep.errors import (
     WorkerError,
     on_sigterm_raise_terminated,
 )
-from sweep.queue.attrs import FAIL_REASON, RUN_TAG, WORKER_TAG
+from sweep.queue.attrs import FAIL_REASON, RUN_TAG, WORKER_TAG, stop_key
 from sweep.queue.progress import pending
 from sweep.queue.storage import (
     HEARTBEAT_INTERVAL_S,
@@ -208,13 +208,13 @@ def serve(
         RUN_TAG: run_id,
     }
     ran = 0
-    stop_key = f"stop:{run_id}"
+    stopped = stop_key(run_id)
     next_stop_check = 0.0
     while True:
         # The parent's stop flag (for workers it cannot kill, e.g. on dask), read before each
         # trial but at most once a second: a read per trivial trial was 10% of its cost.
         if time.monotonic() >= next_stop_check:
-            if storage.has_study_system_attr(study._study_id, stop_key):
+            if storage.has_study_system_attr(study._study_id, stopped):
                 return ran
             next_stop_check = time.monotonic() + POLL_S
         trial_id = storage.claim(study._study_id, tags)

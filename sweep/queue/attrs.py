@@ -1,11 +1,25 @@
 """The attributes sweep writes on a study and its trials: their names, and how one is read back.
 
-The names are shared with whoever else reads the study (the dashboard, scripts); any client may
-also write them, so a value is read back as untrusted JSON (``decoded``, ``attr``, ``pointer``).
+The names and values are a stored format, shared with whoever else reads the study (the
+dashboard, scripts, an older sweep): keys are kept as they are. Any client may also write them,
+so a value is read back as untrusted JSON (``decoded``, ``attr``, ``pointer``, ``Checkpoint``).
+
+A checkpoint hand-over is one concept under three keys: one value, ``{"artifact_id": str,
+"epoch": int >= 1, "trial": int >= 0}``, read and written in code as a ``Checkpoint``:
+
+  - ``checkpoint``, on a RUNNING trial: its latest checkpoint (no ``trial``: its own), written
+    by its worker after an epoch (``sweep.trial.checkpoint``);
+  - ``resume_from``, on a WAITING trial that takes a dead or released trial's work over, written
+    by the release or recovery that ended the claim (``sweep.queue.handover`` says which);
+  - ``resumed_from``: the same, once the trial is claimed (the claim renames the key).
+
+The partial index ``ix_sweep_resumable`` (``sweep.queue.tables.RESUME_INDEX``) holds exactly the
+``resume_from`` rows, which is why a claim renames the key rather than reading a flag.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from typing import Any
@@ -15,11 +29,7 @@ from typing import Any
 RUN_TAG, WORKER_TAG = "run", "worker"
 #: System attributes an enqueued trial starts with; a release keeps these and drops the rest.
 FIXED, FAILED_TRIAL, RETRY_HISTORY = "fixed_params", "failed_trial", "retry_history"
-#: System attributes of a trial's work in progress: its latest checkpoint, ``{"artifact_id":
-#: str, "epoch": int}`` (written by the objective), and the checkpoint a requeued trial starts
-#: from, the same with the ``trial`` (number) that wrote it (written by ``sweep.queue.handover``):
-#: ``resume_from`` while it waits, ``resumed_from`` once claimed
-#: (``sweep.queue.tables.RESUME_INDEX``).
+#: The system attributes of a checkpoint hand-over (see the module's table).
 CHECKPOINT, RESUME_FROM, RESUMED_FROM = "checkpoint", "resume_from", "resumed_from"
 #: The key prefix of the attribute by which optuna's ``upload_artifact`` names an artifact on
 #: its trial or study (``artifacts:<id>``, its meta data as JSON; optuna-dashboard lists them).
@@ -33,6 +43,20 @@ SPEC = "spec"
 FAIL_REASON = "fail_reason"
 #: User attribute of a trial failed because its worker died: which worker, and how.
 LOST = "lost"
+#: The study's system attributes naming the best COMPLETE trial's final weights
+#: (``{"artifact_id", "trial", "value", "trial_id"}``, ``sweep.trial.cleanup``) and the model
+#: ``sweep evaluate`` retrained and uploaded (``{"artifact_id", "sidecar_id", "trial"}``,
+#: ``sweep.trial.best``).
+BEST_MODEL, EVALUATED_MODEL = "best_model", "evaluated_model"
+#: The study's system attribute by which a launcher asks its run's workers to stop
+#: (``stop:<run id>``; dask cannot kill a running task).
+STOP_PREFIX = "stop:"
+
+
+def stop_key(run_id: str) -> str:
+    """The study's system attribute that stops the workers of run ``run_id``."""
+    return STOP_PREFIX + run_id
+
 
 #: What an artifact id read from the database may look like (optuna's are uuid4 strings): a
 #: name, never a path (a checkpoint named ``../../x`` must never be read or deleted).
@@ -63,6 +87,34 @@ def pointer(value: Any) -> dict[str, Any] | None:
         return None
     artifact = value.get("artifact_id")
     return value if isinstance(artifact, str) and ARTIFACT_ID.fullmatch(artifact) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint as trials hand it on (the module's table): the artifact holding a training
+    state, the last epoch in it, and the number of the trial whose work it is (None in a
+    running trial's own ``checkpoint``)."""
+
+    artifact_id: str
+    epoch: int
+    trial: int | None = None
+
+    @classmethod
+    def read(cls, value: Any) -> Checkpoint | None:
+        """An attribute's value (decoded JSON, as optuna returns it; ``decoded`` for stored
+        text) as far as it is well formed: an artifact ``pointer`` with an integer ``epoch`` >=
+        1; a ``trial`` that is not an integer >= 0 reads as None. None if not well formed."""
+        value = pointer(value)
+        if value is None or type(value.get("epoch")) is not int or value["epoch"] < 1:
+            return None
+        trial = value.get("trial")
+        trial = trial if type(trial) is int and trial >= 0 else None
+        return cls(value["artifact_id"], value["epoch"], trial)
+
+    def stored(self) -> dict[str, Any]:
+        """The value to store (JSON-encodable), ``trial`` only where there is one."""
+        value: dict[str, Any] = {"artifact_id": self.artifact_id, "epoch": self.epoch}
+        return value if self.trial is None else {**value, "trial": self.trial}
 
 
 def why_failed(user_attrs: dict[str, Any]) -> str:

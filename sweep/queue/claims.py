@@ -31,8 +31,6 @@ from sweep.queue import tables as tb
 from sweep.queue.attrs import (
     ARTIFACT_PREFIX,
     FAILED_TRIAL,
-    FIXED,
-    RESUME_FROM,
     RETRY_HISTORY,
     RUN_TAG,
     WORKER_TAG,
@@ -106,10 +104,7 @@ def release_in(conn: Any, trial_id: int, started: datetime | None) -> bool:
     ).scalar()
     if number is None:
         return False
-    work = handover(conn, trial_id, number)
-    kept = {RESUME_FROM: work.resume_from}
-    if work.fixed or work.had_fixed:
-        kept[FIXED] = work.fixed
+    kept = handover(conn, trial_id, number).kept()
     for table in (tb.params, tb.values, tb.steps, tb.heartbeats, tb.user_attrs):
         conn.execute(table.delete().where(table.c.trial_id == trial_id))
     system = tb.system_attrs
@@ -123,7 +118,6 @@ def release_in(conn: Any, trial_id: int, started: datetime | None) -> bool:
     rows = [
         {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
         for key, value in kept.items()
-        if value is not None
     ]
     if rows:
         conn.execute(system.insert(), rows)

@@ -5,7 +5,9 @@ A claim ends without a result in two ways: a release (the worker gave the trial 
 ``sweep.queue.claims``) puts the trial itself back in the queue, and a recovery (its worker
 died, ``sweep.queue.recovery``) fails it and enqueues a replacement. Either way the trial that
 runs next gets the same parameters (a TPE or random trial's sampled ones too, fixed) and, as
-``resume_from``, the checkpoint its work had reached.
+``resume_from``, the checkpoint its work had reached: ``handover`` reads it, ``Work.kept`` and
+``Work.successor`` are what the release and the recovery write (the keys:
+``sweep.queue.attrs``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,17 @@ from typing import Any
 import sqlalchemy
 
 from sweep.queue import tables as tb
-from sweep.queue.attrs import CHECKPOINT, FIXED, RESUMED_FROM, RETRY_HISTORY, attr, pointer
+from sweep.queue.attrs import (
+    CHECKPOINT,
+    FAILED_TRIAL,
+    FIXED,
+    RESUME_FROM,
+    RESUMED_FROM,
+    RETRY_HISTORY,
+    Checkpoint,
+    attr,
+    decoded,
+)
 from sweep.queue.coverage import stored_params
 
 
@@ -27,7 +39,27 @@ class Work:
     fixed: dict[str, Any]  # the fixed parameters, with those it ran with where none were fixed
     had_fixed: bool  # it was enqueued with fixed parameters (a grid point, or a user's)
     history: list[int]  # optuna's ``retry_history``: its failed predecessors' numbers
-    resume_from: dict[str, Any] | None  # see ``_resume_point``
+    resume_from: Checkpoint | None  # see ``_resume_point``
+
+    def kept(self) -> dict[str, Any]:
+        """The system attributes a released trial keeps, besides its retry history and the
+        names of its artifacts: its parameters, as fixed ones, and its ``resume_from``."""
+        kept: dict[str, Any] = {}
+        if self.fixed or self.had_fixed:
+            kept[FIXED] = self.fixed
+        if self.resume_from is not None:
+            kept[RESUME_FROM] = self.resume_from.stored()
+        return kept
+
+    def successor(self, number: int) -> dict[str, Any]:
+        """The system attributes of the trial that replaces trial ``number`` besides its fixed
+        parameters: optuna's ``failed_trial`` and ``retry_history``, and its ``resume_from``."""
+        past = self.history
+        extra: dict[str, Any] = {FAILED_TRIAL: past[0] if past else number,
+                                 RETRY_HISTORY: [*past, number]}  # fmt: skip
+        if self.resume_from is not None:
+            extra[RESUME_FROM] = self.resume_from.stored()
+        return extra
 
 
 def handover(conn: Any, trial_id: int, number: int) -> Work:
@@ -71,30 +103,17 @@ def _history(text: str | None) -> list[int]:
     return past if all(type(n) is int for n in past) else []
 
 
-def _pointer(text: str | None) -> dict[str, Any] | None:
-    """A ``checkpoint`` or ``resume_from`` attribute as stored (JSON text), as far as it is well
-    formed: an artifact pointer with an epoch >= 1 (None if not), with its ``trial``."""
-    value = pointer(attr(text, dict, {}))
-    if value is None or type(value.get("epoch")) is not int or value["epoch"] < 1:
-        return None
-    return {
-        "artifact_id": value["artifact_id"],
-        "epoch": value["epoch"],
-        "trial": value.get("trial"),
-    }
-
-
 def _resume_point(
     number: int, checkpoint_json: str | None, resume_json: str | None
-) -> dict[str, Any] | None:
+) -> Checkpoint | None:
     """Where the work of trial ``number`` resumes: its own ``checkpoint``, else the
     ``resume_from`` it was given and had not yet replaced by a checkpoint (its artifact is
     still there); None if neither is well formed. Another client may have written either."""
-    own, given = _pointer(checkpoint_json), _pointer(resume_json)
-    if given is not None and not (type(given["trial"]) is int and given["trial"] >= 0):
-        given = None
-    if own is not None and given is not None and own["artifact_id"] == given["artifact_id"]:
+    own, given = Checkpoint.read(decoded(checkpoint_json)), Checkpoint.read(decoded(resume_json))
+    if given is not None and given.trial is None:
+        given = None  # a hand-over always names the trial whose work it is
+    if own is not None and given is not None and own.artifact_id == given.artifact_id:
         return given  # it resumed and names what it was given: that trial's work, not its own
     if own is not None:
-        return {**own, "trial": number}
+        return dataclasses.replace(own, trial=number)
     return given

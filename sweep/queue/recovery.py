@@ -28,10 +28,7 @@ from optuna.trial import TrialState
 from sweep.queue import tables as tb
 from sweep.queue.attrs import (
     FAIL_REASON,
-    FAILED_TRIAL,
     LOST,
-    RESUME_FROM,
-    RETRY_HISTORY,
     RUN_TAG,
     WORKER_TAG,
     attr,
@@ -126,16 +123,13 @@ def _fail_and_requeue(
             continue
         failed.append(number)
         work = handover(conn, trial_id, number)
-        past = work.history
+        deaths = len(work.history) + 1
         attrs = {LOST: why.format(worker=attr(worker_json, str, "?"))}
-        if len(past) + 1 >= max_retries:
-            attrs[FAIL_REASON] = f"worker died {len(past) + 1} times"
+        if deaths >= max_retries:
+            attrs[FAIL_REASON] = f"worker died {deaths} times"
         else:
-            extra = {FAILED_TRIAL: past[0] if past else number, RETRY_HISTORY: [*past, number]}
-            if work.resume_from is not None:
-                extra[RESUME_FROM] = work.resume_from
             fixed.append(work.fixed)
-            extras.append(extra)
+            extras.append(work.successor(number))
         tb.replace_attrs(
             conn, tb.user_attrs, trial_id, {k: json.dumps(v) for k, v in attrs.items()}
         )

@@ -39,12 +39,12 @@ from optuna.trial import TrialState
 
 from sweep.errors import SpecError, StorageError, SweepError
 from sweep.queue import tables as tb
-from sweep.queue.attrs import ARTIFACT_PREFIX, SPEC, decoded, pointer
+from sweep.queue.attrs import ARTIFACT_PREFIX, BEST_MODEL, EVALUATED_MODEL, SPEC, decoded, pointer
 from sweep.queue.storage import rdb_of, root_message
 from sweep.report.stored import number, printable
 from sweep.study.spec import StudySpec, stored_spec
 from sweep.trial import artifacts
-from sweep.trial.cleanup import BEST_MODEL, swap_study_attr
+from sweep.trial.cleanup import swap_study_attr
 from sweep.trial.objective import build_model_and_config, settings_of, trial_seed
 
 if TYPE_CHECKING:
@@ -55,9 +55,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: The study's system attribute naming the model ``sweep evaluate`` uploaded last:
-#: ``{"artifact_id": weights, "sidecar_id": sidecar, "trial": number}``.
-EVALUATED_MODEL = "evaluated_model"
 _HINT = "retrain and upload it with: sweep evaluate STUDY.toml"
 
 

@@ -28,9 +28,11 @@ import sqlalchemy
 from sweep.queue import tables as tb
 from sweep.queue.attrs import (
     ARTIFACT_PREFIX,
+    BEST_MODEL,
     CHECKPOINT,
     FAIL_REASON,
     RETRY_HISTORY,
+    Checkpoint,
     decoded,
     pointer,
 )
@@ -44,8 +46,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: The study's system attribute naming the best COMPLETE trial's final weights.
-BEST_MODEL = "best_model"
 #: Why a pointer that names no artifact of its trial's is left alone (for log lines).
 NOT_OURS = (f"not an artifact sweep wrote for this trial or the trials it took over "
             f"({SWEEP_FORM} named artifacts:<id> on them)")  # fmt: skip
@@ -60,18 +60,18 @@ def trial_ended(store: ArtifactStore, study: optuna.Study, trial: optuna.trial.F
         where = f"trial {trial.number}"
         named = _named(backend, study._study_id, trial._trial_id, predecessors(trial.system_attrs),
                        where=where)  # fmt: skip
-        mine = pointer(trial.system_attrs.get(CHECKPOINT))
+        mine = Checkpoint.read(trial.system_attrs.get(CHECKPOINT))
         if CHECKPOINT in trial.system_attrs and (
-            mine is None or mine["artifact_id"] not in {a for _, a in named}
+            mine is None or mine.artifact_id not in {a for _, a in named}
         ):  # another client's: never kept, never deleted (its resumed_from was the resume's)
             logger.warning("%s: its checkpoint %s: %s; left as it is", where,
                            shown(trial.system_attrs[CHECKPOINT]), NOT_OURS)  # fmt: skip
             mine = None
         keep = None
         value = trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None
-        final = mine is not None and mine.get("epoch") == trial.last_step
+        final = mine is not None and mine.epoch == trial.last_step
         if final and value is not None and math.isfinite(value):  # (else its final upload failed)
-            keep = mine["artifact_id"]
+            keep = mine.artifact_id
             maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
             best = {"artifact_id": keep, "trial": trial.number, "value": value,
                     "trial_id": trial._trial_id}  # fmt: skip

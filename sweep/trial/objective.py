@@ -143,7 +143,7 @@ class Objective:
             # The epochs it did not run, as they were reported (not pruned: it went on).
             for m in resumed.history:
                 record(m)
-            given = saved.resumed_from.get("trial") if saved and saved.resumed_from else None
+            given = saved.resumed_from.trial if saved and saved.resumed_from else None
             resume_attrs = {
                 "resumed_from_epoch": resumed.epoch,
                 "resumed_from_trial": given if type(given) is int else None,

@@ -13,10 +13,11 @@ from mlp import MLP, TrainConfig, fit, save_state
 from mlp.data import Dataset, Split
 from sweep.errors import SpecError
 from sweep.queue import attrs, handover, recovery
+from sweep.queue.attrs import BEST_MODEL, Checkpoint
 from sweep.queue.storage import open_storage
 from sweep.trial.artifacts import open_store
 from sweep.trial.checkpoint import Checkpoints, policy
-from sweep.trial.cleanup import BEST_MODEL, trial_ended
+from sweep.trial.cleanup import trial_ended
 
 
 def _data() -> Dataset:
@@ -115,11 +116,10 @@ def test_a_trial_requeued_before_its_own_checkpoint_hands_on_what_it_was_given()
     given = json.dumps({"artifact_id": "a1", "epoch": 5, "trial": 3})
     own_is_given = json.dumps({"artifact_id": "a1", "epoch": 5})
     own = json.dumps({"artifact_id": "b2", "epoch": 7})
-    assert handover._resume_point(9, own_is_given, given) == {"artifact_id": "a1", "epoch": 5,
-                                                           "trial": 3}  # fmt: skip
-    assert handover._resume_point(9, own, given) == {"artifact_id": "b2", "epoch": 7, "trial": 9}
-    assert handover._resume_point(9, None, given)["trial"] == 3
-    assert handover._resume_point(9, own, None)["trial"] == 9
+    assert handover._resume_point(9, own_is_given, given) == Checkpoint("a1", 5, 3)
+    assert handover._resume_point(9, own, given) == Checkpoint("b2", 7, 9)
+    assert handover._resume_point(9, None, given).trial == 3
+    assert handover._resume_point(9, own, None).trial == 9
 
 
 @pytest.mark.parametrize(

@@ -22,12 +22,13 @@ from optuna.trial import TrialState
 from mlp import MLP, TrainState, save_state
 from mlp.train import EpochMetrics
 from sweep.queue import attrs
+from sweep.queue.attrs import BEST_MODEL, EVALUATED_MODEL
 from sweep.queue.storage import open_storage
 from sweep.study.space import suggest
 from sweep.study.spec import load_spec
 from sweep.trial.artifacts import open_store
 from sweep.trial.checkpoint import fits_of
-from sweep.trial.cleanup import BEST_MODEL, trial_ended
+from sweep.trial.cleanup import trial_ended
 from sweep.trial.objective import (
     Objective,
     build_model_and_config,
@@ -241,7 +242,7 @@ def test_a_best_model_sweep_kept_is_deleted_when_a_better_one_replaces_it(tmp_pa
 
 
 def test_a_forged_evaluated_model_leaves_the_file_it_names(tmp_path, caplog):
-    from sweep.trial.best import EVALUATED_MODEL, _replace_evaluated
+    from sweep.trial.best import _replace_evaluated
 
     env = Env(tmp_path)
     sid = env.study._study_id

@@ -185,10 +185,11 @@ def test_forged_pointers_read_and_delete_nothing_outside_sweeps_forms_in_a_bucke
 
     from mlp import MLP, TrainConfig
     from sweep.queue import attrs
+    from sweep.queue.attrs import BEST_MODEL
     from sweep.queue.storage import open_storage
     from sweep.trial.artifacts import open_store
     from sweep.trial.checkpoint import Checkpoints
-    from sweep.trial.cleanup import BEST_MODEL, trial_ended
+    from sweep.trial.cleanup import trial_ended
     from tests.sweep.test_checkpoint_cases import _data
 
     for name, value in s3.items():
