@@ -260,7 +260,7 @@ def open_reader(url: str | None = None) -> sqlalchemy.engine.Engine:
     return open_storage(url, heartbeat_interval=None, grace_period=None, read_only=True).engine
 
 
-#: The PostgreSQL advisory lock that serialises creating sweep's index ("sweep" in ASCII).
+#: The PostgreSQL advisory lock that serialises creating sweep's indexes ("sweep" in ASCII).
 _INDEX_LOCK = 0x7377656570
 
 
@@ -273,8 +273,8 @@ def _has_index(conn: sqlalchemy.Connection, name: str) -> bool:
 
 
 def _add_indexes(engine: sqlalchemy.engine.Engine, url: str) -> None:
-    """Create sweep's indexes (``sweep.queue.tables.INDEXES``: the queue's, the best values') unless
-    they exist.
+    """Create sweep's indexes (``sweep.queue.tables.INDEXES``: the queue's, the best values' and
+    the resumable trials') unless they exist.
 
     One catalog read each when they do (no lock: SQLite's plain BEGIN). Otherwise they are
     built under the write lock (SQLite's ``BEGIN IMMEDIATE``; on PostgreSQL an advisory lock,
