@@ -160,7 +160,7 @@ def _record(
     """The ``artifacts:<id>`` record (ArtifactMeta) that the study or trial holds; None if it
     holds none (or one deleted through the dashboard, JSON ``null``); _BadRecord saying what
     is wrong with one that is not JSON or not an object."""
-    from sweep.queue.tables import ARTIFACT_PREFIX  # (it loads optuna's table models)
+    from sweep.queue.attrs import ARTIFACT_PREFIX
 
     try:
         study_attrs = storage.get_study_system_attrs(study_id)
@@ -206,7 +206,7 @@ def tolerant_listings() -> None:
 
 
 def _study_artifacts(study_system_attrs: dict[str, Any]) -> list[dict]:
-    from sweep.queue.tables import ARTIFACT_PREFIX
+    from sweep.queue.attrs import ARTIFACT_PREFIX
 
     records = [(k, v) for k, v in study_system_attrs.items() if k.startswith(ARTIFACT_PREFIX)]
     return _listed(records, "a study")
@@ -215,7 +215,7 @@ def _study_artifacts(study_system_attrs: dict[str, Any]) -> list[dict]:
 def _trial_artifacts(
     study_system_attrs: dict[str, Any], trial_system_attrs: dict[str, Any], trial: FrozenTrial
 ) -> list[dict]:
-    from sweep.queue.tables import ARTIFACT_PREFIX
+    from sweep.queue.attrs import ARTIFACT_PREFIX
 
     old = _OLD_TRIAL_PREFIX.format(trial=trial._trial_id)
     records = [(k, v) for k, v in study_system_attrs.items() if k.startswith(old)]

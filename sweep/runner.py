@@ -1,7 +1,7 @@
 """Running a study: a launcher and its workers, as local joblib (loky) processes or on a dask
 cluster, and the progress the launcher shows.
 
-The study is a queue (``sweep.queue.operations``). A launcher (``sweep run``; ``sweep worker`` is a
+The study is a queue (``sweep.queue``). A launcher (``sweep run``; ``sweep worker`` is a
 launcher of one, see ``sweep.worker``) tops it up: a grid study gets one WAITING trial per
 feasible grid point that no trial covers yet, a TPE/random study empty WAITING slots up to
 its trial cap (the sampler fills each slot's parameters when it is claimed). Workers only ever
@@ -26,19 +26,23 @@ from typing import Any
 import optuna
 
 from sweep.errors import SpecError, StorageError, StudyGone, SweepError, WorkerError
-from sweep.queue import operations
+from sweep.queue.attrs import stop_key
+from sweep.queue.progress import Pending, pending, tally
+from sweep.queue.recovery import abandon_run, release_run
 from sweep.queue.storage import (
     GRACE_PERIOD_S,
     HEARTBEAT_INTERVAL_S,
     STORAGE_ERRORS,
     mask_password,
     open_storage,
+    rdb_of,
     resolve_url,
     root_cause,
     root_message,
     storage_failure,
 )
-from sweep.study.joining import grid_left, open_study, rdb_of, recover, top_up, unfinished
+from sweep.queue.studies import study_exists
+from sweep.study.joining import grid_left, open_study, recover, top_up, unfinished
 from sweep.study.spec import StudySpec
 from sweep.trial.artifacts import study_store
 from sweep.trial.checkpoint import policy as checkpoint_policy
@@ -69,10 +73,10 @@ class Progress:
     waiting_for: str | None = None  # what the run waits for when nothing is left to claim
 
 
-def _waiting_for(pending: operations.Pending, run_id: str, grace: float) -> str | None:
+def _waiting_for(left: Pending, run_id: str, grace: float) -> str | None:
     """What a launcher with nothing left to claim is waiting for, in a few words."""
-    elsewhere = [r for r in pending.running if r.run != run_id]
-    if pending.waiting or not elsewhere:
+    elsewhere = [r for r in left.running if r.run != run_id]
+    if left.waiting or not elsewhere:
         return None
     quiet = max(elsewhere, key=lambda r: r.silent)
     if quiet.silent >= SILENT_S:
@@ -91,11 +95,11 @@ def _progress(
     reaches the total, so that no line reads N/N while a point is left."""
     rdb = rdb_of(study._storage)
     grid = spec.sampler == "grid"
-    done, best = operations.tally(rdb, study._study_id, grid=grid)
+    done, best = tally(rdb, study._study_id, grid=grid)
     if grid and (exact or done >= total):
         done, total = grid_left(study, spec)
-    pending = operations.pending(rdb, study._study_id)
-    alive = [r for r in pending.running if r.silent < SILENT_S]
+    left = pending(rdb, study._study_id)
+    alive = [r for r in left.running if r.silent < SILENT_S]
     return Progress(
         done=done,
         total=total,
@@ -104,7 +108,7 @@ def _progress(
         here=sum(r.run == run_id for r in alive),
         best=best,
         elapsed=time.monotonic() - start,
-        waiting_for=_waiting_for(pending, run_id, rdb.grace_period or GRACE_PERIOD_S),
+        waiting_for=_waiting_for(left, run_id, rdb.grace_period or GRACE_PERIOD_S),
     )
 
 
@@ -220,7 +224,7 @@ def run(
         if watcher:
             watcher.join()
     try:
-        if not operations.study_exists(rdb_of(study._storage), study._study_id):
+        if not study_exists(rdb_of(study._storage), study._study_id):
             raise StudyGone(f"study {spec.name!r}")  # its trials, table and all, are gone
         last = _progress(study, spec, total, start, run_id, exact=True)
     except STORAGE_ERRORS as e:
@@ -249,13 +253,13 @@ def _stop_run(study: optuna.Study, run_id: str, *, died: bool, max_retries: int)
     trial of a failed node), else back to WAITING as they were enqueued."""
     storage, study_id = rdb_of(study._storage), study._study_id
     try:
-        if not operations.study_exists(storage, study_id):
+        if not study_exists(storage, study_id):
             return  # deleted by another client: nothing to stop or hand back
-        study._storage.set_study_system_attr(study_id, f"stop:{run_id}", True)
+        study._storage.set_study_system_attr(study_id, stop_key(run_id), True)
         if died:
-            operations.abandon_run(storage, study_id, run_id, max_retries=max_retries)
+            abandon_run(storage, study_id, run_id, max_retries=max_retries)
         else:
-            operations.release_run(storage, study_id, run_id)
+            release_run(storage, study_id, run_id)
     except Exception as e:  # the storage failing: the stale-trial check requeues them later
         logger.warning("could not hand back the run's trials: %s", root_message(e))
         logger.debug("hand-back failure", exc_info=True)

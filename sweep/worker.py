@@ -5,7 +5,7 @@ is the worker's (``WORKER_FAILURES``: data, memory, a library, the storage; or C
 SIGTERM) gives the trial back to the queue and ends the worker; only the trial's own failure
 (it diverged, its numbers raised) is a FAIL that is not rerun. While a trial runs, a thread
 records its heartbeat; a worker that dies outright stops it, and whoever notices first
-requeues the trial (``sweep.queue.operations.recover``).
+requeues the trial (``sweep.queue.recovery.recover``).
 """
 
 from __future__ import annotations
@@ -31,20 +31,22 @@ from sweep.errors import (
     WorkerError,
     on_sigterm_raise_terminated,
 )
-from sweep.queue import operations
+from sweep.queue.attrs import FAIL_REASON, RUN_TAG, WORKER_TAG, stop_key
+from sweep.queue.progress import pending
 from sweep.queue.storage import (
     HEARTBEAT_INTERVAL_S,
     STORAGE_ERRORS,
     open_storage,
+    rdb_of,
     root_message,
     storage_failure,
 )
+from sweep.queue.studies import study_exists
 from sweep.queue.writeback import TrialDeleted, WriteBackStorage
 from sweep.study.joining import (
     grid_left,
     make_pruner,
     make_sampler,
-    rdb_of,
     recover,
     refill,
     top_up,
@@ -166,10 +168,10 @@ def _run_one(
         raise
     except Exception as e:  # a bug in one trial's numbers must not end the sweep
         logger.exception("trial %d raised", trial.number)
-        trial.set_user_attr(operations.FAIL_REASON, f"{type(e).__name__}: {e}"[:500])
+        trial.set_user_attr(FAIL_REASON, f"{type(e).__name__}: {e}"[:500])
         return None, TrialState.FAIL
     if not _finite(value):  # optuna's tell would record a FAIL without a reason: rerun forever
-        trial.set_user_attr(operations.FAIL_REASON, f"the objective returned {value!r}"[:500])
+        trial.set_user_attr(FAIL_REASON, f"the objective returned {value!r}"[:500])
         return None, TrialState.FAIL
     return value, None
 
@@ -203,27 +205,27 @@ def serve(
     storage = study._storage
     rdb = storage.backend
     tags = {
-        operations.WORKER_TAG: f"{socket.gethostname()}:{os.getpid()}",
-        operations.RUN_TAG: run_id,
+        WORKER_TAG: f"{socket.gethostname()}:{os.getpid()}",
+        RUN_TAG: run_id,
     }
     ran = 0
-    stop_key = f"stop:{run_id}"
+    stopped = stop_key(run_id)
     next_stop_check = 0.0
     while True:
         # The parent's stop flag (for workers it cannot kill, e.g. on dask), read before each
         # trial but at most once a second: a read per trivial trial was 10% of its cost.
         if time.monotonic() >= next_stop_check:
-            if storage.has_study_system_attr(study._study_id, stop_key):
+            if storage.has_study_system_attr(study._study_id, stopped):
                 return ran
             next_stop_check = time.monotonic() + POLL_S
         trial_id = storage.claim(study._study_id, tags)
         if trial_id is None:
             recover(study, max_retries=max_retries)
-            if operations.pending(rdb, study._study_id).empty:
+            if pending(rdb, study._study_id).empty:
                 if refill is None:
                     return ran
                 refill()
-                if operations.pending(rdb, study._study_id).empty:
+                if pending(rdb, study._study_id).empty:
                     return ran
                 continue  # points were queued again: claim them
             time.sleep(POLL_S)
@@ -234,7 +236,7 @@ def serve(
                 value, state = _run_one(objective, trial)
             study.tell(trial, value, state=state)
         except optuna.exceptions.UpdateFinishedTrialError as e:
-            if isinstance(e, TrialDeleted) and not operations.study_exists(rdb, study._study_id):
+            if isinstance(e, TrialDeleted) and not study_exists(rdb, study._study_id):
                 raise StudyGone(f"study {study.study_name!r}") from None
             # Failed as stale while it ran (its heartbeats were held up past the grace
             # period); whoever failed it queued a replacement, so this result is not needed.
@@ -246,7 +248,7 @@ def serve(
                 e, (*STORAGE_ERRORS, SweepError, DataError)
             ):
                 raise WorkerError(
-                    f"worker {tags[operations.WORKER_TAG]} stopped: {type(e).__name__}: "
+                    f"worker {tags[WORKER_TAG]} stopped: {type(e).__name__}: "
                     f"{(str(e).splitlines() or [''])[0]}; its trial went back to the queue"
                 ) from e
             raise

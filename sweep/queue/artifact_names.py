@@ -15,7 +15,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from sweep.queue import tables as tb
-from sweep.queue.attrs import FAIL_REASON, RETRY_HISTORY
+from sweep.queue.attrs import ARTIFACT_PREFIX, FAIL_REASON, RETRY_HISTORY, decoded
 from sweep.queue.transactions import reading, writing
 
 #: At most this many ids or numbers in one statement's IN list: a ``retry_history`` is anyone's
@@ -24,7 +24,7 @@ MOST_IDS = 1000
 
 
 def _is_name(key: Any) -> Any:
-    return key.startswith(tb.ARTIFACT_PREFIX, autoescape=True)
+    return key.startswith(ARTIFACT_PREFIX, autoescape=True)
 
 
 def named(
@@ -43,7 +43,7 @@ def named(
     query = sqlalchemy.select(attrs.c.trial_id, attrs.c.key).where(owners, _is_name(attrs.c.key))
     with reading(engine) as conn:
         rows = conn.execute(query).all()
-    return [(owner, key[len(tb.ARTIFACT_PREFIX) :]) for owner, key in rows]
+    return [(owner, key[len(ARTIFACT_PREFIX) :]) for owner, key in rows]
 
 
 def ended_naming(engine: sqlalchemy.engine.Engine, study_id: int) -> list[tuple[int, str]]:
@@ -72,7 +72,7 @@ def ended_naming(engine: sqlalchemy.engine.Engine, study_id: int) -> list[tuple[
             owners = system.c.trial_id.in_(ended[start : start + MOST_IDS])
             names = sqlalchemy.select(system.c.trial_id, system.c.key)
             rows += conn.execute(names.where(owners, _is_name(system.c.key))).all()
-    return [(owner, key[len(tb.ARTIFACT_PREFIX) :]) for owner, key in rows]
+    return [(owner, key[len(ARTIFACT_PREFIX) :]) for owner, key in rows]
 
 
 def retry_history(
@@ -89,7 +89,7 @@ def retry_history(
     )  # fmt: skip
     with reading(engine) as conn:
         found = conn.execute(query).first()
-    return (False, None) if found is None else (True, tb.decoded(found[1]))
+    return (False, None) if found is None else (True, decoded(found[1]))
 
 
 def forget(engine: sqlalchemy.engine.Engine, names: list[tuple[int, str]]) -> None:
@@ -99,7 +99,7 @@ def forget(engine: sqlalchemy.engine.Engine, names: list[tuple[int, str]]) -> No
     attrs = tb.system_attrs
     with writing(engine) as conn:
         for owner, artifact in names:
-            key = tb.ARTIFACT_PREFIX + artifact
+            key = ARTIFACT_PREFIX + artifact
             conn.execute(attrs.delete().where(attrs.c.trial_id == owner, attrs.c.key == key))
 
 
@@ -108,6 +108,6 @@ def forget_on_study(engine: sqlalchemy.engine.Engine, study_id: int, artifacts: 
     if not artifacts:
         return
     attrs = tb.study_system_attrs
-    keys = [tb.ARTIFACT_PREFIX + a for a in artifacts]
+    keys = [ARTIFACT_PREFIX + a for a in artifacts]
     with writing(engine) as conn:
         conn.execute(attrs.delete().where(attrs.c.study_id == study_id, attrs.c.key.in_(keys)))

@@ -1,6 +1,6 @@
 """The queue's guard: a trigger that keeps other optuna clients from taking sweep's queue.
 
-A sweep study's WAITING trials are its queue (``sweep.queue.operations``), and optuna's own
+A sweep study's WAITING trials are its queue (``sweep.queue.claims``), and optuna's own
 ``study.ask()`` (so ``study.optimize`` and the ``optuna ask`` CLI too) starts by popping the
 oldest WAITING trial of the study: before this guard, a notebook's ``ask()`` then ``tell``
 took a grid point away and it was never trained. So sweep adds one trigger to optuna's
@@ -34,10 +34,9 @@ from typing import Any
 import sqlalchemy
 from optuna.storages import RDBStorage
 
-from sweep.queue import tables as tb
 from sweep.queue.attrs import SPEC
 from sweep.queue.storage import mask_password, root_message
-from sweep.queue.transactions import READ_ONLY
+from sweep.queue.transactions import reading, writing
 
 logger = logging.getLogger(__name__)
 
@@ -77,17 +76,13 @@ def installed(conn: Any) -> bool:
 
 
 def ensure(storage: RDBStorage) -> None:
-    """Make the guard unless the database has it: one catalog read when it does. Not made
-    where optuna's schema moved (``sweep.queue.tables.conforms``): workers then claim through
-    optuna's own API, which the guard would refuse."""
+    """Make the guard unless the database has it: one catalog read when it does."""
     engine = storage.engine
-    with engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+    with reading(engine) as conn:
         if installed(conn):
             return
-    if tb.conforms() is not None:
-        return
     try:
-        with engine.begin() as conn:  # SQLite: BEGIN IMMEDIATE, the write lock
+        with writing(engine) as conn:  # SQLite: BEGIN IMMEDIATE, the write lock
             if conn.dialect.name != "sqlite":
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK})
             if installed(conn):  # made while we waited for the lock

@@ -28,7 +28,7 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from sweep.queue import tables as tb
-from sweep.queue.attrs import SKIPPED, SPEC, attr
+from sweep.queue.attrs import SKIPPED, SPEC, attr, decoded
 from sweep.queue.coverage import stored_params
 from sweep.queue.tables import trials
 from sweep.queue.transactions import reading
@@ -128,7 +128,7 @@ def _studies(conn: sqlalchemy.Connection) -> list[tuple[int, str, list, dict, li
         attrs[key] = {study_id: text for study_id, text in rows}
     out = []
     for study_id, name in names:
-        spec = {SPEC: tb.decoded(attrs[SPEC][study_id])} if study_id in attrs[SPEC] else {}
+        spec = {SPEC: decoded(attrs[SPEC][study_id])} if study_id in attrs[SPEC] else {}
         metric_names = attr(attrs[_METRIC_NAMES].get(study_id), list, None)
         out.append((study_id, name, directions.get(study_id, []), spec, metric_names))
     return out

@@ -1,20 +1,9 @@
-"""Study storage: a URL → an optuna RDB storage that is safe for many worker processes.
+"""Study storage: a URL → an optuna RDB storage that is safe for many worker processes, or a
+read-only engine for sweep's own reads; and the database's errors as one line.
 
-Note: optuna's docs warn against SQLite for parallel optimisation, and rightly so for its
-default connection: pysqlite opens a transaction only at the first write, so optuna's
-read-then-update of a WAITING trial is not atomic (``FOR UPDATE`` is ignored on SQLite) and two
-processes can claim the same trial. Measured on this kind of machine: 200 enqueued trials
-popped by 4 processes → duplicate claims and 3 of 4 workers dead with UpdateFinishedTrialError.
-We therefore open every SQLite transaction as ``BEGIN IMMEDIATE`` (SQLAlchemy's pysqlite
-recipe: driver autocommit plus an explicit BEGIN on the engine's ``begin`` event), so a
-transaction takes the write lock before it reads; with that, the same run claimed 200 distinct
-trials with no error. The file is in WAL mode, so readers (the dashboard, ``sweep status``)
-never block writers, and every connection waits up to ``BUSY_TIMEOUT_S`` for the lock instead
-of failing at once. PostgreSQL honours ``FOR UPDATE`` natively and needs none of this.
-
-Longer than our usual 400 lines: every way a study database is opened (for writing; read-only
-through optuna; read-only without it, ``open_reader``) shares the URL checks, engine settings
-and one-line errors here, so that a fix to one is a fix to all.
+Every way a study database is opened (for writing; read-only through optuna; read-only without
+it, ``open_reader``) shares the URL checks, engine settings and one-line errors here, so that a
+fix to one is a fix to all. What makes SQLite safe for many processes is ``sweep.queue.sqlite``.
 """
 
 from __future__ import annotations
@@ -31,12 +20,12 @@ from typing import Any
 
 import optuna
 import sqlalchemy
-from sqlalchemy import event
 
 from sweep.errors import SpecError, StorageError
 from sweep.queue import schema
-from sweep.queue.tables import INDEXES, studies
-from sweep.queue.transactions import READ_ONLY
+from sweep.queue.sqlite import BUSY_TIMEOUT_S, configure, into_wal
+from sweep.queue.tables import INDEXES, moved_schema, studies
+from sweep.queue.transactions import reading, writing
 from sweep.queue.urls import mask_password, parse_url, redact
 from sweep.text import printable
 
@@ -44,8 +33,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_URL = "sqlite:///runs/sweep.db"
 STORAGE_ENV = "SWEEP_STORAGE"
-# How long a writer waits for SQLite's lock before giving up (tests shorten it).
-BUSY_TIMEOUT_S = float(os.environ.get("SWEEP_BUSY_TIMEOUT", "60"))
 # A running trial proves its worker is alive every HEARTBEAT_INTERVAL_S; one silent for
 # GRACE_PERIOD_S is stale (its worker is gone) and is run again. Tests shorten both.
 HEARTBEAT_INTERVAL_S = int(os.environ.get("SWEEP_HEARTBEAT_INTERVAL", "5"))
@@ -61,57 +48,11 @@ def resolve_url(url: str | None = None) -> str:
 STORAGE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)
 
 
-def _configure_sqlite(engine: sqlalchemy.engine.Engine) -> None:
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
-        cursor.execute("PRAGMA synchronous=NORMAL")  # durable in WAL mode across process crashes
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: sqlalchemy.Connection) -> None:
-        # Our own read-only transactions say so (``read_only``) and take no lock at all.
-        read_only = conn.get_execution_options().get(READ_ONLY, False)
-        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
-
-    engine.dispose()  # connections opened before the listeners existed are dropped
-
-
 def _sqlite_path(url: str) -> Path | None:
     if not url.startswith("sqlite:///"):
         return None
     path = url.removeprefix("sqlite:///")
     return None if path in ("", ":memory:") else Path(path)
-
-
-def _into_wal(path: Path) -> None:
-    """Switch the database file to WAL before any engine touches it, retrying while another
-    process holds it. optuna's schema set-up makes a new file in rollback-journal mode, and the
-    switch used to come with each process's first configured connection, while other
-    processes already read and wrote the file: in that mode a reader that wants the exclusive
-    lock the switch needs, facing a writer that wants it to commit, is a deadlock that SQLite
-    answers at once with "database is locked" (two launchers on a new file failed so, about
-    one run in three of the full suite). Best effort: any other error is left for optuna's own
-    set-up to report."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_S
-    try:
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-    except sqlite3.Error:
-        return
-    try:
-        while True:
-            try:
-                if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal":
-                    return
-            except sqlite3.Error as e:
-                if "locked" not in str(e) or time.monotonic() > deadline:
-                    return
-            time.sleep(0.05)
-    finally:
-        conn.close()
 
 
 class MissingDatabase(StorageError):
@@ -165,10 +106,14 @@ _FORMS = "sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB"
 
 def _supported(url: str | None) -> tuple[str, str, Path | None]:
     """The resolved URL, as shown in messages, and its SQLite file (None on PostgreSQL);
-    SpecError (bad usage, exit 2) for a URL that does not parse or that sweep cannot share
-    between worker processes."""
+    StorageError if the installed optuna's tables moved (``sweep.queue.tables.moved_schema``:
+    then no database can be used), SpecError (bad usage, exit 2) for a URL that does not parse
+    or that sweep cannot share between worker processes."""
     url = resolve_url(url)
     shown = mask_password(url)
+    moved = moved_schema()  # before any URL check: no database of this optuna can be used
+    if moved:
+        raise StorageError(moved)
     # MySQL is not offered: its DATETIME drops the microseconds that fence a claim.
     if not re.match(r"^(sqlite|postgresql|postgresql\+\w+)://", url):
         raise SpecError(f"storage URL {shown!r} is not supported; use {_FORMS}")
@@ -236,7 +181,7 @@ def open_storage(
         except OSError as e:
             raise StorageError(f"storage {shown}: cannot create {path.parent}: {e.strerror}") from e
         engine_kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_S}
-        _into_wal(path)
+        into_wal(path)
     else:
         engine_kwargs = _postgresql_kwargs(read_only=read_only)
     try:
@@ -247,7 +192,7 @@ def open_storage(
                     if read_only and path is None:
                         probe = sqlalchemy.create_engine(url, **engine_kwargs)
                         try:
-                            with probe.connect() as conn:
+                            with reading(probe) as conn:
                                 _check_optuna_tables(conn, shown)
                         finally:
                             probe.dispose()
@@ -282,7 +227,7 @@ def open_storage(
             raise
         raise StorageError(f"storage {shown}: cannot open: {_first_line(e, url)}") from e
     if path is not None and not read_only:
-        _configure_sqlite(storage.engine)
+        configure(storage.engine)
     if not read_only:
         _add_indexes(storage.engine, url)
     return storage
@@ -301,7 +246,7 @@ def open_reader(url: str | None = None) -> sqlalchemy.engine.Engine:
         engine_kwargs = _postgresql_kwargs(read_only=True)
     try:
         engine = sqlalchemy.create_engine(url, **engine_kwargs)
-        with engine.connect() as conn:
+        with reading(engine) as conn:
             if path is None:  # the SQLite file was checked above, before it was opened
                 _check_optuna_tables(conn, shown)
             current = schema.is_current(conn)
@@ -315,7 +260,7 @@ def open_reader(url: str | None = None) -> sqlalchemy.engine.Engine:
     return open_storage(url, heartbeat_interval=None, grace_period=None, read_only=True).engine
 
 
-#: The PostgreSQL advisory lock that serialises creating sweep's index ("sweep" in ASCII).
+#: The PostgreSQL advisory lock that serialises creating sweep's indexes ("sweep" in ASCII).
 _INDEX_LOCK = 0x7377656570
 
 
@@ -328,8 +273,8 @@ def _has_index(conn: sqlalchemy.Connection, name: str) -> bool:
 
 
 def _add_indexes(engine: sqlalchemy.engine.Engine, url: str) -> None:
-    """Create sweep's indexes (``sweep.queue.tables.INDEXES``: the queue's, the best values') unless
-    they exist.
+    """Create sweep's indexes (``sweep.queue.tables.INDEXES``: the queue's, the best values' and
+    the resumable trials') unless they exist.
 
     One catalog read each when they do (no lock: SQLite's plain BEGIN). Otherwise they are
     built under the write lock (SQLite's ``BEGIN IMMEDIATE``; on PostgreSQL an advisory lock,
@@ -341,10 +286,10 @@ def _add_indexes(engine: sqlalchemy.engine.Engine, url: str) -> None:
     """
     index, shown = INDEXES[0], mask_password(url)
     try:
-        with engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+        with reading(engine) as conn:
             if all(_has_index(conn, i.name) for i in INDEXES):
                 return
-        with engine.begin() as conn:  # SQLite: BEGIN IMMEDIATE, the write lock
+        with writing(engine) as conn:  # SQLite: BEGIN IMMEDIATE, the write lock
             if conn.dialect.name == "postgresql":
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"),
                              {"key": _INDEX_LOCK})  # fmt: skip
@@ -376,11 +321,23 @@ def _first_line(error: BaseException, url: str) -> str:
     return redact(text[0], url) if text else type(orig).__name__
 
 
+def rdb_of(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage:
+    """The RDB storage a study's storage stands on: itself, or the one under a worker's
+    write-back storage (``backend``) or optuna's cache (``_backend``). TypeError if there is
+    none (optuna's in-memory storage): the queue lives in a database."""
+    found = storage
+    for _ in range(3):
+        if isinstance(found, optuna.storages.RDBStorage):
+            return found
+        found = getattr(found, "backend", None) or getattr(found, "_backend", None)
+    raise TypeError(f"a study queue needs an RDB storage; got {type(storage).__name__}")
+
+
 def study_names(storage: optuna.storages.RDBStorage) -> list[str]:
     """Every study's name, in creation order: one narrow read (optuna's summaries read every
     trial of every study, 10 s at 10^4 trials)."""
     query = sqlalchemy.select(studies.c.study_name).order_by(studies.c.study_id)
-    with storage.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+    with reading(storage.engine) as conn:
         return list(conn.execute(query).scalars())
 
 

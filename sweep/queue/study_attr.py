@@ -28,10 +28,13 @@ def swap_study_attr(
     new: Callable[[str | None], str | None],
     *,
     user: bool = False,
+    before_trials: bool = False,
 ) -> str | None:
     """Compare-and-set the study's attribute ``key`` (a system attribute; a user attribute if
     ``user``): read its stored JSON text (None if unset), and store ``new(stored)`` in its place
     unless that is None, in one transaction under the study lock; return the text read.
+    ``before_trials``: write nothing once the study has a trial (a spec is adopted only by a
+    study that sweep made: one with trials and no spec is another client's).
 
     ``new`` is the comparison: e.g. ``lambda stored: spec if stored is None else None`` sets a
     value once (what is stored afterwards: the text returned, or ``spec`` if that is None), and
@@ -42,6 +45,11 @@ def swap_study_attr(
     with writing(engine, lock=study_id) as conn:
         text = conn.execute(sqlalchemy.select(attrs.c.value_json).where(*where)).scalar()
         encoded = new(text)
+        if before_trials and encoded is not None:
+            trials = tb.trials
+            if conn.execute(sqlalchemy.select(trials.c.trial_id).where(
+                    trials.c.study_id == study_id).limit(1)).first() is not None:  # fmt: skip
+                encoded = None
         if encoded is None:
             pass
         elif text is None:

@@ -5,10 +5,9 @@ private API): the tables ``studies``, ``trials``, ``trial_heartbeats``, ``trial_
 ``trial_values``, ``trial_intermediate_values``, ``trial_user_attributes`` and
 ``trial_system_attributes``, the columns named in ``COLUMNS``, and the models' own value
 encoders (``TrialValueModel.value_to_stored_repr`` and its intermediate-value twin). optuna
-has kept them since 3.0. ``conforms()`` checks the columns when a worker's storage opens; where
-they moved, the worker's write-back path falls back to optuna's public storage API (slower,
-still correct), while the queue's operations (``sweep.queue.operations``) name the missing column in
-the database's own error.
+has kept them since 3.0. ``moved_schema()`` checks the columns when any command opens a study
+database (``sweep.queue.storage``): where one moved, sweep refuses to start, in one line, rather
+than write half of a trial through its own statements and half through optuna's API.
 ``tests/sweep/test_writeback.py`` checks every field written here against what optuna itself
 reads back, datetimes included.
 """
@@ -26,6 +25,8 @@ from optuna import distributions
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 from optuna.version import __version__ as optuna_version
+
+from sweep.queue.attrs import RESUME_FROM, RESUMED_FROM
 
 studies = models.StudyModel.__table__
 trials = models.TrialModel.__table__
@@ -62,11 +63,8 @@ _values_copy = values.to_metadata(sqlalchemy.MetaData())
 VALUE_INDEX = sqlalchemy.Index(
     "ix_sweep_values_best", _values_copy.c.value_type, _values_copy.c.value
 )
-#: The system attribute of a WAITING trial that takes over a dead or released trial's work:
-#: the checkpoint it resumes from (``sweep.queue.operations``). A claim renames it ``RESUMED_FROM``.
-RESUME_FROM, RESUMED_FROM = "resume_from", "resumed_from"
-#: The WAITING trials that resume a checkpoint, claimed before any other
-#: (``sweep.queue.operations``): a checkpoint waiting in the queue is a file on disk, so the queue
+#: The WAITING trials that resume a checkpoint (their ``resume_from``), claimed before any other
+#: (``sweep.queue.claims``): a checkpoint waiting in the queue is a file on disk, so the queue
 #: hands it on at once rather than after everything queued before it. Partial, so it holds only the
 #: attributes of such trials (a claim renames the attribute): a claim finds the next one, or that
 #: there is none, in one index probe however large the study.
@@ -76,9 +74,6 @@ RESUME_INDEX = sqlalchemy.Index(
     "ix_sweep_resumable", _attrs_copy.c.trial_id, sqlite_where=_is_resume,
     postgresql_where=_is_resume,
 )  # fmt: skip
-#: The key prefix of the attribute by which optuna's ``upload_artifact`` names an artifact on
-#: its trial or study (``artifacts:<id>``, its meta data as JSON; optuna-dashboard lists them).
-ARTIFACT_PREFIX = "artifacts:"
 #: sweep's additions to optuna's schema, made by ``sweep.queue.storage`` when it opens for writing.
 INDEXES = (QUEUE_INDEX, VALUE_INDEX, RESUME_INDEX)
 
@@ -119,16 +114,20 @@ def untested_optuna(version: str | None = None) -> str | None:
     )
 
 
-def conforms() -> str | None:
-    """None if optuna's models still have every column sweep writes; else what is missing."""
+def moved_schema() -> str | None:
+    """None if the installed optuna's models still have every table and column sweep reads or
+    writes (``COLUMNS``); else one line saying which is missing and what to install."""
     tables = models.BaseModel.metadata.tables
     for name, columns in COLUMNS.items():
         table = tables.get(name)
-        if table is None:
-            return f"optuna has no table {name!r}"
-        missing = [c for c in columns if c not in table.c]
+        missing = f"no table {name!r}" if table is None else None
+        if table is not None and (gone := [c for c in columns if c not in table.c]):
+            missing = f"a table {name!r} without the column {gone[0]!r}"
         if missing:
-            return f"optuna's table {name!r} has no column {missing[0]!r}"
+            return (
+                f"optuna {optuna_version} has {missing}: sweep reads and writes optuna's tables "
+                f"itself, as optuna {', '.join(TESTED_OPTUNA)} lay them out; install one of those"
+            )
     return None
 
 
@@ -175,20 +174,6 @@ def _prepared() -> SimpleNamespace:
         .order_by(system_attrs.c.trial_id)
         .limit(1)
     )
-    # SQLite (whose claim holds the database): both in one statement, the resumable one first;
-    # ``resumes`` says which it is. One statement less per claim was 5% of claim + finish.
-    arms = [
-        sqlalchemy.select(q.subquery()).add_columns(
-            sqlalchemy.literal_column(str(flag)).label("resumes")
-        )
-        for q, flag in ((resumable_waiting, 1), (oldest_waiting, 0))
-    ]
-    both = sqlalchemy.union_all(*arms).subquery()
-    next_waiting = (
-        sqlalchemy.select(both.c.trial_id, both.c.number, both.c.resumes)
-        .order_by(both.c.resumes.desc())
-        .limit(1)
-    )
     keys = sqlalchemy.bindparam("keys", expanding=True)
     reads = [
         ("params", params, ("param_name", "param_value", "distribution_json", "param_id")),
@@ -198,11 +183,11 @@ def _prepared() -> SimpleNamespace:
     ]
     keyed = [(params, "param_name"), (steps, "step"), (user_attrs, "key"), (system_attrs, "key")]
     return SimpleNamespace(
-        oldest_waiting=oldest_waiting,
-        next_waiting=next_waiting,
-        oldest_waiting_locked=oldest_waiting.with_for_update(skip_locked=True),  # PostgreSQL
-        resumable_waiting=resumable_waiting,
-        resumable_waiting_locked=resumable_waiting.with_for_update(of=trials, skip_locked=True),
+        # The claim's pair, on every database: SKIP LOCKED on PostgreSQL, where claims run side
+        # by side; SQLite has no row locks (SQLAlchemy drops the clause), and its claim holds
+        # the whole database (BEGIN IMMEDIATE).
+        resumable_waiting=resumable_waiting.with_for_update(of=trials, skip_locked=True),
+        oldest_waiting=oldest_waiting.with_for_update(skip_locked=True),
         resumed=system_attrs.update()
         .where(system_attrs.c.trial_id == tid, resume)
         .values(key=RESUMED_FROM),
@@ -228,15 +213,6 @@ def _prepared() -> SimpleNamespace:
 
 
 SQL = _prepared()
-
-
-def decoded(text: Any) -> Any:
-    """An attribute's JSON text as anyone may have stored it; None if it is not JSON (raw SQL
-    text, NULL, or nesting deep enough to exhaust the parser)."""
-    try:
-        return json.loads(text) if isinstance(text, str | bytes) else None
-    except (ValueError, RecursionError):
-        return None
 
 
 def replace_attrs(conn: Any, table: Any, trial_id: int, attrs: dict[str, str]) -> None:

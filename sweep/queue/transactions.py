@@ -1,11 +1,12 @@
 """The two transactions every statement sweep issues runs in: one that reads, one that writes.
 
 ``reading`` takes no lock anywhere: a plain ``BEGIN`` on SQLite (the engine's ``begin``
-listener reads ``READ_ONLY``), an ordinary snapshot on PostgreSQL. ``writing`` holds the
-write lock on SQLite for the whole transaction (``BEGIN IMMEDIATE``), and with ``lock=`` a
-study id it first takes that study's lock: its ``studies`` row ``FOR UPDATE`` on PostgreSQL,
-the row optuna itself locks to number a new trial. Every statement that must not interleave
-with an enqueue or a recovery of the same study runs under it.
+listener, ``sweep.queue.sqlite``, reads ``READ_ONLY``), and on PostgreSQL a transaction at its
+default READ COMMITTED, each statement seeing what was committed before it began. ``writing``
+holds the write lock on SQLite for the whole transaction (``BEGIN IMMEDIATE``), and with
+``lock=`` a study id it first takes that study's lock: its ``studies`` row ``FOR UPDATE`` on
+PostgreSQL, the row optuna itself locks to number a new trial. Every statement that must not
+interleave with an enqueue or a recovery of the same study runs under it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ READ_ONLY = "sweep_read_only"
 
 @contextlib.contextmanager
 def reading(engine: sqlalchemy.engine.Engine) -> Iterator[sqlalchemy.Connection]:
-    """One read-only transaction, rolled back at its end."""
+    """One transaction that only reads (no write lock on SQLite), rolled back at its end."""
     with engine.connect().execution_options(**{READ_ONLY: True}) as conn:
         yield conn
 

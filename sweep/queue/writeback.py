@@ -7,7 +7,7 @@ claim grows with the queue. Measured with a trivial objective (``make bench``): 
 trial with 300 queued, and 16 trials/s for 8 workers on one SQLite file (#5).
 
 ``WriteBackStorage`` wraps the RDB storage in a worker process:
-  - ``claim`` pops the queue (``sweep.queue.operations.claim``: state, first heartbeat and the run
+  - ``claim`` pops the queue (``sweep.queue.claims.claim``: state, first heartbeat and the run
     and worker tags in one transaction) and keeps the trial in memory.
   - Writes to a claimed trial (parameters, attributes, intermediate values) update a local
     copy at once and reach the database in one transaction: immediately when the last
@@ -23,9 +23,8 @@ finished trial or a RUNNING one whose heartbeat stops, which is failed and reque
 The rest of optuna's ``BaseStorage`` interface is forwarded to its cache
 (``sweep.queue.forwarded``).
 
-Note: the statements are ``sweep.queue.tables``', written against optuna 5's table models (private
-API). Where those models lack a column that sweep writes, the storage says so in one warning
-line and goes through optuna's public storage API instead: slower, still correct.
+The statements are ``sweep.queue.tables``', written against optuna 5's table models (private
+API); where those models lack a column, no storage opens (``sweep.queue.storage``).
 """
 
 from __future__ import annotations
@@ -49,11 +48,11 @@ from optuna.storages._cached_storage import _CachedStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.errors import ForeignDistribution
-from sweep.queue import operations
+from sweep.queue import claims
 from sweep.queue import tables as tb
 from sweep.queue.forwarded import Forwarded
 from sweep.queue.storage import root_message
-from sweep.queue.transactions import READ_ONLY
+from sweep.queue.transactions import reading, writing
 
 logger = logging.getLogger(__name__)
 
@@ -119,19 +118,13 @@ class WriteBackStorage(Forwarded):
         self._known: dict[tuple[int, str], distributions.BaseDistribution] = {}
         self._lock = threading.Lock()  # guards the dicts above; never held for database work
         self._io_lock = threading.Lock()  # one write-back at a time, in order
-        moved = tb.conforms()
-        self.direct = moved is None  # False: optuna's schema moved; use its public API
-        if moved:
-            logger.warning("%s; workers write through optuna's storage API (slower)", moved)
 
     # -- the queue -------------------------------------------------------------------------
 
     def claim(self, study_id: int, tags: dict[str, Any]) -> int | None:
-        """Pop the study's oldest WAITING trial for this process (``sweep.queue.operations.claim``:
+        """Pop the study's oldest WAITING trial for this process (``sweep.queue.claims.claim``:
         state, first heartbeat and ``tags`` in one transaction); its id, None if none waits."""
-        if not self.direct:
-            return self._claim_through_optuna(study_id, tags)
-        claimed = operations.claim(self.backend, study_id, tags)
+        claimed = claims.claim(self.backend, study_id, tags)
         if claimed is None:
             return None
         with self._reading() as conn:  # after the commit: other writers need not wait for it
@@ -142,36 +135,14 @@ class WriteBackStorage(Forwarded):
             )
         return claimed.trial_id
 
-    def _claim_through_optuna(self, study_id: int, tags: dict[str, Any]) -> int | None:
-        """The claim in optuna's public API: its conditional state update is atomic under
-        ``BEGIN IMMEDIATE`` (SQLite) and ``FOR UPDATE`` (PostgreSQL); tag and first heartbeat
-        follow in their own transactions.
-
-        Note: a worker killed between the claim and its tag leaves a RUNNING trial without
-        sweep's tags, which recovery takes for another client's and never requeues; the
-        direct claim has no such gap. The fallback trades that for working at all.
-        """
-        for trial in self._cache.get_all_trials(study_id, states=(TrialState.WAITING,)):
-            trial_id = trial._trial_id
-            try:
-                if not self._cache.set_trial_state_values(trial_id, TrialState.RUNNING):
-                    continue
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue
-            self.backend.record_heartbeat(trial_id)
-            for key, value in tags.items():
-                self._cache.set_trial_user_attr(trial_id, key, value)
-            return trial_id
-        return None
-
     def release(self, trial_id: int) -> bool:
-        """Give a claimed trial back to the queue (``sweep.queue.operations.release``), its held
+        """Give a claimed trial back to the queue (``sweep.queue.claims.release``), its held
         writes dropped; False if it was no longer this process's to give."""
         with self._lock:
             held = self._held.pop(trial_id, None)
-        if held is None and self.direct:
+        if held is None:
             return False
-        return operations.release(self.backend, trial_id, held.started if held else None)
+        return claims.release(self.backend, trial_id, held.started)
 
     def has_study_system_attr(self, study_id: int, key: str) -> bool:
         """Whether the study carries system attribute ``key`` (one indexed read)."""
@@ -185,7 +156,7 @@ class WriteBackStorage(Forwarded):
 
     def _reading(self) -> Any:
         """A connection for a read-only transaction (no write lock on SQLite)."""
-        return self.backend.engine.connect().execution_options(**{READ_ONLY: True})
+        return reading(self.backend.engine)
 
     # -- writes to a claimed trial: held locally, then written back ------------------------
 
@@ -260,7 +231,7 @@ class WriteBackStorage(Forwarded):
                 writes, held.pending = held.pending, _Writes()
                 held.flushed_at = time.monotonic()  # no retry storm on errors
             try:
-                with self.backend.engine.begin() as conn:
+                with writing(self.backend.engine) as conn:
                     tb.transition(conn, trial_id, held.started, state)
                     writes.commit(conn, trial_id)
                     if values is not None:
@@ -374,7 +345,7 @@ class WriteBackStorage(Forwarded):
             return
         # Its own transaction, so no pending write can hold it up; fenced by the claim, so a
         # worker that lost its trial never keeps another claim of it alive.
-        with self.backend.engine.begin() as conn:
+        with writing(self.backend.engine) as conn:
             beating = tb.beat(conn, trial_id, held.started)
         if not beating:
             deleted = not self._exists(trial_id)  # the training thread's next write says so

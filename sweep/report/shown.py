@@ -13,7 +13,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep.queue.operations import why_failed
+from sweep.queue.attrs import why_failed
 from sweep.queue.report_reads import Record
 from sweep.report.stored import count, printable, series
 

@@ -26,8 +26,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.queue import status_reads
-from sweep.queue.attrs import SKIPPED
-from sweep.queue.operations import why_failed
+from sweep.queue.attrs import SKIPPED, why_failed
 from sweep.queue.status_reads import Best
 from sweep.report.stored import Kind, count, printable, study_kind
 
@@ -122,7 +121,7 @@ def trial_table(study: optuna.Study, *, limit: int | None = None) -> tuple[str, 
 def _top(study: optuna.Study, *, kind: Kind, limit: int) -> tuple[list[FrozenTrial], int]:
     """The first ``limit`` trials of the study as ``ordered`` lists them, and how many more
     there are: one ordered, limited statement, one count, then each trial shown."""
-    from sweep.study.joining import rdb_of
+    from sweep.queue.storage import rdb_of
 
     rdb = rdb_of(study._storage)
     ids, more = status_reads.first_listed(rdb.engine, study._study_id, order=ORDER,

@@ -1,6 +1,6 @@
 """A study's set-up, shared by every process that joins it: the sampler and pruner its spec
 asks for, creating or joining it (the stored spec is the source of truth), and the queue
-operations a launcher performs (``sweep.queue.operations``) in the study's terms.
+operations a launcher performs (``sweep.queue``: top-up, recovery) in the study's terms.
 """
 
 from __future__ import annotations
@@ -18,10 +18,19 @@ import optuna
 
 from mlp.model import parameter_count
 from sweep.errors import SpecError, StudyGone, UnfinishedError
-from sweep.queue import guard, operations, orphans
+from sweep.queue import guard, orphans, recovery, topup
 from sweep.queue import tables as tb
-from sweep.queue.storage import GRACE_PERIOD_S, MissingDatabase, mask_password, open_storage
-from sweep.queue.writeback import WriteBackStorage
+from sweep.queue.attrs import SPEC
+from sweep.queue.progress import grid_done
+from sweep.queue.storage import (
+    GRACE_PERIOD_S,
+    MissingDatabase,
+    mask_password,
+    open_storage,
+    rdb_of,
+)
+from sweep.queue.studies import adopt_spec
+from sweep.queue.transactions import writing
 from sweep.study.sampler import BoundedTPESampler
 from sweep.study.space import grid_points
 from sweep.study.spec import METRIC, StudySpec, first_difference, stored_spec
@@ -89,7 +98,7 @@ def open_study(
     replaces the stored one, so lowering or raising it steers every worker.
     """
     _warn_if_untested()
-    with rdb_of(storage).engine.begin() as conn:  # before SQLite gives a deleted study's id again
+    with writing(rdb_of(storage).engine) as conn:  # before SQLite gives a deleted study's id again
         orphans.clear(conn)
     study = optuna.create_study(
         study_name=spec.name,
@@ -104,7 +113,7 @@ def open_study(
         raise SpecError(f"{foreign} (it minimises or has several objectives); rename "
                         "[study.name] for a new study")  # fmt: skip
     given = json.dumps(spec.to_dict())
-    stored = operations.adopt_spec(rdb_of(study._storage), study._study_id, given)
+    stored = adopt_spec(rdb_of(study._storage), study._study_id, given)
     if stored is None:
         raise SpecError(f"{foreign} (it has trials and no stored spec); rename [study.name] "
                         "for a new study")  # fmt: skip
@@ -119,7 +128,7 @@ def open_study(
     old = stored_spec(stored, source=f"study {spec.name!r}")
     _refuse_difference(old, spec)
     if old.trials != spec.trials:
-        study.set_user_attr(operations.SPEC, spec.to_dict())
+        study.set_user_attr(SPEC, spec.to_dict())
     return study
 
 
@@ -141,7 +150,7 @@ def join(
     _warn_if_untested()
     deadline, delay = time.monotonic() + wait, 0.5
     # Read-only until the study is known good: a worker refused here changes nothing.
-    while (attrs := _peek(url, name)) is None or operations.SPEC not in attrs:
+    while (attrs := _peek(url, name)) is None or SPEC not in attrs:
         if time.monotonic() >= deadline:  # (a study made this instant gets its spec next)
             if attrs is not None:
                 raise SpecError(f"study {name!r} was not made by sweep (it has no stored spec)")
@@ -153,7 +162,7 @@ def join(
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(2 * delay, 10.0)
     source = f"study {name!r} in {mask_password(url)}"
-    stored = stored_spec(attrs[operations.SPEC], source=source)
+    stored = stored_spec(attrs[SPEC], source=source)
     if stored.name != name:  # e.g. optuna.copy_study copies the attributes, spec and all
         raise SpecError(f"{source}: its stored spec is study {stored.name!r}'s; join that one")
     if spec is not None:
@@ -187,19 +196,19 @@ def _cost(spec: StudySpec, point: dict[str, Any]) -> int:
 
 
 def top_up(study: optuna.Study, spec: StudySpec) -> int:
-    """Enqueue what the study still needs, atomically (``sweep.queue.operations.top_up``); return
+    """Enqueue what the study still needs, atomically (``sweep.queue.topup.top_up``); return
     the study's total, the progress target."""
     rdb = rdb_of(study._storage)
     guard.ensure(rdb)  # before anything is queued: only sweep's workers take from the queue
     with _named(study):
         if spec.sampler != "grid":
-            return operations.top_up(rdb, study._study_id, cap=spec.trials)
+            return topup.top_up(rdb, study._study_id, cap=spec.trials)
         grid = grid_points(spec)
         points, beyond = grid[: spec.trials], grid[spec.trials :] if spec.trials else []
         # Longest first (LPT scheduling): the queue then ends with short trials running side
         # by side, not with one large trial running alone while the other workers idle.
         points = sorted(points, key=lambda p: _cost(spec, p), reverse=True)
-        return operations.top_up(rdb, study._study_id, points=points, beyond=beyond)
+        return topup.top_up(rdb, study._study_id, points=points, beyond=beyond)
 
 
 @contextlib.contextmanager
@@ -216,7 +225,7 @@ def _with_stored_cap(study: optuna.Study, spec: StudySpec) -> StudySpec:
     """``spec`` with the study's stored trial cap, which a launcher may have changed since
     this process read it."""
     with _named(study, KeyError):
-        stored = study._storage.get_study_user_attrs(study._study_id).get(operations.SPEC)
+        stored = study._storage.get_study_user_attrs(study._study_id).get(SPEC)
     if stored is None:
         return spec
     cap = stored_spec(stored, source=f"study {spec.name!r}").trials
@@ -234,7 +243,7 @@ def grid_left(study: optuna.Study, spec: StudySpec) -> tuple[int, int]:
     (COMPLETE or PRUNED with the point's parameters) or failed for good
     (``sweep.queue.coverage``)."""
     points = grid_points(spec)[: _with_stored_cap(study, spec).trials]
-    return operations.grid_done(rdb_of(study._storage), study._study_id, points), len(points)
+    return grid_done(rdb_of(study._storage), study._study_id, points), len(points)
 
 
 def unfinished(done: int, total: int, url: str) -> UnfinishedError:
@@ -247,18 +256,8 @@ def unfinished(done: int, total: int, url: str) -> UnfinishedError:
 
 def recover(study: optuna.Study, *, max_retries: int) -> list[int]:
     """Fail and requeue the trials whose sweep worker went silent
-    (``sweep.queue.operations.recover``)."""
+    (``sweep.queue.recovery.recover``)."""
     rdb = rdb_of(study._storage)
     grace = rdb.grace_period or GRACE_PERIOD_S
     with _named(study):
-        return operations.recover(rdb, study._study_id, grace=grace, max_retries=max_retries)
-
-
-def rdb_of(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage:
-    """The RDB storage under our write-back wrapper or optuna's cache."""
-    if isinstance(storage, WriteBackStorage):
-        return storage.backend
-    backend = getattr(storage, "_backend", storage)
-    if not isinstance(backend, optuna.storages.RDBStorage):
-        raise TypeError(f"a study queue needs an RDB storage; got {type(backend).__name__}")
-    return backend
+        return recovery.recover(rdb, study._study_id, grace=grace, max_retries=max_retries)

@@ -38,7 +38,7 @@ MAX_NAME_LENGTH = 128
 #: stored as one choice, so each is capped. The notebook's grid has 48 points.
 MAX_CHOICES = 100_000
 #: A TPE/random launcher enqueues a WAITING row for every trial up to the cap at once
-#: (sweep.queue.operations.top_up), so the cap is bounded like the grid.
+#: (sweep.queue.topup.top_up), so the cap is bounded like the grid.
 MAX_TRIALS = 1_000_000
 # Counts of epochs are bounded where they are declared: mlp.config.MAX_EPOCHS.
 #: A budget's bound on the parameter count: 10**8 float64 weights with their gradients and

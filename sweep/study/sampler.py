@@ -12,12 +12,12 @@ stand-in for the study whose trials are:
   - the ``best`` COMPLETE trials by value;
   - the ``recent`` newest COMPLETE or PRUNED trials (by creation, i.e. trial id);
   - every RUNNING trial, which ``constant_liar`` counts as a provisional result.
-Each ask reads the ids of these in a few queries, then loads only the trials it has not
-seen: finished trials never change, so they are kept between asks, and the memory held is the
-view's. The newest and the running trials are found through sweep's index on the queue
-(``sweep.queue.tables.QUEUE_INDEX``: study, state, trial id); the best walk an index on
-``trial_values (value_type, value)`` from its best end where the database has one, and
-otherwise read the study's values once an ask (27 ms with 5·10^4 trials on SQLite). Measured
+Each ask reads the ids of these in a few queries (``sweep.queue.view``), then loads only the
+trials it has not seen: finished trials never change, so they are kept between asks, and the
+memory held is the view's. The newest and the running trials are found through sweep's
+index on the queue (``sweep.queue.tables.QUEUE_INDEX``: study, state, trial id); the best walk
+an index on ``trial_values (value_type, value)`` from its best end where the database has one,
+and otherwise read the study's values once an ask (27 ms with 5·10^4 trials on SQLite). Measured
 as above: a first ask of 0.2-0.3 s at any study size (the view's ~1,100 trials), later asks
 of 23 ms with 10^3 trials, 42 ms with 10^4 and 29 ms with 5·10^4 (both indexes; TPE's own
 work on the view is ~20 ms of it). A study whose finished trials fit in the recent window is
@@ -42,24 +42,17 @@ all their trials in memory.
 from __future__ import annotations
 
 import copy
-import json
-import logging
 from collections.abc import Container, Iterable
 from typing import Any
 
 import optuna
-import sqlalchemy
 from optuna import distributions
 from optuna.samplers import TPESampler
-from optuna.storages import BaseStorage, RDBStorage
-from optuna.storages._rdb import models
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep.queue import tables as tb
-from sweep.queue.transactions import READ_ONLY
-
-logger = logging.getLogger(__name__)
+from sweep.queue.storage import rdb_of
+from sweep.queue.view import read_view
 
 #: The best COMPLETE trials TPE always sees. At least 25, the cap of TPE's good group
 #: (``default_gamma``), so that the good group is exact; the 75 more keep the best region's
@@ -69,9 +62,7 @@ BEST = 100
 #: a suggest call with 10^4), so 1000 keeps an ask near 20 ms at any study size; TPE already
 #: gives trials older than its newest 25 a weight falling linearly with age.
 RECENT = 1000
-_CHUNK = 500  # ids per IN list: under every database's limit of bound parameters
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-_VALUE = models.TrialValueModel.TrialValueType
 
 
 class _View:
@@ -119,113 +110,6 @@ def select_view(
     return sorted(chosen.values(), key=lambda t: t.number)
 
 
-def _rdb(storage: BaseStorage) -> RDBStorage | None:
-    """The database under sweep's write-back storage or optuna's cache, if there is one."""
-    for _ in range(3):
-        if isinstance(storage, RDBStorage):
-            return storage
-        storage = getattr(storage, "backend", None) or getattr(storage, "_backend", None)
-    return None
-
-
-def _ids(conn: Any, study_id: int, *, best: int, recent: int, maximize: bool) -> tuple[set, set]:
-    """The view's finished trial ids and its RUNNING ones, by three bounded queries."""
-    trials, values = tb.trials, tb.values
-    of_study = trials.c.study_id == study_id
-    running = sqlalchemy.select(trials.c.trial_id).where(
-        of_study, trials.c.state == TrialState.RUNNING
-    )
-    newest = (
-        sqlalchemy.select(trials.c.trial_id)
-        .where(of_study, trials.c.state.in_(_FINISHED))
-        .order_by(trials.c.trial_id.desc())
-        .limit(recent)
-    )
-    # Two queries an index on trial_values (value_type, value) serves by walking it from the
-    # best end: the infinitely good values (rare), then the best numbers.
-    infinite, order = (
-        (_VALUE.INF_POS, values.c.value.desc()) if maximize else (_VALUE.INF_NEG, values.c.value)
-    )
-    complete = (
-        sqlalchemy.select(trials.c.trial_id)
-        .join(values, values.c.trial_id == trials.c.trial_id)
-        .where(of_study, trials.c.state == TrialState.COMPLETE, values.c.objective == 0)
-    )
-    infinitely_good = complete.where(values.c.value_type == infinite).order_by(order)
-    top = list(conn.execute(infinitely_good.limit(best)).scalars())
-    if len(top) < best:
-        finite = complete.where(values.c.value_type == _VALUE.FINITE).order_by(order)
-        top += conn.execute(finite.limit(best - len(top))).scalars()
-    finished = set(conn.execute(newest).scalars()) | set(top)
-    return finished, set(conn.execute(running).scalars())
-
-
-def _chunks(ids: Iterable[int]) -> Iterable[list[int]]:
-    ids = sorted(ids)
-    for i in range(0, len(ids), _CHUNK):
-        yield ids[i : i + _CHUNK]
-
-
-def _load(conn: Any, ids: Iterable[int]) -> dict[int, FrozenTrial]:
-    """Trials by id, as TPE reads them (no user attributes; intermediate values of PRUNED
-    trials only). A trial whose stored fields another client made unreadable is left out."""
-    out: dict[int, FrozenTrial] = {}
-    for chunk in _chunks(ids):
-        rows: dict[int, dict[str, Any]] = {}
-        t = tb.trials
-        query = sqlalchemy.select(
-            t.c.trial_id, t.c.number, t.c.state, t.c.datetime_start, t.c.datetime_complete
-        ).where(t.c.trial_id.in_(chunk))
-        for tid, number, state, start, complete in conn.execute(query):
-            rows[tid] = dict(number=number, state=state, start=start, complete=complete,
-                             params=[], values=[], system=[], steps=[])  # fmt: skip
-        pruned = [tid for tid, r in rows.items() if r["state"] == TrialState.PRUNED]
-        reads = [
-            ("params", tb.params, ("param_name", "param_value", "distribution_json"), chunk),
-            ("values", tb.values, ("objective", "value", "value_type"), chunk),
-            ("system", tb.system_attrs, ("key", "value_json"), chunk),
-            ("steps", tb.steps, ("step", "intermediate_value", "intermediate_value_type"), pruned),
-        ]
-        for name, table, columns, wanted in reads:
-            if not wanted:
-                continue
-            query = sqlalchemy.select(table.c.trial_id, *(table.c[c] for c in columns))
-            for tid, *fields in conn.execute(query.where(table.c.trial_id.in_(wanted))):
-                rows[tid][name].append(fields)
-        for tid, row in rows.items():
-            try:
-                out[tid] = _frozen(tid, row)
-            except Exception as e:  # untrusted rows: the trial is left out of TPE's view
-                logger.debug("trial id %d left out of TPE's view: %s", tid, e)
-    return out
-
-
-def _frozen(trial_id: int, row: dict[str, Any]) -> FrozenTrial:
-    dists = {name: distributions.json_to_distribution(text) for name, _, text in row["params"]}
-    stored = sorted(row["values"], key=lambda r: r[0])  # by objective
-    if [objective for objective, _, _ in stored] != list(range(len(stored))):
-        raise ValueError("objectives not numbered 0, 1, ...")
-    to_value = models.TrialValueModel.stored_repr_to_value
-    values = [to_value(v, kind) for _, v, kind in stored] or None
-    if row["state"] == TrialState.COMPLETE and not values:
-        raise ValueError("a COMPLETE trial without a value")
-    to_step = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value
-    return FrozenTrial(
-        number=row["number"],
-        state=row["state"],
-        value=None,
-        values=values,
-        datetime_start=row["start"],
-        datetime_complete=row["complete"],
-        params={name: dists[name].to_external_repr(value) for name, value, _ in row["params"]},
-        distributions=dists,
-        user_attrs={},
-        system_attrs={key: json.loads(text) for key, text in row["system"]},
-        intermediate_values={step: to_step(v, kind) for step, v, kind in row["steps"]},
-        trial_id=trial_id,
-    )
-
-
 class BoundedTPESampler(TPESampler):
     """``TPESampler`` that sees the ``best`` COMPLETE trials, the ``recent`` newest finished
     ones and the RUNNING ones: an ask costs the same at any study size (see the module)."""
@@ -246,15 +130,15 @@ class BoundedTPESampler(TPESampler):
             return study  # no single "best"
         maximize = study.direction == StudyDirection.MAXIMIZE
         bounds = {"best": self._best, "recent": self._recent, "maximize": maximize}
-        rdb = _rdb(study._storage)
-        if rdb is None:
+        try:
+            rdb = rdb_of(study._storage)
+        except TypeError:  # optuna's in-memory storage (tests): the same view, from memory
             states = (*_FINISHED, TrialState.RUNNING)
             trials = study._get_trials(deepcopy=False, states=states, use_cache=False)
             view = _View(study, select_view(trials, **bounds))
         else:
-            with rdb.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
-                finished, running = _ids(conn, study._study_id, **bounds)
-                loaded = _load(conn, (finished - self._kept.keys()) | running)
+            finished, loaded = read_view(rdb.engine, study._study_id, known=self._kept.keys(),
+                                         **bounds)  # fmt: skip
             kept = {i: t for i, t in loaded.items() if i in finished and t.state.is_finished()}
             kept.update((i, self._kept[i]) for i in finished & self._kept.keys())
             self._kept = kept

@@ -260,7 +260,7 @@ def upload(
     Note: optuna's own ``upload_artifact`` made no promise of that order; 5.0 named first,
     5.1 writes first. Doing it here keeps the rule whatever optuna does.
     """
-    from sweep.queue.tables import ARTIFACT_PREFIX  # (it loads optuna's table models)
+    from sweep.queue.attrs import ARTIFACT_PREFIX
 
     artifact_id = str(uuid.uuid4())
     guessed, encoding = mimetypes.guess_type(path.name)
@@ -355,7 +355,7 @@ class _Prefixed:
     """An artifact store whose ids live under ``prefix/`` (optuna's S3 store has no prefix):
     many studies, or other data, can share one bucket.
 
-    An id is a plain name (``sweep.queue.operations.ARTIFACT_ID``: no ``/``, no leading ``.``),
+    An id is a plain name (``sweep.queue.attrs.ARTIFACT_ID``: no ``/``, no leading ``.``),
     checked as optuna's folder store checks its ids (ValueError ``Invalid artifact_id``): an S3 key
     is any string, and ``prefix/../x`` or ``prefix/other/x`` would reach another prefix's
     objects."""
@@ -364,7 +364,7 @@ class _Prefixed:
         self.store, self.prefix = store, f"{prefix}/" if prefix else ""
 
     def _key(self, artifact_id: str) -> str:
-        from sweep.queue.operations import ARTIFACT_ID  # (it loads optuna's table models)
+        from sweep.queue.attrs import ARTIFACT_ID
 
         if not isinstance(artifact_id, str) or not ARTIFACT_ID.fullmatch(artifact_id):
             raise ValueError(f"Invalid artifact_id: {artifact_id!r}")

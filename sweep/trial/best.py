@@ -38,15 +38,12 @@ from optuna.trial import TrialState
 
 from sweep.errors import SpecError, StorageError, SweepError
 from sweep.queue.artifact_names import forget_on_study
-from sweep.queue.operations import SPEC, pointer
-from sweep.queue.storage import root_message
+from sweep.queue.attrs import ARTIFACT_PREFIX, BEST_MODEL, EVALUATED_MODEL, SPEC, decoded, pointer
+from sweep.queue.storage import rdb_of, root_message
 from sweep.queue.study_attr import study_attrs, swap_study_attr
-from sweep.queue.tables import ARTIFACT_PREFIX, decoded
 from sweep.report.stored import number, printable
-from sweep.study.joining import rdb_of
 from sweep.study.spec import StudySpec, stored_spec
 from sweep.trial import artifacts
-from sweep.trial.cleanup import BEST_MODEL
 from sweep.trial.objective import build_model_and_config, settings_of, trial_seed
 
 if TYPE_CHECKING:
@@ -56,9 +53,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: The study's system attribute naming the model ``sweep evaluate`` uploaded last:
-#: ``{"artifact_id": weights, "sidecar_id": sidecar, "trial": number}``.
-EVALUATED_MODEL = "evaluated_model"
 _HINT = "retrain and upload it with: sweep evaluate STUDY.toml"
 
 
@@ -214,7 +208,7 @@ def _replace_evaluated(
 
 def _evaluated_ids(text: str | None) -> list[str]:
     """The artifact ids of an ``evaluated_model`` value (untrusted: another client may have
-    written anything), each a plain name (``sweep.queue.operations.pointer``), else none."""
+    written anything), each a plain name (``sweep.queue.attrs.pointer``), else none."""
     record = pointer(decoded(text))
     if record is None:
         return []

@@ -2,7 +2,7 @@
 
 A trial's training state (``mlp.save_state``: weights, momentum, random generator, metrics) is
 uploaded to the study's optuna artifact store while it trains, and the latest one is named on
-the running trial by the system attribute ``checkpoint`` (``sweep.queue.operations.CHECKPOINT``).
+the running trial by the system attribute ``checkpoint`` (``sweep.queue.attrs.CHECKPOINT``).
 When the queue hands the trial's work on (its worker died, or was interrupted), the successor gets
 it as ``resume_from`` and continues after that epoch, exactly as if nothing had happened, so a
 killed trial loses what it trained since its last checkpoint, at most about one epoch.
@@ -15,7 +15,7 @@ killed trial loses what it trained since its last checkpoint, at most about one 
   - Clean-up: a checkpoint's artifact is deleted once the pointer to its successor is in the
     database; a finished trial's are deleted when it ends (``sweep.trial.cleanup``), except the best
     model's, or, if a kill cut that end short, when the next launcher starts. A trial that resumes
-    a checkpoint is claimed before any other (``sweep.queue.operations``), so a study's artifacts
+    a checkpoint is claimed before any other (``sweep.queue.claims``), so a study's artifacts
     stay within one checkpoint per running worker (two while it replaces one) plus the best model.
 
 Each artifact is named on its trial (optuna's system attribute ``artifacts:<id>``, which
@@ -56,7 +56,7 @@ import optuna
 from optuna.artifacts import download_artifact
 
 from sweep.errors import SpecError
-from sweep.queue.operations import CHECKPOINT, RESUMED_FROM, pointer
+from sweep.queue.attrs import CHECKPOINT, RESUMED_FROM, Checkpoint
 from sweep.queue.storage import root_message
 from sweep.trial.artifacts import ForeignArtifact, is_sweep_id, remove, shown, upload
 from sweep.trial.cleanup import NOT_OURS, clear_predecessors, owned
@@ -133,7 +133,7 @@ class Checkpoints:
         self.stale: list[str] = []  # replaced; deleted once the replacement is in the database
         self.epoch = 0  # the epoch of ``current``
         self.latest: TrainState | None = None  # the last state ``fit`` gave
-        self.resumed_from: dict[str, Any] | None = None  # the pointer ``resume`` resumed from
+        self.resumed_from: Checkpoint | None = None  # what ``resume`` resumed from
         self.interval = 0.0  # seconds before the next write may start (cost / overhead)
         self.written_at = time.monotonic()
         self._folder = tempfile.TemporaryDirectory(prefix="sweep-checkpoint-")
@@ -150,15 +150,15 @@ class Checkpoints:
 
         attrs = system_attrs(self.trial)
         given = attrs.get(RESUMED_FROM)
-        found = pointer(given)
-        clear_predecessors(self.store, self.trial, attrs, found["artifact_id"] if found else None)
+        found = Checkpoint.read(given)
+        clear_predecessors(self.store, self.trial, attrs, found.artifact_id if found else None)
         if given is None:
             return None
         where = f"trial {self.trial.number}: cannot resume"
         if found is None:
             logger.warning("%s: resume_from is malformed; training from epoch 1", where)
             return None
-        artifact = found["artifact_id"]
+        artifact = found.artifact_id
         if not is_sweep_id(artifact) or artifact not in owned(self.trial, attrs):
             logger.warning("%s from checkpoint %s: %s; left as it is, training from epoch 1",
                            where, shown(artifact), NOT_OURS)  # fmt: skip
@@ -231,7 +231,7 @@ class Checkpoints:
     def _record(self, artifact: str, epoch: int) -> None:
         """Name ``artifact`` as the trial's checkpoint, and delete the replaced ones once the
         name is in the database (else a kill now would leave it naming a deleted file)."""
-        value = {"artifact_id": artifact, "epoch": epoch}
+        value = Checkpoint(artifact, epoch).stored()
         self.trial.storage.set_trial_system_attr(self.trial._trial_id, CHECKPOINT, value)
         if self.current is not None and self.current != artifact:
             self.stale.append(self.current)

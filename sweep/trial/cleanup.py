@@ -31,11 +31,9 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from sweep.queue import artifact_names
-from sweep.queue.operations import CHECKPOINT, RETRY_HISTORY, pointer
-from sweep.queue.storage import root_message
+from sweep.queue.attrs import BEST_MODEL, CHECKPOINT, RETRY_HISTORY, Checkpoint, decoded, pointer
+from sweep.queue.storage import rdb_of, root_message
 from sweep.queue.study_attr import study_attrs, swap_study_attr
-from sweep.queue.tables import decoded
-from sweep.study.joining import rdb_of
 from sweep.trial.artifacts import SWEEP_FORM, is_sweep_id, remove, shown
 
 if TYPE_CHECKING:
@@ -44,8 +42,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: The study's system attribute naming the best COMPLETE trial's final weights.
-BEST_MODEL = "best_model"
 #: Why a pointer that names no artifact of its trial's is left alone (for log lines).
 NOT_OURS = (f"not an artifact sweep wrote for this trial or the trials it took over "
             f"({SWEEP_FORM} named artifacts:<id> on them)")  # fmt: skip
@@ -74,18 +70,18 @@ def _end(
     where = f"trial {trial.number}"
     named = _named(storage, study_id, trial._trial_id, predecessors(trial.system_attrs),
                    where=where)  # fmt: skip
-    mine = pointer(trial.system_attrs.get(CHECKPOINT))
+    mine = Checkpoint.read(trial.system_attrs.get(CHECKPOINT))
     if CHECKPOINT in trial.system_attrs and (
-        mine is None or mine["artifact_id"] not in {a for _, a in named}
+        mine is None or mine.artifact_id not in {a for _, a in named}
     ):  # another client's: never kept, never deleted (its resumed_from was the resume's)
         logger.warning("%s: its checkpoint %s: %s; left as it is", where,
                        shown(trial.system_attrs[CHECKPOINT]), NOT_OURS)  # fmt: skip
         mine = None
     keep = None
     value = trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None
-    final = mine is not None and mine.get("epoch") == trial.last_step
+    final = mine is not None and mine.epoch == trial.last_step
     if final and value is not None and math.isfinite(value):  # (else its final upload failed)
-        keep = mine["artifact_id"]
+        keep = mine.artifact_id
         best = {"artifact_id": keep, "trial": trial.number, "value": value,
                 "trial_id": trial._trial_id}  # fmt: skip
         kept, old = keep_best(storage, study_id, best, maximize=maximize)

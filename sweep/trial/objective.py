@@ -25,7 +25,7 @@ from mlp.config import ModelConfig
 from mlp.memory import require_training
 from mlp.model import parameter_count
 from sweep.errors import SpecError
-from sweep.queue.operations import FAIL_REASON
+from sweep.queue.attrs import FAIL_REASON
 from sweep.study.rules import check_value, train_rules
 from sweep.study.settings import TrainSettings, configs
 from sweep.study.space import OutsideSpace, suggest, suggest_checked
@@ -144,7 +144,7 @@ class Objective:
             # The epochs it did not run, as they were reported (not pruned: it went on).
             for m in resumed.history:
                 record(m)
-            given = saved.resumed_from.get("trial") if saved and saved.resumed_from else None
+            given = saved.resumed_from.trial if saved and saved.resumed_from else None
             resume_attrs = {
                 "resumed_from_epoch": resumed.epoch,
                 "resumed_from_trial": given if type(given) is int else None,

@@ -65,9 +65,8 @@ def build(url: str, folder: Path, n: int, *, name: str = "big", sampler: str = "
     the rest copied) and a trial cap of ``n``, so that a launcher finds nothing to enqueue.
     Returns the study id."""
     from sweep import runner
-    from sweep.queue import operations
-    from sweep.queue.storage import open_storage
-    from sweep.study.joining import rdb_of
+    from sweep.queue import attrs
+    from sweep.queue.storage import open_storage, rdb_of
     from sweep.study.spec import load_spec
 
     spec = load_spec(study_file(folder, name, sampler=sampler, trials=seed_trials))
@@ -90,7 +89,7 @@ def build(url: str, folder: Path, n: int, *, name: str = "big", sampler: str = "
             conn.execute(sqlalchemy.text("ANALYZE"))
     stored = dataclasses.replace(spec, trials=n)
     storage = open_storage(url)
-    storage.set_study_user_attr(sid, operations.SPEC, stored.to_dict())
+    storage.set_study_user_attr(sid, attrs.SPEC, stored.to_dict())
     storage.engine.dispose()
     return sid
 

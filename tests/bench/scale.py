@@ -140,7 +140,7 @@ def _in_child(fn: Callable[..., list[float]], *args: object, timeout: float) -> 
 
 def _enqueue(url: str, slots: int) -> None:
     """Add ``slots`` empty WAITING slots to the study, as ``sweep run`` queues them for a TPE
-    study. Through optuna's public ``enqueue_trial``, not ``sweep.queue.operations.top_up``: the
+    study. Through optuna's public ``enqueue_trial``, not ``sweep.queue.topup.top_up``: the
     set-up must not depend on the code under test (on PostgreSQL, today's ``top_up`` fails beyond
     65,535 trials: one bind parameter per trial)."""
     import optuna
@@ -185,7 +185,7 @@ def tpe_asks(url: str, asks: int, budget_s: float) -> list[float]:
     first one first; stops early, after at least four, once ``budget_s`` is spent."""
     import optuna
 
-    from sweep.queue import operations
+    from sweep.queue import attrs
     from sweep.queue.storage import open_storage
     from sweep.queue.writeback import WriteBackStorage
     from sweep.study.joining import join, make_pruner, make_sampler
@@ -197,7 +197,7 @@ def tpe_asks(url: str, asks: int, budget_s: float) -> list[float]:
     storage = WriteBackStorage(open_storage(url))
     study = optuna.load_study(study_name=NAME, storage=storage, sampler=make_sampler(spec, 1),
                               pruner=make_pruner(spec))  # fmt: skip
-    tags = {operations.RUN_TAG: "bench-scale", operations.WORKER_TAG: f"bench:{os.getpid()}"}
+    tags = {attrs.RUN_TAG: "bench-scale", attrs.WORKER_TAG: f"bench:{os.getpid()}"}
     out: list[float] = []
     deadline = time.monotonic() + budget_s
     for i in range(asks):

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 SWEEP = Path(sys.executable).with_name("sweep")
 #: Heartbeats every second and a grace period of three, for tests that kill workers.
 FAST_STALE = {"SWEEP_HEARTBEAT_INTERVAL": "1", "SWEEP_GRACE_PERIOD": "3"}
-#: What a sweep worker tags its claims with (sweep.queue.operations.RUN_TAG, WORKER_TAG).
+#: What a sweep worker tags its claims with (sweep.queue.attrs.RUN_TAG, WORKER_TAG).
 WORKER_TAGS = {"run": "r", "worker": "host:1"}
 
 GRID = """

@@ -20,11 +20,11 @@ from optuna.trial import TrialState
 
 from sweep import runner
 from sweep.errors import SpecError, StorageError
-from sweep.queue.operations import CHECKPOINT, RESUME_FROM
+from sweep.queue.attrs import BEST_MODEL, CHECKPOINT, RESUME_FROM
 from sweep.queue.storage import open_storage
 from sweep.study.spec import load_spec
 from sweep.trial.artifacts import open_store
-from sweep.trial.cleanup import BEST_MODEL, keep_best
+from sweep.trial.cleanup import keep_best
 from tests.sweep.helpers import FAST_STALE, load, run_cli, start_cli, wait_for
 
 STALL = Path(__file__).with_name("stall")

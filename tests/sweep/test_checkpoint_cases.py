@@ -12,11 +12,12 @@ from optuna.artifacts import upload_artifact
 from mlp import MLP, TrainConfig, fit, save_state
 from mlp.data import Dataset, Split
 from sweep.errors import SpecError
-from sweep.queue import operations
+from sweep.queue import attrs, handover, recovery
+from sweep.queue.attrs import BEST_MODEL, Checkpoint
 from sweep.queue.storage import open_storage
 from sweep.trial.artifacts import open_store
 from sweep.trial.checkpoint import Checkpoints, policy
-from sweep.trial.cleanup import BEST_MODEL, trial_ended
+from sweep.trial.cleanup import trial_ended
 
 
 def _data() -> Dataset:
@@ -53,7 +54,7 @@ def test_a_checkpoint_of_another_momentum_is_one_warning_and_epoch_1(tmp_path, c
     study, trial = _trial_with(tmp_path, store, {})
     artifact = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
     study._storage.set_trial_system_attr(
-        trial._trial_id, operations.RESUMED_FROM, {"artifact_id": artifact, "epoch": 1, "trial": 0}
+        trial._trial_id, attrs.RESUMED_FROM, {"artifact_id": artifact, "epoch": 1, "trial": 0}
     )
     saved = Checkpoints(store, trial, fits="")
     with caplog.at_level(logging.WARNING, logger="sweep.trial.checkpoint"):
@@ -70,7 +71,7 @@ def test_a_store_that_fails_leaves_the_checkpoint_for_the_next_try(tmp_path, cap
     study, trial = _trial_with(tmp_path, store, {})
     artifact = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
     study._storage.set_trial_system_attr(
-        trial._trial_id, operations.RESUMED_FROM, {"artifact_id": artifact, "epoch": 1, "trial": 0}
+        trial._trial_id, attrs.RESUMED_FROM, {"artifact_id": artifact, "epoch": 1, "trial": 0}
     )
 
     class Down:
@@ -90,7 +91,7 @@ def test_only_a_trials_final_weights_become_the_best_model(tmp_path):
     study, trial = _trial_with(tmp_path, store, {})
     artifact = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
     study._storage.set_trial_system_attr(
-        trial._trial_id, operations.CHECKPOINT, {"artifact_id": artifact, "epoch": 1}
+        trial._trial_id, attrs.CHECKPOINT, {"artifact_id": artifact, "epoch": 1}
     )
     trial.report(50.0, 1)
     trial.report(60.0, 2)  # its final upload (epoch 2) failed: the checkpoint is epoch 1's
@@ -101,7 +102,7 @@ def test_only_a_trials_final_weights_become_the_best_model(tmp_path):
     second = study.ask()
     artifact = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=second)
     study._storage.set_trial_system_attr(
-        second._trial_id, operations.CHECKPOINT, {"artifact_id": artifact, "epoch": 2}
+        second._trial_id, attrs.CHECKPOINT, {"artifact_id": artifact, "epoch": 2}
     )
     second.report(55.0, 1)
     second.report(58.0, 2)
@@ -115,11 +116,10 @@ def test_a_trial_requeued_before_its_own_checkpoint_hands_on_what_it_was_given()
     given = json.dumps({"artifact_id": "a1", "epoch": 5, "trial": 3})
     own_is_given = json.dumps({"artifact_id": "a1", "epoch": 5})
     own = json.dumps({"artifact_id": "b2", "epoch": 7})
-    assert operations._resume_point(9, own_is_given, given) == {"artifact_id": "a1", "epoch": 5,
-                                                           "trial": 3}  # fmt: skip
-    assert operations._resume_point(9, own, given) == {"artifact_id": "b2", "epoch": 7, "trial": 9}
-    assert operations._resume_point(9, None, given)["trial"] == 3
-    assert operations._resume_point(9, own, None)["trial"] == 9
+    assert handover._resume_point(9, own_is_given, given) == Checkpoint("a1", 5, 3)
+    assert handover._resume_point(9, own, given) == Checkpoint("b2", 7, 9)
+    assert handover._resume_point(9, None, given).trial == 3
+    assert handover._resume_point(9, own, None).trial == 9
 
 
 @pytest.mark.parametrize(
@@ -205,7 +205,7 @@ def test_a_checkpoint_is_named_in_the_database_before_its_bytes_are_written(tmp_
     named = storage.get_trial(trial_id).system_attrs  # read from the database, not the worker
     assert f"artifacts:{stray}" in named
     # Its work is handed on; the successor ends (here: fails) and deletes it.
-    assert operations.abandon_run(storage, study._study_id, "r", max_retries=3) == [0]
+    assert recovery.abandon_run(storage, study._study_id, "r", max_retries=3) == [0]
     successor = study.ask()
     if when == "start":
         resumed = Checkpoints(store, successor, fits="")
@@ -230,7 +230,7 @@ def test_what_a_trial_that_died_for_good_left_is_deleted_and_a_requeued_ones_kep
     Checkpoints(store, optuna.Trial(worker, trial_id), fits="").write(states[0])
     [saved] = [p.name for p in folder.iterdir()]
     # Its worker dies: with max_retries 1 for good, else it is handed on with its checkpoint.
-    assert operations.abandon_run(storage, study._study_id, "r", max_retries=retries) == [0]
+    assert recovery.abandon_run(storage, study._study_id, "r", max_retries=retries) == [0]
     clear_ended(store, storage, study._study_id)
     names = [k for k in storage.get_trial(trial_id).system_attrs if k.startswith("artifacts:")]
     if retries == 1:

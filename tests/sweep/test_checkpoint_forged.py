@@ -23,13 +23,14 @@ from optuna.trial import TrialState
 
 from mlp import MLP, TrainState, save_state
 from mlp.train import EpochMetrics
-from sweep.queue import operations
+from sweep.queue import attrs
+from sweep.queue.attrs import BEST_MODEL, EVALUATED_MODEL
 from sweep.queue.storage import open_storage
 from sweep.study.space import suggest
 from sweep.study.spec import load_spec
 from sweep.trial.artifacts import open_store
 from sweep.trial.checkpoint import fits_of
-from sweep.trial.cleanup import BEST_MODEL, clear_ended, trial_ended
+from sweep.trial.cleanup import clear_ended, trial_ended
 from sweep.trial.objective import (
     Objective,
     build_model_and_config,
@@ -119,7 +120,7 @@ def test_a_forged_resume_from_leaves_the_file_it_names(tmp_path, caplog, params)
     env = Env(tmp_path)
     trial_id = env.enqueue(params)
     env.storage.set_trial_system_attr(
-        trial_id, operations.RESUME_FROM, {"artifact_id": "victim.txt", "epoch": 2, "trial": 0}
+        trial_id, attrs.RESUME_FROM, {"artifact_id": "victim.txt", "epoch": 2, "trial": 0}
     )
     with caplog.at_level(logging.WARNING):
         done = env.serve()
@@ -140,7 +141,7 @@ def test_a_forged_resume_from_of_sweeps_form_but_not_the_trials_is_not_read(tmp_
     (env.folder / foreign).write_bytes(VICTIM)
     trial_id = env.enqueue()
     env.storage.set_trial_system_attr(
-        trial_id, operations.RESUME_FROM, {"artifact_id": foreign, "epoch": 2, "trial": 0}
+        trial_id, attrs.RESUME_FROM, {"artifact_id": foreign, "epoch": 2, "trial": 0}
     )
     with caplog.at_level(logging.WARNING):
         done = env.serve()
@@ -218,7 +219,7 @@ def _finished(env: Env, forged: dict | None = None) -> tuple[optuna.trial.Frozen
     trial = env.study.ask()
     own = upload_artifact(artifact_store=env.store, file_path=str(path), study_or_trial=trial)
     pointer = forged if forged is not None else {"artifact_id": own, "epoch": 1}
-    env.storage.set_trial_system_attr(trial._trial_id, operations.CHECKPOINT, pointer)
+    env.storage.set_trial_system_attr(trial._trial_id, attrs.CHECKPOINT, pointer)
     trial.report(50.0, 1)
     env.study.tell(trial, 50.0)
     return env.storage.get_trial(trial._trial_id), own
@@ -281,7 +282,7 @@ def test_a_best_model_sweep_kept_is_deleted_when_a_better_one_replaces_it(tmp_pa
 
 
 def test_a_forged_evaluated_model_leaves_the_file_it_names(tmp_path, caplog):
-    from sweep.trial.best import EVALUATED_MODEL, _replace_evaluated
+    from sweep.trial.best import _replace_evaluated
 
     env = Env(tmp_path)
     sid = env.study._study_id
@@ -310,7 +311,7 @@ def test_a_symbolic_link_under_a_named_id_is_neither_followed_nor_deleted(
     env.storage.set_trial_system_attr(trial_id, f"artifacts:{link}", {})  # sweep's form, named
     if resumed:  # and read: a resume opens no link either
         env.storage.set_trial_system_attr(
-            trial_id, operations.RESUME_FROM, {"artifact_id": link, "epoch": 2, "trial": 0}
+            trial_id, attrs.RESUME_FROM, {"artifact_id": link, "epoch": 2, "trial": 0}
         )
     with caplog.at_level(logging.WARNING):
         done = env.serve()
@@ -352,7 +353,7 @@ def _forged_finished(env: Env, trial_id: int, *, fits: str, claimed: float | Non
     artifact = upload(env.store, env.storage, path, trial_id=trial_id)
     env.storage.set_trial_system_attr(
         trial_id,
-        operations.RESUME_FROM,
+        attrs.RESUME_FROM,
         {"artifact_id": artifact, "epoch": config.epochs, "trial": 0},
     )
     return measured

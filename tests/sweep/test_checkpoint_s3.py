@@ -16,7 +16,7 @@ import uuid
 import pytest
 from optuna.trial import TrialState
 
-from sweep.queue.operations import RESUME_FROM
+from sweep.queue.attrs import RESUME_FROM
 from sweep.study.spec import load_spec
 from tests.postgres import fresh_database
 from tests.sweep.helpers import load, run_cli, start_cli, wait_for
@@ -184,11 +184,12 @@ def test_forged_pointers_read_and_delete_nothing_outside_sweeps_forms_in_a_bucke
     import optuna
 
     from mlp import MLP, TrainConfig
-    from sweep.queue import operations
+    from sweep.queue import attrs
+    from sweep.queue.attrs import BEST_MODEL
     from sweep.queue.storage import open_storage
     from sweep.trial.artifacts import open_store
     from sweep.trial.checkpoint import Checkpoints
-    from sweep.trial.cleanup import BEST_MODEL, trial_ended
+    from sweep.trial.cleanup import trial_ended
     from tests.sweep.test_checkpoint_cases import _data
 
     for name, value in s3.items():
@@ -217,8 +218,8 @@ def test_forged_pointers_read_and_delete_nothing_outside_sweeps_forms_in_a_bucke
         for artifact in forged:  # as resume_from, then as every other pointer
             trial = study.ask()
             attrs = {
-                operations.RESUMED_FROM: {"artifact_id": artifact, "epoch": 1, "trial": 0},
-                operations.CHECKPOINT: {"artifact_id": artifact, "epoch": 1},
+                attrs.RESUMED_FROM: {"artifact_id": artifact, "epoch": 1, "trial": 0},
+                attrs.CHECKPOINT: {"artifact_id": artifact, "epoch": 1},
             }
             if artifact != foreign:
                 attrs[f"artifacts:{artifact}"] = {}

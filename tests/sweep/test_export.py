@@ -21,9 +21,9 @@ from optuna.trial import TrialState
 from threadpoolctl import threadpool_limits
 
 from mlp import MLP, load_state, save_state
+from sweep.queue.attrs import BEST_MODEL, EVALUATED_MODEL
 from sweep.study.spec import load_spec
 from sweep.trial import best
-from sweep.trial.cleanup import BEST_MODEL
 from sweep.trial.objective import build_model_and_config, load_data, settings_of
 from tests.sweep.helpers import grid_study, load, run_cli
 
@@ -164,7 +164,7 @@ def test_a_new_evaluate_replaces_the_previous_evaluates_model(ran, tmp_path):
     weights, sidecar = second.artifacts
     assert set(os.listdir(store)) == {kept, weights, sidecar}  # the first's two files are gone
     assert _study_artifacts(url) == {weights, sidecar}  # and their attributes
-    assert _system_attrs(url)[best.EVALUATED_MODEL] == {
+    assert _system_attrs(url)[EVALUATED_MODEL] == {
         "artifact_id": weights, "sidecar_id": sidecar, "trial": second.trial,
     }  # fmt: skip
     # The best trial's own weights are untouched: export still writes them.
@@ -204,7 +204,7 @@ def test_an_untrusted_evaluated_model_deletes_only_a_study_artifact(ran, tmp_pat
     text = BAD_RECORDS[case].replace("{kept}", kept).replace("{up}", PLANTED)
     with sqlite3.connect(tmp_path / "db.sqlite") as conn:
         conn.execute("INSERT INTO study_system_attributes (study_id, key, value_json) "
-                     "VALUES (?, ?, ?)", (study._study_id, best.EVALUATED_MODEL, text))  # fmt: skip
+                     "VALUES (?, ?, ?)", (study._study_id, EVALUATED_MODEL, text))  # fmt: skip
     conn.close()
     before = set(os.listdir(store))
     new = best.upload(study, open_store(str(store)), MLP(4, 4), {"trial": 0})  # no retraining

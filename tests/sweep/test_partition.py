@@ -20,7 +20,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from sweep.queue import operations
+from sweep.queue import progress
 from sweep.queue.storage import open_storage
 from tests.postgres import fresh_database
 from tests.sweep.helpers import wait_for
@@ -257,7 +257,7 @@ def test_a_worker_cut_off_past_the_grace_period_cannot_complete_its_point_twice(
         assert done.value == B_VALUE
         assert done.user_attrs["run"] == "b"
         assert done.system_attrs["retry_history"] == [original.number]
-        assert operations.pending(rdb, sid).empty
+        assert progress.pending(rdb, sid).empty
 
         # A's finish was fenced (tables.transition raised TrialGone, the write-back
         # UpdateFinishedTrialError), which serve logs and skips: A ran nothing and exits 0.

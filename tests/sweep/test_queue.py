@@ -14,7 +14,7 @@ from threadpoolctl import threadpool_limits
 
 from sweep import runner
 from sweep.errors import DataError, SpecError
-from sweep.queue import operations
+from sweep.queue import progress, recovery, topup
 from sweep.queue.storage import open_storage
 from sweep.queue.writeback import WriteBackStorage
 from sweep.study.joining import join, open_study, recover, top_up
@@ -91,9 +91,7 @@ def test_two_top_ups_racing_enqueue_each_point_once(storage_url):
     for storage in storages:
         sqlalchemy.event.listen(storage.engine.pool, "checkin", lambda *a: time.sleep(1.5))
     racers = [
-        threading.Thread(
-            target=operations.top_up, args=(s, study._study_id), kwargs={"points": points}
-        )
+        threading.Thread(target=topup.top_up, args=(s, study._study_id), kwargs={"points": points})
         for s in storages
     ]
     for racer in racers:
@@ -269,7 +267,7 @@ def test_a_trial_whose_workers_keep_dying_fails_after_max_retries(tmp_path, stor
     assert last.system_attrs["retry_history"] == [0, 1]
     assert last.system_attrs["fixed_params"] == {"i": 7}
     assert recover(study, max_retries=3) == []
-    assert operations.pending(storage, study._study_id).empty
+    assert progress.pending(storage, study._study_id).empty
 
 
 def _running_on(url: str, pid: int) -> bool:
@@ -381,12 +379,12 @@ def test_a_run_whose_worker_processes_died_counts_a_death_at_once(storage_url):
     other = WriteBackStorage(storage)
     study.enqueue_trial({"i": 8})
     other.claim(study._study_id, {**WORKER_TAGS, "run": "alive"})
-    assert operations.abandon_run(storage, study._study_id, "dead", max_retries=3) == [0]
+    assert recovery.abandon_run(storage, study._study_id, "dead", max_retries=3) == [0]
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
     assert trials[0].user_attrs["lost"] == "worker host:1 died with its run's processes"
     assert trials[2].system_attrs["retry_history"] == [0]
-    assert operations.release_run(storage, study._study_id, "dead") == 0  # the other run's trial
+    assert recovery.release_run(storage, study._study_id, "dead") == 0  # the other run's trial
 
 
 def test_two_launchers_creating_one_study_with_different_specs_one_is_refused(

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from sweep import runner
 from sweep.errors import UnfinishedError
-from sweep.queue import guard, operations
+from sweep.queue import guard, progress, topup
 from sweep.queue.storage import open_storage
 from sweep.queue.writeback import WriteBackStorage
 from sweep.study.joining import open_study, top_up
@@ -107,7 +107,7 @@ def _queued_points(url: str) -> tuple[optuna.Study, list[dict]]:
     rdb = open_storage(url)
     study = optuna.create_study(study_name="g", storage=rdb, direction="maximize")
     points = [{"x": x} for x in (0.0, 0.5, 1.0, 1.5)]
-    operations.top_up(rdb, study._study_id, points=points)
+    topup.top_up(rdb, study._study_id, points=points)
     return study, points
 
 
@@ -129,11 +129,11 @@ def test_a_top_up_queues_again_what_another_client_took_and_did_not_train(storag
     trained.suggest_float("x", 0, 2)
     theirs.tell(trained, 2.0)
     rdb = open_storage(storage_url)
-    assert operations.top_up(rdb, study._study_id, points=points) == 4
+    assert topup.top_up(rdb, study._study_id, points=points) == 4
     assert _fixed(study, TrialState.WAITING) == points[:3]
-    assert operations.grid_done(rdb, study._study_id, points) == 1
-    assert operations.tally(rdb, study._study_id, grid=True)[0] == 0  # none by sweep's workers
-    assert operations.top_up(rdb, study._study_id, points=points) == 4  # nothing more
+    assert progress.grid_done(rdb, study._study_id, points) == 1
+    assert progress.tally(rdb, study._study_id, grid=True)[0] == 0  # none by sweep's workers
+    assert topup.top_up(rdb, study._study_id, points=points) == 4  # nothing more
     assert len(study.get_trials(deepcopy=False)) == 7
 
 
@@ -203,8 +203,8 @@ def test_a_trial_whose_objective_returns_nan_fails_for_good(storage_url):
     reasons = {t.user_attrs.get("fail_reason") for t in study.get_trials()}
     assert reasons == {"the objective returned nan"}
     rdb = open_storage(storage_url)
-    assert operations.top_up(rdb, study._study_id, points=points) == 4  # failed for good: done
-    assert operations.grid_done(rdb, study._study_id, points) == 4
+    assert topup.top_up(rdb, study._study_id, points=points) == 4  # failed for good: done
+    assert progress.grid_done(rdb, study._study_id, points) == 4
     assert len(study.get_trials(deepcopy=False)) == 4
 
 

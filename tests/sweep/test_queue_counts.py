@@ -6,7 +6,7 @@ import time
 import optuna
 
 from sweep import runner
-from sweep.queue import operations
+from sweep.queue import progress, topup
 from sweep.queue.storage import open_storage
 from sweep.queue.writeback import WriteBackStorage
 from sweep.report.summary import trial_table
@@ -33,7 +33,7 @@ def test_a_worker_whose_heartbeat_stopped_is_not_counted_running(tmp_path, stora
     shown = runner._progress(study, spec, total, time.monotonic(), "another run")
     assert (shown.running, shown.workers, shown.here) == (1, 1, 0)
     assert (
-        len(operations.pending(open_storage(storage_url), study._study_id).running) == 2
+        len(progress.pending(open_storage(storage_url), study._study_id).running) == 2
     )  # waited for
     assert shown.waiting_for is None  # trials still wait: it claims, it does not wait
 
@@ -42,8 +42,8 @@ def test_trials_skipped_by_a_lowered_cap_are_shown_as_skipped(storage_url):
     rdb = open_storage(storage_url)
     study = optuna.create_study(study_name="g", storage=rdb, direction="maximize")
     points = [{"x": x} for x in (0.0, 0.5, 1.0)]
-    operations.top_up(rdb, study._study_id, points=points)
-    operations.top_up(rdb, study._study_id, points=points[:1], beyond=points[1:])  # cap lowered
+    topup.top_up(rdb, study._study_id, points=points)
+    topup.top_up(rdb, study._study_id, points=points[:1], beyond=points[1:])  # cap lowered
     table, _ = trial_table(optuna.load_study(study_name="g", storage=rdb))
     states = [line.split()[1] for line in table.splitlines()[1:]]
     assert states == ["skipped", "skipped"], table

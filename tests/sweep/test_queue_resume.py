@@ -1,5 +1,5 @@
 """A trial's work outlives its worker: the trial that takes over a dead or released trial runs
-the same parameters and starts from its last checkpoint (``sweep.queue.operations``'s ``checkpoint``
+the same parameters and starts from its last checkpoint (``sweep.queue.handover``'s ``checkpoint``
 → ``resume_from``), whatever another client wrote into those attributes."""
 
 import json
@@ -16,9 +16,9 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from sweep.queue import operations
-from sweep.queue.storage import open_storage
-from sweep.study.joining import open_study, rdb_of, top_up
+from sweep.queue import attrs, claims, recovery
+from sweep.queue.storage import open_storage, rdb_of
+from sweep.study.joining import open_study, top_up
 from sweep.study.space import suggest
 from sweep.study.spec import load_spec
 from sweep.worker import as_worker_study
@@ -72,7 +72,7 @@ def _start(study: optuna.Study, spec, checkpoint: dict | None = None):
     trial = optuna.Trial(worker, trial_id)
     settings = suggest(trial, spec)
     if checkpoint is not None:
-        worker._storage.set_trial_system_attr(trial_id, operations.CHECKPOINT, checkpoint)
+        worker._storage.set_trial_system_attr(trial_id, attrs.CHECKPOINT, checkpoint)
     worker._storage.record_heartbeat(trial_id)
     return _stored(study, trial_id), settings
 
@@ -80,9 +80,7 @@ def _start(study: optuna.Study, spec, checkpoint: dict | None = None):
 def _take(study: optuna.Study, spec, number: int, checkpoint: dict | None = None):
     """``_start`` on trial ``number``; another run claims the trials handed out before it."""
     while _next(study) != number:
-        operations.claim(
-            rdb_of(study._storage), study._study_id, {**WORKER_TAGS, "run": "elsewhere"}
-        )
+        claims.claim(rdb_of(study._storage), study._study_id, {**WORKER_TAGS, "run": "elsewhere"})
     return _start(study, spec, checkpoint)
 
 
@@ -90,7 +88,7 @@ def _next(study: optuna.Study) -> int:
     """The number of the trial the queue hands out next: the oldest resuming a checkpoint,
     else the oldest."""
     waiting = _waiting(study)
-    resuming = [t for t in waiting if operations.RESUME_FROM in t.system_attrs]
+    resuming = [t for t in waiting if attrs.RESUME_FROM in t.system_attrs]
     return (resuming or waiting)[0].number
 
 
@@ -105,8 +103,8 @@ def _die(study: optuna.Study, how: str, max_retries: int = 3) -> list[int]:
     if how == "recover":
         # Its heartbeat is old: against a cutoff in the future, as it would be once the grace
         # period had passed (waiting for it, tested in test_queue.py, took 2.2 s a call).
-        return operations.recover(rdb, study._study_id, grace=-2, max_retries=max_retries)
-    return operations.abandon_run(rdb, study._study_id, "r", max_retries=max_retries)
+        return recovery.recover(rdb, study._study_id, grace=-2, max_retries=max_retries)
+    return recovery.abandon_run(rdb, study._study_id, "r", max_retries=max_retries)
 
 
 def _waiting(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -129,13 +127,13 @@ def test_a_dead_slot_is_rerun_with_its_parameters_from_its_checkpoint(
 ):
     study, spec = _queued(tmp_path, storage_url, sampler)
     orphan, settings = _start(study, spec, SAVED)
-    assert orphan.system_attrs[operations.FIXED] == {}  # its sampler chose them
+    assert orphan.system_attrs[attrs.FIXED] == {}  # its sampler chose them
     assert len(orphan.params) == 4
     assert _die(study, how) == [orphan.number]
     replacement = study.trials[-1]
     assert replacement.state == TrialState.WAITING
-    assert replacement.system_attrs[operations.FIXED] == orphan.params
-    assert replacement.system_attrs[operations.RESUME_FROM] == {**SAVED, "trial": orphan.number}
+    assert replacement.system_attrs[attrs.FIXED] == orphan.params
+    assert replacement.system_attrs[attrs.RESUME_FROM] == {**SAVED, "trial": orphan.number}
     # optuna's Trial returns the fixed parameters whatever the sampler would draw.
     taken_over, again = _take(study, spec, replacement.number)
     assert again == settings
@@ -149,8 +147,8 @@ def test_a_dead_grid_trial_is_rerun_at_its_point_from_its_checkpoint(tmp_path, s
     orphan, settings = _start(study, spec, SAVED)
     assert _die(study, how) == [orphan.number]
     replacement = study.trials[-1]
-    assert replacement.system_attrs[operations.FIXED] == orphan.system_attrs[operations.FIXED]
-    assert replacement.system_attrs[operations.RESUME_FROM] == {**SAVED, "trial": orphan.number}
+    assert replacement.system_attrs[attrs.FIXED] == orphan.system_attrs[attrs.FIXED]
+    assert replacement.system_attrs[attrs.RESUME_FROM] == {**SAVED, "trial": orphan.number}
     top_up(study, spec)  # the replacement covers the point: it is not queued again
     assert len(study.trials) == 9 and len(_waiting(study)) == 8
     assert _take(study, spec, replacement.number)[1] == settings
@@ -159,9 +157,9 @@ def test_a_dead_grid_trial_is_rerun_at_its_point_from_its_checkpoint(tmp_path, s
 def _release(study: optuna.Study, trial_id: int, how: str) -> None:
     rdb = rdb_of(study._storage)
     if how == "release":
-        assert operations.release(rdb, trial_id)
+        assert claims.release(rdb, trial_id)
     else:
-        assert operations.release_run(rdb, study._study_id, "r") == 1
+        assert recovery.release_run(rdb, study._study_id, "r") == 1
 
 
 @pytest.mark.parametrize("how", ["release", "release_run"])
@@ -178,21 +176,21 @@ def test_a_released_trial_keeps_its_parameters_and_its_checkpoint(
     assert back.state == TrialState.WAITING
     assert back.params == {} and back.user_attrs == {}  # what it ran is gone, as before
     assert back.system_attrs == {
-        operations.FIXED: trial.params,
-        operations.RESUME_FROM: {**SAVED, "trial": trial.number},
+        attrs.FIXED: trial.params,
+        attrs.RESUME_FROM: {**SAVED, "trial": trial.number},
         name: {"artifact_id": "x"},  # its files are still there: the trial's end deletes them
     }
     if sampler == "grid":  # the point it was enqueued with
-        assert back.system_attrs[operations.FIXED] == trial.system_attrs[operations.FIXED]
+        assert back.system_attrs[attrs.FIXED] == trial.system_attrs[attrs.FIXED]
     assert _take(study, spec, trial.number)[1] == settings
 
 
 def test_a_released_trial_that_had_not_started_goes_back_as_it_came(tmp_path, storage_url):
     study, _spec = _queued(tmp_path, storage_url, "tpe")
     rdb = open_storage(storage_url)
-    claimed = operations.claim(rdb, study._study_id, WORKER_TAGS)
-    assert operations.release(rdb, claimed.trial_id)
-    assert _stored(study, claimed.trial_id).system_attrs == {operations.FIXED: {}}
+    claimed = claims.claim(rdb, study._study_id, WORKER_TAGS)
+    assert claims.release(rdb, claimed.trial_id)
+    assert _stored(study, claimed.trial_id).system_attrs == {attrs.FIXED: {}}
 
 
 def test_a_resumed_trial_that_dies_before_its_own_checkpoint_passes_on_what_it_was_given(
@@ -204,16 +202,16 @@ def test_a_resumed_trial_that_dies_before_its_own_checkpoint_passes_on_what_it_w
     first, _ = _start(study, spec, SAVED)
     _die(study, "abandon_run", max_retries=9)
     second, _ = _take(study, spec, 3)
-    assert second.system_attrs[operations.RESUMED_FROM]["trial"] == first.number
+    assert second.system_attrs[attrs.RESUMED_FROM]["trial"] == first.number
     _die(study, "abandon_run", max_retries=9)
     third, _ = _take(study, spec, 4)
-    assert third.system_attrs[operations.RESUMED_FROM] == {**SAVED, "trial": first.number}
+    assert third.system_attrs[attrs.RESUMED_FROM] == {**SAVED, "trial": first.number}
     _release(study, third._trial_id, "release")
-    assert _stored(study, third._trial_id).system_attrs[operations.RESUME_FROM]["trial"] == 0
+    assert _stored(study, third._trial_id).system_attrs[attrs.RESUME_FROM]["trial"] == 0
     fourth, _ = _take(study, spec, 4, {"artifact_id": "later", "epoch": 4})
     _die(study, "abandon_run", max_retries=9)
     expected = {"artifact_id": "later", "epoch": 4, "trial": fourth.number}
-    assert _waiting(study)[-1].system_attrs[operations.RESUME_FROM] == expected
+    assert _waiting(study)[-1].system_attrs[attrs.RESUME_FROM] == expected
 
 
 @pytest.mark.parametrize("how", ["abandon_run", "release"])
@@ -234,11 +232,11 @@ def test_a_trial_that_resumes_a_checkpoint_is_claimed_before_older_ones(tmp_path
         expected, then = 4, 2
     taken, _ = _start(study, spec)
     assert taken.number == expected
-    assert taken.system_attrs[operations.RESUMED_FROM] == {**SAVED, "trial": saved.number}
-    assert operations.RESUME_FROM not in taken.system_attrs
+    assert taken.system_attrs[attrs.RESUMED_FROM] == {**SAVED, "trial": saved.number}
+    assert attrs.RESUME_FROM not in taken.system_attrs
     after, _ = _start(study, spec)  # and then the queue's order again
     assert after.number == then
-    assert operations.RESUMED_FROM not in after.system_attrs
+    assert attrs.RESUMED_FROM not in after.system_attrs
 
 
 def test_max_retries_still_ends_a_trial_with_a_checkpoint_without_a_replacement(
@@ -251,9 +249,9 @@ def test_max_retries_still_ends_a_trial_with_a_checkpoint_without_a_replacement(
     assert _die(study, "abandon_run", max_retries=2) == [3]
     trials = study.trials
     assert trials[3].state == TrialState.FAIL
-    assert trials[3].user_attrs[operations.FAIL_REASON] == "worker died 2 times"
+    assert trials[3].user_attrs[attrs.FAIL_REASON] == "worker died 2 times"
     assert len(trials) == 4 and [t.number for t in _waiting(study)] == [1, 2]  # no 4th
-    assert replacement[0].system_attrs[operations.RETRY_HISTORY] == [0]
+    assert replacement[0].system_attrs[attrs.RETRY_HISTORY] == [0]
 
 
 @pytest.mark.parametrize("how", ["abandon_run", "release"])
@@ -266,7 +264,7 @@ def test_a_trial_enqueued_with_some_parameters_is_rerun_with_all_it_ran(tmp_path
         _release(study, trial._trial_id, how)
     else:
         _die(study, how)
-    assert _newest(study).system_attrs[operations.FIXED] == trial.params
+    assert _newest(study).system_attrs[attrs.FIXED] == trial.params
     assert _take(study, spec, _newest(study).number)[1] == settings
 
 
@@ -312,17 +310,17 @@ def test_a_hostile_checkpoint_gives_no_resume_point(tmp_path, storage_url, how):
     study, spec = _queued(tmp_path, storage_url, "random")
     for text in HOSTILE:
         trial, _ = _start(study, spec)
-        _write_attr(storage_url, trial._trial_id, operations.CHECKPOINT, text)
+        _write_attr(storage_url, trial._trial_id, attrs.CHECKPOINT, text)
         given = text.replace("}", ', "trial": 0}')  # as a resume point it was given
-        _write_attr(storage_url, trial._trial_id, operations.RESUMED_FROM, given)
+        _write_attr(storage_url, trial._trial_id, attrs.RESUMED_FROM, given)
         if how == "release":
             _release(study, trial._trial_id, how)
             after = _stored(study, trial._trial_id)
         else:
             assert _die(study, how, max_retries=99) == [trial.number]
             after = _newest(study)
-        assert operations.RESUME_FROM not in after.system_attrs, text
-        assert after.system_attrs[operations.FIXED] == trial.params, text
+        assert attrs.RESUME_FROM not in after.system_attrs, text
+        assert after.system_attrs[attrs.FIXED] == trial.params, text
 
 
 @pytest.mark.parametrize("how", ["abandon_run", "release"])
@@ -348,15 +346,15 @@ def test_parameters_that_are_not_numbers_are_left_to_the_sampler(tmp_path, stora
     else:
         _die(study, how)
         after = _newest(study)
-    assert after.system_attrs[operations.FIXED] == {"activation": trial.params["activation"]}
-    assert after.system_attrs[operations.RESUME_FROM] == {**SAVED, "trial": trial.number}
+    assert after.system_attrs[attrs.FIXED] == {"activation": trial.params["activation"]}
+    assert after.system_attrs[attrs.RESUME_FROM] == {**SAVED, "trial": trial.number}
 
 
 # -- a real death ----------------------------------------------------------------------------
 
 _WORKER = """
 import json, sys, time, optuna
-from sweep.queue import operations
+from sweep.queue import attrs, claims, recovery
 from sweep.study.space import suggest
 from sweep.study.spec import load_spec
 from sweep.queue.storage import open_storage
@@ -367,7 +365,7 @@ study = as_worker_study(optuna.load_study(study_name="s", storage=open_storage(s
 trial_id = study._storage.claim(study._study_id, {"run": "r", "worker": "doomed:1"})
 trial = optuna.Trial(study, trial_id)
 settings = suggest(trial, spec)
-study._storage.set_trial_system_attr(trial_id, operations.CHECKPOINT, json.loads(sys.argv[3]))
+study._storage.set_trial_system_attr(trial_id, attrs.CHECKPOINT, json.loads(sys.argv[3]))
 study._storage.record_heartbeat(trial_id)
 print(json.dumps(trial.params), flush=True)
 time.sleep(600)
@@ -388,8 +386,8 @@ def test_a_worker_killed_mid_trial_leaves_its_parameters_and_checkpoint(tmp_path
     assert params
     assert _die(study, "recover") == [0]
     replacement = _waiting(study)[-1]
-    assert replacement.system_attrs[operations.FIXED] == params
-    assert replacement.system_attrs[operations.RESUME_FROM] == {**SAVED, "trial": 0}
+    assert replacement.system_attrs[attrs.FIXED] == params
+    assert replacement.system_attrs[attrs.RESUME_FROM] == {**SAVED, "trial": 0}
     assert states(study)[TrialState.FAIL] == 1
 
 
@@ -421,11 +419,11 @@ def test_a_checkpoint_written_while_the_hand_over_waits_is_the_one_handed_on(
                     "UPDATE trial_system_attributes SET value_json = :v"
                     " WHERE trial_id = :t AND key = :k"
                 ),
-                {"t": stored._trial_id, "k": operations.CHECKPOINT, "v": json.dumps(newer)},
+                {"t": stored._trial_id, "k": attrs.CHECKPOINT, "v": json.dumps(newer)},
             )
             waiting = threading.Thread(
                 target=lambda: done.append(
-                    operations.abandon_run(rdb, study._study_id, "r", max_retries=3)
+                    recovery.abandon_run(rdb, study._study_id, "r", max_retries=3)
                 )
             )
             waiting.start()
@@ -436,7 +434,7 @@ def test_a_checkpoint_written_while_the_hand_over_waits_is_the_one_handed_on(
     assert done, "the hand-over did not finish"
     taker = _newest(study)
     assert taker.state == TrialState.WAITING
-    assert taker.system_attrs[operations.RESUME_FROM] == {**newer, "trial": stored.number}
+    assert taker.system_attrs[attrs.RESUME_FROM] == {**newer, "trial": stored.number}
 
 
 def _until_blocked(conn: sqlalchemy.Connection) -> None:

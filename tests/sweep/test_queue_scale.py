@@ -19,8 +19,7 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from sweep.queue import coverage
-from sweep.queue import operations as queue
+from sweep.queue import claims, coverage, progress, recovery, topup
 from sweep.queue import tables as tb
 from sweep.queue.storage import open_storage
 from tests.sweep.helpers import WORKER_TAGS
@@ -100,9 +99,9 @@ def _big_study(url: str, n: int) -> tuple[optuna.storages.RDBStorage, int]:
     rdb = open_storage(url)
     study = optuna.create_study(study_name="big", storage=rdb, direction="maximize")
     _finished(rdb.engine, study._study_id, n)
-    queue.top_up(rdb, study._study_id, cap=n + 7)
+    topup.top_up(rdb, study._study_id, cap=n + 7)
     for _ in range(2):
-        assert queue.claim(rdb, study._study_id, WORKER_TAGS) is not None
+        assert claims.claim(rdb, study._study_id, WORKER_TAGS) is not None
     if rdb.engine.name == "postgresql":
         with rdb.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("ANALYZE")
@@ -111,17 +110,16 @@ def _big_study(url: str, n: int) -> tuple[optuna.storages.RDBStorage, int]:
 
 def test_every_queue_read_of_a_big_study_goes_through_the_index(storage_url):
     rdb, sid = _big_study(storage_url, 100_000)
-    operations = {
-        "claim": lambda: queue.claim(rdb, sid, WORKER_TAGS),
-        "pending": lambda: queue.pending(rdb, sid),
-        "recover": lambda: queue.recover(rdb, sid, grace=3600, max_retries=3),
-        "release_run": lambda: queue.release_run(rdb, sid, "no such run"),
+    issued = {
+        "claim": lambda: claims.claim(rdb, sid, WORKER_TAGS),
+        "pending": lambda: progress.pending(rdb, sid),
+        "recover": lambda: recovery.recover(rdb, sid, grace=3600, max_retries=3),
+        "release_run": lambda: recovery.release_run(rdb, sid, "no such run"),
     }
-    for name, operation in operations.items():
+    for name, operation in issued.items():
         with _Statements(rdb.engine) as sent:
             operation()
-        compound = str(tb.SQL.next_waiting.compile(dialect=rdb.engine.dialect))  # see below
-        reads = [(s, p) for s, p in sent.reads() if "FROM trials" in s and s != compound]
+        reads = [(s, p) for s, p in sent.reads() if "FROM trials" in s]
         assert reads or (name == "claim" and sent.reads()), f"{name} read no trials"
         for statement, parameters in reads:
             plan = _plan(rdb.engine, statement, parameters)
@@ -133,25 +131,20 @@ def test_every_queue_read_of_a_big_study_goes_through_the_index(storage_url):
             else:
                 assert "Seq Scan on trials" not in plan and "Sort" not in plan, shown
                 assert "study_id = " in plan and "state = " in plan, shown
-    # The claim's statements are the prepared ones of the hot path, found at once: the trials
-    # that resume a checkpoint first, through their own partial index, then the oldest (on
-    # SQLite both in one statement).
+    # The claim's statements are the prepared ones of the hot path, the same pair on every
+    # database, found at once: the trials that resume a checkpoint first, through their own
+    # partial index, then the oldest (through the queue's index, checked above).
     with _Statements(rdb.engine) as sent:
-        queue.claim(rdb, sid, WORKER_TAGS)
-    sql = tb.SQL
-    sqlite = rdb.engine.name == "sqlite"
-    claim = (
-        [sql.next_waiting] if sqlite else [sql.resumable_waiting_locked, sql.oldest_waiting_locked]
-    )
+        claims.claim(rdb, sid, WORKER_TAGS)
+    claim = [tb.SQL.resumable_waiting, tb.SQL.oldest_waiting]
     reads = sent.reads()
     assert [s for s, _ in reads] == [str(c.compile(dialect=rdb.engine.dialect)) for c in claim]
     plan = _plan(rdb.engine, *reads[0])
     assert tb.RESUME_INDEX.name in plan, plan
-    if sqlite:  # a walk of the partial index (the waiting resumable trials only), in order;
-        # the oldest through the queue's index; an order of the two rows found
+    if rdb.engine.name == "sqlite":  # a walk of the partial index (the waiting resumable
+        # trials only), in order, each looked up by its key
         assert f"trial_system_attributes USING INDEX {tb.RESUME_INDEX.name}" in plan, plan
         assert "SEARCH trials USING INTEGER PRIMARY KEY" in plan, plan
-        assert f"USING INDEX {INDEX} (study_id=? AND state=?)" in plan, plan
         assert "SCAN trials" not in plan, plan
     else:
         assert "Seq Scan" not in plan and "Sort" not in plan, plan
@@ -247,8 +240,8 @@ def test_a_database_that_refuses_the_index_is_still_used(postgres_server, caplog
     (warning,) = [r.getMessage() for r in caplog.records if r.name == "sweep.queue.storage"]
     assert f"cannot create index {INDEX} (" in warning and "owner" in warning
     sid = rdb.get_study_id_from_name("s")
-    queue.top_up(rdb, sid, cap=2)
-    assert queue.claim(rdb, sid, WORKER_TAGS) is not None
+    topup.top_up(rdb, sid, cap=2)
+    assert claims.claim(rdb, sid, WORKER_TAGS) is not None
 
 
 # -- top-up ----------------------------------------------------------------------------------
@@ -266,7 +259,7 @@ def test_a_capped_top_up_counts_instead_of_reading_every_trial(storage_url):
     rdb, sid = _big_study(storage_url, 2_000)
     for cap in (2_010, 2_003):  # more slots; fewer (the newest WAITING ones are skipped)
         with _Statements(rdb.engine) as sent:
-            queue.top_up(rdb, sid, cap=cap)
+            topup.top_up(rdb, sid, cap=cap)
         rows = _rows_read(rdb.engine, sent.reads())
         assert rows and max(rows) <= 20, (rows, sent.reads())
 
@@ -281,13 +274,13 @@ def _mixed_study(url: str) -> tuple[optuna.storages.RDBStorage, int]:
                                   and state != TrialState.FAIL else None, user_attrs=attrs)
     )  # fmt: skip
     add(TrialState.COMPLETE)
-    queue.top_up(rdb, sid, cap=4)  # three WAITING
+    topup.top_up(rdb, sid, cap=4)  # three WAITING
     add(TrialState.FAIL, fail_reason="diverged")  # counts
     add(TrialState.FAIL)  # lost: does not count
     add(TrialState.FAIL, skipped="beyond the trial cap of 1")  # does not count
     add(TrialState.PRUNED)
-    queue.claim(rdb, sid, WORKER_TAGS)  # one of the WAITING ones RUNNING
-    queue.top_up(rdb, sid, cap=9)  # more WAITING, after the others
+    claims.claim(rdb, sid, WORKER_TAGS)  # one of the WAITING ones RUNNING
+    topup.top_up(rdb, sid, cap=9)  # more WAITING, after the others
     return rdb, sid
 
 
@@ -311,7 +304,7 @@ def test_a_capped_top_up_does_what_it_did(storage_url, monkeypatch, chunk):
     for cap in (9, 12, 7, 2, 0, 5, 5):
         before = optuna.load_study(study_name="m", storage=rdb).get_trials()
         total, skipped, enqueued = _expected(before, cap)
-        assert queue.top_up(rdb, sid, cap=cap) == total, cap
+        assert topup.top_up(rdb, sid, cap=cap) == total, cap
         after = optuna.load_study(study_name="m", storage=rdb).get_trials()
         assert len(after) == len(before) + enqueued, cap
         assert all(t.state == TrialState.WAITING for t in after[len(before) :]), cap
@@ -329,14 +322,14 @@ def test_a_grid_reads_parameters_only_of_trials_without_fixed_ones(storage_url):
     rdb = open_storage(storage_url)
     study = optuna.create_study(study_name="g", storage=rdb, direction="maximize")
     points = [{"x": 0.0}, {"x": 0.5}, {"x": 1.0}]
-    queue.top_up(rdb, study._study_id, points=points[:2])
+    topup.top_up(rdb, study._study_id, points=points[:2])
     theirs = optuna.trial.create_trial(
         params={"x": 1.0}, distributions={"x": optuna.distributions.FloatDistribution(0, 1)},
         value=1.0,
     )  # fmt: skip
     study.add_trial(theirs)  # another client ran the third point
     with _Statements(rdb.engine) as sent:
-        assert queue.top_up(rdb, study._study_id, points=points) == 3
+        assert topup.top_up(rdb, study._study_id, points=points) == 3
     assert len(study.get_trials()) == 3  # the foreign trial covers its point
     (params_read,) = [(s, p) for s, p in sent.sent if "FROM trial_params" in s]
     bound = params_read[1].values() if isinstance(params_read[1], dict) else params_read[1]

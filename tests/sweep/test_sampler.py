@@ -9,9 +9,10 @@ from optuna.storages._cached_storage import _CachedStorage
 from optuna.trial import TrialState, create_trial
 
 from sweep.queue import tables as tb
+from sweep.queue import view
 from sweep.queue.storage import open_storage
 from sweep.queue.writeback import WriteBackStorage
-from sweep.study import sampler, space
+from sweep.study import space
 from sweep.study.joining import make_sampler
 from sweep.study.sampler import BEST, RECENT, BoundedTPESampler
 from sweep.study.spec import parse_spec
@@ -134,14 +135,14 @@ def test_a_workers_ask_reads_only_the_view(tmp_path, monkeypatch):
 
     monkeypatch.setattr(_CachedStorage, "get_all_trials", everything)
     loaded: list[int] = []
-    load = sampler._load
+    load = view._load
 
     def counting(conn, ids):
         ids = sorted(ids)
         loaded.extend(ids)
         return load(conn, ids)
 
-    monkeypatch.setattr(sampler, "_load", counting)
+    monkeypatch.setattr(view, "_load", counting)
     seen = _spy(monkeypatch)
     trial_id = study._storage.claim(study._study_id, WORKER_TAGS)
     trial = optuna.Trial(study, trial_id)

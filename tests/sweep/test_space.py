@@ -150,7 +150,7 @@ def _claimed(fixed: dict) -> optuna.Trial:
     ids=["ranges", "architecture", "list-and-range"],
 )
 def test_the_parameters_a_space_suggested_pass_its_check_when_enqueued_again(space):
-    # A requeued trial is enqueued with the parameters it ran with (sweep.queue.operations): the
+    # A requeued trial is enqueued with the parameters it ran with (sweep.queue.recovery): the
     # check must never fail one the space itself suggested.
     spec = parse_spec({**RANGES, "space": space})
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=4))

@@ -14,7 +14,7 @@ import pytest
 from optuna.distributions import IntDistribution
 from optuna.trial import create_trial
 
-from sweep.queue.operations import SPEC
+from sweep.queue.attrs import SPEC
 from sweep.queue.storage import open_storage
 from sweep.study.spec import load_spec
 from tests.sweep.helpers import grid_study

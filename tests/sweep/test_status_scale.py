@@ -18,7 +18,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 from sqlalchemy.engine.cursor import CursorResult
 
-from sweep.queue.operations import SKIPPED, SPEC
+from sweep.queue.attrs import SKIPPED, SPEC
 from sweep.queue.storage import open_reader, open_storage
 from sweep.report import summary
 from sweep.report.stored import study_kind

@@ -144,34 +144,25 @@ def test_a_trial_failed_elsewhere_while_running_ends_as_that_failure(storage_url
     assert stored.state == TrialState.FAIL and "epoch" not in stored.user_attrs
 
 
-def test_when_optunas_schema_moves_workers_fall_back_to_its_public_api(
-    storage_url, monkeypatch, caplog
+@pytest.mark.parametrize("read_only", [False, True])
+def test_an_optuna_whose_schema_moved_is_refused_in_one_line_before_anything_opens(
+    tmp_path, monkeypatch, read_only
 ):
-    from sweep.queue import operations, tables
+    from sweep.errors import StorageError
+    from sweep.queue import storage, tables
 
     moved = {**tables.COLUMNS, "trials": (*tables.COLUMNS["trials"], "renamed_column")}
     monkeypatch.setattr(tables, "COLUMNS", moved)
-
-    def no_sql(*args, **kwargs):
-        raise AssertionError("the direct claim ran against a schema that moved")
-
-    monkeypatch.setattr(operations, "claim", no_sql)
-    fixed = [{"x": 0.25, "n": 3, "act": "tanh"}, {"x": 0.5, "n": 2, "act": "relu"}]
-    theirs = _queued(storage_url, "optuna", fixed)
-    theirs.optimize(_objective, n_trials=2)
-    _queued(storage_url, "ours", fixed)
-    with caplog.at_level("WARNING", logger="sweep.queue.writeback"):
-        storage = WriteBackStorage(open_storage(storage_url))
-    assert not storage.direct
-    assert [r.getMessage() for r in caplog.records if r.name == "sweep.queue.writeback"] == [
-        "optuna's table 'trials' has no column 'renamed_column'; "
-        "workers write through optuna's storage API (slower)"
-    ]
-    ours = optuna.load_study(study_name="ours", storage=storage)
-    assert serve(ours, _objective, run_id="r") == 2
-    fresh = optuna.load_study(study_name="ours", storage=open_storage(storage_url))
-    assert [_fields(t) for t in fresh.get_trials()] == [_fields(t) for t in theirs.get_trials()]
-    assert {t.user_attrs["run"] for t in fresh.get_trials()} == {"r"}
+    monkeypatch.setattr(tables, "optuna_version", "6.0.0")
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    opening = storage.open_reader if read_only else storage.open_storage
+    with pytest.raises(StorageError) as refused:
+        opening(url)
+    assert str(refused.value) == (
+        "optuna 6.0.0 has a table 'trials' without the column 'renamed_column': sweep reads and "
+        "writes optuna's tables itself, as optuna 5.0, 5.1 lay them out; install one of those"
+    )
+    assert not (tmp_path / "studies.db").exists()
 
 
 def test_stored_datetimes_are_naive_utc_as_optuna_writes_them(storage_url, monkeypatch):
@@ -213,11 +204,11 @@ def _as_datetime(value):
 
 
 def test_a_topped_up_trial_reads_back_as_an_enqueued_one(storage_url):
-    from sweep.queue import operations
+    from sweep.queue import topup
 
     theirs = _queued(storage_url, "optuna", [{"x": 0.5}])
     ours = _queued(storage_url, "ours", [])
-    operations.top_up(open_storage(storage_url), ours._study_id, points=[{"x": 0.5}])
+    topup.top_up(open_storage(storage_url), ours._study_id, points=[{"x": 0.5}])
     mine, reference = ours.get_trials()[0], theirs.get_trials()[0]
     assert (mine.number, mine.state, mine.params, mine.user_attrs, mine.system_attrs) == (
         reference.number, reference.state, reference.params, reference.user_attrs,
