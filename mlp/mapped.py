@@ -2,10 +2,14 @@
 
 Every process that trains spent ~0.9 s decompressing the cached ``mnist.npz`` (#24). A mapped
 file costs nothing until its pages are touched, and one copy of its pages in the page cache
-serves every process on the machine. What the zip gave for free is kept: ``write`` records each
-file's CRC-32 (zip's checksum, as before) in an index written last, and ``read`` checks the
-index, each file's .npy header and size (before mapping) and its CRC-32 (before any array is
-returned). An index absent means no cache: a write killed part way leaves none.
+serves every process on the machine: ``load_mnist()`` in a fresh process took 0.15 s against
+the npz's 1.08 s (medians of 5, interleaved, on the shared 2-core machine under load), most of
+it the CRC-32 and the range checks reading every page once.
+
+What the zip gave for free is kept: ``write`` records each file's CRC-32 (zip's checksum, as
+before) in an index written last, and ``read`` checks the index, each file's .npy header and
+size (before mapping) and its CRC-32 (before any array is returned). An index absent means no
+cache: a write killed part way leaves none.
 
 Functions here raise ``mlp._formats.Refused`` or what the underlying library raises on a
 malformed file; ``mlp.data`` turns both into one DataError line naming the cache.
