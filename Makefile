@@ -16,7 +16,7 @@ STORAGE ?= sqlite:///runs/sweep.db
 JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 
 .PHONY: install data train sweep sweep-pruned sweep-tpe best init gradcheck bench bench-scale \
-	report status dashboard test test-newest lock lint format clean
+	report status dashboard test test-slow test-newest lock lint format clean
 
 DEV_STAMP := $(VENV)/.installed-dev
 
@@ -105,8 +105,13 @@ status: $(STAMP)
 dashboard: $(STAMP)
 	$(BIN)/sweep dashboard --storage $(STORAGE)
 
+# The README's test command: every test but those marked slow (pyproject.toml's addopts).
 test: data $(DEV_STAMP)
 	$(BIN)/python -m pytest
+
+# The tests marked slow (the full-MNIST trainings, the largest races); CI runs them after make test.
+test-slow: data $(DEV_STAMP)
+	$(BIN)/python -m pytest -m slow
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .

@@ -3,13 +3,15 @@
 Imports numpy and the standard library only.
 """
 
-from mlp.checkpoint import CheckpointError, TrainState, load_state, save_state
+from mlp.checkpoint import load_state, save_state
 from mlp.config import ModelConfig, TrainConfig
 from mlp.data import DataError, Dataset, Split, load_mnist
+from mlp.files import CheckpointError
 from mlp.gradcheck import GradCheck, gradcheck
 from mlp.memory import InsufficientMemory
 from mlp.model import MLP, parameter_count
-from mlp.train import DivergedError, EpochMetrics, History, fit
+from mlp.state import EpochMetrics, TrainState
+from mlp.train import DivergedError, History, fit
 
 __all__ = [
     "MLP",

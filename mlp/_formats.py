@@ -1,5 +1,6 @@
-"""The dataset's file formats (gzipped pickle, .npz, IDX) read as untrusted input: only regular
-files, never more than a known number of bytes, no code run, no allocation a header asks for.
+"""The dataset's file formats (gzipped pickle, .npz and .npy, IDX) read as untrusted input: only
+regular files, never more than a known number of bytes, no code run, no allocation a header
+asks for.
 
 Functions here raise Refused (a reason phrased ``got ...``) or whatever the underlying library
 raises on a malformed file; ``mlp.data`` turns both into one DataError line naming the file.
@@ -193,21 +194,28 @@ def read_npy(zf: zipfile.ZipFile, name: str, spec: Npy) -> np.ndarray:
     except KeyError:
         raise Refused(f"got no {name}") from None
     with zf.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        if version not in ((1, 0), (2, 0)):
-            raise Refused(f"got {name} in .npy format {version}")
-        read_header = getattr(np.lib.format, f"read_array_header_{version[0]}_0")
-        shape, _fortran, dtype = read_header(f)
+        shape, _fortran, dtype = npy_header(f, name, spec)
         start = f.tell()
-    ok = dtype.kind in "iu" if spec.dtype == "integer" else dtype == np.dtype(spec.dtype)
-    if not ok or shape not in spec.shapes:
-        want = " or ".join(map(str, spec.shapes))
-        raise Refused(f"got {name} of {dtype} {shape}, not {spec.dtype} {want}")
     # The zip's declared size must be exactly the header and the data: no more is read.
     if info.file_size != (size := start + math.prod(shape) * dtype.itemsize):
         raise Refused(f"got {name}.npy of {info.file_size:,} bytes, not {size:,}")
     with zf.open(info) as f:
         return np.lib.format.read_array(f, allow_pickle=False)
+
+
+def npy_header(f: BinaryIO, name: str, spec: Npy) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """The .npy header at ``f``'s position (shape, Fortran order, dtype), if it is what ``spec``
+    allows; ``f`` is left at the first byte of data."""
+    version = np.lib.format.read_magic(f)
+    if version not in ((1, 0), (2, 0)):
+        raise Refused(f"got {name} in .npy format {version}")
+    read_header = getattr(np.lib.format, f"read_array_header_{version[0]}_0")
+    shape, fortran, dtype = read_header(f)
+    ok = dtype.kind in "iu" if spec.dtype == "integer" else dtype == np.dtype(spec.dtype)
+    if not ok or shape not in spec.shapes:
+        want = " or ".join(map(str, spec.shapes))
+        raise Refused(f"got {name} of {dtype} {shape}, not {spec.dtype} {want}")
+    return shape, fortran, dtype
 
 
 # --- Pickle ----------------------------------------------------------------------------------

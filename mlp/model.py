@@ -1,19 +1,41 @@
-"""The 784 → h1 → h2 → 10 multilayer perceptron with a hand-written forward and backward pass."""
+"""The 784 → h1 → h2 → 10 multilayer perceptron with a hand-written forward and backward pass,
+and its file: a trained model on disk.
+
+A trained model (``MLP.save``/``MLP.load``) is a .npz of its weights (no pickle) and a JSON
+sidecar naming its shape, activation, dtype, the weights' SHA-256 and the caller's ``meta``;
+both written atomically and read back as untrusted input (``mlp.files``).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from mlp import _formats
 from mlp.config import DTYPES, ModelConfig
+from mlp.files import (
+    MARGIN,
+    MEMBERS,
+    CheckpointError,
+    is_int,
+    json_object,
+    member_specs,
+    reading,
+    sha256,
+    shown,
+    write_atomically,
+)
 from mlp.functions import ACTIVATIONS, INITIALISERS, cross_entropy, cross_entropy_grad
 
 N_INPUTS = 784
 N_CLASSES = 10
+MODEL_FORMAT = "mlp-model/1"
+_SIDECAR_BYTES = 2**20  # a model's sidecar: a few hundred bytes plus the caller's meta
 
 
 def parameter_count(hidden_1: int, hidden_2: int) -> int:
@@ -201,19 +223,74 @@ class MLP:
         Note: two files cannot be replaced at once; a save killed between them leaves new
         weights beside the old sidecar, which ``load`` refuses by the digest.
         """
-        from mlp.checkpoint import save_model  # mlp.checkpoint imports this module
-
-        return save_model(self, path, meta)
+        path = Path(path)
+        sidecar = path.with_suffix(".json")
+        if sidecar == path:
+            raise ValueError(f"{path}: the weights' file cannot end in .json (the sidecar does)")
+        text = json.dumps(meta, allow_nan=False)  # unserialisable meta fails before any write
+        arrays = dict(zip(MEMBERS, self.params, strict=True))
+        write_atomically(path, lambda f: np.savez(f, allow_pickle=False, **arrays))
+        with open(path, "rb") as f:
+            digest = sha256(f)
+        doc = {
+            "format": MODEL_FORMAT,
+            "sizes": list(self.sizes),
+            "activation": self.activation,
+            "dtype": self.dtype.name,
+            "weights": path.name,
+            "sha256": digest,
+            "meta": json.loads(text),
+        }
+        body = json.dumps(doc, indent=2, allow_nan=False).encode() + b"\n"
+        write_atomically(sidecar, lambda f: f.write(body))
+        return sidecar
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> MLP:
         """The model saved by ``save`` (reads the sidecar for the architecture); raises
         CheckpointError (one line) on a missing/corrupt/mismatched file, or on weights that
         are not finite: the sidecar's digest proves only that the weights are the ones it
-        describes, and a NaN model predicts class 0 for everything without a word (#22)."""
-        from mlp.checkpoint import CheckpointError, load_model
+        describes, and a NaN model predicts class 0 for everything without a word (#22).
 
-        model = load_model(path)
+        The sidecar is checked first, so that no model is built from a crafted size before the
+        weights' file is known to hold that many bytes.
+        """
+        path = Path(path)
+        sidecar = path.with_suffix(".json")
+        with reading(sidecar, "a model's JSON sidecar"):
+            doc = json_object(_formats.read_regular(sidecar, _SIDECAR_BYTES), "the sidecar")
+            if doc.get("format") != MODEL_FORMAT:
+                raise _formats.Refused(f"got format {shown(doc.get('format'))}, not {MODEL_FORMAT}")
+            sizes, activation, dtype = doc.get("sizes"), doc.get("activation"), doc.get("dtype")
+            if not (
+                isinstance(sizes, list)
+                and len(sizes) == 4
+                and all(is_int(s) and s >= 1 for s in sizes)
+                and (sizes[0], sizes[3]) == (N_INPUTS, N_CLASSES)
+            ):
+                raise _formats.Refused(f"got sizes {shown(sizes)}, not [784, h1, h2, 10]")
+            if activation not in ACTIVATIONS or dtype not in DTYPES:
+                raise _formats.Refused(f"got activation {shown(activation)}, dtype {shown(dtype)}")
+            if not isinstance(doc.get("sha256"), str):
+                raise _formats.Refused("got no sha256 of the weights")
+        need = parameter_count(sizes[1], sizes[2]) * np.dtype(dtype).itemsize
+        with reading(path, f"the weights {sidecar.name} describes"):
+            with _formats.open_npz(path, need + MARGIN) as (zf, f):
+                if (size := f.seek(0, os.SEEK_END)) < need:  # before a crafted size allocates
+                    raise _formats.Refused(
+                        f"got {size:,} bytes, fewer than the {need:,} of weights"
+                    )
+                if sha256(f) != doc["sha256"]:
+                    raise _formats.Refused(
+                        f"got weights whose SHA-256 is not the one in {sidecar.name}"
+                    )
+                model = cls(sizes[1], sizes[2], activation=activation, init="zeros", dtype=dtype)
+                weights = [
+                    _formats.read_npy(zf, name, spec)
+                    for name, spec in member_specs(model.params).items()
+                ]
+        for p, w in zip(model.params, weights, strict=True):
+            p[...] = w
         if (bad := not_finite(model.params)) is not None:
             raise CheckpointError(f"{path}: expected a trained model; got {bad} weights that "
                                   "are not finite (NaN or infinite)")  # fmt: skip

@@ -3,7 +3,9 @@
 What a run does is a ``TrainConfig`` (``mlp.config``, where every field is declared). A run can
 be stopped after any epoch and continued exactly: ``on_state`` hands out a ``TrainState`` (the
 weights, the momentum buffers, the random generator, the patience bookkeeping, the metrics),
-``mlp.checkpoint`` writes and reads it, and ``fit(..., resume=state)`` goes on from it.
+``mlp.checkpoint`` writes and reads it, and ``fit(..., resume=state)`` goes on from it. Both
+value types are ``mlp.state``'s, so that this module and the checkpoint's never import each
+other.
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mlp.checkpoint import TrainState
 from mlp.config import TrainConfig
 from mlp.data import Dataset
 from mlp.functions import cross_entropy
 from mlp.model import MLP
 from mlp.optim import SGD, learning_rate_at
+from mlp.state import EpochMetrics, TrainState
 
 
 class DivergedError(ArithmeticError):
@@ -29,18 +31,6 @@ class DivergedError(ArithmeticError):
     def __init__(self, epoch: int, batch: int, loss: float) -> None:
         super().__init__(f"training diverged: loss {loss} at epoch {epoch}, batch {batch}")
         self.epoch, self.batch, self.loss = epoch, batch, loss
-
-
-@dataclass(frozen=True)
-class EpochMetrics:
-    """What one epoch produced. Accuracies are fractions in [0, 1]."""
-
-    epoch: int  # 1-based
-    train_loss: float
-    train_accuracy: float
-    valid_loss: float
-    valid_accuracy: float
-    seconds: float  # wall time of this epoch, evaluation included
 
 
 @dataclass

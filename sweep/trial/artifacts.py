@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from optuna.artifacts import ArtifactMeta, FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 
+from mlp.files import TEMPORARY, write_atomically
 from sweep.errors import SpecError, StorageError
 from sweep.queue.storage import root_message
 
@@ -63,8 +64,6 @@ ARTIFACTS_ENV = "SWEEP_ARTIFACTS"
 SWEEP_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 #: Sweep's form of an artifact id, for messages.
 SWEEP_FORM = "a lowercase uuid4"
-#: A folder store's temporary file of an artifact (``_AtomicFolder.write``).
-_TEMPORARY = re.compile(r"\.(?P<id>.+)\.[0-9a-f]{32}\.tmp")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _FORMS = "a folder, file:///folder or s3://bucket/prefix"
 #: An S3 client's connection: a dead endpoint fails in seconds rather than after boto3's
@@ -167,10 +166,11 @@ def shown(value: object) -> str:
 
 
 class _AtomicFolder(FileSystemArtifactStore):
-    """optuna's folder store whose ``write`` is atomic: the body goes to a temporary file in the
-    artifact's own folder, is flushed and fsynced, then renamed to the artifact's name
-    (``os.replace``, atomic on POSIX), so a reader sees the whole file or none; the temporary
-    file is removed if anything fails. ``open_reader`` and ``remove`` are optuna's.
+    """optuna's folder store whose ``write`` is atomic (``mlp.files.write_atomically``): the
+    body goes to a temporary file in the artifact's own folder, is flushed and fsynced, then
+    renamed to the artifact's name (``os.replace``, atomic on POSIX), so a reader sees the whole
+    file or none; the temporary file is removed if anything fails. ``open_reader`` and
+    ``remove`` are optuna's.
 
     A subclass rather than a wrapper so that artifact ids are checked exactly as optuna's
     reader and remover check them (``_get_filepath``: an absolute id, or one that leaves the
@@ -204,20 +204,7 @@ class _AtomicFolder(FileSystemArtifactStore):
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
         path = self._get_filepath(artifact_id)  # optuna's checks, as its reader's
-        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        # O_EXCL: never another writer's file; 0o666 less the umask, as open() gives optuna.
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                shutil.copyfileobj(content_body, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
-        _fsync_folder(path.parent)
+        write_atomically(path, lambda f: shutil.copyfileobj(content_body, f))
 
     def remove(self, artifact_id: str) -> None:
         path = self._get_filepath(artifact_id)
@@ -229,8 +216,8 @@ class _AtomicFolder(FileSystemArtifactStore):
             raise _not_a_file(artifact_id, "a symbolic link" if stat.S_ISLNK(mode) else
                               "not a regular file")  # fmt: skip
         for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-            match = _TEMPORARY.fullmatch(leftover.name)
-            if match is None or match["id"] != path.name:
+            match = TEMPORARY.fullmatch(leftover.name)
+            if match is None or match["name"] != path.name:
                 continue  # another name's, or not of write's form
             with contextlib.suppress(OSError):
                 if stat.S_ISREG(leftover.lstat().st_mode):
@@ -289,17 +276,6 @@ class ForeignArtifact(ValueError):
 def _not_a_file(artifact_id: str, what: str) -> ForeignArtifact:
     return ForeignArtifact(f"artifact {artifact_id} is {what}, not a file sweep wrote; left as "
                            "it is")  # fmt: skip
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable; a file system that cannot (some network ones)
-    still has the file, whole."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _s3_store(url: str, parsed: urllib.parse.SplitResult, *, probe: bool) -> ArtifactStore:

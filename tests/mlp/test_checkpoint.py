@@ -1,5 +1,5 @@
-"""Training state saved after an epoch and resumed exactly; trained models saved and loaded;
-checkpoints read as untrusted files (mlp.checkpoint)."""
+"""Training state saved after an epoch and resumed exactly (mlp.checkpoint); trained models
+saved and loaded (MLP.save/load); both read as untrusted files."""
 
 import dataclasses
 import json

@@ -157,6 +157,30 @@ def test_mutated_npz(data, which):
         _holds(tmp / "mnist.npz")
 
 
+def _tiny_cache() -> dict[str, bytes]:
+    """The files of a valid cache of TINY splits, by name."""
+    data = data_mod.Dataset(*(data_mod.Split(np.full((n, 784), 0.5, np.float32), np.arange(n))
+                              for n in TINY.values()))  # fmt: skip
+    with _folder() as tmp, mock.patch.dict(data_mod.SPLIT_SIZES, TINY):
+        data_mod._write_cache(data, tmp)
+        return {path.name: path.read_bytes() for path in tmp.iterdir()}
+
+
+CACHE = _tiny_cache()
+
+
+@settings(FUZZ, max_examples=200)  # each example writes 7 files
+@given(data=st.data(), name=st.sampled_from(sorted(CACHE)))
+def test_mutated_cache(data, name):
+    blob = data.draw(mutated(CACHE[name]))
+    with _folder() as tmp, mock.patch.dict(data_mod.SPLIT_SIZES, TINY):
+        for each, original in CACHE.items():
+            (tmp / each).write_bytes(blob if each == name else original)
+        with mock.patch.dict("os.environ", {data_mod.CACHE_ENV: str(tmp.parent)}):
+            with mock.patch.object(data_mod, "CACHE_NAME", tmp.name):
+                _holds(None, named=tmp)
+
+
 IDX_HEADER = bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in (60_000, 28, 28))
 
 

@@ -4,6 +4,7 @@ import pytest
 from mlp import MLP, DivergedError, TrainConfig, fit
 
 
+@pytest.mark.slow  # two epochs on the full training set: ~30 s
 def test_zeros_reproduces_the_notebook_digits(mnist):
     # Zeros init is deterministic: only b3 learns, so a float64 run in the notebook's order
     # must give the notebook's printed losses to the last digits.
@@ -15,7 +16,7 @@ def test_zeros_reproduces_the_notebook_digits(mnist):
     assert history.column("train_accuracy") == [0.11356, 0.11356]  # the majority class, '1'
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # ten epochs on the full training set: ~40 s
 def test_glorot_reference_run(mnist):
     model = MLP(512, 768, init="glorot", dtype="float32", seed=0)
     history = fit(model, mnist, TrainConfig(epochs=10, batch_size=128, learning_rate=0.1))

@@ -81,12 +81,14 @@ def test_missing_dataset_is_one_line_and_exit_1(tmp_path):
 
 
 def test_corrupt_cache_is_one_line_and_exit_1(tmp_path):
-    (tmp_path / "mnist.npz").write_bytes(b"garbage")
+    cache = tmp_path / data_mod.CACHE_NAME
+    cache.mkdir()
+    (cache / "index.json").write_bytes(b"garbage")
     out = sweep("data", env={data_mod.CACHE_ENV: str(tmp_path)})
     assert out.returncode == 1
     assert (
         out.stderr
-        == f"sweep: error: {tmp_path / 'mnist.npz'}: corrupt dataset cache"
+        == f"sweep: error: {cache}: corrupt dataset cache"
         + out.stderr.split("corrupt dataset cache", 1)[1]
     )
     assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
