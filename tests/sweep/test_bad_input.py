@@ -2,6 +2,10 @@
 traceback, and leaves an existing study database byte for byte as it was.
 
 The README's table of messages is checked against this list, so the two cannot drift apart.
+Each case runs the command's ``main`` in this process (``main_in_process``); the few whose check,
+were it gone, would block or take the machine's memory run in a process of their own, bounded
+in memory and time. That the real command turns each way out of ``main`` into the same line and
+exit code is tested once per way, in tests/sweep/test_cli.py.
 """
 
 import hashlib
@@ -9,7 +13,10 @@ import io
 import os
 import re
 import resource
+import shutil
 import socket
+import sqlite3
+import struct
 import zipfile
 import zlib
 from pathlib import Path
@@ -17,7 +24,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.sweep.helpers import run_cli
+from sweep.cli import build_parser
+from sweep.errors import SpecError
+from tests.sweep.helpers import grid_study, main_in_process, run_cli
 
 README = Path(__file__).parents[2] / "README.md"
 
@@ -228,13 +237,24 @@ STORAGE_ARGS = {
 
 @pytest.fixture(scope="module")
 def existing_db(tmp_path_factory):
-    """A database holding one finished study, made by the good study file."""
-    tmp = tmp_path_factory.mktemp("existing")
-    path = tmp / "good.toml"
+    """A database holding one finished study, made by the good study file, with its artifacts
+    beside it.
+
+    Made in this process (one worker trains the three small trials here, 1-2 s, where a
+    launcher and its worker processes took 8-20 s), then copied: the run's connections, still
+    open in this process, may checkpoint SQLite's write-ahead log into the file they opened
+    whenever they are collected, which would change its bytes under the tests."""
+    made, tmp = tmp_path_factory.mktemp("made"), tmp_path_factory.mktemp("existing")
+    path = made / "good.toml"
     path.write_text(study())
-    url = f"sqlite:///{tmp / 'db.sqlite'}"
-    out = run_cli("run", str(path), "--storage", url)
+    url = f"sqlite:///{made / 'db.sqlite'}"
+    out = main_in_process("run", str(path), "--storage", url, "--jobs", "1")
     assert out.returncode == 0, out.stderr
+    with sqlite3.connect(made / "db.sqlite") as source, sqlite3.connect(tmp / "db.sqlite") as copy:
+        source.backup(copy)
+    source.close()
+    copy.close()
+    shutil.copytree(made / "artifacts", tmp / "artifacts")
     return tmp / "db.sqlite"
 
 
@@ -252,7 +272,7 @@ def test_bad_input(case, text, code, pattern, existing_db, tmp_path):
         file.write_text(text.replace("{tmp}", f"{tmp_path}/"))
     url = STORAGE_ARGS.get(case, f"sqlite:///{existing_db}")
     before = _digest(existing_db)
-    out = run_cli("run", str(file), "--storage", url)
+    out = main_in_process("run", str(file), "--storage", url)
     _assert_one_line(
         out, code, pattern.format(file=re.escape(str(file)), tmp=re.escape(f"{tmp_path}/"))
     )
@@ -279,13 +299,20 @@ def _busy_port(tmp: Path) -> socket.socket:
     return listener
 
 
-def _gzip_bomb(tmp: Path) -> None:
-    """611 KB that inflate to 600 MiB of zeros, past the 512 MiB cap."""
+def _gzip_bomb(tmp: Path, mib: int = 600) -> None:
+    """622 KB that inflate to 600 MiB of zeros, past the 512 MiB cap: one gzip stream whose
+    MiB of zeros is compressed once and repeated (a full flush resets the compressor, so each
+    MiB after the first is the same bytes; compressing all 600 took 5 s)."""
+    zeros = bytes(2**20)
     squeeze = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: the gzip container
-    with (tmp / "bomb.pkl.gz").open("wb") as f:
-        for _ in range(600):
-            f.write(squeeze.compress(bytes(2**20)))
-        f.write(squeeze.flush())
+    first = squeeze.compress(zeros) + squeeze.flush(zlib.Z_FULL_FLUSH)
+    again = squeeze.compress(zeros) + squeeze.flush(zlib.Z_FULL_FLUSH)
+    last_block = squeeze.flush()[:-8]  # without the trailer of the 2 MiB it compressed
+    crc = 0
+    for _ in range(mib):
+        crc = zlib.crc32(zeros, crc)
+    trailer = struct.pack("<II", crc, (mib << 20) & 0xFFFFFFFF)  # CRC-32, size modulo 2**32
+    (tmp / "bomb.pkl.gz").write_bytes(first + again * (mib - 1) + last_block + trailer)
 
 
 def _npz_claiming_5_tib(tmp: Path) -> None:
@@ -510,7 +537,16 @@ OTHER_CASES = [
 ]
 
 
-#: The address space each command of OTHER_CASES may take: no bad input may take the machine's
+#: The cases whose check, were it gone, would leave the command blocked (reading a FIFO or a
+#: device, serving on a port) or allocating what the machine does not have: each runs in a
+#: process of its own, with a timeout and at most ADDRESS_SPACE of memory.
+ISOLATED = {
+    "a FIFO as the study file", "a device as the dataset", "a FIFO as the dataset",
+    "a gzip bomb as the dataset", "an npz header claiming 5 TiB", "a dashboard port in use",
+    "an unknown dashboard host", "a network too large for the memory",
+    "a gradient check too large for the memory",
+}  # fmt: skip
+#: The address space each ISOLATED command may take: no bad input may take the machine's
 #: memory, and a size check that failed would meet MemoryError here, not the OOM killer.
 ADDRESS_SPACE = 8 << 30
 
@@ -527,9 +563,12 @@ def test_bad_input_to_other_commands(case, args, setup, code, pattern, existing_
     port = (tmp_path / "port").read_text() if (tmp_path / "port").exists() else ""
     tmp = f"{tmp_path}/"
     before = _digest(existing_db)
+    args = [a.format(tmp=tmp, db=existing_db, port=port) for a in args]
     try:
-        out = run_cli(*(a.format(tmp=tmp, db=existing_db, port=port) for a in args), timeout=60,
-                      preexec_fn=_bounded)  # fmt: skip
+        if case in ISOLATED:
+            out = run_cli(*args, timeout=60, preexec_fn=_bounded)
+        else:
+            out = main_in_process(*args)
     finally:
         if isinstance(held, socket.socket):
             held.close()
@@ -560,12 +599,17 @@ def test_the_readme_table_and_the_tests_agree_both_ways():
         assert re.fullmatch(expected, message), (case, message)
 
 
+def test_the_isolated_cases_are_cases():
+    assert ISOLATED <= {c[0] for c in OTHER_CASES}
+
+
 @pytest.mark.parametrize("command", ["train", "gradcheck"])
 def test_sizes_no_machine_has_are_one_line_before_anything_is_allocated(command, tmp_path):
     # numpy's `array is too big; arr.size * arr.dtype.itemsize is larger than the maximum
     # possible size` traceback (#22); the estimate is exact integer arithmetic at any size.
+    # (In this process: without the estimate, numpy refuses the size before allocating.)
     out_dir = ["--out", str(tmp_path)] if command == "gradcheck" else []
-    out = run_cli(command, "--hidden-1", str(2**62), *out_dir)
+    out = main_in_process(command, "--hidden-1", str(2**62), *out_dir)
     _assert_one_line(
         out, 1, r"(a gradient check of|training) 784-4611686018427387904-768-10 \(7,161,948,"
         r"386,617,733,423,370 parameters\) .* needs about [\d,.]+ GiB of memory, more than the "
@@ -573,16 +617,93 @@ def test_sizes_no_machine_has_are_one_line_before_anything_is_allocated(command,
     )  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "args",
-    [["data", "--path", ""], ["gradcheck", "--data", ""],
-     ["worker", "--study", "g", "--storage", "sqlite:///{db}", "--data", ""]],
-    ids=["data", "gradcheck", "worker"],
-)  # fmt: skip
-def test_every_empty_dataset_flag_is_the_same_one_line(args, existing_db):
+_DATASET = "must be a path to your own copy of MNIST (not empty, no NUL character); got ''"
+
+#: Flags whose value breaks its rule: (arguments, the line after ``sweep: error: ``). Each flag
+#: is typed by the rule of the value it stands for (sweep.study.rules) and refused while it is
+#: parsed, so the parser alone is run: a command whose flag got through could serve or wait
+#: for ever. (The flags of `sweep train`'s hyperparameters: tests/sweep/test_settings.py.)
+FLAGS = [
+    (["run", "x.toml", "--jobs", "0"], "--jobs must be an integer in [1, 1024]; got 0"),
+    (["run", "x.toml", "-j", "2000"], "--jobs must be an integer in [1, 1024]; got 2000"),
+    (["run", "x.toml", "--trials", "0"], "--trials must be an integer in [1, 1000000]; got 0"),
+    (["train", "--train-size", "abc"], "--train-size must be an integer in [1, 50000] (the "
+     "examples in MNIST's training split); got 'abc'"),
+    (["train", "--seed", "x"], "--seed must be a 64-bit integer >= 0; got 'x'"),
+    (["dashboard", "--port", "0"], "--port must be an integer in [1, 65535]; got 0"),
+    (["dashboard", "--port", "70000"], "--port must be an integer in [1, 65535]; got 70000"),
+    (["dashboard", "--port", "http"], "--port must be an integer in [1, 65535]; got 'http'"),
+    (["worker", "--study", "g", "--wait", "nan"], "--wait must be a float in [0, inf); got nan"),
+    (["gradcheck", "--hidden-1", "0"], "--hidden-1 must be a 64-bit integer >= 1; got 0"),
     # `sweep data --path ''` checked the cache instead, and a worker's `--data ''` meant the
-    # stored study's copy: each now says what the flag must be.
-    out = run_cli(*(a.format(db=existing_db) for a in args))
-    flag = "--path" if args[0] == "data" else "--data"
-    _assert_one_line(out, 2, f"{flag} must be a path to your own copy of MNIST \\(not empty, "
-                     "no NUL character\\); got ''")  # fmt: skip
+    # stored study's copy: each flag for a dataset says what it must be.
+    (["data", "--path", ""], f"--path {_DATASET}"),
+    (["gradcheck", "--data", ""], f"--data {_DATASET}"),
+    (["worker", "--study", "g", "--data", ""], f"--data {_DATASET}"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "line"), FLAGS, ids=[" ".join(a) for a, _ in FLAGS])
+def test_a_flag_that_breaks_its_rule_is_refused_while_parsed(args, line):
+    with pytest.raises(SpecError) as refused:
+        build_parser().parse_args(args)
+    assert str(refused.value) == line
+
+
+@pytest.mark.parametrize(
+    ("args", "dest", "value"),
+    [(["run", "x.toml", "-j", "1024"], "jobs", 1024),
+     (["run", "x.toml", "--trials", "1000000"], "trials", 1_000_000),
+     (["train", "--train-size", "50000", "--seed", "0"], "train_size", 50_000),
+     (["dashboard", "--port", "65535"], "port", 65535),
+     (["dashboard", "--port", "1"], "port", 1),
+     (["worker", "--wait", "0"], "wait", 0.0),
+     (["gradcheck", "--examples", "1", "--hidden-1", "1"], "examples", 1),
+     (["data", "--path", "~/mnist.pkl.gz"], "path", "~/mnist.pkl.gz")],
+)  # fmt: skip
+def test_a_flag_at_the_edge_of_its_rule_is_its_value(args, dest, value):
+    got = getattr(build_parser().parse_args(args), dest)
+    assert got == value and type(got) is type(value)
+
+
+def test_no_command_is_one_line_and_exit_2():
+    out = main_in_process()
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == "sweep: error: the following arguments are required: COMMAND; see " \
+        "sweep --help\n"  # fmt: skip
+
+
+SECRET_URLS = [
+    "postgresql://me:SECRET@127.0.0.1:1/sweep",
+    "postgresql://:SECRET@127.0.0.1:1/sweep",  # an empty user
+    "postgresql://me@127.0.0.1:1/sweep?sslmode=disable&PassWord=SECRET",
+    "postgresql://me@127.0.0.1:1/sweep?pass%77ord=SECRET",  # percent-encoded key
+    "postgresql+psycopg://me:SEC%52ET@127.0.0.1:1/sweep",  # percent-encoded secret
+    "postgresql://me:SE@CRET@127.0.0.1:1/sweep",  # a raw @ in the password
+    "me:SECRET@127.0.0.1:1/sweep",  # no scheme at all
+]
+#: URLs that are bad usage (exit 2: they do not parse one way, or are of no supported form);
+#: the others parse and fail to connect (exit 1).
+UNUSABLE = {"postgresql://me:SE@CRET@127.0.0.1:1/sweep", "me:SECRET@127.0.0.1:1/sweep"}
+
+
+@pytest.mark.parametrize("url", SECRET_URLS)
+def test_no_command_prints_a_password(tmp_path, url):
+    study_file = str(grid_study(tmp_path))
+    commands = [
+        ["run", study_file, "--storage", url],
+        ["worker", "--study", "g", "--storage", url],
+        ["status", "--storage", url],
+        ["report", "g", "--storage", url],
+        ["report", "all", "--storage", url],
+        ["evaluate", study_file, "--storage", url],
+        # a host that does not resolve: had the storage opened, serving fails rather than waits
+        ["dashboard", "--storage", url, "--host", "nosuchhost.invalid"],
+        ["status"],  # from the environment
+    ]
+    for args in commands:
+        out = main_in_process(*args, env={"SWEEP_STORAGE": url})
+        shown = out.stdout + out.stderr
+        assert out.returncode == (2 if url in UNUSABLE else 1), (args, shown)
+        assert "SECRET" not in shown and "SEC%52ET" not in shown, (args, shown)
+        assert "***" in shown and shown.count("\n") == 1, (args, shown)

@@ -523,3 +523,9 @@ def test_a_malformed_stored_spec_is_a_spec_error(stored):
     with pytest.raises(SpecError, match=r"^study 'g': \[") as info:
         stored_spec(stored, source="study 'g'")
     assert len(str(info.value).splitlines()) == 1
+
+
+def test_a_data_path_starting_with_a_tilde_is_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    text = GOOD.replace("[data]\n", '[data]\npath = "~/mnist.pkl.gz"\n')
+    assert load_spec(write(tmp_path, text)).data_path == str(tmp_path / "mnist.pkl.gz")

@@ -23,7 +23,7 @@ from sweep.queue.storage import open_reader, open_storage
 from sweep.report import summary
 from sweep.report.stored import study_kind
 from sweep.study.spec import load_spec
-from tests.sweep.helpers import grid_study, run_cli, run_sql
+from tests.sweep.helpers import grid_study, main_in_process, run_sql
 
 DISTRIBUTIONS = {
     "hidden_1": IntDistribution(16, 128),
@@ -134,7 +134,7 @@ def test_status_is_what_loading_every_trial_gave(tmp_path, storage_url):
 def test_status_lines_are_unchanged(tmp_path):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     _varied(url, tmp_path)
-    out = run_cli("status", "--storage", url)
+    out = main_in_process("status", "--storage", url)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
         "ours: 1 running, 8 complete, 2 pruned, 2 fail, 1 waiting, 2 skipped",
@@ -263,12 +263,12 @@ def test_sweep_run_ends_with_the_best_20_trials_or_all_of_them(tmp_path):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     build(url, tmp_path, 30, name="big")  # 8 real trials, 22 copies; its cap is 30
     path = study_file(tmp_path, "big", trials=30)
-    out = run_cli("run", str(path), "--storage", url, "--jobs", "1")
+    out = main_in_process("run", str(path), "--storage", url, "--jobs", "1")  # nothing to run
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert len(lines) == 1 + 20 + 1, out.stdout
     assert lines[-1] == "… and 10 more trials (sweep report, or --all)"
-    out = run_cli("run", str(path), "--storage", url, "--jobs", "1", "--all")
+    out = main_in_process("run", str(path), "--storage", url, "--jobs", "1", "--all")
     assert out.returncode == 0, out.stderr
     every = _cells(out.stdout)
     assert len(every) == 1 + 30 and every[0] == _cells("\n".join(lines[:-1]))[0]
@@ -317,6 +317,6 @@ def test_odd_values_written_by_another_client_do_not_crash_status(tmp_path, stor
     if storage_url.startswith("sqlite"):
         assert list(theirs.counts.items()) == [("complete", 3), ("zombie", 1)]
         assert edge.best is not None
-    out = run_cli("status", "--storage", storage_url)
+    out = main_in_process("status", "--storage", storage_url)
     assert out.returncode == 0 and out.stderr == "", out.stderr
     assert json.dumps(out.stdout)  # printable

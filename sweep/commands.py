@@ -1,0 +1,313 @@
+"""What each ``sweep`` command does: a call of the typed API and its result printed.
+
+The parser (``sweep.cli``) hands each handler its arguments already checked: every flag with a
+rule (a number, a dataset path) was refused in one line while parsing if it broke it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+from sweep.errors import SpecError
+
+if TYPE_CHECKING:  # optuna takes a second to import; `sweep --help` should not wait for it
+    from sweep.report.writer import Report
+    from sweep.runner import Progress
+    from sweep.study.spec import StudySpec
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """Fetch, verify and cache MNIST, and print where the cache is."""
+    from mlp import data
+
+    if args.path is not None:  # an empty one is an error, not the cache
+        ds = data.load_mnist(args.path)
+        print(f"{args.path}: read {len(ds.train.y)}/{len(ds.valid.y)}/{len(ds.test.y)} examples")
+        return EXIT_OK
+    path = data.fetch(force=args.force)
+    print(path)
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train one network and print a line per epoch and the final validation accuracy."""
+    from mlp import MLP, EpochMetrics, fit, load_mnist, parameter_count
+    from mlp.memory import require_training
+    from sweep.study.settings import configs_from_args
+
+    # Checked before any data is read: a bad value is one line and exit 2 (a SpecError).
+    m, config = configs_from_args(args, seed=args.seed, train_size=args.train_size)
+    ds = load_mnist(args.data)
+    if args.train_size:
+        ds = ds.head(args.train_size)
+    # before anything of the model is allocated (InsufficientMemory: one line, exit 1)
+    require_training(m, config, train_examples=len(ds.train.y), valid_examples=len(ds.valid.y))
+    try:
+        model = MLP.from_config(m, seed=config.seed)
+    except ValueError as e:  # initial weights past the dtype's range (--init-std 1e308)
+        raise SpecError(str(e)) from e
+    print(
+        f"784-{m.hidden_1}-{m.hidden_2}-10 ({parameter_count(m.hidden_1, m.hidden_2):,}"
+        f" parameters), {m.init} init, {m.activation}, {m.dtype}, lr {config.learning_rate},"
+        f" batch {config.batch_size}, {len(ds.train.y):,} training examples"
+    )
+
+    def show(m: EpochMetrics) -> None:
+        print(
+            f"epoch {m.epoch:3d}  train loss {m.train_loss:.5f}"
+            f"  train acc {100 * m.train_accuracy:6.2f}%"
+            f"  valid loss {m.valid_loss:.5f}  valid acc {100 * m.valid_accuracy:6.2f}%"
+            f"  ({m.seconds:.1f} s)",
+            flush=True,
+        )
+
+    history = fit(model, ds, config, on_epoch=show)
+    print(f"validation accuracy: {100 * history.epochs[-1].valid_accuracy:.2f}%")
+    return EXIT_OK
+
+
+class _ProgressLine:
+    """Draws the run's progress on stderr: one updating line on a terminal, else a line per
+    finished trial. The header waits for the first report, so that a run that fails to start
+    prints only its error."""
+
+    def __init__(self, header: str) -> None:
+        self.header: str | None = header
+        self.last: tuple[int, str | None] = (-1, None)
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, p: Progress) -> None:
+        if self.header:
+            print(self.header, file=sys.stderr)
+            self.header = None
+        best = f"best {p.best:.2f}%" if p.best is not None else "best —"
+        eta = ""
+        if 0 < p.done < p.total:
+            eta = f"  ETA {_duration(p.elapsed / p.done * (p.total - p.done))}"
+        running = f"{p.running} running"
+        if p.running != p.here:
+            running += f" on {p.workers} worker(s), {p.here} here"
+        line = f"{p.done}/{p.total} trials  {running}  {best}  {_duration(p.elapsed)}{eta}"
+        if p.waiting_for:
+            line += f"  ({p.waiting_for})"
+        if self.tty:
+            print(f"\r{line:<78}", end="", file=sys.stderr, flush=True)
+        elif (p.done, p.waiting_for) != self.last:
+            print(line, file=sys.stderr, flush=True)
+        self.last = (p.done, p.waiting_for)
+
+    def close(self) -> None:
+        if self.tty and self.header is None:
+            print(file=sys.stderr)
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def _quiet_optuna() -> None:
+    """optuna logs every new study and trial at INFO; our own progress line says it better."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+#: Rows of the table ``sweep run`` ends with, the best first (``--all``: every trial).
+TOP_TRIALS = 20
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Create or resume a study and run it to the end with parallel worker processes."""
+    from sweep.api import run
+    from sweep.queue.storage import mask_password, resolve_url
+    from sweep.report.summary import trial_table
+
+    _quiet_optuna()
+    spec = _study_spec(args.study)
+    url = resolve_url(args.storage)
+    progress = _ProgressLine(
+        f"study {spec.name!r} ({spec.sampler}) in {mask_password(url)}, "
+        f"{args.jobs} local worker(s) × {spec.threads} BLAS thread(s)"
+    )
+    try:
+        study = run(
+            spec,
+            storage=url,
+            jobs=args.jobs,
+            trials=args.trials,
+            backend=args.backend,
+            scheduler=args.scheduler,
+            artifacts=args.artifacts,
+            on_progress=progress,
+        )
+    finally:
+        progress.close()
+    table, more = trial_table(study, limit=None if args.all else TOP_TRIALS)
+    print(table)
+    if more:
+        print(f"… and {more} more trials (sweep report, or --all)")
+    return EXIT_OK
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Join a study as one worker (other hosts, batch-scheduler arrays): the study's stored
+    spec decides what runs; a study file, if given, must agree with it."""
+    from sweep.api import join
+
+    _quiet_optuna()
+    if not (args.study or args.name):
+        raise SpecError("worker needs a study: --study NAME, or a study file")
+    given = _study_spec(args.study) if args.study else None
+    name = args.name or given.name
+    ran = join(name, storage=args.storage, spec=given, wait=args.wait,
+               data_path=args.data, artifacts=args.artifacts)  # fmt: skip
+    print(f"worker ran {ran} trial(s); study {name!r} has nothing left to claim")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Every study in the database: trials by state, best value and its parameters."""
+    from sweep.api import status
+    from sweep.queue.storage import mask_password, resolve_url
+    from sweep.report.stored import printable
+    from sweep.report.summary import fmt
+
+    studies = status(args.storage)
+    if not studies:
+        print(f"no studies in {mask_password(resolve_url(args.storage))}")
+    for s in studies:
+        counts = ", ".join(f"{n} {state}" for state, n in s.counts.items())
+        print(f"{printable(s.name, 200)}: {counts or 'no trials'}")
+        if s.best is not None:
+            params = ", ".join(f"{printable(k, 40)}={fmt(v)}" for k, v in s.best.params.items())
+            print(f"  best: trial {s.best.number}, {s.best_value()} ({params})")
+    return EXIT_OK
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Serve optuna-dashboard for the study database: read-only unless --allow-writes, and
+    only to requests that name this machine (127.0.0.1 unless --host says otherwise). Its trial
+    view lists and downloads the checkpoints and models in the study's artifact store."""
+    from sweep.dashboard import serve
+    from sweep.queue.storage import mask_password, open_storage, resolve_url
+    from sweep.trial.artifacts import study_store
+
+    storage = open_storage(args.storage, heartbeat_interval=None, grace_period=None,
+                           read_only=not args.allow_writes)  # fmt: skip
+    store, _, _ = study_store(args.artifacts, resolve_url(args.storage),
+                              read_only=not args.allow_writes)  # fmt: skip
+    if args.allow_writes:
+        policy = ("writes allowed: anyone who can reach it can create, rename and delete "
+                  "studies")  # fmt: skip
+    else:
+        policy = "read-only; --allow-writes lets it change studies"
+    shown = mask_password(resolve_url(args.storage))
+
+    def ready(url: str) -> None:
+        print(f"dashboard for {shown} at {url} ({policy}; Ctrl-C stops it)", file=sys.stderr)
+
+    serve(storage, host=args.host, port=args.port, allow_writes=args.allow_writes,
+          extra_hosts=args.allow_host, artifact_store=store, on_ready=ready)  # fmt: skip
+    return EXIT_OK
+
+
+def _study_spec(study: str) -> StudySpec:
+    """A study file, or the name of a shipped one (``seed-grid`` → studies/seed-grid.toml)."""
+    from pathlib import Path
+
+    from sweep.study.spec import load_spec
+
+    path = Path(study)
+    if not path.exists() and not path.suffix and Path("studies", f"{study}.toml").exists():
+        path = Path("studies", f"{study}.toml")
+    if not path.exists() and not path.is_symlink():
+        import difflib
+
+        shipped = {p.stem: p for p in sorted(Path("studies").glob("*.toml"))}
+        close = difflib.get_close_matches(path.stem, shipped, n=1, cutoff=0.6)
+        hint = f"; did you mean {shipped[close[0]]}?" if close else ""
+        raise SpecError(f"{study}: no such study file{hint}")
+    return load_spec(path)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write tables and figures for a study (report.md, trials.csv, PNGs) from the database."""
+    from pathlib import Path
+
+    from sweep.api import report_all, report_study
+
+    _quiet_optuna()
+    if args.study != "all":
+        out = Path(args.out) if args.out else None
+        _print_report(report_study(_study_name(args.study), storage=args.storage, out=out,
+                             log_loss=args.log_loss))  # fmt: skip
+        return EXIT_OK
+    # every study it can is reported; the others are listed at the end
+    _, failed = report_all(storage=args.storage, root=Path(args.out or "runs"),
+                           log_loss=args.log_loss, on_report=_print_report)  # fmt: skip
+    for name, why in failed.items():
+        print(f"sweep: study {name!r} not reported: {why}", file=sys.stderr)
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def _print_report(report: Report) -> None:
+    print(f"{report.out_dir / 'report.md'}" + (f"; {report.best_text}" if report.best_text
+                                               else ""))  # fmt: skip
+
+
+def _study_name(study: str) -> str:
+    """The study name from a study file, or the argument itself when it is a name."""
+    from pathlib import Path
+
+    if study.endswith(".toml") or Path(study).exists():
+        return _study_spec(study).name
+    return study
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Retrain the study's best configuration (same seed) and report its test accuracy, once."""
+    from sweep.api import evaluate
+
+    _quiet_optuna()
+    result = evaluate(_study_spec(args.study), storage=args.storage, artifacts=args.artifacts)
+    print(
+        f"trial {result.trial}: validation {result.valid_accuracy:.2f}%, "
+        f"test {result.test_accuracy:.2f}% (stored on the study as test_accuracy)"
+    )
+    weights, sidecar = result.artifacts
+    print(f"retrained model uploaded to {result.store}: weights {weights}, sidecar {sidecar}")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write the study's best model (the best trial's own final weights, kept by its workers)
+    as a .npz and a JSON sidecar beside it, for mlp.MLP.load; nothing is retrained."""
+    from sweep.api import export
+
+    _quiet_optuna()
+    sidecar = export(_study_name(args.study), out=args.out, storage=args.storage,
+                     artifacts=args.artifacts, force=args.force)  # fmt: skip
+    print(f"{args.out} (weights) and {sidecar} (architecture, config, accuracy)")
+    return EXIT_OK
+
+
+def cmd_gradcheck(args: argparse.Namespace) -> int:
+    """Finite differences against backprop on the reference network, in float64."""
+    from pathlib import Path
+
+    from sweep.gradcheck import check_gradients
+
+    report = check_gradients(hidden_1=args.hidden_1, hidden_2=args.hidden_2,
+                             examples=args.examples, seed=args.seed, out_dir=Path(args.out),
+                             data_path=args.data)  # fmt: skip
+    print(f"{'N':>8}  {'epsilon':>8}  max |difference|")
+    for n, d in zip(report.ns, report.max_abs_diff, strict=True):
+        print(f"{n:>8}  {1 / n:>8.0e}  {d:.3e}")
+    print(report.reading)
+    print(f"written to {report.out_dir}/gradcheck.md")
+    return EXIT_OK
