@@ -390,3 +390,16 @@ def test_saving_refuses_what_it_could_not_read_back(tmp_path):
     with pytest.raises(ValueError, match="Out of range float values"):
         MLP(4, 4).save(tmp_path / "m.npz", meta={"loss": float("nan")})
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(("saved", "into"), [("float64", "float32"), ("float32", "float64")])
+def test_a_state_of_another_dtype_is_refused_and_the_model_left_as_it_was(tiny, saved, into):
+    """The same shapes in another dtype would be cast in silently: a float64 run going on in
+    float32 (or back) is not the run the checkpoint was written by."""
+    config = TrainConfig(epochs=2)
+    _, states = _states(MLP(16, 16, seed=1, dtype=saved), tiny, config)
+    other = MLP(16, 16, seed=2, dtype=into)
+    before = [p.copy() for p in other.params]
+    with pytest.raises(ValueError, match=f"cannot resume {saved} .* into {into}"):
+        fit(other, tiny, config, resume=states[1])
+    assert all(np.array_equal(p, q) for p, q in zip(other.params, before, strict=True))
