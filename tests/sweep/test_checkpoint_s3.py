@@ -217,13 +217,13 @@ def test_forged_pointers_read_and_delete_nothing_outside_sweeps_forms_in_a_bucke
     with caplog.at_level(logging.WARNING):
         for artifact in forged:  # as resume_from, then as every other pointer
             trial = study.ask()
-            attrs = {
+            forged_attrs = {
                 attrs.RESUMED_FROM: {"artifact_id": artifact, "epoch": 1, "trial": 0},
                 attrs.CHECKPOINT: {"artifact_id": artifact, "epoch": 1},
             }
             if artifact != foreign:
-                attrs[f"artifacts:{artifact}"] = {}
-            for key, value in attrs.items():
+                forged_attrs[f"artifacts:{artifact}"] = {}
+            for key, value in forged_attrs.items():
                 storage.set_trial_system_attr(trial._trial_id, key, value)
             saved = Checkpoints(store, trial, fits="")
             config = TrainConfig(epochs=2, batch_size=64, learning_rate=0.1)
