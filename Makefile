@@ -107,11 +107,12 @@ dashboard: $(STAMP)
 
 # The README's test command: every test but those marked slow (pyproject.toml's addopts).
 test: data $(DEV_STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=20
 
-# The tests marked slow (the full-MNIST trainings, the largest races); CI runs them after make test.
+# The tests marked slow (the full-MNIST trainings; kills, races and end-to-end runs of ~3 s or
+# more): CI runs them after make test, which stays a quick loop.
 test-slow: data $(DEV_STAMP)
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest -m slow --durations=20
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .

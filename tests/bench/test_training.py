@@ -23,6 +23,7 @@ def test_flops_per_epoch_by_hand():
     )
 
 
+@pytest.mark.slow
 def test_the_benchmark_runs_end_to_end(capsys):
     bench.main(["--quick", "--epochs", "1", "--repeats", "1", "--skip-grid"])
     out = capsys.readouterr().out

@@ -74,6 +74,7 @@ def _pkl_gz(obj) -> bytes:
     return gzip.compress(pickle.dumps(obj, protocol=2), compresslevel=1)
 
 
+@pytest.mark.slow
 def test_pkl_gz_copy_reads_the_same(mnist, tmp_path):
     path = tmp_path / "mnist.pkl.gz"
     path.write_bytes(_pkl_gz(tuple((s.x, s.y) for s in mnist)))

@@ -16,6 +16,7 @@ from pathlib import Path
 from unittest import mock
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -118,6 +119,7 @@ def _tiny_pickle(protocol: int) -> bytes:
 PICKLES = [_tiny_pickle(p) for p in range(5)]
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data(), protocol=st.integers(0, 4), layer=st.sampled_from(["pickle", "gzip"]))
 def test_mutated_pkl_gz(data, protocol, layer):
@@ -149,6 +151,7 @@ def _small_npz(save: Callable) -> bytes:
 NPZS = [_small_npz(np.savez), _small_npz(np.savez_compressed)]
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data(), which=st.sampled_from([0, 1]))
 def test_mutated_npz(data, which):
@@ -184,6 +187,7 @@ def test_mutated_cache(data, name):
 IDX_HEADER = bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in (60_000, 28, 28))
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data(), gz=st.booleans())
 def test_mutated_idx(data, gz):
@@ -194,6 +198,7 @@ def test_mutated_idx(data, gz):
         _holds(tmp)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data(), gz=st.booleans())
 def test_mutated_idx_of_a_small_shape(data, gz):
@@ -271,6 +276,7 @@ TOKENS = (
 )
 
 
+@pytest.mark.slow
 @FUZZ
 @given(tokens=st.lists(TOKENS, max_size=24), protocol=st.sampled_from([b"", b"\x80\x02"]))
 def test_crafted_pickles(tokens, protocol):
@@ -279,6 +285,7 @@ def test_crafted_pickles(tokens, protocol):
         _holds(tmp / "crafted.pkl.gz")
 
 
+@pytest.mark.slow
 @FUZZ
 @given(arrays=st.lists(ARRAYS, min_size=6, max_size=6), nest=st.booleans())
 def test_crafted_splits_of_arrays(arrays, nest):

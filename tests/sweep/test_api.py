@@ -15,6 +15,7 @@ from sweep.trial.objective import settings_of
 from tests.sweep.helpers import grid_study
 
 
+@pytest.mark.slow
 def test_a_study_run_inspected_reported_and_evaluated_from_python(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # reports go to runs/<slug>/ under the working folder
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"

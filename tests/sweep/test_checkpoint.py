@@ -143,6 +143,7 @@ def _kill_mid_epoch(tmp_path: Path, study: Path, url: str, sig: int, *, jobs: in
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGKILL, 1), (signal.SIGINT, 130)])
+@pytest.mark.slow
 def test_a_killed_trial_resumes_after_its_last_epoch_with_an_uninterrupted_result(
     tmp_path, sig, code
 ):
@@ -171,6 +172,7 @@ def test_a_killed_trial_resumes_after_its_last_epoch_with_an_uninterrupted_resul
     assert _artifacts(tmp_path / "artifacts") == {best["artifact_id"]}
 
 
+@pytest.mark.slow
 def test_a_corrupt_checkpoint_restarts_from_epoch_1_with_one_warning(tmp_path):
     study = _study(tmp_path)
     reference = _reference(tmp_path, study)
@@ -192,6 +194,7 @@ def test_a_corrupt_checkpoint_restarts_from_epoch_1_with_one_warning(tmp_path):
     assert not artifact.exists()  # of no use: deleted
 
 
+@pytest.mark.slow
 def test_a_trial_whose_workers_died_for_good_leaves_no_checkpoint(tmp_path):
     # max_retries = 1: the killed trial ends FAIL and nobody takes its work over; the next
     # run's workers, finding the queue empty, delete what it left.
@@ -278,6 +281,7 @@ def _left_by(url: str, folder: Path, then: str) -> None:
         assert names - _artifacts(folder), _pointers(trials)
 
 
+@pytest.mark.slow
 def test_the_artifacts_stay_bounded_through_kills_and_only_the_best_model_is_left(tmp_path):
     # A 30-point grid; three times one worker stalls in epoch 6 of a trial and the other at a
     # known point (THEN), the folder is checked, and the first is killed; then a last run
@@ -388,6 +392,7 @@ def _offer(url: str, study_id: int, first: int, step: int, barrier) -> None:
         keep_best(rdb, study_id, {"artifact_id": f"a{value}", "trial": value, "value": value})
 
 
+@pytest.mark.slow
 def test_keep_best_keeps_the_better_model(storage_url):
     import optuna
 

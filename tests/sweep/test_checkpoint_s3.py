@@ -91,6 +91,7 @@ def _keys(env: dict[str, str], bucket: str) -> set[str]:
     return {o["Key"] for o in listed.get("Contents", [])}
 
 
+@pytest.mark.slow
 def test_a_trial_killed_on_one_host_resumes_on_another_from_the_bucket(
     tmp_path, postgres_server, s3
 ):

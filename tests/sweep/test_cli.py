@@ -108,6 +108,7 @@ def test_a_flag_that_breaks_its_rule_is_one_line_and_exit_2():
 # --- run, worker, status, dashboard -------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_run_then_status_then_the_optuna_cli(tmp_path):
     study_file = grid_study(tmp_path)
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"

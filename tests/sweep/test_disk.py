@@ -36,6 +36,7 @@ def _snapshot(url: str) -> list:
     return [(t.number, t.state, t.value, t.params, t.user_attrs) for t in load(url, "g").trials]
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_damages_nothing(small_disk, tmp_path, monkeypatch):
     # The database's disk fills; checkpoints (megabytes) go to another one, as they may.
     monkeypatch.setenv("SWEEP_ARTIFACTS", str(tmp_path / "artifacts"))
@@ -82,6 +83,7 @@ def test_a_read_only_file_system_is_one_line_and_damages_nothing(small_disk, tmp
     assert _snapshot(url) == before
 
 
+@pytest.mark.slow
 def test_a_write_lock_held_too_long_says_so(tmp_path):
     url = f"sqlite:///{tmp_path / 'sweep.db'}"
     runner.run(load_spec(grid_study(tmp_path)), storage=url, jobs=1)

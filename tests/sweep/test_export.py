@@ -92,6 +92,7 @@ def test_export_from_the_python_api_returns_the_sidecar(ran, tmp_path):
     assert sidecar == tmp_path / "m.json" and (tmp_path / "m.npz").is_file()
 
 
+@pytest.mark.slow
 def test_evaluate_uploads_the_retrained_model_which_reproduces_its_test_accuracy(ran, tmp_path):
     tmp, study_file, url, store = ran
     db = tmp_path / "db.sqlite"  # a copy: the other tests see the study unevaluated
@@ -311,6 +312,7 @@ def test_a_bad_out_is_one_line_before_the_database_is_read(tmp_path, out, code, 
     assert not Path(tmp_path / "no.db").exists()
 
 
+@pytest.mark.slow
 def test_export_replaces_no_file_it_did_not_write_unless_forced(ran, tmp_path):
     # An unrelated config.json beside --out config.npz was replaced without a word (#22).
     _, _, url, store = ran

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from sweep.queue import progress
@@ -186,6 +187,7 @@ def _check_alive(proc: subprocess.Popen, log: Path) -> None:
         raise AssertionError(f"worker exited early ({proc.returncode}): {out}{_tail(err)}")
 
 
+@pytest.mark.slow
 def test_a_worker_cut_off_past_the_grace_period_cannot_complete_its_point_twice(
     postgres_server, tmp_path
 ):

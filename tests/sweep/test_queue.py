@@ -108,6 +108,7 @@ def _queued_grid(tmp_path, url, **kw):
     return study_file, spec
 
 
+@pytest.mark.slow
 def test_batch_array_tasks_started_before_the_study_wait_for_it(tmp_path, storage_url):
     tasks = [
         start_cli("worker", "--study", "g", "--storage", storage_url, "--wait", "120")
@@ -151,6 +152,7 @@ def test_a_worker_checks_the_dataset_before_it_claims(tmp_path, storage_url, mon
     assert claims == []
 
 
+@pytest.mark.slow
 def test_a_worker_without_the_dataset_claims_nothing(tmp_path, storage_url):
     _queued_grid(tmp_path, storage_url)
     out = run_cli("worker", "--study", "g", "--storage", storage_url, "--data", "/no/mnist.npz")
@@ -173,6 +175,7 @@ def test_a_worker_with_a_bad_checkpoint_setting_claims_nothing(tmp_path, storage
     assert states(load(storage_url, "g")) == {TrialState.WAITING: 8}
 
 
+@pytest.mark.slow
 def test_a_foreign_trial_held_past_the_grace_period_survives_a_sweep_run(tmp_path, storage_url):
     # Another optuna client asks for a trial in the same study and holds it, with a
     # heartbeat of its own, longer than sweep's grace period.
@@ -200,6 +203,7 @@ def _random_study(tmp_path, *, trials: int):
     return path
 
 
+@pytest.mark.slow
 def test_a_lowered_cap_stops_claims_beyond_it(tmp_path, storage_url):
     # An interrupted run of a random study left 8 slots; it is rerun with a cap of 3.
     spec = load_spec(_random_study(tmp_path, trials=8))
@@ -214,6 +218,7 @@ def test_a_lowered_cap_stops_claims_beyond_it(tmp_path, storage_url):
     assert states(load(storage_url, "r"))[TrialState.COMPLETE] == 5
 
 
+@pytest.mark.slow
 def test_workers_of_a_random_study_draw_different_points(tmp_path):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     spec = load_spec(_random_study(tmp_path, trials=40))  # enough that both get some
@@ -235,6 +240,7 @@ def test_workers_of_a_random_study_draw_different_points(tmp_path):
     assert first[:k] != second[:k], "two workers drew the same sequence of points"
 
 
+@pytest.mark.slow
 def test_a_lowered_cap_on_a_grid_skips_the_points_beyond_it(tmp_path, storage_url):
     study_file, _spec = _queued_grid(tmp_path, storage_url)
     out = run_cli("run", str(study_file), "--storage", storage_url, "--trials", "5")
@@ -252,6 +258,7 @@ def _claim_and_die(study: optuna.Study) -> int:
     return trial_id
 
 
+@pytest.mark.slow
 def test_a_trial_whose_workers_keep_dying_fails_after_max_retries(tmp_path, storage_url):
     storage = open_storage(storage_url, heartbeat_interval=1, grace_period=1)
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
@@ -277,6 +284,7 @@ def _running_on(url: str, pid: int) -> bool:
     return any(t.user_attrs.get("worker", "").endswith(f":{pid}") for t in running)
 
 
+@pytest.mark.slow
 def test_a_killed_host_is_waited_for_and_its_trial_finished_elsewhere(tmp_path, storage_url):
     # Host A runs `sweep run`, host B a `sweep worker`; B is killed mid-trial. A's run must not
     # leave before B's trial is recovered and finished, and must say what it waits for.
@@ -303,6 +311,7 @@ def test_a_killed_host_is_waited_for_and_its_trial_finished_elsewhere(tmp_path, 
     assert [t.user_attrs.get("lost", "").startswith("worker") for t in lost] == [True]
 
 
+@pytest.mark.slow
 def test_a_point_gives_the_same_number_on_every_kind_of_worker(tmp_path):
     # A loky worker of `sweep run`, a `sweep worker` process (which would use every core) and
     # a dask worker: each runs the study's BLAS thread count, so float32 sums and the result
@@ -352,6 +361,7 @@ def _claimed_and_silent(storage_url, run="r"):
     return storage, study, trial_id
 
 
+@pytest.mark.slow
 def test_recovery_leaves_a_trial_whose_finish_commits_while_it_waits(storage_url):
     # The worker's finishing write-back holds the trial's row; recovery, which saw a silent
     # heartbeat, must wait for it and then leave the finished trial alone.

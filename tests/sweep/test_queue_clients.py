@@ -80,6 +80,7 @@ def _every_point_trained_once(study: optuna.Study) -> None:
     assert sorted(t.state for t in ours) == [TrialState.COMPLETE] * 8
 
 
+@pytest.mark.slow
 def test_another_clients_ask_and_optimize_take_none_of_the_queue(tmp_path, storage_url):
     code, err, study = _grid_run_with_another_client(tmp_path, storage_url, guarded=True)
     assert code == 0, err
@@ -92,6 +93,7 @@ def test_another_clients_ask_and_optimize_take_none_of_the_queue(tmp_path, stora
     assert all("fixed_params" not in t.system_attrs for t in theirs)
 
 
+@pytest.mark.slow
 def test_points_another_client_took_from_the_queue_are_trained_anyway(tmp_path, storage_url):
     code, err, study = _grid_run_with_another_client(tmp_path, storage_url, guarded=False)
     assert code == 0, err

@@ -95,6 +95,7 @@ def _claimed(url: str, tmp_path: Path, n: int) -> tuple[Path, list[int]]:
 
 
 @pytest.mark.parametrize("left", ["rows of its trials", "a trial queued meanwhile"])
+@pytest.mark.slow
 def test_rows_a_racing_delete_left_behind_do_not_fail_a_rerun(tmp_path, left):
     # What optuna's delete leaves on SQLite when a worker writes while it runs: it deletes
     # what it had read (the study, its trials), not the heartbeats and attributes written

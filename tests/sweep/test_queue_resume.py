@@ -306,6 +306,7 @@ def _write_attr(url: str, trial_id: int, key: str, text: str) -> None:
 
 
 @pytest.mark.parametrize("how", ["abandon_run", "release"])
+@pytest.mark.slow
 def test_a_hostile_checkpoint_gives_no_resume_point(tmp_path, storage_url, how):
     study, spec = _queued(tmp_path, storage_url, "random")
     for text in HOSTILE:

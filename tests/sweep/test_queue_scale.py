@@ -108,6 +108,7 @@ def _big_study(url: str, n: int) -> tuple[optuna.storages.RDBStorage, int]:
     return rdb, study._study_id
 
 
+@pytest.mark.slow
 def test_every_queue_read_of_a_big_study_goes_through_the_index(storage_url):
     rdb, sid = _big_study(storage_url, 100_000)
     issued = {
@@ -162,6 +163,7 @@ def _drop_index(engine: sqlalchemy.Engine) -> None:
             conn.execute(sqlalchemy.schema.DropIndex(index, if_exists=True))
 
 
+@pytest.mark.slow
 def test_the_index_is_made_once_by_many_openings_at_once(storage_url, caplog):
     rdb = open_storage(storage_url)
     study = optuna.create_study(study_name="s", storage=rdb)
@@ -204,6 +206,7 @@ def test_only_an_opening_for_writing_makes_the_index(storage_url, caplog):
     assert INDEX in _indexes(engine)
 
 
+@pytest.mark.slow
 def test_optuna_takes_no_notice_of_the_index(storage_url):
     open_storage(storage_url)
     upgrade = subprocess.run(

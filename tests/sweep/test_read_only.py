@@ -61,6 +61,7 @@ def test_a_missing_database_is_not_created(tmp_path, command):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_status_and_report_leave_a_study_database_as_it_was(tmp_path):
     # A database another optuna client made: rollback journal, not WAL. Reading it must not
     # switch its journal mode (a header change) or touch anything else in it.

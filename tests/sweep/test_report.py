@@ -171,6 +171,7 @@ def test_describe_gradcheck_reads_the_curve():
     assert "rises again to 1.00e-05 at N = 1000" in text
 
 
+@pytest.mark.slow
 def test_evaluate_touches_the_test_set_once_and_stores_it(grid_db, tmp_path):
     url, _ = grid_db
     study_file = grid_study(tmp_path)
@@ -188,6 +189,7 @@ def test_evaluate_touches_the_test_set_once_and_stores_it(grid_db, tmp_path):
     assert f"**{study.user_attrs['test_accuracy']:.2f}%**" in md
 
 
+@pytest.mark.slow
 def test_study_names_never_become_paths(grid_db, tmp_path):
     # Names any client of the shared database may give a study (or rename it to through the
     # dashboard): each report lands in a slug folder under runs/, never where the name points.
@@ -212,6 +214,7 @@ def test_study_names_never_become_paths(grid_db, tmp_path):
     assert any(f"# Study `{'y' * 300}`" in text for text in texts)  # the real name, inside
 
 
+@pytest.mark.slow
 def test_report_all_reports_every_study_it_can_and_lists_the_others(grid_db, tmp_path):
     url, _ = grid_db
     db = f"sqlite:///{tmp_path / 'two.db'}"
@@ -354,6 +357,7 @@ def test_an_output_folder_that_is_a_file_is_one_line(grid_db, tmp_path):
     assert (tmp_path / "afile").read_text() == "mine\n"
 
 
+@pytest.mark.slow
 def test_two_names_never_share_a_report_folder(grid_db, tmp_path):
     url, _ = grid_db
     db = f"sqlite:///{tmp_path / 'db.sqlite'}"

@@ -72,6 +72,7 @@ def test_four_workers_run_each_grid_point_exactly_once(tmp_path):
     assert len(load(url, spec.name).trials) == 8
 
 
+@pytest.mark.slow
 def test_results_do_not_depend_on_the_worker_or_the_run_and_are_plain_optuna(tmp_path):
     spec = load_spec(grid_study(tmp_path))
     a, b = (f"sqlite:///{tmp_path / n}" for n in ("a.db", "b.db"))
@@ -180,6 +181,7 @@ def test_sigkill_of_a_worker_then_rerun_finishes_the_grid_once(tmp_path):
         ("group", signal.SIGTERM, 143),  # a batch scheduler or `kill -TERM -PGID`
     ],
 )
+@pytest.mark.slow
 def test_ctrl_c_or_sigterm_exit_130_or_143_and_the_next_run_resumes(tmp_path, target, sig, code):
     # Every way of stopping leaves the same released trials (_assert_released); the next run
     # that finishes them is run after a terminal's Ctrl-C only (a grid of slow trials each).
@@ -204,6 +206,7 @@ def test_ctrl_c_or_sigterm_exit_130_or_143_and_the_next_run_resumes(tmp_path, ta
         _assert_grid_done_once(url, spec)
 
 
+@pytest.mark.slow
 def test_two_hosts_finish_a_grid_exactly_once(tmp_path, storage_url):
     # Two `sweep worker` processes standing for two hosts, sharing one database.
     study_file = grid_study(tmp_path)
@@ -296,6 +299,7 @@ def test_a_failure_of_the_worker_gives_the_trial_back_and_ends_the_worker(tmp_pa
     assert released.datetime_start is None
 
 
+@pytest.mark.slow
 def test_a_reader_holding_a_transaction_blocks_no_writer(tmp_path):
     # What the dashboard or a SQL shell does; in rollback-journal mode it stalls writers until
     # it ends. Here every trial completes while the reader still holds its transaction.

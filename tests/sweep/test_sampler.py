@@ -103,6 +103,7 @@ def test_tpe_sees_the_best_the_newest_and_the_running_trials(kind, monkeypatch, 
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
+@pytest.mark.slow
 def test_a_study_smaller_than_the_view_gets_plain_tpes_suggestions(kind, tmp_path):
     def run(tpe: optuna.samplers.BaseSampler, name: str) -> list[dict]:
         storage = _storage(kind, f"sqlite:///{tmp_path / 'small.db'}")

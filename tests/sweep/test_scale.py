@@ -17,6 +17,7 @@ from tests.sweep.helpers import completed_points, grid_study, load, start_cli, s
 from tests.sweep.test_runner import SERVE, start_cli_python
 
 
+@pytest.mark.slow
 def test_a_study_on_postgresql_runs_through_a_dask_cluster(tmp_path, postgres_server):
     import distributed
 
@@ -44,6 +45,7 @@ def test_unreachable_dask_scheduler_is_a_clear_error(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("reader", ["sql", "dashboard"])
+@pytest.mark.slow
 def test_8_writers_and_a_polling_reader(tmp_path, reader):
     path = tmp_path / "db.sqlite"
     url = f"sqlite:///{path}"

@@ -91,6 +91,7 @@ def test_10000_random_suggestions_are_all_inside_the_budget_and_spread_across_it
     assert 0.01 <= lr.min() < 0.012 and 0.9 < lr.max() <= 1.0
 
 
+@pytest.mark.slow
 def test_tpe_suggestions_are_all_inside_the_budget():
     spec = parse_spec({**RANGES, "study": {"name": "t", "sampler": "tpe", "trials": 10}})
     samples = _sample(spec, 300, optuna.samplers.TPESampler(seed=0, n_startup_trials=10))

@@ -271,6 +271,7 @@ tables = st.dictionaries(
         )
     )
 )
+@pytest.mark.slow
 def test_any_json_as_a_stored_spec(stored):
     check(lambda: stored_spec(stored, source="study 'g'"), "study 'g'")
 

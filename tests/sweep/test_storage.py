@@ -31,6 +31,7 @@ POP = textwrap.dedent(
 
 
 @pytest.mark.parametrize("how", ["optuna", "writeback"])
+@pytest.mark.slow
 def test_four_processes_claim_200_trials_each_exactly_once(storage_url, how):
     # "optuna": its own pop, made safe on SQLite by BEGIN IMMEDIATE; "writeback": our claim.
     url = storage_url

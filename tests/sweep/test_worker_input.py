@@ -8,6 +8,7 @@ import re
 import resource
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from sweep.queue.storage import open_storage
@@ -87,6 +88,7 @@ def test_a_worker_fails_foreign_trials_outside_a_grid_and_runs_the_rest(tmp_path
     assert out.stdout == "worker ran 12 trial(s); study 'g' has nothing left to claim\n"
 
 
+@pytest.mark.slow
 def test_a_run_fails_foreign_trials_outside_a_range_before_they_train(tmp_path):
     # optuna warns of a fixed value outside a range and trains it: hidden_1 = 10**7 would have
     # taken 50 GB (the memory check would then have stopped every worker instead).
@@ -144,6 +146,7 @@ def _bounded() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
 
 
+@pytest.mark.slow
 def test_a_trial_too_large_for_the_memory_goes_back_to_the_queue_unallocated(tmp_path):
     # Inside its budget (84,000,795 < 10^8 parameters) and its space, yet an evaluation batch
     # of 5,000 × 7,000,000 units alone is 140 GB: the budget bounds the weights, not the
