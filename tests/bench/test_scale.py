@@ -50,6 +50,7 @@ def test_a_missing_postgresql_is_one_line_not_a_crash(monkeypatch, capsys):
     assert "| operation |" not in out
 
 
+@pytest.mark.slow
 def test_the_benchmark_runs_end_to_end(capsys):
     scale.main(["--sizes", "50,100", "--backends", "sqlite", "--quick"])
     out = capsys.readouterr().out

@@ -49,6 +49,7 @@ def _grid_once(url: str) -> None:
     assert len(completed_points(study)) == 8 and set(completed_points(study).values()) == {1}
 
 
+@pytest.mark.slow
 def test_a_study_deleted_under_a_run_and_a_worker_then_rerun(tmp_path, storage_url):
     study_file = grid_study(tmp_path, train_size=50_000, epochs=4)  # a few seconds a trial
     store = ("--artifacts", str(tmp_path / "artifacts"))  # the same store, said once

@@ -143,6 +143,7 @@ def _start_slow_run(tmp_path, jobs: int = 4):
     return study_file, load_spec(study_file), url, proc
 
 
+@pytest.mark.slow
 def test_sigkill_of_a_worker_then_rerun_finishes_the_grid_once(tmp_path):
     study_file, spec, url, proc = _start_slow_run(tmp_path)
     wait_for(
@@ -224,6 +225,7 @@ def test_two_hosts_finish_a_grid_exactly_once(tmp_path, storage_url):
     assert len({t.user_attrs["worker"] for t in load(storage_url, "g").trials}) == 2
 
 
+@pytest.mark.slow
 def test_sigkill_of_everything_is_recovered_through_heartbeats_and_loses_nothing(tmp_path):
     # Kill everything (parent and workers), nobody left to release a trial: once with a trial
     # done and one running, then twice at random moments (mid-training or mid-write); then
