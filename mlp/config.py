@@ -28,6 +28,8 @@ DTYPES = ("float32", "float64")
 #: A bound on every count of epochs (the notebook trains 10), so that no configuration that
 #: passes its rules can train for ever.
 MAX_EPOCHS = 10_000
+#: Hidden layers a model may have: ``depth`` of them, widths ``hidden_1`` … ``hidden_{depth}``.
+MAX_DEPTH = 4
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,16 @@ class ModelConfig:
     init_std: float = 1.0
     activation: str = "relu"
     dtype: str = "float32"
+    # Last, so that positional construction as before #25 keeps its meaning.
+    depth: int = 2
+    hidden_3: int = 256
+    hidden_4: int = 256
+
+    @property
+    def hidden(self) -> tuple[int, ...]:
+        """The widths of the ``depth`` hidden layers, input side first; the other
+        ``hidden_k`` are unused."""
+        return tuple(getattr(self, f"hidden_{k}") for k in range(1, self.depth + 1))
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,12 @@ class TrainConfig:
     step_size: int = 10
     gamma: float = 0.1
     dropout: float = 0.0
+    shift: int = 0
+    rotation: float = 0.0
+    zoom: float = 0.0
+    shear: float = 0.0
+    elastic_alpha: float = 0.0
+    elastic_sigma: float = 4.0
     patience: int = 0
     seed: int = 0
     eval_batch_size: int = 5000
@@ -95,8 +113,11 @@ _POSITIVE = {"low": 0.0, "low_open": True}  # (0, inf)
 #: What each field of ModelConfig and TrainConfig accepts, with its help, in the order study
 #: files, flags and the README list them.
 PARAMETERS: dict[str, Param] = {
+    "depth": Param("hidden layers; hidden_k past it are unused", low=1, high=MAX_DEPTH),
     "hidden_1": Param("units in the first hidden layer", low=1),
-    "hidden_2": Param("units in the second hidden layer", low=1),
+    "hidden_2": Param("units in the second hidden layer (depth >= 2)", low=1),
+    "hidden_3": Param("units in the third hidden layer (depth >= 3)", low=1),
+    "hidden_4": Param("units in the fourth hidden layer (depth 4)", low=1),
     "epochs": Param("passes over the training set", low=1, high=MAX_EPOCHS),
     "batch_size": Param("examples per SGD step", low=1),
     "learning_rate": Param("SGD step size on the mean minibatch loss", **_POSITIVE),
@@ -118,6 +139,22 @@ PARAMETERS: dict[str, Param] = {
     "step_size": Param('"step" schedule: epochs between decays', low=1, high=MAX_EPOCHS),
     "gamma": Param('"step" schedule: decay factor', low=0.0, high=1.0, low_open=True),
     "dropout": Param("inverted dropout on the hidden layers while training", **_UNIT),
+    # Distortions of the training digits (mlp.distort), drawn afresh for every minibatch; 0 is
+    # off. Never applied to validation or test data.
+    "shift": Param("largest random translation of a training digit, whole pixels", low=0, high=8),
+    "rotation": Param("largest random rotation of a training digit, degrees", low=0.0, high=90.0),
+    "zoom": Param(
+        "largest random change of a training digit's scale (0.1: x0.9 to x1.1)", low=0.0, high=0.5
+    ),
+    "shear": Param(
+        "largest random horizontal shear of a training digit, as a slope", low=0.0, high=1.0
+    ),
+    "elastic_alpha": Param(
+        "strength of the elastic distortion (Simard 2003: 34), pixels", low=0.0, high=100.0
+    ),
+    "elastic_sigma": Param(
+        "width of the Gaussian that smooths the elastic field, pixels", low=0.5, high=14.0
+    ),
     "patience": Param(
         "stop after this many epochs with no better validation accuracy (0: off)",
         low=0,

@@ -9,6 +9,7 @@ both written atomically and read back as untrusted input (``mlp.files``).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 from pathlib import Path
@@ -38,13 +39,17 @@ MODEL_FORMAT = "mlp-model/1"
 _SIDECAR_BYTES = 2**20  # a model's sidecar: a few hundred bytes plus the caller's meta
 
 
-def parameter_count(hidden_1: int, hidden_2: int) -> int:
-    """Exact number of weights and biases: (784+1)·h1 + (h1+1)·h2 + (h2+1)·10.
+def parameter_count(*hidden: int) -> int:
+    """Exact number of weights and biases of 784 → hidden[0] → … → hidden[-1] → 10: each layer
+    has (fan_in + 1)·fan_out, for two hidden layers (784+1)·h1 + (h1+1)·h2 + (h2+1)·10.
 
     >>> parameter_count(512, 768)
     803594
+    >>> parameter_count(800)
+    636010
     """
-    return (N_INPUTS + 1) * hidden_1 + (hidden_1 + 1) * hidden_2 + (hidden_2 + 1) * N_CLASSES
+    sizes = (N_INPUTS, *hidden, N_CLASSES)
+    return sum((a + 1) * b for a, b in itertools.pairwise(sizes))
 
 
 #: Names of ``MLP.params`` in order, as messages show them.

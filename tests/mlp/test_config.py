@@ -69,7 +69,7 @@ def test_the_defaults_are_the_notebooks_protocol():
 def test_the_seed_and_the_evaluation_batch_are_no_hyperparameters():
     names = [h.name for h in hyperparameters()]
     assert "seed" not in names and "eval_batch_size" not in names
-    assert names[:5] == ["hidden_1", "hidden_2", "epochs", "batch_size", "learning_rate"]
+    assert names[:7] == "depth hidden_1 hidden_2 hidden_3 hidden_4 epochs batch_size".split()
 
 
 def test_split_routes_every_field_to_its_config():
