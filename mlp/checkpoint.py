@@ -9,6 +9,10 @@ is known from the epoch (the JSON of 10,000 epochs would take over 1 MiB, more t
 allows beyond the arrays). No pickle is written or read. A trained model's file is
 ``mlp.model``'s (``MLP.save``/``MLP.load``).
 
+The weights are members w1, b1, w2, … of as many layers as the model has. Which model is the
+reader's to say (``like``), and a state of another depth is refused by its members' names or
+shapes, so the two-layer states' format stays as it was (#25).
+
 Reading reuses ``mlp._formats``: only regular files, a size cap checked before anything is
 read, each member's dtype, shape and length checked in its header before numpy allocates it.
 Anything wrong is one CheckpointError line naming the file (``mlp.files``).
@@ -27,9 +31,10 @@ from mlp import _formats
 from mlp.config import MAX_EPOCHS
 from mlp.files import (
     MARGIN,
-    MEMBERS,
+    check_members,
     is_int,
     json_object,
+    member_names,
     member_specs,
     reading,
     shown,
@@ -68,9 +73,9 @@ def save_state(state: TrainState, path: str | os.PathLike) -> None:
     if len(text) > STATE_JSON_BYTES:
         raise ValueError(f"a training state's JSON of {len(text)} bytes, over {STATE_JSON_BYTES}")
     arrays = {"state": np.frombuffer(text.ljust(STATE_JSON_BYTES), np.uint8)}
-    arrays |= dict(zip(MEMBERS, state.params, strict=True))
+    arrays |= dict(zip(member_names(len(state.params)), state.params, strict=True))
     if state.velocity is not None:
-        arrays |= {f"v_{n}": v for n, v in zip(MEMBERS, state.velocity, strict=True)}
+        arrays |= dict(zip(member_names(len(state.velocity), "v_"), state.velocity, strict=True))
     table = [[getattr(m, f) for f in (*_METRIC_FIELDS, "seconds")] for m in state.history]
     arrays["history"] = np.array(table, dtype=np.float64).reshape(-1, 6)
     write_atomically(Path(path), lambda f: np.savez(f, allow_pickle=False, **arrays))
@@ -78,8 +83,8 @@ def save_state(state: TrainState, path: str | os.PathLike) -> None:
 
 def load_state(path: str | os.PathLike, *, like: MLP) -> TrainState:
     """Read a checkpoint written by save_state; raise CheckpointError unless it is well formed
-    and its arrays have ``like``'s shapes and dtype. Bounded: never allocates more than the
-    model's own size plus a small margin, never unpickles."""
+    and its arrays are exactly ``like``'s: its depth, shapes and dtype. Bounded: never allocates
+    more than the model's own size plus a small margin, never unpickles."""
     path = Path(path)
     # Weights and momentum (twice the model), the model's size again as slack, and MARGIN.
     limit = 3 * sum(p.nbytes for p in like.params) + MARGIN
@@ -91,15 +96,17 @@ def load_state(path: str | os.PathLike, *, like: MLP) -> TrainState:
         if doc["velocity"]:
             specs |= member_specs(like.params, "v_")
         specs["history"] = _formats.Npy(((doc["epoch"], 6),), "float64")
+        check_members(zf, {"state", *specs})
         arrays = {name: _formats.read_npy(zf, name, spec) for name, spec in specs.items()}
         table = arrays["history"]
         if not np.array_equal(table[:, 0], np.arange(1, doc["epoch"] + 1)):
             raise _formats.Refused("got history epochs that are not 1, 2, 3, ...")
+    names = member_names(len(like.params))
     history = [EpochMetrics(int(row[0]), *(float(v) for v in row[1:])) for row in table.tolist()]
     return TrainState(
         epoch=doc["epoch"],
-        params=[arrays[n] for n in MEMBERS],
-        velocity=[arrays[f"v_{n}"] for n in MEMBERS] if doc["velocity"] else None,
+        params=[arrays[n] for n in names],
+        velocity=[arrays[f"v_{n}"] for n in names] if doc["velocity"] else None,
         rng=doc["rng"],
         best=float(doc["best"]),
         since_best=doc["since_best"],

@@ -3,7 +3,7 @@
 ``write_atomically`` is the one atomic file write of mlp and sweep (training checkpoints and
 trained models here, the dataset cache in ``mlp.data``, the artifact folder in
 ``sweep.trial.artifacts``). The rest is what reading a checkpoint or a trained model back shares
-(``mlp.checkpoint``, ``mlp.model``): the .npz member names of the weights, and one
+(``mlp.checkpoint``, ``mlp.model``): the .npz member names of the weights of any depth, and one
 CheckpointError line naming the file for anything wrong with one.
 """
 
@@ -14,7 +14,8 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterator
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
@@ -26,8 +27,6 @@ from mlp import _formats
 #: The temporary file ``write_atomically`` writes ``name`` through: ``.<name>.<32 hex>.tmp``.
 #: A writer killed mid-write leaves it; whoever cleans up recognises it by this exact form.
 TEMPORARY = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{32}\.tmp")
-#: The .npz member names of a model's weights and biases, in ``MLP.params`` order.
-MEMBERS = ("w1", "b1", "w2", "b2", "w3", "b3")
 #: What a .npz of ours may hold beyond the arrays a reader expects: the .npy headers and zip
 #: records, and a training state's metrics table (480 kB for 10,000 epochs).
 MARGIN = 2**20
@@ -71,12 +70,28 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
             os.close(folder)
 
 
+def member_names(count: int, prefix: str = "") -> tuple[str, ...]:
+    """The .npz member names of ``count`` weights and biases in ``MLP.params`` order: w1, b1,
+    w2, b2, … (a network of any depth; the two-layer one's files hold w1 … b3)."""
+    return tuple(f"{prefix}{kind}{k}" for k in range(1, count // 2 + 1) for kind in "wb")
+
+
 def member_specs(params: list[np.ndarray], prefix: str = "") -> dict[str, _formats.Npy]:
-    """What each weight's .npz member must hold: ``params``' shapes and dtype, by MEMBERS."""
+    """What each weight's .npz member must hold: ``params``' shapes and dtype, by their
+    ``member_names``."""
     return {
-        prefix + name: _formats.Npy((p.shape,), p.dtype.name)
-        for name, p in zip(MEMBERS, params, strict=True)
+        name: _formats.Npy((p.shape,), p.dtype.name)
+        for name, p in zip(member_names(len(params), prefix), params, strict=True)
     }
+
+
+def check_members(zf: zipfile.ZipFile, expected: Iterable[str]) -> None:
+    """Refuse a .npz holding members beyond ``expected`` (names without ``.npy``): the weights
+    of a deeper network whose first layers have the expected shapes must not pass as the
+    shallower one."""
+    extra = sorted({n.removesuffix(".npy") for n in zf.namelist()} - set(expected))
+    if extra:
+        raise _formats.Refused(f"got {len(extra)} member(s) not expected: {shown(extra)}")
 
 
 def sha256(f: BinaryIO) -> str:

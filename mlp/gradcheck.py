@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mlp.model import MLP, PARAM_NAMES
+from mlp.model import MLP, param_names
 
 #: The notebook's N values: 1, 5, 10, 50, …, 100000, 500000.
 DEFAULT_NS: tuple[int, ...] = tuple(k * 10**i for i in range(6) for k in (1, 5))
@@ -32,7 +32,8 @@ class GradCheck:
 
 
 def _checked_entries(model: MLP, per_tensor: int, seed: int) -> list[tuple[int, tuple[int, ...]]]:
-    """The notebook's ten (W2 row 0, first 10 entries) plus a seeded sample of every tensor."""
+    """The notebook's ten (W2 row 0, first 10 entries: at depth 1, the output layer's) plus a
+    seeded sample of every tensor, every layer's at any depth."""
     entries = [(2, (0, j)) for j in range(min(10, model.params[2].shape[1]))]
     rng = np.random.default_rng(seed)
     for i, p in enumerate(model.params):
@@ -76,5 +77,6 @@ def gradcheck(
             p[idx] = original
             diff = max(diff, abs((plus - minus) / (2 * eps) - grads[i][idx]))
         worst.append(diff)
-    checked = tuple((PARAM_NAMES[i], idx) for i, idx in entries)
+    names = param_names(len(model.params))
+    checked = tuple((names[i], idx) for i, idx in entries)
     return GradCheck(tuple(ns), tuple(worst), checked)

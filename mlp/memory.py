@@ -19,13 +19,14 @@ nothing is refused.
 
 from __future__ import annotations
 
+import itertools
 import resource
 
 from mlp.config import ModelConfig, TrainConfig
-from mlp.model import N_CLASSES, N_INPUTS, parameter_count
+from mlp.model import N_CLASSES, N_INPUTS, described, parameter_count
 
 _FLOAT64 = 8
-#: Arrays of a batch's width (h1 + h2 + 10 per example) alive at once, in halves, measured
+#: Arrays of a batch's width (h1 + … + hd + 10 per example) alive at once, in halves, measured
 #: (tracemalloc and ru_maxrss, 784-50-20000-10 and 784-20000-100-10, #22) and rounded up:
 #: a training step peaks at ~2.4 arrays of its batch (its cache, the upstream gradient, the
 #: relu mask); with dropout at ~5.1, in the next step's forward pass, which draws new masks
@@ -83,13 +84,13 @@ def _itemsize(dtype: str) -> int:
     return _FLOAT64 if dtype == "float64" else 4
 
 
-def _largest_matrix(hidden_1: int, hidden_2: int) -> int:
-    return max(N_INPUTS * hidden_1, hidden_1 * hidden_2, hidden_2 * N_CLASSES)
+def _largest_matrix(hidden: tuple[int, ...]) -> int:
+    return max(a * b for a, b in itertools.pairwise((N_INPUTS, *hidden, N_CLASSES)))
 
 
-def _drawing(hidden_1: int, hidden_2: int, dtype: str) -> int:
+def _drawing(hidden: tuple[int, ...], dtype: str) -> int:
     """What ``MLP.__init__`` holds beyond the weights: a matrix drawn in float64 and its cast."""
-    return _largest_matrix(hidden_1, hidden_2) * (_FLOAT64 + _itemsize(dtype))
+    return _largest_matrix(hidden) * (_FLOAT64 + _itemsize(dtype))
 
 
 def training_bytes(
@@ -99,34 +100,34 @@ def training_bytes(
     the larger of the initial draw and training's arrays (gradients, momentum buffers, a
     temporary of a weight matrix for weight decay or Nesterov, a step's or an evaluation's
     activations, the shuffled batch's buffer, and the data cast to float64 if the model is)."""
-    h1, h2 = model.hidden_1, model.hidden_2
+    hidden = model.hidden
     itemsize = _itemsize(model.dtype)
-    params = parameter_count(h1, h2)
+    params = parameter_count(*hidden)
     batch = min(config.batch_size, train_examples)
     evaluated = min(config.eval_batch_size, max(train_examples, valid_examples))
     dropout = config.dropout > 0
     step = (_STEP_HALVES + dropout * _DROPOUT_STEP_HALVES) * batch
     held = (_CACHE_HALVES + dropout * _DROPOUT_CACHE_HALVES) * batch
     evaluation = held + _EVAL_HALVES * evaluated
-    activations = max(step, evaluation) * (h1 + h2 + N_CLASSES) // 2
+    activations = max(step, evaluation) * (sum(hidden) + N_CLASSES) // 2
     arrays = (
         params * (2 if config.momentum else 1)  # gradients, momentum buffers
-        + _largest_matrix(h1, h2)
+        + _largest_matrix(hidden)
         + activations
         + batch * N_INPUTS
     )
     data = (train_examples + valid_examples) * N_INPUTS * _FLOAT64 if itemsize == 8 else 0
     training = arrays * itemsize + data
-    return params * itemsize + max(_drawing(h1, h2, model.dtype), training)
+    return params * itemsize + max(_drawing(hidden, model.dtype), training)
 
 
-def gradcheck_bytes(hidden_1: int, hidden_2: int, *, examples: int) -> int:
-    """``gradcheck``: a float64 model, its gradients, and a forward and backward pass over
-    ``examples`` (its input cast to float64)."""
-    params = parameter_count(hidden_1, hidden_2)
-    width = hidden_1 + hidden_2 + N_CLASSES
+def gradcheck_bytes(*hidden: int, examples: int) -> int:
+    """``gradcheck`` of 784-hidden-10: a float64 model, its gradients, and a forward and backward
+    pass over ``examples`` (its input cast to float64)."""
+    params = parameter_count(*hidden)
+    width = sum(hidden) + N_CLASSES
     arrays = params + examples * (N_INPUTS + _STEP_HALVES * width // 2)
-    return params * _FLOAT64 + max(_drawing(hidden_1, hidden_2, "float64"), arrays * _FLOAT64)
+    return params * _FLOAT64 + max(_drawing(hidden, "float64"), arrays * _FLOAT64)
 
 
 def require_training(
@@ -137,8 +138,8 @@ def require_training(
     available; ``prefix`` starts the message (``trial 3: ``)."""
     need = training_bytes(model, config, train_examples=train_examples,
                           valid_examples=valid_examples)  # fmt: skip
-    require(need, f"{prefix}training {architecture(model.hidden_1, model.hidden_2)} in "
-                  f"{model.dtype} with batches of {config.batch_size}")  # fmt: skip
+    require(need, f"{prefix}training {described(*model.hidden)} in {model.dtype} with batches "
+                  f"of {config.batch_size}")  # fmt: skip
 
 
 def require(needed: int, what: str) -> None:
@@ -149,9 +150,3 @@ def require(needed: int, what: str) -> None:
         raise InsufficientMemory(
             f"{what} needs about {gib(needed)} of memory, more than the {gib(available)} available"
         )
-
-
-def architecture(hidden_1: int, hidden_2: int) -> str:
-    """``784-512-768-10 (803,594 parameters)``: how every message names a network."""
-    sizes = f"{N_INPUTS}-{hidden_1}-{hidden_2}-{N_CLASSES}"
-    return f"{sizes} ({parameter_count(hidden_1, hidden_2):,} parameters)"

@@ -1,14 +1,16 @@
-"""The 784 → h1 → h2 → 10 multilayer perceptron with a hand-written forward and backward pass,
-and its file: a trained model on disk.
+"""The 784 → h1 → … → hd → 10 multilayer perceptron (1 to ``MAX_DEPTH`` hidden layers) with a
+hand-written forward and backward pass, and its file: a trained model on disk.
 
 A trained model (``MLP.save``/``MLP.load``) is a .npz of its weights (no pickle) and a JSON
 sidecar naming its shape, activation, dtype, the weights' SHA-256 and the caller's ``meta``;
-both written atomically and read back as untrusted input (``mlp.files``).
+both written atomically and read back as untrusted input (``mlp.files``). The format,
+``mlp-model/1``, is the one of the two-layer model: its ``sizes`` always listed every layer, so a
+file of any depth is one of that format, and a reader from before #25 refuses other depths in
+one line (``got sizes [784, 800, 10], not [784, h1, h2, 10]``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import os
@@ -18,13 +20,14 @@ from typing import NamedTuple
 import numpy as np
 
 from mlp import _formats
-from mlp.config import DTYPES, ModelConfig
+from mlp.config import DTYPES, MAX_DEPTH, ModelConfig
 from mlp.files import (
     MARGIN,
-    MEMBERS,
     CheckpointError,
+    check_members,
     is_int,
     json_object,
+    member_names,
     member_specs,
     reading,
     sha256,
@@ -52,28 +55,42 @@ def parameter_count(*hidden: int) -> int:
     return sum((a + 1) * b for a, b in itertools.pairwise(sizes))
 
 
-#: Names of ``MLP.params`` in order, as messages show them.
-PARAM_NAMES = ("W1", "b1", "W2", "b2", "W3", "b3")
+def architecture(*hidden: int) -> str:
+    """How a user reads a network's shape: ``784-800-10``, ``784-512-768-10``."""
+    return "-".join(map(str, (N_INPUTS, *hidden, N_CLASSES)))
+
+
+def described(*hidden: int) -> str:
+    """``784-512-768-10 (803,594 parameters)``: how every message names a network."""
+    return f"{architecture(*hidden)} ({parameter_count(*hidden):,} parameters)"
+
+
+def param_names(count: int) -> tuple[str, ...]:
+    """Names of the first ``count`` of ``MLP.params``, as messages show them: W1, b1, W2, b2,
+    …; a network of d hidden layers has 2(d + 1), the last pair the output layer's."""
+    return tuple(f"{kind}{k}" for k in range(1, count // 2 + 1) for kind in "Wb")
 
 
 def not_finite(params: list[np.ndarray]) -> str | None:
-    """The name of the first of ``params`` (``MLP.params`` order) holding a NaN or an
+    """The name of the first of ``params`` (``MLP.params`` order, any depth) holding a NaN or an
     infinity, else None."""
     return next(
-        (name for name, p in zip(PARAM_NAMES, params, strict=True) if not np.isfinite(p).all()),
+        (
+            name
+            for name, p in zip(param_names(len(params)), params, strict=True)
+            if not np.isfinite(p).all()
+        ),
         None,
     )
 
 
 class Cache(NamedTuple):
     """What backward needs from forward: the input, each hidden layer's activation output
-    (before dropout) and, when dropout was applied, its mask."""
+    (before dropout) and, when dropout was applied, each one's mask."""
 
     x: np.ndarray  # (n, 784)
-    h1: np.ndarray  # (n, h1)
-    h2: np.ndarray  # (n, h2)
-    m1: np.ndarray | None = None  # (n, h1) inverted-dropout mask: 0 or 1/(1-p)
-    m2: np.ndarray | None = None  # (n, h2)
+    hidden: tuple[np.ndarray, ...]  # (n, h_k) for each hidden layer k, input side first
+    masks: tuple[np.ndarray | None, ...]  # each layer's inverted-dropout mask: 0 or 1/(1-p)
 
 
 def _dropout_mask(shape: tuple[int, ...], p: float, rng: np.random.Generator, dtype) -> np.ndarray:
@@ -82,19 +99,23 @@ def _dropout_mask(shape: tuple[int, ...], p: float, rng: np.random.Generator, dt
     return (rng.random(shape, dtype=np.float32) >= p).astype(dtype) / dtype.type(1 - p)
 
 
-class MLP:
-    """A two-hidden-layer perceptron; owns its weights, nothing else.
+def _dropped(h: np.ndarray, m: np.ndarray | None) -> np.ndarray:
+    """A hidden layer's output as the next layer sees it: through its dropout mask, if any."""
+    return h if m is None else h * m
 
-    Weights are stored as (fan_in, fan_out) so a row-major batch x (n, fan_in) multiplies as
-    ``x @ W``. ``params`` is the list [W1, b1, W2, b2, W3, b3]; an optimiser
+
+class MLP:
+    """A perceptron of 1 to ``MAX_DEPTH`` hidden layers; owns its weights, nothing else.
+
+    ``MLP(800)`` is 784-800-10, ``MLP(512, 768)`` the notebook's 784-512-768-10. Weights are
+    stored as (fan_in, fan_out) so a row-major batch x (n, fan_in) multiplies as ``x @ W``.
+    ``params`` is the list [W1, b1, W2, b2, …], the output layer's last; an optimiser
     (``mlp.optim.SGD``) updates them in place.
     """
 
     def __init__(
         self,
-        hidden_1: int,
-        hidden_2: int,
-        *,
+        *hidden: int,
         activation: str = "relu",
         init: str = "glorot",
         init_std: float = 1.0,
@@ -107,16 +128,20 @@ class MLP:
             raise ValueError(f"init must be one of {sorted(INITIALISERS)}; got {init!r}")
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {list(DTYPES)}; got {dtype!r}")
-        if hidden_1 < 1 or hidden_2 < 1:
-            raise ValueError(f"hidden sizes must be >= 1; got ({hidden_1}, {hidden_2})")
-        self.sizes = (N_INPUTS, hidden_1, hidden_2, N_CLASSES)
+        if not 1 <= len(hidden) <= MAX_DEPTH:
+            raise ValueError(f"a network has 1 to {MAX_DEPTH} hidden layers; got {len(hidden)}")
+        if not all(isinstance(h, int | np.integer) and h >= 1 for h in hidden):
+            raise ValueError(f"hidden sizes must be integers >= 1; got {hidden}")
+        self.sizes = (N_INPUTS, *(int(h) for h in hidden), N_CLASSES)
         self.activation = activation
         self.dtype = np.dtype(dtype)
         self._act = ACTIVATIONS[activation]
         rng = np.random.default_rng(seed)
         initialise = INITIALISERS[init]
         self.params: list[np.ndarray] = []
-        for fan_in, fan_out in zip(self.sizes[:-1], self.sizes[1:], strict=True):
+        # Input side first, each layer's weights in turn: the two-layer code's order, so that
+        # depth 2 starts from the numbers it always did (#25).
+        for fan_in, fan_out in itertools.pairwise(self.sizes):
             # Drawn in float64 then cast, so float32 and float64 models start from the same
             # numbers. A draw past the dtype's range becomes inf, refused below in one line
             # rather than as numpy's overflow warning (#22: --init-std 1e308).
@@ -131,8 +156,15 @@ class MLP:
 
     @classmethod
     def from_config(cls, config: ModelConfig, *, seed: int = 0) -> MLP:
-        """The model ``config`` describes, its weights drawn with ``seed``."""
-        return cls(**dataclasses.asdict(config), seed=seed)
+        """The model ``config`` describes (its ``hidden`` widths), its weights drawn with
+        ``seed``."""
+        return cls(*config.hidden, activation=config.activation, init=config.init,
+                   init_std=config.init_std, dtype=config.dtype, seed=seed)  # fmt: skip
+
+    @property
+    def hidden(self) -> tuple[int, ...]:
+        """The hidden layers' widths, input side first."""
+        return self.sizes[1:-1]
 
     @property
     def n_params(self) -> int:
@@ -144,23 +176,22 @@ class MLP:
         """Logits and the cache for ``backward``.
 
         x: (n, 784) in the model's dtype. ``dropout`` > 0 (training only) drops hidden units
-        with that probability, drawing masks from ``rng``. Returns logits (n, 10) and the cache.
+        with that probability, drawing each layer's mask from ``rng`` in turn, input side first.
+        Returns logits (n, 10) and the cache.
         """
-        w1, b1, w2, b2, w3, b3 = self.params
-        m1 = m2 = None
-        h1 = x @ w1
-        h1 += b1
-        self._act.forward(h1)
-        if dropout > 0:
-            m1 = _dropout_mask(h1.shape, dropout, rng, self.dtype)
-        h2 = (h1 if m1 is None else h1 * m1) @ w2
-        h2 += b2
-        self._act.forward(h2)
-        if dropout > 0:
-            m2 = _dropout_mask(h2.shape, dropout, rng, self.dtype)
-        logits = (h2 if m2 is None else h2 * m2) @ w3
-        logits += b3
-        return logits, Cache(x, h1, h2, m1, m2)
+        hidden, masks = [], []
+        a = x  # what the next layer reads
+        for w, b in zip(self.params[:-2:2], self.params[1:-2:2], strict=True):
+            h = a @ w
+            h += b
+            self._act.forward(h)
+            m = _dropout_mask(h.shape, dropout, rng, self.dtype) if dropout > 0 else None
+            hidden.append(h)
+            masks.append(m)
+            a = _dropped(h, m)
+        logits = a @ self.params[-2]
+        logits += self.params[-1]
+        return logits, Cache(x, tuple(hidden), tuple(masks))
 
     def backward(self, logits: np.ndarray, cache: Cache, y: np.ndarray) -> list[np.ndarray]:
         """Gradients of the mean cross-entropy, in the order of ``params``.
@@ -180,22 +211,21 @@ class MLP:
         costs nothing, so that plain SGD can fold its learning rate in here instead of in a
         pass over every weight (#5).
         """
-        _, w2, _, w3, _ = self.params[1:]
-        x, h1, h2, m1, m2 = cache
-        d3 = cross_entropy_grad(probs, y)  # dL/dlogits (n, 10)
+        x, hidden, masks = cache
+        d = cross_entropy_grad(probs, y)  # dL/dlogits (n, 10), then dL/dz of each layer down
         if scale != 1.0:
-            d3 *= scale
-        gw3 = (h2 if m2 is None else h2 * m2).T @ d3
-        gb3 = d3.sum(axis=0)
-        dh2 = d3 @ w3.T  # dL/d(dropped h2); through the mask to dL/dh2
-        d2 = self._act.grad(h2, dh2 if m2 is None else np.multiply(dh2, m2, out=dh2))
-        gw2 = (h1 if m1 is None else h1 * m1).T @ d2
-        gb2 = d2.sum(axis=0)
-        dh1 = d2 @ w2.T
-        d1 = self._act.grad(h1, dh1 if m1 is None else np.multiply(dh1, m1, out=dh1))
-        gw1 = x.T @ d1
-        gb1 = d1.sum(axis=0)
-        return [gw1, gb1, gw2, gb2, gw3, gb3]
+            d *= scale
+        grads: list[np.ndarray] = [d] * len(self.params)  # each replaced below
+        # From the output layer down; layer k reads hidden[k - 1] (k = 0: the input x).
+        for k in range(len(hidden), -1, -1):
+            a = x if k == 0 else _dropped(hidden[k - 1], masks[k - 1])
+            grads[2 * k] = a.T @ d
+            grads[2 * k + 1] = d.sum(axis=0)
+            if k > 0:
+                dh = d @ self.params[2 * k].T  # dL/d(dropped h); through the mask to dL/dh
+                m = masks[k - 1]
+                d = self._act.grad(hidden[k - 1], dh if m is None else np.multiply(dh, m, out=dh))
+        return grads
 
     def loss(self, x: np.ndarray, y: np.ndarray) -> float:
         """Mean cross-entropy on (x, y), in one forward pass."""
@@ -233,7 +263,7 @@ class MLP:
         if sidecar == path:
             raise ValueError(f"{path}: the weights' file cannot end in .json (the sidecar does)")
         text = json.dumps(meta, allow_nan=False)  # unserialisable meta fails before any write
-        arrays = dict(zip(MEMBERS, self.params, strict=True))
+        arrays = dict(zip(member_names(len(self.params)), self.params, strict=True))
         write_atomically(path, lambda f: np.savez(f, allow_pickle=False, **arrays))
         with open(path, "rb") as f:
             digest = sha256(f)
@@ -269,16 +299,20 @@ class MLP:
             sizes, activation, dtype = doc.get("sizes"), doc.get("activation"), doc.get("dtype")
             if not (
                 isinstance(sizes, list)
-                and len(sizes) == 4
+                and 3 <= len(sizes) <= MAX_DEPTH + 2
                 and all(is_int(s) and s >= 1 for s in sizes)
-                and (sizes[0], sizes[3]) == (N_INPUTS, N_CLASSES)
+                and (sizes[0], sizes[-1]) == (N_INPUTS, N_CLASSES)
             ):
-                raise _formats.Refused(f"got sizes {shown(sizes)}, not [784, h1, h2, 10]")
+                raise _formats.Refused(
+                    f"got sizes {shown(sizes)}, not [784, h1, …, hd, 10] with 1 to {MAX_DEPTH} "
+                    "hidden sizes, each >= 1"
+                )
             if activation not in ACTIVATIONS or dtype not in DTYPES:
                 raise _formats.Refused(f"got activation {shown(activation)}, dtype {shown(dtype)}")
             if not isinstance(doc.get("sha256"), str):
                 raise _formats.Refused("got no sha256 of the weights")
-        need = parameter_count(sizes[1], sizes[2]) * np.dtype(dtype).itemsize
+        hidden = sizes[1:-1]
+        need = parameter_count(*hidden) * np.dtype(dtype).itemsize
         with reading(path, f"the weights {sidecar.name} describes"):
             with _formats.open_npz(path, need + MARGIN) as (zf, f):
                 if (size := f.seek(0, os.SEEK_END)) < need:  # before a crafted size allocates
@@ -289,11 +323,10 @@ class MLP:
                     raise _formats.Refused(
                         f"got weights whose SHA-256 is not the one in {sidecar.name}"
                     )
-                model = cls(sizes[1], sizes[2], activation=activation, init="zeros", dtype=dtype)
-                weights = [
-                    _formats.read_npy(zf, name, spec)
-                    for name, spec in member_specs(model.params).items()
-                ]
+                model = cls(*hidden, activation=activation, init="zeros", dtype=dtype)
+                specs = member_specs(model.params)
+                check_members(zf, specs)
+                weights = [_formats.read_npy(zf, name, spec) for name, spec in specs.items()]
         for p, w in zip(model.params, weights, strict=True):
             p[...] = w
         if (bad := not_finite(model.params)) is not None:

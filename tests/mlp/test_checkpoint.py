@@ -370,7 +370,7 @@ def test_a_model_file_that_does_not_match_its_sidecar_is_refused(tmp_path):
     refused("w1 of float64 \\(784, 8\\), not float32", weights="d")
     refused("fewer than", dtype="float64")
     refused("fewer than", sizes=[784, 10**6, 10**6, 10])  # refused before 4 TB are allocated
-    refused("not \\[784, h1, h2, 10\\]", sizes=[784, 8, 8])
+    refused("not \\[784, h1, …, hd, 10\\]", sizes=[784, 8, 8])
     refused("activation", activation="swish")
     refused("format", format="other")
     refused("no sha256", sha256=None)

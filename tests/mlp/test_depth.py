@@ -12,13 +12,16 @@ OPENBLAS_CORETYPE and NPY_DISABLE_CPU_FEATURES.
 """
 
 import hashlib
+import itertools
 
 import numpy as np
 import pytest
 import threadpoolctl
 
-from mlp import MLP, TrainConfig, fit
-from mlp.functions import ACTIVATIONS, INITIALISERS, cross_entropy_grad
+from mlp import MLP, ModelConfig, TrainConfig, fit, gradcheck, parameter_count
+from mlp.functions import ACTIVATIONS, INITIALISERS, cross_entropy, cross_entropy_grad
+from mlp.model import architecture, described, not_finite, param_names
+from tests.mlp.numeric import central_differences, relative_error
 
 #: Every code path of a training step: shuffled batches, dropout masks, Nesterov momentum, weight
 #: decay; the evaluation passes too (full_train_eval, the default).
@@ -179,3 +182,105 @@ def _mask(shape, p, rng, dtype):
 def test_depth_2_trains_as_the_frozen_two_layer_code_on_this_machine(tiny, dtype, activation):
     frozen = _run(_TwoLayers(64, 48, dtype=dtype, activation=activation, seed=3), tiny)
     assert _run(MLP(64, 48, dtype=dtype, activation=activation, seed=3), tiny) == frozen
+
+
+# --- Any depth --------------------------------------------------------------------------------
+
+#: Small, unequal widths: a layer's gradient given another's shape fails to broadcast or index.
+_WIDTHS = {1: (7,), 2: (7, 5), 3: (7, 5, 6), 4: (7, 5, 6, 4)}
+
+
+#: Input pixels that are not 0 (the first ones): W1's other rows get no gradient, so the oracle
+#: need not perturb them one by one (a second per test).
+_PIXELS = 16
+
+
+def _model(depth, activation="relu"):
+    model = MLP(*_WIDTHS[depth], activation=activation, init="normal", init_std=0.5,
+                dtype="float64", seed=3)  # fmt: skip
+    rng = np.random.default_rng(depth)
+    for b in model.params[1::2]:  # non-zero biases, so that their gradients are tested
+        b[:] = rng.normal(size=b.shape) * 0.1
+    x = np.zeros((4, 784))
+    x[:, :_PIXELS] = rng.uniform(0, 1, size=(4, _PIXELS)) * (rng.uniform(size=(4, _PIXELS)) < 0.5)
+    return model, x, np.array([0, 3, 7, 9])
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.4])
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+def test_backward_matches_central_differences_at_every_depth(depth, activation, dropout):
+    model, x, y = _model(depth, activation)
+
+    def forward():  # the same masks every time: a fresh generator with the same seed
+        return model.forward(x, dropout=dropout, rng=np.random.default_rng(5))
+
+    logits, cache = forward()
+    assert len(cache.hidden) == len(cache.masks) == depth
+    assert all((m is None) == (dropout == 0) for m in cache.masks)
+    grads = model.backward(logits, cache, y)
+    assert len(grads) == len(model.params) == 2 * depth + 2
+    assert not grads[0][_PIXELS:].any()
+    tested = [model.params[0][:_PIXELS], *model.params[1:]]  # views: perturbed in place
+    for p, g in zip(tested, [grads[0][:_PIXELS], *grads[1:]], strict=True):
+        numeric = central_differences(p, lambda: cross_entropy(forward()[0], y)[0])
+        assert g.shape == p.shape and np.abs(g).max() > 0, "a zero gradient tests nothing"
+        assert relative_error(g, numeric) < 1e-6
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+def test_the_notebooks_gradient_check_passes_at_every_depth(tiny, depth, activation):
+    model = MLP(*_WIDTHS[depth], activation=activation, dtype="float64", seed=1)
+    result = gradcheck(model, tiny.train.x[:8].astype(np.float64), tiny.train.y[:8])
+    diffs = dict(zip(result.ns, result.max_abs_diff, strict=True))
+    # Backprop agrees with the derivative to round-off once ε is small; relu's kinks, which
+    # deeper layers of narrow ones sit near, need ε below ~1e-3 to stay on one side.
+    assert min(diffs.values()) < 1e-9
+    if activation == "tanh":  # smooth: the difference falls as ε² (100× per decade)
+        assert diffs[10] / diffs[100] > 50 and diffs[100] / diffs[1000] > 50
+    names = [f"{w}{k}" for k in range(1, depth + 2) for w in "Wb"]
+    assert {name for name, _ in result.checked} == set(names)
+
+
+def test_shapes_names_and_counts_follow_the_widths():
+    for depth, widths in _WIDTHS.items():
+        model = MLP(*widths, init="zeros")
+        assert model.sizes == (784, *widths, 10) and model.hidden == widths
+        assert [p.shape for p in model.params[::2]] == list(itertools.pairwise(model.sizes))
+        assert model.n_params == parameter_count(*widths)
+        assert param_names(len(model.params))[-2:] == (f"W{depth + 1}", f"b{depth + 1}")
+    assert parameter_count(800) == 636_010 and architecture(800) == "784-800-10"
+    assert architecture(512, 768) == "784-512-768-10"
+    assert described(300, 100) == "784-300-100-10 (266,610 parameters)"
+
+
+def test_a_config_builds_its_depth_and_only_its_depth():
+    config = ModelConfig(depth=3, hidden_1=9, hidden_2=7, hidden_3=5, hidden_4=99,
+                         activation="tanh", dtype="float64")  # fmt: skip
+    model = MLP.from_config(config, seed=4)
+    assert model.sizes == (784, 9, 7, 5, 10)
+    by_hand = MLP(9, 7, 5, activation="tanh", dtype="float64", seed=4)
+    assert all(np.array_equal(p, q) for p, q in zip(model.params, by_hand.params, strict=True))
+    assert MLP.from_config(ModelConfig(depth=1, hidden_1=800)).sizes == (784, 800, 10)
+
+
+def test_layers_are_drawn_input_side_first_so_a_deeper_net_starts_as_the_shallower():
+    # The same generator draws W1, W2, … in turn: 784-7-5-10's first layer is 784-7-10's.
+    shallow, deep = MLP(7, seed=2), MLP(7, 5, 6, seed=2)
+    assert np.array_equal(shallow.params[0], deep.params[0])
+
+
+@pytest.mark.parametrize("hidden", [(), (4, 4, 4, 4, 4), (4, 0), (4, -1)])
+def test_a_depth_outside_1_to_4_or_a_width_below_1_is_refused(hidden):
+    with pytest.raises(ValueError, match="hidden"):
+        MLP(*hidden)
+
+
+def test_not_finite_names_the_layer_at_any_depth():
+    model = MLP(4, 3, 2, 2, init="zeros")
+    assert not_finite(model.params) is None
+    model.params[7][0] = np.inf
+    assert not_finite(model.params) == "b4"
+    model.params[9][0] = np.nan
+    assert not_finite(model.params) == "b4"  # the first

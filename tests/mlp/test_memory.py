@@ -47,8 +47,13 @@ print(status("VmHWM:") - before)
         ({"hidden_1": 50, "hidden_2": 20000}, {"batch_size": 100, "eval_batch_size": 1000}),
         # the weights dominate, in float64 with momentum buffers
         ({"hidden_1": 1500, "hidden_2": 1500, "dtype": "float64"}, {"momentum": 0.9}),
+        # four hidden layers, two of them wide: every layer's activations count (#25)
+        ({"depth": 4, "hidden_1": 50, "hidden_2": 20000, "hidden_3": 50, "hidden_4": 20000},
+         {"batch_size": 1000, "eval_batch_size": 100, "dropout": 0.5}),
+        # one hidden layer, its weights dominating
+        ({"depth": 1, "hidden_1": 6000, "dtype": "float64"}, {"momentum": 0.9}),
     ],
-    ids=["step", "evaluation", "weights"],
+    ids=["step", "evaluation", "weights", "depth 4", "depth 1"],
 )  # fmt: skip
 def test_the_training_estimate_bounds_the_measured_peak_closely(model, train):
     train = {"epochs": 1, "shuffle": True, **train}

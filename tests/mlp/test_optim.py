@@ -98,7 +98,7 @@ def test_backward_with_dropout_matches_central_differences(activation, rng):
         return cross_entropy(logits, y)[0]
 
     logits, cache = model.forward(x, dropout=0.4, rng=np.random.default_rng(5))
-    assert cache.m1 is not None and (cache.m1 == 0).any()
+    assert all(m is not None and (m == 0).any() for m in cache.masks)
     grads = model.backward(logits, cache, y)
     for p, g in zip(model.params, grads, strict=True):
         numeric = central_differences(p, loss)
@@ -110,11 +110,12 @@ def test_dropout_keeps_the_expected_activation_and_is_off_at_evaluation(rng):
     x = rng.random((64, 784)).astype(np.float32)
     _, clean = model.forward(x)
     _, dropped = model.forward(x, dropout=0.3, rng=np.random.default_rng(0))
-    kept = (dropped.m1 > 0).mean()
+    m1, h1 = dropped.masks[0], dropped.hidden[0]
+    kept = (m1 > 0).mean()
     assert kept == pytest.approx(0.7, abs=0.01)
-    assert set(np.unique(dropped.m1)) == {0.0, np.float32(1 / 0.7)}
+    assert set(np.unique(m1)) == {0.0, np.float32(1 / 0.7)}
     # inverted dropout: the mean of the dropped layer matches the clean one
-    assert (dropped.h1 * dropped.m1).mean() == pytest.approx(clean.h1.mean(), rel=0.02)
+    assert (h1 * m1).mean() == pytest.approx(clean.hidden[0].mean(), rel=0.02)
     # evaluation never drops: a training config with dropout leaves evaluate() untouched
     logits, _ = model.forward(x)
     np.testing.assert_array_equal(model.predict(x), logits.argmax(axis=1))
