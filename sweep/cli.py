@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from mlp.config import PARAMETERS, ModelConfig
 from mlp.memory import InsufficientMemory
 from mlp.train import DivergedError
 from sweep import commands as c
@@ -29,6 +30,7 @@ from sweep.errors import (
 )  # fmt: skip
 from sweep.study.rules import DATA_RULES, STUDY_RULES, TRAIN_RULES, Rule, float_in, int_in
 from sweep.study.settings import add_train_arguments, checked, seed_rule
+from sweep.study.settings import flag as flag_of
 
 # -- what the flags accept: the study files' rules where a flag means the same value ----------
 
@@ -150,8 +152,9 @@ COMMANDS: dict[str, Command] = {
         "finite-difference check of backprop, table and log-log plot",
         "sweep gradcheck --out runs/gradcheck", (
         flag("--out", default="runs/gradcheck", help="output folder"),
-        flag("--hidden-1", rule=TRAIN_RULES["hidden_1"], default=512),
-        flag("--hidden-2", rule=TRAIN_RULES["hidden_2"], default=768),
+        *(flag(flag_of(f), rule=TRAIN_RULES[f], default=getattr(ModelConfig, f),
+               help=f"{PARAMETERS[f].help} (default: {getattr(ModelConfig, f)})")
+          for f in c.SHAPE),
         flag("--examples", rule=DATA_RULES["train_size"], default=10,
              help="training examples in the loss"),
         flag("--seed", rule=seed_rule(), default=0),

@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from mlp.config import MAX_DEPTH
 from sweep.errors import SpecError
 
 if TYPE_CHECKING:  # optuna takes a second to import; `sweep --help` should not wait for it
@@ -18,6 +19,8 @@ if TYPE_CHECKING:  # optuna takes a second to import; `sweep --help` should not 
     from sweep.study.spec import StudySpec
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+#: The fields of ModelConfig that give a network's shape: ``sweep gradcheck``'s flags.
+SHAPE = ("depth", *(f"hidden_{k}" for k in range(1, MAX_DEPTH + 1)))
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -35,8 +38,9 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one network and print a line per epoch and the final validation accuracy."""
-    from mlp import MLP, EpochMetrics, fit, load_mnist, parameter_count
+    from mlp import MLP, EpochMetrics, fit, load_mnist
     from mlp.memory import require_training
+    from mlp.model import described
     from sweep.study.settings import configs_from_args
 
     # Checked before any data is read: a bad value is one line and exit 2 (a SpecError).
@@ -51,9 +55,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ValueError as e:  # initial weights past the dtype's range (--init-std 1e308)
         raise SpecError(str(e)) from e
     print(
-        f"784-{m.hidden_1}-{m.hidden_2}-10 ({parameter_count(m.hidden_1, m.hidden_2):,}"
-        f" parameters), {m.init} init, {m.activation}, {m.dtype}, lr {config.learning_rate},"
-        f" batch {config.batch_size}, {len(ds.train.y):,} training examples"
+        f"{described(*m.hidden)}, {m.init} init, {m.activation}, {m.dtype},"
+        f" lr {config.learning_rate}, batch {config.batch_size},"
+        f" {len(ds.train.y):,} training examples"
     )
 
     def show(m: EpochMetrics) -> None:
@@ -297,14 +301,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_gradcheck(args: argparse.Namespace) -> int:
-    """Finite differences against backprop on the reference network, in float64."""
+    """Finite differences against backprop in float64, on the reference network or the one the
+    flags give (--depth hidden layers of --hidden-1 … --hidden-4 units)."""
     from pathlib import Path
 
+    from mlp.config import ModelConfig
     from sweep.gradcheck import check_gradients
 
-    report = check_gradients(hidden_1=args.hidden_1, hidden_2=args.hidden_2,
-                             examples=args.examples, seed=args.seed, out_dir=Path(args.out),
+    shape = ModelConfig(**{f: getattr(args, f) for f in SHAPE})
+    report = check_gradients(hidden=shape.hidden, examples=args.examples,
+                             seed=args.seed, out_dir=Path(args.out),
                              data_path=args.data)  # fmt: skip
+    print(f"gradient check of {report.network}")
     print(f"{'N':>8}  {'epsilon':>8}  max |difference|")
     for n, d in zip(report.ns, report.max_abs_diff, strict=True):
         print(f"{n:>8}  {1 / n:>8.0e}  {d:.3e}")

@@ -1,5 +1,6 @@
-"""The gradient check as a command: finite differences against backprop on the reference
-network, in float64, written as a table, a log-log figure and a reading of the curve.
+"""The gradient check as a command: finite differences against backprop on a network of any
+depth (the reference one by default), in float64, written as a table, a log-log figure and a
+reading of the curve.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ import dataclasses
 from pathlib import Path
 
 from mlp import MLP, gradcheck, load_mnist
-from mlp.memory import architecture, gradcheck_bytes, require
+from mlp.memory import gradcheck_bytes, require
+from mlp.model import described
 from sweep.report import figures
 from sweep.report.writer import md_table
 
@@ -18,6 +20,8 @@ from sweep.report.writer import md_table
 class GradcheckReport:
     """What ``check_gradients`` measured and where it wrote it."""
 
+    # What was checked: ``784-512-768-10 (803,594 parameters) in float64 on 10 examples``.
+    network: str
     ns: tuple[int, ...]  # N, with ε = 1/N
     max_abs_diff: tuple[float, ...]  # the largest |finite difference − backprop| at each N
     reading: str  # the curve in words (``describe``)
@@ -25,21 +29,21 @@ class GradcheckReport:
 
 
 def check_gradients(
-    *, hidden_1: int, hidden_2: int, examples: int, seed: int, out_dir: Path,
+    *, hidden: tuple[int, ...], examples: int, seed: int, out_dir: Path,
     data_path: str | None = None,
 ) -> GradcheckReport:  # fmt: skip
-    """Check a 784-hidden_1-hidden_2-10 network's backprop on its first ``examples`` training
-    examples against central differences at every ε of ``mlp.gradcheck``; write the report.
-    InsufficientMemory, before the network is built, if it would not fit."""
+    """Check the backprop of a 784-hidden-10 network (``hidden``: 1 to 4 widths) on its first
+    ``examples`` training examples against central differences at every ε of
+    ``mlp.gradcheck``; write the report. InsufficientMemory, before the network is built, if
+    it would not fit."""
     data = load_mnist(data_path)
-    require(gradcheck_bytes(hidden_1, hidden_2, examples=examples),
-            f"a gradient check of {architecture(hidden_1, hidden_2)} in float64 on "
-            f"{examples} examples")  # fmt: skip
-    model = MLP(hidden_1, hidden_2, dtype="float64", seed=seed)
+    network = f"{described(*hidden)} in float64 on {examples} examples"
+    require(gradcheck_bytes(*hidden, examples=examples), f"a gradient check of {network}")
+    model = MLP(*hidden, dtype="float64", seed=seed)
     x = data.train.x[:examples].astype("float64")
     result = gradcheck(model, x, data.train.y[:examples], seed=seed)
-    write(result.ns, result.max_abs_diff, out_dir=out_dir)
-    return GradcheckReport(result.ns, result.max_abs_diff,
+    write(result.ns, result.max_abs_diff, out_dir=out_dir, network=network)
+    return GradcheckReport(network, result.ns, result.max_abs_diff,
                            describe(result.ns, result.max_abs_diff), out_dir)  # fmt: skip
 
 
@@ -59,8 +63,9 @@ def describe(ns: tuple[int, ...], diffs: tuple[float, ...]) -> str:
     return text
 
 
-def write(ns: tuple[int, ...], diffs: tuple[float, ...], *, out_dir: Path) -> Path:
-    """gradcheck.csv, gradcheck.md (table and reading) and the log-log gradcheck.png."""
+def write(ns: tuple[int, ...], diffs: tuple[float, ...], *, out_dir: Path, network: str) -> Path:
+    """gradcheck.csv, gradcheck.md (the ``network`` checked, table and reading) and the log-log
+    gradcheck.png."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "gradcheck.csv").open("w", newline="") as f:
         w = csv.writer(f)
@@ -70,7 +75,7 @@ def write(ns: tuple[int, ...], diffs: tuple[float, ...], *, out_dir: Path) -> Pa
     rows = [[n, f"{1 / n:.0e}", f"{d:.3e}"] for n, d in zip(ns, diffs, strict=True)]
     table = md_table(["N", "ε", "max \\|difference\\|"], rows)
     (out_dir / "gradcheck.md").write_text(
-        "# Gradient check\n\n![max difference against N](gradcheck.png)\n\n"
+        f"# Gradient check\n\n{network}.\n\n![max difference against N](gradcheck.png)\n\n"
         f"{table}\n\n{describe(ns, diffs)}\n"
     )
     return out_dir

@@ -635,6 +635,9 @@ FLAGS = [
     (["dashboard", "--port", "http"], "--port must be an integer in [1, 65535]; got 'http'"),
     (["worker", "--study", "g", "--wait", "nan"], "--wait must be a float in [0, inf); got nan"),
     (["gradcheck", "--hidden-1", "0"], "--hidden-1 must be a 64-bit integer >= 1; got 0"),
+    (["gradcheck", "--depth", "5"], "--depth must be an integer in [1, 4]; got 5"),
+    (["gradcheck", "--depth", "0"], "--depth must be an integer in [1, 4]; got 0"),
+    (["gradcheck", "--hidden-4", "0"], "--hidden-4 must be a 64-bit integer >= 1; got 0"),
     # `sweep data --path ''` checked the cache instead, and a worker's `--data ''` meant the
     # stored study's copy: each flag for a dataset says what it must be.
     (["data", "--path", ""], f"--path {_DATASET}"),
@@ -659,6 +662,8 @@ def test_a_flag_that_breaks_its_rule_is_refused_while_parsed(args, line):
      (["dashboard", "--port", "1"], "port", 1),
      (["worker", "--wait", "0"], "wait", 0.0),
      (["gradcheck", "--examples", "1", "--hidden-1", "1"], "examples", 1),
+     (["gradcheck", "--depth", "4"], "depth", 4),
+     (["gradcheck", "--depth", "1"], "depth", 1),
      (["data", "--path", "~/mnist.pkl.gz"], "path", "~/mnist.pkl.gz")],
 )  # fmt: skip
 def test_a_flag_at_the_edge_of_its_rule_is_its_value(args, dest, value):

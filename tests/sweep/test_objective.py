@@ -20,7 +20,11 @@ def test_every_setting_and_the_seed_reach_the_model_or_the_training_run():
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     assert config == TrainConfig(**{k: v for k, v in changed.items() if k in train_fields}, seed=7)
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    by_hand = MLP(**{k: v for k, v in changed.items() if k in model_fields}, seed=7)
+    given = {k: v for k, v in changed.items() if k in model_fields}
+    widths = [given.pop(f"hidden_{k}") for k in range(1, given["depth"] + 1)]
+    options = {k: v for k, v in given.items() if k != "depth" and not k.startswith("hidden_")}
+    by_hand = MLP(*widths, **options, seed=7)
+    assert len(widths) == given["depth"] != 2  # a depth other than the default reaches it
     assert (model.sizes, model.activation, model.dtype) == (
         by_hand.sizes, by_hand.activation, by_hand.dtype
     )  # fmt: skip
