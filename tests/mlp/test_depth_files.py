@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mlp import MLP, CheckpointError, TrainConfig, fit, load_state, parameter_count, save_state
 
@@ -168,3 +170,27 @@ def test_a_training_state_of_another_depth_is_refused(tiny, tmp_path):
         load_state(tmp_path / "deep.npz", like=MLP(3, 2, 5))
     with pytest.raises(CheckpointError, match=r"got no w4"):
         load_state(DATA / "depth2-state.npz", like=MLP(3, 2, 10))
+
+
+_SIZE = st.one_of(
+    st.integers(-2, 12), st.sampled_from([784, 10, 2**31, 2**63, 10**30]), st.booleans(),
+    st.floats(allow_nan=False), st.text(max_size=3), st.none(), st.lists(st.integers(), max_size=2),
+)  # fmt: skip
+
+
+@settings(max_examples=150, derandomize=True, database=None, deadline=None)
+@given(sizes=st.one_of(
+    st.lists(_SIZE, max_size=8),
+    st.lists(st.integers(1, 12), min_size=1, max_size=6).map(lambda h: [784, *h, 10]),
+    st.lists(_SIZE, max_size=6).map(lambda h: [784, *h, 10]),
+))  # fmt: skip
+def test_any_sizes_in_a_sidecar_load_the_model_or_are_one_line(tmp_path_factory, sizes):
+    tmp_path = tmp_path_factory.mktemp("sizes")
+    MLP(3, 2).save(tmp_path / "a.npz")
+    path = _forged(tmp_path, "a", sizes=sizes)
+    try:
+        model = MLP.load(path)
+    except CheckpointError as e:
+        assert str(e).startswith(str(tmp_path / "x.")) and "\n" not in str(e)
+    else:
+        assert list(model.sizes) == sizes == [784, 3, 2, 10]
