@@ -212,7 +212,7 @@ def test_the_same_seed_gives_the_same_batch_and_another_seed_another(kind):
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_x_is_never_modified_and_out_is_filled(kind):
-    x = _images(20)
+    x = _images(300)  # more than a chunk of 256: the second chunk lands after the first
     kept = x.copy()
     into = np.full_like(x, np.nan)
     assert distort(x, np.random.default_rng(0), KINDS[kind], out=into) is into
