@@ -19,6 +19,7 @@ import numpy as np
 
 from mlp.config import TrainConfig
 from mlp.data import Dataset
+from mlp.distort import distort, distorts
 from mlp.functions import cross_entropy
 from mlp.model import MLP
 from mlp.optim import SGD, learning_rate_at
@@ -63,6 +64,11 @@ def fit(
 ) -> History:
     """Train ``model`` in place on ``data.train``, evaluating on ``data.valid`` every epoch.
 
+    With any distortion on (``mlp.distort``), every training minibatch is distorted afresh
+    before the forward pass, drawing from the run's generator; the evaluation passes see the
+    clean digits, so only the running-mean training metrics (``full_train_eval`` off) are
+    those of distorted batches.
+
     ``on_epoch`` sees each epoch's metrics and may stop training. ``on_state`` is then called
     (unless it stopped) with the state after the epoch and after the patience bookkeeping:
     copies, ~2 ms for the 784-512-768-10 model, which the caller may write or drop.
@@ -95,6 +101,9 @@ def fit(
     x_valid = np.asarray(data.valid.x, dtype=dtype)
     n = len(y_train)
     batch = np.empty((min(config.batch_size, n), x_train.shape[1]), dtype=dtype)
+    # Distortions (#25) go into a buffer of their own: x_train, which the full-train pass
+    # evaluates, and the shuffle's gather buffer stay the clean digits.
+    distorted = np.empty_like(batch) if distorts(config) else None
     for epoch in range(len(history.epochs) + 1, config.epochs + 1):
         start = time.perf_counter()
         lr = learning_rate_at(
@@ -115,6 +124,8 @@ def fit(
                 rows = order[lo:hi]
                 xb = np.take(x_train, rows, axis=0, out=batch[: hi - lo])
                 yb = y_train[rows]
+            if distorted is not None:  # drawn from the run's generator: a resume repeats it
+                xb = distort(xb, rng, config, out=distorted[: hi - lo])
             logits, cache = model.forward(xb, dropout=config.dropout, rng=rng)
             if not config.full_train_eval:
                 correct += int((logits.argmax(axis=1) == yb).sum())

@@ -5,7 +5,8 @@ Nothing here asserts a speed: speed is what `make bench` reports.
 
 import pytest
 
-from tests.bench import checkpoints
+from mlp import MLP
+from tests.bench import checkpoints, distortions
 from tests.bench import training as bench
 
 
@@ -23,14 +24,25 @@ def test_flops_per_epoch_by_hand():
     )
 
 
+@pytest.fixture
+def mlp_800(monkeypatch):
+    """The distortion rows' step is MLP(800), 784-800-10, once the depth part of #25 is
+    merged; before it, MLP(800, 10) stands in so that the rows run on every branch."""
+    try:
+        MLP(distortions.HIDDEN)
+    except TypeError:
+        monkeypatch.setattr(distortions, "MLP", lambda hidden, **kw: MLP(hidden, 10, **kw))
+
+
 @pytest.mark.slow
-def test_the_benchmark_runs_end_to_end(capsys):
+def test_the_benchmark_runs_end_to_end(capsys, mlp_800):
     bench.main(["--quick", "--epochs", "1", "--repeats", "1", "--skip-grid"])
     out = capsys.readouterr().out
     headings = ["## sgemm", "## training", "GEMMs alone:", "numpy MLP:", "PyTorch:",
                 "## framework overhead", "trials/s, 2 workers on one SQLite queue:",
                 "## checkpoints, one after each of 1 epoch(s)", "epoch, no checkpoints:",
-                "checkpoint:", "wall per epoch:"]  # fmt: skip
+                "checkpoint:", "wall per epoch:", "## distortions of the training digits",
+                "training step 784-800-10:", "all together:"]  # fmt: skip
     for heading in headings:
         assert heading in out
     (overhead,) = [line for line in out.splitlines() if line.startswith("overhead:")]
@@ -42,8 +54,43 @@ def test_only_runs_the_sections_named(capsys):
     bench.main(["--quick", "--repeats", "1", "--only", "sgemm"])
     out = capsys.readouterr().out
     assert "## sgemm" in out
-    for other in ("## training", "## seed grid", "## framework overhead", "## checkpoints"):
+    for other in ("## training", "## seed grid", "## framework overhead", "## checkpoints",
+                  "## distortions"):  # fmt: skip
         assert other not in out
+
+
+def test_the_distortion_rows_time_each_kind_and_the_step_alike(mnist, mlp_800, monkeypatch):
+    ran = []  # what ran, in order: the step or a kind's configuration
+    real_stepper, real_distort = distortions._stepper, distortions.distort
+
+    def stepper(x, y):
+        step = real_stepper(x, y)
+        return lambda: (ran.append(distortions.STEP), step())
+
+    def distort(x, rng, config, *, out):
+        assert x.shape == out.shape == (distortions.BATCH, 784)
+        ran.append(next(name for name, c in distortions.KINDS.items() if c == config))
+        return real_distort(x, rng, config, out=out)
+
+    monkeypatch.setattr(distortions, "_stepper", stepper)
+    monkeypatch.setattr(distortions, "distort", distort)
+    found = distortions.samples(mnist.head(600), rounds=2, batches=3)
+    assert list(found) == [distortions.STEP, *distortions.KINDS]
+    assert all(len(seconds) == 2 and min(seconds) > 0 for seconds in found.values())
+    # Three rounds (the first a warm-up), each timing 3 batches of every row in turn.
+    assert ran == [name for name in found for _ in range(3)] * 3
+
+
+def test_each_distortion_row_is_its_median_over_the_steps():
+    step = [0.004, 0.002, 0.003]  # median 3 ms
+    found = {distortions.STEP: step, "shift ±2 px": [0.0018, 0.0003, 0.0006]}
+    found |= {name: [0.0015] * 3 for name in distortions.KINDS if name != "shift ±2 px"}
+    found["all together"] = [0.0036] * 3
+    rows = distortions.lines(found)
+    assert rows[0].startswith("training step 784-800-10: median 3.000  (min 2.000, max 4.000)")
+    assert rows[1].endswith("0.20× the step   target ≤ 0.2×   ok")  # median 0.6 ms: on target
+    assert rows[2].endswith("median 1.500  (min 1.500, max 1.500)   0.50× the step")
+    assert rows[4].endswith("1.20× the step   target ≤ 1×   MISSED")
 
 
 def _tiny():

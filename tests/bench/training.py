@@ -9,7 +9,8 @@ Prints, in one run, medians (with min and max) of repeated measurements:
   - per-trial framework overhead (storage, claiming, bookkeeping; trivial objective) on our
     SQLite storage against optuna's in-memory storage, and trials/s with 8 worker processes;
   - what a checkpoint every epoch costs a sweep trial of the training rows' model, against
-    the epoch it follows (target ≤ 5%, ``sweep.trial.checkpoint.CHECKPOINT_OVERHEAD``).
+    the epoch it follows (target ≤ 5%, ``sweep.trial.checkpoint.CHECKPOINT_OVERHEAD``);
+  - each kind of distortion of the training digits against a 784-800-10 step (#25).
 ``--only SECTION`` (repeatable) runs some sections alone, e.g. ``--only checkpoints``.
 PyTorch is optional (the ``bench`` extra: ``pip install torch==2.13.0``, a CPU build); without it
 that row says so.
@@ -26,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +39,6 @@ def _stats(samples: list[float]) -> str:
     return (
         f"median {statistics.median(samples):.3f}  (min {min(samples):.3f}, max {max(samples):.3f})"
     )
-
-
-def _repeat(fn: Callable[[], float], repeats: int) -> list[float]:
-    return [fn() for _ in range(repeats)]
 
 
 def machine_facts() -> list[str]:
@@ -297,7 +293,7 @@ def parallel_rate(n: int, workers: int) -> float:
         return n / elapsed
 
 
-SECTIONS = ("sgemm", "training", "grid", "overhead", "checkpoints")
+SECTIONS = ("sgemm", "training", "grid", "overhead", "checkpoints", "distortions")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -334,6 +330,10 @@ def main(argv: list[str] | None = None) -> None:
 
         for line in section(data, epochs=1 if args.quick else 2, repeats=args.repeats):
             print(line)
+    if "distortions" in wanted:
+        from tests.bench.distortions import section as distortions  # it too
+
+        print("\n".join(distortions(data, quick=args.quick)))
 
 
 def _sgemm_section(quick: bool) -> None:
@@ -386,11 +386,11 @@ def _grid_section(epochs: int, train_size: int) -> None:
 def _overhead_section(quick: bool, repeats: int) -> None:
     print("\n## framework overhead, trivial objective")
     queued, parallel, workers = (20, 20, 2) if quick else (300, 400, 8)
-    overheads = _repeat(lambda: storage_overhead(queued), repeats)
+    overheads = [storage_overhead(queued) for _ in range(repeats)]
     base_ms = statistics.median(base for _, base in overheads)
     print(f"ms per trial, {queued} queued: {_stats([o for o, _ in overheads])} on SQLite (ours), "
           f"median {base_ms:.2f} in memory (optuna)")  # fmt: skip
-    rates = _repeat(lambda: parallel_rate(parallel, workers), repeats)
+    rates = [parallel_rate(parallel, workers) for _ in range(repeats)]
     print(f"trials/s, {workers} workers on one SQLite queue: {_stats(rates)}")
 
 
