@@ -16,7 +16,16 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
-from sweep.report.figures import ACCURACY, SIZE, _save, plt
+from sweep.report.figures import (
+    ACCURACY,
+    SIZE,
+    Curve,
+    _finish_losses,
+    _losses,
+    _save,
+    _with_losses,
+    plt,
+)
 
 BINS = 100  # bins along the x axis of ``binned``: ~9 pixels each at the figures' width
 MIN_PER_STEP = 5  # trials at a step below which a learning-curve band is not drawn
@@ -63,13 +72,13 @@ def binned(
 
 def curve_bands(
     sampled: Sequence[tuple[Sequence[int], Sequence[float]]],
-    best: Sequence[tuple[str, Sequence[int], Sequence[float]]], path: Path, *,
-    metric: str = ACCURACY, of: int,
+    best: Sequence[Curve], path: Path, *, metric: str = ACCURACY, of: int,
 ) -> Path:  # fmt: skip
     """Learning curves of many trials: per step, the median and 10–90% band over the
-    ``sampled`` curves (steps, values) of ``of`` trials in all, and the ``best`` few as lines
-    (label, steps, values). Non-finite values are left out; a step reached by fewer than
-    ``MIN_PER_STEP`` sampled trials gets no band."""
+    ``sampled`` curves (steps, values) of ``of`` trials in all, and the ``best`` few as lines,
+    with their training and validation losses below where they stored them (as
+    ``figures.learning_curves`` draws them). Non-finite values are left out; a step reached
+    by fewer than ``MIN_PER_STEP`` sampled trials gets no band."""
     at: dict[int, list[float]] = {}
     for steps, values in sampled:
         for s, v in zip(steps, values, strict=True):
@@ -77,15 +86,20 @@ def curve_bands(
                 at.setdefault(s, []).append(v)
     steps = sorted(s for s, vs in at.items() if len(vs) >= MIN_PER_STEP)
     q = np.array([np.quantile(at[s], [0.1, 0.5, 0.9]) for s in steps]).reshape(-1, 3)
-    fig, ax = plt.subplots(figsize=SIZE)
+    fig, ax, loss_ax = _with_losses(best)
     ax.fill_between(steps, q[:, 0], q[:, 2], color="tab:blue", alpha=0.25, linewidth=0,
                     label="10–90% of the sampled trials")  # fmt: skip
     ax.plot(steps, q[:, 1], color="tab:blue", linewidth=2, label="median")
-    for i, (label, s, v) in enumerate(best):
-        ax.plot(s, v, color=f"C{(i + 1) % 10}", marker="o", markersize=3, linewidth=1.2,
-                label=label)  # fmt: skip
+    for i, c in enumerate(best):
+        colour = f"C{(i + 1) % 10}"
+        ax.plot(c.steps, c.values, color=colour, marker="o", markersize=3, linewidth=1.2,
+                label=c.label)  # fmt: skip
+        if loss_ax is not None:
+            _losses(loss_ax, c, colour)
+    if loss_ax is not None:
+        _finish_losses(loss_ax, best)
     ax.set(title=f"Learning curves: {len(sampled):,} of {of:,} trials, sampled evenly",
-           xlabel="epoch", ylabel=metric)  # fmt: skip
+           xlabel="" if loss_ax else "epoch", ylabel=metric)  # fmt: skip
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")

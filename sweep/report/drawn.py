@@ -13,8 +13,19 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from sweep.errors import SpecError
 from sweep.report import digest, digest_figures, figures
-from sweep.report.shown import Trial, cell, config, finished, md_table, param_names, varying
+from sweep.report.shown import (
+    Trial,
+    cell,
+    config,
+    finished,
+    hidden,
+    md_table,
+    network,
+    param_names,
+    varying,
+)
 from sweep.report.stored import Kind, count, number, series
 from sweep.study.spec import StudySpec
 
@@ -24,23 +35,32 @@ NOTEBOOK_BEST = 97.74  # validation accuracy of the notebook's best grid point, 
 
 
 def grid_section(done: Sequence[Trial], out: Path, files: list[str], large: bool) -> str:
-    """The notebook's table and one heatmap per learning rate, for hidden_1 × hidden_2 grids;
-    a large grid's table is left to trials.csv, and only the ``digest.HEATMAPS`` learning
-    rates with the best trials get a heatmap."""
-    rows = sorted(
-        (config(t)["hidden_1"], config(t)["hidden_2"], count(t, "n_params"),
-         config(t)["learning_rate"], t.value)
-        for t in done
-    )  # fmt: skip
+    """The notebook's table and one heatmap per learning rate, for grids over the network; a
+    large grid's table is left to trials.csv, and only the ``digest.HEATMAPS`` learning rates
+    with the best trials get a heatmap.
+
+    A heatmap's axes are hidden_1 × hidden_2, so only a grid whose trials all have two hidden
+    layers gets them; one over several depths is compared by its accuracy against parameter
+    count, and a configuration whose network cannot be read is one line in their place."""
+    why = _no_heatmaps(done)
+    if why is None:
+        rows = sorted((config(t)["hidden_1"], config(t)["hidden_2"], count(t, "n_params"),
+                       config(t)["learning_rate"], t.value) for t in done)  # fmt: skip
+        header = ["hidden_1", "hidden_2", "parameters", "lr", "r_valid [%]"]
+        shown = [[h1, h2, f"{n:,}" if n is not None else "?", lr, f"{v:.2f}"]
+                 for h1, h2, n, lr, v in rows]  # fmt: skip
+    else:
+        nets = sorted((count(t, "n_params") or 0, network(t), config(t)["learning_rate"], t.value)
+                      for t in done)  # fmt: skip
+        header = ["network", "parameters", "lr", "r_valid [%]"]
+        shown = [[net, f"{n:,}" if n else "?", lr, f"{v:.2f}"] for n, net, lr, v in nets]
     if large:
-        text = (f"## The grid\n\n{len(rows):,} grid points; each one's values are in "
+        text = (f"## The grid\n\n{len(done):,} grid points; each one's values are in "
                 "[trials.csv](trials.csv).")  # fmt: skip
     else:
-        text = "## The grid\n\n" + md_table(
-            ["hidden_1", "hidden_2", "parameters", "lr", "r_valid [%]"],
-            [[h1, h2, f"{n:,}" if n is not None else "?", lr, f"{v:.2f}"]
-             for h1, h2, n, lr, v in rows],
-        )  # fmt: skip
+        text = "## The grid\n\n" + md_table(header, shown)
+    if why is not None:
+        return f"{text}\n\n{why}\n"
     h1s = sorted({r[0] for r in rows})
     h2s = sorted({r[1] for r in rows})
     by_lr: dict[Any, dict[tuple[Any, Any], float]] = {}
@@ -61,6 +81,26 @@ def grid_section(done: Sequence[Trial], out: Path, files: list[str], large: bool
     return text + "\n"
 
 
+def _no_heatmaps(done: Sequence[Trial]) -> str | None:
+    """Why the grid gets no hidden_1 × hidden_2 heatmaps, in one line; None if it does."""
+    depths: set[int] = set()
+    for t in done:
+        try:
+            widths = hidden(t)
+        except SpecError as e:  # anyone's JSON: the one line a user sees of it
+            logger.warning("No hidden_1 × hidden_2 heatmaps: %s.", e)
+            return f"No hidden_1 × hidden_2 heatmaps: {e}."
+        if widths is None:
+            return f"No hidden_1 × hidden_2 heatmaps: trial {t.number} stores no widths."
+        depths.add(len(widths))
+    if depths == {2}:
+        return None
+    *most, last = sorted(depths)
+    listed = f"{', '.join(map(str, most))} and {last}" if most else str(last)
+    return (f"Trials of {listed} hidden layers: no hidden_1 × hidden_2 heatmaps; the accuracy "
+            "against parameter count compares them.")  # fmt: skip
+
+
 def init_section(trials: Sequence[Trial], out: Path, files: list[str], log: bool) -> str:
     losses = {
         str(config(t).get("init")): series(t, "train_loss")
@@ -75,9 +115,10 @@ def init_section(trials: Sequence[Trial], out: Path, files: list[str], log: bool
 
 
 def is_grid(done: Sequence[Trial], varying: list[str], kind: Kind) -> bool:
-    """A hidden_1 × hidden_2 grid whose configurations are all numbers (the heatmaps' axes)."""
-    if not (done and {"hidden_1", "hidden_2"} <= set(varying) and kind.spec is not None
-            and kind.spec.sampler == "grid"):  # fmt: skip
+    """A grid over the network (hidden_1 × hidden_2, or the depth) whose configurations are
+    all numbers: the table's columns, the heatmaps' axes."""
+    if not (done and ({"hidden_1", "hidden_2"} <= set(varying) or "depth" in varying)
+            and kind.spec is not None and kind.spec.sampler == "grid"):  # fmt: skip
         return False
     return all(
         all(number(config(t).get(k)) is not None for k in ("hidden_1", "hidden_2",
@@ -159,11 +200,8 @@ def draw(study: optuna.Study, trials: Sequence[Trial], kind: Kind, out: Path,
         _curve_bands(trials, top, kind, out, files)
         return None
     colour = _colour_by(trials, scores)
-    curves = [
-        (_group(t, colour), sorted(t.intermediate_values), [t.intermediate_values[e] for e in
-         sorted(t.intermediate_values)], t.state == TrialState.PRUNED)
-        for t in _group_order(trials, colour) if t.intermediate_values
-    ]  # fmt: skip
+    curves = [_curve(t, _group(t, colour)) for t in _group_order(trials, colour)
+              if t.intermediate_values]  # fmt: skip
     if curves:
         figures.learning_curves(curves, out / "learning_curves.png", metric=kind.metric,
                                 legend_title=colour and "coloured by")  # fmt: skip
@@ -171,13 +209,21 @@ def draw(study: optuna.Study, trials: Sequence[Trial], kind: Kind, out: Path,
     return colour
 
 
+def _curve(t: Trial, label: str) -> figures.Curve:
+    """The trial's learning curves: its reported values, and the training and validation loss
+    per epoch that sweep's objective stores (``train_loss``, ``valid_loss``)."""
+    steps = sorted(t.intermediate_values)
+    return figures.Curve(label, steps, [t.intermediate_values[e] for e in steps],
+                         t.state == TrialState.PRUNED, series(t, "train_loss"),
+                         series(t, "valid_loss"))  # fmt: skip
+
+
 def _curve_bands(trials: Sequence[Trial], top: list[Trial], kind: Kind, out: Path,
                  files: list[str]) -> None:  # fmt: skip
     """A large study's learning curves: bands over the sampled trials, the best as lines."""
     sampled = [(list(t.intermediate_values), list(t.intermediate_values.values()))
                for t in digest.curve_sample(trials) if t.intermediate_values]  # fmt: skip
-    best = [(f"#{t.number} (best {i + 1})", list(t.intermediate_values),
-             list(t.intermediate_values.values()))
+    best = [_curve(t, f"#{t.number} (best {i + 1})")
             for i, t in enumerate(top[: digest.BEST_CURVES]) if t.intermediate_values]  # fmt: skip
     if sampled:
         curved = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)

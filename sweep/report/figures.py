@@ -14,8 +14,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -23,6 +25,7 @@ import matplotlib.pyplot as plt
 from sweep.study.spec import METRIC as ACCURACY
 
 SIZE = (7.5, 4.6)  # inches; at DPI this is 900 × 552 pixels, readable at 100% zoom
+TALL = (7.5, 7.6)  # two panels sharing their x axis: 900 × 912 pixels
 DPI = 120
 #: Heatmap cells that still get a printed value: 9-point text fills a 10 × 10 grid's cells.
 LABELLED_CELLS = 100
@@ -79,36 +82,89 @@ def accuracy_over_time(
     return _save(fig, path)
 
 
-def learning_curves(
-    curves: Sequence[tuple[str, Sequence[int], Sequence[float], bool]], path: Path, *,
-    metric: str = ACCURACY, legend_title: str | None = None,
-) -> Path:  # fmt: skip
-    """The reported value per step, one line per trial (label, steps, values, pruned).
+class Curve(NamedTuple):
+    """One trial's learning curves: the value it reported per step (``label``'s line), whether
+    it was pruned, and its training and validation loss per epoch from epoch 1 (empty where it
+    stored none: another client's study)."""
 
+    label: str
+    steps: Sequence[int]
+    values: Sequence[float]
+    pruned: bool = False
+    train_loss: Sequence[float] = ()
+    valid_loss: Sequence[float] = ()
+
+
+def learning_curves(
+    curves: Sequence[Curve], path: Path, *, metric: str = ACCURACY,
+    legend_title: str | None = None,
+) -> Path:  # fmt: skip
+    """The reported value per step, one line per trial; below it, where the trials stored
+    them, each one's training (dashed) and validation (solid) loss per epoch in its colour.
+
+    The gap between the two losses is what distortions of the training digits and dropout
+    open (they make training harder than validation), so it is drawn, not only the value.
     With ``legend_title`` the labels are groups (``learning_rate = 0.1``): one colour and one
     legend entry each, so that 24 lines read as three families. Pruned trials are grey and
     dashed, so the survivors stand out.
     """
-    fig, ax = plt.subplots(figsize=SIZE)
+    fig, ax, loss_ax = _with_losses(curves)
     colours: dict[str, str] = {}
-    for label, epochs, acc, pruned in curves:
-        if pruned:
-            ax.plot(epochs, acc, color="0.6", linestyle="--", linewidth=1, label="_pruned")
+    for c in curves:
+        if c.pruned:
+            line = ax.plot(c.steps, c.values, color="0.6", linestyle="--", linewidth=1,
+                           label="_pruned")  # fmt: skip
         elif legend_title is not None:
-            first = label not in colours
-            colour = colours.setdefault(label, f"C{len(colours) % 10}")
-            ax.plot(epochs, acc, marker="o", markersize=3, linewidth=1.2, color=colour,
-                    alpha=0.8, label=label if first else "_same")  # fmt: skip
+            first = c.label not in colours
+            colour = colours.setdefault(c.label, f"C{len(colours) % 10}")
+            line = ax.plot(c.steps, c.values, marker="o", markersize=3, linewidth=1.2,
+                           color=colour, alpha=0.8,
+                           label=c.label if first else "_same")  # fmt: skip
         else:
-            ax.plot(epochs, acc, marker="o", markersize=3, linewidth=1.2, label=label)
-    if any(p for *_, p in curves):
+            line = ax.plot(c.steps, c.values, marker="o", markersize=3, linewidth=1.2,
+                           label=c.label)  # fmt: skip
+        if loss_ax is not None:
+            _losses(loss_ax, c, line[0].get_color())
+    if any(c.pruned for c in curves):
         ax.plot([], [], color="0.6", linestyle="--", label="pruned")
-    ax.set(title="Learning curves", xlabel="epoch", ylabel=metric)
+    if loss_ax is not None:
+        _finish_losses(loss_ax, curves)
+    ax.set(title="Learning curves", xlabel="" if loss_ax else "epoch", ylabel=metric)
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     if len(ax.get_legend_handles_labels()[1]) <= 12:  # beyond that a legend hides the curves
         ax.legend(fontsize=7, loc="lower right", title=legend_title, title_fontsize=7)
     return _save(fig, path)
+
+
+def _with_losses(curves: Sequence[Curve]) -> tuple[plt.Figure, plt.Axes, plt.Axes | None]:
+    """A figure for learning curves: one panel, or two (value above, loss below, sharing the
+    epochs) when any curve has a loss."""
+    if not any(c.train_loss or c.valid_loss for c in curves):
+        fig, ax = plt.subplots(figsize=SIZE)
+        return fig, ax, None
+    fig, (ax, loss_ax) = plt.subplots(2, 1, sharex=True, figsize=TALL)
+    return fig, ax, loss_ax
+
+
+def _losses(ax: plt.Axes, c: Curve, colour: str) -> None:
+    """A curve's training (dashed) and validation (solid) loss per epoch, in ``colour``."""
+    faint = {"alpha": 0.5, "linewidth": 0.8} if c.pruned else {"linewidth": 1.2}
+    for values, style in ((c.train_loss, "--"), (c.valid_loss, "-")):
+        ax.plot(range(1, len(values) + 1), values, color=colour, linestyle=style,
+                label="_loss", **faint)  # fmt: skip
+
+
+def _finish_losses(ax: plt.Axes, curves: Sequence[Curve]) -> None:
+    """The loss panel's key to its two styles, labels and scale: logarithmic where every loss
+    is positive (a gap of 0.03 against 0.01 then shows as plainly as 0.3 against 0.1)."""
+    lowest = min((min(v) for c in curves for v in (c.train_loss, c.valid_loss) if v), default=1)
+    ax.plot([], [], color="0.2", linestyle="--", label="training loss")
+    ax.plot([], [], color="0.2", linestyle="-", label="validation loss")
+    ax.legend(fontsize=7, loc="upper right")
+    ax.set(title="Loss per epoch", xlabel="epoch", ylabel="cross-entropy")
+    ax.set_yscale("log" if lowest > 0 else "linear")
+    ax.grid(alpha=0.3, which="both")
 
 
 def accuracy_vs_params(
@@ -154,8 +210,6 @@ def grid_heatmap(
 ) -> Path:  # fmt: skip
     """hidden_1 × hidden_2 cells annotated with validation accuracy (up to ``LABELLED_CELLS``
     cells; a larger grid is read by its colours alone); missing cells blank."""
-    import numpy as np
-
     grid = np.full((len(rows), len(cols)), np.nan)
     for (r, c), v in cells.items():
         grid[rows.index(r), cols.index(c)] = v
@@ -176,6 +230,32 @@ def grid_heatmap(
     ax.set_yticks(ys, [str(rows[i]) for i in ys])
     ax.set(title=title, xlabel="hidden_2 (units)", ylabel="hidden_1 (units)")
     fig.colorbar(image, ax=ax, label=ACCURACY)
+    return _save(fig, path)
+
+
+def distortions(originals: np.ndarray, draws: Sequence[np.ndarray], path: Path, *,
+                title: str) -> Path:  # fmt: skip
+    """Training digits as they are (first column) and as each of ``draws`` distorted them (one
+    column per draw), a digit per row: ``originals`` and every draw (n, 784) in [0, 1)."""
+    side, gap = 28, 2
+    n, columns = len(originals), 1 + len(draws)
+    tiles = np.stack([originals, *draws], axis=1).reshape(n, columns, side, side)
+    mosaic = np.full((n * (side + gap) - gap, columns * (side + gap) - gap), np.nan)
+    for r in range(n):
+        for c in range(columns):
+            top, left = r * (side + gap), c * (side + gap)
+            mosaic[top : top + side, left : left + side] = tiles[r, c]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.62 * columns, 1.2 + 0.62 * n))
+    cmap = matplotlib.colormaps["gray_r"].with_extremes(bad="white")
+    ax.imshow(mosaic, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.axvline(side + gap / 2 - 0.5, color="tab:red", linewidth=1)  # originals | draws
+    ax.set_xticks([c * (side + gap) + side / 2 - 0.5 for c in range(columns)],
+                  ["as is", *(str(k) for k in range(1, columns))], fontsize=8)  # fmt: skip
+    ax.set_yticks([])
+    ax.set_xlabel("fresh draws of the distortions", fontsize=8)
+    ax.set_title(title, fontsize=8)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
     return _save(fig, path)
 
 

@@ -1,5 +1,5 @@
 """How a report shows one trial: which trials a figure can place, a trial's parameters,
-configuration and note, and a Markdown table's cells.
+configuration, network and note, and a Markdown table's cells.
 
 Shared by the report (``sweep.report.writer``) and its figures (``sweep.report.drawn``); takes
 sweep's narrow records (``sweep.queue.report_reads.Record``) or optuna's whole trials alike.
@@ -13,9 +13,13 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+import mlp.model
+from mlp.config import MAX_DEPTH, ModelConfig
+from sweep.errors import SpecError
 from sweep.queue.attrs import why_failed
 from sweep.queue.report_reads import Record
 from sweep.report.stored import count, printable, series
+from sweep.study.rules import TRAIN_RULES, check_value
 
 #: What the report reads a trial as: sweep's own narrow record, or optuna's whole trial (the
 #: multi-objective report, the best trial).
@@ -76,6 +80,49 @@ def config(t: Trial) -> dict[str, Any]:
     """The trial's whole configuration as sweep stored it, else its parameters."""
     stored = t.user_attrs.get("config")
     return stored if isinstance(stored, dict) else dict(t.params)
+
+
+def checked(t: Trial, names: Sequence[str]) -> dict[str, Any]:
+    """Those of the named fields that the trial's configuration (``config``) holds, each
+    checked by its study-file rule: the configuration is anyone's JSON. SpecError names the
+    first that no study file could hold, in one line (``trial 3's stored config: [train.depth]
+    must be an integer in [1, 4]; got 7``)."""
+    stored = config(t)
+    source = f"trial {t.number}'s stored config"
+    return {n: check_value(source, f"train.{n}", TRAIN_RULES[n], stored[n])
+            for n in names if n in stored}  # fmt: skip
+
+
+def hidden(t: Trial) -> tuple[int, ...] | None:
+    """The trial's hidden widths, input side first: ``depth`` of them (2 where the
+    configuration has no depth, as every trial before #25). None where a width in use is
+    missing; SpecError (``checked``) for a depth or width in use that no study file could
+    hold."""
+    depth = ModelConfig(**checked(t, ["depth"])).depth
+    names = [f"hidden_{k}" for k in range(1, depth + 1)]
+    widths = checked(t, names)
+    return tuple(widths[n] for n in names) if len(widths) == depth else None
+
+
+def in_use(t: Trial) -> dict[str, Any]:
+    """The trial's configuration (``config``) without the widths past its depth, which its
+    network does not have (a depth-2 trial stores hidden_3 and hidden_4 all the same)."""
+    try:
+        depth = len(hidden(t) or ())
+    except SpecError:
+        depth = 0
+    unused = {f"hidden_{k}" for k in range(depth + 1, MAX_DEPTH + 1)} if depth else set()
+    return {k: v for k, v in config(t).items() if k not in unused}
+
+
+def network(t: Trial) -> str:
+    """The trial's network as messages name one (``784-800-10``): empty where its
+    configuration does not say, ``?`` where it holds a depth or width no study file could."""
+    try:
+        widths = hidden(t)
+    except SpecError:
+        return "?"
+    return "" if widths is None else mlp.model.architecture(*widths)
 
 
 def md_table(header: list[str], rows: list[list[Any]]) -> str:

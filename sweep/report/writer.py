@@ -1,8 +1,10 @@
 """Reports: a study in the database → a folder a person can read without the dashboard.
 
-Reads only the database (never trains), so it works on a study still running or finished on
-another host. Writes ``report.md`` (figures embedded by relative path), ``trials.csv`` and PNG
-figures with stable names.
+Reads the database (never trains), so it works on a study still running or finished on
+another host; the one exception is the figure of a study's distortions, which shows a few
+training digits of its dataset if this host has them (``sweep.report.distortions``). Writes
+``report.md`` (figures embedded by relative path), ``trials.csv`` and PNG figures with stable
+names.
 
 Trials are read narrowly (``sweep.queue.report_reads``: what the report shows, curves only for the
 trials drawn), and a study of more than ``digest.LARGE`` finished trials is summarised rather than
@@ -28,14 +30,16 @@ from optuna.trial import FrozenTrial, TrialState
 from sweep.errors import SweepError
 from sweep.queue import report_reads
 from sweep.queue.storage import mask_password, study_names
-from sweep.report import digest, digest_figures, drawn
+from sweep.report import digest, digest_figures, distortions, drawn
 from sweep.report.shown import (
     Trial,
     cell,
     config,
     final,
     finished,
+    in_use,
     md_table,
+    network,
     param_names,
     reason,
     varying,
@@ -105,10 +109,11 @@ def write_csv(trials: Sequence[Trial], path: Path, *, maximize: bool = True) -> 
     names = param_names(trials)
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["number", "state", *names, "n_params", "value", *METRICS, "seconds", "reason"])
+        w.writerow(["number", "state", *names, "network", "n_params", "value", *METRICS,
+                    "seconds", "reason"])  # fmt: skip
         for t in ordered(list(trials), maximize=maximize):
             w.writerow([
-                t.number, t.state.name, *(t.params.get(n, "") for n in names),
+                t.number, t.state.name, *(t.params.get(n, "") for n in names), network(t),
                 count(t, "n_params") or "", "" if t.value is None else t.value,
                 *("" if (v := final(t, m)) is None else v for m in METRICS),
                 number(t.user_attrs.get("seconds")) or "", reason(t),
@@ -117,14 +122,16 @@ def write_csv(trials: Sequence[Trial], path: Path, *, maximize: bool = True) -> 
 
 def write_report(
     storage: optuna.storages.BaseStorage, study_name: str, *, out_dir: Path,
-    log_loss: bool = False,
+    log_loss: bool = False, data_path: str | None = None,
 ) -> Report:  # fmt: skip
     """Write the study's report folder; return what was written.
 
-    A study sweep made gets its budget, grid and initialisation sections; any other (another
-    optuna client's, in the same database) gets a plain report in its own direction and metric
-    name. A study of more than ``digest.LARGE`` finished trials is summarised. Raises
-    SweepError for an unknown study or one without trials.
+    A study sweep made gets its budget, grid, initialisation and distortion sections; any
+    other (another optuna client's, in the same database) gets a plain report in its own
+    direction and metric name. A study of more than ``digest.LARGE`` finished trials is
+    summarised. ``data_path``: this host's copy of MNIST for the distortions' figure (default:
+    the study's, else this host's cache). Raises SweepError for an unknown study or one
+    without trials.
     """
     study = load_study(storage, study_name)
     multi = len(study.directions) > 1
@@ -169,6 +176,13 @@ def write_report(
             sections.append(drawn.grid_section(done, out_dir, files, large))
         if "init" in varies or kind.spec.dimension("init") is not None:
             sections.append(drawn.init_section(trials, out_dir, files, log_loss))
+        # the best trials' settings: a large study's listed ones, a small study's every trial
+        best_first = top if top is not None else ordered(list(trials), maximize=kind.maximize)
+        shown = distortions.section(best_first, out_dir, files,
+                                    data_path=data_path or kind.spec.data_path,
+                                    train_size=kind.spec.train_size)  # fmt: skip
+        if shown is not None:
+            sections.append(shown)
     best = study.best_trial if any(t.state == TrialState.COMPLETE for t in trials) else None
     lines = [f"# Study `{printable(study_name, 400)}`", "", *_summary(study, trials, kind, best)]
     if large:
@@ -190,7 +204,7 @@ def write_report(
             lines += [f"## {title}", "", f"![{title.lower()}]({name})", ""]
     lines += sections
     names = param_names(trials)
-    columns = ["parameters", kind.metric, "seconds"] if kind.sweep else [kind.metric]
+    columns = ["network", "parameters", kind.metric, "seconds"] if kind.sweep else [kind.metric]
     header = ["#", "state", *names, *columns, "note"]
     if large:
         lines += _digest_sections(trials, kind, names)
@@ -213,7 +227,8 @@ def _trial_rows(trials: Sequence[Trial], kind: Kind, names: list[str]) -> list[l
     rows = []
     for t in ordered(list(trials), maximize=kind.maximize):
         value = "" if t.value is None else f"{t.value:.{'2f' if kind.sweep else '6g'}}"
-        ours = [count(t, "n_params") or "", value, number(t.user_attrs.get("seconds")) or ""]
+        ours = [network(t), count(t, "n_params") or "", value,
+                number(t.user_attrs.get("seconds")) or ""]  # fmt: skip
         rows.append([t.number, t.state.name.lower(), *(t.params.get(n, "") for n in names),
                      *(ours if kind.sweep else [value]), reason(t)])  # fmt: skip
     return rows
@@ -262,10 +277,10 @@ def _summary(study: optuna.Study, trials: Sequence[Trial], kind: Kind,
                  f"- direction: {direction}, metric: {kind.metric}"]  # fmt: skip
     lines.append("- trials: " + ", ".join(f"{n:,} {s}" for s, n in counts.items() if n))
     if best is not None and kind.sweep:
-        cfg = ", ".join(f"{cell(k)}={cell(v)}" for k, v in config(best).items())
-        lines.append(
-            f"- best: trial {best.number}, validation accuracy **{best.value:.2f}%** ({cfg})"
-        )
+        cfg = ", ".join(f"{cell(k)}={cell(v)}" for k, v in in_use(best).items())
+        net = network(best)
+        lines.append(f"- best: trial {best.number}, validation accuracy **{best.value:.2f}%** "
+                     f"({f'{net}; ' if net else ''}{cfg})")  # fmt: skip
     elif best is not None:
         params = ", ".join(f"{cell(k)}={cell(v)}" for k, v in best.params.items())
         lines.append(f"- best: trial {best.number}, {kind.metric} **{best.value:.6g}** ({params})")
