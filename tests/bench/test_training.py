@@ -5,7 +5,6 @@ Nothing here asserts a speed: speed is what `make bench` reports.
 
 import pytest
 
-from mlp import MLP
 from tests.bench import checkpoints, distortions
 from tests.bench import training as bench
 
@@ -24,18 +23,8 @@ def test_flops_per_epoch_by_hand():
     )
 
 
-@pytest.fixture
-def mlp_800(monkeypatch):
-    """The distortion rows' step is MLP(800), 784-800-10, once the depth part of #25 is
-    merged; before it, MLP(800, 10) stands in so that the rows run on every branch."""
-    try:
-        MLP(distortions.HIDDEN)
-    except TypeError:
-        monkeypatch.setattr(distortions, "MLP", lambda hidden, **kw: MLP(hidden, 10, **kw))
-
-
 @pytest.mark.slow
-def test_the_benchmark_runs_end_to_end(capsys, mlp_800):
+def test_the_benchmark_runs_end_to_end(capsys):
     bench.main(["--quick", "--epochs", "1", "--repeats", "1", "--skip-grid"])
     out = capsys.readouterr().out
     headings = ["## sgemm", "## training", "GEMMs alone:", "numpy MLP:", "PyTorch:",
@@ -59,7 +48,7 @@ def test_only_runs_the_sections_named(capsys):
         assert other not in out
 
 
-def test_the_distortion_rows_time_each_kind_and_the_step_alike(mnist, mlp_800, monkeypatch):
+def test_the_distortion_rows_time_each_kind_and_the_step_alike(mnist, monkeypatch):
     ran = []  # what ran, in order: the step or a kind's configuration
     real_stepper, real_distort = distortions._stepper, distortions.distort
 

@@ -18,9 +18,6 @@ from sweep.queue.storage import open_storage
 from sweep.report import figures, writer
 from sweep.study.spec import load_spec
 from tests.sweep.helpers import grid_study, load, run_cli, sweep_cmd
-from tests.sweep.report_contracts import contracts  # noqa: F401  (a fixture)
-
-pytestmark = pytest.mark.usefixtures("contracts")
 
 
 def png_size(path: Path) -> tuple[int, int]:

@@ -17,9 +17,6 @@ from sweep.report import distortions, figures, writer
 from sweep.study.settings import TrainSettings
 from sweep.study.spec import load_spec
 from tests.sweep.helpers import grid_study, main_in_process
-from tests.sweep.report_contracts import contracts  # noqa: F401  (a fixture)
-
-pytestmark = pytest.mark.usefixtures("contracts")
 
 _PARAMS = {
     "hidden_1": optuna.distributions.CategoricalDistribution([64, 128]),

@@ -24,9 +24,6 @@ from sweep.queue.storage import open_storage
 from sweep.report import digest, digest_figures, figures, writer
 from tests.bench.bigstudy import build
 from tests.sweep.helpers import run_cli
-from tests.sweep.report_contracts import contracts  # noqa: F401  (a fixture)
-
-pytestmark = pytest.mark.usefixtures("contracts")
 
 N = 1_500  # above digest.LARGE (1,000), small enough to build in seconds
 
