@@ -31,6 +31,7 @@ from sweep.queue.storage import (
 )
 from sweep.queue.studies import adopt_spec
 from sweep.queue.transactions import writing
+from sweep.study.budget import widths_of
 from sweep.study.sampler import BoundedTPESampler
 from sweep.study.space import grid_points
 from sweep.study.spec import METRIC, StudySpec, first_difference, stored_spec
@@ -192,7 +193,7 @@ def _peek(url: str, name: str) -> dict[str, Any] | None:
 def _cost(spec: StudySpec, point: dict[str, Any]) -> int:
     """A grid point's training work, in proportion: epochs × weights."""
     settings = dataclasses.replace(spec.train, **point)
-    return settings.epochs * parameter_count(settings.hidden_1, settings.hidden_2)
+    return settings.epochs * parameter_count(*widths_of(settings))
 
 
 def top_up(study: optuna.Study, spec: StudySpec) -> int:

@@ -33,9 +33,9 @@ MAX_STUDY_FILE_BYTES = 1 << 20
 #: descriptive name and a quarter of optuna's 512-character study_name column.
 MAX_NAME_LENGTH = 128
 #: Grid points (the product of the list lengths, before the budget keeps its points), the
-#: values of one list, and the (hidden_1, hidden_2) pairs of two lists under TPE or random
-#: sampling (one categorical parameter, ``architecture``): each is enqueued, enumerated or
-#: stored as one choice, so each is capped. The notebook's grid has 48 points.
+#: values of one list, and the combinations of the lists of widths of one depth under TPE or
+#: random sampling (one categorical parameter, ``architecture``): each is enqueued, enumerated
+#: or stored as one choice, so each is capped. The notebook's grid has 48 points.
 MAX_CHOICES = 100_000
 #: A TPE/random launcher enqueues a WAITING row for every trial up to the cap at once
 #: (sweep.queue.topup.top_up), so the cap is bounded like the grid.

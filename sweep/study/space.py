@@ -1,14 +1,14 @@
 """Search spaces under the parameter budget: grid points, and a suggest function whose every
-sample is an in-budget architecture.
+sample is an in-budget network of one of the study's depths.
 
-The parameter count is linear in each hidden size when the other is fixed,
-
-    count = (785 + h2)·h1 + 11·h2 + 10 = (h1 + 11)·h2 + 785·h1 + 10,
-
-so the sizes that meet min < count < max given the other one form an exact integer interval.
-TPE and random sampling draw hidden_1 from the sizes that have at least one in-budget partner,
-then hidden_2 from the interval that hidden_1 leaves: no trial is ever spent outside the
-budget, and every feasible architecture can be drawn (not just a corner of the region).
+A trial's depth is drawn first (a [space] list of depths, or the [train] one), from the depths
+that have at least one in-budget network within the widths' ranges; then the widths that
+depth uses, and only those (optuna's conditional space: hidden_3 only when depth >= 3, so a
+trial records the widths it uses). Under TPE and random sampling a list of widths is drawn
+first, from its values that have an in-budget completion, then each range in layer order from
+the exact interval of values that leaves one (``sweep.study.budget.reachable``): no trial is
+ever spent outside the budget, and every feasible network can be drawn. Widths that are all
+lists are drawn together from their in-budget combinations (see ``DepthSpace.suggest``).
 
 The space needs nothing of a study spec but the few attributes of ``SearchSpec``, so that the
 spec (``sweep.study.spec``), which checks its budget here, is the one that imports.
@@ -18,17 +18,21 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from mlp.model import parameter_count
 from sweep.errors import SpecError
+from sweep.study.budget import WIDTHS, Budget, feasible, reachable, used, widths_of
 from sweep.study.rules import show
 
 if TYPE_CHECKING:
     import optuna
 
-_HIDDEN = ("hidden_1", "hidden_2")
-ARCHITECTURE = "architecture"  # the joint parameter used when both sizes are lists (see below)
+#: The joint parameter of widths that are all lists but not all of whose combinations fit
+#: (see ``DepthSpace.suggest``); ``architecture_<depth>`` when the study searches the depth.
+ARCHITECTURE = "architecture"
+DEPTH = "depth"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,17 +48,6 @@ class Dimension:
     @property
     def is_range(self) -> bool:
         return self.choices is None
-
-
-@dataclasses.dataclass(frozen=True)
-class Budget:
-    """Exclusive bounds on the parameter count: min_params < count < max_params."""
-
-    min_params: int = 500_000
-    max_params: int = 1_000_000
-
-    def admits(self, hidden_1: int, hidden_2: int) -> bool:
-        return self.min_params < parameter_count(hidden_1, hidden_2) < self.max_params
 
 
 #: A trial's flat settings: a frozen dataclass of every [train] field (sweep.study.settings).
@@ -75,117 +68,145 @@ class SearchSpec(Protocol[Settings]):
     def dimension(self, name: str) -> Dimension | None: ...
 
 
-def _open_interval(budget: Budget, slope: int, offset: int) -> tuple[int, int]:
-    """Integers x with min < slope·x + offset < max, as (lo, hi) (empty when lo > hi)."""
-    lo = (budget.min_params - offset) // slope + 1
-    hi = -((offset - budget.max_params) // slope) - 1
-    return lo, hi
-
-
-def hidden_2_interval(budget: Budget, hidden_1: int) -> tuple[int, int]:
-    """The hidden_2 sizes that put (hidden_1, hidden_2) inside the budget."""
-    return _open_interval(budget, hidden_1 + 11, 785 * hidden_1 + 10)
-
-
-def hidden_1_interval(budget: Budget, hidden_2: int) -> tuple[int, int]:
-    """The hidden_1 sizes that put (hidden_1, hidden_2) inside the budget."""
-    return _open_interval(budget, 785 + hidden_2, 11 * hidden_2 + 10)
+def depths(spec: SearchSpec) -> tuple[int, ...]:
+    """The depths a study's trials may have: its [space] list, or its [train] depth."""
+    dim = spec.dimension(DEPTH)
+    return tuple(dim.choices) if dim is not None and dim.choices else (spec.train.depth,)  # type: ignore[attr-defined]
 
 
 def grid_points(spec: SearchSpec) -> list[dict[str, Any]]:
-    """Every in-budget point of a grid space, in file order (the notebook's grid → 24 points)."""
+    """Every in-budget point of a grid space, in file order (the notebook's grid → 24 points).
+
+    A point holds the widths its depth uses only, so that points differing in unused widths
+    alone are one point, trained once."""
     names = [d.name for d in spec.space]
-    points = []
+    points, seen = [], set()
     for values in itertools.product(*(d.choices for d in spec.space)):
         point = dict(zip(names, values, strict=True))
-        settings = dataclasses.replace(spec.train, **point)
-        if spec.budget.admits(settings.hidden_1, settings.hidden_2):
+        depth = point.get(DEPTH, spec.train.depth)  # type: ignore[attr-defined]
+        point = {k: v for k, v in point.items() if used(k, depth)}
+        key = tuple(point.items())
+        if key in seen:
+            continue
+        seen.add(key)
+        if spec.budget.admits(*widths_of(dataclasses.replace(spec.train, **point))):
             points.append(point)
     return points
 
 
-def _range_bounds(dim: Dimension | None, fixed: int) -> tuple[int, int]:
-    if dim is None:
-        return fixed, fixed
-    return int(dim.low), int(dim.high)
+@dataclasses.dataclass(frozen=True)
+class DepthSpace:
+    """The widths of one depth as a TPE or random study draws them: each fixed ([train]), a
+    list or a range."""
+
+    depth: int
+    dims: tuple[Dimension | None, ...]  # per width, input side first; None: fixed
+    fixed: tuple[int, ...]  # the [train] widths
+    joint_name: str  # the joint parameter's name (see ``suggest``)
+
+    @classmethod
+    def of(cls, spec: SearchSpec, depth: int) -> DepthSpace:
+        names = WIDTHS[:depth]
+        joint = ARCHITECTURE if spec.dimension(DEPTH) is None else f"{ARCHITECTURE}_{depth}"
+        return cls(depth, tuple(spec.dimension(n) for n in names),
+                   tuple(getattr(spec.train, n) for n in names), joint)  # fmt: skip
+
+    def indices(self, kind: str) -> list[int]:
+        """The searched widths' indices: ``kind`` "searched", "list" or "range"."""
+        dims = self.dims
+        return [
+            k for k, d in enumerate(dims)
+            if d is not None and kind in ("searched", "range" if d.is_range else "list")
+        ]  # fmt: skip
+
+    def box(self) -> list[tuple[int, int]]:
+        """(smallest, largest) value of each width."""
+        out = []
+        for d, v in zip(self.dims, self.fixed, strict=True):
+            if d is None:
+                out.append((v, v))
+            elif d.choices is not None:
+                out.append((min(d.choices), max(d.choices)))
+            else:
+                out.append((int(d.low), int(d.high)))  # type: ignore[arg-type]
+        return out
+
+    def combinations(self) -> int:
+        """How many networks the lists and fixed widths give (ranges not counted)."""
+        return math.prod(len(d.choices) for d in self.dims if d is not None and d.choices)
+
+    def networks(self, budget: Budget) -> list[tuple[int, ...]]:
+        """The in-budget widths when none is a range, in file order (enumerated: capped by
+        the spec at MAX_CHOICES combinations)."""
+        values = [d.choices if d is not None else (v,) for d, v in zip(self.dims, self.fixed,
+                                                                      strict=True)]  # fmt: skip
+        return [h for h in itertools.product(*values) if budget.admits(*h)]
+
+    def list_values(self, budget: Budget, k: int) -> list[int]:
+        """The values of list ``k`` (in file order) that the ranges can complete in budget."""
+        box = self.box()
+        return [v for v in self.dims[k].choices if feasible(budget, _with(box, k, v))]  # type: ignore[union-attr]
+
+    def feasible(self, budget: Budget) -> bool:
+        """Whether any network of this depth within the widths' values is inside the budget."""
+        if not self.indices("range"):
+            return bool(self.networks(budget))
+        lists = self.indices("list")
+        if lists:
+            return bool(self.list_values(budget, lists[0]))
+        return feasible(budget, self.box())
+
+    def suggest(self, trial: optuna.Trial, budget: Budget) -> dict[str, int]:
+        """The trial's widths of this depth, always an in-budget network.
+
+        Lists first, then ranges in layer order, each from the interval the widths drawn
+        leave (optuna's integer distributions may change their bounds from trial to trial;
+        its categorical ones cannot change their choices). Widths that are all lists: one of
+        them alone is a categorical of its in-budget values; several are independent
+        categoricals if every combination fits, else one categorical ``joint_name`` over the
+        in-budget networks, "h1xh2…" (the spec refuses several lists beside a range).
+        """
+        searched, ranges = self.indices("searched"), self.indices("range")
+        names = WIDTHS[: self.depth]
+        if not searched:
+            return {}
+        if not ranges:
+            networks = self.networks(budget)
+            if len(searched) == 1:
+                (k,) = searched
+                choices = sorted({h[k] for h in networks})
+                return {names[k]: trial.suggest_categorical(names[k], choices)}
+            lists = {k: list(self.dims[k].choices) for k in searched}  # type: ignore[union-attr]
+            if len(networks) == self.combinations():
+                return {names[k]: trial.suggest_categorical(names[k], lists[k]) for k in lists}
+            joint = ["x".join(map(str, h)) for h in networks]
+            arch = trial.suggest_categorical(self.joint_name, joint)
+            return {names[k]: int(v) for k, v in enumerate(arch.split("x")) if k in lists}
+        box, out = self.box(), {}
+        for k in self.indices("list"):
+            v = trial.suggest_categorical(names[k], self.list_values(budget, k))
+            box, out[names[k]] = _with(box, k, v), v
+        for k in ranges:
+            lo, hi = reachable(budget, box, k)
+            v = trial.suggest_int(names[k], lo, hi, log=self.dims[k].log)  # type: ignore[union-attr]
+            box, out[names[k]] = _with(box, k, v), v
+        return out
 
 
-def _feasible_range(budget: Budget, own: tuple[int, int], other: tuple[int, int], first: bool):
-    """The sub-range of one hidden size (own) that has a partner in the other's range."""
-    interval = hidden_1_interval if first else hidden_2_interval
-    lo = max(own[0], interval(budget, other[1])[0])  # needs the largest partner to reach min
-    hi = min(own[1], interval(budget, other[0])[1])  # needs the smallest partner to stay < max
-    return lo, hi
+def _with(box: list[tuple[int, int]], k: int, v: int) -> list[tuple[int, int]]:
+    return [*box[:k], (v, v), *box[k + 1 :]]
 
 
-def _pairs(spec: SearchSpec) -> list[tuple[int, int]] | None:
-    """The in-budget (h1, h2) pairs when both sizes are lists or fixed; None for a range."""
-    dims = [spec.dimension(n) for n in _HIDDEN]
-    if any(d is not None and d.is_range for d in dims):
-        return None
-    values = [
-        d.choices if d is not None else (getattr(spec.train, n),)
-        for d, n in zip(dims, _HIDDEN, strict=True)
-    ]
-    return [(a, b) for a in values[0] for b in values[1] if spec.budget.admits(a, b)]
+def feasible_depths(spec: SearchSpec) -> list[int]:
+    """The study's depths (file order) with at least one in-budget network (TPE, random)."""
+    return [d for d in depths(spec) if DepthSpace.of(spec, d).feasible(spec.budget)]
 
 
 def feasible_architectures_exist(spec: SearchSpec) -> bool:
     """Whether any architecture the space allows meets the budget."""
     if spec.sampler == "grid":
         return bool(grid_points(spec))
-    pairs = _pairs(spec)
-    if pairs is not None:
-        return bool(pairs)
-    plan = _Plan.of(spec)
-    return bool(plan.first_values) if plan.first.choices else _nonempty(plan.first_values)
-
-
-def _nonempty(bounds: tuple[int, int]) -> bool:
-    return bounds[0] <= bounds[1]
-
-
-@dataclasses.dataclass(frozen=True)
-class _Plan:
-    """How to draw the sizes when at least one is a range: ``first`` (the list, or hidden_1
-    when both are ranges) from ``first_values``, then ``second`` given it."""
-
-    first: Dimension
-    second: Dimension | None
-    first_is_h1: bool
-    other_bounds: tuple[int, int]  # the second size's range, or its fixed value twice
-    first_values: Any  # the in-budget choices (list), or (lo, hi) for a range
-
-    @classmethod
-    def of(cls, spec: SearchSpec) -> _Plan:
-        d1, d2 = (spec.dimension(n) for n in _HIDDEN)
-        if d1 is not None and (d1.choices is not None or d2 is None or d2.is_range):
-            first, second, first_is_h1 = d1, d2, True
-        else:
-            first, second, first_is_h1 = d2, d1, False
-        fixed = spec.train.hidden_2 if first_is_h1 else spec.train.hidden_1
-        other = _range_bounds(second, fixed)
-        if first.choices is not None:
-            values = [
-                v
-                for v in first.choices
-                if _nonempty(_feasible_range(spec.budget, other, (v, v), not first_is_h1))
-            ]
-        else:
-            values = _feasible_range(spec.budget, _range_bounds(first, 0), other, first_is_h1)
-        return cls(first, second, first_is_h1, other, values)
-
-    def suggest(self, trial: optuna.Trial, budget: Budget) -> dict[str, int]:
-        first = self.first
-        if first.choices is not None:
-            a = trial.suggest_categorical(first.name, self.first_values)
-        else:
-            a = trial.suggest_int(first.name, *self.first_values, log=first.log)
-        out = {first.name: a}
-        if self.second is not None:
-            lo, hi = _feasible_range(budget, self.other_bounds, (a, a), not self.first_is_h1)
-            out[self.second.name] = trial.suggest_int(self.second.name, lo, hi, log=self.second.log)
-        return out
+    return bool(feasible_depths(spec))
 
 
 def _suggest_one(trial: optuna.Trial, dim: Dimension) -> Any:
@@ -196,30 +217,25 @@ def _suggest_one(trial: optuna.Trial, dim: Dimension) -> Any:
     return trial.suggest_float(dim.name, dim.low, dim.high, log=dim.log)
 
 
-def _suggest_hidden(trial: optuna.Trial, spec: SearchSpec) -> dict[str, int]:
-    """hidden_1 and hidden_2 for a TPE/random trial, always inside the budget."""
-    d1, d2 = (spec.dimension(n) for n in _HIDDEN)
-    if d1 is None and d2 is None:
-        return {}
-    budget = spec.budget
-    pairs = _pairs(spec)
-    if pairs is not None:
-        if d1 is None or d2 is None:  # one list against a fixed size: filter the list
-            dim = d1 or d2
-            index = 0 if dim is d1 else 1
-            choices = sorted({p[index] for p in pairs})
-            return {dim.name: trial.suggest_categorical(dim.name, choices)}
-        if len(pairs) == len(d1.choices) * len(d2.choices):  # every combination fits
-            return {d.name: trial.suggest_categorical(d.name, list(d.choices)) for d in (d1, d2)}
-        # optuna's categorical distributions cannot change their choices from trial to trial,
-        # so the in-budget pairs become one categorical parameter "h1xh2".
-        arch = trial.suggest_categorical(ARCHITECTURE, [f"{a}x{b}" for a, b in pairs])
-        h1, h2 = (int(v) for v in arch.split("x"))
-        return {"hidden_1": h1, "hidden_2": h2}
-    # At least one range. Draw the list (or hidden_1 when both are ranges) from its values that
-    # have an in-budget partner, then the other size from the interval it leaves (optuna's
-    # integer distributions may change their bounds from trial to trial).
-    return _Plan.of(spec).suggest(trial, budget)
+def suggest(trial: optuna.Trial, spec: SearchSpec[Settings]) -> Settings:
+    """The trial's full training settings: [train] with the trial's [space] values.
+
+    The depth first, then the widths it uses (none other), then the rest in file order.
+    Grid trials arrive with their point fixed (enqueued), so every suggest call returns it.
+    """
+    values: dict[str, Any] = {}
+    dim = spec.dimension(DEPTH)
+    if dim is not None:
+        choices = list(dim.choices) if spec.sampler == "grid" else feasible_depths(spec)  # type: ignore[arg-type]
+        values[DEPTH] = trial.suggest_categorical(DEPTH, choices)
+    depth = values.get(DEPTH, spec.train.depth)  # type: ignore[attr-defined]
+    if spec.sampler != "grid":
+        values.update(DepthSpace.of(spec, depth).suggest(trial, spec.budget))
+    for dim in spec.space:
+        if dim.name not in values and used(dim.name, depth):
+            if spec.sampler == "grid" or dim.name not in WIDTHS:
+                values[dim.name] = _suggest_one(trial, dim)
+    return dataclasses.replace(spec.train, **values)
 
 
 class OutsideSpace(SpecError):
@@ -276,41 +292,30 @@ def _same(v: Any, choice: Any) -> bool:
 
 def suggest_checked(trial: optuna.Trial, spec: SearchSpec[Settings], fixed: Any) -> Settings:
     """``suggest`` for a claimed trial, whose ``fixed`` parameters (as enqueued, by sweep or by
-    any client) must each be a value the space would suggest, for a parameter it asks for, and
-    give an architecture inside the budget. Raises OutsideSpace naming the first that is not,
-    before optuna records it."""
+    any client) must each be a value the space would suggest, for a parameter it asks for at
+    the trial's depth, and give a network inside the budget. Raises OutsideSpace naming the
+    first that is not, before optuna records it."""
     if not isinstance(fixed, dict):
         raise OutsideSpace(f"its fixed parameters are {show(fixed)}, not a table of them")
     checked = _Checked(trial, fixed)
     settings = suggest(checked, spec)  # type: ignore[arg-type]
     unknown = [name for name in fixed if name not in checked.asked]
     if unknown:
+        name, depth = unknown[0], settings.depth  # type: ignore[attr-defined]
+        if spec.dimension(name) is not None and not used(name, depth):
+            raise OutsideSpace(f"parameter {show(name)} = {show(fixed[name])} is not used by a "
+                               f"trial of depth {depth}")  # fmt: skip
         searched = ", ".join(sorted(checked.asked)) or "nothing"
         raise OutsideSpace(
-            f"parameter {show(unknown[0])} = {show(fixed[unknown[0]])} is not in the study's "
+            f"parameter {show(name)} = {show(fixed[name])} is not in the study's "
             f"space (it searches {searched})"
         )
-    if not spec.budget.admits(settings.hidden_1, settings.hidden_2):
+    hidden = widths_of(settings)
+    if not spec.budget.admits(*hidden):
         b = spec.budget
         raise OutsideSpace(
-            f"architecture {settings.hidden_1}x{settings.hidden_2} has "
-            f"{parameter_count(settings.hidden_1, settings.hidden_2):,} parameters, outside "
-            f"the study's budget ({b.min_params:,} < parameters < {b.max_params:,})"
+            f"architecture {'x'.join(map(str, hidden))} has {parameter_count(*hidden):,} "
+            f"parameters, outside the study's budget ({b.min_params:,} < parameters < "
+            f"{b.max_params:,})"
         )
     return settings
-
-
-def suggest(trial: optuna.Trial, spec: SearchSpec[Settings]) -> Settings:
-    """The trial's full training settings: [train] with the trial's [space] values.
-
-    Grid trials arrive with their point fixed (enqueued), so every suggest call returns it.
-    """
-    values: dict[str, Any] = {}
-    if spec.sampler == "grid":
-        values = {d.name: _suggest_one(trial, d) for d in spec.space}
-    else:
-        values.update(_suggest_hidden(trial, spec))
-        for dim in spec.space:
-            if dim.name not in _HIDDEN:
-                values[dim.name] = _suggest_one(trial, dim)
-    return dataclasses.replace(spec.train, **values)

@@ -21,6 +21,7 @@ from typing import Any
 
 from mlp.model import parameter_count
 from sweep.errors import SpecError
+from sweep.study.budget import WIDTHS, Budget, widest_slope
 from sweep.study.rules import (
     BOOL,
     BUDGET_RULES,
@@ -37,9 +38,7 @@ from sweep.study.rules import (
     train_rules,
 )
 from sweep.study.settings import TrainSettings, settings_class
-from sweep.study.space import Budget, Dimension, feasible_architectures_exist
-
-_HIDDEN = ("hidden_1", "hidden_2")
+from sweep.study.space import DEPTH, DepthSpace, Dimension, depths, feasible_architectures_exist
 
 #: What every sweep study maximises (the objective's return value), as optuna's metric name:
 #: the dashboard and reports label by it, and ``sweep.report.stored`` recognises sweep's studies by
@@ -186,27 +185,23 @@ def _dimension(source: str, name: Any, raw: Any, sampler: str, rules: dict[str, 
     return Dimension(name, low=low, high=high, log=log)
 
 
-def _check_space_size(source: str, sampler: str, space: tuple[Dimension, ...]) -> None:
-    """Grid points, and the (hidden_1, hidden_2) pairs of two lists under TPE or random
-    sampling, counted from the list lengths (never enumerated) and capped."""
+def _check_space_size(source: str, sampler: str, space: tuple[Dimension, ...], depth: int) -> None:
+    """Grid points, and the combinations of the lists of widths of one depth under TPE or
+    random sampling, counted from the list lengths (never enumerated) and capped."""
     if sampler == "grid":
         count, what = math.prod(len(d.choices or ()) for d in space), "grid points"
     else:
-        sizes = [len(d.choices) for d in space if d.name in _HIDDEN and d.choices is not None]
-        count, what = (math.prod(sizes) if len(sizes) == 2 else 0), "pairs of hidden sizes"
+        dims = {d.name: d for d in space}
+        reached = dims[DEPTH].choices or () if DEPTH in dims else (depth,)
+        count, what = 0, "pairs of hidden sizes"
+        for n in sorted(reached):
+            sizes = [len(dims[w].choices) for w in WIDTHS[:n] if w in dims and dims[w].choices]
+            if len(sizes) >= 2 and math.prod(sizes) > count:
+                count = math.prod(sizes)
+                what = "pairs of hidden sizes" if len(sizes) == 2 else "combinations of widths"
     if count > MAX_CHOICES:
         allowed = f"at most {MAX_CHOICES:,} {what} (the product of the list lengths)"
         raise fail(source, "space", allowed, count, shown=f"{count:,}")
-
-
-def _hidden_values(spec_train: Any, dim: Dimension | None, name: str) -> tuple[int, int]:
-    """The (smallest, largest) value a hidden size can take."""
-    if dim is None:
-        v = getattr(spec_train, name)
-        return v, v
-    if dim.choices is not None:
-        return min(dim.choices), max(dim.choices)
-    return int(dim.low), int(dim.high)
 
 
 def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> StudySpec:
@@ -236,7 +231,10 @@ def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> StudySpec:
     space = tuple(_dimension(source, k, v, sampler, rules) for k, v in space_raw.items())
     if sampler == "grid" and not space:
         raise fail(source, "space", "at least one list of values with sampler 'grid'", {})
-    _check_space_size(source, sampler, space)
+    if DEPTH in space_raw and isinstance(space_raw[DEPTH], dict):
+        allowed = "a list of depths (the widths a trial uses depend on its depth)"
+        raise fail(source, f"space.{DEPTH}", allowed, space_raw[DEPTH])
+    _check_space_size(source, sampler, space, train.depth)
     # Nesterov momentum with no momentum would fail every trial (the optimiser refuses it).
     searched = {d.name: d.choices or () for d in space}
     nesterov = train.nesterov or True in searched.get("nesterov", ())
@@ -264,6 +262,7 @@ def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> StudySpec:
         data_path=os.path.expanduser(data["path"]) if "path" in data else None,
         source=source,
     )
+    _check_widths(spec, space_raw)
     _check_budget_feasible(spec)
     return spec
 
@@ -299,14 +298,58 @@ def first_difference(stored: StudySpec, given: StudySpec) -> tuple[str, Any, Any
     return None
 
 
+def _check_widths(spec: StudySpec, space_raw: dict[str, Any]) -> None:
+    """Widths searched where no depth of the study uses them, and the widths of a depth that
+    TPE and random sampling could not draw inside the budget every time, are refused."""
+    source, reached = spec.source, depths(spec)
+    for k, name in enumerate(WIDTHS, start=1):
+        if name in space_raw and k > max(reached):
+            where = (f"[space] depth = {list(reached)}" if spec.dimension(DEPTH)
+                     else f"[train] depth = {spec.train.depth}")  # fmt: skip
+            allowed = f"a width of a depth the study has ({name} needs depth >= {k}; {where})"
+            raise fail(source, f"space.{name}", allowed, space_raw[name])
+    if spec.sampler == "grid":
+        return
+    window = spec.budget.max_params - spec.budget.min_params
+    for depth in sorted(set(reached)):
+        widths = DepthSpace.of(spec, depth)
+        lists, ranges = widths.indices("list"), widths.indices("range")
+        if len(lists) >= 2 and ranges:
+            # A list drawn after another could not change its choices with the draw before it
+            # (optuna's categorical distributions are fixed), and a joint one would need the
+            # ranges' values.
+            shown = (f"lists {', '.join(WIDTHS[k] for k in lists)} and ranges "
+                     + ", ".join(WIDTHS[k] for k in ranges))  # fmt: skip
+            allowed = f"the widths of depth {depth} as lists, or as ranges with one list at most"
+            raise fail(source, "space", allowed, None, shown=shown)
+        if len(ranges) >= 2:
+            slope, k = widest_slope(widths.box(), ranges)
+            if not slope < window:  # the draw in budget is exact only then (sweep.study.budget)
+                allowed = (f"more than min_params + {slope:,} when widths are searched as ranges "
+                           f"(a unit of {WIDTHS[k]} adds up to {slope:,} parameters)")  # fmt: skip
+                raise fail(source, "budget.max_params", allowed, spec.budget.max_params)
+
+
 def _check_budget_feasible(spec: StudySpec) -> None:
     """A budget no architecture in the space can meet is an error before anything runs."""
-    if not feasible_architectures_exist(spec):
-        lo1, hi1 = _hidden_values(spec.train, spec.dimension("hidden_1"), "hidden_1")
-        lo2, hi2 = _hidden_values(spec.train, spec.dimension("hidden_2"), "hidden_2")
-        raise SpecError(
-            f"{spec.source}: [budget] no architecture with hidden_1 in [{lo1}, {hi1}] and "
-            f"hidden_2 in [{lo2}, {hi2}] has {spec.budget.min_params:,} < parameters < "
-            f"{spec.budget.max_params:,} (these sizes give {parameter_count(lo1, lo2):,} to "
-            f"{parameter_count(hi1, hi2):,})"
-        )
+    if feasible_architectures_exist(spec):
+        return
+    b = spec.budget
+    reached = sorted(set(depths(spec)))
+    parts = []
+    for depth in reached:
+        box = DepthSpace.of(spec, depth).box()
+        ranges = [f"{WIDTHS[k]} in [{lo}, {hi}]" for k, (lo, hi) in enumerate(box)]
+        widths = ", ".join(ranges[:-1]) + " and " + ranges[-1] if len(ranges) > 1 else ranges[0]
+        counts = (f"{parameter_count(*(lo for lo, _ in box)):,} to "
+                  f"{parameter_count(*(hi for _, hi in box)):,}")  # fmt: skip
+        parts.append((depth, widths, counts))
+    bounds = f"has {b.min_params:,} < parameters < {b.max_params:,}"
+    if len(parts) == 1:
+        _, widths, counts = parts[0]
+        message = f"no architecture with {widths} {bounds} (these sizes give {counts})"
+    else:
+        each = "; ".join(f"depth {d}: {w} give {c}" for d, w, c in parts)
+        listed = ", ".join(map(str, reached[:-1])) + f" or {reached[-1]}"
+        message = f"no architecture of depth {listed} {bounds} ({each})"
+    raise SpecError(f"{spec.source}: [budget] {message}")

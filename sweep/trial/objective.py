@@ -114,7 +114,7 @@ class Objective:
         def save(**extra: Any) -> None:
             attrs = {
                 "config": dataclasses.asdict(settings),
-                "n_params": parameter_count(settings.hidden_1, settings.hidden_2),
+                "n_params": parameter_count(*model_config.hidden),
                 "seed": seed,
                 "seconds": round(time.perf_counter() - start, 3),
                 **curves,

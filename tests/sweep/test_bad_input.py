@@ -118,6 +118,49 @@ CASES = [
         r"{file}: \[budget\] no architecture .* has 190,000 < parameters < 200,000 .*",
     ),
     (
+        "impossible budget at every depth searched",
+        study(min_params="190_000", space="depth = [1, 2]\n" + GOOD_SPACE),
+        2,
+        r"{file}: \[budget\] no architecture of depth 1 or 2 has 190,000 < parameters < 200,000 "
+        r"\(depth 1: hidden_1 in \[64, 128\] give .*; depth 2: .*\)",
+    ),
+    (
+        "a depth searched as a range",
+        study(sampler="tpe", space="depth = { low = 1, high = 3 }"),
+        2,
+        r"{file}: \[space\.depth\] must be a list of depths \(the widths a trial uses depend on "
+        r"its depth\); got \{{'low': 1, 'high': 3\}}",
+    ),
+    (
+        "a width searched past the study's depths",
+        study(space=GOOD_SPACE + "\nhidden_3 = [64, 128]"),
+        2,
+        r"{file}: \[space\.hidden_3\] must be a width of a depth the study has \(hidden_3 needs "
+        r"depth >= 3; \[train\] depth = 2\); got \[64, 128\]",
+    ),
+    (
+        "lists of widths beside a range",
+        study(
+            sampler="tpe",
+            extra="depth = 3",
+            space=GOOD_SPACE + "\nhidden_3 = { low = 8, high = 64 }",
+        ),
+        2,
+        r"{file}: \[space\] must be the widths of depth 3 as lists, or as ranges with one list "
+        r"at most; got lists hidden_1, hidden_2 and ranges hidden_3",
+    ),
+    (
+        "a budget narrower than a width's step",
+        study(
+            sampler="tpe",
+            min_params="199_500",
+            space="hidden_1 = { low = 64, high = 128 }\nhidden_2 = { low = 32, high = 128 }",
+        ),
+        2,
+        r"{file}: \[budget\.max_params\] must be more than min_params \+ 913 when widths are "
+        r"searched as ranges \(a unit of hidden_1 adds up to 913 parameters\); got 200000",
+    ),
+    (
         "empty grid",
         study(space=""),
         2,

@@ -3,11 +3,14 @@
 import dataclasses
 
 import numpy as np
+import optuna
+from optuna.trial import TrialState
 
-from mlp import MLP, TrainConfig
+from mlp import MLP, TrainConfig, parameter_count
 from mlp.config import ModelConfig, declared_fields
 from sweep.study.settings import TrainSettings
-from sweep.trial.objective import build_model_and_config, trial_seed
+from sweep.study.spec import parse_spec
+from sweep.trial.objective import Objective, build_model_and_config, trial_seed
 from tests.mlp.test_config import other_value
 
 
@@ -39,3 +42,30 @@ def test_a_trials_seed_depends_on_the_study_seed_and_its_parameters_only():
     assert trial_seed(0, params) == 4277509008
     assert trial_seed(0, dict(reversed(params.items()))) == 4277509008
     assert trial_seed(1, params) != 4277509008
+
+
+def test_a_trial_trains_the_network_of_its_depth_and_records_its_count(monkeypatch):
+    spec = parse_spec({
+        "study": {"name": "o", "sampler": "random", "trials": 2},
+        "budget": {"min_params": 10_000, "max_params": 20_000},
+        "data": {"train_size": 500},
+        "train": {"epochs": 1, "batch_size": 100, "hidden_2": 8, "hidden_3": 8},
+        "space": {"depth": [1, 3], "hidden_1": [16]},
+    })  # fmt: skip
+    built, from_config = [], MLP.from_config
+
+    def recorded(cls, config, **kw):
+        built.append(from_config(config, **kw))
+        return built[-1]
+
+    monkeypatch.setattr(MLP, "from_config", classmethod(recorded))
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"depth": 1, "hidden_1": 16})
+    study.enqueue_trial({"depth": 3, "hidden_1": 16})
+    study.optimize(Objective(spec), n_trials=2)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert [m.sizes for m in built] == [(784, 16, 10), (784, 16, 8, 8, 10)]
+    assert [t.user_attrs["n_params"] for t in study.trials] == [
+        parameter_count(16), parameter_count(16, 8, 8)
+    ]  # fmt: skip
+    assert set(study.trials[0].params) == {"depth", "hidden_1"}  # no unused width

@@ -5,16 +5,15 @@ import optuna
 import pytest
 
 from mlp import parameter_count
+from sweep.study.budget import width_interval
 from sweep.study.space import (
     ARCHITECTURE,
     OutsideSpace,
     grid_points,
-    hidden_1_interval,
-    hidden_2_interval,
     suggest,
     suggest_checked,
 )
-from sweep.study.spec import Budget, load_spec, parse_spec
+from sweep.study.spec import load_spec, parse_spec
 from tests.sweep.test_spec import STUDIES
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -35,21 +34,6 @@ def test_the_notebook_grid_has_its_24_points():
         802_314,
     }
     assert sorted({p["learning_rate"] for p in points}) == [0.01, 0.1, 1.0]
-
-
-@pytest.mark.parametrize(
-    "budget", [Budget(500_000, 1_000_000), Budget(0, 5_000), Budget(70_000, 70_500)]
-)
-def test_intervals_match_brute_force(budget):
-    for h in [1, 7, 64, 392, 1024]:
-        for interval, admits in [
-            (hidden_2_interval, lambda x, h=h: budget.admits(h, x)),
-            (hidden_1_interval, lambda x, h=h: budget.admits(x, h)),
-        ]:
-            lo, hi = interval(budget, h)
-            brute = [x for x in range(1, 3000) if admits(x)]
-            clipped = (max(lo, 1), min(hi, 2999))
-            assert (brute[0], brute[-1]) == clipped if brute else clipped[0] > clipped[1]
 
 
 def _sample(spec, n, sampler):
@@ -130,7 +114,7 @@ def test_one_searched_size_against_a_fixed_one():
     raw["space"] = {"hidden_2": {"low": 1, "high": 2000}}
     spec = parse_spec(raw)
     h2 = {s.hidden_2 for s in _sample(spec, 300, optuna.samplers.RandomSampler(seed=3))}
-    lo, hi = hidden_2_interval(spec.budget, 512)
+    lo, hi = width_interval(spec.budget, (512, 0), 1)
     assert min(h2) >= lo and max(h2) <= hi and max(h2) - min(h2) > 0.8 * (hi - lo)
 
 
@@ -177,4 +161,54 @@ def test_a_fixed_value_the_space_would_not_suggest_is_refused(fixed, why):
     spec = parse_spec({**RANGES, "space": {**RANGES["space"], "shuffle": [True, False]}})
     trial = _claimed(fixed)
     with pytest.raises(OutsideSpace, match=why):
+        suggest_checked(trial, spec, trial._fixed_params)
+
+
+DEPTHS = {
+    "study": {"name": "d", "sampler": "random", "trials": 10},
+    "space": {"depth": [1, 2, 3], "hidden_1": {"low": 64, "high": 1024},
+              "hidden_2": {"low": 64, "high": 1024}, "hidden_3": {"low": 16, "high": 512}},
+}  # fmt: skip
+
+
+def test_the_parameters_of_any_depth_pass_their_check_when_enqueued_again():
+    spec = parse_spec(DEPTHS)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=4))
+    for _ in range(200):
+        trial = study.ask()
+        settings = suggest(trial, spec)
+        again = _claimed(trial.params)
+        assert suggest_checked(again, spec, again._fixed_params) == settings
+        study.tell(trial, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("fixed", "why"),
+    [
+        ({"depth": 4}, r"parameter 'depth' = 4 is outside the study's space \(depth: one of 1, 2, "
+         r"3\)"),
+        ({"depth": 1, "hidden_1": 700, "hidden_2": 64}, r"^parameter 'hidden_2' = 64 is not used "
+         r"by a trial of depth 1$"),
+        ({"depth": 3, "hidden_1": 512, "hidden_2": 256, "hidden_3": 10**7}, r"^parameter "
+         r"'hidden_3' = 10000000 is outside the study's space \(hidden_3: an integer in \[16, "
+         r"512\]\)$"),
+        ({"depth": 1, "hidden_1": 64}, r"parameter 'hidden_1' = 64 is outside the study's space "
+         r"\(hidden_1: an integer in \[629, 1024\]\)"),  # 795·629 + 10 > 500,000
+    ],
+)  # fmt: skip
+def test_a_fixed_depth_or_width_the_space_would_not_suggest_is_refused(fixed, why):
+    spec = parse_spec(DEPTHS)
+    trial = _claimed(fixed)
+    with pytest.raises(OutsideSpace, match=why):
+        suggest_checked(trial, spec, trial._fixed_params)
+
+
+def test_a_grid_point_outside_the_budget_for_its_depth_is_refused():
+    spec = parse_spec({"study": {"name": "g", "sampler": "grid"},
+                       "space": {"depth": [1, 2], "hidden_1": [16, 800]}})  # fmt: skip
+    ok = _claimed({"depth": 1, "hidden_1": 800})
+    assert suggest_checked(ok, spec, ok._fixed_params).depth == 1
+    trial = _claimed({"depth": 1, "hidden_1": 16})
+    with pytest.raises(OutsideSpace, match=r"^architecture 16 has 12,730 parameters, outside the "
+                       r"study's budget \(500,000 < parameters < 1,000,000\)$"):  # fmt: skip
         suggest_checked(trial, spec, trial._fixed_params)

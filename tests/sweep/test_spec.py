@@ -254,10 +254,11 @@ def test_an_unknown_key_is_named_with_every_known_key_in_order():
     with pytest.raises(SpecError) as info:
         spec_with("train", "epochz", 3)
     assert str(info.value) == (
-        "x.toml: [train.epochz] must be one of the known keys hidden_1, hidden_2, epochs, "
-        "batch_size, learning_rate, init, init_std, activation, dtype, shuffle, full_train_eval, "
-        "momentum, nesterov, weight_decay, schedule, warmup_epochs, step_size, gamma, dropout, "
-        "patience; got 'epochz'"
+        "x.toml: [train.epochz] must be one of the known keys depth, hidden_1, hidden_2, "
+        "hidden_3, hidden_4, epochs, batch_size, learning_rate, init, init_std, activation, "
+        "dtype, shuffle, full_train_eval, momentum, nesterov, weight_decay, schedule, "
+        "warmup_epochs, step_size, gamma, dropout, shift, rotation, zoom, shear, elastic_alpha, "
+        "elastic_sigma, patience; got 'epochz'"
     )
 
 
