@@ -74,11 +74,12 @@ sweep-tpe: data
 	$(BIN)/sweep run studies/tpe-budget.toml --storage $(STORAGE) --jobs $(JOBS)
 	$(BIN)/sweep report studies/tpe-budget.toml --storage $(STORAGE)
 
-# Beyond the notebook: TPE over architecture, optimiser and regularisation; then test, once.
+# The best MLP inside the budget: TPE over depth, widths, distortions and optimiser; then test,
+# once (about 50 minutes on 2 cores).
 best: data
-	$(BIN)/sweep run studies/tpe-best.toml --storage $(STORAGE) --jobs $(JOBS)
-	$(BIN)/sweep evaluate studies/tpe-best.toml --storage $(STORAGE)
-	$(BIN)/sweep report studies/tpe-best.toml --storage $(STORAGE)
+	$(BIN)/sweep run studies/best-mlp.toml --storage $(STORAGE) --jobs $(JOBS)
+	$(BIN)/sweep evaluate studies/best-mlp.toml --storage $(STORAGE)
+	$(BIN)/sweep report studies/best-mlp.toml --storage $(STORAGE)
 
 # The notebook's initialisation study (Zeros, Normal, Glorot) and its loss figure.
 init: data

@@ -60,12 +60,14 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     epochs = spec.train.epochs
     if searched is not None:  # the longest a trial can train
         epochs = int(max(searched.choices) if searched.choices else searched.high)
+    # Optuna's warm-up counts steps (our epochs, from 1): no pruning before epoch prune_after + 1.
+    first = spec.prune_after + 1
     if spec.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=first)
     if spec.pruner == "successive-halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first)
     if spec.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
+        return optuna.pruners.HyperbandPruner(min_resource=first, max_resource=max(epochs, first))
     return optuna.pruners.NopPruner()
 
 

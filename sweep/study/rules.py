@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mlp.config import Hyperparameter, hyperparameters
+from mlp.config import MAX_EPOCHS, Hyperparameter, hyperparameters
 from sweep.errors import SpecError
 
 SAMPLERS = ("grid", "tpe", "random")
@@ -127,6 +127,9 @@ STUDY_RULES: dict[str, Rule] = {
     # optuna's samplers seed numpy with it (after adding each worker's salt, modulo 2**32)
     "seed": int_in(0, 2**32 - 1),
     "pruner": choice(PRUNERS),
+    # Curves of distorted or strongly regularised trials start slow and end high: a pruner that
+    # may stop a trial after its first epoch prunes exactly them (#25).
+    "prune_after": int_in(0, MAX_EPOCHS),
     "threads": int_in(1, MAX_THREADS),
     "max_retries": int_in(1, MAX_RETRIES),
 }

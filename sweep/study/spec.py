@@ -60,6 +60,7 @@ class StudySpec:
     space: tuple[Dimension, ...]
     threads: int = 1  # BLAS threads per trial: float32 sums depend on it, so it is the study's
     max_retries: int = 3  # a trial whose workers die this often is FAIL, not requeued again
+    prune_after: int = 0  # epochs every trial trains before the pruner may stop it
     train_size: int | None = None  # use only a prefix of the training split
     data_path: str | None = None  # a user's own copy of MNIST
     source: str = "<spec>"  # where it came from, for messages
@@ -80,7 +81,7 @@ class StudySpec:
             "study": {
                 "name": self.name, "sampler": self.sampler, "trials": self.trials,
                 "seed": self.seed, "pruner": self.pruner, "threads": self.threads,
-                "max_retries": self.max_retries,
+                "max_retries": self.max_retries, "prune_after": self.prune_after,
             },
             "budget": dataclasses.asdict(self.budget),
             "data": {"train_size": self.train_size, "path": self.data_path},
@@ -255,6 +256,7 @@ def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> StudySpec:
         pruner=study.get("pruner", "none"),
         threads=study.get("threads", 1),
         max_retries=study.get("max_retries", 3),
+        prune_after=study.get("prune_after", 0),
         budget=budget,
         train=train,
         space=space,

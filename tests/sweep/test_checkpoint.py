@@ -50,6 +50,13 @@ epochs = {epochs}
 batch_size = 64
 dtype = "float64"
 momentum = 0.9
+# Every kind of distortion, drawn from the trial's generator: the resumed run must draw the
+# same digits as the uninterrupted one (#25).
+shift = 2
+rotation = 10.0
+zoom = 0.1
+shear = 0.15
+elastic_alpha = 20.0
 
 [space]
 hidden_1 = {hidden_1}

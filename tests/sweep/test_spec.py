@@ -38,6 +38,8 @@ RULES = [
     ("study", "name", "a", "a\x00"),
     ("study", "name", "a", "a\u2028b"),  # a Unicode line separator
     ("study", "sampler", "random", "bayes"),
+    ("study", "prune_after", 0, -1),
+    ("study", "prune_after", 10_000, 10_001),
     ("study", "trials", 1, 0),
     ("study", "trials", 1_000_000, 1_000_001),
     ("study", "seed", 0, -1),
@@ -241,7 +243,8 @@ def test_shipped_studies_are_valid(path):
 #: file that left one to a default that changed would be refused by its own database.
 PROTOCOLS = {"quick": (True, False), "seed-grid": (True, False),
              "seed-grid-pruned": (True, False), "seed-init": (False, True),
-             "tpe-best": (True, False), "tpe-budget": (True, False)}  # fmt: skip
+             "tpe-best": (True, False), "tpe-budget": (True, False),
+             "best-mlp": (True, False)}  # fmt: skip
 
 
 @pytest.mark.parametrize("path", sorted(STUDIES.glob("*.toml")), ids=lambda p: p.name)
