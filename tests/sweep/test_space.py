@@ -55,6 +55,11 @@ RANGES = {
         "learning_rate": {"low": 0.01, "high": 1.0, "log": True},
     },
 }
+DEPTHS = {
+    "study": {"name": "d", "sampler": "random", "trials": 10},
+    "space": {"depth": [1, 2, 3], "hidden_1": {"low": 64, "high": 1024},
+              "hidden_2": {"low": 64, "high": 1024}, "hidden_3": {"low": 16, "high": 512}},
+}  # fmt: skip
 
 
 def test_10000_random_suggestions_are_all_inside_the_budget_and_spread_across_it():
@@ -131,8 +136,9 @@ def _claimed(fixed: dict) -> optuna.Trial:
         RANGES["space"],
         {"hidden_1": [392, 512, 768, 1024], "hidden_2": [256, 512, 768, 1024]},  # architecture
         {"hidden_1": [128, 392, 1024], "hidden_2": {"low": 64, "high": 1024}, "shuffle": [True]},
+        DEPTHS["space"],
     ],
-    ids=["ranges", "architecture", "list-and-range"],
+    ids=["ranges", "architecture", "list-and-range", "depths"],
 )
 def test_the_parameters_a_space_suggested_pass_its_check_when_enqueued_again(space):
     # A requeued trial is enqueued with the parameters it ran with (sweep.queue.recovery): the
@@ -162,24 +168,6 @@ def test_a_fixed_value_the_space_would_not_suggest_is_refused(fixed, why):
     trial = _claimed(fixed)
     with pytest.raises(OutsideSpace, match=why):
         suggest_checked(trial, spec, trial._fixed_params)
-
-
-DEPTHS = {
-    "study": {"name": "d", "sampler": "random", "trials": 10},
-    "space": {"depth": [1, 2, 3], "hidden_1": {"low": 64, "high": 1024},
-              "hidden_2": {"low": 64, "high": 1024}, "hidden_3": {"low": 16, "high": 512}},
-}  # fmt: skip
-
-
-def test_the_parameters_of_any_depth_pass_their_check_when_enqueued_again():
-    spec = parse_spec(DEPTHS)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=4))
-    for _ in range(200):
-        trial = study.ask()
-        settings = suggest(trial, spec)
-        again = _claimed(trial.params)
-        assert suggest_checked(again, spec, again._fixed_params) == settings
-        study.tell(trial, 0.0)
 
 
 @pytest.mark.parametrize(
