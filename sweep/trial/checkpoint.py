@@ -58,6 +58,7 @@ from optuna.artifacts import download_artifact
 from sweep.errors import SpecError
 from sweep.queue.attrs import CHECKPOINT, RESUMED_FROM, Checkpoint
 from sweep.queue.storage import root_message
+from sweep.study.settings import TrainSettings
 from sweep.trial.artifacts import ForeignArtifact, is_sweep_id, remove, shown, upload
 from sweep.trial.cleanup import NOT_OURS, clear_predecessors, owned
 
@@ -65,7 +66,6 @@ if TYPE_CHECKING:
     from optuna.artifacts._protocol import ArtifactStore
 
     from mlp import MLP, Dataset, TrainConfig, TrainState
-    from sweep.study.settings import TrainSettings
     from sweep.study.spec import StudySpec
 
 logger = logging.getLogger(__name__)
@@ -106,12 +106,22 @@ def system_attrs(trial: optuna.Trial) -> dict[str, Any]:
     return trial.storage.get_trial(trial._trial_id).system_attrs
 
 
+#: Settings declared after checkpoints were first written (#25: depth, the third and fourth
+#: widths, the distortions). At their defaults they are left out of ``fits_of``, so that a
+#: trial checkpointed by an earlier version resumes after an upgrade instead of starting over.
+_LATER = ("depth", "hidden_3", "hidden_4", "shift", "rotation", "zoom", "shear",
+          "elastic_alpha", "elastic_sigma")  # fmt: skip
+
+
 def fits_of(spec: StudySpec, settings: TrainSettings, seed: int, params: dict[str, Any]) -> str:
     """What a trial's checkpoints are trained for: the SHA-256 of its training settings, seed
     and parameters and of what else shapes its numbers (the training size, the BLAS thread
     count). Written into each of its checkpoints (``TrainState.fits``) and compared on resume."""
+    default = TrainSettings()
+    hashed = {k: v for k, v in dataclasses.asdict(settings).items()
+             if k not in _LATER or v != getattr(default, k)}  # fmt: skip
     key = {
-        "settings": dataclasses.asdict(settings),
+        "settings": hashed,
         "seed": seed,
         "params": params,
         "train_size": spec.train_size,

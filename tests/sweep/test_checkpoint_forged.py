@@ -10,9 +10,11 @@ the worker's own loop (``sweep.worker.serve`` with the MLP objective and ``trial
 """
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import uuid
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -416,3 +418,16 @@ def test_a_checkpoint_written_by_a_trial_carries_its_digest(tmp_path):
     state = load_state(env.folder / best["artifact_id"], like=like)
     assert state.fits == _fits(env) and state.fits.startswith("sweep-fits/1:")
     assert 100 * state.history[-1].valid_accuracy == done.value
+
+
+def test_a_checkpoint_of_the_version_before_depth_and_distortions_still_fits():
+    # The digest 35d64bf (before #25) wrote for this trial: its checkpoints must resume after
+    # an upgrade, so the settings declared since leave it unchanged at their defaults.
+    spec = load_spec(Path(__file__).parents[2] / "studies" / "tpe-best.toml")
+    params = {"hidden_1": 500, "hidden_2": 670, "learning_rate": 0.0634}
+    settings = dataclasses.replace(spec.train, **params)
+    assert fits_of(spec, settings, 12345, params) == (
+        "sweep-fits/1:924717d21301d11c1e212ab9f169469edd028a73eb7f625f3a18c003c7c57a98"
+    )
+    distorted = dataclasses.replace(settings, shift=1)
+    assert fits_of(spec, distorted, 12345, params) != fits_of(spec, settings, 12345, params)
