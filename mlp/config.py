@@ -30,6 +30,8 @@ DTYPES = ("float32", "float64")
 MAX_EPOCHS = 10_000
 #: Hidden layers a model may have: ``depth`` of them, widths ``hidden_1`` … ``hidden_{depth}``.
 MAX_DEPTH = 4
+#: The width fields in layer order; a network of depth d uses the first d.
+WIDTHS = tuple(f"hidden_{k}" for k in range(1, MAX_DEPTH + 1))
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class ModelConfig:
     def hidden(self) -> tuple[int, ...]:
         """The widths of the ``depth`` hidden layers, input side first; the other
         ``hidden_k`` are unused."""
-        return tuple(getattr(self, f"hidden_{k}") for k in range(1, self.depth + 1))
+        return tuple(getattr(self, name) for name in WIDTHS[: self.depth])
 
 
 @dataclass(frozen=True)

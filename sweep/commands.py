@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from mlp.config import MAX_DEPTH
+from mlp.config import WIDTHS
 from sweep.errors import SpecError
 
 if TYPE_CHECKING:  # optuna takes a second to import; `sweep --help` should not wait for it
@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # optuna takes a second to import; `sweep --help` should not 
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 #: The fields of ModelConfig that give a network's shape: ``sweep gradcheck``'s flags.
-SHAPE = ("depth", *(f"hidden_{k}" for k in range(1, MAX_DEPTH + 1)))
+SHAPE = ("depth", *WIDTHS)
 
 
 def cmd_data(args: argparse.Namespace) -> int:

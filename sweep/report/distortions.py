@@ -37,8 +37,8 @@ SEED = 0  # the generator of every figure's draws
 #: The fields of a distortion setting, as ``mlp.distort`` reads them from a TrainConfig.
 STRENGTHS = ("shift", "rotation", "zoom", "shear", "elastic_alpha", "elastic_sigma")
 #: How a figure's title names each strength that is not 0 (σ only where α is).
-_SHOWN = {"shift": "shift ±{:g} px", "rotation": "rotation ±{:g}°", "zoom": "zoom ±{:g}",
-          "shear": "shear ±{:g}", "elastic_alpha": "elastic α {:g}"}  # fmt: skip
+_SHOWN = {"shift": "shift ±{:g} px", "rotation": "rotation ±{:.3g}°", "zoom": "zoom ±{:.3g}",
+          "shear": "shear ±{:.3g}", "elastic_alpha": "elastic α {:.3g}"}  # fmt: skip
 
 
 def strengths(t: Trial) -> TrainConfig:
@@ -114,7 +114,7 @@ def describe(setting: TrainConfig) -> str:
     words = [shown.format(getattr(setting, name)) for name, shown in _SHOWN.items()
              if getattr(setting, name) > 0]  # fmt: skip
     if setting.elastic_alpha > 0:
-        words[-1] += f" σ {setting.elastic_sigma:g}"
+        words[-1] += f" σ {setting.elastic_sigma:.3g}"
     return ", ".join(words)
 
 

@@ -6,6 +6,7 @@ the initialisation study's losses): the full set for a small study, the summaris
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,17 @@ def _importances(study: optuna.Study, done: Sequence[Trial], kind: Kind,
                  large: bool) -> dict[str, float]:  # fmt: skip
     """optuna's importances (its default evaluator, PED-ANOVA); for a large study, of
     ``digest.IMPORTANCE_TRIALS`` complete trials spread evenly over it (copied into an
-    in-memory study), since optuna would load every trial and score all of them."""
+    in-memory study), since optuna would load every trial and score all of them.
+
+    PED-ANOVA warns of every parameter some trials lack (the widths past a trial's depth, #25)
+    on stderr; the scores stand, so the report keeps the warnings to itself."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return _scores(study, done, kind, large)
+
+
+def _scores(study: optuna.Study, done: Sequence[Trial], kind: Kind,
+            large: bool) -> dict[str, float]:  # fmt: skip
     if not large:
         return optuna.importance.get_param_importances(study)
     sample = optuna.create_study(direction="maximize" if kind.maximize else "minimize")

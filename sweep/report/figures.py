@@ -12,6 +12,7 @@ rest of the framework, and ``sweep --help``, never pay for it.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -253,7 +254,7 @@ def distortions(originals: np.ndarray, draws: Sequence[np.ndarray], path: Path, 
                   ["as is", *(str(k) for k in range(1, columns))], fontsize=8)  # fmt: skip
     ax.set_yticks([])
     ax.set_xlabel("fresh draws of the distortions", fontsize=8)
-    ax.set_title(title, fontsize=8)
+    ax.set_title(textwrap.fill(title, width=12 * columns), fontsize=8)
     for spine in ax.spines.values():
         spine.set_visible(False)
     return _save(fig, path)

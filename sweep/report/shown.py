@@ -14,7 +14,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 import mlp.model
-from mlp.config import MAX_DEPTH, ModelConfig
+from mlp.config import WIDTHS, ModelConfig
 from sweep.errors import SpecError
 from sweep.queue.attrs import why_failed
 from sweep.queue.report_reads import Record
@@ -99,7 +99,7 @@ def hidden(t: Trial) -> tuple[int, ...] | None:
     missing; SpecError (``checked``) for a depth or width in use that no study file could
     hold."""
     depth = ModelConfig(**checked(t, ["depth"])).depth
-    names = [f"hidden_{k}" for k in range(1, depth + 1)]
+    names = WIDTHS[:depth]
     widths = checked(t, names)
     return tuple(widths[n] for n in names) if len(widths) == depth else None
 
@@ -111,7 +111,7 @@ def in_use(t: Trial) -> dict[str, Any]:
         depth = len(hidden(t) or ())
     except SpecError:
         depth = 0
-    unused = {f"hidden_{k}" for k in range(depth + 1, MAX_DEPTH + 1)} if depth else set()
+    unused = set(WIDTHS[depth:]) if depth else set()
     return {k: v for k, v in config(t).items() if k not in unused}
 
 

@@ -21,11 +21,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from mlp.config import MAX_DEPTH
+from mlp.config import WIDTHS
 from mlp.model import N_CLASSES, N_INPUTS, parameter_count
-
-#: The width fields in layer order; a network of depth d uses the first d.
-WIDTHS = tuple(f"hidden_{k}" for k in range(1, MAX_DEPTH + 1))
 
 #: (lowest, highest) value of each width of a network, input side first.
 Box = Sequence[tuple[int, int]]

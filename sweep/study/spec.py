@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlp.config import WIDTHS
 from mlp.model import parameter_count
 from sweep.errors import SpecError
-from sweep.study.budget import WIDTHS, Budget, widest_slope
+from sweep.study.budget import Budget, widest_slope
 from sweep.study.rules import (
     BOOL,
     BUDGET_RULES,

@@ -230,3 +230,35 @@ def test_a_large_studys_best_curves_show_their_losses(tmp_path, monkeypatch):
     styles = {tuple(line.get_ydata()): line.get_linestyle() for line in loss.get_lines()
               if line.get_label() == "_loss"}  # fmt: skip
     assert styles == {(0.6, 0.3, 0.2): "--", (0.4, 0.2, 0.1): "-"}
+
+
+def test_the_importances_of_a_study_of_several_depths_print_no_warning():
+    # PED-ANOVA warns of every width some trials lack (those past a trial's depth); the report
+    # draws the scores and keeps the warnings off the user's terminal.
+    import warnings
+
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    from sweep.report import drawn
+    from sweep.report.stored import Kind
+
+    study = optuna.create_study(direction="maximize")
+    rng = np.random.default_rng(0)
+    for number in range(11):
+        depth = 1 + number % 3
+        low = int(rng.integers(64, 600))  # the budget moves a width's bounds from trial to trial
+        params = {"depth": depth, "hidden_1": int(rng.integers(low, 1200))}
+        distributions = {"depth": CategoricalDistribution([1, 2, 3]),
+                         "hidden_1": IntDistribution(low, 1200)}  # fmt: skip
+        for k in range(2, depth + 1):
+            params[f"hidden_{k}"] = int(rng.integers(64, 800))
+            distributions[f"hidden_{k}"] = IntDistribution(64, 800)
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=distributions, value=float(rng.uniform(98, 99.5))
+        ))  # fmt: skip
+    done = study.get_trials()
+    kind = Kind(sweep=True, maximize=True, metrics=("validation accuracy [%]",), spec=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scores = drawn._importances(study, done, kind, large=False)
+    assert "hidden_1" in scores
