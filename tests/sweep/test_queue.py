@@ -506,6 +506,7 @@ def test_a_study_another_client_made_is_not_taken_over(tmp_path, storage_url, di
     assert len(after.trials) == 2 and after.user_attrs == {} and after.metric_names is None
 
 
+@pytest.mark.slow
 def test_a_refused_worker_leaves_the_database_file_as_it_was(tmp_path):
     path = tmp_path / "theirs.db"
     optuna.create_study(study_name="mini", storage=f"sqlite:///{path}").optimize(

@@ -230,6 +230,7 @@ def test_report_all_reports_every_study_it_can_and_lists_the_others(grid_db, tmp
     ]
 
 
+@pytest.mark.slow
 def test_a_study_another_client_made_is_reported_in_its_own_direction_and_metric(tmp_path):
     # A minimize study in the same file, not made by sweep: its best is its *lowest* value,
     # labelled with its own metric name, and none of sweep's sections or units appear.
@@ -269,6 +270,7 @@ def test_sweep_names_its_metric_for_the_dashboard(grid_db):
     assert load(url, "g").metric_names == ["validation accuracy [%]"]
 
 
+@pytest.mark.slow
 def test_hostile_attributes_in_a_sweep_study_do_not_break_its_report(grid_db, tmp_path):
     # Any client may write a trial's user attributes; the report believes none of them blindly.
     url, _ = grid_db
@@ -300,6 +302,7 @@ def test_hostile_attributes_in_a_sweep_study_do_not_break_its_report(grid_db, tm
         assert row["n_params"] == row["train_loss"] == row["seconds"] == "", row
 
 
+@pytest.mark.slow
 def test_a_study_with_a_forged_spec_is_reported_plainly(grid_db, tmp_path):
     url, _ = grid_db
     db = f"sqlite:///{tmp_path / 'db.sqlite'}"
@@ -347,6 +350,7 @@ def test_infinite_values_from_another_client_are_reported_not_drawn(tmp_path):
     assert (tmp_path / "out" / "history.png").exists()
 
 
+@pytest.mark.slow
 def test_an_output_folder_that_is_a_file_is_one_line(grid_db, tmp_path):
     url, _ = grid_db
     (tmp_path / "afile").write_text("mine\n")

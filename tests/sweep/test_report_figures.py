@@ -67,6 +67,7 @@ def _spy(monkeypatch, name: str) -> list[tuple[tuple, dict]]:
 AFFINE = {"shift": 2, "rotation": 10.0}
 
 
+@pytest.mark.slow
 def test_the_best_trials_distortions_are_drawn_beside_the_digits(tmp_path, monkeypatch):
     # trial 0 (the best) and trial 2 share a setting; trial 3 has another; trial 1 none
     url = sweep_study(tmp_path, [AFFINE, {}, AFFINE, {"shift": 1, "elastic_alpha": 34.0}])
@@ -115,6 +116,7 @@ def test_a_forged_strength_is_one_line_and_the_others_are_drawn(tmp_path, forged
     assert f"\n{note}\n" in md and "![distortions of trial 1](distortions_1.png)" in md
 
 
+@pytest.mark.slow
 def test_without_the_dataset_the_figure_is_one_line(tmp_path, monkeypatch):
     url = sweep_study(tmp_path, [AFFINE, {}, {}, {}])
     monkeypatch.setenv("MLP_SWEEP_CACHE", str(tmp_path / "empty"))

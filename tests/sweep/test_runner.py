@@ -89,6 +89,7 @@ def test_results_do_not_depend_on_the_worker_or_the_run_and_are_plain_optuna(tmp
     assert study.user_attrs["spec"]["budget"] == {"min_params": 50_000, "max_params": 200_000}
 
 
+@pytest.mark.slow
 def test_trial_cap_holds_for_all_workers_together(tmp_path):
     path = tmp_path / "r.toml"
     path.write_text(

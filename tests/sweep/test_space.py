@@ -62,6 +62,7 @@ DEPTHS = {
 }  # fmt: skip
 
 
+@pytest.mark.slow
 def test_10000_random_suggestions_are_all_inside_the_budget_and_spread_across_it():
     spec = parse_spec(RANGES)
     samples = _sample(spec, 10_000, optuna.samplers.RandomSampler(seed=0))

@@ -190,6 +190,7 @@ def test_one_field_of_a_shipped_study_set_to_anything(folder, base, field, value
     load_bytes(folder, toml_document(doc).encode())
 
 
+@pytest.mark.slow
 def test_every_field_of_a_shipped_study_set_to_every_edge():
     # Exhaustive where the draws above are sparse: each known field set to each edge value,
     # searched as a list or a range in [space]. (The document, not its TOML: edges like nan
