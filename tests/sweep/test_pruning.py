@@ -25,7 +25,9 @@ def _first_pruned_epoch(pruner_name: str, prune_after: int | None) -> int | None
         raw["study"]["prune_after"] = prune_after
     spec = parse_spec(raw, source="p.toml")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", pruner=make_pruner(spec))
+    # Hyperband puts a trial in a bracket by a hash of the study's name and the trial's number:
+    # a fixed name, so that the same trials meet the same brackets on every run.
+    study = optuna.create_study(study_name="p", direction="maximize", pruner=make_pruner(spec))
     for _ in range(6):  # past the median pruner's five start-up trials
         trial = study.ask()
         for epoch in range(1, EPOCHS + 1):

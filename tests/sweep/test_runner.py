@@ -347,7 +347,9 @@ def test_a_trial_whose_worker_died_at_once_is_requeued_from_the_claims_heartbeat
     # The claim itself records the first heartbeat: a worker killed right after it leaves a
     # trial that the stale check can see.
     path = tmp_path / "db.sqlite"
-    storage = open_storage(f"sqlite:///{path}", heartbeat_interval=1, grace_period=1)
+    # SQLite's CURRENT_TIMESTAMP has whole seconds: a heartbeat written at 0.99 s reads as 0 s,
+    # so a grace period of 1 s could pass 0.01 s after the claim. Two leave a second of margin.
+    storage = open_storage(f"sqlite:///{path}", heartbeat_interval=1, grace_period=2)
     study = optuna.create_study(study_name="s", storage=storage)
     study.enqueue_trial({"i": 1})
     trial_id = WriteBackStorage(storage).claim(study._study_id, WORKER_TAGS)
@@ -355,7 +357,7 @@ def test_a_trial_whose_worker_died_at_once_is_requeued_from_the_claims_heartbeat
     assert sqlite3.connect(path).execute(beats, (trial_id,)).fetchone()[0] == 1
     assert recover(study, max_retries=3) == []  # not before the grace period
     assert states(study) == {TrialState.RUNNING: 1}
-    time.sleep(2.5)  # the grace period, plus a second: SQLite's CURRENT_TIMESTAMP has seconds
+    time.sleep(3.5)  # the grace period, plus a second: SQLite's CURRENT_TIMESTAMP has seconds
     assert recover(study, max_retries=3) == [0]
     assert recover(study, max_retries=3) == []  # a second look requeues nothing more
     assert states(study) == {TrialState.FAIL: 1, TrialState.WAITING: 1}
