@@ -202,11 +202,14 @@ def serve(
 
 
 def _stop(server: BaseWSGIServer, connections: dict, stopped: threading.Event) -> None:
-    """Close every connection and the listening socket, in the event loop's own thread (its
-    trigger runs the closing there), which then ends; then stop the request threads, waiting
-    at most _STOP_TIMEOUT_S for the requests in hand (a stuck one must not hold up Ctrl-C)."""
+    """Stop the request threads first, waiting at most _STOP_TIMEOUT_S for the requests in
+    hand (a stuck one must not hold up Ctrl-C) while the event loop still sends their answers;
+    then close every connection and the listening socket in the loop's own thread (its trigger
+    runs the closing there), which then ends. Waitress stops its own servers in this order: a
+    request thread that finishes wakes the loop through the trigger, which closing shuts."""
     from waitress import wasyncore
 
+    server.task_dispatcher.shutdown(timeout=_STOP_TIMEOUT_S)
     if not stopped.is_set():
         try:
             server.trigger.pull_trigger(lambda: wasyncore.close_all(connections))
@@ -215,7 +218,6 @@ def _stop(server: BaseWSGIServer, connections: dict, stopped: threading.Event) -
         stopped.wait(_STOP_TIMEOUT_S)
     if not stopped.is_set():  # never run: nobody else touches the map
         wasyncore.close_all(connections)
-    server.task_dispatcher.shutdown(timeout=_STOP_TIMEOUT_S)
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -6,11 +6,13 @@ The guard is called as a WSGI app (no network) over the real dashboard and a rea
 
 import io
 import json
+import logging
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from wsgiref.util import setup_testing_defaults
@@ -308,3 +310,23 @@ def test_a_silent_connection_is_closed_after_the_idle_timeout(db):
 
     (got, waited), _ = serving(db, client, idle_timeout=1)
     assert got == b"" and waited < 10
+
+
+def test_a_request_still_finishing_at_ctrl_c_ends_without_a_traceback(db, monkeypatch, caplog):
+    """Ctrl-C closed the event loop's trigger while a request thread was still finishing; the
+    thread then pulled the closed trigger and waitress logged a traceback. Now the request
+    threads stop first, as waitress stops its own servers."""
+    from waitress.server import BaseWSGIServer
+
+    pull = BaseWSGIServer.pull_trigger
+
+    def late_pull(server):  # a request thread slowed down just before it wakes the loop
+        if threading.current_thread().name.startswith("waitress-"):
+            time.sleep(1.0)
+        pull(server)
+
+    monkeypatch.setattr(BaseWSGIServer, "pull_trigger", late_pull)
+    (status, body), _ = serving(db, lambda url: request(url + "api/studies"))
+    assert status == 200 and b'"g"' in body
+    time.sleep(1.5)  # a thread the stop did not wait for has finished by now
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
