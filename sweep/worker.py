@@ -58,6 +58,8 @@ from sweep.trial.checkpoint import policy as checkpoint_policy
 from sweep.trial.cleanup import clear_ended, trial_ended
 from sweep.trial.objective import Objective, TrialFailed, load_data
 
+Value = float | tuple[float, ...]  # an objective's: one value, or one per objective
+
 logger = logging.getLogger(__name__)
 
 #: How often a worker looks again at a queue with nothing to claim, or for its stop flag.
@@ -150,8 +152,8 @@ def as_worker_study(study: optuna.Study) -> optuna.Study:
 
 
 def _run_one(
-    objective: Callable[[optuna.Trial], float], trial: optuna.Trial
-) -> tuple[float | None, TrialState | None]:
+    objective: Callable[[optuna.Trial], Value], trial: optuna.Trial
+) -> tuple[Value | None, TrialState | None]:
     """Run the objective; a pruned, diverged or crashing trial is a result, not a crash.
 
     A value that is not a finite number is a FAIL with its ``fail_reason`` (optuna's ``tell``
@@ -177,15 +179,17 @@ def _run_one(
 
 
 def _finite(value: object) -> bool:
+    """A finite number, or a non-empty sequence of them (a trial of several objectives)."""
+    values = value if isinstance(value, (list, tuple)) and value else [value]
     try:
-        return math.isfinite(float(value))
+        return all(math.isfinite(float(v)) for v in values)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return False
 
 
 def serve(
     study: optuna.Study,
-    objective: Callable[[optuna.Trial], float],
+    objective: Callable[[optuna.Trial], Value],
     *,
     run_id: str,
     max_retries: int = 3,

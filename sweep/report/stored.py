@@ -18,7 +18,8 @@ from optuna.trial import FrozenTrial
 
 from sweep.errors import SpecError
 from sweep.queue.attrs import SPEC
-from sweep.study.spec import METRIC, StudySpec, stored_spec
+from sweep.study.objectives import METRIC
+from sweep.study.spec import StudySpec, stored_spec
 from sweep.text import printable
 
 

@@ -31,10 +31,11 @@ from sweep.queue.storage import (
 )
 from sweep.queue.studies import adopt_spec
 from sweep.queue.transactions import writing
+from sweep.study import objectives
 from sweep.study.budget import widths_of
 from sweep.study.sampler import BoundedTPESampler
 from sweep.study.space import grid_points
-from sweep.study.spec import METRIC, StudySpec, first_difference, stored_spec
+from sweep.study.spec import StudySpec, first_difference, stored_spec
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,10 @@ def make_sampler(spec: StudySpec, salt: int = 0) -> optuna.samplers.BaseSampler:
         # constant_liar: running trials count as provisional results, so parallel workers do not
         # all sample the same promising point.
         return BoundedTPESampler(seed=seed, constant_liar=True, n_startup_trials=10)
+    if spec.sampler == "nsga2":
+        # Its crossover and mutation give values that the space's in-budget intervals then
+        # accept or redraw (sweep.study.space), so its children are inside the budget too.
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=spec.population)
     return optuna.samplers.RandomSampler(seed=seed)  # grid trials arrive with fixed parameters
 
 
@@ -106,15 +111,16 @@ def open_study(
     study = optuna.create_study(
         study_name=spec.name,
         storage=storage,
-        direction="maximize",
+        directions=objectives.directions(spec.objectives),
         sampler=make_sampler(spec, salt),
         pruner=make_pruner(spec),
         load_if_exists=True,
     )
     foreign = f"{spec.source}: study {spec.name!r} was not made by sweep"
-    if study.directions != [optuna.study.StudyDirection.MAXIMIZE]:
-        raise SpecError(f"{foreign} (it minimises or has several objectives); rename "
-                        "[study.name] for a new study")  # fmt: skip
+    if study.directions != objectives.directions(spec.objectives):
+        _refuse_other_objectives(study, spec)
+        raise SpecError(f"{foreign} (its directions are not the study file's objectives); "
+                        "rename [study.name] for a new study")  # fmt: skip
     given = json.dumps(spec.to_dict())
     stored = adopt_spec(rdb_of(study._storage), study._study_id, given)
     if stored is None:
@@ -123,7 +129,7 @@ def open_study(
     if study.metric_names is None:
         with warnings.catch_warnings():  # "experimental" since optuna 3.2
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([METRIC])
+            study.set_metric_names(objectives.labels(spec.objectives))
     try:
         stored = json.loads(stored)
     except ValueError as e:  # written by another client, not by optuna's set_user_attr
@@ -133,6 +139,16 @@ def open_study(
     if old.trials != spec.trials:
         study.set_user_attr(SPEC, spec.to_dict())
     return study
+
+
+def _refuse_other_objectives(study: optuna.Study, spec: StudySpec) -> None:
+    """A study sweep made with other objectives is refused as any changed field is, naming
+    [study.objectives]; anything else is left to the caller's "not made by sweep"."""
+    try:
+        old = stored_spec(study.user_attrs.get(SPEC), source=f"study {spec.name!r}")
+    except SpecError:
+        return
+    _refuse_difference(old, spec)
 
 
 def join(

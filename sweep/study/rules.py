@@ -20,8 +20,9 @@ from typing import Any
 
 from mlp.config import MAX_EPOCHS, Hyperparameter, hyperparameters
 from sweep.errors import SpecError
+from sweep.study.objectives import ACCURACY, OBJECTIVES
 
-SAMPLERS = ("grid", "tpe", "random")
+SAMPLERS = ("grid", "tpe", "random", "nsga2")
 PRUNERS = ("none", "median", "successive-halving", "hyperband")
 SECTIONS = ("study", "budget", "data", "train", "space")
 TRAIN_SET_SIZE = 50_000  # MNIST's training split
@@ -47,6 +48,7 @@ MAX_TRIALS = 1_000_000
 MAX_PARAMS = 100_000_000
 MAX_THREADS = 1024  # BLAS threads per trial
 MAX_RETRIES = 1000
+MAX_POPULATION = 10_000  # NSGA-II keeps a generation of trials in memory per ask
 MAX_INT = 2**63 - 1  # TOML integers, and SQLite's, are 64-bit
 
 
@@ -93,6 +95,18 @@ def _batch_size(train_set: int) -> Rule:
 BOOL = Rule(bool, lambda v: True, "true or false")
 
 
+def _is_objectives(v: list) -> bool:
+    names = [n for n in v if isinstance(n, str) and n in OBJECTIVES]
+    return len(names) == len(v) == len(set(names)) and names[:1] == [ACCURACY.name]
+
+
+OBJECTIVES_RULE = Rule(
+    list, _is_objectives,
+    f"a list of distinct objectives, {ACCURACY.name!r} first, of "
+    + ", ".join(repr(n) for n in OBJECTIVES),
+)  # fmt: skip
+
+
 def rule_of(h: Hyperparameter) -> Rule:
     """The study-file rule of a declared field (``mlp.config.PARAMETERS``): its type and
     what it accepts; an integer without an upper bound is one that fits 64 bits."""
@@ -127,11 +141,14 @@ STUDY_RULES: dict[str, Rule] = {
     # optuna's samplers seed numpy with it (after adding each worker's salt, modulo 2**32)
     "seed": int_in(0, 2**32 - 1),
     "pruner": choice(PRUNERS),
+    "objectives": OBJECTIVES_RULE,
     # Curves of distorted or strongly regularised trials start slow and end high: a pruner that
     # may stop a trial after its first epoch prunes exactly them (#25).
     "prune_after": int_in(0, MAX_EPOCHS),
     "threads": int_in(1, MAX_THREADS),
     "max_retries": int_in(1, MAX_RETRIES),
+    # NSGA-II's generation size (optuna's default, 50); read by sampler 'nsga2' only.
+    "population": int_in(2, MAX_POPULATION),
 }
 BUDGET_RULES: dict[str, Rule] = {
     "min_params": int_in(0, MAX_PARAMS),

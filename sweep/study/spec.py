@@ -23,6 +23,7 @@ from mlp.config import WIDTHS
 from mlp.model import parameter_count
 from sweep.errors import SpecError
 from sweep.study.budget import Budget, widest_slope
+from sweep.study.objectives import DEFAULT as ONE_OBJECTIVE
 from sweep.study.rules import (
     BOOL,
     BUDGET_RULES,
@@ -41,18 +42,13 @@ from sweep.study.rules import (
 from sweep.study.settings import TrainSettings, settings_class
 from sweep.study.space import DEPTH, DepthSpace, Dimension, depths, feasible_architectures_exist
 
-#: What every sweep study maximises (the objective's return value), as optuna's metric name:
-#: the dashboard and reports label by it, and ``sweep.report.stored`` recognises sweep's studies by
-#: it.
-METRIC = "validation accuracy [%]"
-
 
 @dataclass(frozen=True)
 class StudySpec:
     """A validated study file."""
 
     name: str  # optuna study name
-    sampler: str  # grid | tpe | random
+    sampler: str  # grid | tpe | random | nsga2
     trials: int | None  # cap for all workers together; None: the whole grid
     seed: int  # study seed: the sampler's seed and the root of every trial's seed
     pruner: str  # none | median | successive-halving | hyperband
@@ -65,6 +61,13 @@ class StudySpec:
     train_size: int | None = None  # use only a prefix of the training split
     data_path: str | None = None  # a user's own copy of MNIST
     source: str = "<spec>"  # where it came from, for messages
+    objectives: tuple[str, ...] = ONE_OBJECTIVE  # sweep.study.objectives; accuracy first
+    population: int = 50  # NSGA-II's generation size (sampler 'nsga2' only)
+
+    @property
+    def multi(self) -> bool:
+        """Whether the study has several objectives (a Pareto front, no single best)."""
+        return len(self.objectives) > 1
 
     def dimension(self, name: str) -> Dimension | None:
         return next((d for d in self.space if d.name == name), None)
@@ -78,12 +81,18 @@ class StudySpec:
         }  # fmt: skip
         searched = {d.name for d in self.space}
         train = {k: v for k, v in dataclasses.asdict(self.train).items() if k not in searched}
+        study = {
+            "name": self.name, "sampler": self.sampler, "trials": self.trials,
+            "seed": self.seed, "pruner": self.pruner, "threads": self.threads,
+            "max_retries": self.max_retries, "prune_after": self.prune_after,
+        }  # fmt: skip
+        # Only where they say something: a single-objective study's stored spec is unchanged.
+        if self.multi:
+            study["objectives"] = list(self.objectives)
+        if self.sampler == "nsga2":
+            study["population"] = self.population
         return {
-            "study": {
-                "name": self.name, "sampler": self.sampler, "trials": self.trials,
-                "seed": self.seed, "pruner": self.pruner, "threads": self.threads,
-                "max_retries": self.max_retries, "prune_after": self.prune_after,
-            },
+            "study": study,
             "budget": dataclasses.asdict(self.budget),
             "data": {"train_size": self.train_size, "path": self.data_path},
             "train": train,
@@ -218,6 +227,14 @@ def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> StudySpec:
     sampler = study["sampler"]
     if sampler != "grid" and "trials" not in study:
         raise fail(source, "study.trials", f"given for sampler {sampler!r}", MISSING)
+    objectives = tuple(study.get("objectives", ONE_OBJECTIVE))
+    pruner = study.get("pruner", "none")
+    if len(objectives) > 1 and pruner != "none":
+        allowed = "'none' with several objectives (optuna cannot prune a multi-objective trial)"
+        raise fail(source, "study.pruner", allowed, pruner)
+    if "population" in study and sampler != "nsga2":
+        raise fail(source, "study.population", "given only with sampler 'nsga2'",
+                   study["population"])  # fmt: skip
     budget = Budget(**_section(source, raw, "budget", BUDGET_RULES))
     if not budget.min_params < budget.max_params:
         raise fail(
@@ -254,7 +271,9 @@ def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> StudySpec:
         sampler=sampler,
         trials=study.get("trials"),
         seed=study.get("seed", 0),
-        pruner=study.get("pruner", "none"),
+        pruner=pruner,
+        objectives=objectives,
+        population=study.get("population", 50),
         threads=study.get("threads", 1),
         max_retries=study.get("max_retries", 3),
         prune_after=study.get("prune_after", 0),

@@ -26,6 +26,7 @@ from mlp.memory import require_training
 from mlp.model import parameter_count
 from sweep.errors import SpecError
 from sweep.queue.attrs import FAIL_REASON
+from sweep.study.objectives import values_of
 from sweep.study.rules import check_value, train_rules
 from sweep.study.settings import TrainSettings, configs
 from sweep.study.space import OutsideSpace, suggest, suggest_checked
@@ -69,7 +70,8 @@ def build_model_and_config(settings: TrainSettings, seed: int) -> tuple[MLP, Tra
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    """Callable objective for one study: returns the final validation accuracy in percent.
+    """Callable objective for one study: returns the final validation accuracy in percent,
+    or with several objectives their values in the study's order (``sweep.study.objectives``).
 
     With an artifact store (``sweep.trial.checkpoint``), the trial checkpoints its training as it
     goes and, given a ``resume_from``, continues from that checkpoint: its earlier epochs are
@@ -80,7 +82,7 @@ class Objective:
     spec: StudySpec
     artifacts: ArtifactStore | None = None
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         try:
             # The fixed parameters optuna's suggest_* will return (optuna keeps them private):
             # another client may have enqueued anything.
@@ -100,6 +102,7 @@ class Objective:
         curves: dict[str, list[float]] = {
             "train_loss": [], "train_accuracy": [], "valid_loss": [], "valid_accuracy": []
         }  # fmt: skip
+        epoch_seconds: list[float] = []  # wall time of each epoch, as its worker measured it
         start = time.perf_counter()
         saved = resumed = None
         if self.artifacts is not None:
@@ -131,12 +134,15 @@ class Objective:
             curves["train_accuracy"].append(100 * m.train_accuracy)
             curves["valid_loss"].append(m.valid_loss)
             curves["valid_accuracy"].append(100 * m.valid_accuracy)
+            epoch_seconds.append(m.seconds)
+            if self.spec.multi:
+                return  # optuna cannot prune a trial of several values, nor store its steps
             trial.report(100 * m.valid_accuracy, m.epoch)
 
         def on_epoch(m: EpochMetrics) -> None:
             ran[0] += 1
             record(m)
-            if m.epoch < config.epochs and trial.should_prune():
+            if m.epoch < config.epochs and not self.spec.multi and trial.should_prune():
                 save(pruned_at=m.epoch)
                 raise optuna.TrialPruned(f"pruned at epoch {m.epoch}")
 
@@ -163,7 +169,9 @@ class Objective:
             if saved is not None:
                 saved.close()
         save()
-        return curves["valid_accuracy"][-1]
+        return values_of(self.spec.objectives, accuracy=curves["valid_accuracy"][-1],
+                         params=parameter_count(*model_config.hidden),
+                         epoch_seconds=epoch_seconds)  # fmt: skip
 
 
 def _require_memory(model: ModelConfig, config: TrainConfig, data: Dataset, number: int) -> None:
