@@ -15,7 +15,7 @@ STORAGE ?= sqlite:///runs/sweep.db
 # One worker per core, one BLAS thread each: the fastest split measured (make bench).
 JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 
-.PHONY: install data train sweep sweep-pruned sweep-tpe best init gradcheck bench bench-scale \
+.PHONY: install data train sweep sweep-pruned sweep-tpe best pareto init gradcheck bench bench-scale \
 	report status dashboard test test-slow test-newest lock lint format clean
 
 DEV_STAMP := $(VENV)/.installed-dev
@@ -80,6 +80,12 @@ best: data
 	$(BIN)/sweep run studies/best-mlp.toml --storage $(STORAGE) --jobs $(JOBS)
 	$(BIN)/sweep evaluate studies/best-mlp.toml --storage $(STORAGE)
 	$(BIN)/sweep report studies/best-mlp.toml --storage $(STORAGE)
+
+# Accuracy against size: NSGA-II over one and two hidden layers inside the budget; prints the
+# Pareto front and writes its report.
+pareto: data
+	$(BIN)/sweep run studies/pareto.toml --storage $(STORAGE) --jobs $(JOBS)
+	$(BIN)/sweep report studies/pareto.toml --storage $(STORAGE)
 
 # The notebook's initialisation study (Zeros, Normal, Glorot) and its loss figure.
 init: data
