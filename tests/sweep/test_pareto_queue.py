@@ -108,11 +108,12 @@ def _assert_told_each_value_once(url: str, spec: StudySpec) -> optuna.Study:
 @pytest.mark.slow
 def test_two_workers_run_a_study_of_two_objectives_and_a_rerun_adds_nothing(tmp_path, storage_url):
     spec = load_spec(_study_file(tmp_path))
-    runner.run(spec, storage=storage_url, jobs=2)
+    store = str(tmp_path / "artifacts")  # PostgreSQL's default is runs/artifacts, here
+    runner.run(spec, storage=storage_url, jobs=2, artifacts=store)
     first = _assert_told_each_value_once(storage_url, spec)
     before = {t.number: t.values for t in first.trials}
     assert len({tuple(v) for v in before.values()}) > 1  # per trial, not one constant
-    runner.run(spec, storage=storage_url, jobs=2)  # resume: nothing left to run
+    runner.run(spec, storage=storage_url, jobs=2, artifacts=store)  # resume: nothing to run
     again = _assert_told_each_value_once(storage_url, spec)
     assert {t.number: t.values for t in again.trials} == before
 
