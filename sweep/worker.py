@@ -152,13 +152,14 @@ def as_worker_study(study: optuna.Study) -> optuna.Study:
 
 
 def _run_one(
-    objective: Callable[[optuna.Trial], Value], trial: optuna.Trial
+    objective: Callable[[optuna.Trial], Value], trial: optuna.Trial, n_values: int = 1
 ) -> tuple[Value | None, TrialState | None]:
     """Run the objective; a pruned, diverged or crashing trial is a result, not a crash.
 
-    A value that is not a finite number is a FAIL with its ``fail_reason`` (optuna's ``tell``
-    would record it FAIL without one, which the queue takes for a trial to run again). A
-    failure of the worker (``WORKER_FAILURES``) propagates, so the trial goes back to the queue.
+    A value that is not a finite number, or not one per the study's ``n_values`` objectives,
+    is a FAIL with its ``fail_reason`` (optuna's ``tell`` would record it FAIL without one,
+    which the queue takes for a trial to run again). A failure of the worker
+    (``WORKER_FAILURES``) propagates, so the trial goes back to the queue.
     """
     try:
         value = objective(trial)
@@ -174,6 +175,11 @@ def _run_one(
         return None, TrialState.FAIL
     if not _finite(value):  # optuna's tell would record a FAIL without a reason: rerun forever
         trial.set_user_attr(FAIL_REASON, f"the objective returned {value!r}"[:500])
+        return None, TrialState.FAIL
+    told = len(value) if isinstance(value, (list, tuple)) else 1
+    if told != n_values:  # as above: a study whose stored spec is not its directions' (#26)
+        trial.set_user_attr(FAIL_REASON, f"the objective returned {told} value(s) for a study of "
+                                         f"{n_values} objective(s)")  # fmt: skip
         return None, TrialState.FAIL
     return value, None
 
@@ -213,6 +219,7 @@ def serve(
         RUN_TAG: run_id,
     }
     ran = 0
+    n_values = len(study.directions)
     stopped = stop_key(run_id)
     next_stop_check = 0.0
     while True:
@@ -237,7 +244,7 @@ def serve(
         try:
             with _Heartbeat(storage, trial_id):  # the claim recorded the first beat
                 trial = optuna.Trial(study, trial_id)
-                value, state = _run_one(objective, trial)
+                value, state = _run_one(objective, trial, n_values)
             study.tell(trial, value, state=state)
         except optuna.exceptions.UpdateFinishedTrialError as e:
             if isinstance(e, TrialDeleted) and not study_exists(rdb, study._study_id):

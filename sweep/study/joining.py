@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import optuna
+from optuna.study import StudyDirection
 
 from mlp.model import parameter_count
 from sweep.errors import SpecError, StudyGone, UnfinishedError
@@ -169,9 +170,9 @@ def join(
     _warn_if_untested()
     deadline, delay = time.monotonic() + wait, 0.5
     # Read-only until the study is known good: a worker refused here changes nothing.
-    while (attrs := _peek(url, name)) is None or SPEC not in attrs:
+    while (peeked := _peek(url, name)) is None or SPEC not in peeked[0]:
         if time.monotonic() >= deadline:  # (a study made this instant gets its spec next)
-            if attrs is not None:
+            if peeked is not None:
                 raise SpecError(f"study {name!r} was not made by sweep (it has no stored spec)")
             hint = f"start it with `sweep run {spec.source}`" if spec else "start it first"
             raise SpecError(
@@ -180,10 +181,14 @@ def join(
             )
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(2 * delay, 10.0)
+    attrs, directions = peeked
     source = f"study {name!r} in {mask_password(url)}"
     stored = stored_spec(attrs[SPEC], source=source)
     if stored.name != name:  # e.g. optuna.copy_study copies the attributes, spec and all
         raise SpecError(f"{source}: its stored spec is study {stored.name!r}'s; join that one")
+    if directions != objectives.directions(stored.objectives):  # another client's, spec copied
+        raise SpecError(f"study {name!r} was not made by sweep (its directions are not its "
+                        "stored spec's objectives)")  # fmt: skip
     if spec is not None:
         _refuse_difference(stored, spec)
         data_path = data_path or spec.data_path
@@ -193,15 +198,17 @@ def join(
     return dataclasses.replace(stored, data_path=data_path or stored.data_path)
 
 
-def _peek(url: str, name: str) -> dict[str, Any] | None:
-    """The user attributes of study ``name``, read-only; None if there is no such study (or
-    no database yet: a batch array's workers may start before its launcher makes it)."""
+def _peek(url: str, name: str) -> tuple[dict[str, Any], list[StudyDirection]] | None:
+    """The user attributes and directions of study ``name``, read-only; None if there is no
+    such study (or no database yet: a batch array's workers may start before its launcher
+    makes it)."""
     try:
         storage = open_storage(url, heartbeat_interval=None, grace_period=None, read_only=True)
     except MissingDatabase:
         return None
     try:
-        return storage.get_study_user_attrs(storage.get_study_id_from_name(name))
+        study_id = storage.get_study_id_from_name(name)
+        return storage.get_study_user_attrs(study_id), storage.get_study_directions(study_id)
     except KeyError:
         return None
     finally:

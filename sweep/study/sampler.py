@@ -34,9 +34,14 @@ Note: TPE sees no user attributes, and intermediate values only of PRUNED trials
 pruned-trial ranking reads them); it reads neither otherwise. The best trials are COMPLETE
 ones: in a study with fewer than 25 COMPLETE trials among more than ``best + recent``
 finished ones, TPE fills its good group with the best-ranked PRUNED trials of the recent
-window only. Multi-objective studies (never made by sweep) get plain TPE; storages that are
-not relational databases (optuna's in-memory one, in tests) get the same view, picked from
-all their trials in memory.
+window only. Storages that are not relational databases (optuna's in-memory one, in tests)
+get the same view, picked from all their trials in memory.
+
+Note: a study of several objectives (``[study] objectives``) gets plain multi-objective TPE,
+which sees the whole study: TPE ranks its trials by non-domination over all of them, and no
+"best ``BEST``" by one value keeps that ranking exact. Its asks cost what optuna's own do and
+grow with the study (a worker's first ask loads the whole history, as measured above); so do
+NSGA-II's, which reads every trial to find its generation.
 """
 
 from __future__ import annotations
@@ -127,7 +132,7 @@ class BoundedTPESampler(TPESampler):
         if self._last is not None and self._last[0] == key:
             return self._last[1]
         if study._is_multi_objective():
-            return study  # no single "best"
+            return study  # no single "best" to bound by (see the module's note)
         maximize = study.direction == StudyDirection.MAXIMIZE
         bounds = {"best": self._best, "recent": self._recent, "maximize": maximize}
         try:

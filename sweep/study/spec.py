@@ -311,6 +311,8 @@ def first_difference(stored: StudySpec, given: StudySpec) -> tuple[str, Any, Any
     """The first field (``section.key``) in which ``given`` would change ``stored``'s results,
     with both values; None if they agree."""
     old, new = stored.to_dict(), given.to_dict()
+    for spec, d in ((stored, old), (given, new)):  # stored only when several; say which
+        d["study"].setdefault("objectives", list(spec.objectives))
     for section in SECTIONS:
         a, b = old.get(section, {}), new.get(section, {})
         for key in [*a, *(k for k in b if k not in a)]:

@@ -170,7 +170,27 @@ CASES = [
         "unknown sampler",
         study(sampler="bayes"),
         2,
-        r"{file}: \[study\.sampler\] must be one of 'grid', 'tpe', 'random'; got 'bayes'",
+        r"{file}: \[study\.sampler\] must be one of 'grid', 'tpe', 'random', 'nsga2'; got 'bayes'",
+    ),
+    (
+        "a pruner with several objectives",
+        study(pruner="median", study_extra='objectives = ["accuracy", "params"]'),
+        2,
+        r"{file}: \[study\.pruner\] must be 'none' with several objectives \(optuna cannot prune "
+        r"a multi-objective trial\); got 'median'",
+    ),
+    (
+        "an objective sweep does not know",
+        study(study_extra='objectives = ["accuracy", "loss"]'),
+        2,
+        r"{file}: \[study\.objectives\] must be a list of distinct objectives, 'accuracy' first, "
+        r"of 'accuracy', 'params', 'epoch_time'; got \['accuracy', 'loss'\]",
+    ),
+    (
+        "a population without NSGA-II",
+        study(sampler="random", study_extra="population = 8"),
+        2,
+        r"{file}: \[study\.population\] must be given only with sampler 'nsga2'; got 8",
     ),
     (
         "unknown pruner",
@@ -196,6 +216,14 @@ CASES = [
         2,
         r"{file}: \[space\.hidden_1\] differs from the stored study 'g': stored \[64, 128\], "
         r"given \[64\]; .*",
+    ),
+    (
+        "study name clash with other objectives",
+        study(study_extra='objectives = ["accuracy", "params"]'),
+        2,
+        r"{file}: \[study\.objectives\] differs from the stored study \'g\': stored "
+        r'\["accuracy"\], given \["accuracy", "params"\]; use the stored study\'s file, or rename '
+        r"\[study\.name\] for a new study",
     ),
     (
         "missing dataset path",

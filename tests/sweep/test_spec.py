@@ -11,7 +11,14 @@ import pytest
 
 from sweep.errors import SpecError
 from sweep.study.rules import float_in
-from sweep.study.spec import Budget, TrainSettings, load_spec, parse_spec, stored_spec
+from sweep.study.spec import (
+    Budget,
+    TrainSettings,
+    first_difference,
+    load_spec,
+    parse_spec,
+    stored_spec,
+)
 
 STUDIES = Path(__file__).parents[2] / "studies"
 
@@ -533,3 +540,95 @@ def test_a_data_path_starting_with_a_tilde_is_the_home_folder(tmp_path, monkeypa
     monkeypatch.setenv("HOME", str(tmp_path))
     text = GOOD.replace("[data]\n", '[data]\npath = "~/mnist.pkl.gz"\n')
     assert load_spec(write(tmp_path, text)).data_path == str(tmp_path / "mnist.pkl.gz")
+
+
+#: A study of two objectives (sweep.study.objectives), as the study file says it.
+PARETO = {**BASE, "study": {**BASE["study"], "sampler": "nsga2", "trials": 8, "population": 4,
+                            "objectives": ["accuracy", "params"]},
+          "space": {"hidden_1": {"low": 512, "high": 600}, "hidden_2": [768]}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "objectives",
+    [["params", "accuracy"], ["accuracy", "accuracy"], [], ["accuracy", "loss"], "accuracy",
+     ["accuracy", 1], ["accuracy", ["params"]], ["accuracy", "params", "epoch_time", "params"]],
+)  # fmt: skip
+def test_objectives_are_distinct_known_names_accuracy_first(objectives):
+    allowed = ("a list of distinct objectives, 'accuracy' first, of 'accuracy', 'params', "
+               "'epoch_time'")  # fmt: skip
+    assert spec_with("study", "objectives", ["accuracy", "params", "epoch_time"], PARETO).multi
+    assert not spec_with("study", "objectives", ["accuracy"], PARETO).multi
+    with pytest.raises(SpecError) as info:
+        spec_with("study", "objectives", objectives, PARETO)
+    assert str(info.value) == f"x.toml: [study.objectives] must be {allowed}; got {objectives!r}"
+
+
+@pytest.mark.parametrize("pruner", ["median", "successive-halving", "hyperband"])
+def test_a_pruner_with_several_objectives_is_refused_in_one_line(pruner):
+    assert spec_with("study", "pruner", "none", PARETO).pruner == "none"
+    single = {**PARETO, "study": {**PARETO["study"], "objectives": ["accuracy"]}}
+    assert spec_with("study", "pruner", pruner, single).pruner == pruner
+    with pytest.raises(SpecError) as info:
+        spec_with("study", "pruner", pruner, PARETO)
+    assert str(info.value) == (
+        "x.toml: [study.pruner] must be 'none' with several objectives (optuna cannot prune a "
+        f"multi-objective trial); got {pruner!r}"
+    )
+
+
+@pytest.mark.parametrize("sampler", ["grid", "tpe", "random"])
+def test_a_population_is_nsga2s_only(sampler):
+    assert spec_with("study", "population", 2, PARETO).population == 2
+    assert spec_with("study", "population", 10_000, PARETO).population == 10_000
+    for outside in (1, 10_001, 4.0, True):
+        with pytest.raises(SpecError, match=r"^x\.toml: \[study\.population\] must be an integer "
+                                            r"in \[2, 10000\]; got "):  # fmt: skip
+            spec_with("study", "population", outside, PARETO)
+    other = copy.deepcopy(PARETO)
+    other["study"]["sampler"] = sampler
+    other["space"] = {"hidden_1": [512, 600], "hidden_2": [768]}
+    with pytest.raises(SpecError) as info:
+        parse_spec(other, source="x.toml")
+    assert str(info.value) == (
+        "x.toml: [study.population] must be given only with sampler 'nsga2'; got 4"
+    )
+
+
+def test_the_stored_spec_names_objectives_and_population_only_where_they_say_something():
+    single = parse_spec(BASE, source="x.toml")
+    assert "objectives" not in single.to_dict()["study"]  # as before: its stored spec unchanged
+    assert "population" not in single.to_dict()["study"]
+    assert single.objectives == ("accuracy",) and single.population == 50
+    pareto = parse_spec(PARETO, source="x.toml")
+    study = pareto.to_dict()["study"]
+    assert study["objectives"] == ["accuracy", "params"] and study["population"] == 4
+    for spec in (single, pareto):
+        again = stored_spec(spec.to_dict(), source="x.toml")
+        assert (again.objectives, again.population, again.to_dict()) == (
+            spec.objectives,
+            spec.population,
+            spec.to_dict(),
+        )
+    # nsga2 with its default population stores it too: a later default cannot change it.
+    default = copy.deepcopy(PARETO)
+    del default["study"]["population"]
+    assert parse_spec(default).to_dict()["study"]["population"] == 50
+
+
+def _objectives(*names: str):
+    return parse_spec({**BASE, "study": {**BASE["study"], "objectives": list(names)}})
+
+
+def test_a_change_of_objectives_is_a_difference_naming_them():
+    single = parse_spec(BASE, source="x.toml")
+    two, three = _objectives("accuracy", "params"), _objectives("accuracy", "params", "epoch_time")
+    assert first_difference(single, single) is None and first_difference(two, two) is None
+    assert first_difference(single, two) == ("study.objectives", ["accuracy"],
+                                             ["accuracy", "params"])  # fmt: skip
+    assert first_difference(two, single) == ("study.objectives", ["accuracy", "params"],
+                                             ["accuracy"])  # fmt: skip
+    assert first_difference(two, three)[0] == "study.objectives"
+    # The directions alone would not tell these apart (both maximise then minimise).
+    time = _objectives("accuracy", "epoch_time")
+    assert first_difference(two, time) == ("study.objectives", ["accuracy", "params"],
+                                           ["accuracy", "epoch_time"])  # fmt: skip
