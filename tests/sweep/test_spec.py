@@ -251,7 +251,7 @@ def test_shipped_studies_are_valid(path):
 PROTOCOLS = {"quick": (True, False), "seed-grid": (True, False),
              "seed-grid-pruned": (True, False), "seed-init": (False, True),
              "tpe-best": (True, False), "tpe-budget": (True, False),
-             "best-mlp": (True, False)}  # fmt: skip
+             "best-mlp": (True, False), "pareto": (True, False)}  # fmt: skip
 
 
 @pytest.mark.parametrize("path", sorted(STUDIES.glob("*.toml")), ids=lambda p: p.name)
