@@ -236,7 +236,7 @@ def pareto(
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:,.0f}"))
     ax.set(title=title, xlabel=xlabel, ylabel=ACCURACY)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")  # the front's ends sit in any corner
     return _save(fig, path)
 
 

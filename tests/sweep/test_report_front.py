@@ -57,17 +57,17 @@ def _size(hidden: int) -> int:
 
 
 def sweep_study(tmp_path: Path, objectives: tuple[str, ...], name: str = "p") -> optuna.Study:
-    """Sweep's own study of these objectives, as ``sweep run`` creates it, with 14 finished
+    """Sweep's own study of these objectives, as ``sweep run`` creates it, with 15 finished
     trials of varied values (two equal ones on the front, one failed, one running)."""
     path = tmp_path / f"{name}.toml"
     path.write_text(STUDY.format(name=name, objectives=list(objectives)).replace("'", '"'))
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     study = open_study(load_spec(path), open_storage(url))
     rng = np.random.default_rng(7)
-    hiddens = [int(h) for h in rng.integers(26, 76, 12)] + [40, 40]
-    for i, h in enumerate(hiddens):
-        accuracy = round(80 + h / 10 + float(rng.normal(0, 0.5)), 2) if i < 12 else 84.5
-        seconds = round(0.01 * h / 40 + float(rng.uniform(0, 0.02)), 4) if i < 12 else 0.02
+    varied = [(h := int(rng.integers(26, 76)), round(80 + h / 10 + float(rng.normal(0, 0.5)), 2),
+              round(float(rng.uniform(0.01, 0.04)), 4)) for _ in range(12)]  # fmt: skip
+    # an equal pair on the front, and the fastest trial, behind it in accuracy and size alone
+    for h, accuracy, seconds in [*varied, (40, 84.5, 0.02), (40, 84.5, 0.02), (70, 80.0, 0.005)]:
         known = {"accuracy": accuracy, "params": float(_size(h)), "epoch_time": seconds}
         study.add_trial(create_trial(
             params={"hidden_1": h, "learning_rate": 0.05}, distributions=SPACE,
@@ -148,7 +148,9 @@ def test_the_front_in_the_report_is_optunas_best_trials(tmp_path, objectives, dr
         assert sorted(set(_line(ax, "non-dominated in these two"))) == sorted(
             {(t.values[1], t.values[0]) for t in along})  # fmt: skip
         assert "pareto_time.png" not in written.files
-    else:
+    else:  # the front of three objectives holds trials dominated in accuracy and size alone
+        steps = set(_line(ax, "non-dominated in these two"))
+        assert steps < {(t.values[1], t.values[0]) for t in along}
         assert drawn["pareto_time.png"].axes[0].get_xlabel() == EPOCH_TIME.label
     assert {"pareto.png", "hypervolume.png"} <= set(written.files)
     low, high = along[-1], along[0]
@@ -169,7 +171,7 @@ def test_status_shows_the_fronts_size_and_its_ends(tmp_path):
                 f"(trial {t.number})")  # fmt: skip
 
     assert out.stdout.splitlines() == [
-        "p: 1 running, 14 complete, 1 fail",
+        "p: 1 running, 15 complete, 1 fail",
         f"  front {len(along)} trials: {point(low)} … {point(high)}; s: {EPOCH_TIME.label}",
     ]
 
@@ -209,21 +211,23 @@ def test_another_clients_study_of_several_objectives_gets_the_same_plain_table(t
     with pytest.warns(optuna.exceptions.ExperimentalWarning):
         study.set_metric_names(["size", "score"])
     x = {"x": FloatDistribution(0, 1)}
-    for size, score in [(937_500.0, 0.5), (1_250_000.0, 0.75), (2_000_000.0, 0.5), (512.0, 0.1)]:
+    for size, score in [(937_500.0, 0.5), (1_250_000.0, 0.75), (2_000_000.0, 0.5), (512.0, 0.1),
+                        (600.0, 0.05)]:  # fmt: skip
         study.add_trial(create_trial(values=[size, score], params={"x": 0.5}, distributions=x))
     table, _ = summary.trial_table(study)
     header, *lines = table.splitlines()
     assert re.split(r"\s{2,}", header) == ["#", "state", "x", "params", "size", "score", "note"]
     assert [line.split()[3:] for line in lines] == [
         ["512", "0.1", "Pareto", "front"], ["937,500", "0.5", "Pareto", "front"],
-        ["1,250,000", "0.75", "Pareto", "front"], ["2,000,000", "0.5"]]  # fmt: skip
+        ["1,250,000", "0.75", "Pareto", "front"], ["600", "0.05"],
+        ["2,000,000", "0.5"]]  # fmt: skip
     writer.write_report(open_storage(url), "theirs", out_dir=tmp_path / "out")
     md = (tmp_path / "out" / "report.md").read_text()
     assert [r[1:3] for r in _md_rows(md, "The Pareto front")] == [
         ["512", "0.1"], ["937,500", "0.5"], ["1,250,000", "0.75"]]  # fmt: skip
     assert "e+" not in md and "- directions: minimize, maximize; metrics: size, score" in md
     rows = list(csv.DictReader((tmp_path / "out" / "trials.csv").open()))
-    assert [r["size"] for r in rows] == ["512", "937500", "1250000", "2000000"]
+    assert [r["size"] for r in rows] == ["512", "937500", "1250000", "600", "2000000"]
     status = main_in_process("status", "--storage", url)
     assert status.stdout.splitlines()[1] == (
         "  front 3 trials: size 1,250,000, score 0.75 (trial 1) … size 512, score 0.1 (trial 3)"

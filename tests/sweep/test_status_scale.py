@@ -94,7 +94,8 @@ def _old_status(storage: optuna.storages.BaseStorage) -> list[tuple]:
         best = s.best_trial
         front = sorted(t.number for t in study.best_trials) if kind.multi else []
         out.append((s.study_name, [(k, n) for k, n in counts.items() if n], kind,
-                    best and (best.number, best.value, list(best.params.items())), front))  # fmt: skip
+                    best and (best.number, best.value, list(best.params.items())),
+                    front))  # fmt: skip
     return out
 
 
