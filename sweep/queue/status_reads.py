@@ -148,12 +148,13 @@ def unreadable(engine: Engine, study_id: int) -> int:
     0, 1, … without a gap (it indexes a list by them). The report of a study of several
     objectives reads its trials through optuna, so it counts them first (one statement)."""
     v = tb.values
-    kind = sqlalchemy.type_coerce(_TYPE, sqlalchemy.String)
-    infinite = [_VALUE_TYPES.INF_POS.name, _VALUE_TYPES.INF_NEG.name]
+    # compared as optuna's enum (PostgreSQL has no operator for its enum against text); a name
+    # SQL wrote into SQLite matches neither, so it counts
     readable = sqlalchemy.or_(
-        sqlalchemy.and_(kind == _VALUE_TYPES.FINITE.name, v.c.value.is_not(None)),
-        sqlalchemy.and_(kind.in_(infinite), v.c.value.is_(None)),
-    )
+        sqlalchemy.and_(_TYPE == _VALUE_TYPES.FINITE, v.c.value.is_not(None)),
+        sqlalchemy.and_(_TYPE.in_([_VALUE_TYPES.INF_POS, _VALUE_TYPES.INF_NEG]),
+                        v.c.value.is_(None)),
+    )  # fmt: skip
     bad = (
         sqlalchemy.select(v.c.trial_id)
         .select_from(trials.join(v, v.c.trial_id == trials.c.trial_id))

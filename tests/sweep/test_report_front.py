@@ -56,12 +56,13 @@ def _size(hidden: int) -> int:
     return 784 * hidden + hidden + 10 * hidden + 10  # a 784-h-10 network
 
 
-def sweep_study(tmp_path: Path, objectives: tuple[str, ...], name: str = "p") -> optuna.Study:
+def sweep_study(tmp_path: Path, objectives: tuple[str, ...], url: str | None = None,
+                name: str = "p") -> optuna.Study:  # fmt: skip
     """Sweep's own study of these objectives, as ``sweep run`` creates it, with 15 finished
     trials of varied values (two equal ones on the front, one failed, one running)."""
     path = tmp_path / f"{name}.toml"
     path.write_text(STUDY.format(name=name, objectives=list(objectives)).replace("'", '"'))
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    url = url or f"sqlite:///{tmp_path / 'db.sqlite'}"
     study = open_study(load_spec(path), open_storage(url))
     rng = np.random.default_rng(7)
     varied = [(h := int(rng.integers(26, 76)), round(80 + h / 10 + float(rng.normal(0, 0.5)), 2),
@@ -119,12 +120,12 @@ def _line(ax, label: str) -> list[tuple[float, float]]:
 
 
 @pytest.mark.parametrize("objectives", [TWO, THREE], ids=["two", "three"])
-def test_the_front_in_the_report_is_optunas_best_trials(tmp_path, objectives, drawn):
-    study = sweep_study(tmp_path, objectives)
+def test_the_front_in_the_report_is_optunas_best_trials(tmp_path, objectives, drawn,
+                                                        storage_url):  # fmt: skip
+    study = sweep_study(tmp_path, objectives, storage_url)
     along = _along(study)
     assert len({tuple(t.values) for t in along}) < len(along)  # the equal pair is on it
-    storage = open_storage(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    written = writer.write_report(storage, "p", out_dir=tmp_path / "out")
+    written = writer.write_report(open_storage(storage_url), "p", out_dir=tmp_path / "out")
     md = (tmp_path / "out" / "report.md").read_text()
     rows = _md_rows(md, "The Pareto front")
     assert [int(r[0]) for r in rows] == [t.number for t in along]  # the same trials, in order
@@ -159,10 +160,10 @@ def test_the_front_in_the_report_is_optunas_best_trials(tmp_path, objectives, dr
     assert f"… {high.values[0]:.2f}% at {int(high.values[1]):,} parameters" in written.best_text
 
 
-def test_status_shows_the_fronts_size_and_its_ends(tmp_path):
-    study = sweep_study(tmp_path, THREE)
+def test_status_shows_the_fronts_size_and_its_ends(tmp_path, storage_url):
+    study = sweep_study(tmp_path, THREE, storage_url)
     along = _along(study)
-    out = main_in_process("status", "--storage", f"sqlite:///{tmp_path / 'db.sqlite'}")
+    out = main_in_process("status", "--storage", storage_url)
     assert out.returncode == 0, out.stderr
     low, high = along[-1], along[0]
 
@@ -204,8 +205,10 @@ def test_the_trial_table_has_a_column_per_objective_and_the_front_first(tmp_path
         assert more == len(lines) - limit
 
 
-def test_another_clients_study_of_several_objectives_gets_the_same_plain_table(tmp_path):
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+def test_another_clients_study_of_several_objectives_gets_the_same_plain_table(
+    tmp_path, storage_url
+):
+    url = storage_url
     study = optuna.create_study(study_name="theirs", storage=url,
                                 directions=["minimize", "maximize"])  # fmt: skip
     with pytest.warns(optuna.exceptions.ExperimentalWarning):
