@@ -2,8 +2,9 @@
 
 The study database is shared: optuna-dashboard, the ``optuna`` CLI and any script can write a
 study's attributes and name. What sweep shows from it is judged here: whether a study is
-sweep's own (its stored spec validates), numbers that are finite numbers, text that stays on one
-line (``sweep.text.printable``, re-exported here). A stored parameter is judged where it is read
+sweep's own (its stored spec validates and the study's directions are its objectives'), numbers
+that are finite numbers, text that stays on one line (``sweep.text.printable``, re-exported
+here). A stored parameter is judged where it is read
 (``sweep.queue.attrs.stored_param``).
 """
 

@@ -1,5 +1,5 @@
-"""A study database at a glance: every study's state counts and best trial, and one study's
-trials as an aligned text table.
+"""A study database at a glance: every study's state counts and best trial (or Pareto front,
+``sweep.report.front``), and one study's trials as an aligned text table.
 
 Light on purpose (optuna, no matplotlib), so that ``sweep status`` answers at once; the report
 (``sweep.report.writer``) orders its tables the same way, from here.
