@@ -175,7 +175,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Every study in the database: trials by state, best value and its parameters."""
+    """Every study in the database: trials by state, best value and its parameters (a study of
+    several objectives: its Pareto front's size and ends)."""
     from sweep.api import status
     from sweep.queue.storage import mask_password, resolve_url
     from sweep.report.stored import printable
@@ -190,6 +191,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         if s.best is not None:
             params = ", ".join(f"{printable(k, 40)}={fmt(v)}" for k, v in s.best.params.items())
             print(f"  best: trial {s.best.number}, {s.best_value()} ({params})")
+        if s.front:
+            print(f"  {s.front_text()}")
     return EXIT_OK
 
 

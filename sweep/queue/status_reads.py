@@ -1,6 +1,7 @@
 """What ``sweep status`` and the table at the end of ``sweep run`` read: every study's name,
-directions, spec, trial counts by state and best trial, and the first trials of one study as that
-table lists them.
+directions, spec, trial counts by state and best trial (or, for a study of several objectives,
+its complete trials' values, from which ``sweep.report.front`` finds the front), and the first
+trials of one study as that table lists them.
 
 Aggregate statements on optuna's tables (``sweep.queue.tables``), never trial by trial.
 ``sweep status`` used to load every trial of every study through optuna: 13 s at 10⁴ trials,
@@ -62,12 +63,27 @@ class StudyRow:
     states: list[tuple[str, int]]  # trials by state as stored (any name SQL wrote), any order
     skipped: int  # FAIL trials marked ``SKIPPED`` (counted among the FAIL ones in ``states``)
     best: Best | None  # the best COMPLETE trial of a single-objective study
+    #: the COMPLETE trials of a study of several objectives with a number for each objective,
+    #: by number; empty for a single-objective study
+    valued: list[Valued] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class Valued:
+    """A COMPLETE trial's values, one per objective: all a front is computed from."""
+
+    trial_id: int
+    number: int
+    values: tuple[float, ...]  # ±inf as optuna stores them; never NaN or text
+
+    state = TrialState.COMPLETE  # read as optuna's trials are, by ``sweep.report.front``
 
 
 def studies(engine: Engine) -> list[StudyRow]:
     """Every study in the database (``engine``: ``sweep.queue.storage.open_reader``, or an optuna
     storage's), in creation order, read in one transaction: seven statements plus one per
-    single-objective study, however many trials there are."""
+    single-objective study, plus one for the values of every multi-objective study's complete
+    trials (there is no best trial to pick in SQL: the front needs them all)."""
     with reading(engine) as conn:
         found = _studies(conn)
         states, skipped = _counts(conn)
@@ -78,6 +94,8 @@ def studies(engine: Engine) -> list[StudyRow]:
                 if row is not None:
                     best[study_id] = row
         params = stored_params(conn, [row[0] for row in best.values()])
+        several = {study_id: len(d) for study_id, _, d, _, _ in found if len(d) > 1}
+        valued = _valued(conn, several) if several else {}
     out = []
     for study_id, name, directions, user_attrs, metric_names in found:
         shown = None
@@ -86,8 +104,85 @@ def studies(engine: Engine) -> list[StudyRow]:
             value = float(value) if rank == 0 else math.copysign(math.inf, rank)
             shown = Best(number, value, params.get(trial_id, {}))
         out.append(StudyRow(study_id, name, directions, user_attrs, metric_names,
-                            states.get(study_id, []), skipped.get(study_id, 0), shown))  # fmt: skip
+                            states.get(study_id, []), skipped.get(study_id, 0), shown,
+                            valued.get(study_id, [])))  # fmt: skip
     return out
+
+
+def complete_values(engine: Engine, study_id: int, objectives: int) -> list[Valued]:
+    """The values of the study's COMPLETE trials (``objectives`` of them each), by number, in
+    one statement: what the table at the end of ``sweep run`` finds the front from."""
+    with reading(engine) as conn:
+        return _valued(conn, {study_id: objectives}).get(study_id, [])
+
+
+def _valued(conn: sqlalchemy.Connection, objectives: dict[int, int]) -> dict[int, list[Valued]]:
+    """The COMPLETE trials of these studies (id: its number of objectives) with a number for
+    every objective, each study's by trial number: one statement. A value optuna does not
+    store (NaN, text, a type SQL invented) or a missing objective leaves the trial out, as a
+    trial the front cannot place."""
+    v = tb.values
+    kind = sqlalchemy.type_coerce(_TYPE, sqlalchemy.String)  # an unknown name is not a number
+    rows = conn.execute(
+        sqlalchemy.select(trials.c.study_id, trials.c.trial_id, trials.c.number,
+                          v.c.objective, v.c.value, kind)
+        .select_from(trials.join(v, v.c.trial_id == trials.c.trial_id))
+        .where(trials.c.study_id.in_(list(objectives)), trials.c.state == TrialState.COMPLETE)
+        .order_by(trials.c.study_id, trials.c.number, trials.c.trial_id, v.c.objective)
+    )  # fmt: skip
+    found: dict[tuple[int, int, int], dict[int, float | None]] = {}
+    for study_id, trial_id, number, objective, value, type_name in rows:
+        found.setdefault((study_id, trial_id, number), {})[objective] = _number(value, type_name)
+    out: dict[int, list[Valued]] = {}
+    for (study_id, trial_id, number), values in found.items():
+        row = [values.get(i) for i in range(objectives[study_id])]
+        if len(values) == len(row) and None not in row:
+            out.setdefault(study_id, []).append(Valued(trial_id, number, tuple(row)))  # type: ignore[arg-type]
+    return out
+
+
+def unreadable(engine: Engine, study_id: int) -> int:
+    """How many of the study's trials optuna's own reading of trials fails on: a value it
+    cannot decode (its decoder asserts: a finite one stored as NULL, as SQLite keeps a NaN; an
+    infinite one stored with a number; a type it does not know), or objectives that are not
+    0, 1, … without a gap (it indexes a list by them). The report of a study of several
+    objectives reads its trials through optuna, so it counts them first (one statement)."""
+    v = tb.values
+    # compared as optuna's enum (PostgreSQL has no operator for its enum against text); a name
+    # SQL wrote into SQLite matches neither, so it counts
+    readable = sqlalchemy.or_(
+        sqlalchemy.and_(_TYPE == _VALUE_TYPES.FINITE, v.c.value.is_not(None)),
+        sqlalchemy.and_(_TYPE.in_([_VALUE_TYPES.INF_POS, _VALUE_TYPES.INF_NEG]),
+                        v.c.value.is_(None)),
+    )  # fmt: skip
+    bad = (
+        sqlalchemy.select(v.c.trial_id)
+        .select_from(trials.join(v, v.c.trial_id == trials.c.trial_id))
+        .where(trials.c.study_id == study_id)
+        .group_by(v.c.trial_id)
+        .having(sqlalchemy.or_(
+            sqlalchemy.func.max(v.c.objective) >= sqlalchemy.func.count(),
+            sqlalchemy.func.sum(sqlalchemy.case((readable, 0), else_=1)) > 0,
+        ))
+    ).subquery()  # fmt: skip
+    with reading(engine) as conn:
+        return conn.execute(
+            sqlalchemy.select(sqlalchemy.func.count()).select_from(bad)
+        ).scalar_one()
+
+
+def _number(value: Any, type_name: str) -> float | None:
+    """A stored objective value as optuna decodes it (±inf by its type), None for anything
+    that is no number (NaN, text, an unknown type)."""
+    if type_name == _VALUE_TYPES.INF_POS.name:
+        return math.inf
+    if type_name == _VALUE_TYPES.INF_NEG.name:
+        return -math.inf
+    if type_name != _VALUE_TYPES.FINITE.name or isinstance(value, bool):
+        return None
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def _rank() -> Any:

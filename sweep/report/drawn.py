@@ -11,11 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
 from sweep.errors import SpecError
 from sweep.report import digest, digest_figures, figures
+from sweep.report.front import non_dominated
 from sweep.report.shown import (
     Trial,
     cell,
@@ -257,11 +259,12 @@ def draw_sweep(trials: Sequence[Trial], spec: StudySpec, out: Path, files: list[
         )  # fmt: skip
         files.append("accuracy_vs_params.png")
     elif sized:
+        sizes, values = [count(t, "n_params") for t in sized], [t.value for t in sized]
         figures.accuracy_vs_params(
-            [count(t, "n_params") for t in sized], [t.value for t in sized], bounds,
-            out / "accuracy_vs_params.png",
+            sizes, values, bounds, out / "accuracy_vs_params.png",
             groups=[_group(t, colour) for t in sized] if colour else None,
             legend_title=colour and "coloured by",
+            front=non_dominated(np.array([sizes, [-v for v in values]]).T).tolist(),
         )  # fmt: skip
         files.append("accuracy_vs_params.png")
     if done:

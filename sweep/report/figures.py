@@ -171,9 +171,12 @@ def _finish_losses(ax: plt.Axes, curves: Sequence[Curve]) -> None:
 def accuracy_vs_params(
     n_params: Sequence[int], values: Sequence[float], bounds: tuple[int, int], path: Path, *,
     groups: Sequence[str] | None = None, legend_title: str | None = None,
+    front: Sequence[bool] | None = None,
 ) -> Path:  # fmt: skip
     """Final validation accuracy against model size, with the budget's bounds drawn; points
-    coloured by ``groups`` (the learning curves' colours, in the same order) if given."""
+    coloured by ``groups`` (the learning curves' colours, in the same order) if given; the
+    non-dominated points (``front``: no other trial as accurate with as few parameters) ringed
+    and joined by a step line, so a single-objective study shows its front too (#26)."""
     fig, ax = plt.subplots(figsize=SIZE)
     if groups is None:
         ax.scatter(n_params, values, s=22, color="tab:blue", label="trial")
@@ -182,14 +185,67 @@ def accuracy_vs_params(
             mine = [k for k, g in enumerate(groups) if g == group]
             ax.scatter([n_params[k] for k in mine], [values[k] for k in mine], s=22,
                        color=f"C{i % 10}", label=group)  # fmt: skip
+    if front is not None:
+        _front_line(ax, n_params, values, front, "non-dominated (max accuracy, min parameters)")
+    if groups is not None or front is not None:
         ax.legend(fontsize=7, loc="best", title=legend_title, title_fontsize=7)
+    _bounds(ax, bounds)
+    ax.set(title="Accuracy against parameter count", xlabel="parameters",
+           ylabel=ACCURACY)  # fmt: skip
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:,.0f}"))
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _bounds(ax: plt.Axes, bounds: tuple[int, int]) -> None:
+    """The budget's bounds on the parameter axis, as labelled vertical lines."""
     for b, name in zip(bounds, ("min_params", "max_params"), strict=True):
         ax.axvline(b, color="tab:red", linestyle=":", linewidth=1.2)
         ax.annotate(f"{name} = {b:,}", (b, 0.02), xycoords=("data", "axes fraction"),
                     rotation=90, fontsize=8, color="tab:red", ha="right")  # fmt: skip
-    ax.set(title="Accuracy against parameter count", xlabel="parameters",
-           ylabel=ACCURACY)  # fmt: skip
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:,.0f}"))
+
+
+def _front_line(ax: plt.Axes, xs: Sequence[float], ys: Sequence[float], on: Sequence[bool],
+                label: str) -> None:  # fmt: skip
+    """The points ``on`` the front (maximised y, minimised x), ringed and joined by the step
+    line of what each x buys: the best y at that x or less holds until the next point."""
+    points = sorted((x, y) for x, y, o in zip(xs, ys, on, strict=True) if o)
+    if points:
+        ax.step([x for x, _ in points], [y for _, y in points], where="post", color="tab:red",
+                linewidth=1.4, marker="o", markersize=8, markerfacecolor="none",
+                label=label)  # fmt: skip
+
+
+def pareto(
+    xs: Sequence[float], ys: Sequence[float], path: Path, *, front: Sequence[bool],
+    steps: Sequence[bool], xlabel: str, title: str, bounds: tuple[int, int] | None = None,
+) -> Path:  # fmt: skip
+    """Validation accuracy (``ys``) against a minimised objective (``xs``: parameters, or
+    seconds per epoch): the study's front (``front``: optuna's ``best_trials``) in full colour,
+    the dominated trials faded, the step line through the points non-dominated in these two
+    (``steps``: the front itself with two objectives), and the budget's ``bounds``."""
+    fig, ax = plt.subplots(figsize=SIZE)
+    faded = {"color": "0.55", "alpha": 0.35, "label": "dominated trial"}
+    for on, style in ((False, faded), (True, {"color": "tab:blue", "label": "on the front"})):
+        mine = [k for k, f in enumerate(front) if f == on]
+        if mine:
+            ax.scatter([xs[k] for k in mine], [ys[k] for k in mine], s=22, zorder=3, **style)
+    _front_line(ax, xs, ys, steps, "non-dominated in these two")
+    if bounds is not None:
+        _bounds(ax, bounds)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:,.0f}"))
+    ax.set(title=title, xlabel=xlabel, ylabel=ACCURACY)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")  # the front's ends sit in any corner
+    return _save(fig, path)
+
+
+def hypervolume(numbers: Sequence[int], volumes: Sequence[float], path: Path, *,
+                ylabel: str) -> Path:  # fmt: skip
+    """The hypervolume of the trials completed up to each trial number."""
+    fig, ax = plt.subplots(figsize=SIZE)
+    ax.step(numbers, volumes, where="post", color="tab:blue", marker="o", markersize=3)
+    ax.set(title="Hypervolume over trials", xlabel="trial number", ylabel=ylabel)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 

@@ -2,8 +2,9 @@
 
 The study database is shared: optuna-dashboard, the ``optuna`` CLI and any script can write a
 study's attributes and name. What sweep shows from it is judged here: whether a study is
-sweep's own (its stored spec validates), numbers that are finite numbers, text that stays on one
-line (``sweep.text.printable``, re-exported here). A stored parameter is judged where it is read
+sweep's own (its stored spec validates and the study's directions are its objectives'), numbers
+that are finite numbers, text that stays on one line (``sweep.text.printable``, re-exported
+here). A stored parameter is judged where it is read
 (``sweep.queue.attrs.stored_param``).
 """
 
@@ -18,39 +19,68 @@ from optuna.trial import FrozenTrial
 
 from sweep.errors import SpecError
 from sweep.queue.attrs import SPEC
-from sweep.study.objectives import METRIC
+from sweep.study import objectives
+from sweep.study.objectives import Objective
 from sweep.study.spec import StudySpec, stored_spec
 from sweep.text import printable
 
 
 @dataclasses.dataclass(frozen=True)
 class Kind:
-    """How to read a study: sweep's own (validated spec, maximised accuracy in percent), or one
-    another optuna client made, reported plainly in its own direction and metric name."""
+    """How to read a study: sweep's own (validated spec, its declared objectives: accuracy in
+    percent first), or one another optuna client made, reported plainly in its own directions
+    and metric names."""
 
     sweep: bool
-    maximize: bool  # the (first) objective's direction
-    metrics: tuple[str, ...]  # one printable name per objective
+    #: sweep's declared objectives (``sweep.study.objectives``); for another client's study one
+    #: plain objective per direction, named by its printable metric name, without a unit
+    objectives: tuple[Objective, ...]
     spec: StudySpec | None
+
+    @property
+    def maximize(self) -> bool:
+        """The (first) objective's direction."""
+        return self.objectives[0].maximize
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """One printable name per objective: sweep's labels, or the stored metric names."""
+        return tuple(o.label for o in self.objectives)
 
     @property
     def metric(self) -> str:
         return ", ".join(self.metrics)
 
+    @property
+    def multi(self) -> bool:
+        """Several objectives: a Pareto front, no single best trial."""
+        return len(self.objectives) > 1
+
 
 def study_kind(user_attrs: dict[str, Any], directions: list[StudyDirection],
-               metric_names: list[str] | None) -> Kind:  # fmt: skip
-    """Sweep's own study when its stored spec is valid and it maximises one value; the stored
-    spec is anyone's JSON, so it is validated before any of it is believed."""
+               metric_names: list[Any] | None) -> Kind:  # fmt: skip
+    """Sweep's own study when its stored spec is valid and the study's directions are those of
+    the spec's objectives; the stored spec is anyone's JSON, so it is validated before any of
+    it is believed. Another client's study gets its stored metric names where they are one per
+    direction, else "value" (one objective) or "value 0", "value 1", …"""
     spec = None
-    if SPEC in user_attrs and directions == [StudyDirection.MAXIMIZE]:
+    if SPEC in user_attrs:
         try:
             spec = stored_spec(user_attrs[SPEC], source="stored spec")
         except SpecError:
             spec = None
-    names = metric_names or [METRIC if spec else "value"] * len(directions)
-    shown = tuple(printable(n, 40) for n in names)
-    return Kind(spec is not None, directions[0] != StudyDirection.MINIMIZE, shown, spec)
+    if spec is not None and directions == objectives.directions(spec.objectives):
+        return Kind(True, objectives.objectives_of(spec.objectives), spec)
+    names: list[Any] = (
+        ["value"] if len(directions) == 1 else [f"value {i}" for i in range(len(directions))]
+    )
+    if isinstance(metric_names, list) and len(metric_names) == len(directions):
+        names = metric_names
+    plain = tuple(
+        Objective(shown, d != StudyDirection.MINIMIZE, "", shown)
+        for shown, d in zip((printable(str(n), 40) for n in names), directions, strict=True)
+    )
+    return Kind(False, plain, None)
 
 
 def number(value: Any) -> float | None:

@@ -1,5 +1,5 @@
-"""A study database at a glance: every study's state counts and best trial, and one study's
-trials as an aligned text table.
+"""A study database at a glance: every study's state counts and best trial (or Pareto front,
+``sweep.report.front``), and one study's trials as an aligned text table.
 
 Light on purpose (optuna, no matplotlib), so that ``sweep status`` answers at once; the report
 (``sweep.report.writer``) orders its tables the same way, from here.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
@@ -27,23 +28,41 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep.queue import status_reads
 from sweep.queue.attrs import SKIPPED, why_failed
-from sweep.queue.status_reads import Best
+from sweep.queue.status_reads import Best, Valued
+from sweep.report import front
 from sweep.report.stored import Kind, count, printable, study_kind
+from sweep.study.objectives import PARAMS
 
 #: How trials are listed: finished ones first, then those under way, then the failures.
 ORDER = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1, TrialState.RUNNING: 2,
          TrialState.FAIL: 3, TrialState.WAITING: 4}  # fmt: skip
 
 
-def ordered(trials: list[FrozenTrial], *, maximize: bool = True) -> list[FrozenTrial]:
-    """Trials by state (``ORDER``), the best value first within a state, then by number."""
+def ordered(trials: list[Any], *, maximize: bool = True,
+            value: Callable[[Any], float | None] | None = None) -> list[Any]:  # fmt: skip
+    """Trials by state (``ORDER``), the best value first within a state (a trial without one
+    before them), then by number. ``value``: which value (default: ``t.value``; a study of
+    several objectives orders by its first, ``front.first``)."""
     sign = -1 if maximize else 1
+    read = value or (lambda t: t.value)
 
-    def key(t: FrozenTrial) -> tuple[int, float, int]:
-        value = t.value if t.value is not None else -sign * math.inf
-        return ORDER[t.state], sign * value, t.number
+    def key(t: Any) -> tuple[int, float, int]:
+        v = read(t)
+        return ORDER[t.state], sign * (v if v is not None else -sign * math.inf), t.number
 
     return sorted(trials, key=key)
+
+
+def listed(trials: Sequence[Any], kind: Kind) -> tuple[list[Any], list[Any]]:
+    """The trials as every table lists them, and the Pareto front along it: a study of several
+    objectives lists its front first (``front.front``), then the others by ``ordered`` of their
+    first value; a single-objective one ``ordered`` (its front is empty)."""
+    if not kind.multi:
+        return ordered(list(trials), maximize=kind.maximize), []
+    along = front.front(trials, kind.objectives)
+    on = {t.number for t in along}
+    rest = [t for t in trials if t.number not in on]
+    return along + ordered(rest, maximize=kind.maximize, value=front.first), along
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +73,8 @@ class StudyStatus:
     counts: dict[str, int]  # trials by state, lower case, with FAIL split off as "skipped"
     kind: Kind  # sweep's own study or another client's; its direction and metric
     best: Best | None  # the best COMPLETE trial of a single-objective study
+    #: the front of a study of several objectives, along it (``front.front``); else empty
+    front: list[Valued] = dataclasses.field(default_factory=list)
 
     def best_value(self) -> str | None:
         """The best value as the study measures it: ``97.12%``, or ``loss 0.2031``."""
@@ -62,19 +83,22 @@ class StudyStatus:
         value = self.best.value
         return f"{value:.2f}%" if self.kind.sweep else f"{self.kind.metric} {value:.6g}"
 
+    def front_text(self) -> str | None:
+        """The front's size and ends (``front.ends_text``); None for one objective."""
+        return front.ends_text(self.kind, self.front)
+
 
 def status(engine: status_reads.Engine) -> list[StudyStatus]:
     """Every study in the database (``engine``: ``sweep.queue.storage.open_reader``, or an optuna
     storage's), in creation order, read in one transaction (``status_reads.studies``): its
-    counts by state, its kind, and the number, value and parameters of its best trial."""
-    return [
-        StudyStatus(
-            s.name, _counts(s.states, s.skipped),
-            study_kind(s.user_attrs, s.directions or [StudyDirection.NOT_SET], s.metric_names),
-            s.best,
-        )
-        for s in status_reads.studies(engine)
-    ]  # fmt: skip
+    counts by state, its kind, and the number, value and parameters of its best trial, or the
+    front of a study of several objectives."""
+    out = []
+    for s in status_reads.studies(engine):
+        kind = study_kind(s.user_attrs, s.directions or [StudyDirection.NOT_SET], s.metric_names)
+        along = front.front(s.valued, kind.objectives) if kind.multi else []
+        out.append(StudyStatus(s.name, _counts(s.states, s.skipped), kind, s.best, along))
+    return out
 
 
 def _counts(states: list[tuple[str, int]], skipped: int) -> dict[str, int]:
@@ -111,41 +135,63 @@ def trial_table(study: optuna.Study, *, limit: int | None = None) -> tuple[str, 
     """
     kind = study_kind(study.user_attrs, study.directions, study.metric_names)
     if limit is None:
-        shown = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+        every = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+        shown, along = listed(every, kind)
         left_out = 0
     else:
-        shown, left_out = _top(study, kind=kind, limit=limit)
-    return _table(ordered(shown, maximize=kind.maximize), kind), left_out
+        shown, along, left_out = _top(study, kind=kind, limit=limit)
+    return _table(shown, kind, {t.number for t in along}), left_out
 
 
-def _top(study: optuna.Study, *, kind: Kind, limit: int) -> tuple[list[FrozenTrial], int]:
-    """The first ``limit`` trials of the study as ``ordered`` lists them, and how many more
-    there are: one ordered, limited statement, one count, then each trial shown."""
+def _top(study: optuna.Study, *, kind: Kind,
+         limit: int) -> tuple[list[FrozenTrial], list[Any], int]:  # fmt: skip
+    """The first ``limit`` trials of the study as ``listed`` lists them, those of the front
+    among them, and how many more there are: one ordered, limited statement, one count (and,
+    with several objectives, one read of the complete trials' values for the front), then
+    each trial shown."""
     from sweep.queue.storage import rdb_of
 
     rdb = rdb_of(study._storage)
+    along: list[Any] = []
+    if kind.multi:
+        valued = status_reads.complete_values(rdb.engine, study._study_id, len(kind.objectives))
+        along = front.front(valued, kind.objectives)[:limit]
     ids, more = status_reads.first_listed(rdb.engine, study._study_id, order=ORDER,
-                                          maximize=kind.maximize, limit=limit)  # fmt: skip
-    return [rdb.get_trial(trial_id) for trial_id in ids], more
+                                          maximize=kind.maximize,
+                                          limit=limit + len(along))  # fmt: skip
+    on = {v.trial_id for v in along}
+    chosen = [v.trial_id for v in along] + [i for i in ids if i not in on][: limit - len(along)]
+    return [rdb.get_trial(i) for i in chosen], along, len(ids) + more - len(chosen)
 
 
-def _table(trials: list[FrozenTrial], kind: Kind) -> str:
-    """These trials, in this order, one aligned row each under a header."""
+def _table(trials: list[FrozenTrial], kind: Kind, on: set[int]) -> str:
+    """These trials, in this order, one aligned row each under a header; with several
+    objectives one column per objective, and the front's trials (numbers ``on``) marked."""
     names = sorted({k for t in trials for k in t.params})
-    header = ["#", "state", *names, "params", "valid %" if kind.sweep else kind.metric]
+    sized = not kind.multi or PARAMS not in kind.objectives  # else a column of its own
+    metrics = list(kind.metrics) if kind.multi else ["valid %" if kind.sweep else kind.metric]
+    header = ["#", "state", *names, *(["params"] if sized else []), *metrics]
     rows = []
     for t in trials:
+        params = [fmt(t.params.get(n, "")) for n in names]
+        size = [str(count(t, "n_params") or "")] if sized else []
+        state, note = t.state.name.lower(), "Pareto front" if t.number in on else ""
+        if t.state == TrialState.FAIL:
+            note = printable(why_failed(t.user_attrs), 40)
+            if SKIPPED in t.user_attrs:  # not run: not a failure
+                state, note = "skipped", printable(str(t.user_attrs[SKIPPED]), 40)
+        if kind.multi:
+            values = [*(t.values or []), *[None] * len(metrics)]
+            cells = [front.value_text(o, v, sweep=kind.sweep)
+                     for o, v in zip(kind.objectives, values, strict=False)]  # fmt: skip
+            rows.append([str(t.number), state, *params, *size, *cells, note])
+            continue
         value = f"{t.value:.{'2f' if kind.sweep else '6g'}}" if t.value is not None else ""
         if t.state == TrialState.PRUNED:
             value += f" (pruned @{count(t, 'pruned_at') or '?'})"
-        if t.state == TrialState.FAIL:
-            value = printable(why_failed(t.user_attrs), 40)
-        params = [fmt(t.params.get(n, "")) for n in names]
-        state = t.state.name.lower()
-        if t.state == TrialState.FAIL and SKIPPED in t.user_attrs:  # not run: not a failure
-            state, value = "skipped", printable(str(t.user_attrs[SKIPPED]), 40)
-        rows.append([str(t.number), state, *params,
-                     str(count(t, "n_params") or ""), value])  # fmt: skip
+        rows.append([str(t.number), state, *params, *size, note or value])
+    if kind.multi:
+        header.append("note")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()

@@ -28,9 +28,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.errors import SweepError
-from sweep.queue import report_reads
+from sweep.queue import report_reads, status_reads
 from sweep.queue.storage import mask_password, study_names
-from sweep.report import digest, digest_figures, distortions, drawn
+from sweep.report import digest, digest_figures, distortions, drawn, front
 from sweep.report.shown import (
     Trial,
     cell,
@@ -45,7 +45,7 @@ from sweep.report.shown import (
     varying,
 )
 from sweep.report.stored import Kind, count, number, printable, study_kind
-from sweep.report.summary import ordered
+from sweep.report.summary import listed, ordered
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Report:
     best_number: int | None
     best_value: float | None
     best_config: dict[str, Any] | None
-    best_text: str | None  # e.g. "best trial 3: 97.12%", in the study's own metric
+    best_text: str | None  # "best trial 3: 97.12%" in the study's own metric; or its front's ends
 
 
 def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
@@ -135,13 +135,21 @@ def write_report(
     """
     study = load_study(storage, study_name)
     multi = len(study.directions) > 1
-    if multi:  # another client's, reported by optuna's own reading (its Pareto front)
+    if multi:  # read by optuna (sweep's narrow records hold the first objective only)
         chars = report_reads.attribute_chars(storage.engine, study._study_id)
         if chars > MAX_OPTUNA_READ:  # optuna reads them whole: 4 GB for 2 GB of them
             raise SweepError(
                 f"study {printable(study_name, 200)!r} has several objectives and its trials "
                 f"hold {chars:,} characters of attributes; a report of such a study reads "
                 f"them all, at most {MAX_OPTUNA_READ:,}"
+            )
+        unreadable = status_reads.unreadable(storage.engine, study._study_id)
+        if unreadable:  # optuna's reading would stop at the first, with an AssertionError
+            raise SweepError(
+                f"study {printable(study_name, 200)!r} has {unreadable:,} trial(s) whose "
+                "stored values optuna cannot read; a trial's values are one per objective "
+                "from 0, each a number stored as FINITE, or INF_POS or INF_NEG stored as NULL "
+                "(SQLite keeps a NaN as NULL)"
             )
         trials: list[Trial] = [t for t in study.get_trials(deepcopy=False)
                                if t.state != TrialState.WAITING]  # fmt: skip
@@ -158,8 +166,10 @@ def write_report(
         raise SweepError(f"cannot write the report of study {printable(study_name, 200)!r} "
                          f"to {out_dir}: {e.strerror or e}") from e  # fmt: skip
     files = ["report.md", "trials.csv"]
-    if multi:
-        return _write_multi(study, trials, kind, out_dir, files)
+    if multi:  # its front: ``sweep.report.front``
+        shown, along = listed(trials, kind)
+        ends = front.write(study, shown, along, kind, out_dir, files)
+        return Report(out_dir, tuple(files), None, None, None, ends)
     large = digest.is_large(trials)
     top = digest.best(finished(trials), digest.TOP, maximize=kind.maximize) if large else None
     # learning curves only for the trials drawn: every one of a small study
@@ -292,29 +302,3 @@ def _summary(study: optuna.Study, trials: Sequence[Trial], kind: Kind,
             f"{'?' if which is None else int(which)}, evaluated once): **{test:.2f}%**"
         )
     return [*lines, ""]
-
-
-def _write_multi(study: optuna.Study, trials: Sequence[Trial], kind: Kind, out: Path,
-                 files: list[str]) -> Report:  # fmt: skip
-    """A multi-objective study (another client's): its trials and Pareto front as tables."""
-    metrics = kind.metrics if study.metric_names else [
-        f"value {i}" for i in range(len(study.directions))]  # fmt: skip
-    names = param_names(trials)
-    with (out / "trials.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["number", "state", *names, *metrics, "reason"])
-        for t in sorted(trials, key=lambda t: t.number):
-            w.writerow([t.number, t.state.name, *(t.params.get(n, "") for n in names),
-                        *(t.values or [""] * len(metrics)), reason(t)])  # fmt: skip
-    front = {t.number for t in study.best_trials}
-    rows = [[t.number, t.state.name.lower(), *(t.params.get(n, "") for n in names),
-             *(t.values or [""] * len(metrics)), "Pareto front" if t.number in front else ""]
-            for t in sorted(trials, key=lambda t: t.number)]  # fmt: skip
-    directions = ", ".join(d.name.lower() for d in study.directions)
-    lines = [f"# Study `{printable(study.study_name, 400)}`", "",
-             "- not made by sweep (several objectives): a plain report of its values",
-             f"- directions: {directions}; metrics: {', '.join(metrics)}",
-             f"- {len(front)} trial(s) on the Pareto front", "", "## Trials", "",
-             md_table(["#", "state", *names, *metrics, "note"], rows), ""]  # fmt: skip
-    (out / "report.md").write_text("\n".join(lines))
-    return Report(out, tuple(files), None, None, None, None)

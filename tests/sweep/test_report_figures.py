@@ -243,6 +243,7 @@ def test_the_importances_of_a_study_of_several_depths_print_no_warning():
 
     from sweep.report import drawn
     from sweep.report.stored import Kind
+    from sweep.study.objectives import ACCURACY
 
     study = optuna.create_study(direction="maximize")
     rng = np.random.default_rng(0)
@@ -259,7 +260,7 @@ def test_the_importances_of_a_study_of_several_depths_print_no_warning():
             params=params, distributions=distributions, value=float(rng.uniform(98, 99.5))
         ))  # fmt: skip
     done = study.get_trials()
-    kind = Kind(sweep=True, maximize=True, metrics=("validation accuracy [%]",), spec=None)
+    kind = Kind(sweep=True, objectives=(ACCURACY,), spec=None)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         scores = drawn._importances(study, done, kind, large=False)

@@ -74,7 +74,9 @@ def _varied(url: str, tmp_path, *, complete: int = 6) -> None:
     two = optuna.create_study(
         study_name="two", storage=storage, directions=["minimize", "maximize"]
     )
-    two.add_trials([create_trial(values=[i, -i]) for i in range(3)])
+    # a front of three (each trades the first objective for the second), one trial behind it
+    two.add_trials([create_trial(values=[i, i]) for i in range(3)])
+    two.add_trial(create_trial(values=[2, 0]))
     optuna.create_study(study_name="empty", storage=storage)
     storage.engine.dispose()
 
@@ -90,14 +92,17 @@ def _old_status(storage: optuna.storages.BaseStorage) -> list[tuple]:
             counts["skipped" if skipped else t.state.name.lower()] += 1
         kind = study_kind(study.user_attrs, study.directions, study.metric_names)
         best = s.best_trial
+        front = sorted(t.number for t in study.best_trials) if kind.multi else []
         out.append((s.study_name, [(k, n) for k, n in counts.items() if n], kind,
-                    best and (best.number, best.value, list(best.params.items()))))  # fmt: skip
+                    best and (best.number, best.value, list(best.params.items())),
+                    front))  # fmt: skip
     return out
 
 
 def _new_status(engine: sqlalchemy.engine.Engine) -> list[tuple]:
     return [(s.name, list(s.counts.items()), s.kind,
-             s.best and (s.best.number, s.best.value, list(s.best.params.items())))
+             s.best and (s.best.number, s.best.value, list(s.best.params.items())),
+             sorted(v.number for v in s.front))
             for s in summary.status(engine)]  # fmt: skip
 
 
@@ -127,7 +132,8 @@ def test_status_is_what_loading_every_trial_gave(tmp_path, storage_url):
                                                    ("learning_rate", 0.01 + 6 * 0.05)])  # fmt: skip
     assert theirs[3] == (1, 0.2, [("x", 0.2)]) and theirs[2].metric == "test loss"
     assert edge[3] == (1, math.inf, [])
-    assert two[3] is None and two[2].metrics == ("value", "value")
+    assert two[3] is None and two[2].metrics == ("value 0", "value 1")
+    assert two[4] == [0, 1, 2]  # the front, as optuna's best_trials (_old_status) has it
     assert empty[1] == [] and empty[3] is None
 
 
@@ -143,7 +149,8 @@ def test_status_lines_are_unchanged(tmp_path):
         "  best: trial 1, test loss 0.2 (x=0.2)",
         "edge: 4 complete",
         "  best: trial 1, value inf ()",
-        "two: 3 complete",
+        "two: 4 complete",
+        "  front 3 trials: value 0 2, value 1 2 (trial 2) … value 0 0, value 1 0 (trial 0)",
         "empty: no trials",
     ]
 
@@ -207,11 +214,17 @@ def test_status_reads_a_few_rows_whatever_the_study_size(
         seen.append(reads)
     small, big = seen
     assert (big.statements, big.rows, big.sent) == (small.statements, small.rows, small.sent)
-    # one statement per study-wide question, one per single-objective study for its best
-    assert len(small.statements) == 7 + 4, "\n".join(small.statements)
+    # one statement per study-wide question, one per single-objective study for its best, one
+    # for the complete trials' values of every multi-objective study (their fronts)
+    assert len(small.statements) == 7 + 4 + 1, "\n".join(small.statements)
     assert small.rows <= 40 and small.sent <= 40, (small.rows, small.sent)
+    # each best is one limited ordered statement; a front reads every complete trial's values
+    # (of the multi-objective studies only: "two"'s 4 trials here, in both databases)
+    fronts = [s for s in small.statements if s.endswith("ORDER BY trials.study_id, "
+                                                         "trials.number, trials.trial_id, "
+                                                         "trial_values.objective")]  # fmt: skip
     ordering = [s for s in small.statements if "ORDER BY" in s and "trial_values" in s]
-    assert ordering and all(" LIMIT " in s for s in ordering), ordering
+    assert len(fronts) == 1 and all(" LIMIT " in s for s in ordering if s not in fronts), ordering
 
 
 # --- the table at the end of `sweep run` ---------------------------------------------------
@@ -226,7 +239,7 @@ def test_the_top_of_the_table_is_the_top_of_the_whole_table(tmp_path, storage_ur
     # rows SQL picks are the first rows of the table of every trial, in the same order.
     _varied(storage_url, tmp_path)
     storage = open_storage(storage_url)
-    for name in ("ours", "theirs", "edge"):
+    for name in ("ours", "theirs", "edge", "two"):
         study = optuna.load_study(study_name=name, storage=storage)
         whole, none_left = summary.trial_table(study)
         assert none_left == 0
