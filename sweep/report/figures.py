@@ -23,7 +23,9 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from sweep.study.objectives import METRIC as ACCURACY
+from sweep.study.objectives import ACCURACY as _ACCURACY
+
+ACCURACY = _ACCURACY.label  # the label of every accuracy axis
 
 SIZE = (7.5, 4.6)  # inches; at DPI this is 900 × 552 pixels, readable at 100% zoom
 TALL = (7.5, 7.6)  # two panels sharing their x axis: 900 × 912 pixels

@@ -37,11 +37,6 @@ EPOCH_TIME = Objective(
 OBJECTIVES = {o.name: o for o in (ACCURACY, PARAMS, EPOCH_TIME)}
 DEFAULT = (ACCURACY.name,)
 
-#: What every sweep study maximises first, as optuna's metric name: ``sweep.report.stored``
-#: recognises sweep's studies by it.
-METRIC = ACCURACY.label
-
-
 def objectives_of(names: tuple[str, ...]) -> tuple[Objective, ...]:
     """The declared objectives of a validated ``[study] objectives`` list."""
     return tuple(OBJECTIVES[n] for n in names)
