@@ -39,6 +39,7 @@ def test_the_benchmark_runs_end_to_end(capsys):
     assert overhead.endswith((" ok", " MISSED"))
 
 
+@pytest.mark.slow
 def test_only_runs_the_sections_named(capsys):
     bench.main(["--quick", "--repeats", "1", "--only", "sgemm"])
     out = capsys.readouterr().out

@@ -58,6 +58,7 @@ def _write_idx(path: Path, array: np.ndarray, *, compress: bool = False) -> None
     path.write_bytes(gzip.compress(blob, compresslevel=1) if compress else blob)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compress", [False, True])
 def test_idx_folder_gives_the_identical_split(mnist, tmp_path, compress):
     suffix = ".gz" if compress else ""

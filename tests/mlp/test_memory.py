@@ -37,6 +37,7 @@ print(status("VmHWM:") - before)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("model", "train"),
     [

@@ -428,6 +428,7 @@ def test_keep_best_keeps_the_better_model(storage_url):
     assert stored["value"] == 1999 and stored["artifact_id"] == "a1999"
 
 
+@pytest.mark.slow
 def test_keep_best_waits_for_the_study_lock(postgres_server):
     """The compare-and-set reads the stored best under the study lock: while another
     transaction holds it (as a second worker's keep_best would), it waits."""

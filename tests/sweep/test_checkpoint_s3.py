@@ -145,6 +145,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]  # closed again when this returns: nobody listens there
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "fault", ["no bucket", "dead endpoint", "no credentials", "bad endpoint URL"]
 )

@@ -90,6 +90,7 @@ def sweep_dashboard(db: Path, paths: list[str], *args: str) -> tuple[list, str]:
     return answers, err
 
 
+@pytest.mark.slow
 def test_sweep_dashboard_serves_the_store_beside_the_database_or_the_given_one(db, tmp_path):
     given, _ = with_artifacts(db, tmp_path / "artifacts")
     (tmp_path / "artifacts").rename(tmp_path / "given")

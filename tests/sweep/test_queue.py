@@ -452,6 +452,7 @@ def test_a_copied_study_is_not_joined_as_its_original(tmp_path, storage_url):
     assert "its stored spec is study 'g''s; join that one" in out.stderr
 
 
+@pytest.mark.slow
 def test_a_retry_history_of_another_type_is_ignored(storage_url):
     storage = open_storage(storage_url, heartbeat_interval=1, grace_period=1)
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
@@ -495,6 +496,7 @@ def test_a_stored_spec_that_is_not_json_is_one_line(tmp_path, storage_url):
     assert "sweep: error: study 'g': its stored spec is not JSON" in out.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("direction", ["maximize", "minimize"])
 def test_a_study_another_client_made_is_not_taken_over(tmp_path, storage_url, direction):
     theirs = optuna.create_study(study_name="g", storage=storage_url, direction=direction)

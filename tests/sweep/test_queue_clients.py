@@ -178,6 +178,7 @@ def test_a_launcher_whose_points_were_taken_says_so_and_exits_1(tmp_path, monkey
     assert all(line.done == 0 for line in lines)
 
 
+@pytest.mark.slow
 def test_a_parameter_another_client_stored_first_stops_the_run_in_one_line(tmp_path, storage_url):
     study_file = grid_study(tmp_path)
     spec = load_spec(study_file)
@@ -210,6 +211,7 @@ def test_a_trial_whose_objective_returns_nan_fails_for_good(storage_url):
     assert len(study.get_trials(deepcopy=False)) == 4
 
 
+@pytest.mark.slow
 def test_optuna_and_its_cli_read_and_upgrade_a_guarded_database(tmp_path, storage_url):
     spec = load_spec(grid_study(tmp_path))
     top_up(open_study(spec, open_storage(storage_url)), spec)

@@ -54,6 +54,7 @@ def test_a_released_and_reclaimed_trial_never_takes_the_old_claims_result(storag
     assert rdb.get_trial(trial_id).values == [2.0]
 
 
+@pytest.mark.slow
 def test_a_recovery_numbers_its_replacements_after_an_enqueue_in_flight(storage_url):
     # What the study lock protects beside an enqueue: the trials' numbers, which each counts.
     # On PostgreSQL a recovery that did not wait for the study's row would count the trials

@@ -39,6 +39,7 @@ FOREIGN = {
 READ_ONLY_COMMANDS = [["status"], ["report", "all"], ["report", "g"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", FOREIGN)
 @pytest.mark.parametrize("command", READ_ONLY_COMMANDS, ids=" ".join)
 def test_a_foreign_file_is_one_line_and_left_byte_identical(tmp_path, kind, command):
@@ -52,6 +53,7 @@ def test_a_foreign_file_is_one_line_and_left_byte_identical(tmp_path, kind, comm
     assert _snapshot(tmp_path) == before  # no tables, no journal, no WAL, no new files
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", READ_ONLY_COMMANDS, ids=" ".join)
 def test_a_missing_database_is_not_created(tmp_path, command):
     path = tmp_path / "none.db"
@@ -162,6 +164,7 @@ ODD_SCHEMAS = {
 }  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("odd", ODD_SCHEMAS)
 @pytest.mark.parametrize("reader", READERS)
 def test_a_schema_optuna_would_not_read_is_refused_unchanged(storage_url, reader, odd):

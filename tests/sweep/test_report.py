@@ -35,6 +35,7 @@ def grid_db(tmp_path_factory):
     return url, spec
 
 
+@pytest.mark.slow
 def test_grid_report_writes_every_file(grid_db, tmp_path):
     url, _ = grid_db
     written = writer.write_report(open_storage(url), "g", out_dir=tmp_path)
@@ -254,6 +255,7 @@ def test_a_study_another_client_made_is_reported_in_its_own_direction_and_metric
     assert status.stdout.splitlines()[1] == "  best: trial 1, test loss 0.2 (x=0.2)", status.stdout
 
 
+@pytest.mark.slow
 def test_a_multi_objective_study_gets_a_plain_report(tmp_path):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     study = optuna.create_study(study_name="two", storage=url, directions=["minimize", "maximize"])
@@ -338,6 +340,7 @@ def test_curves_and_sizes_are_coloured_by_one_searched_parameter(grid_db, tmp_pa
     assert set(seen["accuracy_vs_params"][1]["groups"]) == set(labels)
 
 
+@pytest.mark.slow
 def test_infinite_values_from_another_client_are_reported_not_drawn(tmp_path):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     study = optuna.create_study(study_name="inf", storage=url)

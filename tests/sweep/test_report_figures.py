@@ -106,6 +106,7 @@ def test_a_study_whose_trials_do_not_distort_gets_no_such_figure(tmp_path):
     ({"rotation": "lots"}, "[train.rotation] must be a float in [0, 90]; got 'lots'"),
     ({"elastic_alpha": 1e300}, "[train.elastic_alpha] must be a float in [0, 100]; got 1e+300"),
 ])  # fmt: skip
+@pytest.mark.slow
 def test_a_forged_strength_is_one_line_and_the_others_are_drawn(tmp_path, forged, line):
     url = sweep_study(tmp_path, [forged, AFFINE, {}, forged])
     out = main_in_process("report", "g", "--storage", url, "--out", str(tmp_path / "out"))
@@ -201,6 +202,7 @@ def test_a_grid_of_two_hidden_layers_keeps_its_heatmaps(tmp_path):
     ({"depth": "2"}, "[train.depth] must be an integer in [1, 4]; got '2'"),
     ({"hidden_2": -5}, "[train.hidden_2] must be a 64-bit integer >= 1; got -5"),
 ])  # fmt: skip
+@pytest.mark.slow
 def test_a_forged_depth_or_width_is_one_line(tmp_path, forged, line):
     url = sweep_study(tmp_path, [{}, forged, {}, {}])
     out = main_in_process("report", "g", "--storage", url, "--out", str(tmp_path / "out"))

@@ -57,6 +57,7 @@ def _curve_reads(engine: sqlalchemy.engine.Engine) -> list[tuple[str, object]]:
     return seen
 
 
+@pytest.mark.slow
 def test_a_large_study_is_summarised_and_trials_csv_holds_every_trial(big, tmp_path,
                                                                        monkeypatch):  # fmt: skip
     drawn: dict[str, int] = {}
@@ -99,6 +100,7 @@ def test_a_large_study_is_summarised_and_trials_csv_holds_every_trial(big, tmp_p
     assert params.count("best median") == 3
 
 
+@pytest.mark.slow
 def test_curves_are_read_only_for_the_trials_drawn(big, tmp_path):
     storage = _read_only(big)
     reads = _curve_reads(storage.engine)
@@ -263,6 +265,7 @@ def test_an_attribute_just_under_the_limit_is_read(tmp_path):
     assert len(read.user_attrs["config"]) == report_reads.MAX_VALUE_CHARS - 2
 
 
+@pytest.mark.slow
 def test_a_study_of_several_objectives_is_refused_past_what_optuna_would_read(
     tmp_path, monkeypatch
 ):

@@ -252,6 +252,7 @@ def test_the_top_of_the_table_is_the_top_of_the_whole_table(tmp_path, storage_ur
             assert _cells(table) == _cells(whole)[: limit + 1], (name, limit, table, whole)
 
 
+@pytest.mark.slow
 def test_the_top_of_a_big_study_reads_only_the_trials_it_shows(
     tmp_path, storage_url, monkeypatch, request
 ):
@@ -270,6 +271,7 @@ def test_the_top_of_a_big_study_reads_only_the_trials_it_shows(
     assert (big.rows, big.sent) == (small.rows, small.sent)
 
 
+@pytest.mark.slow
 def test_sweep_run_ends_with_the_best_20_trials_or_all_of_them(tmp_path):
     from tests.bench.bigstudy import build, study_file
 

@@ -184,6 +184,7 @@ COMMANDS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["--storage", "SWEEP_STORAGE"])
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[0])
 def test_no_command_prints_a_password(command, how, tmp_path):

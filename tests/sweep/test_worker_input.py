@@ -55,6 +55,7 @@ def _warnings(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if " failed: " in line]
 
 
+@pytest.mark.slow
 def test_a_worker_fails_foreign_trials_outside_a_grid_and_runs_the_rest(tmp_path):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     study_file = grid_study(tmp_path, epochs=1, train_size=1000)
