@@ -1,0 +1,86 @@
+"""A study's front as its database holds it: the values of its COMPLETE trials, read in one
+statement, and which of them no other trial dominates, the trials optuna's ``study.best_trials``
+returns, without loading every trial's parameters and attributes (the progress line of
+``sweep run`` asks every second, and every trial's end of a study of several objectives asks
+which models to keep, ``sweep.trial.cleanup``).
+
+Which trials are non-dominated is optuna's own test (``optuna.study._multi_objective
+._is_pareto_front``, private API, in optuna since 3.6), fed the values as optuna feeds it in
+``best_trials``, so that this front and ``study.best_trials`` cannot differ: trials of equal
+values are all on it. A COMPLETE trial with fewer or more values than the study has objectives
+(only another client's SQL writes one; ``best_trials`` would raise) is left out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import sqlalchemy
+from optuna.study import StudyDirection
+from optuna.study._multi_objective import _is_pareto_front
+from optuna.trial import TrialState
+
+from sweep.queue import tables as tb
+from sweep.queue.transactions import reading
+
+
+@dataclasses.dataclass(frozen=True)
+class Front:
+    """The study's COMPLETE trials (by trial id) and those of them on its front."""
+
+    complete: dict[int, int]  # trial id -> number, every COMPLETE trial with all its values
+    front: dict[int, int]  # trial id -> number, the non-dominated ones
+
+    def dominated(self, trial_id: int) -> bool:
+        """Whether the trial is COMPLETE and another one dominates it: for good, as a trial's
+        values never change once it is COMPLETE."""
+        return trial_id in self.complete and trial_id not in self.front
+
+
+def read_front(
+    engine: sqlalchemy.engine.Engine, study_id: int, directions: list[StudyDirection]
+) -> Front:
+    """The study's ``Front`` in one read-only statement (the COMPLETE trials' values)."""
+    trials, values = tb.trials, tb.values
+    query = (
+        sqlalchemy.select(trials.c.trial_id, trials.c.number, values.c.objective, values.c.value,
+                          sqlalchemy.type_coerce(values.c.value_type, sqlalchemy.String))
+        .select_from(trials.join(values, values.c.trial_id == trials.c.trial_id))
+        .where(trials.c.study_id == study_id, trials.c.state == TrialState.COMPLETE)
+        .order_by(trials.c.trial_id, values.c.objective)
+    )  # fmt: skip
+    with reading(engine) as conn:
+        rows = conn.execute(query).all()
+    numbers: dict[int, int] = {}
+    found: dict[int, dict[int, float]] = {}
+    for trial_id, number, objective, value, value_type in rows:
+        numbers[trial_id] = number
+        found.setdefault(trial_id, {})[objective] = _value(value, value_type)
+    n = len(directions)
+    whole = {t: [v[i] for i in range(n)] for t, v in found.items() if sorted(v) == list(range(n))}
+    whole = {t: v for t, v in whole.items() if not any(math.isnan(x) for x in v)}
+    complete = {t: numbers[t] for t in whole}
+    return Front(complete, {t: complete[t] for t in on_front(whole, directions)})
+
+
+def _value(value: object, value_type: str) -> float:
+    """A stored value as optuna reads it (``TrialValueModel.stored_repr_to_value``), NaN where
+    optuna never writes such a row (read as text: an unknown type would fail SQLAlchemy's Enum,
+    and SQLite keeps whatever SQL wrote)."""
+    if value_type == "FINITE" and type(value) in (int, float):
+        return float(value)  # type: ignore[arg-type]
+    return {"INF_POS": math.inf, "INF_NEG": -math.inf}.get(value_type, math.nan)
+
+
+def on_front(values: dict[int, list[float]], directions: list[StudyDirection]) -> list[int]:
+    """The keys of ``values`` (each a trial's values, one per objective) that no other one
+    dominates, as optuna's ``best_trials`` finds them."""
+    if not values:
+        return []
+    keys = list(values)
+    signs = np.array([-1.0 if d == StudyDirection.MAXIMIZE else 1.0 for d in directions])
+    loss = np.array([values[k] for k in keys], dtype=float) * signs  # optuna's _normalize_value
+    return [k for k, front in zip(keys, _is_pareto_front(loss, assume_unique_lexsorted=False),
+                                  strict=True) if front]  # fmt: skip
