@@ -5,6 +5,7 @@ ended, and after an end a kill cut short. The oracle is optuna's own ``best_tria
 """
 
 import logging
+import threading
 
 import optuna
 from hypothesis import given, settings
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from sweep.queue.attrs import CHECKPOINT, FRONT_MODELS
 from sweep.queue.front import read_front
 from sweep.queue.storage import open_storage, rdb_of
+from sweep.trial import cleanup
 from sweep.trial.artifacts import open_store, upload
 from sweep.trial.cleanup import clear_ended, trial_ended
 
@@ -28,6 +30,15 @@ def _told(study, store, tmp_path, values, *, end=True):
     (epoch 2 of 2) named as its checkpoint and an earlier checkpoint still named beside them;
     then its end, unless ``end`` is False (its worker killed between the two). (number, the
     final weights' artifact id)."""
+    trial, final = _trained(study, store, tmp_path, values)
+    study.tell(trial, values)
+    if end:
+        trial_ended(store, study, study._storage.get_trial(trial._trial_id))
+    return trial.number, final
+
+
+def _trained(study, store, tmp_path, values):
+    """A RUNNING trial that trained for ``values``, not yet told; (it, its final weights)."""
     trial = study.ask()
     ids = []
     for epoch in (1, 2):
@@ -37,10 +48,7 @@ def _told(study, store, tmp_path, values, *, end=True):
     study._storage.set_trial_system_attr(trial._trial_id, CHECKPOINT,
                                          {"artifact_id": ids[-1], "epoch": 2})  # fmt: skip
     trial.set_user_attr("valid_accuracy", [values[0] - 1, values[0]])  # its two epochs
-    study.tell(trial, values)
-    if end:
-        trial_ended(store, study, study._storage.get_trial(trial._trial_id))
-    return trial.number, ids[-1]
+    return trial, ids[-1]
 
 
 def _files(tmp_path) -> set[str]:
@@ -90,6 +98,34 @@ def test_of_two_trials_told_before_either_ends_the_dominated_ones_weights_go(tmp
             trial_ended(store, study, study.trials[number])
         _holds_exactly_the_front(study, folder, finals)
         assert _front(study) == {1}
+
+
+def test_an_end_reads_the_front_under_the_study_lock(tmp_path, monkeypatch):
+    # Trial 1, which dominates trial 0, is told and ended by another worker while trial 0's end
+    # reads the front. Read before the lock, trial 0's end would miss trial 1 and list its own
+    # model after trial 1's end had chosen: a dominated model kept. Read under it, trial 1's
+    # end waits for trial 0's to commit, and then sees it.
+    study, store = _study(tmp_path)
+    first, first_final = _trained(study, store, tmp_path, [80.0, 1000])
+    second, second_final = _trained(study, store, tmp_path, [85.0, 500])
+    study.tell(first, [80.0, 1000])
+    other = threading.Thread(target=lambda: (
+        study.tell(second, [85.0, 500]),
+        trial_ended(store, study, study._storage.get_trial(second._trial_id)),
+    ))  # fmt: skip
+    real = cleanup.read_front
+
+    def racing(*args):
+        found = real(*args)
+        if not other.is_alive() and other.ident is None:  # trial 0's end, the first read
+            other.start()
+            other.join(timeout=2.0)  # the other end runs now, unless the lock holds it
+        return found
+
+    monkeypatch.setattr(cleanup, "read_front", racing)
+    trial_ended(store, study, study._storage.get_trial(first._trial_id))
+    other.join()
+    _holds_exactly_the_front(study, tmp_path, {0: first_final, 1: second_final})
 
 
 def test_an_end_a_kill_cut_short_is_finished_by_the_next_clean_up(tmp_path):
