@@ -19,8 +19,9 @@ from sweep.trial.artifacts import open_store, upload
 from sweep.trial.cleanup import clear_ended, trial_ended
 
 
-def _study(tmp_path, directions=("maximize", "minimize")):
-    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+def _study(tmp_path, directions=("maximize", "minimize"), *, url=None):
+    """A study in ``url`` (default: SQLite in ``tmp_path``) and a folder store in ``tmp_path``."""
+    storage = open_storage(url or f"sqlite:///{tmp_path / 's.db'}")
     study = optuna.create_study(study_name="f", storage=storage, directions=list(directions))
     return study, open_store(str(tmp_path / "artifacts"))
 
@@ -75,8 +76,8 @@ def _holds_exactly_the_front(study, tmp_path, finals: dict[int, str]) -> None:
         assert named == ({finals[t.number]} if t.number in front else set()), t.number
 
 
-def test_each_end_keeps_the_fronts_weights_and_deletes_the_dominated(tmp_path):
-    study, store = _study(tmp_path)
+def test_each_end_keeps_the_fronts_weights_and_deletes_the_dominated(tmp_path, storage_url):
+    study, store = _study(tmp_path, url=storage_url)
     finals = {}
     for values in ([80.0, 1000], [85.0, 2000], [82.0, 3000], [90.0, 500], [90.0, 500]):
         number, final = _told(study, store, tmp_path, values)
@@ -100,12 +101,12 @@ def test_of_two_trials_told_before_either_ends_the_dominated_ones_weights_go(tmp
         assert _front(study) == {1}
 
 
-def test_an_end_reads_the_front_under_the_study_lock(tmp_path, monkeypatch):
+def test_an_end_reads_the_front_under_the_study_lock(tmp_path, storage_url, monkeypatch):
     # Trial 1, which dominates trial 0, is told and ended by another worker while trial 0's end
     # reads the front. Read before the lock, trial 0's end would miss trial 1 and list its own
     # model after trial 1's end had chosen: a dominated model kept. Read under it, trial 1's
     # end waits for trial 0's to commit, and then sees it.
-    study, store = _study(tmp_path)
+    study, store = _study(tmp_path, url=storage_url)
     first, first_final = _trained(study, store, tmp_path, [80.0, 1000])
     second, second_final = _trained(study, store, tmp_path, [85.0, 500])
     study.tell(first, [80.0, 1000])
