@@ -90,22 +90,29 @@ def _waiting_for(left: Pending, run_id: str, grace: float) -> str | None:
 
 def _progress(
     study: optuna.Study, spec: StudySpec, total: int, start: float, run_id: str, *,
-    exact: bool = False,
+    exact: bool = False, fronts: dict[int, int] | None = None,
 ) -> Progress:  # fmt: skip
     """The run's progress, by read-only aggregates: a display polled every second must not
     queue for the write lock. A grid's points done are counted exactly (what covers each,
     ``sweep.study.joining.grid_left``) when ``exact`` (the last line) or when the cheap count
     reaches the total, so that no line reads N/N while a point is left. Of several objectives,
     the front's size instead of the best value: the COMPLETE trials' values read in one
-    statement (``sweep.queue.front``), read only for such a study."""
+    statement (``sweep.queue.front``: 0.6 s at 10⁵ trials), read only for such a study and, with
+    ``fronts`` (the front's size by trials done, kept between calls), only once the count of
+    trials done has moved."""
     rdb = rdb_of(study._storage)
     grid = spec.sampler == "grid"
     done, best = tally(rdb, study._study_id, grid=grid)
     front = None
     if spec.multi:
         best = None
-        front = len(read_front(rdb.engine, study._study_id,
-                               objectives.directions(spec.objectives)).front)  # fmt: skip
+        front = (fronts or {}).get(done)
+        if front is None:
+            directions = objectives.directions(spec.objectives)
+            front = len(read_front(rdb.engine, study._study_id, directions).front)
+            if fronts is not None:
+                fronts.clear()
+                fronts[done] = front
     if grid and (exact or done >= total):
         done, total = grid_left(study, spec)
     left = pending(rdb, study._study_id)
@@ -195,10 +202,12 @@ def run(
     start = time.monotonic()
     stop = threading.Event()
 
+    fronts: dict[int, int] = {}
+
     def watch() -> None:
         while not stop.wait(POLL_S):
             try:
-                on_progress(_progress(study, spec, total, start, run_id))
+                on_progress(_progress(study, spec, total, start, run_id, fronts=fronts))
             except Exception:  # a busy database only delays the display
                 logger.debug("progress poll failed", exc_info=True)
 

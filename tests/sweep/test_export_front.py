@@ -149,6 +149,23 @@ def test_the_progress_line_counts_the_front(ran):
     assert "best" not in ran.stderr
 
 
+def test_the_progress_reads_the_front_again_only_once_more_trials_are_done(ran, monkeypatch):
+    from sweep import runner
+
+    reads = []
+    real = runner.read_front
+    monkeypatch.setattr(runner, "read_front", lambda *a: reads.append(a) or real(*a))
+    spec, study = load_spec(ran.tmp / "f.toml"), load(ran.url, "f")
+    fronts: dict[int, int] = {}
+    for _ in range(3):  # polled every second: the front is read once per count of trials done
+        shown = runner._progress(study, spec, 8, 0.0, "r", fronts=fronts)
+        assert (shown.front, shown.best, shown.done) == (len(ran.front), None, 8)
+    assert len(reads) == 1
+    # One kept for an earlier count (7 trials done) is not believed: read again.
+    assert runner._progress(study, spec, 8, 0.0, "r", fronts={7: 99}).front == len(ran.front)
+    assert len(reads) == 2
+
+
 def test_export_of_a_front_trial_writes_its_own_weights_bit_for_bit(ran, tmp_path):
     url, store, front = ran.url, ran.store, ran.front
     spec = load_spec(ran.tmp / "f.toml")
