@@ -97,7 +97,7 @@ def _progress(
     ``sweep.study.joining.grid_left``) when ``exact`` (the last line) or when the cheap count
     reaches the total, so that no line reads N/N while a point is left. Of several objectives,
     the front's size instead of the best value: the COMPLETE trials' values read in one
-    statement (``sweep.queue.front``: 0.6 s at 10⁵ trials), read only for such a study and, with
+    statement (``sweep.queue.front``: 0.7 s at 10⁵ trials), read only for such a study and, with
     ``fronts`` (the front's size by trials done, kept between calls), only once the count of
     trials done has moved."""
     rdb = rdb_of(study._storage)
