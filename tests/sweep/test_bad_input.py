@@ -171,7 +171,7 @@ CASES = [
         "unknown sampler",
         study(sampler="bayes"),
         2,
-        r"{file}: \[study\.sampler\] must be one of 'grid', 'tpe', 'random'; got 'bayes'",
+        r"{file}: \[study\.sampler\] must be one of 'grid', 'tpe', 'random', 'nsga2'; got 'bayes'",
     ),
     (
         "unknown pruner",
