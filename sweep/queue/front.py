@@ -5,7 +5,7 @@ returns, without loading every trial's parameters and attributes (the progress l
 which models to keep, ``sweep.trial.cleanup``).
 
 Which trials are non-dominated is optuna's own test (``optuna.study._multi_objective
-._is_pareto_front``, private API, in optuna since 3.6), fed the values as optuna feeds it in
+._is_pareto_front``, private API, as optuna 5.1 has it), fed the values as optuna feeds it in
 ``best_trials``, so that this front and ``study.best_trials`` cannot differ: trials of equal
 values are all on it. A COMPLETE trial with fewer or more values than the study has objectives
 (only another client's SQL writes one; ``best_trials`` would raise) is left out.
@@ -32,11 +32,6 @@ class Front:
 
     complete: dict[int, int]  # trial id -> number, every COMPLETE trial with all its values
     front: dict[int, int]  # trial id -> number, the non-dominated ones
-
-    def dominated(self, trial_id: int) -> bool:
-        """Whether the trial is COMPLETE and another one dominates it: for good, as a trial's
-        values never change once it is COMPLETE."""
-        return trial_id in self.complete and trial_id not in self.front
 
 
 def read_front(
