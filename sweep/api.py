@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from sweep.report.writer import Report
     from sweep.runner import run
     from sweep.study.spec import StudySpec, load_spec
+    from sweep.trial.best import Exported
     from sweep.trial.objective import Evaluation
 
 __all__ = [
@@ -120,25 +121,29 @@ def report_all(
 
 
 def evaluate(
-    spec: StudySpec, *, storage: str | None = None, artifacts: str | None = None
-) -> Evaluation:
+    spec: StudySpec, *, storage: str | None = None, artifacts: str | None = None,
+    trial: int | None = None,
+) -> Evaluation:  # fmt: skip
     """Retrain the study's best configuration (same seed) and measure its test accuracy,
-    once; stored on the study as ``test_accuracy`` and ``test_trial``. The retrained model
+    once; stored on the study as ``test_accuracy`` and ``test_trial``. Of several objectives
+    (no one best), the front's most accurate trial; ``trial`` (a COMPLETE trial's number)
+    retrains that one instead. The retrained model
     (weights and JSON sidecar, ``mlp.MLP.save``) is uploaded to the study's artifact store
     (``artifacts``, see ``sweep.run``); the result names the two artifacts and the store."""
     from sweep.queue.storage import open_storage, resolve_url
     from sweep.report.writer import load_study
-    from sweep.trial import best
+    from sweep.trial import best, kept
     from sweep.trial.artifacts import study_store
-    from sweep.trial.objective import evaluate_best
+    from sweep.trial.objective import evaluate_trial
 
     url = resolve_url(storage)
     store, location, _ = study_store(artifacts, url)  # a bad one fails before any training
     study = load_study(open_storage(url, heartbeat_interval=None, grace_period=None),
                        spec.name)  # fmt: skip
-    if not any(t.value is not None for t in study.get_trials(deepcopy=False)):
+    if not any(t.values is not None for t in study.get_trials(deepcopy=False)):
         raise SweepError(f"study {spec.name!r} has no completed trial to evaluate")
-    result = evaluate_best(study, spec)
+    chosen, _ = kept.evaluated_trial(study, trial)
+    result = evaluate_trial(study, spec, chosen)
     assert result.model is not None and result.config is not None and result.seed is not None
     meta = best.model_meta(study, result.trial, result.config, result.seed,
                            result.valid_accuracy, result.test_accuracy)  # fmt: skip
@@ -148,12 +153,14 @@ def evaluate(
 
 def export(
     name: str, *, out: str | Path, storage: str | None = None, artifacts: str | None = None,
-    force: bool = False,
-) -> Path:  # fmt: skip
+    force: bool = False, trial: int | None = None,
+) -> Exported:  # fmt: skip
     """Write study ``name``'s best model to ``out`` (.npz weights) and its JSON sidecar beside
-    it (``mlp.MLP.load(out)`` reads both); return the sidecar. The weights are the best trial's
-    own final weights, kept by the workers in the artifact store (``artifacts``, see
-    ``sweep.run``); nothing is retrained. SweepError if the study has none (a study run before
+    it (``mlp.MLP.load(out)`` reads both); return which trial it was and the sidecar. The
+    weights are the best trial's own final weights, kept by the workers in the artifact store
+    (``artifacts``, see ``sweep.run``); of several objectives, the front's most accurate
+    trial's; ``trial``: that trial's, if they were kept (the best trial's, every trial's on the
+    front). Nothing is retrained. SweepError if there are none (a study run before
     checkpoints were kept: ``evaluate`` retrains and uploads one). SpecError if either file
     exists, unless ``force``: export never replaces a file it was not asked to."""
     from sweep.queue.storage import open_storage, resolve_url
@@ -166,4 +173,4 @@ def export(
     url = resolve_url(storage)
     store, location, _ = study_store(artifacts, url)
     rdb = open_storage(url, heartbeat_interval=None, grace_period=None, read_only=True)
-    return best.export(load_study(rdb, name), store, out, where=location)
+    return best.export(load_study(rdb, name), store, out, where=location, trial=trial)

@@ -40,6 +40,8 @@ JOBS = int_in(1, MAX_JOBS)
 SECONDS = float_in(0, math.inf, low_open=False, high_open=True)
 PORT = int_in(1, 65535)
 DATASET = DATA_RULES["path"]  # an empty one would read the current folder
+#: A trial's number, as optuna's column holds it.
+TRIAL = int_in(0, 2**31 - 1)
 
 
 @dataclass(frozen=True)
@@ -132,17 +134,25 @@ COMMANDS: dict[str, Command] = {
     )),
     "evaluate": Command(c.cmd_evaluate,
         "retrain the best configuration and measure test accuracy once",
-        "sweep evaluate studies/seed-grid.toml", (
+        "sweep evaluate studies/seed-grid.toml   |   sweep evaluate pareto --trial 12", (
         flag("study", help="study file (TOML) or a shipped study's name"),
         STORAGE,
         artifacts("where the retrained model goes"),
+        flag("--trial", rule=TRIAL, metavar="N",
+             help="retrain this COMPLETE trial (default: the best trial; of several "
+             "objectives, the front's most accurate)"),
     )),
     "export": Command(c.cmd_export,
-        "write the best trial's weights and a JSON sidecar (for mlp.MLP.load)",
-        "sweep export seed-grid --out best.npz", (
+        "write a trial's kept weights and a JSON sidecar (for mlp.MLP.load)",
+        "sweep export seed-grid --out best.npz   |   sweep export pareto --trial 12 --out t12.npz",
+        (
         flag("study", help="study name or study file"),
         flag("--out", required=True, metavar="FILE.npz",
              help="the weights' file; the sidecar goes beside it as FILE.json"),
+        flag("--trial", rule=TRIAL, metavar="N",
+             help="this trial's weights, if they were kept: the best trial's, or of several "
+             "objectives every trial's on the front (default: the best trial; of several "
+             "objectives, the front's most accurate)"),
         STORAGE,
         artifacts("where the study's trials checkpointed"),
         flag("--force", action="store_true",

@@ -88,7 +88,10 @@ class _ProgressLine:
         if self.header:
             print(self.header, file=sys.stderr)
             self.header = None
-        best = f"best {p.best:.2f}%" if p.best is not None else "best —"
+        if p.front is not None:  # several objectives: no one best
+            best = f"front {p.front}"
+        else:
+            best = f"best {p.best:.2f}%" if p.best is not None else "best —"
         eta = ""
         if 0 < p.done < p.total:
             eta = f"  ETA {_duration(p.elapsed / p.done * (p.total - p.done))}"
@@ -277,13 +280,18 @@ def _study_name(study: str) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Retrain the study's best configuration (same seed) and report its test accuracy, once."""
+    """Retrain the study's best configuration (same seed) and report its test accuracy, once.
+    Of several objectives (a front, no one best): the front's most accurate trial, or --trial
+    N."""
     from sweep.api import evaluate
+    from sweep.trial.kept import FRONT_PICK
 
     _quiet_optuna()
-    result = evaluate(_study_spec(args.study), storage=args.storage, artifacts=args.artifacts)
+    spec = _study_spec(args.study)
+    result = evaluate(spec, storage=args.storage, artifacts=args.artifacts, trial=args.trial)
+    why = f" ({FRONT_PICK})" if spec.multi and args.trial is None else ""
     print(
-        f"trial {result.trial}: validation {result.valid_accuracy:.2f}%, "
+        f"trial {result.trial}{why}: validation {result.valid_accuracy:.2f}%, "
         f"test {result.test_accuracy:.2f}% (stored on the study as test_accuracy)"
     )
     weights, sidecar = result.artifacts
@@ -293,13 +301,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write the study's best model (the best trial's own final weights, kept by its workers)
-    as a .npz and a JSON sidecar beside it, for mlp.MLP.load; nothing is retrained."""
+    as a .npz and a JSON sidecar beside it, for mlp.MLP.load; nothing is retrained. Of several
+    objectives, the weights of every trial on the front are kept: the front's most accurate by
+    default, any of them with --trial N."""
     from sweep.api import export
 
     _quiet_optuna()
-    sidecar = export(_study_name(args.study), out=args.out, storage=args.storage,
-                     artifacts=args.artifacts, force=args.force)  # fmt: skip
-    print(f"{args.out} (weights) and {sidecar} (architecture, config, accuracy)")
+    done = export(_study_name(args.study), out=args.out, storage=args.storage,
+                  artifacts=args.artifacts, force=args.force, trial=args.trial)  # fmt: skip
+    which = f"trial {done.trial} ({done.chosen}): " if done.chosen else ""
+    print(f"{which}{args.out} (weights) and {done.sidecar} (architecture, config, accuracy)")
     return EXIT_OK
 
 

@@ -27,6 +27,7 @@ import optuna
 
 from sweep.errors import SpecError, StorageError, StudyGone, SweepError, WorkerError
 from sweep.queue.attrs import stop_key
+from sweep.queue.front import read_front
 from sweep.queue.progress import Pending, pending, tally
 from sweep.queue.recovery import abandon_run, release_run
 from sweep.queue.storage import (
@@ -42,6 +43,7 @@ from sweep.queue.storage import (
     storage_failure,
 )
 from sweep.queue.studies import study_exists
+from sweep.study import objectives
 from sweep.study.joining import grid_left, open_study, recover, top_up, unfinished
 from sweep.study.spec import StudySpec
 from sweep.trial.artifacts import study_store
@@ -68,9 +70,10 @@ class Progress:
     running: int  # trials sweep workers are running, on every host (heartbeat fresh)
     workers: int  # distinct workers running them
     here: int  # of those trials, the ones this run's workers hold
-    best: float | None
+    best: float | None  # the best value; None for several objectives (``front`` instead)
     elapsed: float  # seconds since the run started
     waiting_for: str | None = None  # what the run waits for when nothing is left to claim
+    front: int | None = None  # of several objectives: the trials on the front, else None
 
 
 def _waiting_for(left: Pending, run_id: str, grace: float) -> str | None:
@@ -87,15 +90,29 @@ def _waiting_for(left: Pending, run_id: str, grace: float) -> str | None:
 
 def _progress(
     study: optuna.Study, spec: StudySpec, total: int, start: float, run_id: str, *,
-    exact: bool = False,
+    exact: bool = False, fronts: dict[int, int] | None = None,
 ) -> Progress:  # fmt: skip
     """The run's progress, by read-only aggregates: a display polled every second must not
     queue for the write lock. A grid's points done are counted exactly (what covers each,
     ``sweep.study.joining.grid_left``) when ``exact`` (the last line) or when the cheap count
-    reaches the total, so that no line reads N/N while a point is left."""
+    reaches the total, so that no line reads N/N while a point is left. Of several objectives,
+    the front's size instead of the best value: the COMPLETE trials' values read in one
+    statement (``sweep.queue.front``: 0.7 s at 10⁵ trials), read only for such a study and, with
+    ``fronts`` (the front's size by trials done, kept between calls), only once the count of
+    trials done has moved."""
     rdb = rdb_of(study._storage)
     grid = spec.sampler == "grid"
     done, best = tally(rdb, study._study_id, grid=grid)
+    front = None
+    if spec.multi:
+        best = None
+        front = (fronts or {}).get(done)
+        if front is None:
+            directions = objectives.directions(spec.objectives)
+            front = len(read_front(rdb.engine, study._study_id, directions).front)
+            if fronts is not None:
+                fronts.clear()
+                fronts[done] = front
     if grid and (exact or done >= total):
         done, total = grid_left(study, spec)
     left = pending(rdb, study._study_id)
@@ -109,6 +126,7 @@ def _progress(
         best=best,
         elapsed=time.monotonic() - start,
         waiting_for=_waiting_for(left, run_id, rdb.grace_period or GRACE_PERIOD_S),
+        front=front,
     )
 
 
@@ -184,10 +202,12 @@ def run(
     start = time.monotonic()
     stop = threading.Event()
 
+    fronts: dict[int, int] = {}
+
     def watch() -> None:
         while not stop.wait(POLL_S):
             try:
-                on_progress(_progress(study, spec, total, start, run_id))
+                on_progress(_progress(study, spec, total, start, run_id, fronts=fronts))
             except Exception:  # a busy database only delays the display
                 logger.debug("progress poll failed", exc_info=True)
 

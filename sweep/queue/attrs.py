@@ -52,6 +52,10 @@ LOST = "lost"
 #: ``sweep evaluate`` retrained and uploaded (``{"artifact_id", "sidecar_id", "trial"}``,
 #: ``sweep.trial.best``).
 BEST_MODEL, EVALUATED_MODEL = "best_model", "evaluated_model"
+#: The study's system attribute naming the final weights of the trials on the front of a study
+#: of several objectives: a list of ``{"artifact_id", "trial", "trial_id"}`` (``best_model``'s
+#: twin, ``sweep.trial.cleanup``).
+FRONT_MODELS = "front_models"
 #: The study's system attribute by which a launcher asks its run's workers to stop
 #: (``stop:<run id>``; dask cannot kill a running task).
 STOP_PREFIX = "stop:"
@@ -116,13 +120,28 @@ def _distribution(text: str) -> BaseDistribution:
 
 def pointer(value: Any) -> dict[str, Any] | None:
     """An attribute that names an artifact (``checkpoint``, ``resume_from``,
-    ``resumed_from``, the study's ``best_model``), decoded, as far as it is well formed
-    (another client may have written anything): a dict whose ``artifact_id`` is a plain
-    name; None if not."""
+    ``resumed_from``, the study's ``best_model``, each of its ``front_models``), decoded, as
+    far as it is well formed (another client may have written anything): a dict whose
+    ``artifact_id`` is a plain name; None if not."""
     if not isinstance(value, dict):
         return None
     artifact = value.get("artifact_id")
     return value if isinstance(artifact, str) and ARTIFACT_ID.fullmatch(artifact) else None
+
+
+def kept_models(value: Any) -> list[dict[str, Any]]:
+    """A ``front_models`` value (decoded JSON, anyone's) as far as it is well formed: its
+    entries that are an artifact ``pointer`` with an integer ``trial_id``, each artifact once,
+    as ``{"artifact_id", "trial", "trial_id"}`` (``trial`` as stored: the number it claims)."""
+    entries, seen = [], set()
+    for item in value if isinstance(value, list) else []:
+        item = pointer(item)
+        if item is None or type(item.get("trial_id")) is not int or item["artifact_id"] in seen:
+            continue
+        seen.add(item["artifact_id"])
+        entries.append({"artifact_id": item["artifact_id"], "trial": item.get("trial"),
+                        "trial_id": item["trial_id"]})  # fmt: skip
+    return entries
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,6 +37,7 @@ EPOCH_TIME = Objective(
 OBJECTIVES = {o.name: o for o in (ACCURACY, PARAMS, EPOCH_TIME)}
 DEFAULT = (ACCURACY.name,)
 
+
 def objectives_of(names: tuple[str, ...]) -> tuple[Objective, ...]:
     """The declared objectives of a validated ``[study] objectives`` list."""
     return tuple(OBJECTIVES[n] for n in names)

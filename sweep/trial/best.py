@@ -4,22 +4,25 @@ Two ways to get one, both written by ``MLP.save`` (weights .npz and a JSON sidec
 architecture, activation, dtype and ``model_meta``: the configuration, trial, validation and test
 accuracy):
 
-  - ``export``: the best trial's own final weights, kept by the workers in the study's artifact
-    store and named by the study's system attribute ``best_model``
-    (``sweep.trial.cleanup.keep_best``). Nothing is retrained and no data is read.
+  - ``export``: a trial's own final weights, kept by the workers in the study's artifact store:
+    the best trial's, named by the study's system attribute ``best_model``
+    (``sweep.trial.cleanup.keep_best``), or of several objectives, those of each trial on the
+    front, named by its ``front_models`` (``keep_front``); by default the best trial, or the
+    front's most accurate (``front_pick``). Nothing is retrained and no data is read.
   - ``upload``: a model retrained by ``sweep evaluate``, put into the study's artifact store
     beside the checkpoints (``sweep.trial.artifacts.upload`` on the study) and named by the study's
     system attribute ``evaluated_model``. It replaces the previous evaluate's: that one's
     artifacts and their ``artifacts:<id>`` attributes are deleted once the new one is named.
 
-Everything read from the database is untrusted: the ``best_model`` pointer, the trial it names,
-the stored spec and the artifact itself are checked, and anything that does not hold together
-is one SweepError line (the artifact must also reproduce the trial's value: its last epoch's
-validation accuracy, stored in the checkpoint, is the trial's value exactly). An
+Everything read from the database is untrusted: the ``best_model`` pointer (each of the
+``front_models``), the trial it names, the stored spec and the artifact itself are checked, and
+anything that does not hold together is one SweepError line (the artifact must also reproduce
+the trial's value: its last epoch's validation accuracy, stored in the checkpoint, is the
+trial's value, its first of several, exactly). An
 ``evaluated_model`` that is malformed deletes nothing; one is deleted only if its ids have
 sweep's form (``sweep.trial.artifacts.is_sweep_id``) and name artifacts uploaded to the study itself
-(``artifacts:<id>`` on the study), never a trial's checkpoint or the ``best_model``; a
-``best_model`` of another form is never read.
+(``artifacts:<id>`` on the study), never a trial's checkpoint, the ``best_model`` or one of the
+``front_models``; a kept model's name of another form is never read.
 """
 
 from __future__ import annotations
@@ -29,21 +32,28 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.artifacts import download_artifact
-from optuna.trial import TrialState
 
 from sweep.errors import SpecError, StorageError, SweepError
 from sweep.queue.artifact_names import forget_on_study
-from sweep.queue.attrs import ARTIFACT_PREFIX, BEST_MODEL, EVALUATED_MODEL, SPEC, decoded, pointer
+from sweep.queue.attrs import (
+    ARTIFACT_PREFIX,
+    BEST_MODEL,
+    EVALUATED_MODEL,
+    FRONT_MODELS,
+    decoded,
+    kept_models,
+    pointer,
+)
 from sweep.queue.storage import rdb_of, root_message
 from sweep.queue.study_attr import study_attrs, swap_study_attr
 from sweep.report.stored import number, printable
-from sweep.study.spec import StudySpec, stored_spec
-from sweep.trial import artifacts
+from sweep.trial import artifacts, kept
 from sweep.trial.objective import build_model_and_config, settings_of, trial_seed
 
 if TYPE_CHECKING:
@@ -53,7 +63,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_HINT = "retrain and upload it with: sweep evaluate STUDY.toml"
+
+@dataclasses.dataclass(frozen=True)
+class Exported:
+    """What ``export`` wrote: the trial's weights at ``--out`` and the sidecar beside it."""
+
+    trial: int
+    sidecar: Path
+    chosen: str | None = None  # why this trial, when none was asked for and none is the best
 
 
 def model_meta(
@@ -95,36 +112,32 @@ def check_out(out: Path, *, force: bool = False) -> None:
         )
 
 
-def export(study: optuna.Study, store: ArtifactStore, out: Path, *, where: str) -> Path:
-    """Write the weights ``best_model`` names to ``out`` and the sidecar beside it; return the
-    sidecar. SweepError (one line) if the study has no usable best model in ``store`` (found
-    at ``where``, for messages)."""
+def export(
+    study: optuna.Study, store: ArtifactStore, out: Path, *, where: str, trial: int | None = None
+) -> Exported:
+    """Write the kept final weights of trial ``trial`` (default: the best trial, or of several
+    objectives the front's most accurate) to ``out`` and the sidecar beside it. SweepError (one
+    line) if that trial has no usable model in ``store`` (found at ``where``, for messages)."""
+    chosen, artifact, missing, why = kept.exported(study, trial)
+    spec = kept.stored_spec_of(study)
+    settings = settings_of(chosen, spec)
+    seed = trial_seed(spec.seed, chosen.params)
+    model, _ = build_model_and_config(settings, seed)
+    _load_weights(study, store, model, chosen, artifact, where=where, missing=missing)
+    test = stored_test_accuracy(study, chosen.number)
+    meta = model_meta(study, chosen.number, settings, seed, chosen.values[0], test)
+    return Exported(chosen.number, _save(model, out, meta), why)
+
+
+def _load_weights(
+    study: optuna.Study, store: ArtifactStore, model: MLP, trial: optuna.trial.FrozenTrial,
+    artifact: str, *, where: str, missing: Callable[[str], SweepError],
+) -> None:  # fmt: skip
+    """Put the weights of ``artifact`` (a trial's final state) into ``model``, once they are
+    checked: readable, of the model's shapes, finite, and reproducing the trial's value."""
     from mlp import CheckpointError, load_state
     from mlp.model import not_finite
 
-    name = printable(study.study_name, 200)
-
-    def missing(why: str) -> SweepError:
-        return SweepError(f"study {name!r} has no best model to export ({why}); {_HINT}")
-
-    system = study._storage.get_study_system_attrs(study._study_id)  # optuna 5: not on Study
-    if BEST_MODEL not in system:
-        raise missing("none was kept: it ran before checkpoints, or no trial completed")
-    kept = pointer(system[BEST_MODEL])
-    number_ = kept.get("trial") if kept is not None else None
-    if kept is None or type(number_) is not int or not 0 <= number_ < 2**31:  # optuna's column
-        raise missing("its best_model attribute is malformed")
-    trial = _complete_trial(study, number_)
-    if trial is None:
-        raise missing(f"best_model names trial {number_}, which is not a COMPLETE trial")
-    spec = _stored_spec(study)
-    settings = settings_of(trial, spec)
-    seed = trial_seed(spec.seed, trial.params)
-    model, _ = build_model_and_config(settings, seed)
-    artifact = kept["artifact_id"]
-    if not artifacts.is_sweep_id(artifact):  # another client's name: never read
-        raise missing(f"best_model names {printable(artifact, 80)!r}, not an artifact id sweep "
-                      f"writes ({artifacts.SWEEP_FORM})")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="sweep-export-") as folder:
         path = Path(folder, "best.npz")
         try:
@@ -133,7 +146,8 @@ def export(study: optuna.Study, store: ArtifactStore, out: Path, *, where: str) 
             raise missing(f"its artifact {artifact} is not in {where}") from None
         except Exception as e:  # a store that fails: not the study's fault
             raise StorageError(
-                f"study {name!r}: cannot read its best model {artifact}: {_line(e)}"
+                f"study {printable(study.study_name, 200)!r}: cannot read the model {artifact} "
+                f"of trial {trial.number}: {_line(e)}"
             ) from e
         try:
             state = load_state(path, like=model)
@@ -141,13 +155,10 @@ def export(study: optuna.Study, store: ArtifactStore, out: Path, *, where: str) 
             raise missing(f"artifact {artifact}: {_line(e).split(': ', 1)[-1]}") from e
     if (bad := not_finite(state.params)) is not None:  # its history may claim any value
         raise missing(f"artifact {artifact} holds {bad} weights that are not finite")
-    if not state.history or 100 * state.history[-1].valid_accuracy != trial.value:
+    if not state.history or 100 * state.history[-1].valid_accuracy != trial.values[0]:
         raise missing(f"artifact {artifact} does not reproduce trial {trial.number}'s value")
     for p, w in zip(model.params, state.params, strict=True):
         p[...] = w
-    test = stored_test_accuracy(study, trial.number)
-    meta = model_meta(study, trial.number, settings, seed, trial.value, test)
-    return _save(model, out, meta)
 
 
 def upload(study: optuna.Study, store: ArtifactStore, model: MLP, meta: dict) -> tuple[str, str]:
@@ -186,14 +197,14 @@ def _replace_evaluated(
                                   lambda _: encoded)  # fmt: skip
         old = _evaluated_ids(swapped)
         # Only the attributes needed, undecoded: another client's odd value elsewhere is not ours.
-        raw = study_attrs(
-            backend.engine, study._study_id, [BEST_MODEL, *(ARTIFACT_PREFIX + a for a in old)]
-        )
+        keys = [BEST_MODEL, FRONT_MODELS, *(ARTIFACT_PREFIX + a for a in old)]
+        raw = study_attrs(backend.engine, study._study_id, keys)
     except Exception as e:  # the model is uploaded; only the old one stays
         logger.warning("could not replace the previous evaluated model: %s", _line(e))
         return
-    kept = pointer(decoded(raw.get(BEST_MODEL)))
-    protected = {*ids, kept["artifact_id"] if kept is not None else None}
+    best = pointer(decoded(raw.get(BEST_MODEL)))
+    front = [m["artifact_id"] for m in kept_models(decoded(raw.get(FRONT_MODELS)))]
+    protected = {*ids, *front, best["artifact_id"] if best is not None else None}
     gone = []
     for artifact in old:
         if artifact in protected or ARTIFACT_PREFIX + artifact not in raw:  # not the study's
@@ -223,25 +234,6 @@ def stored_test_accuracy(study: optuna.Study, trial: int) -> float | None:
     if type(measured) is not int or measured != trial:
         return None
     return number(attrs.get("test_accuracy"))
-
-
-def _complete_trial(study: optuna.Study, number_: int) -> optuna.trial.FrozenTrial | None:
-    storage = study._storage
-    try:
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number_)
-        trial = storage.get_trial(trial_id)
-    except KeyError:
-        return None
-    if trial.state != TrialState.COMPLETE or number(trial.value) is None:
-        return None
-    return trial
-
-
-def _stored_spec(study: optuna.Study) -> StudySpec:
-    source = f"study {printable(study.study_name, 200)!r}"
-    if SPEC not in study.user_attrs:
-        raise SpecError(f"{source} was not made by sweep (it has no stored spec)")
-    return stored_spec(study.user_attrs[SPEC], source=source)
 
 
 def _save(model: MLP, out: Path, meta: dict) -> Path:

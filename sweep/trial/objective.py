@@ -3,7 +3,8 @@
 It knows nothing of processes or of the queue: it suggests, trains, reports validation accuracy
 each epoch for pruning and leaves the learning curves on the trial as user attributes. Given the
 study's artifact store, it checkpoints the training and resumes it (``sweep.trial.checkpoint``).
-``evaluate_best`` retrains the best trial the same way, once, for its test accuracy.
+``evaluate_trial`` retrains the best trial (or one of the front) the same way, once, for its
+test accuracy.
 """
 
 from __future__ import annotations
@@ -220,13 +221,15 @@ def settings_of(trial: optuna.trial.FrozenTrial, spec: StudySpec) -> TrainSettin
     return settings
 
 
-def evaluate_best(study: optuna.Study, spec: StudySpec) -> Evaluation:
-    """Retrain the study's best trial (same configuration, same seed) and measure its test
-    accuracy, stored on the study as ``test_accuracy`` and ``test_trial``.
+def evaluate_trial(
+    study: optuna.Study, spec: StudySpec, best: optuna.trial.FrozenTrial
+) -> Evaluation:
+    """Retrain a COMPLETE trial of the study, its best or one of its front
+    (``sweep.trial.kept.evaluated_trial``), with the same configuration and seed, and measure
+    its test accuracy, stored on the study as ``test_accuracy`` and ``test_trial``.
 
     Model selection used the validation split only; the test split is touched here, once.
     """
-    best = study.best_trial
     settings = settings_of(best, spec)
     seed = trial_seed(spec.seed, best.params)
     data = load_data(spec)

@@ -10,6 +10,7 @@ exit code is tested once per way, in tests/sweep/test_cli.py.
 
 import hashlib
 import io
+import json
 import os
 import re
 import resource
@@ -398,7 +399,8 @@ def _npz_claiming_5_tib(tmp: Path) -> None:
 EXPORT = ["export", "g", "--storage", "sqlite:///{db}"]
 
 # Other commands: (case, arguments, set-up, exit code, message pattern); in the arguments,
-# {tmp} is a fresh folder (with its slash), {db} the existing database, {port} a busy port.
+# {tmp} is a fresh folder (with its slash), {db} the existing database, {port} a busy port,
+# {other} the number of one of its trials that is not its best.
 OTHER_CASES = [
     (
         "a study file that does not exist",
@@ -549,6 +551,28 @@ OTHER_CASES = [
         r"unless --force",
     ),
     (
+        "an export of a trial whose weights were not kept",
+        [*EXPORT, "--trial", "{other}", "--out", "{tmp}best.npz"],
+        None,
+        1,
+        r"study 'g': trial \d+'s weights were not kept: only the best trial's \(trial \d+\) are; "
+        r"retrain and upload it with: sweep evaluate STUDY\.toml --trial \d+",
+    ),
+    (
+        "a trial that does not exist",
+        [*EXPORT, "--trial", "99", "--out", "{tmp}best.npz"],
+        None,
+        1,
+        r"study 'g' has no trial 99 \(its trials are numbered 0 to 2\)",
+    ),
+    (
+        "a negative trial number",
+        [*EXPORT, "--trial", "-1", "--out", "{tmp}best.npz"],
+        None,
+        2,
+        r"--trial must be an integer in \[0, 2147483647\]; got -1",
+    ),
+    (
         "a network too large for the memory",
         ["train", "--hidden-1", "200000", "--hidden-2", "200000"],
         None,
@@ -633,8 +657,9 @@ def test_bad_input_to_other_commands(case, args, setup, code, pattern, existing_
     held = setup(tmp_path) if setup else None
     port = (tmp_path / "port").read_text() if (tmp_path / "port").exists() else ""
     tmp = f"{tmp_path}/"
+    other = _not_the_best(existing_db) if any("{other}" in a for a in args) else None
     before = _digest(existing_db)
-    args = [a.format(tmp=tmp, db=existing_db, port=port) for a in args]
+    args = [a.format(tmp=tmp, db=existing_db, port=port, other=other) for a in args]
     try:
         if case in ISOLATED:
             out = run_cli(*args, timeout=60, preexec_fn=_bounded)
@@ -645,6 +670,15 @@ def test_bad_input_to_other_commands(case, args, setup, code, pattern, existing_
             held.close()
     _assert_one_line(out, code, pattern.format(tmp=re.escape(tmp)))
     assert _digest(existing_db) == before, "the existing database changed"
+
+
+def _not_the_best(db: Path) -> int:
+    """The number of a trial of study 'g' whose weights were not kept: not the best."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        best = conn.execute("SELECT value_json FROM study_system_attributes "
+                            "WHERE key = 'best_model'").fetchone()  # fmt: skip
+    conn.close()
+    return next(n for n in range(3) if n != json.loads(best[0])["trial"])
 
 
 def _readme_rows() -> dict[str, tuple[int, str]]:

@@ -24,6 +24,7 @@ from mlp import MLP, load_state, save_state
 from sweep.queue.attrs import BEST_MODEL, EVALUATED_MODEL
 from sweep.study.spec import load_spec
 from sweep.trial import best
+from sweep.trial.kept import stored_spec_of
 from sweep.trial.objective import build_model_and_config, load_data, settings_of
 from tests.sweep.helpers import grid_study, load, run_cli
 
@@ -88,8 +89,9 @@ def test_export_from_the_python_api_returns_the_sidecar(ran, tmp_path):
     import sweep
 
     _, _, url, store = ran
-    sidecar = sweep.export("g", out=tmp_path / "m.npz", storage=url, artifacts=str(store))
-    assert sidecar == tmp_path / "m.json" and (tmp_path / "m.npz").is_file()
+    done = sweep.export("g", out=tmp_path / "m.npz", storage=url, artifacts=str(store))
+    assert done.sidecar == tmp_path / "m.json" and (tmp_path / "m.npz").is_file()
+    assert (done.trial, done.chosen) == (_kept(url)["trial"], None)  # the best: no need to say
 
 
 @pytest.mark.slow
@@ -169,7 +171,8 @@ def test_a_new_evaluate_replaces_the_previous_evaluates_model(ran, tmp_path):
         "artifact_id": weights, "sidecar_id": sidecar, "trial": second.trial,
     }  # fmt: skip
     # The best trial's own weights are untouched: export still writes them.
-    sidecar_file = sweep.export("g", out=tmp_path / "m.npz", storage=url, artifacts=str(store))
+    sidecar_file = sweep.export("g", out=tmp_path / "m.npz", storage=url,
+                                artifacts=str(store)).sidecar  # fmt: skip
     assert json.loads(sidecar_file.read_text())["meta"]["test_accuracy_percent"] == (
         second.test_accuracy if second.trial == _kept(url)["trial"] else None
     )
@@ -351,7 +354,7 @@ def test_a_best_model_whose_weights_are_not_finite_is_one_line(ran, tmp_path):
     shutil.copytree(store, copy)
     kept = _kept(url)
     study = load(url, "g")
-    spec = best._stored_spec(study)
+    spec = stored_spec_of(study)
     trial = study.trials[kept["trial"]]
     model, _ = build_model_and_config(settings_of(trial, spec), 0)
     state = load_state(copy / kept["artifact_id"], like=model)
