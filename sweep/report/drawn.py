@@ -17,7 +17,6 @@ from optuna.trial import TrialState
 
 from sweep.errors import SpecError
 from sweep.report import digest, digest_figures, figures
-from sweep.report.front import non_dominated
 from sweep.report.shown import (
     Trial,
     cell,
@@ -30,6 +29,7 @@ from sweep.report.shown import (
     varying,
 )
 from sweep.report.stored import Kind, count, number, series
+from sweep.study.objectives import non_dominated
 from sweep.study.spec import StudySpec
 
 logger = logging.getLogger(__name__)

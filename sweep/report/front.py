@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 
 from sweep.report.shown import md_table, network, param_names, reason
 from sweep.report.stored import Kind, count, printable
-from sweep.study.objectives import ACCURACY, EPOCH_TIME, PARAMS, Objective
+from sweep.study.objectives import ACCURACY, EPOCH_TIME, PARAMS, Objective, non_dominated
 
 T = TypeVar("T")  # optuna's FrozenTrial, or ``status_reads.Valued``: a state and values
 #: Points on the hypervolume curve, evenly spread over the trials: each is one exact
@@ -61,21 +61,6 @@ def values_of(t: Any, k: int) -> tuple[float, ...] | None:
 def losses(values: Sequence[float], objectives: Sequence[Objective]) -> tuple[float, ...]:
     """Values as losses, lower is better in each: maximised ones negated."""
     return tuple(-v if o.maximize else v for v, o in zip(values, objectives, strict=True))
-
-
-def non_dominated(loss: np.ndarray) -> np.ndarray:
-    """Which rows of ``loss`` ((n, k), lower is better) no other row dominates (at most as
-    large in every column and smaller in one): (n,) bool. Equal rows are all kept, as optuna's
-    ``best_trials`` keeps them. In lexicographic order a row can be dominated only by rows
-    before it, so each is checked against the front found so far."""
-    on = np.zeros(len(loss), dtype=bool)
-    kept: list[int] = []
-    for i in np.lexsort(loss.T[::-1]) if len(loss) else []:
-        front = loss[kept]
-        if not np.any(np.all(front <= loss[i], axis=1) & np.any(front < loss[i], axis=1)):
-            on[i] = True
-            kept.append(int(i))
-    return on
 
 
 def front(trials: Sequence[T], objectives: Sequence[Objective]) -> list[T]:
