@@ -157,6 +157,16 @@ class DepthSpace:
             return bool(self.list_values(budget, lists[0]))
         return feasible(budget, self.box())
 
+    def categoricals(self, budget: Budget) -> dict[str, list[int]]:
+        """The choices ``suggest`` gives each width it draws as its own categorical."""
+        searched, lists = self.indices("searched"), self.indices("list")
+        if not self.indices("range"):
+            if len(searched) != 1:  # several lists: fixed choices, or the joint parameter
+                return {}
+            (k,) = searched
+            return {WIDTHS[k]: sorted({h[k] for h in self.networks(budget)})}
+        return {WIDTHS[k]: self.list_values(budget, k) for k in lists}
+
     def suggest(self, trial: optuna.Trial, budget: Budget) -> dict[str, int]:
         """The trial's widths of this depth, always an in-budget network.
 
@@ -196,6 +206,21 @@ class DepthSpace:
 
 def _with(box: list[tuple[int, int]], k: int, v: int) -> list[tuple[int, int]]:
     return [*box[:k], (v, v), *box[k + 1 :]]
+
+
+def categoricals_that_change(spec: SearchSpec) -> tuple[str, dict[int, list[int]]] | None:
+    """A width drawn as a categorical whose in-budget choices differ between the study's
+    depths (optuna's categorical distributions cannot change their choices from trial to
+    trial: every trial of the other depths would fail), with its choices by depth; None if
+    there is none."""
+    seen: dict[str, dict[int, list[int]]] = {}
+    for depth in feasible_depths(spec):
+        for name, choices in DepthSpace.of(spec, depth).categoricals(spec.budget).items():
+            seen.setdefault(name, {})[depth] = choices
+    for name, by_depth in seen.items():
+        if len({tuple(c) for c in by_depth.values()}) > 1:
+            return name, by_depth
+    return None
 
 
 def feasible_depths(spec: SearchSpec) -> list[int]:

@@ -40,7 +40,14 @@ from sweep.study.rules import (
     train_rules,
 )
 from sweep.study.settings import TrainSettings, settings_class
-from sweep.study.space import DEPTH, DepthSpace, Dimension, depths, feasible_architectures_exist
+from sweep.study.space import (
+    DEPTH,
+    DepthSpace,
+    Dimension,
+    categoricals_that_change,
+    depths,
+    feasible_architectures_exist,
+)
 
 
 @dataclass(frozen=True)
@@ -286,6 +293,12 @@ def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> StudySpec:
     )
     _check_widths(spec, space_raw)
     _check_budget_feasible(spec)
+    if sampler != "grid" and (changing := categoricals_that_change(spec)) is not None:
+        name, by_depth = changing
+        shown = "; ".join(f"depth {d}: {c}" for d, c in sorted(by_depth.items()))
+        allowed = ("the same in-budget values at every depth (optuna's categorical choices "
+                   "cannot change between trials)")  # fmt: skip
+        raise fail(source, f"space.{name}", allowed, None, shown=shown)
     return spec
 
 

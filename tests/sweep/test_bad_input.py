@@ -133,6 +133,16 @@ CASES = [
         r"its depth\); got \{{'low': 1, 'high': 3\}}",
     ),
     (
+        "a list of widths whose in-budget values change with the depth",
+        study(
+            sampler="random", space="depth = [1, 2]\nhidden_1 = [62, 128]", extra="hidden_2 = 32"
+        ),
+        2,
+        r"{file}: \[space\.hidden_1\] must be the same in-budget values at every depth \(optuna's "
+        r"categorical choices cannot change between trials\); got depth 1: \[128\]; depth 2: "
+        r"\[62, 128\]",
+    ),
+    (
         "a width searched past the study's depths",
         study(space=GOOD_SPACE + "\nhidden_3 = [64, 128]"),
         2,
