@@ -101,6 +101,9 @@ def load_state(path: str | os.PathLike, *, like: MLP) -> TrainState:
         table = arrays["history"]
         if not np.array_equal(table[:, 0], np.arange(1, doc["epoch"] + 1)):
             raise _formats.Refused("got history epochs that are not 1, 2, 3, ...")
+        seconds = table[:, 5]  # a measured objective of a study is their mean
+        if not (np.all(np.isfinite(seconds)) and np.all(seconds >= 0)):
+            raise _formats.Refused("got epoch seconds that are not finite numbers >= 0")
     names = member_names(len(like.params))
     history = [EpochMetrics(int(row[0]), *(float(v) for v in row[1:])) for row in table.tolist()]
     return TrainState(

@@ -111,7 +111,8 @@ def studies(engine: Engine) -> list[StudyRow]:
 
 def complete_values(engine: Engine, study_id: int, objectives: int) -> list[Valued]:
     """The values of the study's COMPLETE trials (``objectives`` of them each), by number, in
-    one statement: what the table at the end of ``sweep run`` finds the front from."""
+    one statement: what every front is found from (``sweep.queue.front``: the table at the end
+    of ``sweep run``, the progress line, the models kept, the trial export picks)."""
     with reading(engine) as conn:
         return _valued(conn, {study_id: objectives}).get(study_id, [])
 

@@ -16,6 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from sweep.errors import SpecError
+from sweep.queue.front import non_dominated
 from sweep.report import digest, digest_figures, figures
 from sweep.report.shown import (
     Trial,
@@ -29,7 +30,6 @@ from sweep.report.shown import (
     varying,
 )
 from sweep.report.stored import Kind, count, number, series
-from sweep.study.objectives import non_dominated
 from sweep.study.spec import StudySpec
 
 logger = logging.getLogger(__name__)

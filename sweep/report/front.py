@@ -1,7 +1,8 @@
 """A study of several objectives: its Pareto front, how its values read, and its report.
 
 The front is the study's non-dominated COMPLETE trials, optuna's ``study.best_trials``
-(tests/sweep/test_report_front.py holds them equal), computed here from the values alone: so
+(tests/sweep/test_report_front.py holds them equal), found from the values alone
+(``sweep.queue.front.along``, as every other part of sweep finds it): so
 ``sweep status`` finds it from one read of the complete trials' values
 (``sweep.queue.status_reads``), the table at the end of ``sweep run`` without reading every
 trial whole, and a report without ``best_trials`` raising on a trial another client stored
@@ -29,14 +30,17 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from sweep.queue.front import along, non_dominated
 from sweep.report.shown import md_table, network, param_names, reason
 from sweep.report.stored import Kind, count, printable
-from sweep.study.objectives import ACCURACY, EPOCH_TIME, PARAMS, Objective, non_dominated
+from sweep.study.objectives import ACCURACY, EPOCH_TIME, PARAMS, Objective
 
 T = TypeVar("T")  # optuna's FrozenTrial, or ``status_reads.Valued``: a state and values
 #: Points on the hypervolume curve, evenly spread over the trials: each is one exact
 #: computation over the trials before it, and 200 draw a curve as smooth as every trial would.
 CURVE_POINTS = 200
+#: The note of a trial on the front, in every table and CSV that marks it.
+ON_FRONT = "Pareto front"
 #: Where each of sweep's objectives is at its best: the far corner of the hypervolume's box.
 IDEAL = {ACCURACY.name: 100.0, PARAMS.name: 0.0, EPOCH_TIME.name: 0.0}
 
@@ -66,12 +70,8 @@ def losses(values: Sequence[float], objectives: Sequence[Objective]) -> tuple[fl
 def front(trials: Sequence[T], objectives: Sequence[Objective]) -> list[T]:
     """The non-dominated COMPLETE trials (optuna's ``study.best_trials``), along the front:
     the first objective's best first, then the next objective's, then by number."""
-    placed = [(t, v) for t in trials if (v := values_of(t, len(objectives))) is not None]
-    if not placed:
-        return []
-    loss = np.array([losses(v, objectives) for _, v in placed])
-    on = [(tuple(loss[i]), placed[i][0].number, i) for i in np.flatnonzero(non_dominated(loss))]
-    return [placed[i][0] for *_, i in sorted(on)]
+    placed = [t for t in trials if values_of(t, len(objectives)) is not None]
+    return along(placed, [o.maximize for o in objectives])
 
 
 def first(t: Any) -> float | None:
@@ -216,7 +216,7 @@ def write(study: optuna.Study, listed: Sequence[Any], along: Sequence[Any], kind
     rows = []
     for t in listed:
         values = list(t.values or []) + [None] * k
-        note = "Pareto front" if t.number in on else reason(t)
+        note = ON_FRONT if t.number in on else reason(t)
         rows.append([t.number, t.state.name.lower(), *(t.params.get(n, "") for n in names),
                      *([network(t)] if kind.sweep else []),
                      *(value_text(o, v, sweep=kind.sweep)

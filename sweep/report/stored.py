@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial
 
 from sweep.errors import SpecError
 from sweep.queue.attrs import SPEC
+from sweep.queue.front import maximized
 from sweep.study import objectives
 from sweep.study.objectives import Objective
 from sweep.study.spec import StudySpec, stored_spec
@@ -76,9 +77,13 @@ def study_kind(user_attrs: dict[str, Any], directions: list[StudyDirection],
     )
     if isinstance(metric_names, list) and len(metric_names) == len(directions):
         names = metric_names
+    # A direction optuna does not name: of several, minimised as optuna's front minimises it
+    # (sweep.queue.front); of one, maximised as sweep has always shown such a study's best.
+    maximize = (maximized(directions) if len(directions) > 1
+                else [d != StudyDirection.MINIMIZE for d in directions])  # fmt: skip
     plain = tuple(
-        Objective(shown, d != StudyDirection.MINIMIZE, "", shown)
-        for shown, d in zip((printable(str(n), 40) for n in names), directions, strict=True)
+        Objective(shown, m, "", shown)
+        for shown, m in zip((printable(str(n), 40) for n in names), maximize, strict=True)
     )
     return Kind(False, plain, None)
 

@@ -175,7 +175,7 @@ def _table(trials: list[FrozenTrial], kind: Kind, on: set[int]) -> str:
     for t in trials:
         params = [fmt(t.params.get(n, "")) for n in names]
         size = [str(count(t, "n_params") or "")] if sized else []
-        state, note = t.state.name.lower(), "Pareto front" if t.number in on else ""
+        state, note = t.state.name.lower(), front.ON_FRONT if t.number in on else ""
         if t.state == TrialState.FAIL:
             note = printable(why_failed(t.user_attrs), 40)
             if SKIPPED in t.user_attrs:  # not run: not a failure

@@ -8,16 +8,13 @@ its accuracy whatever else the study asks. ``epoch_time`` is measured on the wor
 the trial (its CPU, its load, its BLAS), the one value that is not a function of the trial's
 parameters alone: its label says so, and so does every table and figure that shows it.
 
-Which trials are best under several objectives is answered once too (``non_dominated``): the
-report, the status line, the progress line and the models a study keeps all find its front
-with it, and it agrees with optuna's ``study.best_trials``.
+Which trials are best under several objectives is answered once, in ``sweep.queue.front``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 from optuna.study import StudyDirection
 
 
@@ -67,18 +64,3 @@ def values_of(
     per_epoch = sum(epoch_seconds) / len(epoch_seconds) if epoch_seconds else float("nan")
     known = {ACCURACY.name: accuracy, PARAMS.name: float(params), EPOCH_TIME.name: per_epoch}
     return tuple(known[n] for n in names)
-
-
-def non_dominated(loss: np.ndarray) -> np.ndarray:
-    """Which rows of ``loss`` ((n, k), lower is better) no other row dominates (at most as
-    large in every column and smaller in one): (n,) bool. Equal rows are all kept, as optuna's
-    ``best_trials`` keeps them. In lexicographic order a row can be dominated only by rows
-    before it, so each is checked against the front found so far."""
-    on = np.zeros(len(loss), dtype=bool)
-    kept: list[int] = []
-    for i in np.lexsort(loss.T[::-1]) if len(loss) else []:
-        front = loss[kept]
-        if not np.any(np.all(front <= loss[i], axis=1) & np.any(front < loss[i], axis=1)):
-            on[i] = True
-            kept.append(int(i))
-    return on

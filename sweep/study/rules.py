@@ -49,6 +49,7 @@ MAX_PARAMS = 100_000_000
 MAX_THREADS = 1024  # BLAS threads per trial
 MAX_RETRIES = 1000
 MAX_POPULATION = 10_000  # NSGA-II keeps a generation of trials in memory per ask
+POPULATION = 50  # NSGA-II's generation when a study file gives none (optuna's default)
 MAX_INT = 2**63 - 1  # TOML integers, and SQLite's, are 64-bit
 
 

@@ -161,10 +161,13 @@ class DepthSpace:
         """The choices ``suggest`` gives each width it draws as its own categorical."""
         searched, lists = self.indices("searched"), self.indices("list")
         if not self.indices("range"):
-            if len(searched) != 1:  # several lists: fixed choices, or the joint parameter
-                return {}
-            (k,) = searched
-            return {WIDTHS[k]: sorted({h[k] for h in self.networks(budget)})}
+            networks = self.networks(budget)
+            if len(searched) == 1:
+                (k,) = searched
+                return {WIDTHS[k]: sorted({h[k] for h in networks})}
+            if len(networks) == self.combinations():  # each list whole, as the file gives it
+                return {WIDTHS[k]: list(self.dims[k].choices) for k in searched}  # type: ignore[union-attr]
+            return {}  # the joint parameter, of a name of its own at each depth
         return {WIDTHS[k]: self.list_values(budget, k) for k in lists}
 
     def suggest(self, trial: optuna.Trial, budget: Budget) -> dict[str, int]:

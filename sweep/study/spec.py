@@ -31,6 +31,7 @@ from sweep.study.rules import (
     MAX_CHOICES,
     MAX_STUDY_FILE_BYTES,
     MISSING,
+    POPULATION,
     SECTIONS,
     STUDY_RULES,
     Rule,
@@ -69,7 +70,7 @@ class StudySpec:
     data_path: str | None = None  # a user's own copy of MNIST
     source: str = "<spec>"  # where it came from, for messages
     objectives: tuple[str, ...] = ONE_OBJECTIVE  # sweep.study.objectives; accuracy first
-    population: int = 50  # NSGA-II's generation size (sampler 'nsga2' only)
+    population: int = POPULATION  # NSGA-II's generation size (sampler 'nsga2' only)
 
     @property
     def multi(self) -> bool:
@@ -280,7 +281,7 @@ def parse_spec(raw: dict[str, Any], *, source: str = "<spec>") -> StudySpec:
         seed=study.get("seed", 0),
         pruner=pruner,
         objectives=objectives,
-        population=study.get("population", 50),
+        population=study.get("population", POPULATION),
         threads=study.get("threads", 1),
         max_retries=study.get("max_retries", 3),
         prune_after=study.get("prune_after", 0),

@@ -294,15 +294,18 @@ def keep_front(
     A compare-and-set under the study lock (``swap_study_attr``) with the front read once the
     lock is held (``sweep.queue.front``, from a reading connection: a study's trials are told
     outside the lock, and every end that took it before has its trial's values committed). A
-    stored entry that is not well formed is dropped and its file left as it is.
+    stored entry that is not well formed is dropped and its file left as it is; one that names
+    ``entry``'s model under another trial (the database is anyone's) is replaced by ``entry``.
     """
     done: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]] = []
 
     def new(text: str | None) -> str | None:
         front = read_front(storage.engine, study_id, directions)
         stored = _stored_front(text)
-        known = {e["artifact_id"] for e in stored}
-        offered = [entry] if entry is not None and entry["artifact_id"] not in known else []
+        offered = []
+        if entry is not None:  # its own trial says whose it is, not what the database says
+            stored = [e for e in stored if e["artifact_id"] != entry["artifact_id"]]
+            offered = [entry]
         models = [e for e in stored + offered if e["trial_id"] in front.front]
         done[:] = [(models, [e for e in stored if e not in models])]
         encoded = json.dumps(models)

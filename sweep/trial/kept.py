@@ -17,6 +17,9 @@ from optuna.trial import TrialState
 
 from sweep.errors import SpecError, SweepError
 from sweep.queue.attrs import BEST_MODEL, FRONT_MODELS, SPEC, kept_models, pointer
+from sweep.queue.front import along, maximized
+from sweep.queue.status_reads import complete_values
+from sweep.queue.storage import rdb_of
 from sweep.report.stored import number, printable
 from sweep.study import objectives
 from sweep.study.spec import StudySpec, stored_spec
@@ -115,10 +118,15 @@ def _not_kept(study: optuna.Study, number: int, whose: str, kept: list[int]) -> 
 
 
 def front_pick(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The front's most accurate trial (the first of equals), of a study of several objectives
-    whose first is the validation accuracy (``sweep.study.objectives``); None if it has none."""
-    front = study.best_trials
-    return max(front, key=lambda t: (t.values[0], -t.number)) if front else None
+    """The front's most accurate trial, of a study of several objectives whose first is the
+    validation accuracy (``sweep.study.objectives``): the first along the front as the report
+    and ``sweep status`` show it (``sweep.queue.front.along``); None if it has none. Read from
+    the database as the front of the kept models is, never through ``study.best_trials``, which
+    raises on another client's odd rows and weighs constraints sweep never writes."""
+    engine = rdb_of(study._storage).engine
+    valued = complete_values(engine, study._study_id, len(study.directions))
+    on = along(valued, maximized(study.directions))
+    return study._storage.get_trial(on[0].trial_id) if on else None
 
 
 def evaluated_trial(

@@ -231,6 +231,13 @@ def _with_json(members, **changes) -> dict[str, np.ndarray]:
     return members | {"state": np.frombuffer(text, np.uint8)}
 
 
+def _seconds(history: np.ndarray, value: float) -> np.ndarray:
+    """``history`` with its last epoch's wall time (a study's measured objective) forged."""
+    forged = history.copy()
+    forged[-1, 5] = value
+    return forged
+
+
 def _variants(path, like):
     """(name, bytes or members, the words the message must hold) for each way to be wrong."""
     raw = path.read_bytes()
@@ -252,6 +259,9 @@ def _variants(path, like):
         ("epoch a bool", _with_json(m, epoch=True), "got epoch true"),
         ("history too short", _with_json(m, epoch=3, since_best=0), "history of float64 (2, 6)"),
         ("history numbering", m | {"history": m["history"][::-1].copy()}, "1, 2, 3"),
+        ("negative seconds", m | {"history": _seconds(m["history"], -1e9)}, "epoch seconds"),
+        ("nan seconds", m | {"history": _seconds(m["history"], np.nan)}, "epoch seconds"),
+        ("inf seconds", m | {"history": _seconds(m["history"], np.inf)}, "epoch seconds"),
         ("since_best", _with_json(m, since_best=3), "got since_best 3"),
         ("best", _with_json(m, best=2.5), "got best 2.5"),
         ("velocity flag", _with_json(m, velocity=1), "got velocity 1"),

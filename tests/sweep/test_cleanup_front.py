@@ -223,3 +223,20 @@ def test_the_front_leaves_out_values_optuna_never_writes(tmp_path):
                              "AND objective = 1")  # fmt: skip
     found = read_front(engine, study._study_id, study.directions)
     assert found.front == found.complete == {1: 0}
+
+
+def test_an_entry_naming_a_front_models_weights_under_another_trial_deletes_nothing(tmp_path):
+    """Another client listed trial 1's final weights under trial 0 (off the front): trial 1's
+    end matched the entry by its artifact alone, took it for trial 0's and deleted the file of
+    the front's only trial. Now the ending trial's own entry replaces it."""
+    study, store = _study(tmp_path)
+    off = study.ask()
+    study.tell(off, [10.0, 9000])  # dominated
+    trial, final = _trained(study, store, tmp_path, [80.0, 1000])
+    forged = [{"artifact_id": final, "trial": 0, "trial_id": off._trial_id}]
+    study._storage.set_study_system_attr(study._study_id, FRONT_MODELS, forged)
+    study.tell(trial, [80.0, 1000])
+    trial_ended(store, study, study._storage.get_trial(trial._trial_id))
+    kept = study._storage.get_study_system_attrs(study._study_id)[FRONT_MODELS]
+    assert kept == [{"artifact_id": final, "trial": 1, "trial_id": trial._trial_id}]
+    assert final in _files(tmp_path)

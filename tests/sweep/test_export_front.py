@@ -29,7 +29,7 @@ from mlp import MLP, load_state
 from sweep.queue.attrs import FRONT_MODELS
 from sweep.study.spec import load_spec
 from sweep.trial.objective import build_model_and_config, load_data, settings_of, trial_seed
-from tests.sweep.helpers import load, main_in_process
+from tests.sweep.helpers import load, main_in_process, run_sql
 
 STUDY = """
 [study]
@@ -245,3 +245,26 @@ def test_evaluate_retrains_the_fronts_most_accurate_or_the_trial_asked(ran, tmp_
     assert out.returncode == 1 and out.stderr == (
         "sweep: error: study 'f' has no trial 8 (its trials are numbered 0 to 7)\n"
     )
+
+
+def test_the_pick_is_the_front_status_shows_whatever_other_clients_stored(ran, tmp_path):
+    """`sweep export` and `evaluate` picked through optuna's ``best_trials``, which raises on a
+    COMPLETE trial with one value of two and weighs ``constraints`` sweep never writes: a
+    traceback, or a pick of a trial whose weights were never kept. The pick now reads the same
+    front as ``sweep status`` and the kept models."""
+    source, to = sqlite3.connect(ran.tmp / "db.sqlite"), sqlite3.connect(tmp_path / "db.sqlite")
+    source.backup(to)
+    source.close()
+    to.close()
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    study = load(url, "f")
+    storage = study._storage
+    short = storage.create_new_trial(study._study_id)  # another client's row: one value of two
+    storage.set_trial_state_values(short, optuna.trial.TrialState.COMPLETE, [100.0])
+    best = ran.front[0]  # an infeasible mark on the front's most accurate trial
+    run_sql(url, "INSERT INTO trial_system_attributes (trial_id, key, value_json) "
+                 f"VALUES ({best._trial_id}, 'constraints', '[1.0]')")  # fmt: skip
+    out = main_in_process("export", "f", "--out", str(tmp_path / "m.npz"), "--storage", url,
+                          "--artifacts", str(ran.store))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"trial {best.number} (the front's most accurate): "), out.stdout

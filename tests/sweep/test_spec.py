@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sweep.errors import SpecError
-from sweep.study.rules import float_in
+from sweep.study.rules import MAX_POPULATION, float_in
 from sweep.study.spec import (
     Budget,
     TrainSettings,
@@ -579,10 +579,11 @@ def test_a_pruner_with_several_objectives_is_refused_in_one_line(pruner):
 @pytest.mark.parametrize("sampler", ["grid", "tpe", "random"])
 def test_a_population_is_nsga2s_only(sampler):
     assert spec_with("study", "population", 2, PARETO).population == 2
-    assert spec_with("study", "population", 10_000, PARETO).population == 10_000
-    for outside in (1, 10_001, 4.0, True):
+    top = MAX_POPULATION
+    assert spec_with("study", "population", top, PARETO).population == top
+    for outside in (1, top + 1, 4.0, True):
         with pytest.raises(SpecError, match=r"^x\.toml: \[study\.population\] must be an integer "
-                                            r"in \[2, 10000\]; got "):  # fmt: skip
+                                            rf"in \[2, {top}\]; got "):  # fmt: skip
             spec_with("study", "population", outside, PARETO)
     other = copy.deepcopy(PARETO)
     other["study"]["sampler"] = sampler
@@ -632,3 +633,31 @@ def test_a_change_of_objectives_is_a_difference_naming_them():
     time = _objectives("accuracy", "epoch_time")
     assert first_difference(two, time) == ("study.objectives", ["accuracy", "params"],
                                            ["accuracy", "epoch_time"])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("space", "train", "shown"),
+    [  # one list, fixed widths beside it; two lists whose every combination fits at depth 2
+        ({"hidden_1": [62, 128]}, {"hidden_2": 32}, "depth 1: [128]; depth 2: [62, 128]"),
+        ({"hidden_1": [16, 128], "hidden_2": [1024, 2048]}, {},
+         "depth 1: [128]; depth 2: [16, 128]"),
+    ],
+)  # fmt: skip
+def test_a_list_of_widths_whose_choices_change_with_the_depth_is_refused(space, train, shown):
+    """optuna's categorical distributions cannot change their choices: such a study failed
+    every trial of one of its depths ("CategoricalDistribution does not support dynamic value
+    space")."""
+    raw = {"study": {"name": "x", "sampler": "random", "trials": 20},
+           "budget": {"min_params": 50_000 if train else 20_000,
+                      "max_params": 200_000 if train else 500_000},
+           "train": train, "space": {"depth": [1, 2], **space}}  # fmt: skip
+    with pytest.raises(SpecError) as info:
+        parse_spec(raw, source="x.toml")
+    assert str(info.value) == (
+        "x.toml: [space.hidden_1] must be the same in-budget values at every depth (optuna's "
+        f"categorical choices cannot change between trials); got {shown}"
+    )
+    raw["space"]["depth"] = [2]  # one depth: nothing to change between
+    assert parse_spec(raw, source="x.toml").dimension("hidden_1").choices == tuple(
+        space["hidden_1"]
+    )
