@@ -17,10 +17,11 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
+from mlp import MLP, load_state
 from mlp.model import parameter_count
 from sweep import api, runner
 from sweep.queue import tables as tb
-from sweep.queue.attrs import FAIL_REASON, RESUME_FROM, SPEC
+from sweep.queue.attrs import FAIL_REASON, FRONT_MODELS, RESUME_FROM, SPEC
 from sweep.queue.storage import open_storage
 from sweep.study import objectives
 from sweep.study.budget import widths_of
@@ -223,20 +224,22 @@ def test_a_study_of_several_objectives_made_by_another_client_is_refused(tmp_pat
 
 
 @pytest.mark.slow
-def test_a_killed_trial_of_two_objectives_resumes_and_is_told_both_values_once(
-    tmp_path, monkeypatch
+@pytest.mark.parametrize("names", [TWO, THREE], ids=["two", "three"])
+def test_a_killed_trial_of_several_objectives_resumes_and_is_told_its_values_once(
+    tmp_path, monkeypatch, names
 ):
     """tests/sweep/test_checkpoint.py's kill in the middle of epoch 6 (SIGKILL of the worker),
-    for a study of two objectives: the resumed trial's values are the uninterrupted run's,
-    the accuracy to the bit, and they are stored once."""
+    for a study of several objectives: the resumed trial's accuracy and size are the
+    uninterrupted run's, the accuracy to the bit; its measured seconds per epoch are the mean
+    over every epoch, those the killed worker ran included; its values are stored once."""
     path = tmp_path / "c.toml"
     path.write_text(
         checkpoint.STUDY.format(name="c", epochs=checkpoint.EPOCHS, hidden_1="[16]").replace(
-            "seed = 0\n", f"seed = 0\nobjectives = {list(TWO)!r}\n".replace("'", '"')
+            "seed = 0\n", f"seed = 0\nobjectives = {list(names)!r}\n".replace("'", '"')
         )
     )
     spec = load_spec(path)
-    assert spec.objectives == TWO
+    assert spec.objectives == names
     reference = checkpoint._reference(tmp_path, path)
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     proc = checkpoint._kill_mid_epoch(tmp_path, path, url, signal.SIGKILL)
@@ -253,11 +256,19 @@ def test_a_killed_trial_of_two_objectives_resumes_and_is_told_both_values_once(
     assert done.user_attrs["resumed_from_trial"] == given["trial"]
     assert done.user_attrs["epochs_run"] == checkpoint.EPOCHS - checkpoint.STALL_AT + 1
     ref = reference[checkpoint._key(done)]
-    assert done.values == ref.values  # the accuracy to the bit, and the parameter count
+    assert done.values[:2] == ref.values[:2]  # the accuracy to the bit, and the parameter count
     assert done.values[1] == done.user_attrs["n_params"] == parameter_count(16, 8)
     for curve in ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy"):
         assert done.user_attrs[curve] == ref.user_attrs[curve], curve
-    assert _values_rows(url, study._study_id) == {done.number: [0, 1]}  # told once, both
+    if names == THREE:  # the kept final state's history holds every epoch's measured seconds
+        [kept] = study._storage.get_study_system_attrs(study._study_id)[FRONT_MODELS]
+        state = load_state(tmp_path / "artifacts" / kept["artifact_id"],
+                           like=MLP(16, 8, dtype="float64"))  # fmt: skip
+        seconds = [m.seconds for m in state.history]
+        assert len(seconds) == checkpoint.EPOCHS and min(seconds) > 0
+        assert done.values[2] == sum(seconds) / len(seconds)
+    told = {done.number: list(range(len(names)))}
+    assert _values_rows(url, study._study_id) == told  # once, every objective
 
 
 @pytest.mark.parametrize(

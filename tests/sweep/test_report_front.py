@@ -359,3 +359,21 @@ def test_a_value_optuna_cannot_read_is_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
     status = main_in_process("status", "--storage", url)  # status reads values itself
     assert status.returncode == 0 and "front" in status.stdout, status
+
+
+def test_a_direction_optuna_does_not_name_is_minimised_everywhere(tmp_path):
+    """Another client's study of a maximised and a NOT_SET objective: optuna's ``best_trials``
+    and sweep's stored front minimise the second, while status and the report maximised it
+    and showed another front."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    study = optuna.create_study(study_name="odd", storage=url,
+                                directions=["maximize", "minimize"])  # fmt: skip
+    for values in ([1.0, 1.0], [1.0, 2.0]):
+        study.add_trial(create_trial(values=values))
+    run_sql(url, "UPDATE study_directions SET direction = 'NOT_SET' WHERE objective = 1")
+    study = optuna.load_study(study_name="odd", storage=url)
+    assert [t.number for t in study.best_trials] == [0]
+    status = main_in_process("status", "--storage", url)
+    assert status.stdout.splitlines()[1].endswith("(trial 0)"), status.stdout
+    table, _ = summary.trial_table(study)
+    assert table.splitlines()[1].split()[0] == "0" and "Pareto" in table.splitlines()[1]
