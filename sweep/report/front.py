@@ -53,7 +53,7 @@ def _number(v: Any) -> float | None:
     return float(v)
 
 
-def values_of(t: Any, k: int) -> tuple[float, ...] | None:
+def readable_values(t: Any, k: int) -> tuple[float, ...] | None:
     """A COMPLETE trial's ``k`` values, if it holds ``k`` numbers; None for any other trial."""
     values = t.values if t.state == TrialState.COMPLETE else None
     if values is None or len(values) != k:
@@ -70,7 +70,7 @@ def losses(values: Sequence[float], objectives: Sequence[Objective]) -> tuple[fl
 def front(trials: Sequence[T], objectives: Sequence[Objective]) -> list[T]:
     """The non-dominated COMPLETE trials (optuna's ``study.best_trials``), along the front:
     the first objective's best first, then the next objective's, then by number."""
-    placed = [t for t in trials if values_of(t, len(objectives)) is not None]
+    placed = [t for t in trials if readable_values(t, len(objectives)) is not None]
     return along(placed, [o.maximize for o in objectives])
 
 
@@ -238,8 +238,8 @@ def _drawn(listed: Sequence[Any], on: set[int], kind: Kind, out: Path,
     from sweep.report import figures
 
     k, names = len(kind.objectives), [o.name for o in kind.objectives]
-    done = sorted((t for t in listed if (v := values_of(t, k)) and all(map(math.isfinite, v))),
-                  key=lambda t: t.number)  # fmt: skip
+    finite = (t for t in listed if (v := readable_values(t, k)) and all(map(math.isfinite, v)))
+    done = sorted(finite, key=lambda t: t.number)
     lines: list[str] = []
     spec = kind.spec
     assert spec is not None
