@@ -33,9 +33,10 @@ GONE = "sweep: error: study 'g' was deleted while sweep worked on it"
 #: The lines of a launcher's progress display (its header, then one line per change).
 _PROGRESS = re.compile(r"study 'g' \(grid\) in |\d+/\d+ trials ")
 _LOST_CHECKPOINT = re.compile(
-    r"WARNING sweep.trial.checkpoint: trial \d+: checkpoint of epoch \d+ failed: its name could "
-    r"not be written to the study database$"
-)
+    r"WARNING sweep.trial.checkpoint: trial \d+: checkpoint of epoch \d+ failed: (its name could "
+    r"not be written to the study database|trial id \d+ is no longer held by this claim; its "
+    r"writes were dropped)$"
+)  # the second when the delete took the trial's row before the pointer's write looked for it
 
 
 def _exists(url: str) -> bool:
