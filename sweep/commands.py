@@ -204,7 +204,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     only to requests that name this machine (127.0.0.1 unless --host says otherwise). Its trial
     view lists and downloads the checkpoints and models in the study's artifact store."""
     from sweep.dashboard import serve
+    from sweep.queue.bounded import BoundedStorage, bounded_text
     from sweep.queue.storage import mask_password, open_storage, resolve_url
+    from sweep.text import printable
     from sweep.trial.artifacts import study_store
 
     storage = open_storage(args.storage, heartbeat_interval=None, grace_period=None,
@@ -217,9 +219,19 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     else:
         policy = "read-only; --allow-writes lets it change studies"
     shown = mask_password(resolve_url(args.storage))
+    # A study of 10⁵ trials took the dashboard minutes and gigabytes a listing: shown bounded,
+    # read-only. With writes, whole (renaming a study copies every trial it is shown).
+    bounded = BoundedStorage(storage)
+    if args.allow_writes:
+        large = [f"study '{printable(b.name, 200)}' has {b.n_trials:,} trials: shown whole, "
+                 "slowly, as writes are allowed" for b in bounded.bounded()]  # fmt: skip
+    else:
+        storage, large = bounded, [bounded_text(b) for b in bounded.bounded()]
 
     def ready(url: str) -> None:
         print(f"dashboard for {shown} at {url} ({policy}; Ctrl-C stops it)", file=sys.stderr)
+        for line in large:
+            print(line, file=sys.stderr)
 
     serve(storage, host=args.host, port=args.port, allow_writes=args.allow_writes,
           extra_hosts=args.allow_host, artifact_store=store, on_ready=ready)  # fmt: skip

@@ -25,6 +25,15 @@ nobody, and a connection silent for ``idle_timeout`` seconds is closed. The call
 only waits, so a Ctrl-C or SIGTERM reaches it (waitress's own loop would swallow a Ctrl-C) and
 stops the server.
 
+A study of more than ``sweep.queue.bounded.THRESHOLD`` trials is shown bounded (its best, newest
+and running trials; the whole list took minutes and gigabytes at 10⁵): read-only, the dashboard
+reads through :class:`sweep.queue.bounded.BoundedStorage`, and :func:`bounded_lists` keeps the
+page's incremental reloads right. The page asks for ``trials[after:]``, ``after`` being the
+index of the first RUNNING or WAITING trial it holds (all trials before it are taken as final),
+but a bounded view is not a list that only grows: its newest window moves, its best change. So
+a bounded study's list begins with a WAITING stand-in (number -1, its user attribute saying what
+is shown), which makes every reload ask for the whole (bounded) list again.
+
 Note: the port in ``Host`` is not checked (an SSH tunnel may use another); the name is what a
 rebinding page cannot choose. A write without ``Origin`` (curl, a script) is not checked for
 CSRF; browsers send one with every POST, PUT and DELETE. With writes refused, the dashboard
@@ -35,6 +44,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import json
 import logging
 import re
 import socket
@@ -44,6 +54,7 @@ from typing import TYPE_CHECKING
 
 from sweep.dashboard_files import artifact_files, text_response, tolerant_listings
 from sweep.errors import SpecError, SweepError
+from sweep.queue.bounded import BoundedStorage, bounded_text
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
@@ -74,6 +85,7 @@ _CONNECTIONS = 100  # open connections at most; more wait in the listen backlog
 # read); with writes, an artifact upload is a data URI that optuna-dashboard caps at 128 MiB.
 _BODY_READ_ONLY = 64 * 1024
 _BODY_WRITES = 192 * 1024 * 1024
+_STUDY_DETAIL = re.compile(r"/api/studies/(\d+)")  # optuna-dashboard 0.21's trial list
 
 
 def allowed_hosts(host: str, *, extra_hosts: Iterable[str] = ()) -> frozenset[str]:
@@ -131,6 +143,46 @@ def guard(
     return guarded
 
 
+def bounded_lists(app: WSGIApplication, storage: BoundedStorage) -> WSGIApplication:
+    """``app`` with each bounded study's trial list (``GET /api/studies/<id>?after=N``) begun
+    by a WAITING stand-in saying what is shown, ``after`` counting it (see the module
+    docstring); other answers unchanged."""
+    from urllib.parse import parse_qsl, urlencode
+
+    def served(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        match = _STUDY_DETAIL.fullmatch(environ.get("PATH_INFO", ""))
+        if match is None or environ.get("REQUEST_METHOD") != "GET":
+            return app(environ, start_response)
+        study_id = int(match[1])
+        query = parse_qsl(environ.get("QUERY_STRING", ""))
+        after = dict(query).get("after", "0")
+        if not (after.isascii() and after.isdigit()):
+            return app(environ, start_response)  # its own 400
+        if int(after) > 0 and storage.shown(study_id) is None:
+            return app(environ, start_response)  # today's incremental list
+        inner = dict(environ, QUERY_STRING=urlencode([(k, v) for k, v in query if k != "after"]))
+        answer: list = []
+        body = b"".join(_closing(app(inner, lambda *a: answer.append(a))))
+        status, headers = answer[-1][0], answer[-1][1]
+        shown = storage.shown(study_id)
+        if status.startswith("200") and shown is not None:
+            from optuna_dashboard._serializer import serialize_frozen_trial
+
+            detail = json.loads(body)
+            stand_in = serialize_frozen_trial(study_id, _stand_in(bounded_text(shown)), {})
+            detail["trials"] = [stand_in, *detail["trials"]][int(after) :]
+            body = json.dumps(detail).encode()
+        elif int(after) > 0:  # the study has just become small: today's slice
+            detail = json.loads(body)
+            detail["trials"] = detail["trials"][int(after) :]
+            body = json.dumps(detail).encode()
+        headers = [h for h in headers if h[0].lower() != "content-length"]
+        start_response(status, [*headers, ("Content-Length", str(len(body)))])
+        return [body]
+
+    return served
+
+
 def serve(
     storage: optuna.storages.BaseStorage,
     *,
@@ -143,7 +195,8 @@ def serve(
     idle_timeout: int = IDLE_TIMEOUT_S,
 ) -> None:
     """Serve optuna-dashboard for ``storage`` on ``host``:``port`` until interrupted, with the
-    artifacts in ``artifact_store`` (without one, the dashboard cannot show them).
+    artifacts in ``artifact_store`` (without one, the dashboard cannot show them). A
+    :class:`BoundedStorage` shows each large study bounded (see :func:`bounded_lists`).
 
     Binds first (a one-line SweepError if it cannot; SpecError for a bad port or extra host),
     calls ``on_ready(url)`` with the URL to open (the actual port for port 0, the machine's name
@@ -176,6 +229,8 @@ def serve(
     try:
         tolerant_listings()
         app = optuna_dashboard.wsgi(storage, artifact_store=artifact_store)
+        if isinstance(storage, BoundedStorage):
+            app = bounded_lists(app, storage)
         if artifact_store is not None:
             app = artifact_files(app, storage, artifact_store)
         server = waitress.create_server(
@@ -199,6 +254,24 @@ def serve(
             _stop(server, connections, stopped)
     if failed:
         raise failed[0]
+
+
+def _closing(body: Iterable[bytes]) -> Iterable[bytes]:
+    try:
+        yield from body
+    finally:
+        if hasattr(body, "close"):
+            body.close()
+
+
+def _stand_in(text: str) -> optuna.trial.FrozenTrial:
+    """The WAITING trial -1 a bounded study's list begins with, ``text`` its one attribute."""
+    from optuna.trial import FrozenTrial, TrialState
+
+    return FrozenTrial(number=-1, state=TrialState.WAITING, value=None, datetime_start=None,
+                       datetime_complete=None, params={}, distributions={},
+                       user_attrs={"bounded view": text}, system_attrs={},
+                       intermediate_values={}, trial_id=-1)  # fmt: skip
 
 
 def _stop(server: BaseWSGIServer, connections: dict, stopped: threading.Event) -> None:

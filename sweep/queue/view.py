@@ -44,12 +44,15 @@ def read_view(
     or PRUNED ones and every RUNNING one. Finished trials never change, so a caller that keeps
     them passes their ids as ``known``."""
     with reading(engine) as conn:
-        finished, running = _ids(conn, study_id, best=best, recent=recent, maximize=maximize)
-        return finished, _load(conn, (finished - set(known)) | running)
+        finished, running = view_ids(conn, study_id, best=best, recent=recent, maximize=maximize)
+        return finished, load_trials(conn, (finished - set(known)) | running)
 
 
-def _ids(conn: Any, study_id: int, *, best: int, recent: int, maximize: bool) -> tuple[set, set]:
-    """The view's finished trial ids and its RUNNING ones, by three bounded queries."""
+def view_ids(
+    conn: Any, study_id: int, *, best: int, recent: int, maximize: bool
+) -> tuple[set[int], set[int]]:
+    """The view's finished trial ids and its RUNNING ones, by three bounded queries in ``conn``'s
+    transaction (also the dashboard's bounded view, ``sweep.queue.bounded``)."""
     trials, values = tb.trials, tb.values
     of_study = trials.c.study_id == study_id
     running = sqlalchemy.select(trials.c.trial_id).where(
@@ -86,9 +89,11 @@ def _chunks(ids: Iterable[int]) -> Iterable[list[int]]:
         yield ids[i : i + _CHUNK]
 
 
-def _load(conn: Any, ids: Iterable[int]) -> dict[int, FrozenTrial]:
+def load_trials(conn: Any, ids: Iterable[int], *, whole: bool = False) -> dict[int, FrozenTrial]:
     """Trials by id, as TPE reads them (no user attributes; intermediate values of PRUNED
-    trials only). A trial whose stored fields another client made unreadable is left out."""
+    trials only), or ``whole`` as the dashboard shows them (user attributes and every trial's
+    intermediate values too). A trial whose stored fields another client made unreadable is
+    left out."""
     out: dict[int, FrozenTrial] = {}
     for chunk in _chunks(ids):
         rows: dict[int, dict[str, Any]] = {}
@@ -98,13 +103,14 @@ def _load(conn: Any, ids: Iterable[int]) -> dict[int, FrozenTrial]:
         ).where(t.c.trial_id.in_(chunk))
         for tid, number, state, start, complete in conn.execute(query):
             rows[tid] = dict(number=number, state=state, start=start, complete=complete,
-                             params=[], values=[], system=[], steps=[])  # fmt: skip
-        pruned = [tid for tid, r in rows.items() if r["state"] == TrialState.PRUNED]
+                             params=[], values=[], system=[], user=[], steps=[])  # fmt: skip
+        stepped = [tid for tid, r in rows.items() if whole or r["state"] == TrialState.PRUNED]
         reads = [
             ("params", tb.params, ("param_name", "param_value", "distribution_json"), chunk),
             ("values", tb.values, ("objective", "value", "value_type"), chunk),
             ("system", tb.system_attrs, ("key", "value_json"), chunk),
-            ("steps", tb.steps, ("step", "intermediate_value", "intermediate_value_type"), pruned),
+            ("steps", tb.steps, ("step", "intermediate_value", "intermediate_value_type"), stepped),
+            ("user", tb.user_attrs, ("key", "value_json"), chunk if whole else []),
         ]
         for name, table, columns, wanted in reads:
             if not wanted:
@@ -139,7 +145,7 @@ def _frozen(trial_id: int, row: dict[str, Any]) -> FrozenTrial:
         datetime_complete=row["complete"],
         params={name: dists[name].to_external_repr(value) for name, value, _ in row["params"]},
         distributions=dists,
-        user_attrs={},
+        user_attrs={key: json.loads(text) for key, text in row["user"]},
         system_attrs={key: json.loads(text) for key, text in row["system"]},
         intermediate_values={step: to_step(v, kind) for step, v, kind in row["steps"]},
         trial_id=trial_id,

@@ -136,14 +136,14 @@ def test_a_workers_ask_reads_only_the_view(tmp_path, monkeypatch):
 
     monkeypatch.setattr(_CachedStorage, "get_all_trials", everything)
     loaded: list[int] = []
-    load = view._load
+    load = view.load_trials
 
     def counting(conn, ids):
         ids = sorted(ids)
         loaded.extend(ids)
         return load(conn, ids)
 
-    monkeypatch.setattr(view, "_load", counting)
+    monkeypatch.setattr(view, "load_trials", counting)
     seen = _spy(monkeypatch)
     trial_id = study._storage.claim(study._study_id, WORKER_TAGS)
     trial = optuna.Trial(study, trial_id)
