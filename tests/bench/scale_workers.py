@@ -31,17 +31,17 @@ def in_child(fn: Callable[..., list[float]], *args: object, timeout: float) -> R
 
 def _enqueue(url: str, slots: int) -> None:
     """Add ``slots`` empty WAITING slots to the study, as ``sweep run`` queues them for a TPE
-    study. Through optuna's public ``enqueue_trial``, not ``sweep.queue.topup.top_up``: the
-    set-up must not depend on the code under test (on PostgreSQL, ``top_up`` once failed beyond
-    65,535 trials: one bind parameter per trial)."""
-    import optuna
-
+    study: in one transaction under the study lock (``sweep.queue.topup.enqueue``), not
+    through optuna's ``enqueue_trial``, which counts the study once a slot (300 slots took
+    60 s at 10⁶ trials, within the claim row's timeout)."""
     from sweep.queue.storage import open_storage
+    from sweep.queue.topup import enqueue
+    from sweep.queue.transactions import writing
 
     rdb = open_storage(url)
-    study = optuna.load_study(study_name=NAME, storage=rdb)
-    for _ in range(slots):
-        study.enqueue_trial({}, skip_if_exists=False)
+    study_id = rdb.get_study_id_from_name(NAME)
+    with writing(rdb.engine, lock=study_id) as conn:
+        enqueue(conn, study_id, [{}] * slots)
     rdb.engine.dispose()
 
 
