@@ -99,7 +99,8 @@ gradcheck: data
 bench: data
 	$(BIN)/python -m tests.bench.training
 
-# Per-trial cost as a study grows (10^3 to 10^5 trials, SQLite and a local PostgreSQL), ~20 min.
+# What a study costs as it grows (10^3, 10^5, 10^6 trials, SQLite and a local PostgreSQL): a
+# worker's claim and ask, a top-up, status, report and the dashboard; about 25 min.
 bench-scale: data $(DEV_STAMP)
 	$(BIN)/python -m tests.bench.scale
 
