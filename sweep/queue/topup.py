@@ -29,6 +29,9 @@ from sweep.queue.coverage import LIVE, chunks, counting, covering, point_key
 from sweep.queue.tables import trials
 from sweep.queue.transactions import writing
 
+#: WAITING trials inserted per statement pair by ``enqueue``.
+_ENQUEUED_AT_ONCE = 10_000
+
 
 def top_up(
     storage: RDBStorage,
@@ -119,18 +122,22 @@ def enqueue(
     orphans.clear(conn)  # a deleted study's rows, which the new trials' ids would meet
     if base is None:
         base = sum(census.by_state(conn, study_id).values())
-    rows = [
-        {"study_id": study_id, "number": base + i, "state": TrialState.WAITING,
-         "datetime_start": None, "datetime_complete": None}
-        for i in range(len(fixed))
-    ]  # fmt: skip
     insert = trials.insert().returning(trials.c.trial_id, sort_by_parameter_order=True)
-    ids = conn.execute(insert, rows).scalars().all()
-    attrs = []
-    for trial_id, params, more in zip(ids, fixed, extra or [{}] * len(fixed), strict=True):
-        for key, value in {FIXED: params, **more}.items():
-            attrs.append({"trial_id": trial_id, "key": key, "value_json": json.dumps(value)})
-    conn.execute(tb.system_attrs.insert(), attrs)
+    extra = extra or [{}] * len(fixed)
+    # in slices, so that the rows of a cap of 10^7 slots are never all in memory at once
+    for start in range(0, len(fixed), _ENQUEUED_AT_ONCE):
+        end = min(start + _ENQUEUED_AT_ONCE, len(fixed))
+        rows = [
+            {"study_id": study_id, "number": base + i, "state": TrialState.WAITING,
+             "datetime_start": None, "datetime_complete": None}
+            for i in range(start, end)
+        ]  # fmt: skip
+        ids = conn.execute(insert, rows).scalars().all()
+        attrs = []
+        for trial_id, params, more in zip(ids, fixed[start:end], extra[start:end], strict=True):
+            for key, value in {FIXED: params, **more}.items():
+                attrs.append({"trial_id": trial_id, "key": key, "value_json": json.dumps(value)})
+        conn.execute(tb.system_attrs.insert(), attrs)
 
 
 def _skip(conn: Any, trial_ids: list[int], why: str) -> int:
