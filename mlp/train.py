@@ -20,18 +20,11 @@ import numpy as np
 from mlp.config import TrainConfig
 from mlp.data import Dataset
 from mlp.distort import distort, distorts
+from mlp.errors import DivergedError
 from mlp.functions import cross_entropy
 from mlp.model import MLP
 from mlp.optim import SGD, learning_rate_at
 from mlp.state import EpochMetrics, TrainState
-
-
-class DivergedError(ArithmeticError):
-    """Training produced a non-finite loss; carries where it happened."""
-
-    def __init__(self, epoch: int, batch: int, loss: float) -> None:
-        super().__init__(f"training diverged: loss {loss} at epoch {epoch}, batch {batch}")
-        self.epoch, self.batch, self.loss = epoch, batch, loss
 
 
 @dataclass

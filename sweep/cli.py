@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from mlp.config import PARAMETERS, ModelConfig
-from mlp.memory import InsufficientMemory
-from mlp.train import DivergedError
+from mlp.errors import DivergedError, InsufficientMemory
 from sweep import commands as c
 from sweep.errors import (
     DataError,

@@ -1,6 +1,6 @@
 """The framework's exceptions: one tree, turned into a one-line message by the CLI only."""
 
-from mlp.data import DataError
+from mlp.errors import DataError
 
 
 class SweepError(Exception):

@@ -30,7 +30,8 @@ from sweep.queue import tables as tb
 from sweep.queue.attrs import FAIL_REASON, FIXED, RUN_TAG, attr, stored_param
 from sweep.queue.tables import trials
 
-_LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+#: The states of a trial that counts toward the cap whatever its attributes (``counting``).
+LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
 _TRAINED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 #: Trial ids per statement where a list of them is bound (SQLite allows 32766 parameters in
@@ -69,7 +70,7 @@ def counting() -> Any:
     finished, or failed for a reason of its own (an interrupted or skipped one is run again).
     The reason is looked up for FAIL trials only."""
     failed = sqlalchemy.and_(trials.c.state == TrialState.FAIL, has_reason())
-    return sqlalchemy.or_(trials.c.state.in_(_LIVE), failed)
+    return sqlalchemy.or_(trials.c.state.in_(LIVE), failed)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,7 @@ reads back, datetimes included.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -56,9 +57,10 @@ _copy = trials.to_metadata(sqlalchemy.MetaData())
 QUEUE_INDEX = sqlalchemy.Index(
     "ix_sweep_trials_queue", _copy.c.study_id, _copy.c.state, _copy.c.trial_id
 )
-#: The best values first, for the bounded TPE sampler (``sweep.study.sampler``): its view of a
-#: study's best trials walks this index from the best end, where it read every value of the
-#: study on every ask (27 ms at 5·10^4 trials; 1.4 ms for all its lookups with the index).
+#: The best values first (``best_first``), for the bounded TPE sampler (``sweep.study.sampler``)
+#: and ``sweep status``: a study's best trials are read by walking this index from the best end,
+#: where TPE read every value of the study on every ask (27 ms at 5·10^4 trials; 1.4 ms for all
+#: its lookups with the index).
 _values_copy = values.to_metadata(sqlalchemy.MetaData())
 VALUE_INDEX = sqlalchemy.Index(
     "ix_sweep_values_best", _values_copy.c.value_type, _values_copy.c.value
@@ -76,6 +78,46 @@ RESUME_INDEX = sqlalchemy.Index(
 )  # fmt: skip
 #: sweep's additions to optuna's schema, made by ``sweep.queue.storage`` when it opens for writing.
 INDEXES = (QUEUE_INDEX, VALUE_INDEX, RESUME_INDEX)
+
+_VALUE = models.TrialValueModel.TrialValueType
+
+
+def best_first(study_id: Any, *, maximize: bool) -> list[sqlalchemy.Select]:
+    """The study's COMPLETE trials (trial id, number, stored value) by their objective 0, best
+    first, as three statements, each walking ``VALUE_INDEX`` from its best end and stopping at
+    the limit its caller sets: the infinitely good values (+inf maximised, -inf minimised:
+    rare), then the finite ones, then the infinitely bad. Within each, equals by trial id, so
+    the first row of the first statement that has one is optuna's ``best_trial`` (the first
+    of equals). A finite value only where it is a number: SQLite keeps NaN as NULL and text
+    (which SQL may write) above every number, PostgreSQL sorts NaN above every number; a
+    value type optuna does not know is in none of them.
+
+    ``sweep status`` reads its best trial so (it read every value of the study: 450 ms at 10^6
+    trials on SQLite, 630 ms on PostgreSQL), TPE's bounded view its best ones.
+
+    Note: the walk passes the values of other studies (and objectives, and trials no longer
+    COMPLETE) that are better; a database of many studies costs what their better values do.
+    """
+    good, bad = (_VALUE.INF_POS, _VALUE.INF_NEG) if maximize else (_VALUE.INF_NEG, _VALUE.INF_POS)
+    # ``study_id + 0`` keeps SQLite's planner (which has no statistics) from walking the study's
+    # COMPLETE trials through the queue's index instead, every one of them (0.65 s at 10^6
+    # trials for the infinite values, which are rare): the walk starts from the values' index.
+    of_study = trials.c.study_id + sqlalchemy.literal_column("0") == study_id
+    complete = (
+        sqlalchemy.select(trials.c.trial_id, trials.c.number, values.c.value)
+        .select_from(values.join(trials, trials.c.trial_id == values.c.trial_id))
+        .where(of_study, trials.c.state == TrialState.COMPLETE, values.c.objective == 0)
+    )
+    number = values.c.value.between(-sys.float_info.max, sys.float_info.max)
+    by_value = values.c.value.desc() if maximize else values.c.value.asc()
+    return [
+        complete.where(values.c.value_type == good).order_by(trials.c.trial_id),
+        complete.where(values.c.value_type == _VALUE.FINITE, number).order_by(
+            by_value, trials.c.trial_id
+        ),
+        complete.where(values.c.value_type == bad).order_by(trials.c.trial_id),
+    ]
+
 
 #: Every column sweep reads or writes directly, by table.
 COLUMNS: dict[str, tuple[str, ...]] = {

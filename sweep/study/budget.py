@@ -1,7 +1,7 @@
 """The parameter budget over networks of any depth: which widths keep a network inside it.
 
 The parameter count of 784 → w_1 → … → w_d → 10 is linear and increasing in each width given
-the others (``mlp.model.parameter_count``):
+the others (``mlp.sizes.parameter_count``):
 
     count = slope_k · w_k + offset_k,   slope_k = w_{k-1} + 1 + w_{k+1}   (w_0 = 784, w_{d+1} = 10)
 
@@ -22,7 +22,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from mlp.config import WIDTHS
-from mlp.model import N_CLASSES, N_INPUTS, parameter_count
+from mlp.sizes import N_CLASSES, N_INPUTS, parameter_count
 
 #: (lowest, highest) value of each width of a network, input side first.
 Box = Sequence[tuple[int, int]]

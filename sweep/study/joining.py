@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 from optuna.study import StudyDirection
 
-from mlp.model import parameter_count
+from mlp.sizes import parameter_count
 from sweep.errors import SpecError, StudyGone, UnfinishedError
 from sweep.queue import guard, orphans, recovery, topup
 from sweep.queue import tables as tb

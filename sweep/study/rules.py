@@ -39,8 +39,10 @@ MAX_NAME_LENGTH = 128
 #: or stored as one choice, so each is capped. The notebook's grid has 48 points.
 MAX_CHOICES = 100_000
 #: A TPE/random launcher enqueues a WAITING row for every trial up to the cap at once
-#: (sweep.queue.topup.top_up), so the cap is bounded like the grid.
-MAX_TRIALS = 1_000_000
+#: (sweep.queue.topup.top_up), so the cap is bounded like the grid: 10^7 lets a study of a
+#: million trials go on (10^6 was the cap until #27) while one launch still enqueues what a
+#: disk holds (about 2 GB of rows on SQLite); 10^9 would be hundreds of GB in one transaction.
+MAX_TRIALS = 10_000_000
 # Counts of epochs are bounded where they are declared: mlp.config.MAX_EPOCHS.
 #: A budget's bound on the parameter count: 10**8 float64 weights with their gradients and
 #: momentum are 2.4 GB, the most a worker of a shared machine should take; the notebook's

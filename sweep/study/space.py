@@ -22,7 +22,7 @@ import math
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from mlp.config import WIDTHS
-from mlp.model import parameter_count
+from mlp.sizes import parameter_count
 from sweep.errors import SpecError
 from sweep.study.budget import Budget, feasible, reachable, used, widths_of
 from sweep.study.rules import show

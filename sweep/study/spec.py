@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mlp.config import WIDTHS
-from mlp.model import parameter_count
+from mlp.sizes import parameter_count
 from sweep.errors import SpecError
 from sweep.study.budget import Budget, widest_slope
 from sweep.study.objectives import DEFAULT as ONE_OBJECTIVE

@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_limits
 from mlp import MLP, Dataset, DivergedError, EpochMetrics, TrainConfig, fit, load_mnist
 from mlp.config import ModelConfig
 from mlp.memory import require_training
-from mlp.model import parameter_count
+from mlp.sizes import parameter_count
 from sweep.errors import SpecError
 from sweep.queue.attrs import FAIL_REASON
 from sweep.study.objectives import values_of

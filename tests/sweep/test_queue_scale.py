@@ -303,6 +303,7 @@ def _expected(trials: list[optuna.trial.FrozenTrial], cap: int) -> tuple[int, se
 @pytest.mark.parametrize("chunk", [coverage.CHUNK, 2])
 def test_a_capped_top_up_does_what_it_did(storage_url, monkeypatch, chunk):
     monkeypatch.setattr(coverage, "CHUNK", chunk)  # 2: skips span several statements
+    monkeypatch.setattr(topup, "_ENQUEUED_AT_ONCE", chunk)  # and enqueued slots several slices
     rdb, sid = _mixed_study(storage_url)
     for cap in (9, 12, 7, 2, 0, 5, 5):
         before = optuna.load_study(study_name="m", storage=rdb).get_trials()

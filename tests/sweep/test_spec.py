@@ -48,7 +48,8 @@ RULES = [
     ("study", "prune_after", 0, -1),
     ("study", "prune_after", 10_000, 10_001),
     ("study", "trials", 1, 0),
-    ("study", "trials", 1_000_000, 1_000_001),
+    ("study", "trials", 10_000_000, 10_000_001),
+    ("study", "trials", 1_000_001, 0),  # a study of 10^6 trials can take one more (#27)
     ("study", "seed", 0, -1),
     ("study", "seed", 2**32 - 1, 2**32),  # numpy's seed range
     ("study", "threads", 1, 0),

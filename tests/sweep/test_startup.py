@@ -1,7 +1,12 @@
 """``sweep status`` starts with what it reads with (optuna, SQLAlchemy, the database driver), not
-with the training code, the artifact store's boto3, alembic or matplotlib: each of those is a
-tenth of a second of a command that should answer at once, 1.08 s at 10^5 trials before (#14).
-Pinned as the modules a real run imports, in a fresh interpreter; speed is for tests/bench."""
+with the training code, the dataset reader, the artifact store's boto3, alembic or matplotlib:
+each of those is a tenth of a second of a command that should answer at once, 1.08 s at 10^5
+trials before (#14). Pinned as the modules a real run imports, in a fresh interpreter, through
+the console script's own entry point (``sweep.cli:main``, pyproject.toml) and the Python
+function; speed is for tests/bench.
+
+Note: numpy is loaded all the same, by optuna itself (``import optuna`` imports its samplers).
+"""
 
 from __future__ import annotations
 
@@ -26,6 +31,10 @@ NOT_IMPORTED = (
     "matplotlib", "joblib", "threadpoolctl",  # reports and training
     "sweep.trial", "sweep.runner", "sweep.worker",  # a trial's work and the processes running it
     "sweep.study.joining", "sweep.study.sampler", "sweep.queue.writeback", "sweep.report.writer",
+    # mlp's training, dataset reader and checkpoints: the CLI names their errors (mlp.errors)
+    # and status checks a stored spec's sizes (mlp.sizes), nothing more (#27)
+    "mlp.train", "mlp.data", "mlp.checkpoint", "mlp.gradcheck", "mlp.memory", "mlp.state",
+    "mlp.distort", "mlp.mapped",
 )  # fmt: skip
 
 #: Run in a fresh interpreter: ``sweep status`` (the command's own ``main``) or the Python
