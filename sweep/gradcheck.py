@@ -9,7 +9,8 @@ import csv
 import dataclasses
 from pathlib import Path
 
-from mlp import MLP, gradcheck, load_mnist
+from mlp import MLP, load_mnist
+from mlp.gradcheck import gradcheck
 from mlp.memory import gradcheck_bytes, require
 from mlp.model import described
 from sweep.report import figures

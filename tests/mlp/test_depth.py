@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import threadpoolctl
 
-from mlp import MLP, ModelConfig, TrainConfig, fit, gradcheck, parameter_count
+from mlp import MLP, ModelConfig, TrainConfig, fit, parameter_count
 from mlp.functions import ACTIVATIONS, INITIALISERS, cross_entropy, cross_entropy_grad
+from mlp.gradcheck import gradcheck
 from mlp.model import architecture, described, not_finite, param_names
 from tests.mlp.numeric import central_differences, relative_error
 

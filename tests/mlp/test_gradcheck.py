@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from mlp import MLP, gradcheck
-from mlp.gradcheck import DEFAULT_NS
+from mlp import MLP
+from mlp.gradcheck import DEFAULT_NS, gradcheck
 
 
 def test_default_ns_are_the_notebooks():
