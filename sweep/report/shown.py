@@ -18,8 +18,11 @@ from mlp.config import WIDTHS, ModelConfig
 from sweep.errors import SpecError
 from sweep.queue.attrs import why_failed
 from sweep.queue.report_reads import Record
-from sweep.report.stored import count, printable, series
+from sweep.report.stored import count, number, printable, series
 from sweep.study.rules import TRAIN_RULES, check_value
+
+#: The final metrics ``trials.csv`` shows, each the last epoch of its stored series.
+METRICS = ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy")
 
 #: What the report reads a trial as: sweep's own narrow record, or optuna's whole trial (the
 #: multi-objective report, the best trial).
@@ -130,3 +133,20 @@ def md_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(cell(c) for c in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def csv_header(names: Sequence[str]) -> list[str]:
+    """``trials.csv``'s header: number, state, each parameter, size, value, final metrics,
+    seconds, reason."""
+    return ["number", "state", *names, "network", "n_params", "value", *METRICS, "seconds",
+            "reason"]  # fmt: skip
+
+
+def csv_row(t: Trial, names: Sequence[str]) -> list[Any]:
+    """One trial's row of ``trials.csv`` (``csv_header``)."""
+    return [
+        t.number, t.state.name, *(t.params.get(n, "") for n in names), network(t),
+        count(t, "n_params") or "", "" if t.value is None else t.value,
+        *("" if (v := final(t, m)) is None else v for m in METRICS),
+        number(t.user_attrs.get("seconds")) or "", reason(t),
+    ]  # fmt: skip

@@ -102,7 +102,11 @@ def count(t: FrozenTrial, key: str) -> int | None:
 
 def series(t: FrozenTrial, key: str) -> list[float]:
     """A stored per-epoch list of finite numbers; anything else reads as no series."""
-    values = t.user_attrs.get(key)
+    return series_of(t.user_attrs.get(key))
+
+
+def series_of(values: Any) -> list[float]:
+    """``series`` of a stored value: a non-empty list of finite numbers, else empty."""
     if not isinstance(values, list) or not values:
         return []
     numbers = [number(v) for v in values]
