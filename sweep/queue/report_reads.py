@@ -167,13 +167,13 @@ def fill(conn: sqlalchemy.Connection, by_id: dict[int, Record], *,
     chunks = list(by_id)
     for i in range(0, len(chunks), _CHUNK):
         bound = {"ids": chunks[i : i + _CHUNK]}
-        for tid, name, value, text in conn.execute(params, bound):
+        for tid, name, value, text in conn.execute(params, bound).all():
             param = stored_param(value, text)
             if param is not None:
                 by_id[tid].params[name], by_id[tid].distributions[name] = param
-        for tid, step in conn.execute(last, bound):
+        for tid, step in conn.execute(last, bound).all():
             by_id[tid].last_step = step
-        for tid, key, chars, text in conn.execute(attrs, bound):
+        for tid, key, chars, text in conn.execute(attrs, bound).all():
             record = by_id[tid]
             if text is None and (chars or 0) > MAX_VALUE_CHARS:
                 too_long.append((record.number, key))

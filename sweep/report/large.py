@@ -89,8 +89,8 @@ def _done(t: Trial) -> bool:
     return t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
 
 
-def _figures(engine: Any, study: optuna.Study, cols: Columns, kind: Kind, out: Path, files: list[str],
-             top: list[Record]) -> None:  # fmt: skip
+def _figures(engine: Any, study: optuna.Study, cols: Columns, kind: Kind, out: Path,
+             files: list[str], top: list[Record]) -> None:  # fmt: skip
     """The summarising figures (``digest_figures``), in the order the report lists them."""
     done = cols.done
     values = cols.value[done]
