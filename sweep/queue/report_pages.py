@@ -24,7 +24,15 @@ from optuna.trial import TrialState
 
 from sweep.queue import tables as tb
 from sweep.queue.attrs import stored_param
-from sweep.queue.report_reads import Record, fill, warn_too_long
+from sweep.queue.report_reads import (
+    ABSENT,
+    ATTRS,
+    MAX_VALUE_CHARS,
+    Record,
+    decoded,
+    fill,
+    warn_too_long,
+)
 from sweep.queue.transactions import reading
 
 #: Trials per page: what a page holds is its records with their parameters and a few short
@@ -120,22 +128,71 @@ def _order(order: dict[TrialState, int], maximize: bool) -> list[Any]:
     return [state, group, finite.desc() if maximize else finite.asc(), t.c.number]
 
 
+def _pivot(names: Sequence[str]) -> tuple[sqlalchemy.Select, int]:
+    """``_head`` widened to one row per trial carrying what ``fill`` reads in three statements:
+    each parameter of ``names`` (its number and distribution), each of ``ATTRS`` (its length
+    and its text where short enough) and a pruned trial's last step, by outer joins on optuna's
+    unique (trial_id, param_name) and (trial_id, key): a page of rows in trial order needed
+    three more statements by id and some 11 rows a trial (issue 27). Returns the statement and
+    where its parameters' columns start."""
+    t, s = tb.trials, tb.steps
+    joined, columns = _head().get_final_froms()[0], list(_head().selected_columns)
+    start = len(columns)
+    for i, name in enumerate(names):
+        p = tb.params.alias(f"p{i}")
+        joined = joined.outerjoin(p, sqlalchemy.and_(p.c.trial_id == t.c.trial_id,
+                                                     p.c.param_name == name))  # fmt: skip
+        columns += [p.c.param_value, p.c.distribution_json]
+    for i, key in enumerate(ATTRS):
+        u = tb.user_attrs.alias(f"u{i}")
+        joined = joined.outerjoin(u, sqlalchemy.and_(u.c.trial_id == t.c.trial_id,
+                                                     u.c.key == key))  # fmt: skip
+        size = sqlalchemy.func.length(u.c.value_json)
+        columns += [size, sqlalchemy.case((size <= MAX_VALUE_CHARS, u.c.value_json))]
+    last = (
+        sqlalchemy.select(sqlalchemy.func.max(s.c.step))
+        .where(s.c.trial_id == t.c.trial_id)
+        .scalar_subquery()
+    )
+    columns.append(sqlalchemy.case((t.c.state == TrialState.PRUNED, last)))
+    return sqlalchemy.select(*columns).select_from(joined), start
+
+
 def pages(
-    engine: sqlalchemy.engine.Engine, study_id: int, *, order: dict[TrialState, int],
-    maximize: bool, kept: Callable[[str, Any], Any] | None = None,
+    engine: sqlalchemy.engine.Engine, study_id: int, names: Sequence[str], *,
+    order: dict[TrialState, int], maximize: bool, kept: Callable[[str, Any], Any] | None = None,
 ) -> Iterator[list[Record]]:  # fmt: skip
     """The study's trials (not the queued ones) as ``summary.ordered`` orders them, ``PAGE``
-    records at a time, each with its parameters, ``ATTRS`` (through ``kept``) and last step,
-    without learning curves; one read-only transaction for all of them. One warning at the
-    end names the attributes left unread for their length."""
-    query = _head().where(_listed(study_id)).order_by(*_order(order, maximize))
+    records at a time, each with its parameters (``names``: every one the study's trials
+    hold, ``param_names``), ``ATTRS`` (through ``kept``) and last step, without learning
+    curves, decoded as ``fill`` decodes them; one read-only transaction for all of them. One
+    warning at the end names the attributes left unread for their length."""
+    query, start = _pivot(names)
+    query = query.where(_listed(study_id)).order_by(*_order(order, maximize))
+    ends = start + 2 * len(names)
     too_long: list[tuple[int, str]] = []
     with reading(engine) as conn:
         rows = conn.execute(query.execution_options(yield_per=PAGE))
         for part in rows.partitions(PAGE):
-            by_id = {row[0]: _record(row) for row in part}
-            too_long += fill(conn, by_id, kept=kept)
-            yield list(by_id.values())
+            page = []
+            for row in part:
+                record = _record(row[:start])
+                for name, value, text in zip(names, row[start:ends:2], row[start + 1 : ends : 2],
+                                             strict=True):  # fmt: skip
+                    if text is not None and (param := stored_param(value, text)) is not None:
+                        record.params[name], record.distributions[name] = param
+                for key, chars, text in zip(ATTRS, row[ends:-1:2], row[ends + 1 : -1 : 2],
+                                            strict=True):  # fmt: skip
+                    if chars is None:
+                        continue
+                    if text is None and chars > MAX_VALUE_CHARS:
+                        too_long.append((record.number, key))
+                    value = decoded(text)
+                    if value is not ABSENT:
+                        record.user_attrs[key] = value if kept is None else kept(key, value)
+                record.last_step = row[-1]
+                page.append(record)
+            yield page
     warn_too_long(too_long)
 
 

@@ -130,8 +130,8 @@ def read(engine: sqlalchemy.engine.Engine, study_id: int) -> list[Record]:
             record = records.get(tid)
             if record is not None and text is None and (chars or 0) > MAX_VALUE_CHARS:
                 too_long.append((record.number, key))
-            value = _json(text)
-            if record is not None and value is not _ABSENT:
+            value = decoded(text)
+            if record is not None and value is not ABSENT:
                 record.user_attrs[key] = value
     warn_too_long(too_long)
     return list(records.values())
@@ -177,8 +177,8 @@ def fill(conn: sqlalchemy.Connection, by_id: dict[int, Record], *,
             record = by_id[tid]
             if text is None and (chars or 0) > MAX_VALUE_CHARS:
                 too_long.append((record.number, key))
-            value = _json(text)
-            if value is not _ABSENT:
+            value = decoded(text)
+            if value is not ABSENT:
                 record.user_attrs[key] = value if kept is None else kept(key, value)
     return too_long
 
@@ -224,12 +224,12 @@ def read_curves(engine: sqlalchemy.engine.Engine, records: Iterable[Record]) -> 
         record.intermediate_values = dict(sorted(record.intermediate_values.items()))
 
 
-_ABSENT = object()
+ABSENT = object()
 
 
-def _json(text: Any) -> Any:
-    """Stored JSON, or ``_ABSENT`` where it is not JSON (another client wrote raw text)."""
+def decoded(text: Any) -> Any:
+    """Stored JSON, or ``ABSENT`` where it is not JSON (another client wrote raw text)."""
     try:
         return json.loads(text)
     except (TypeError, ValueError, RecursionError):
-        return _ABSENT
+        return ABSENT

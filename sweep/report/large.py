@@ -56,8 +56,8 @@ def write(storage: optuna.storages.BaseStorage, study: optuna.Study, kind: Kind,
     with (out / "trials.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(csv_header(names))
-        for page in report_pages.pages(engine, sid, order=ORDER, maximize=kind.maximize,
-                                       kept=kept):  # fmt: skip
+        for page in report_pages.pages(engine, sid, names, order=ORDER,
+                                       maximize=kind.maximize, kept=kept):  # fmt: skip
             for t in page:
                 w.writerow(csv_row(t, names))
                 cols.add(t)

@@ -138,11 +138,12 @@ def test_a_large_study_is_read_in_pages_never_whole(odd_study, small, tmp_path, 
     monkeypatch.setattr(digest, "IMPORTANCE_TRIALS", 6)
     monkeypatch.setattr(report_reads, "read", None)  # the record path is not taken
     pages: list[int] = []
-    real_fill = report_pages.fill
+    real_pages = report_pages.pages
 
-    def fill(conn, by_id, **kw):
-        pages.append(len(by_id))
-        return real_fill(conn, by_id, **kw)
+    def paged(*args, **kw):
+        for page in real_pages(*args, **kw):
+            pages.append(len(page))
+            yield page
 
     alive, most = [0], [0]
     real_record = report_pages._record
@@ -154,7 +155,7 @@ def test_a_large_study_is_read_in_pages_never_whole(odd_study, small, tmp_path, 
         weakref.finalize(r, lambda: alive.__setitem__(0, alive[0] - 1))
         return r
 
-    monkeypatch.setattr(report_pages, "fill", fill)
+    monkeypatch.setattr(report_pages, "pages", paged)
     monkeypatch.setattr(report_pages, "_record", record)
     writer.write_report(open_storage(url, read_only=True), "s", out_dir=tmp_path)
     assert pages[: math.ceil(N / PAGE)] == [PAGE] * (N // PAGE) + [N % PAGE]
@@ -193,7 +194,7 @@ def test_trials_are_paged_in_the_order_ordered_gives(tmp_path, small):
                              [(i,) for i in missing])  # fmt: skip
         engine = open_storage(url, read_only=True).engine
         maximize = direction == "maximize"
-        pages = report_pages.pages(engine, study._study_id, order=ORDER, maximize=maximize)
+        pages = report_pages.pages(engine, study._study_id, [], order=ORDER, maximize=maximize)
         got = [r.number for page in pages for r in page]
         want = ordered(report_reads.read(engine, study._study_id), maximize=maximize)
         assert got == [r.number for r in want], direction
