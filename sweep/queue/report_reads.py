@@ -228,8 +228,23 @@ ABSENT = object()
 
 
 def decoded(text: Any) -> Any:
-    """Stored JSON, or ``ABSENT`` where it is not JSON (another client wrote raw text)."""
+    """Stored JSON, or ``ABSENT`` where it is not JSON (another client wrote raw text).
+
+    ``json.loads``'s own scanner first, on the whole text: a report of 10⁶ trials decodes 7·10⁶
+    short attributes, and ``loads``'s layers in Python (type checks, whitespace regexes) cost
+    more than the scan (issue 27). A text the scanner reads to its end from its first character
+    is one ``loads`` reads alike (no whitespace or byte-order mark to skip); any other goes
+    through ``loads`` itself, which decides."""
+    try:
+        value, end = _scan(text, 0)
+        if end == len(text):
+            return value
+    except Exception:  # StopIteration, a decode error, a RecursionError, a TypeError...
+        pass  # ``loads`` below decides, exactly as it always did
     try:
         return json.loads(text)
     except (TypeError, ValueError, RecursionError):
         return ABSENT
+
+
+_scan = json.JSONDecoder().scan_once  # ``json.loads``'s own decoder's scanner (C)
