@@ -10,6 +10,7 @@ mid-study. Speed and memory at 10⁶ are measured in tests/bench, not here.
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 import weakref
@@ -21,9 +22,9 @@ from optuna.trial import TrialState
 from sweep.errors import SweepError
 from sweep.queue import report_pages, report_reads
 from sweep.queue.storage import open_storage
-from sweep.report import digest, writer
-from sweep.report.shown import finished, md_table, param_names, reason
-from sweep.report.stored import count, number, study_kind
+from sweep.report import digest, shown, writer
+from sweep.report.shown import finished, md_table, network, param_names, reason
+from sweep.report.stored import count, number, series_of, study_kind
 from sweep.report.summary import ORDER, ordered
 
 N = 60
@@ -77,6 +78,19 @@ def odd_study(request, tmp_path) -> tuple[str, int]:
                 "AND param_name = 'x'"
             )
         )  # trial 0's x is unreadable: x comes after c
+        conn.execute(
+            text(
+                "UPDATE trial_user_attributes SET value_json = 'oom' "
+                "WHERE trial_id = 13 AND key = 'fail_reason'"
+            )
+        )  # not JSON: absent (trial 12 failed for no reason stored)
+        conn.execute(
+            text(
+                "UPDATE trial_user_attributes SET value_json = :long "
+                "WHERE trial_id = 21 AND key = 'valid_loss'"
+            ),
+            {"long": "[" + "1.0, " * 20_000 + "1.0]"},
+        )  # too long: absent, told
     return url, study._study_id
 
 
@@ -111,14 +125,17 @@ def _old_digest(records, kind, names) -> list[str]:
     return text
 
 
-def test_a_large_report_writes_what_the_record_path_wrote(odd_study, small, tmp_path):
+def test_a_large_report_writes_what_the_record_path_wrote(odd_study, small, tmp_path, caplog):
     url, sid = odd_study
     storage = open_storage(url, read_only=True)
     records = report_reads.read(storage.engine, sid)
     report_reads.read_curves(storage.engine, records)
     kind = study_kind({}, [optuna.study.StudyDirection.MINIMIZE], None)
     writer.write_csv(records, tmp_path / "old.csv", maximize=False)
+    caplog.clear()
     writer.write_report(storage, "s", out_dir=tmp_path / "out")
+    assert "1 trial attribute(s) longer than 65,536 characters left unread, as if absent " \
+        "(the first: trial 20's 'valid_loss')" in caplog.text  # fmt: skip
     assert (tmp_path / "out" / "trials.csv").read_text() == (tmp_path / "old.csv").read_text()
     md = (tmp_path / "out" / "report.md").read_text()
     names = param_names(records)
@@ -198,3 +215,46 @@ def test_trials_are_paged_in_the_order_ordered_gives(tmp_path, small):
         got = [r.number for page in pages for r in page]
         want = ordered(report_reads.read(engine, study._study_id), maximize=maximize)
         assert got == [r.number for r in want], direction
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["1", "-0", "[1.0, 2.5]", '{"a": [1, null]}', " 1", "1 ", "\ufeff1", "NaN", "1e999",
+     "[1,]", "01", "12a", "[1] x", '"x', '"a\x01"', "", None, b"[1]", "[" * 100_000],
+)  # fmt: skip
+def test_stored_json_decodes_as_json_loads_decodes_it(text):
+    # the scanner's shortcut (report_reads.decoded) reads what loads reads, and nothing else
+    try:
+        want = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        want = report_reads.ABSENT
+    got = report_reads.decoded(text)
+    assert got is want or repr(got) == repr(want)
+
+
+def test_a_network_is_cached_by_the_type_and_value_of_each_field_it_reads():
+    # 1 and True are equal and hash alike, 64 and 64.0 too: a study file holds neither
+    # True nor 64.0 as a width, so each trial gets its own answer, in any order
+    configs = [{"hidden_1": 1, "hidden_2": 8}, {"hidden_1": True, "hidden_2": 8},
+               {"hidden_1": 64, "hidden_2": 8}, {"hidden_1": 64.0, "hidden_2": 8},
+               {"hidden_1": [64], "hidden_2": 8}, {"depth": 3, "hidden_1": 64, "hidden_2": 8},
+               {"depth": 3, "hidden_1": 64, "hidden_2": 8, "hidden_3": 4}]  # fmt: skip
+    done = TrialState.COMPLETE
+    trials = [report_reads.Record(i, i, done, None, None, None, user_attrs={"config": c})
+              for i, c in enumerate(configs)]  # fmt: skip
+    want = ["784-1-8-10", "?", "784-64-8-10", "?", "?", "", "784-64-8-4-10"]
+    for order in (trials, trials[::-1]):
+        shown._network.cache_clear()
+        assert [network(t) for t in order] == (want if order is trials else want[::-1])
+
+
+@pytest.mark.parametrize(
+    ("values", "want"),
+    [([1.0, 0.5], [1.0, 0.5]), ([1.0, math.inf], []), ([math.nan, 1.0], []),
+     ([math.inf, -math.inf, 1.0], []), ([1e308, 1e308], [1e308, 1e308]), ([1, 2.0], [1.0, 2.0]),
+     ([True, 1.0], []), ([], []), ("1.0", [])],
+)  # fmt: skip
+def test_a_series_is_finite_numbers_only(values, want):
+    # the fast path (floats with a finite sum) decides as the check of each value: a sum that
+    # overflows is no infinity among them
+    assert series_of(values) == want
