@@ -55,6 +55,9 @@ class _Param:
         self.shown: list[str] = []  # ``fmt`` of each code's value
 
     def add(self, value: Any, present: bool) -> None:
+        if type(value) is float and -math.inf < value < math.inf:  # ``number``'s common case
+            self.num.append(value), self.isint.append(False), self.code.append(_NUMBER)
+            return
         n = number(value) if present else None
         if n is not None:
             self.num.append(n), self.isint.append(isinstance(value, int)), self.code.append(_NUMBER)
@@ -82,6 +85,7 @@ class Columns:
         self._notes: dict[str, list[int]] = {}  # note → [trials, first number]
         self._inits: dict[str, list[int]] = {}  # init → [first, latest number, latest id]
         self.grid: list[Record] | None = [] if grid else None  # a grid's points, small
+        self._varying: list[str] | None = None
 
     def add(self, t: Trial) -> None:
         """Fold one trial in (any order)."""
@@ -150,7 +154,12 @@ class Columns:
     def varying(self) -> list[str]:
         """The parameters that take more than one value among the complete trials
         (``shown.varying``): absent, each number (an int apart from its float), each other
-        value by its repr."""
+        value by its repr. Worked out once (a sort per parameter: 2 s at 10⁶ trials)."""
+        if self._varying is None:
+            self._varying = self._varies()
+        return list(self._varying)
+
+    def _varies(self) -> list[str]:
         out = []
         for name, p in self.params.items():
             code = p.code[self.done]

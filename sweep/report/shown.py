@@ -19,7 +19,7 @@ from mlp.config import WIDTHS, ModelConfig
 from sweep.errors import SpecError
 from sweep.queue.attrs import why_failed
 from sweep.queue.report_reads import Record
-from sweep.report.stored import count, number, printable, series
+from sweep.report.stored import count, number, printable, series_of
 from sweep.study.rules import TRAIN_RULES, check_value
 
 #: The final metrics ``trials.csv`` shows, each the last epoch of its stored series.
@@ -65,7 +65,7 @@ def cell(v: Any) -> str:
 
 def final(t: Trial, key: str) -> float | None:
     """The last epoch's value of a stored per-epoch series, if it is a valid one."""
-    values = series(t, key)
+    values = series_of(t.user_attrs.get(key))  # ``series``, a call fewer (10⁶ trials × 4)
     return values[-1] if values else None
 
 

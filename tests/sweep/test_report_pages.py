@@ -22,10 +22,10 @@ from optuna.trial import TrialState
 from sweep.errors import SweepError
 from sweep.queue import report_pages, report_reads
 from sweep.queue.storage import open_storage
-from sweep.report import digest, shown, writer
+from sweep.report import columns, digest, shown, writer
 from sweep.report.shown import finished, md_table, network, param_names, reason
 from sweep.report.stored import count, number, series_of, study_kind
-from sweep.report.summary import ORDER, ordered
+from sweep.report.summary import ORDER, fmt, ordered
 
 N = 60
 PAGE = 7  # a page boundary falls mid-study (60 = 8 × 7 + 4)
@@ -258,3 +258,16 @@ def test_a_series_is_finite_numbers_only(values, want):
     # the fast path (floats with a finite sum) decides as the check of each value: a sum that
     # overflows is no infinity among them
     assert series_of(values) == want
+
+
+def test_a_parameter_column_takes_finite_numbers_only_as_numbers():
+    # the float shortcut of _Param.add decides as ``number``: an infinity or NaN is a value
+    # shown by its text, True is no 1, an int keeps its type
+    p = columns._Param()
+    for v in [0.5, math.inf, -math.inf, math.nan, 2, True, "a"]:
+        p.add(v, True)
+    p.add(None, False)
+    num = columns._NUMBER
+    assert list(p.code) == [num, 0, 1, 2, num, 3, 4, columns._ABSENT]
+    assert list(p.isint) == [0, 0, 0, 0, 1, 0, 0, 0]
+    assert p.shown[:3] == [fmt(math.inf), fmt(-math.inf), fmt(math.nan)]
