@@ -100,7 +100,6 @@ def parameter_rows(
     in ``BUCKETS`` quantile buckets (fewer where values repeat), anything else by value (the
     10 most frequent); per bucket its trials, median and best value. The bucket with the best
     median is marked, so the good region of each parameter reads at a glance."""
-    header = ["parameter", "values", "trials", "median", "best", ""]
     rows: list[list[Any]] = []
     for name in names:
         pairs = [(t.params[name], t.value) for t in done if name in t.params]
@@ -108,22 +107,34 @@ def parameter_rows(
             continue
         numeric = [(number(p), v) for p, v in pairs]
         if all(p is not None for p, _ in numeric):
-            groups = _numeric_buckets(numeric)  # type: ignore[arg-type]
+            groups = numeric_buckets(np.array([p for p, _ in numeric]),
+                                     np.array([v for _, v in numeric]))  # fmt: skip
         else:
             groups = _by_value(pairs)
-        stats = [(label, len(vs), float(np.median(vs)), max(vs) if maximize else min(vs))
-                 for label, vs in groups]  # fmt: skip
-        pick = max if maximize else min
-        winner = pick(range(len(stats)), key=lambda i: stats[i][2])
-        for i, (label, n, median, top) in enumerate(stats):
-            rows.append([fmt(name) if i == 0 else "", label, f"{n:,}", shown(median), shown(top),
-                         "best median" if i == winner and len(stats) > 1 else ""])  # fmt: skip
-    return header, rows
+        rows += bucket_rows(name, groups, maximize=maximize, shown=shown)
+    return PARAMETER_HEADER, rows
 
 
-def _numeric_buckets(pairs: list[tuple[float, float]]) -> list[tuple[str, list[float]]]:
-    params = np.array([p for p, _ in pairs])
-    values = np.array([v for _, v in pairs])
+#: The columns of ``parameter_rows``.
+PARAMETER_HEADER = ["parameter", "values", "trials", "median", "best", ""]
+
+
+def bucket_rows(name: str, groups: list[tuple[str, list[float]]], *, maximize: bool,
+                shown: Callable[[float], str]) -> list[list[Any]]:  # fmt: skip
+    """One parameter's rows of ``parameter_rows``: per group (label, values) its trials,
+    median and best value, the best median marked."""
+    stats = [(label, len(vs), float(np.median(vs)), max(vs) if maximize else min(vs))
+             for label, vs in groups]  # fmt: skip
+    pick = max if maximize else min
+    winner = pick(range(len(stats)), key=lambda i: stats[i][2])
+    return [[fmt(name) if i == 0 else "", label, f"{n:,}", shown(median), shown(top),
+             "best median" if i == winner and len(stats) > 1 else ""]
+            for i, (label, n, median, top) in enumerate(stats)]  # fmt: skip
+
+
+def numeric_buckets(params: np.ndarray, values: np.ndarray) -> list[tuple[str, list[float]]]:
+    """A numeric parameter's groups: each value where there are few, else ``BUCKETS``
+    quantile buckets (fewer where values repeat); ``params``, ``values``: (n,) float."""
     distinct = np.unique(params)
     if len(distinct) <= 2 * BUCKETS:
         return [(fmt(_plain(p)), values[params == p].tolist()) for p in distinct]
@@ -153,7 +164,12 @@ def _by_value(pairs: list[tuple[Any, float]], limit: int = 10) -> list[tuple[str
 
 def note_rows(notes: Sequence[str], limit: int = 10) -> tuple[list[str], list[list[Any]]]:
     """The most frequent notes (why trials were pruned or failed), with their counts."""
-    counted = Counter(n for n in notes if n).most_common()
+    return note_rows_of(Counter(n for n in notes if n), limit)
+
+
+def note_rows_of(counted_notes: Counter[str], limit: int = 10) -> tuple[list[str], list[list[Any]]]:
+    """``note_rows`` of notes already counted (in order of first appearance)."""
+    counted = counted_notes.most_common()
     rows: list[list[Any]] = [[note, f"{n:,}"] for note, n in counted[:limit]]
     if len(counted) > limit:
         rest = sum(n for _, n in counted[limit:])

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from sweep.errors import SpecError
 from sweep.queue.front import non_dominated
-from sweep.report import digest, digest_figures, figures
+from sweep.report import digest, figures
 from sweep.report.shown import (
     Trial,
     cell,
@@ -35,6 +35,7 @@ from sweep.study.spec import StudySpec
 logger = logging.getLogger(__name__)
 
 NOTEBOOK_BEST = 97.74  # validation accuracy of the notebook's best grid point, percent
+REFERENCE = ("the notebook's best (97.74%)", NOTEBOOK_BEST)  # the search-time figures' line
 
 
 def grid_section(done: Sequence[Trial], out: Path, files: list[str], large: bool) -> str:
@@ -105,11 +106,17 @@ def _no_heatmaps(done: Sequence[Trial]) -> str | None:
 
 
 def init_section(trials: Sequence[Trial], out: Path, files: list[str], log: bool) -> str:
+    """The initialisation study's section: each init's training loss, from its latest trial."""
     losses = {
         str(config(t).get("init")): series(t, "train_loss")
         for t in sorted(trials, key=lambda t: t.number)
         if series(t, "train_loss")
     }
+    return init_text(losses, out, files, log)
+
+
+def init_text(losses: dict[str, list[float]], out: Path, files: list[str], log: bool) -> str:
+    """``init_section`` of the losses it shows (init → training loss per epoch)."""
     figures.init_loss(losses, out / "init_loss.png", log=log)
     files.append("init_loss.png")
     rows = [[name, f"{v[0]:.5g}", f"{v[-1]:.5g}", len(v)] for name, v in losses.items()]
@@ -158,8 +165,8 @@ def _group_order(trials: Sequence[Trial], name: str | None) -> list[Trial]:
     return sorted(trials, key=key)
 
 
-def _importances(study: optuna.Study, done: Sequence[Trial], kind: Kind,
-                 large: bool) -> dict[str, float]:  # fmt: skip
+def importances(study: optuna.Study, done: Sequence[Trial], kind: Kind, *,
+                large: bool) -> dict[str, float]:  # fmt: skip
     """optuna's importances (its default evaluator, PED-ANOVA); for a large study, of
     ``digest.IMPORTANCE_TRIALS`` complete trials spread evenly over it (copied into an
     in-memory study), since optuna would load every trial and score all of them.
@@ -184,36 +191,18 @@ def _scores(study: optuna.Study, done: Sequence[Trial], kind: Kind,
 
 
 def draw(study: optuna.Study, trials: Sequence[Trial], kind: Kind, out: Path,
-             files: list[str], top: list[Trial] | None) -> str | None:  # fmt: skip
-    """The figures every single-objective study gets, labelled with its metric; returns the
-    parameter the curves are coloured by. ``top`` (a large study's best trials) asks for the
-    summarising figures."""
+         files: list[str]) -> str | None:  # fmt: skip
+    """The figures every single-objective study gets (of a small study: a large one's are
+    ``sweep.report.large``'s), labelled with its metric; returns the parameter the curves are
+    coloured by."""
     done = finished(trials)
-    large = top is not None
-    if done and large:
-        digest_figures.binned([t.number for t in done], [t.value for t in done],
-                              out / "history.png", title="Optimisation history",
-                              xlabel="trial number", ylabel=kind.metric,
-                              maximize=kind.maximize)  # fmt: skip
-        files.append("history.png")
-    elif done:
+    if done:
         figures.history([t.number for t in done], [t.value for t in done], out / "history.png",
                         metric=kind.metric, maximize=kind.maximize)  # fmt: skip
         files.append("history.png")
-    scores: dict[str, float] = {}
-    varies = varying(done)
-    if len(varies) >= 2 and len(done) >= 2:
-        try:
-            scores = _importances(study, done, kind, large)
-            figures.importances(scores, out / "importances.png", metric=kind.metric)
-            files.append("importances.png")
-        except (ValueError, RuntimeError) as e:  # e.g. a dynamic search space
-            logger.info("no importances for %s: %s", study.study_name, e)
-    if large:
-        _curve_bands(trials, top, kind, out, files)
-        return None
+    scores = importance_figure(study, done, varying(done), kind, out, files, large=False)
     colour = _colour_by(trials, scores)
-    curves = [_curve(t, _group(t, colour)) for t in _group_order(trials, colour)
+    curves = [curve(t, _group(t, colour)) for t in _group_order(trials, colour)
               if t.intermediate_values]  # fmt: skip
     if curves:
         figures.learning_curves(curves, out / "learning_curves.png", metric=kind.metric,
@@ -222,7 +211,22 @@ def draw(study: optuna.Study, trials: Sequence[Trial], kind: Kind, out: Path,
     return colour
 
 
-def _curve(t: Trial, label: str) -> figures.Curve:
+def importance_figure(study: optuna.Study, done: Sequence[Trial], varies: list[str], kind: Kind,
+                      out: Path, files: list[str], *, large: bool) -> dict[str, float]:  # fmt: skip
+    """The parameters' importances among ``done`` (of a large study: its even sample), drawn
+    where two or more parameters vary; returns the scores (none if not drawn)."""
+    scores: dict[str, float] = {}
+    if len(varies) >= 2 and len(done) >= 2:
+        try:
+            scores = importances(study, done, kind, large=large)
+            figures.importances(scores, out / "importances.png", metric=kind.metric)
+            files.append("importances.png")
+        except (ValueError, RuntimeError) as e:  # e.g. a dynamic search space
+            logger.info("no importances for %s: %s", study.study_name, e)
+    return scores
+
+
+def curve(t: Trial, label: str) -> figures.Curve:
     """The trial's learning curves: its reported values, and the training and validation loss
     per epoch that sweep's objective stores (``train_loss``, ``valid_loss``)."""
     steps = sorted(t.intermediate_values)
@@ -231,34 +235,14 @@ def _curve(t: Trial, label: str) -> figures.Curve:
                          series(t, "valid_loss"))  # fmt: skip
 
 
-def _curve_bands(trials: Sequence[Trial], top: list[Trial], kind: Kind, out: Path,
-                 files: list[str]) -> None:  # fmt: skip
-    """A large study's learning curves: bands over the sampled trials, the best as lines."""
-    sampled = [(list(t.intermediate_values), list(t.intermediate_values.values()))
-               for t in digest.curve_sample(trials) if t.intermediate_values]  # fmt: skip
-    best = [_curve(t, f"#{t.number} (best {i + 1})")
-            for i, t in enumerate(top[: digest.BEST_CURVES]) if t.intermediate_values]  # fmt: skip
-    if sampled:
-        curved = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-        digest_figures.curve_bands(sampled, best, out / "learning_curves.png",
-                                   metric=kind.metric, of=curved)  # fmt: skip
-        files.append("learning_curves.png")
-
-
 def draw_sweep(trials: Sequence[Trial], spec: StudySpec, out: Path, files: list[str],
-                   colour: str | None, large: bool) -> None:  # fmt: skip
-    """Sweep's own figures: accuracy against model size (the budget) and search time."""
+               colour: str | None) -> None:  # fmt: skip
+    """Sweep's own figures of a small study: accuracy against model size (the budget) and
+    search time."""
     done = finished(trials)
     sized = _group_order([t for t in done if count(t, "n_params") is not None], colour)
     bounds = (spec.budget.min_params, spec.budget.max_params)
-    if sized and large:
-        top = digest.best(sized, 1, maximize=True)[0]
-        digest_figures.accuracy_hexbin(
-            [count(t, "n_params") for t in sized], [t.value for t in sized], bounds,
-            out / "accuracy_vs_params.png", best=(count(top, "n_params"), top.value),
-        )  # fmt: skip
-        files.append("accuracy_vs_params.png")
-    elif sized:
+    if sized:
         sizes, values = [count(t, "n_params") for t in sized], [t.value for t in sized]
         figures.accuracy_vs_params(
             sizes, values, bounds, out / "accuracy_vs_params.png",
@@ -270,15 +254,6 @@ def draw_sweep(trials: Sequence[Trial], spec: StudySpec, out: Path, files: list[
     if done:
         first = min(t.datetime_start for t in trials if t.datetime_start is not None)
         minutes = [(t.datetime_complete - first).total_seconds() / 60 for t in done]
-        reference = ("the notebook's best (97.74%)", NOTEBOOK_BEST)
-        if large:
-            digest_figures.binned(minutes, [t.value for t in done], out / "accuracy_over_time.png",
-                                  title="Accuracy against search time",
-                                  xlabel="wall time since the first trial (min)",
-                                  reference=reference)  # fmt: skip
-        else:
-            figures.accuracy_over_time(
-                minutes, [t.value for t in done], out / "accuracy_over_time.png",
-                reference=reference,
-            )  # fmt: skip
+        figures.accuracy_over_time(minutes, [t.value for t in done],
+                                   out / "accuracy_over_time.png", reference=REFERENCE)  # fmt: skip
         files.append("accuracy_over_time.png")

@@ -28,14 +28,16 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.errors import SweepError
-from sweep.queue import report_reads, status_reads
+from sweep.queue import report_pages, report_reads, status_reads
 from sweep.queue.storage import mask_password, study_names
 from sweep.report import digest, digest_figures, distortions, drawn, front
+from sweep.report import large as large_report
 from sweep.report.shown import (
     Trial,
     cell,
     config,
-    final,
+    csv_header,
+    csv_row,
     finished,
     in_use,
     md_table,
@@ -49,10 +51,12 @@ from sweep.report.summary import listed, ordered
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy")
 #: The most attribute text a report reads through optuna's ``get_trials`` (a study with
 #: several objectives), which builds every trial whole: 2,000 trials of 1 MB took 4 GB.
 MAX_OPTUNA_READ = 200_000_000
+#: The most trials a report reads through optuna's ``get_trials`` (a study of several
+#: objectives): one objective's report held 6.5 kB a trial that way (648 MB at 10⁵, issue 27).
+MAX_OPTUNA_TRIALS = 100_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,19 +109,13 @@ def report_folder(root: Path, storage: optuna.storages.BaseStorage, name: str) -
 
 
 def write_csv(trials: Sequence[Trial], path: Path, *, maximize: bool = True) -> None:
-    """One row per trial: number, state, every parameter, size, value, final metrics, reason."""
+    """One row per trial (``shown.csv_row``) in ``ordered`` order."""
     names = param_names(trials)
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["number", "state", *names, "network", "n_params", "value", *METRICS,
-                    "seconds", "reason"])  # fmt: skip
+        w.writerow(csv_header(names))
         for t in ordered(list(trials), maximize=maximize):
-            w.writerow([
-                t.number, t.state.name, *(t.params.get(n, "") for n in names), network(t),
-                count(t, "n_params") or "", "" if t.value is None else t.value,
-                *("" if (v := final(t, m)) is None else v for m in METRICS),
-                number(t.user_attrs.get("seconds")) or "", reason(t),
-            ])  # fmt: skip
+            w.writerow(csv_row(t, names))
 
 
 def write_report(
@@ -135,27 +133,14 @@ def write_report(
     """
     study = load_study(storage, study_name)
     multi = len(study.directions) > 1
+    engine, sid = storage.engine, study._study_id
+    large = not multi and report_pages.finished_count(engine, sid) > digest.LARGE
+    trials: list[Trial] = []
     if multi:  # read by optuna (sweep's narrow records hold the first objective only)
-        chars = report_reads.attribute_chars(storage.engine, study._study_id)
-        if chars > MAX_OPTUNA_READ:  # optuna reads them whole: 4 GB for 2 GB of them
-            raise SweepError(
-                f"study {printable(study_name, 200)!r} has several objectives and its trials "
-                f"hold {chars:,} characters of attributes; a report of such a study reads "
-                f"them all, at most {MAX_OPTUNA_READ:,}"
-            )
-        unreadable = status_reads.unreadable(storage.engine, study._study_id)
-        if unreadable:  # optuna's reading would stop at the first, with an AssertionError
-            raise SweepError(
-                f"study {printable(study_name, 200)!r} has {unreadable:,} trial(s) whose "
-                "stored values optuna cannot read; a trial's values are one per objective "
-                "from 0, each a number stored as FINITE, or INF_POS or INF_NEG stored as NULL "
-                "(SQLite keeps a NaN as NULL)"
-            )
-        trials: list[Trial] = [t for t in study.get_trials(deepcopy=False)
-                               if t.state != TrialState.WAITING]  # fmt: skip
-    else:
-        trials = list(report_reads.read(storage.engine, study._study_id))
-    if not trials:
+        trials = _optuna_read(study, study_name, engine)
+    elif not large:  # a large study is read a page at a time (``sweep.report.large``)
+        trials = list(report_reads.read(engine, sid))
+    if not trials and not large:
         raise SweepError(f"study {study_name!r} has no trials yet; run it with `sweep run`")
     kind = study_kind(study.user_attrs, study.directions, study.metric_names)
     try:
@@ -170,34 +155,24 @@ def write_report(
         shown, along = listed(trials, kind)
         ends = front.write(study, shown, along, kind, out_dir, files)
         return Report(out_dir, tuple(files), None, None, None, ends)
-    large = digest.is_large(trials)
-    top = digest.best(finished(trials), digest.TOP, maximize=kind.maximize) if large else None
-    # learning curves only for the trials drawn: every one of a small study
-    drawn_trials = digest.curve_trials(trials, top) if top is not None else trials
-    report_reads.read_curves(storage.engine, drawn_trials)
-    write_csv(trials, out_dir / "trials.csv", maximize=kind.maximize)
-    colour = drawn.draw(study, trials, kind, out_dir, files, top)
-    sections = []
-    if kind.spec is not None:
-        drawn.draw_sweep(trials, kind.spec, out_dir, files, colour, large)
-        done = finished(trials)
-        varies = varying(done)
-        if drawn.is_grid(done, varies, kind):
-            sections.append(drawn.grid_section(done, out_dir, files, large))
-        if "init" in varies or kind.spec.dimension("init") is not None:
-            sections.append(drawn.init_section(trials, out_dir, files, log_loss))
-        # the best trials' settings: a large study's listed ones, a small study's every trial
-        best_first = top if top is not None else ordered(list(trials), maximize=kind.maximize)
-        shown = distortions.section(best_first, out_dir, files,
-                                    data_path=data_path or kind.spec.data_path,
-                                    train_size=kind.spec.train_size)  # fmt: skip
-        if shown is not None:
-            sections.append(shown)
-    best = study.best_trial if any(t.state == TrialState.COMPLETE for t in trials) else None
-    lines = [f"# Study `{printable(study_name, 400)}`", "", *_summary(study, trials, kind, best)]
+    if large:
+        got = large_report.write(storage, study, kind, out_dir, files, log_loss=log_loss,
+                                 data_path=data_path)  # fmt: skip
+        counts, sections, top = got.counts, got.sections, got.top
+    else:
+        report_reads.read_curves(engine, trials)  # every learning curve of a small study
+        write_csv(trials, out_dir / "trials.csv", maximize=kind.maximize)
+        colour = drawn.draw(study, trials, kind, out_dir, files)
+        counts, sections = Counter(t.state for t in trials), []
+        if kind.spec is not None:
+            drawn.draw_sweep(trials, kind.spec, out_dir, files, colour)
+            sections = _sections(trials, kind, out_dir, files, log_loss=log_loss,
+                                 data_path=data_path)  # fmt: skip
+    best = study.best_trial if counts[TrialState.COMPLETE] else None
+    lines = [f"# Study `{printable(study_name, 400)}`", "", *_summary(study, counts, kind, best)]
     if large:
         lines[-1:] = [
-            f"- {len(trials):,} trials: this report shows the {digest.TOP} best and summarises "
+            f"- {got.trials:,} trials: this report shows the {digest.TOP} best and summarises "
             "the rest; every trial is in [trials.csv](trials.csv)",
             f"- figures: values in {digest_figures.BINS} bins of trials or time, learning curves "
             f"of {digest.CURVES:,} trials sampled evenly and the {digest.BEST_CURVES} best, "
@@ -213,13 +188,13 @@ def write_report(
         if name in files:
             lines += [f"## {title}", "", f"![{title.lower()}]({name})", ""]
     lines += sections
-    names = param_names(trials)
+    names = got.names if large else param_names(trials)
     columns = ["network", "parameters", kind.metric, "seconds"] if kind.sweep else [kind.metric]
     header = ["#", "state", *names, *columns, "note"]
     if large:
-        lines += _digest_sections(trials, kind, names)
+        lines += got.aggregates
         lines += [f"## The {digest.TOP} best trials", "",
-                  md_table(header, _trial_rows(top or [], kind, names)), ""]  # fmt: skip
+                  md_table(header, _trial_rows(top, kind, names)), ""]  # fmt: skip
     else:
         lines += ["## Trials", "", md_table(header, _trial_rows(trials, kind, names)), ""]
     (out_dir / "report.md").write_text("\n".join(lines))
@@ -230,6 +205,55 @@ def write_report(
         )
     return Report(out_dir, tuple(files), best and best.number, best and best.value,
                   best and config(best), best_text)  # fmt: skip
+
+
+def _optuna_read(study: optuna.Study, study_name: str, engine: Any) -> list[Trial]:
+    """A study of several objectives read whole by optuna's ``get_trials``, refused past what
+    that may hold: ``MAX_OPTUNA_READ`` characters of attributes, ``MAX_OPTUNA_TRIALS`` trials,
+    or values optuna cannot read."""
+    name = printable(study_name, 200)
+    chars = report_reads.attribute_chars(engine, study._study_id)
+    if chars > MAX_OPTUNA_READ:  # optuna reads them whole: 4 GB for 2 GB of them
+        raise SweepError(
+            f"study {name!r} has several objectives and its trials hold {chars:,} characters "
+            f"of attributes; a report of such a study reads them all, at most "
+            f"{MAX_OPTUNA_READ:,}"
+        )
+    listed_trials = report_pages.listed_count(engine, study._study_id)
+    if listed_trials > MAX_OPTUNA_TRIALS:
+        raise SweepError(
+            f"study {name!r} has several objectives and {listed_trials:,} trials; a report of "
+            f"such a study reads every trial whole, at most {MAX_OPTUNA_TRIALS:,}"
+        )
+    unreadable = status_reads.unreadable(engine, study._study_id)
+    if unreadable:  # optuna's reading would stop at the first, with an AssertionError
+        raise SweepError(
+            f"study {name!r} has {unreadable:,} trial(s) whose "
+            "stored values optuna cannot read; a trial's values are one per objective "
+            "from 0, each a number stored as FINITE, or INF_POS or INF_NEG stored as NULL "
+            "(SQLite keeps a NaN as NULL)"
+        )
+    return [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+
+
+def _sections(trials: Sequence[Trial], kind: Kind, out_dir: Path, files: list[str], *,
+              log_loss: bool, data_path: str | None) -> list[str]:  # fmt: skip
+    """A small sweep study's grid, initialisation and distortions sections."""
+    assert kind.spec is not None
+    sections = []
+    done = finished(trials)
+    varies = varying(done)
+    if drawn.is_grid(done, varies, kind):
+        sections.append(drawn.grid_section(done, out_dir, files, False))
+    if "init" in varies or kind.spec.dimension("init") is not None:
+        sections.append(drawn.init_section(trials, out_dir, files, log_loss))
+    # the best trials' settings: every trial of a small study, best first
+    shown = distortions.section(ordered(list(trials), maximize=kind.maximize), out_dir, files,
+                                data_path=data_path or kind.spec.data_path,
+                                train_size=kind.spec.train_size)  # fmt: skip
+    if shown is not None:
+        sections.append(shown)
+    return sections
 
 
 def _trial_rows(trials: Sequence[Trial], kind: Kind, names: list[str]) -> list[list[Any]]:
@@ -244,36 +268,9 @@ def _trial_rows(trials: Sequence[Trial], kind: Kind, names: list[str]) -> list[l
     return rows
 
 
-def _digest_sections(trials: Sequence[Trial], kind: Kind, names: list[str]) -> list[str]:
-    """A large study's aggregates: the value's quantiles, each parameter's buckets, why trials
-    were pruned or failed."""
-    done = finished(trials)
-
-    def shown(v: float) -> str:
-        return f"{v:.2f}" if kind.sweep else f"{v:.6g}"
-
-    columns = {kind.metric: [t.value for t in done]}
-    if kind.sweep:
-        columns["parameters"] = [n for t in done if (n := count(t, "n_params")) is not None]
-        seconds = (number(t.user_attrs.get("seconds")) for t in done)
-        columns["seconds"] = [s for s in seconds if s is not None]
-    text = [f"## Values of the {len(done):,} complete trials", "",
-            md_table(*digest.quantile_rows(columns, shown)), ""]  # fmt: skip
-    text += ["## Parameters", "",
-             f"Each parameter's values in buckets of about equal counts, with the {kind.metric} "
-             "of their complete trials.", "",
-             md_table(*digest.parameter_rows(done, names, maximize=kind.maximize, shown=shown)),
-             ""]  # fmt: skip
-    notes = [reason(t) for t in trials if t.state in (TrialState.PRUNED, TrialState.FAIL)]
-    if any(notes):
-        text += ["## Pruned and failed trials", "", md_table(*digest.note_rows(notes)), ""]
-    return text
-
-
-def _summary(study: optuna.Study, trials: Sequence[Trial], kind: Kind,
+def _summary(study: optuna.Study, states: Counter[TrialState], kind: Kind,
              best: FrozenTrial | None) -> list[str]:  # fmt: skip
     """The report's opening list: how the study searched, what it found."""
-    states = Counter(t.state for t in trials)
     counts = {s.name.lower(): states[s] for s in TrialState}
     direction = "maximize" if kind.maximize else "minimize"
     if kind.spec is not None:

@@ -265,5 +265,5 @@ def test_the_importances_of_a_study_of_several_depths_print_no_warning():
     kind = Kind(sweep=True, objectives=(ACCURACY,), spec=None)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        scores = drawn._importances(study, done, kind, large=False)
+        scores = drawn.importances(study, done, kind, large=False)
     assert "hidden_1" in scores

@@ -1,0 +1,210 @@
+"""A large study's trials as its report reads them: a page at a time, never all at once.
+
+``sweep.queue.report_reads.read`` holds every trial as a record: 5.2 GB and 91 s for a report
+of 10⁶ trials on SQLite (6.0 GB, 128 s on PostgreSQL, issue 27). A study of more than
+``sweep.report.digest.LARGE`` finished trials is read here instead: one ordered statement whose
+rows come ``PAGE`` at a time (a server-side cursor on PostgreSQL, SQLite's stepping cursor),
+each page's parameters and attributes read by trial id (``report_reads.fill``), in the order
+the report lists trials (``ordered``), so that ``trials.csv`` is written page by page and the
+report folds each page into its columns (``sweep.report.columns``). A few hundred trials are
+read whole by id (``records``): the best, the sampled curves, the importance sample.
+
+Everything read stays untrusted and decoded as ``report_reads`` decodes it; the whole read is one
+read-only transaction (``sweep.queue.transactions.reading``), one snapshot of the study.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import sqlalchemy
+from optuna.storages._rdb import models
+from optuna.trial import TrialState
+
+from sweep.queue import tables as tb
+from sweep.queue.attrs import stored_param
+from sweep.queue.report_reads import (
+    ABSENT,
+    ATTRS,
+    MAX_VALUE_CHARS,
+    Record,
+    decoded,
+    fill,
+    warn_too_long,
+)
+from sweep.queue.transactions import reading
+
+#: Trials per page: what a page holds is its records with their parameters and a few short
+#: attributes (a series keeps its last value, ``fill``'s ``kept``), well under 100 MB.
+PAGE = 2_000
+_TYPES = type(tb.FINITE)  # optuna's TrialValueType: FINITE, INF_POS, INF_NEG
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def _listed(study_id: int) -> Any:
+    t = tb.trials
+    return sqlalchemy.and_(t.c.study_id == study_id, t.c.state != TrialState.WAITING)
+
+
+def finished_count(engine: sqlalchemy.engine.Engine, study_id: int) -> int:
+    """How many of the study's trials are complete, pruned or failed (``digest.is_large``)."""
+    t = tb.trials
+    query = sqlalchemy.select(sqlalchemy.func.count()).where(
+        t.c.study_id == study_id, t.c.state.in_(_FINISHED)
+    )
+    with reading(engine) as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+def listed_count(engine: sqlalchemy.engine.Engine, study_id: int) -> int:
+    """How many trials the study has, the queued ones aside."""
+    query = sqlalchemy.select(sqlalchemy.func.count()).where(_listed(study_id))
+    with reading(engine) as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+def param_names(engine: sqlalchemy.engine.Engine, study_id: int) -> list[str]:
+    """Every parameter name of the study's trials (not the queued ones) in order of first
+    appearance, by trial number then the trial's own order, as ``shown.param_names`` finds
+    them among records: a parameter stored badly (``stored_param``) does not count. One
+    grouped statement, then each name's first row; a name whose first row is bad is looked
+    for further, row by row."""
+    t, p = tb.trials, tb.params
+    rows = (
+        sqlalchemy.select(t.c.number, p.c.param_id, p.c.param_value, p.c.distribution_json)
+        .join(t, t.c.trial_id == p.c.trial_id)
+        .where(_listed(study_id))
+    )
+    firsts = (
+        sqlalchemy.select(p.c.param_name, sqlalchemy.func.min(t.c.number))
+        .join(t, t.c.trial_id == p.c.trial_id)
+        .where(_listed(study_id))
+        .group_by(p.c.param_name)
+    )
+    found: list[tuple[int, int, str]] = []
+    with reading(engine) as conn:
+        for name, first in conn.execute(firsts).all():
+            named = rows.where(p.c.param_name == name)
+            at = conn.execute(named.where(t.c.number == first)).all()
+            if not any(stored_param(v, d) is not None for *_, v, d in at):
+                at = conn.execute(named.order_by(t.c.number).execution_options(yield_per=PAGE))
+            for number, param_id, value, text in at:
+                if stored_param(value, text) is not None:
+                    found.append((number, param_id, name))
+                    break
+    return [name for *_, name in sorted(found)]
+
+
+def _head() -> sqlalchemy.Select:
+    t, v = tb.trials, tb.values
+    return sqlalchemy.select(
+        t.c.trial_id, t.c.number, t.c.state, t.c.datetime_start, t.c.datetime_complete,
+        v.c.value, v.c.value_type,
+    ).select_from(t.outerjoin(v, sqlalchemy.and_(v.c.trial_id == t.c.trial_id,
+                                                 v.c.objective == 0)))  # fmt: skip
+
+
+def _record(row: Sequence[Any]) -> Record:
+    tid, number, state, start, done, value, kind = row
+    decode = models.TrialValueModel.stored_repr_to_value
+    return Record(tid, number, state, None if kind is None else decode(value, kind), start, done)
+
+
+def _order(order: dict[TrialState, int], maximize: bool) -> list[Any]:
+    """``summary.ordered`` in SQL: by ``order`` of the state; then a trial whose sort key is
+    -inf (no value, or the best infinity: ``ordered`` gives both the same key), then finite
+    values best first, then the worst infinity; ties by number. (A NaN value, which PostgreSQL
+    keeps, sorts where PostgreSQL puts it: ``ordered`` has no order for it either.)"""
+    t, v = tb.trials, tb.values
+    state = sqlalchemy.case(*((t.c.state == s, n) for s, n in order.items()), else_=len(order))
+    worst = _TYPES.INF_NEG if maximize else _TYPES.INF_POS  # the best one is in group 0
+    group = sqlalchemy.case(
+        (sqlalchemy.and_(v.c.value_type == _TYPES.FINITE, v.c.value.is_not(None)), 1),
+        (v.c.value_type == worst, 2),
+        else_=0,
+    )  # fmt: skip
+    finite = sqlalchemy.case((v.c.value_type == _TYPES.FINITE, v.c.value), else_=0.0)
+    return [state, group, finite.desc() if maximize else finite.asc(), t.c.number]
+
+
+def _pivot(names: Sequence[str]) -> tuple[sqlalchemy.Select, int]:
+    """``_head`` widened to one row per trial carrying what ``fill`` reads in three statements:
+    each parameter of ``names`` (its number and distribution), each of ``ATTRS`` (its length
+    and its text where short enough) and a pruned trial's last step, by outer joins on optuna's
+    unique (trial_id, param_name) and (trial_id, key): a page of rows in trial order needed
+    three more statements by id and some 11 rows a trial (issue 27). Returns the statement and
+    where its parameters' columns start."""
+    t, s = tb.trials, tb.steps
+    joined, columns = _head().get_final_froms()[0], list(_head().selected_columns)
+    start = len(columns)
+    for i, name in enumerate(names):
+        p = tb.params.alias(f"p{i}")
+        joined = joined.outerjoin(p, sqlalchemy.and_(p.c.trial_id == t.c.trial_id,
+                                                     p.c.param_name == name))  # fmt: skip
+        columns += [p.c.param_value, p.c.distribution_json]
+    for i, key in enumerate(ATTRS):
+        u = tb.user_attrs.alias(f"u{i}")
+        joined = joined.outerjoin(u, sqlalchemy.and_(u.c.trial_id == t.c.trial_id,
+                                                     u.c.key == key))  # fmt: skip
+        size = sqlalchemy.func.length(u.c.value_json)
+        columns += [size, sqlalchemy.case((size <= MAX_VALUE_CHARS, u.c.value_json))]
+    last = (
+        sqlalchemy.select(sqlalchemy.func.max(s.c.step))
+        .where(s.c.trial_id == t.c.trial_id)
+        .scalar_subquery()
+    )
+    columns.append(sqlalchemy.case((t.c.state == TrialState.PRUNED, last)))
+    return sqlalchemy.select(*columns).select_from(joined), start
+
+
+def pages(
+    engine: sqlalchemy.engine.Engine, study_id: int, names: Sequence[str], *,
+    order: dict[TrialState, int], maximize: bool, kept: Callable[[str, Any], Any] | None = None,
+) -> Iterator[list[Record]]:  # fmt: skip
+    """The study's trials (not the queued ones) as ``summary.ordered`` orders them, ``PAGE``
+    records at a time, each with its parameters (``names``: every one the study's trials
+    hold, ``param_names``), ``ATTRS`` (through ``kept``) and last step, without learning
+    curves, decoded as ``fill`` decodes them; one read-only transaction for all of them. One
+    warning at the end names the attributes left unread for their length."""
+    query, start = _pivot(names)
+    query = query.where(_listed(study_id)).order_by(*_order(order, maximize))
+    ends = start + 2 * len(names)
+    too_long: list[tuple[int, str]] = []
+    with reading(engine) as conn:
+        rows = conn.execute(query.execution_options(yield_per=PAGE))
+        for part in rows.partitions(PAGE):
+            page = []
+            for row in part:
+                record = _record(row[:start])
+                for name, value, text in zip(names, row[start:ends:2], row[start + 1 : ends : 2],
+                                             strict=True):  # fmt: skip
+                    if text is not None and (param := stored_param(value, text)) is not None:
+                        record.params[name], record.distributions[name] = param
+                for key, chars, text in zip(ATTRS, row[ends:-1:2], row[ends + 1 : -1 : 2],
+                                            strict=True):  # fmt: skip
+                    if chars is None:
+                        continue
+                    if text is None and chars > MAX_VALUE_CHARS:
+                        too_long.append((record.number, key))
+                    value = decoded(text)
+                    if value is not ABSENT:
+                        record.user_attrs[key] = value if kept is None else kept(key, value)
+                record.last_step = row[-1]
+                page.append(record)
+            yield page
+    warn_too_long(too_long)
+
+
+def records(engine: sqlalchemy.engine.Engine, ids: Sequence[int]) -> list[Record]:
+    """These trials whole (as ``report_reads.read`` reads them), in the order of ``ids``."""
+    t = tb.trials
+    wanted = sqlalchemy.bindparam("ids", expanding=True)
+    by_id: dict[int, Record] = {}
+    with reading(engine) as conn:
+        for i in range(0, len(ids), PAGE):
+            chunk = {"ids": list(ids[i : i + PAGE])}
+            for row in conn.execute(_head().where(t.c.trial_id.in_(wanted)), chunk):
+                by_id[row[0]] = _record(row)
+        warn_too_long(fill(conn, by_id))
+    return [by_id[i] for i in ids if i in by_id]
