@@ -14,7 +14,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-import mlp.model
+import mlp.sizes
 from mlp.config import WIDTHS, ModelConfig
 from sweep.errors import SpecError
 from sweep.queue.attrs import why_failed
@@ -146,7 +146,7 @@ def _network(key: tuple[tuple[str, type, Any], ...]) -> str:
         widths = hidden(shape)
     except SpecError:
         return "?"
-    return "" if widths is None else mlp.model.architecture(*widths)
+    return "" if widths is None else mlp.sizes.architecture(*widths)
 
 
 def md_table(header: list[str], rows: list[list[Any]]) -> str:

@@ -31,10 +31,10 @@ NOT_IMPORTED = (
     "matplotlib", "joblib", "threadpoolctl",  # reports and training
     "sweep.trial", "sweep.runner", "sweep.worker",  # a trial's work and the processes running it
     "sweep.study.joining", "sweep.study.sampler", "sweep.queue.writeback", "sweep.report.writer",
-    # mlp's training, dataset reader and checkpoints: the CLI names their errors (mlp.errors)
+    # mlp's model, training, dataset reader and checkpoints: the CLI names their errors (mlp.errors)
     # and status checks a stored spec's sizes (mlp.sizes), nothing more (#27)
     "mlp.train", "mlp.data", "mlp.checkpoint", "mlp.gradcheck", "mlp.memory", "mlp.state",
-    "mlp.distort", "mlp.mapped",
+    "mlp.distort", "mlp.mapped", "mlp.model",
 )  # fmt: skip
 
 #: Run in a fresh interpreter: ``sweep status`` (the command's own ``main``) or the Python
