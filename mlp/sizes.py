@@ -1,6 +1,6 @@
 """A network's sizes as numbers: its inputs and classes, its parameter count and how messages
-name its shape. Pure arithmetic, standard library only, apart from ``mlp.model`` so that what
-only checks sizes (a study's space and budget, read by ``sweep status`` too) loads neither
+name its shape. Pure arithmetic, standard library only, kept apart from ``mlp.model`` so that
+what only checks sizes (a study's space and budget, read by ``sweep status`` too) loads neither
 numpy's model nor its file formats (#27).
 """
 

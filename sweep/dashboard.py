@@ -172,7 +172,7 @@ def bounded_lists(app: WSGIApplication, storage: BoundedStorage) -> WSGIApplicat
             stand_in = serialize_frozen_trial(study_id, _stand_in(bounded_text(shown)), {})
             detail["trials"] = [stand_in, *detail["trials"]][int(after) :]
             body = json.dumps(detail).encode()
-        elif int(after) > 0:  # the study has just become small: today's slice
+        elif int(after) > 0 and status.startswith("200"):  # just become small: today's slice
             detail = json.loads(body)
             detail["trials"] = detail["trials"][int(after) :]
             body = json.dumps(detail).encode()

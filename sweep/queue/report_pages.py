@@ -4,13 +4,16 @@
 of 10⁶ trials on SQLite (6.0 GB, 128 s on PostgreSQL, issue 27). A study of more than
 ``sweep.report.digest.LARGE`` finished trials is read here instead: one ordered statement whose
 rows come ``PAGE`` at a time (a server-side cursor on PostgreSQL, SQLite's stepping cursor),
-each page's parameters and attributes read by trial id (``report_reads.fill``), in the order
-the report lists trials (``ordered``), so that ``trials.csv`` is written page by page and the
-report folds each page into its columns (``sweep.report.columns``). A few hundred trials are
-read whole by id (``records``): the best, the sampled curves, the importance sample.
+each row carrying its trial's parameters and attributes by joins (``_pivot``; a study of more
+than ``MAX_JOINED`` parameter names has each page's read by trial id, ``report_reads.fill``),
+in the order the report lists trials (``ordered``), so that ``trials.csv`` is written page by
+page and the report folds each page into its columns (``sweep.report.columns``). A few hundred
+trials are read whole by id (``records``): the best, the sampled curves, the importance sample.
 
-Everything read stays untrusted and decoded as ``report_reads`` decodes it; the whole read is one
-read-only transaction (``sweep.queue.transactions.reading``), one snapshot of the study.
+Everything read stays untrusted and decoded as ``report_reads`` decodes it. The pages are one
+read-only transaction (``sweep.queue.transactions.reading``); the parameter names, the pages
+and the trials read whole are three (on PostgreSQL's READ COMMITTED a parameter first stored
+during a report may be missing from its ``trials.csv``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ from sweep.queue.transactions import reading
 #: Trials per page: what a page holds is its records with their parameters and a few short
 #: attributes (a series keeps its last value, ``fill``'s ``kept``), well under 100 MB.
 PAGE = 2_000
+#: The most parameter names ``pages`` joins into its one statement: SQLite joins at most 64
+#: tables, and the statement joins two for the trial and one for each of ``ATTRS`` besides.
+MAX_JOINED = 40
 _TYPES = type(tb.FINITE)  # optuna's TrialValueType: FINITE, INF_POS, INF_NEG
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -167,6 +173,9 @@ def pages(
     hold, ``param_names``), ``ATTRS`` (through ``kept``) and last step, without learning
     curves, decoded as ``fill`` decodes them; one read-only transaction for all of them. One
     warning at the end names the attributes left unread for their length."""
+    if len(names) > MAX_JOINED:  # more joins than SQLite takes: each page filled by id
+        yield from _filled_pages(engine, study_id, order=order, maximize=maximize, kept=kept)
+        return
     query, start = _pivot(names)
     query = query.where(_listed(study_id)).order_by(*_order(order, maximize))
     ends = start + 2 * len(names)
@@ -192,6 +201,23 @@ def pages(
                         record.user_attrs[key] = value if kept is None else kept(key, value)
                 record.last_step = row[-1]
                 page.append(record)
+            yield page
+    warn_too_long(too_long)
+
+
+def _filled_pages(
+    engine: sqlalchemy.engine.Engine, study_id: int, *, order: dict[TrialState, int],
+    maximize: bool, kept: Callable[[str, Any], Any] | None,
+) -> Iterator[list[Record]]:  # fmt: skip
+    """``pages`` for a study of more than ``MAX_JOINED`` parameter names: each page's heads in
+    the same order, then its parameters, attributes and last steps by trial id (``fill``)."""
+    query = _head().where(_listed(study_id)).order_by(*_order(order, maximize))
+    too_long: list[tuple[int, str]] = []
+    with reading(engine) as conn:
+        rows = conn.execute(query.execution_options(yield_per=PAGE))
+        for part in rows.partitions(PAGE):
+            page = [_record(row) for row in part]
+            too_long += fill(conn, {r.trial_id: r for r in page}, kept=kept)
             yield page
     warn_too_long(too_long)
 

@@ -110,8 +110,8 @@ def load_trials(conn: Any, ids: Iterable[int], *, whole: bool = False) -> dict[i
         for tid, row in rows.items():
             try:
                 out[tid] = _frozen(tid, row)
-            except Exception as e:  # untrusted rows: the trial is left out of TPE's view
-                logger.debug("trial id %d left out of TPE's view: %s", tid, e)
+            except Exception as e:  # untrusted rows: the trial is left out of the view
+                logger.debug("trial id %d left out of the bounded view: %s", tid, e)
     return out
 
 

@@ -193,3 +193,14 @@ def test_with_writes_allowed_large_studies_are_shown_whole_and_said_so(db, monke
     lines, shown = started(db, monkeypatch, "--allow-writes")
     assert lines[1:] == ["study 'big' has 42 trials: shown whole, slowly, as writes are allowed"]
     assert not isinstance(shown, bd.BoundedStorage)
+
+
+def test_a_study_gone_between_the_checks_is_the_dashboards_own_answer(db, monkeypatch):
+    # Bounded when the request came in, gone when its list was read: the app's 404 is passed
+    # on, not read as a trial list.
+    shown = bd.BoundedStorage(storage(db), threshold=10, best=BEST, newest=NEWEST)
+    answers = iter([bd.Bounded("big", 42, BEST, NEWEST), None])
+    monkeypatch.setattr(shown, "shown", lambda study_id: next(answers))
+    app = dashboard.bounded_lists(optuna_dashboard.wsgi(shown), shown)
+    status, body = get(app, "/api/studies/999", "after=3")
+    assert status.startswith("404"), (status, body)

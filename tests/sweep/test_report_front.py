@@ -286,7 +286,7 @@ def test_the_single_objective_figure_marks_its_non_dominated_points(tmp_path, dr
     for n, v in zip(sizes, values, strict=True):
         study.add_trial(create_trial(value=v, user_attrs={"n_params": n}))
     files: list[str] = []
-    draw.draw_sweep(study.trials, spec, tmp_path, files, None, large=False)
+    draw.draw_sweep(study.trials, spec, tmp_path, files, None)
     ax = drawn["accuracy_vs_params.png"].axes[0]
     # by hand: the most accurate for its size, and nothing smaller as accurate
     assert _line(ax, "non-dominated (max accuracy, min parameters)") == [

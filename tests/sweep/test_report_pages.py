@@ -125,7 +125,12 @@ def _old_digest(records, kind, names) -> list[str]:
     return text
 
 
-def test_a_large_report_writes_what_the_record_path_wrote(odd_study, small, tmp_path, caplog):
+# 2: more parameter names than one statement joins (SQLite's 64 tables), each page filled by id
+@pytest.mark.parametrize("joined", [report_pages.MAX_JOINED, 2], ids=["joined", "by-id"])
+def test_a_large_report_writes_what_the_record_path_wrote(
+    odd_study, small, tmp_path, caplog, monkeypatch, joined
+):
+    monkeypatch.setattr(report_pages, "MAX_JOINED", joined)
     url, sid = odd_study
     storage = open_storage(url, read_only=True)
     records = report_reads.read(storage.engine, sid)
