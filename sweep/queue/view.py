@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 _CHUNK = 500  # ids per IN list: under every database's limit of bound parameters
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+_VALUE = models.TrialValueModel.TrialValueType
 
 
 def read_view(
@@ -63,10 +64,24 @@ def view_ids(
         .order_by(trials.c.trial_id.desc())
         .limit(recent)
     )
-    # The infinitely good values (rare), then the best numbers: walks of the best values' index.
-    infinitely_good, finite, _ = tb.best_first(study_id, maximize=maximize)
+    # Two queries an index on trial_values (value_type, value) serves by walking it from the
+    # best end: the infinitely good values (rare), then the best numbers. Not
+    # ``tables.best_first`` (status's one best trial, ties by trial id): its tie order and its
+    # ``study_id + 0`` made a TPE ask take 127-147 ms at 10^5 trials on PostgreSQL (make
+    # bench-scale's steady state; 20 ms this way, in the same hour).
+    values = tb.values
+    infinite, order = (
+        (_VALUE.INF_POS, values.c.value.desc()) if maximize else (_VALUE.INF_NEG, values.c.value)
+    )
+    complete = (
+        sqlalchemy.select(trials.c.trial_id)
+        .join(values, values.c.trial_id == trials.c.trial_id)
+        .where(of_study, trials.c.state == TrialState.COMPLETE, values.c.objective == 0)
+    )
+    infinitely_good = complete.where(values.c.value_type == infinite).order_by(order)
     top = list(conn.execute(infinitely_good.limit(best)).scalars())
     if len(top) < best:
+        finite = complete.where(values.c.value_type == _VALUE.FINITE).order_by(order)
         top += conn.execute(finite.limit(best - len(top))).scalars()
     finished = set(conn.execute(newest).scalars()) | set(top)
     return finished, set(conn.execute(running).scalars())
