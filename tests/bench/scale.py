@@ -40,8 +40,8 @@ from tests.bench.scale_table import MILLION, Result, Results, cell, rows, table
 from tests.bench.scale_workers import NAME, claim_cycles, in_child, top_ups, tpe_asks
 from tests.bench.training import machine_facts
 
-# 10⁴ left out so that one run, both backends, fits in about 25 minutes on 2 cores (10⁶ builds
-# in 50 s on SQLite, about 4 minutes on PostgreSQL).
+# 10⁴ left out so that one run, both backends, fits in about 10 minutes on 2 cores (10⁶ builds
+# in 50 s on SQLite, 3 minutes on PostgreSQL).
 SIZES = (1_000, 100_000, MILLION)
 BACKENDS = ("sqlite", "postgresql")
 # Per measurement: twice the loosest target (report, 60 s), so no verdict depends on it, and
