@@ -145,7 +145,8 @@ class BoundedStorage(BaseStorage):
             if n_trials <= self._threshold:
                 self._shown[study_id] = None
                 return None
-            maximize = self.get_study_directions(study_id)[0] == StudyDirection.MAXIMIZE
+            # none stored (SQL may delete them): minimised, as optuna shows such a study
+            maximize = self.get_study_directions(study_id)[:1] == [StudyDirection.MAXIMIZE]
             finished, running = view_ids(conn, study_id, best=self._best, recent=self._newest,
                                          maximize=maximize)  # fmt: skip
             ids = finished | running
