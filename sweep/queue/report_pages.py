@@ -2,13 +2,13 @@
 
 ``sweep.queue.report_reads.read`` holds every trial as a record: 5.2 GB and 91 s for a report
 of 10⁶ trials on SQLite (6.0 GB, 128 s on PostgreSQL, issue 27). A study of more than
-``sweep.report.digest.LARGE`` finished trials is read here instead: one ordered statement whose
-rows come ``PAGE`` at a time (a server-side cursor on PostgreSQL, SQLite's stepping cursor),
-each row carrying its trial's parameters and attributes by joins (``_pivot``; a study of more
-than ``MAX_JOINED`` parameter names has each page's read by trial id, ``report_reads.fill``),
-in the order the report lists trials (``ordered``), so that ``trials.csv`` is written page by
-page and the report folds each page into its columns (``sweep.report.columns``). A few hundred
-trials are read whole by id (``records``): the best, the sampled curves, the importance sample.
+``sweep.report.digest.LARGE`` finished trials is read here instead: one unordered statement
+whose rows come ``PAGE`` at a time (a server-side cursor on PostgreSQL, SQLite's stepping
+cursor), each row carrying its trial's parameters and attributes by joins (``_pivot``; a study
+of more than ``MAX_JOINED`` parameter names has each page's read by trial id,
+``report_reads.fill``); the report folds each page into its columns and stages its rows of
+``trials.csv`` (``sweep.report.large``), then orders them. A few hundred trials are read whole
+by id (``records``): the best, the sampled curves, the importance sample.
 
 Everything read stays untrusted and decoded as ``report_reads`` decodes it. The pages are one
 read-only transaction (``sweep.queue.transactions.reading``); the parameter names, the pages
@@ -18,6 +18,7 @@ during a report may be missing from its ``trials.csv``).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -44,7 +45,6 @@ PAGE = 2_000
 #: The most parameter names ``pages`` joins into its one statement: SQLite joins at most 64
 #: tables, and the statement joins two for the trial and one for each of ``ATTRS`` besides.
 MAX_JOINED = 40
-_TYPES = type(tb.FINITE)  # optuna's TrialValueType: FINITE, INF_POS, INF_NEG
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -117,32 +117,15 @@ def _record(row: Sequence[Any]) -> Record:
     return Record(tid, number, state, None if kind is None else decode(value, kind), start, done)
 
 
-def _order(order: dict[TrialState, int], maximize: bool) -> list[Any]:
-    """``summary.ordered`` in SQL: by ``order`` of the state; then a trial whose sort key is
-    -inf (no value, or the best infinity: ``ordered`` gives both the same key), then finite
-    values best first, then the worst infinity; ties by number. (A NaN value, which PostgreSQL
-    keeps, sorts where PostgreSQL puts it: ``ordered`` has no order for it either.)"""
-    t, v = tb.trials, tb.values
-    state = sqlalchemy.case(*((t.c.state == s, n) for s, n in order.items()), else_=len(order))
-    worst = _TYPES.INF_NEG if maximize else _TYPES.INF_POS  # the best one is in group 0
-    group = sqlalchemy.case(
-        (sqlalchemy.and_(v.c.value_type == _TYPES.FINITE, v.c.value.is_not(None)), 1),
-        (v.c.value_type == worst, 2),
-        else_=0,
-    )  # fmt: skip
-    finite = sqlalchemy.case((v.c.value_type == _TYPES.FINITE, v.c.value), else_=0.0)
-    return [state, group, finite.desc() if maximize else finite.asc(), t.c.number]
-
-
 def _pivot(names: Sequence[str]) -> tuple[sqlalchemy.Select, int]:
-    """``_head`` widened to one row per trial carrying what ``fill`` reads in three statements:
-    each parameter of ``names`` (its number and distribution), each of ``ATTRS`` (its length
-    and its text where short enough) and a pruned trial's last step, by outer joins on optuna's
-    unique (trial_id, param_name) and (trial_id, key): a page of rows in trial order needed
-    three more statements by id and some 11 rows a trial (issue 27). Returns the statement and
-    where its parameters' columns start."""
+    """One row per trial carrying what ``fill`` reads in three statements: each parameter of
+    ``names`` (its number and distribution), each of ``ATTRS`` (its length and its text where
+    short enough) and a pruned trial's last step, by outer joins on optuna's unique
+    (trial_id, param_name) and (trial_id, key), for the trials of a range of ids (bound
+    ``low`` and ``high``). Returns the statement and where its parameters' columns start
+    (after the trial id)."""
     t, s = tb.trials, tb.steps
-    joined, columns = _head().get_final_froms()[0], list(_head().selected_columns)
+    joined, columns = t, [t.c.trial_id]
     start = len(columns)
     for i, name in enumerate(names):
         p = tb.params.alias(f"p{i}")
@@ -161,31 +144,71 @@ def _pivot(names: Sequence[str]) -> tuple[sqlalchemy.Select, int]:
         .scalar_subquery()
     )
     columns.append(sqlalchemy.case((t.c.state == TrialState.PRUNED, last)))
-    return sqlalchemy.select(*columns).select_from(joined), start
+    within = t.c.trial_id.between(sqlalchemy.bindparam("low"), sqlalchemy.bindparam("high"))
+    return sqlalchemy.select(*columns).select_from(joined).where(within), start
+
+
+#: A range of trial ids, ``[low, high)``; None: unbounded (``bounds``).
+Span = tuple[int | None, int | None]
+
+
+def bounds(engine: sqlalchemy.engine.Engine, study_id: int, parts: int) -> list[Span]:
+    """Ranges of trial ids, ``[low, high)`` (None: unbounded), that split the study's trials
+    (not the queued ones) into ``parts`` of about equal counts, for ``pages`` to read apart;
+    fewer where the study has fewer trials than ``parts``."""
+    t = tb.trials
+    total = listed_count(engine, study_id)
+    ids = sqlalchemy.select(t.c.trial_id).where(_listed(study_id)).order_by(t.c.trial_id)
+    cuts: list[int] = []
+    with reading(engine) as conn:
+        for k in range(1, parts):
+            cut = conn.execute(ids.offset(k * total // parts).limit(1)).scalar_one_or_none()
+            if cut is not None and (not cuts or cut > cuts[-1]):
+                cuts.append(cut)
+    edges: list[int | None] = [None, *cuts, None]
+    return list(itertools.pairwise(edges))
 
 
 def pages(
     engine: sqlalchemy.engine.Engine, study_id: int, names: Sequence[str], *,
-    order: dict[TrialState, int], maximize: bool, kept: Callable[[str, Any], Any] | None = None,
+    kept: Callable[[str, Any], Any] | None = None, span: Span = (None, None),
+    too_long: list[tuple[int, str]],
 ) -> Iterator[list[Record]]:  # fmt: skip
-    """The study's trials (not the queued ones) as ``summary.ordered`` orders them, ``PAGE``
+    """The study's trials (not the queued ones) whose ids lie in ``span``, by id, ``PAGE``
     records at a time, each with its parameters (``names``: every one the study's trials
     hold, ``param_names``), ``ATTRS`` (through ``kept``) and last step, without learning
-    curves, decoded as ``fill`` decodes them; one read-only transaction for all of them. One
-    warning at the end names the attributes left unread for their length."""
-    if len(names) > MAX_JOINED:  # more joins than SQLite takes: each page filled by id
-        yield from _filled_pages(engine, study_id, order=order, maximize=maximize, kept=kept)
-        return
-    query, start = _pivot(names)
-    query = query.where(_listed(study_id)).order_by(*_order(order, maximize))
+    curves, decoded as ``fill`` decodes them; one read-only transaction for all of them. The
+    attributes left unread for their length are added to ``too_long`` (``warn_too_long``).
+
+    Each page is its trials' heads, then one statement for the range of ids they span
+    (``_pivot``): one statement of joins over the whole study made PostgreSQL scan each
+    joined table once per join, and sorting it in SQL cost a quarter of a report's time on
+    SQLite (issue 27); the reader orders trials itself (``sweep.report.columns``)."""
+    t = tb.trials
+    low, high = span
+    heads = _head().where(_listed(study_id)).order_by(t.c.trial_id)
+    if low is not None:
+        heads = heads.where(t.c.trial_id >= low)
+    if high is not None:
+        heads = heads.where(t.c.trial_id < high)
+    joined = len(names) <= MAX_JOINED  # else more joins than SQLite takes: filled by id
+    query, start = _pivot(names) if joined else (None, 0)
+    if query is not None:
+        query = query.where(_listed(study_id))
     ends = start + 2 * len(names)
-    too_long: list[tuple[int, str]] = []
     with reading(engine) as conn:
-        rows = conn.execute(query.execution_options(yield_per=PAGE))
+        rows = conn.execute(heads.execution_options(yield_per=PAGE))
         for part in rows.partitions(PAGE):
-            page = []
-            for row in part:
-                record = _record(row[:start])
+            page = {row[0]: _record(row) for row in part}
+            if not joined:
+                too_long += fill(conn, page, kept=kept)
+                yield list(page.values())
+                continue
+            span_of = {"low": part[0][0], "high": part[-1][0]}
+            for row in conn.execute(query, span_of).all():
+                record = page.get(row[0])
+                if record is None:  # another study's trial, or a queued one, in the range
+                    continue
                 for name, value, text in zip(names, row[start:ends:2], row[start + 1 : ends : 2],
                                              strict=True):  # fmt: skip
                     if text is not None and (param := stored_param(value, text)) is not None:
@@ -200,26 +223,7 @@ def pages(
                     if value is not ABSENT:
                         record.user_attrs[key] = value if kept is None else kept(key, value)
                 record.last_step = row[-1]
-                page.append(record)
-            yield page
-    warn_too_long(too_long)
-
-
-def _filled_pages(
-    engine: sqlalchemy.engine.Engine, study_id: int, *, order: dict[TrialState, int],
-    maximize: bool, kept: Callable[[str, Any], Any] | None,
-) -> Iterator[list[Record]]:  # fmt: skip
-    """``pages`` for a study of more than ``MAX_JOINED`` parameter names: each page's heads in
-    the same order, then its parameters, attributes and last steps by trial id (``fill``)."""
-    query = _head().where(_listed(study_id)).order_by(*_order(order, maximize))
-    too_long: list[tuple[int, str]] = []
-    with reading(engine) as conn:
-        rows = conn.execute(query.execution_options(yield_per=PAGE))
-        for part in rows.partitions(PAGE):
-            page = [_record(row) for row in part]
-            too_long += fill(conn, {r.trial_id: r for r in page}, kept=kept)
-            yield page
-    warn_too_long(too_long)
+            yield list(page.values())
 
 
 def records(engine: sqlalchemy.engine.Engine, ids: Sequence[int]) -> list[Record]:

@@ -1,21 +1,20 @@
-"""A large study's report, read a page at a time: ``trials.csv`` streamed, figures and tables
-from columns.
+"""A large study's report, read a page at a time: ``trials.csv`` staged and ordered, figures
+and tables from columns.
 
 Above ``digest.LARGE`` finished trials the report already summarised (``sweep.report.digest``),
 but it held every trial as a record to do so: 5.2 GB and 91 s at 10⁶ trials (issue 27). Here the
-trials come in pages in the order ``trials.csv`` lists them (``sweep.queue.report_pages``); each
-page is written to the CSV and folded into columns (``sweep.report.columns``), then dropped. The
-few trials shown whole are read again by id: the ``digest.TOP`` best (the first complete ones of
-the stream), the learning-curve sample, the importance sample, each initialisation's latest.
-What it writes is what the summarising report wrote from records (tests/sweep/test_report_pages.py
-compares them).
+trials come in pages (``sweep.queue.report_pages``), in parts read by a process each
+(``sweep.report.parts``); each page's rows of ``trials.csv`` are staged and its trials folded
+into columns (``sweep.report.columns``), then dropped; the rows are written in the order the
+report lists trials (``Columns.listed``). The few trials shown whole are read again by id: the
+``digest.TOP`` best, the learning-curve sample, the importance sample, each initialisation's
+latest. What it writes is what the summarising report wrote from records
+(tests/sweep/test_report_pages.py compares them).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,9 @@ from optuna.trial import TrialState
 
 from sweep.queue import report_pages, report_reads
 from sweep.queue.report_reads import Record
-from sweep.report import digest, digest_figures, distortions, drawn
-from sweep.report.columns import Columns, kept
-from sweep.report.shown import Trial, csv_header, csv_row, md_table
+from sweep.report import digest, digest_figures, distortions, drawn, parts
+from sweep.report.columns import Columns
+from sweep.report.shown import md_table
 from sweep.report.stored import Kind, series
 from sweep.report.summary import ORDER
 
@@ -51,20 +50,14 @@ def write(storage: optuna.storages.BaseStorage, study: optuna.Study, kind: Kind,
     (their names appended to ``files``); return what ``report.md`` shows of it."""
     engine, sid = storage.engine, study._study_id
     names = report_pages.param_names(engine, sid)
-    cols = Columns(names, grid=kind.spec is not None and kind.spec.sampler == "grid")
-    top_ids: list[int] = []
-    with (out / "trials.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(csv_header(names))
-        for page in report_pages.pages(engine, sid, names, order=ORDER,
-                                       maximize=kind.maximize, kept=kept):  # fmt: skip
-            for t in page:
-                w.writerow(csv_row(t, names))
-                cols.add(t)
-                if len(top_ids) < digest.TOP and _done(t):  # the stream is best first
-                    top_ids.append(t.trial_id)
-    cols.finish()
-    top = report_pages.records(engine, top_ids)
+    grid = kind.spec is not None and kind.spec.sampler == "grid"
+    with parts.staging(out) as folder:
+        staged = parts.read(engine, sid, names, grid=grid, folder=Path(folder))
+        cols = staged.cols
+        listed = cols.listed(ORDER, maximize=kind.maximize)
+        staged.write_listed(names, listed, out / "trials.csv")
+    best = listed[cols.is_done[listed]][: digest.TOP]
+    top = report_pages.records(engine, [int(i) for i in cols.tid[best]])
     _figures(engine, study, cols, kind, out, files, top)
     sections = []
     if kind.spec is not None:
@@ -83,10 +76,6 @@ def write(storage: optuna.storages.BaseStorage, study: optuna.Study, kind: Kind,
     return Digest(
         cols.counts(), len(cols.number), sections, digest_sections(cols, kind), top, names
     )
-
-
-def _done(t: Trial) -> bool:
-    return t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
 
 
 def _figures(engine: Any, study: optuna.Study, cols: Columns, kind: Kind, out: Path,

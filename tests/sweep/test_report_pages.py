@@ -10,6 +10,7 @@ mid-study. Speed and memory at 10⁶ are measured in tests/bench, not here.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import sqlite3
@@ -22,10 +23,10 @@ from optuna.trial import TrialState
 from sweep.errors import SweepError
 from sweep.queue import report_pages, report_reads
 from sweep.queue.storage import open_storage
-from sweep.report import columns, digest, shown, writer
+from sweep.report import columns, digest, parts, shown, writer
 from sweep.report.shown import finished, md_table, network, param_names, reason
 from sweep.report.stored import count, number, series_of, study_kind
-from sweep.report.summary import ORDER, fmt, ordered
+from sweep.report.summary import fmt, ordered
 
 N = 60
 PAGE = 7  # a page boundary falls mid-study (60 = 8 × 7 + 4)
@@ -125,12 +126,23 @@ def _old_digest(records, kind, names) -> list[str]:
     return text
 
 
-# 2: more parameter names than one statement joins (SQLite's 64 tables), each page filled by id
-@pytest.mark.parametrize("joined", [report_pages.MAX_JOINED, 2], ids=["joined", "by-id"])
+# 2: more parameter names than one statement joins (SQLite's 64 tables), each page filled by id;
+# 3 parts: the trials read by three processes, merged
+@pytest.mark.parametrize(
+    ("joined", "cores"), [(report_pages.MAX_JOINED, 1), (2, 1), (report_pages.MAX_JOINED, 3)],
+    ids=["joined", "by-id", "in-parts"],
+)  # fmt: skip
 def test_a_large_report_writes_what_the_record_path_wrote(
-    odd_study, small, tmp_path, caplog, monkeypatch, joined
+    odd_study, small, tmp_path, caplog, monkeypatch, joined, cores
 ):
     monkeypatch.setattr(report_pages, "MAX_JOINED", joined)
+    monkeypatch.setattr(parts, "PART", 15)
+    monkeypatch.setattr(parts, "_cores", lambda: cores)
+    spans = []
+    real_bounds = report_pages.bounds
+    monkeypatch.setattr(
+        report_pages, "bounds", lambda *a: spans.append(real_bounds(*a)) or spans[-1]
+    )
     url, sid = odd_study
     storage = open_storage(url, read_only=True)
     records = report_reads.read(storage.engine, sid)
@@ -152,6 +164,7 @@ def test_a_large_report_writes_what_the_record_path_wrote(
     assert f"## The {digest.TOP} best trials\n\n{table}\n" in md
     assert f"- {N:,} trials: this report shows the {digest.TOP} best" in md
     assert "## Trials\n" not in md
+    assert [len(s) for s in spans] == [cores]
 
 
 def test_a_large_study_is_read_in_pages_never_whole(odd_study, small, tmp_path, monkeypatch):
@@ -202,8 +215,9 @@ def test_a_large_study_of_several_objectives_is_refused_past_what_optuna_may_rea
     assert not (tmp_path / "out").exists()
 
 
-def test_trials_are_paged_in_the_order_ordered_gives(tmp_path, small):
-    # ties, each infinity and a missing value (a SQL client's), in both directions
+def test_trials_csv_lists_the_trials_in_the_order_ordered_gives(tmp_path, small):
+    # ties, each infinity and a missing value (a SQL client's), in both directions; the pages
+    # come unordered, the report orders them
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     for direction in ("maximize", "minimize"):
         study = optuna.create_study(study_name=direction, storage=url, direction=direction)
@@ -214,11 +228,12 @@ def test_trials_are_paged_in_the_order_ordered_gives(tmp_path, small):
         with sqlite3.connect(tmp_path / "db.sqlite") as conn:
             conn.executemany("DELETE FROM trial_values WHERE trial_id = ?",
                              [(i,) for i in missing])  # fmt: skip
-        engine = open_storage(url, read_only=True).engine
-        maximize = direction == "maximize"
-        pages = report_pages.pages(engine, study._study_id, [], order=ORDER, maximize=maximize)
-        got = [r.number for page in pages for r in page]
-        want = ordered(report_reads.read(engine, study._study_id), maximize=maximize)
+        storage = open_storage(url, read_only=True)
+        writer.write_report(storage, direction, out_dir=tmp_path / direction)
+        with (tmp_path / direction / "trials.csv").open() as f:
+            got = [int(row["number"]) for row in csv.DictReader(f)]
+        want = ordered(report_reads.read(storage.engine, study._study_id),
+                       maximize=direction == "maximize")  # fmt: skip
         assert got == [r.number for r in want], direction
 
 
