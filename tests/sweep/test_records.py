@@ -211,3 +211,31 @@ def test_status_v_runs(db):
     out = main_in_process("status", "-v", "--storage", db[1])
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("g: 3 complete\n")
+
+
+# A status whose read warns and logs a warning, as a library may.
+WARNS = """
+import logging, sys, warnings
+import sweep.api
+from sweep.cli import main
+
+def status(storage):
+    warnings.warn("a library's warning")
+    logging.getLogger("sweep.queue").warning("a logged warning")
+    return []
+
+sweep.api.status = status
+sys.exit(main(["status", *sys.argv[1:]]))
+"""
+
+
+def test_quiet_hides_warnings_and_logged_warnings():
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", WARNS, *args], capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
+
+    loud = run("-f", "json")
+    assert (loud.returncode, loud.stdout) == (0, "[]\n")
+    assert "a library's warning" in loud.stderr and "a logged warning" in loud.stderr
+    quiet = run("-f", "json", "-q")
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "[]\n", "")
