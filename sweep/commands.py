@@ -294,12 +294,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from sweep.api import report_all, report_study
 
     _quiet_optuna(args)
-    json = args.format == "json"
+    as_json = args.format == "json"
     if args.study != "all":
         out = Path(args.out) if args.out else None
         name = _study_name(args.study)
         written = report_study(name, storage=args.storage, out=out, log_loss=args.log_loss)
-        if json:
+        if as_json:
             _json(records.reports(args.storage, [written], name=name)[0])
         else:
             _print_report(written)
@@ -307,8 +307,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     # every study it can is reported; the others are listed at the end
     root = Path(args.out or "runs")
     done, failed = report_all(storage=args.storage, root=root, log_loss=args.log_loss,
-                              on_report=None if json else _print_report)  # fmt: skip
-    if json:
+                              on_report=None if as_json else _print_report)  # fmt: skip
+    if as_json:
         _json(records.reports(args.storage, done, root=root))
     for name, why in failed.items():
         print(f"sweep: study {name!r} not reported: {why}", file=sys.stderr)

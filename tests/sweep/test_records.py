@@ -239,3 +239,17 @@ def test_quiet_hides_warnings_and_logged_warnings():
     assert "a library's warning" in loud.stderr and "a logged warning" in loud.stderr
     quiet = run("-f", "json", "-q")
     assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "[]\n", "")
+
+
+@pytest.mark.slow
+def test_a_run_with_worker_processes_writes_its_json_alone_on_stdout(tmp_path):
+    # The worker processes share the launcher's stdout: nothing of theirs may land in it.
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    out = run_cli("run", str(grid_study(tmp_path, epochs=1, train_size=1000)), "--storage", url,
+                  "--jobs", "2", "--format", "json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert [t["state"] for t in strict(out.stdout)] == ["COMPLETE"] * 8
+    assert "8/8 trials" in out.stderr
+    status = run_cli("status", "--storage", url, "-f", "json", "-v")
+    assert status.returncode == 0, status.stderr
+    assert strict(status.stdout)[0]["counts"] == {"complete": 8}
