@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -27,7 +28,8 @@ from sweep.errors import (
     Terminated,
     on_sigterm_raise_terminated,
 )  # fmt: skip
-from sweep.study.rules import DATA_RULES, STUDY_RULES, TRAIN_RULES, Rule, float_in, int_in
+from sweep.records import FORMATS
+from sweep.study.rules import DATA_RULES, STUDY_RULES, TRAIN_RULES, Rule, choice, float_in, int_in
 from sweep.study.settings import add_train_arguments, checked, seed_rule
 from sweep.study.settings import flag as flag_of
 
@@ -71,6 +73,9 @@ class Command:
 
 STORAGE = flag("--storage", help="study database URL (default: $SWEEP_STORAGE, else "
                "sqlite:///runs/sweep.db)")  # fmt: skip
+FORMAT = flag("--format", "-f", rule=choice(FORMATS), default="text", metavar="text|json",
+              help="text for people (default), or json: stdout holds the JSON alone (fields: "
+              "the README's Commands section); notes and progress stay on stderr")  # fmt: skip
 OWN_DATA = flag("--data", rule=DATASET, help="your own copy of MNIST instead of the cached one")
 
 
@@ -94,6 +99,7 @@ COMMANDS: dict[str, Command] = {
         flag("--train-size", rule=DATA_RULES["train_size"],
              help="use only the first N training examples"),
         OWN_DATA,
+        FORMAT,
     ), first=add_train_arguments),
     "run": Command(c.cmd_run, "create or resume a study and run it with parallel workers",
         "sweep run studies/seed-grid.toml --jobs 2", (
@@ -111,6 +117,7 @@ COMMANDS: dict[str, Command] = {
         artifacts(),
         flag("--all", action="store_true",
              help=f"end with a table of every trial (default: the best {c.TOP_TRIALS})"),
+        FORMAT,
     )),
     "worker": Command(c.cmd_worker, "join a study as one worker (other hosts, batch arrays)",
         "sweep worker --study seed-grid --storage postgresql://u:p@db/sweep --wait 600", (
@@ -130,6 +137,7 @@ COMMANDS: dict[str, Command] = {
         flag("--out", help="output folder (default runs/SLUG, SLUG made safe from the study "
              "name; with 'all', the folder that holds them)"),
         flag("--log-loss", action="store_true", help="log-scale loss axis in init figures"),
+        FORMAT,
     )),
     "evaluate": Command(c.cmd_evaluate,
         "retrain the best configuration and measure test accuracy once",
@@ -140,6 +148,7 @@ COMMANDS: dict[str, Command] = {
         flag("--trial", rule=TRIAL, metavar="N",
              help="retrain this COMPLETE trial (default: the best trial; of several "
              "objectives, the front's most accurate)"),
+        FORMAT,
     )),
     "export": Command(c.cmd_export,
         "write a trial's kept weights and a JSON sidecar (for mlp.MLP.load)",
@@ -156,6 +165,7 @@ COMMANDS: dict[str, Command] = {
         artifacts("where the study's trials checkpointed"),
         flag("--force", action="store_true",
              help="replace FILE.npz and FILE.json if they exist"),
+        FORMAT,
     )),
     "gradcheck": Command(c.cmd_gradcheck,
         "finite-difference check of backprop, table and log-log plot",
@@ -170,7 +180,7 @@ COMMANDS: dict[str, Command] = {
         OWN_DATA,
     )),
     "status": Command(c.cmd_status, "every study: trials by state, best value",
-        "sweep status", (STORAGE,)),
+        "sweep status   |   sweep status --format json", (STORAGE, FORMAT)),
     "dashboard": Command(c.cmd_dashboard, "serve optuna-dashboard, read-only, on 127.0.0.1",
         "sweep dashboard --port 8080", (
         STORAGE,
@@ -237,6 +247,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(c.EXIT_USAGE, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
+def _verbosity(parser: argparse.ArgumentParser, default: str) -> None:
+    """``-v`` and ``-q``, before the command or after it (``sweep status -v``): one value,
+    ``verbosity``, that the last of them given sets. After the command they default to
+    SUPPRESS, so that a subcommand's parser does not put back what was given before it
+    (argparse copies every value of the subcommand's namespace over its parent's)."""
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        dest="verbosity",
+        action="store_const",
+        const="verbose",
+        default=default,
+        help="log debug messages",
+    )
+    parser.add_argument("-q", "--quiet", dest="verbosity", action="store_const",
+                        const="quiet", default=default,
+                        help="errors only on stderr: no progress, notes or warnings")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line, from COMMANDS."""
     parser = _Parser(
@@ -244,13 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hyperparameter sweeps of a from-scratch numpy MLP on MNIST.",
         epilog="example: sweep train --epochs 10   |   sweep data",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    _verbosity(parser, "normal")
     parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_Parser)  # fmt: skip
     for name, command in COMMANDS.items():
         p = sub.add_parser(name, help=command.help, description=command.handler.__doc__,
                            epilog=f"example: {command.example}")  # fmt: skip
+        _verbosity(p, argparse.SUPPRESS)
         if command.first:
             command.first(p)
         for f in command.flags:
@@ -264,10 +294,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: the one place where errors become a one-line message and an exit code."""
     try:
         args = build_parser().parse_args(argv)  # a flag's value that breaks its rule: SpecError
-        logging.basicConfig(
-            level=logging.DEBUG if args.verbose else logging.WARNING,
-            format="%(levelname)s %(name)s: %(message)s",
-        )
+        levels = {"verbose": logging.DEBUG, "normal": logging.WARNING, "quiet": logging.ERROR}
+        logging.basicConfig(level=levels[args.verbosity],
+                            format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
+        if args.verbosity == "quiet":
+            warnings.simplefilter("ignore")  # Python's warnings, optuna's among them
         on_sigterm_raise_terminated()
         return args.func(args)
     except Terminated:

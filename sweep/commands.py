@@ -11,6 +11,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from mlp.config import WIDTHS
+from sweep import records
 from sweep.errors import SpecError
 
 if TYPE_CHECKING:  # optuna takes a second to import; `sweep --help` should not wait for it
@@ -21,6 +22,18 @@ if TYPE_CHECKING:  # optuna takes a second to import; `sweep --help` should not 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 #: The fields of ModelConfig that give a network's shape: ``sweep gradcheck``'s flags.
 SHAPE = ("depth", *WIDTHS)
+
+
+def _note(args: argparse.Namespace, text: str) -> None:
+    """A line for the person at the terminal, on stderr (stdout is the command's result, the
+    JSON alone with --format json); none with --quiet, which leaves stderr to errors."""
+    if args.verbosity != "quiet":
+        print(text, file=sys.stderr, flush=True)
+
+
+def _json(record: object) -> None:
+    """``record`` on stdout as one line of JSON (``sweep.records``)."""
+    print(records.dumps(record), flush=True)
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -54,11 +67,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         model = MLP.from_config(m, seed=config.seed)
     except ValueError as e:  # initial weights past the dtype's range (--init-std 1e308)
         raise SpecError(str(e)) from e
-    print(
+    header = (
         f"{described(*m.hidden)}, {m.init} init, {m.activation}, {m.dtype},"
         f" lr {config.learning_rate}, batch {config.batch_size},"
         f" {len(ds.train.y):,} training examples"
     )
+    if args.format == "json":  # JSON Lines: one object per epoch, as it ends
+        _note(args, header)
+        fit(model, ds, config, on_epoch=lambda e: _json(records.epoch(e)))
+        return EXIT_OK
+    print(header)
 
     def show(m: EpochMetrics) -> None:
         print(
@@ -117,11 +135,13 @@ def _duration(seconds: float) -> str:
     return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-def _quiet_optuna() -> None:
-    """optuna logs every new study and trial at INFO; our own progress line says it better."""
+def _quiet_optuna(args: argparse.Namespace) -> None:
+    """optuna logs every new study and trial at INFO; our own progress line says it better
+    (with --quiet, only its errors)."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet = args.verbosity == "quiet"
+    optuna.logging.set_verbosity(optuna.logging.ERROR if quiet else optuna.logging.WARNING)
 
 
 #: Rows of the table ``sweep run`` ends with, the best first (``--all``: every trial).
@@ -132,9 +152,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Create or resume a study and run it to the end with parallel worker processes."""
     from sweep.api import run
     from sweep.queue.storage import mask_password, resolve_url
-    from sweep.report.summary import trial_table
+    from sweep.report.summary import shown_trials, trial_table
 
-    _quiet_optuna()
+    _quiet_optuna(args)
     spec = _study_spec(args.study)
     url = resolve_url(args.storage)
     progress = _ProgressLine(
@@ -150,11 +170,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             backend=args.backend,
             scheduler=args.scheduler,
             artifacts=args.artifacts,
-            on_progress=progress,
+            on_progress=None if args.verbosity == "quiet" else progress,
         )
     finally:
         progress.close()
-    table, more = trial_table(study, limit=None if args.all else TOP_TRIALS)
+    limit = None if args.all else TOP_TRIALS
+    if args.format == "json":  # the table's trials, as `optuna trials -f json` lists them
+        shown, kind, _, more = shown_trials(study, limit=limit)
+        _json([records.trial(t, multi=kind.multi) for t in shown])
+        if more:
+            _note(args, f"… and {more} more trials (sweep report, or --all)")
+        return EXIT_OK
+    table, more = trial_table(study, limit=limit)
     print(table)
     if more:
         print(f"… and {more} more trials (sweep report, or --all)")
@@ -166,7 +193,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     spec decides what runs; a study file, if given, must agree with it."""
     from sweep.api import join
 
-    _quiet_optuna()
+    _quiet_optuna(args)
     if not (args.study or args.name):
         raise SpecError("worker needs a study: --study NAME, or a study file")
     given = _study_spec(args.study) if args.study else None
@@ -186,6 +213,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     from sweep.report.summary import fmt
 
     studies = status(args.storage)
+    if args.format == "json":
+        _json([records.study(s) for s in studies])
+        return EXIT_OK
     if not studies:
         print(f"no studies in {mask_password(resolve_url(args.storage))}")
     for s in studies:
@@ -229,9 +259,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         storage, large = bounded, [bounded_text(b) for b in bounded.bounded()]
 
     def ready(url: str) -> None:
-        print(f"dashboard for {shown} at {url} ({policy}; Ctrl-C stops it)", file=sys.stderr)
+        _note(args, f"dashboard for {shown} at {url} ({policy}; Ctrl-C stops it)")
         for line in large:
-            print(line, file=sys.stderr)
+            _note(args, line)
 
     serve(storage, host=args.host, port=args.port, allow_writes=args.allow_writes,
           extra_hosts=args.allow_host, artifact_store=store, on_ready=ready)  # fmt: skip
@@ -263,15 +293,23 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from sweep.api import report_all, report_study
 
-    _quiet_optuna()
+    _quiet_optuna(args)
+    as_json = args.format == "json"
     if args.study != "all":
         out = Path(args.out) if args.out else None
-        _print_report(report_study(_study_name(args.study), storage=args.storage, out=out,
-                             log_loss=args.log_loss))  # fmt: skip
+        name = _study_name(args.study)
+        written = report_study(name, storage=args.storage, out=out, log_loss=args.log_loss)
+        if as_json:
+            _json(records.reports(args.storage, [written], name=name)[0])
+        else:
+            _print_report(written)
         return EXIT_OK
     # every study it can is reported; the others are listed at the end
-    _, failed = report_all(storage=args.storage, root=Path(args.out or "runs"),
-                           log_loss=args.log_loss, on_report=_print_report)  # fmt: skip
+    root = Path(args.out or "runs")
+    done, failed = report_all(storage=args.storage, root=root, log_loss=args.log_loss,
+                              on_report=None if as_json else _print_report)  # fmt: skip
+    if as_json:
+        _json(records.reports(args.storage, done, root=root))
     for name, why in failed.items():
         print(f"sweep: study {name!r} not reported: {why}", file=sys.stderr)
     return EXIT_ERROR if failed else EXIT_OK
@@ -298,10 +336,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from sweep.api import evaluate
     from sweep.trial.kept import FRONT_PICK
 
-    _quiet_optuna()
+    _quiet_optuna(args)
     spec = _study_spec(args.study)
     result = evaluate(spec, storage=args.storage, artifacts=args.artifacts, trial=args.trial)
-    why = f" ({FRONT_PICK})" if spec.multi and args.trial is None else ""
+    chosen = FRONT_PICK if spec.multi and args.trial is None else None
+    if args.format == "json":
+        _json(records.evaluation(result, spec.name, chosen=chosen))
+        return EXIT_OK
+    why = f" ({chosen})" if chosen else ""
     print(
         f"trial {result.trial}{why}: validation {result.valid_accuracy:.2f}%, "
         f"test {result.test_accuracy:.2f}% (stored on the study as test_accuracy)"
@@ -318,9 +360,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     default, any of them with --trial N."""
     from sweep.api import export
 
-    _quiet_optuna()
-    done = export(_study_name(args.study), out=args.out, storage=args.storage,
+    _quiet_optuna(args)
+    name = _study_name(args.study)
+    done = export(name, out=args.out, storage=args.storage,
                   artifacts=args.artifacts, force=args.force, trial=args.trial)  # fmt: skip
+    if args.format == "json":
+        _json(records.export(done, name, args.out))
+        return EXIT_OK
     which = f"trial {done.trial} ({done.chosen}): " if done.chosen else ""
     print(f"{which}{args.out} (weights) and {done.sidecar} (architecture, config, accuracy)")
     return EXIT_OK

@@ -126,12 +126,23 @@ def fmt(value: Any) -> str:
 
 
 def trial_table(study: optuna.Study, *, limit: int | None = None) -> tuple[str, int]:
-    """The study's trials (not the queued ones) sorted as ``ordered``, as an aligned table of
-    at most ``limit`` rows (every trial if None), and how many trials it leaves out.
+    """The study's trials (``shown_trials``) as an aligned table of at most ``limit`` rows
+    (every trial if None), and how many trials it leaves out; the parameter columns are those
+    of the trials shown."""
+    shown, kind, on, left_out = shown_trials(study, limit=limit)
+    return _table(shown, kind, on), left_out
+
+
+def shown_trials(
+    study: optuna.Study, *, limit: int | None = None
+) -> tuple[list[FrozenTrial], Kind, set[int], int]:
+    """The study's trials (not the queued ones) as ``listed`` lists them, at most ``limit``
+    (every trial if None); the study's kind, the numbers of those shown on its front, and how
+    many trials are left out: what ``trial_table`` and ``sweep run --format json`` show.
 
     With a limit, only the trials shown are read: SQL picks them (ordered and limited as
     ``ordered`` would), so the table at the end of a run of 10⁵ trials costs what one of 20
-    does; the parameter columns are those of the trials shown.
+    does.
     """
     kind = study_kind(study.user_attrs, study.directions, study.metric_names)
     if limit is None:
@@ -140,7 +151,7 @@ def trial_table(study: optuna.Study, *, limit: int | None = None) -> tuple[str, 
         left_out = 0
     else:
         shown, along, left_out = _top(study, kind=kind, limit=limit)
-    return _table(shown, kind, {t.number for t in along}), left_out
+    return shown, kind, {t.number for t in along}, left_out
 
 
 def _top(study: optuna.Study, *, kind: Kind,

@@ -583,6 +583,13 @@ OTHER_CASES = [
         r"--trial must be an integer in \[0, 2147483647\]; got -1",
     ),
     (
+        "an unknown output format",
+        ["status", "--storage", "sqlite:///{db}", "--format", "xml"],
+        None,
+        2,
+        r"--format must be one of 'text', 'json'; got 'xml'",
+    ),
+    (
         "a network too large for the memory",
         ["train", "--hidden-1", "200000", "--hidden-2", "200000"],
         None,
@@ -758,6 +765,7 @@ FLAGS = [
     (["data", "--path", ""], f"--path {_DATASET}"),
     (["gradcheck", "--data", ""], f"--data {_DATASET}"),
     (["worker", "--study", "g", "--data", ""], f"--data {_DATASET}"),
+    (["train", "-f", "yaml"], "--format must be one of 'text', 'json'; got 'yaml'"),
 ]  # fmt: skip
 
 
@@ -780,7 +788,9 @@ def test_a_flag_that_breaks_its_rule_is_refused_while_parsed(args, line):
      (["gradcheck", "--examples", "1", "--hidden-1", "1"], "examples", 1),
      (["gradcheck", "--depth", "4"], "depth", 4),
      (["gradcheck", "--depth", "1"], "depth", 1),
-     (["data", "--path", "~/mnist.pkl.gz"], "path", "~/mnist.pkl.gz")],
+     (["data", "--path", "~/mnist.pkl.gz"], "path", "~/mnist.pkl.gz"),
+     (["status", "-f", "json"], "format", "json"),
+     (["export", "g", "--out", "b.npz"], "format", "text")],
 )  # fmt: skip
 def test_a_flag_at_the_edge_of_its_rule_is_its_value(args, dest, value):
     got = getattr(build_parser().parse_args(args), dest)
