@@ -15,14 +15,18 @@ from sweep.study.spec import parse_spec
 from tests.sweep.helpers import main_in_process
 
 
-def _spec(space, train=None, sampler="tpe"):
-    return parse_spec({
-        "study": {"name": "t", "sampler": sampler, "trials": 4},
+def _raw(space, train=None):
+    return {
+        "study": {"name": "t", "sampler": "tpe", "trials": 4},
         "budget": {"min_params": 500_000, "max_params": 1_000_000},
         "data": {"train_size": 300},
         "train": {"epochs": 1, "batch_size": 100, **(train or {})},
         "space": space,
-    })  # fmt: skip
+    }
+
+
+def _spec(space, train=None):
+    return parse_spec(_raw(space, train))
 
 
 RANGES = {"hidden_1": {"low": 300, "high": 1024}, "hidden_2": {"low": 100, "high": 1024}}
@@ -104,3 +108,20 @@ def test_the_report_flags_every_trial_outside_the_budget(tmp_path):
     rows = [r for r in text.splitlines() if r.startswith("| ") and r.endswith("parameters |")]
     assert [r.split(" | ")[0] for r in rows] == ["| 1", "| 2"]  # each in the trials table
     assert "| 0 |" in text and "outside the budget: 512x768" not in text
+
+
+def test_the_report_of_several_objectives_flags_them_too(tmp_path):
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    spec = parse_spec({**_raw(RANGES), "study": {"name": "t", "sampler": "tpe", "trials": 4,
+                                                "objectives": ["accuracy", "params"]}})  # fmt: skip
+    open_study(spec, open_storage(url))
+    theirs = optuna.load_study(study_name="t", storage=url)
+    for h1, h2, value in [(512, 768, 97.0), (768, 1024, 98.5)]:
+        t = theirs.ask({"hidden_1": optuna.distributions.IntDistribution(h1, h1),
+                        "hidden_2": optuna.distributions.IntDistribution(h2, h2)})  # fmt: skip
+        theirs.tell(t, [value, parameter_count(h1, h2)])
+    storage = open_storage(url, heartbeat_interval=None, grace_period=None, read_only=True)
+    write_report(storage, "t", out_dir=tmp_path / "r")
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "- **1 trial(s) outside the budget** (#1): another client's" in text
+    assert "| Pareto front; outside the budget: 768x1024, 1,400,586 parameters |" in text
