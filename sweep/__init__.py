@@ -1,9 +1,9 @@
 """mlp-sweep: optuna studies of the numpy MLP, run in parallel worker processes.
 
 The public surface is ``sweep.api``'s functions (``load_spec``, ``run``, ``join``, ``status``,
-``report_study``, ``report_all``, ``evaluate``, ``export``) and the errors; see ``sweep.api`` for
-an example. They are loaded on first use, so that ``import sweep`` (and ``sweep --help``) stays
-instant.
+``report_study``, ``report_all``, ``evaluate``, ``export``, ``load_study``, ``objective``) and
+the errors; see ``sweep.api`` for an example. They are loaded on first use, so that
+``import sweep`` (and ``sweep --help``) stays instant.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ if TYPE_CHECKING:
         export,
         join,
         load_spec,
+        load_study,
+        objective,
         report_all,
         report_study,
         run,
@@ -26,7 +28,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DataError", "SpecError", "StorageError", "SweepError", "WorkerError",
-    "evaluate", "export", "join", "load_spec", "report_all", "report_study", "run", "status",
+    "evaluate", "export", "join", "load_spec", "load_study", "objective", "report_all",
+    "report_study", "run", "status",
 ]  # fmt: skip
 _API = frozenset(__all__[5:])
 

@@ -2,8 +2,10 @@
 
     import sweep
 
-    spec = sweep.load_spec("studies/seed-grid.toml")
+    spec = sweep.load_spec("studies/seed-grid.toml", overrides={"train.epochs": 5})
     study = sweep.run(spec, storage="sqlite:///runs/sweep.db", jobs=2)  # an optuna.Study
+    study = sweep.load_study(spec.name, storage="sqlite:///runs/sweep.db")  # its sampler, pruner
+    study.optimize(sweep.objective(study.spec), n_trials=2)  # one more worker, in this process
     for s in sweep.status("sqlite:///runs/sweep.db"):
         print(s.name, s.counts, s.best_value())
     report = sweep.report_study("seed-grid", storage="sqlite:///runs/sweep.db")
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +28,7 @@ from sweep.errors import SpecError, SweepError
 # Each function imports what it uses when it is called: ``sweep status`` comes through here and
 # must not wait for the training code, boto3 and alembic (tests/sweep/test_startup.py).
 if TYPE_CHECKING:
+    from sweep.notebook import load_study, objective
     from sweep.report.summary import StudyStatus
     from sweep.report.writer import Report
     from sweep.runner import run
@@ -34,13 +37,14 @@ if TYPE_CHECKING:
     from sweep.trial.objective import Evaluation
 
 __all__ = [
-    "evaluate", "export", "join", "load_spec", "report_all", "report_study", "run", "status",
+    "evaluate", "export", "join", "load_spec", "load_study", "objective", "report_all",
+    "report_study", "run", "status",
 ]  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:
-    """``run`` and ``load_spec`` are the runner's and the study file's own functions, imported
-    on first use."""
+    """``run``, ``load_spec``, ``load_study`` and ``objective`` are the runner's, the study
+    file's and ``sweep.notebook``'s own functions, imported on first use."""
     if name == "run":
         from sweep.runner import run
 
@@ -49,16 +53,22 @@ def __getattr__(name: str) -> Any:
         from sweep.study.spec import load_spec
 
         return load_spec
+    if name in ("load_study", "objective"):
+        from sweep import notebook
+
+        return getattr(notebook, name)
     raise AttributeError(f"module 'sweep.api' has no attribute {name!r}")
 
 
 def join(
     name: str, *, storage: str | None = None, spec: StudySpec | None = None, wait: float = 0.0,
     data_path: str | None = None, artifacts: str | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
 ) -> int:  # fmt: skip
     """Work on study ``name`` as one more worker until it has nothing left to claim; return
     how many trials this worker ran. The stored spec decides what runs (``spec``, if given,
-    must agree with it); ``wait`` seconds for the study to be created by its launcher;
+    must agree with it, as must ``overrides`` of it or of the stored spec, see
+    ``sweep.load_spec``); ``wait`` seconds for the study to be created by its launcher;
     ``artifacts`` where its trials checkpoint (see ``sweep.run``)."""
     from sweep.queue.storage import resolve_url
     from sweep.study.joining import join as stored_spec_of
@@ -67,7 +77,8 @@ def join(
     if spec is not None and spec.name != name:
         raise SpecError(f"{spec.source}: [study.name] is {spec.name!r}, not {name!r}")
     url = resolve_url(storage)
-    stored = stored_spec_of(url, name, spec=spec, wait=wait, data_path=data_path)
+    stored = stored_spec_of(url, name, spec=spec, wait=wait, data_path=data_path,
+                            overrides=overrides)  # fmt: skip
     run_id = uuid.uuid4().hex[:12]
     # A sampler seed of its own (the study seed plus a salt): the tasks of a batch array would
     # otherwise all draw the same random and TPE start-up points.

@@ -29,8 +29,9 @@ from sweep.errors import (
     on_sigterm_raise_terminated,
 )  # fmt: skip
 from sweep.records import FORMATS
+from sweep.study.overrides import FORM, parse_override
 from sweep.study.rules import DATA_RULES, STUDY_RULES, TRAIN_RULES, Rule, choice, float_in, int_in
-from sweep.study.settings import add_train_arguments, checked, seed_rule
+from sweep.study.settings import SetTrainSetting, add_train_arguments, checked, seed_rule
 from sweep.study.settings import flag as flag_of
 
 # -- what the flags accept: the study files' rules where a flag means the same value ----------
@@ -77,6 +78,9 @@ FORMAT = flag("--format", "-f", rule=choice(FORMATS), default="text", metavar="t
               help="text for people (default), or json: stdout holds the JSON alone (fields: "
               "the README's Commands section); notes and progress stay on stderr")  # fmt: skip
 OWN_DATA = flag("--data", rule=DATASET, help="your own copy of MNIST instead of the cached one")
+#: ``--set KEY=VALUE``: a study file's value changed, checked by its rule (sweep.study.overrides).
+SET = flag("--set", action="append", default=[], type=parse_override, metavar="KEY=VALUE",
+           help=f"change the study file's value: {FORM}; repeatable")  # fmt: skip
 
 
 def artifacts(purpose: str = "where trials checkpoint") -> Flag:
@@ -100,6 +104,9 @@ COMMANDS: dict[str, Command] = {
              help="use only the first N training examples"),
         OWN_DATA,
         FORMAT,
+        flag("--set", action=SetTrainSetting, metavar="KEY=VALUE",
+             help="a study file's train.KEY, data.train_size or data.path, as its flag sets "
+             "it (e.g. train.epochs=5; the later of the two wins); repeatable"),
     ), first=add_train_arguments),
     "run": Command(c.cmd_run, "create or resume a study and run it with parallel workers",
         "sweep run studies/seed-grid.toml --jobs 2", (
@@ -118,6 +125,7 @@ COMMANDS: dict[str, Command] = {
         flag("--all", action="store_true",
              help=f"end with a table of every trial (default: the best {c.TOP_TRIALS})"),
         FORMAT,
+        SET,
     )),
     "worker": Command(c.cmd_worker, "join a study as one worker (other hosts, batch arrays)",
         "sweep worker --study seed-grid --storage postgresql://u:p@db/sweep --wait 600", (
@@ -129,6 +137,7 @@ COMMANDS: dict[str, Command] = {
         flag("--data", rule=DATASET,
              help="this host's copy of MNIST (default: the stored study's)"),
         artifacts(),
+        SET,
     )),
     "report": Command(c.cmd_report, "tables and figures for a study, from the database",
         "sweep report studies/seed-grid.toml   |   sweep report all", (

@@ -15,8 +15,11 @@ from sweep import records
 from sweep.errors import SpecError
 
 if TYPE_CHECKING:  # optuna takes a second to import; `sweep --help` should not wait for it
+    from collections.abc import Sequence
+
     from sweep.report.writer import Report
     from sweep.runner import Progress
+    from sweep.study.overrides import Override
     from sweep.study.spec import StudySpec
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
@@ -155,7 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sweep.report.summary import shown_trials, trial_table
 
     _quiet_optuna(args)
-    spec = _study_spec(args.study)
+    spec = _study_spec(args.study, args.set)
     url = resolve_url(args.storage)
     progress = _ProgressLine(
         f"study {spec.name!r} ({spec.sampler}) in {mask_password(url)}, "
@@ -196,10 +199,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _quiet_optuna(args)
     if not (args.study or args.name):
         raise SpecError("worker needs a study: --study NAME, or a study file")
-    given = _study_spec(args.study) if args.study else None
+    given = _study_spec(args.study, args.set) if args.study else None
     name = args.name or given.name
-    ran = join(name, storage=args.storage, spec=given, wait=args.wait,
-               data_path=args.data, artifacts=args.artifacts)  # fmt: skip
+    ran = join(name, storage=args.storage, spec=given, wait=args.wait, data_path=args.data,
+               artifacts=args.artifacts, overrides=() if given else args.set)  # fmt: skip
     print(f"worker ran {ran} trial(s); study {name!r} has nothing left to claim")
     return EXIT_OK
 
@@ -223,7 +226,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"{printable(s.name, 200)}: {counts or 'no trials'}")
         if s.best is not None:
             params = ", ".join(f"{printable(k, 40)}={fmt(v)}" for k, v in s.best.params.items())
-            print(f"  best: trial {s.best.number}, {s.best_value()} ({params})")
+            flag = f": {s.best_outside}" if s.best_outside else ""
+            print(f"  best: trial {s.best.number}, {s.best_value()} ({params}){flag}")
         if s.front:
             print(f"  {s.front_text()}")
     return EXIT_OK
@@ -268,8 +272,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _study_spec(study: str) -> StudySpec:
-    """A study file, or the name of a shipped one (``seed-grid`` → studies/seed-grid.toml)."""
+def _study_spec(study: str, overrides: Sequence[Override] = ()) -> StudySpec:
+    """A study file, or the name of a shipped one (``seed-grid`` → studies/seed-grid.toml),
+    with ``--set`` overrides."""
     from pathlib import Path
 
     from sweep.study.spec import load_spec
@@ -284,7 +289,7 @@ def _study_spec(study: str) -> StudySpec:
         close = difflib.get_close_matches(path.stem, shipped, n=1, cutoff=0.6)
         hint = f"; did you mean {shipped[close[0]]}?" if close else ""
         raise SpecError(f"{study}: no such study file{hint}")
-    return load_spec(path)
+    return load_spec(path, overrides=overrides)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

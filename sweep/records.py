@@ -71,13 +71,15 @@ def study(s: StudyStatus) -> dict[str, Any]:
     """A study as ``sweep status`` sees it: optuna's ``name``, ``direction`` (one per
     objective) and ``n_trials``, then ``metric_names`` (one per objective), ``counts`` (trials
     by state, lower case, with the failures sweep skipped apart as ``skipped``), ``best_trial``
-    (of one objective: ``number``, ``value``, ``params``; else null) and ``best_trials`` (the
+    (of one objective: ``number``, ``value``, ``params`` and ``outside_budget``: why its
+    network is outside the study's budget, else null; else null) and ``best_trials`` (the
     Pareto front: ``number`` and ``values`` of each, the first objective's best first; of one
     objective, the best trial alone)."""
     best = None
     front = [{"number": v.number, "values": list(v.values)} for v in s.front]
     if s.best is not None:
-        best = {"number": s.best.number, "value": s.best.value, "params": s.best.params}
+        best = {"number": s.best.number, "value": s.best.value, "params": s.best.params,
+                "outside_budget": s.best_outside}  # fmt: skip
         front = [{"number": s.best.number, "values": [s.best.value]}]
     return {
         "name": s.name,

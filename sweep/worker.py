@@ -11,7 +11,6 @@ requeues the trial (``sweep.queue.recovery.recover``).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import math
 import os
@@ -19,6 +18,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -57,6 +57,9 @@ from sweep.trial.artifacts import study_store
 from sweep.trial.checkpoint import policy as checkpoint_policy
 from sweep.trial.cleanup import clear_ended, trial_ended
 from sweep.trial.objective import Objective, TrialFailed, load_data
+
+if TYPE_CHECKING:
+    from optuna.artifacts._protocol import ArtifactStore
 
 Value = float | tuple[float, ...]  # an objective's: one value, or one per objective
 
@@ -122,23 +125,58 @@ def work(
             study_name=spec.name, storage=storage,
             sampler=make_sampler(spec, salt), pruner=make_pruner(spec),
         )  # fmt: skip
-        if launch:
-            recover(study, max_retries=spec.max_retries)
-            top_up(study, spec)
-            clear_ended(store, rdb_of(study._storage), study._study_id)  # ends a kill cut short
-        ran = serve(
-            study, Objective(spec, store), run_id=run_id, max_retries=spec.max_retries,
-            on_end=functools.partial(trial_ended, store), refill=lambda: refill(study, spec),
-        )  # fmt: skip
-        # The queue is empty: what the trials that ended (or died for good) left is nobody's.
-        clear_ended(store, rdb_of(study._storage), study._study_id)
-        if launch and spec.sampler == "grid":  # a launcher's last word (see sweep.runner)
-            done, total = grid_left(study, spec)
-            if done < total:
-                raise unfinished(done, total, url)
-        return ran
+        return work_on(study, spec, url, run_id, store=store, launch=launch)
     except STORAGE_ERRORS as e:
         raise storage_failure(e, url) from None  # a plain message survives the trip home
+
+
+@dataclasses.dataclass
+class Limit:
+    """When a worker stops claiming while trials are left: after ``trials`` trials, past
+    ``deadline`` (``time.monotonic()``), or once ``stopped`` is set (optuna's
+    ``study.stop()``). optuna's ``optimize(n_trials=, timeout=)`` (``sweep.notebook``)."""
+
+    trials: int | None = None
+    deadline: float | None = None
+    stopped: bool = False
+
+    def reached(self, ran: int) -> bool:
+        return (self.stopped or (self.trials is not None and ran >= self.trials)
+                or (self.deadline is not None and time.monotonic() >= self.deadline))  # fmt: skip
+
+
+def work_on(
+    study: optuna.Study, spec: StudySpec, url: str, run_id: str, *, store: ArtifactStore,
+    launch: bool, objective: Callable[[optuna.Trial], Value] | None = None,
+    limit: Limit | None = None,
+    on_end: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+) -> int:  # fmt: skip
+    """``work``'s claims on ``study`` (loaded with the spec's sampler and pruner), with the
+    spec's ``Objective`` unless ``objective`` is given, until nothing is left or ``limit`` is
+    reached; ``on_end`` after each trial's own clean-up. Returns the trials it ran."""
+
+    def ended(s: optuna.Study, trial: FrozenTrial) -> None:
+        trial_ended(store, s, trial)
+        if on_end is not None:
+            on_end(s, trial)
+
+    if launch:
+        recover(study, max_retries=spec.max_retries)
+        top_up(study, spec)
+        clear_ended(store, rdb_of(study._storage), study._study_id)  # ends a kill cut short
+    ran = serve(
+        study, objective or Objective(spec, store), run_id=run_id, max_retries=spec.max_retries,
+        on_end=ended, refill=lambda: refill(study, spec), limit=limit,
+    )  # fmt: skip
+    if limit is not None and limit.reached(ran):
+        return ran  # left with trials to claim: what is left is not this worker's to judge
+    # The queue is empty: what the trials that ended (or died for good) left is nobody's.
+    clear_ended(store, rdb_of(study._storage), study._study_id)
+    if launch and spec.sampler == "grid":  # a launcher's last word (see sweep.runner)
+        done, total = grid_left(study, spec)
+        if done < total:
+            raise unfinished(done, total, url)
+    return ran
 
 
 def as_worker_study(study: optuna.Study) -> optuna.Study:
@@ -201,12 +239,14 @@ def serve(
     max_retries: int = 3,
     on_end: Callable[[optuna.Study, FrozenTrial], None] | None = None,
     refill: Callable[[], object] | None = None,
+    limit: Limit | None = None,
 ) -> int:
     """Claim and run ``study``'s queued trials with ``objective`` until nothing is left that
-    this worker could take; return how many it ran. ``work`` is this with the MLP objective.
-    ``on_end`` is called with each trial it finished (recorded), e.g. to clean its files up.
-    ``refill`` tops the queue up when it runs dry (``sweep.study.joining.refill``): another client
-    may have taken a queued point from it, and the worker leaves only if nothing was queued.
+    this worker could take, or ``limit`` is reached; return how many it ran. ``work`` is this
+    with the MLP objective. ``on_end`` is called with each trial it finished (recorded), e.g.
+    to clean its files up. ``refill`` tops the queue up when it runs dry
+    (``sweep.study.joining.refill``): another client may have taken a queued point from it,
+    and the worker leaves only if nothing was queued.
 
     A failure of the worker gives its trial back to the queue and raises: WorkerError (or the
     storage's own error, or KeyboardInterrupt) with one line saying what went wrong.
@@ -222,7 +262,7 @@ def serve(
     n_values = len(study.directions)
     stopped = stop_key(run_id)
     next_stop_check = 0.0
-    while True:
+    while limit is None or not limit.reached(ran):
         # The parent's stop flag (for workers it cannot kill, e.g. on dask), read before each
         # trial but at most once a second: a read per trivial trial was 10% of its cost.
         if time.monotonic() >= next_stop_check:
@@ -266,6 +306,7 @@ def serve(
         ran += 1
         if on_end is not None:
             _ended(on_end, study, trial_id)
+    return ran
 
 
 def _ended(

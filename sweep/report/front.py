@@ -33,6 +33,7 @@ from optuna.trial import TrialState
 from sweep.queue.front import along, non_dominated
 from sweep.report.shown import md_table, network, param_names, reason
 from sweep.report.stored import Kind, count, printable
+from sweep.study.audit import outside_budget, outside_line
 from sweep.study.objectives import ACCURACY, EPOCH_TIME, PARAMS, Objective
 
 T = TypeVar("T")  # optuna's FrozenTrial, or ``status_reads.Valued``: a state and values
@@ -206,7 +207,10 @@ def write(study: optuna.Study, listed: Sequence[Any], along: Sequence[Any], kind
     lines += [f"- directions: {directions}; metrics: {kind.metric}",
               "- trials: " + ", ".join(f"{n:,} {s}" for s, n in counts.items() if n),
               f"- {len(along)} trial(s) on the Pareto front"
-              + (f": {_ends(kind, along)}" if along else ""), ""]  # fmt: skip
+              + (f": {_ends(kind, along)}" if along else "")]  # fmt: skip
+    if kind.spec is not None and (outside := outside_line(listed, kind.spec)):
+        lines.append(outside)
+    lines.append("")
     if kind.sweep:
         lines += _drawn(listed, on, kind, out, files)
     front_rows = [[t.number, *([network(t)] if kind.sweep else []),
@@ -217,6 +221,8 @@ def write(study: optuna.Study, listed: Sequence[Any], along: Sequence[Any], kind
     for t in listed:
         values = list(t.values or []) + [None] * k
         note = ON_FRONT if t.number in on else reason(t)
+        if kind.spec is not None and (flag := outside_budget(t.params, kind.spec)):
+            note = f"{note}; {flag}" if note else flag
         rows.append([t.number, t.state.name.lower(), *(t.params.get(n, "") for n in names),
                      *([network(t)] if kind.sweep else []),
                      *(value_text(o, v, sweep=kind.sweep)

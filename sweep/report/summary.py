@@ -31,6 +31,7 @@ from sweep.queue.attrs import SKIPPED, why_failed
 from sweep.queue.status_reads import Best, Valued
 from sweep.report import front
 from sweep.report.stored import Kind, count, printable, study_kind
+from sweep.study.audit import outside_budget
 from sweep.study.objectives import PARAMS
 
 #: How trials are listed: finished ones first, then those under way, then the failures.
@@ -75,6 +76,9 @@ class StudyStatus:
     best: Best | None  # the best COMPLETE trial of a single-objective study
     #: the front of a study of several objectives, along it (``front.front``); else empty
     front: list[Valued] = dataclasses.field(default_factory=list)
+    #: the best trial's network, flagged if it is outside the budget (another client's trial:
+    #: ``sweep.study.audit``); else None
+    best_outside: str | None = None
 
     def best_value(self) -> str | None:
         """The best value as the study measures it: ``97.12%``, or ``loss 0.2031``."""
@@ -97,7 +101,8 @@ def status(engine: status_reads.Engine) -> list[StudyStatus]:
     for s in status_reads.studies(engine):
         kind = study_kind(s.user_attrs, s.directions or [StudyDirection.NOT_SET], s.metric_names)
         along = front.front(s.valued, kind.objectives) if kind.multi else []
-        out.append(StudyStatus(s.name, _counts(s.states, s.skipped), kind, s.best, along))
+        flag = outside_budget(s.best.params, kind.spec) if s.best and kind.spec else None
+        out.append(StudyStatus(s.name, _counts(s.states, s.skipped), kind, s.best, along, flag))
     return out
 
 

@@ -48,6 +48,7 @@ from sweep.report.shown import (
 )
 from sweep.report.stored import Kind, count, number, printable, study_kind
 from sweep.report.summary import listed, ordered
+from sweep.study.audit import outside_budget, outside_line
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +171,8 @@ def write_report(
                                  data_path=data_path)  # fmt: skip
     best = study.best_trial if counts[TrialState.COMPLETE] else None
     lines = [f"# Study `{printable(study_name, 400)}`", "", *_summary(study, counts, kind, best)]
+    if kind.spec is not None and (outside := outside_line(trials, kind.spec)):
+        lines[-1:] = [outside, ""]  # every trial of a small study (a large one: in its table)
     if large:
         lines[-1:] = [
             f"- {got.trials:,} trials: this report shows the {digest.TOP} best and summarises "
@@ -203,6 +206,8 @@ def write_report(
         best_text = f"best trial {best.number}: " + (
             f"{best.value:.2f}%" if kind.sweep else f"{kind.metric} {best.value:.6g}"
         )
+        if kind.spec is not None and (flag := outside_budget(best.params, kind.spec)):
+            best_text += f" ({flag})"
     return Report(out_dir, tuple(files), best and best.number, best and best.value,
                   best and config(best), best_text)  # fmt: skip
 
@@ -263,8 +268,10 @@ def _trial_rows(trials: Sequence[Trial], kind: Kind, names: list[str]) -> list[l
         value = "" if t.value is None else f"{t.value:.{'2f' if kind.sweep else '6g'}}"
         ours = [network(t), count(t, "n_params") or "", value,
                 number(t.user_attrs.get("seconds")) or ""]  # fmt: skip
+        flag = kind.spec and outside_budget(t.params, kind.spec)
         rows.append([t.number, t.state.name.lower(), *(t.params.get(n, "") for n in names),
-                     *(ours if kind.sweep else [value]), reason(t)])  # fmt: skip
+                     *(ours if kind.sweep else [value]),
+                     "; ".join(filter(None, [reason(t), flag]))])  # fmt: skip
     return rows
 
 
@@ -286,8 +293,10 @@ def _summary(study: optuna.Study, states: Counter[TrialState], kind: Kind,
     if best is not None and kind.sweep:
         cfg = ", ".join(f"{cell(k)}={cell(v)}" for k, v in in_use(best).items())
         net = network(best)
+        flag = outside_budget(best.params, kind.spec) if kind.spec else None
         lines.append(f"- best: trial {best.number}, validation accuracy **{best.value:.2f}%** "
-                     f"({f'{net}; ' if net else ''}{cfg})")  # fmt: skip
+                     f"({f'{net}; ' if net else ''}{cfg})"
+                     + (f": **{flag}**" if flag else ""))  # fmt: skip
     elif best is not None:
         params = ", ".join(f"{cell(k)}={cell(v)}" for k, v in best.params.items())
         lines.append(f"- best: trial {best.number}, {kind.metric} **{best.value:.6g}** ({params})")

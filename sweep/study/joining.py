@@ -11,7 +11,7 @@ import json
 import logging
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -34,6 +34,7 @@ from sweep.queue.studies import adopt_spec
 from sweep.queue.transactions import writing
 from sweep.study import objectives
 from sweep.study.budget import widths_of
+from sweep.study.overrides import Override, overridden
 from sweep.study.sampler import BoundedTPESampler
 from sweep.study.space import grid_points
 from sweep.study.spec import StudySpec, first_difference, stored_spec
@@ -159,6 +160,7 @@ def join(
     spec: StudySpec | None = None,
     wait: float = 0.0,
     data_path: str | None = None,
+    overrides: Sequence[str | Override] | Mapping[str, Any] = (),
 ) -> StudySpec:
     """The stored spec of study ``name``, for a worker joining it: its source of truth.
 
@@ -166,6 +168,8 @@ def join(
     start at once), polling with backoff. A study file given as ``spec`` must agree with the
     stored spec in everything that changes results; its trial cap is ignored (launchers set
     it). ``data_path`` (or the file's ``[data] path``) is this host's copy of the dataset.
+    ``overrides`` (``sweep.study.overrides``) change ``spec``, or without one the stored spec,
+    and must agree with it as a study file must: ``data.path`` is what they may change.
     """
     _warn_if_untested()
     deadline, delay = time.monotonic() + wait, 0.5
@@ -189,6 +193,12 @@ def join(
     if directions != objectives.directions(stored.objectives):  # another client's, spec copied
         raise SpecError(f"study {name!r} was not made by sweep (its directions are not its "
                         "stored spec's objectives)")  # fmt: skip
+    if overrides:
+        base = (spec or stored).to_dict()
+        changed, given = overridden(base, overrides, source=spec.source if spec else source)
+        spec = stored_spec(changed, source=given)
+        if spec.name != name:
+            raise SpecError(f"{given}: [study.name] is {spec.name!r}, not {name!r}")
     if spec is not None:
         _refuse_difference(stored, spec)
         data_path = data_path or spec.data_path

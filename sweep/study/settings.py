@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 import functools
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 from mlp.config import (
     Hyperparameter,
@@ -24,6 +24,7 @@ from mlp.config import (
     split,
 )
 from sweep.errors import SpecError
+from sweep.study.overrides import parse_override
 from sweep.study.rules import DATA_RULES, Rule, conform, rule_of, show, train_rules
 
 #: Spellings a flag had before it was derived, kept so that commands keep working.
@@ -85,6 +86,26 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
             shown, allowed = h.default, f"; {rules[h.name].allowed}"
         help_line = f"{h.param.help}{allowed} (default: {shown})".replace("%", "%%")
         group.add_argument(*names, dest=h.name, default=h.default, help=help_line, **how)
+
+
+class SetTrainSetting(argparse.Action):
+    """``sweep train --set KEY=VALUE``: a study file's ``train.KEY``, ``data.train_size`` or
+    ``data.path``, checked by its rule (``sweep.study.overrides``), set as its own flag would
+    set it; of the two, the later on the command line wins, as of any repeated flag."""
+
+    #: The [data] keys sweep train reads, and the flags that hold them.
+    DATA: ClassVar[dict[str, str]] = {"train_size": "train_size", "path": "data"}
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:  # fmt: skip
+        o = parse_override(values)
+        if o.section == "train":
+            setattr(namespace, o.key, o.value)
+        elif o.section == "data" and o.key in self.DATA:
+            setattr(namespace, self.DATA[o.key], o.value)
+        else:
+            raise SpecError(f"{o.given}: [{o.field}] is not a setting of sweep train; "
+                            "use train.KEY, data.train_size or data.path")  # fmt: skip
 
 
 def _no(name: str) -> str:

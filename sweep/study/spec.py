@@ -12,9 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import stat
-import sys
-import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +22,12 @@ from mlp.sizes import parameter_count
 from sweep.errors import SpecError
 from sweep.study.budget import Budget, widest_slope
 from sweep.study.objectives import DEFAULT as ONE_OBJECTIVE
+from sweep.study.overrides import overridden
 from sweep.study.rules import (
     BOOL,
     BUDGET_RULES,
     DATA_RULES,
     MAX_CHOICES,
-    MAX_STUDY_FILE_BYTES,
     MISSING,
     POPULATION,
     SECTIONS,
@@ -49,6 +47,7 @@ from sweep.study.space import (
     depths,
     feasible_architectures_exist,
 )
+from sweep.study.study_file import read_study
 
 
 @dataclass(frozen=True)
@@ -108,55 +107,18 @@ class StudySpec:
         }  # fmt: skip
 
 
-def load_spec(path: str | Path) -> StudySpec:
-    """Read and validate a study file; raise SpecError (one line) on the first problem."""
+def load_spec(path: str | Path, *, overrides: Sequence[str] | Mapping[str, Any] = ()) -> StudySpec:
+    """Read and validate a study file; raise SpecError (one line) on the first problem.
+
+    ``overrides`` change the file's values before it is checked, as ``--set`` does:
+    ``["train.epochs=5"]`` or ``{"train.epochs": 5}`` (``sweep.study.overrides``); each is
+    checked by the field's rule, and the whole by every rule of a study file."""
     path = Path(path)
-    data = _read_study_file(path)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        column = e.start - data.rfind(b"\n", 0, e.start)
-        raise SpecError(
-            f"{path}: not valid UTF-8: byte 0x{data[e.start]:02x} at line {line}, column {column}"
-        ) from e
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise SpecError(f"{path}: not valid TOML: {e}") from e
-    except ValueError as e:  # Python's limit on the digits of an int (sys.set_int_max_str_digits)
-        limit = sys.get_int_max_str_digits()
-        raise SpecError(f"{path}: not valid TOML: an integer of more than {limit} digits") from e
-    except RecursionError as e:  # tomllib recurses into nested arrays and inline tables
-        raise SpecError(f"{path}: not valid TOML: arrays or tables nested too deeply") from e
-    return parse_spec(raw, source=str(path))
-
-
-_FILE_KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
-               stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}  # fmt: skip
-
-
-def _read_study_file(path: Path) -> bytes:
-    """The bytes of a regular file of at most MAX_STUDY_FILE_BYTES. Anything else is refused
-    before it is opened: a FIFO would block the open until some writer came, for ever."""
-    limit = MAX_STUDY_FILE_BYTES
-    try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            kind = _FILE_KINDS.get(stat.S_IFMT(st.st_mode), "a special file")
-            raise SpecError(f"{path}: cannot read study file: {kind}, not a regular file")
-        if st.st_size > limit:
-            raise SpecError(
-                f"{path}: cannot read study file: {st.st_size:,} bytes; at most {limit:,}"
-            )
-        # Non-blocking, so that even a file swapped for a FIFO since the stat cannot hang.
-        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
-            data = f.read(limit + 1) or b""
-    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
-        raise SpecError(f"{path}: cannot read study file: {getattr(e, 'strerror', 0) or e}") from e
-    if len(data) > limit:  # it grew since the stat
-        raise SpecError(f"{path}: cannot read study file: more than {limit:,} bytes")
-    return data
+    raw = read_study(path)
+    if not overrides:
+        return parse_spec(raw, source=str(path))
+    changed, source = overridden(raw, overrides, source=str(path))
+    return parse_spec(changed, source=source)
 
 
 def _section(source: str, raw: dict[str, Any], name: str, rules: dict[str, Rule]) -> dict[str, Any]:

@@ -406,6 +406,12 @@ def _npz_claiming_5_tib(tmp: Path) -> None:
         zf.writestr("x_train.npy", header.getvalue())
 
 
+def _good_study(tmp: Path) -> None:
+    """x.toml: the study file that made the existing database's study 'g'."""
+    (tmp / "x.toml").write_text(study())
+
+
+RUN_GOOD = ["run", "{tmp}x.toml", "--storage", "sqlite:///{db}"]
 EXPORT = ["export", "g", "--storage", "sqlite:///{db}"]
 
 # Other commands: (case, arguments, set-up, exit code, message pattern); in the arguments,
@@ -645,6 +651,71 @@ OTHER_CASES = [
         # numpy's overflow warnings preceded the line (#22): the one-line check refuses them
         r"init 'normal' with init_std 1e\+308 drew W1 weights that are not finite in float32 "
         r"\(largest finite: 3\.4e\+38\)",
+    ),
+    (
+        "an override that is not KEY=VALUE",
+        [*RUN_GOOD, "--set", "epochs=5"],
+        _good_study,
+        2,
+        r"--set must be KEY=VALUE, KEY a study file's section\.key \(e\.g\. train\.epochs=5\); "
+        r"got 'epochs=5'",
+    ),
+    (
+        "an override out of range",
+        [*RUN_GOOD, "--set", "train.epochs=0"],
+        _good_study,
+        2,
+        r"--set train\.epochs=0: \[train\.epochs\] must be an integer in \[1, 10000\]; got 0",
+    ),
+    (
+        "an override of an unknown key",
+        [*RUN_GOOD, "--set", "train.epochz=5"],
+        _good_study,
+        2,
+        r"--set train\.epochz=5: \[train\.epochz\] must be one of the known keys .*; "
+        r"got 'epochz'",
+    ),
+    (
+        "an override of a setting the study searches",
+        [*RUN_GOOD, "--set", "train.hidden_1=64"],
+        _good_study,
+        2,
+        r"--set train\.hidden_1=64: \[train\.hidden_1\] must be a setting \[space\] does not "
+        r"search \(space\.hidden_1=\[64\] fixes it\); got 64",
+    ),
+    (
+        "an override that breaks a rule between fields",
+        [*RUN_GOOD, "--set", "train.batch_size=4096"],
+        _good_study,
+        2,
+        r"{tmp}x\.toml with --set train\.batch_size=4096: \[train\.batch_size\] must be an "
+        r"integer in \[1, 2000\] \(at most the training set in use\); got 4096",
+    ),
+    (
+        "an override that changes the stored study",
+        [*RUN_GOOD, "--set", "train.epochs=2"],
+        _good_study,
+        2,
+        r"{tmp}x\.toml with --set train\.epochs=2: \[train\.epochs\] differs from the stored "
+        r"study 'g': stored 1, given 2; use the stored study's file, or rename \[study\.name\] "
+        r"for a new study",
+    ),
+    (
+        "a worker's override that changes the stored study",
+        ["worker", "--study", "g", "--storage", "sqlite:///{db}", "--set", "train.epochs=2"],
+        None,
+        2,
+        r"study 'g' in sqlite:///\S+ with --set train\.epochs=2: \[train\.epochs\] differs "
+        r"from the stored study 'g': stored 1, given 2; use the stored study's file, or rename "
+        r"\[study\.name\] for a new study",
+    ),
+    (
+        "an override sweep train does not read",
+        ["train", "--set", "study.name=x"],
+        None,
+        2,
+        r"--set study\.name=x: \[study\.name\] is not a setting of sweep train; use "
+        r"train\.KEY, data\.train_size or data\.path",
     ),
 ]
 

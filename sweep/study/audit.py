@@ -1,0 +1,82 @@
+"""Which trials of a study, from any client, trained a network outside its parameter budget.
+
+sweep's own trials never do (``sweep.study.space`` draws inside it; a claimed trial whose
+fixed parameters fall outside fails before it trains). Another client's may: optuna's own
+``optimize`` of ``optuna.load_study`` with an objective of its own drew 768x1024 (1,400,586
+parameters) in a study of 500,000 < parameters < 1,000,000 (issue 28). The report and
+``sweep status`` read a trial's network from its parameters as sweep's objective would (the
+study's [train] settings where a parameter does not say; ``architecture`` as its widths) and
+flag it, so such a trial is never shown as an answer inside the rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from mlp.config import WIDTHS
+from mlp.sizes import parameter_count
+from sweep.study.rules import MISSING
+from sweep.study.space import ARCHITECTURE, DEPTH, SearchSpec
+
+
+def _width(v: Any) -> int | None:
+    """A width as a parameter stores it (64, 64.0 from a float distribution, "64" of an
+    architecture), if it is a positive integer."""
+    if isinstance(v, str) and v.isdigit():
+        v = int(v)
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return v if type(v) is int and v >= 1 else None
+
+
+def trial_widths(params: Mapping[str, Any], spec: SearchSpec) -> tuple[int, ...] | None:
+    """The hidden widths a trial with ``params`` trained, input side first, as sweep's
+    objective derives them: a parameter where there is one, the study's [train] value where
+    the study does not search it. None where the parameters do not say (a searched depth or
+    width they lack, as a trial not yet sampled; a value that is not a positive integer, an
+    architecture that is not "h1xh2…")."""
+    fixed = MISSING if spec.dimension(DEPTH) else spec.train.depth  # type: ignore[attr-defined]
+    depth = params.get(DEPTH, fixed)
+    if type(depth) is not int or not 1 <= depth <= len(WIDTHS):
+        return None
+    joint = params.get(ARCHITECTURE, params.get(f"{ARCHITECTURE}_{depth}"))
+    given = dict(zip(WIDTHS, joint.split("x"), strict=False)) if isinstance(joint, str) else {}
+    widths = []
+    for name in WIDTHS[:depth]:
+        if name in params:
+            widths.append(_width(params[name]))
+        elif name in given:
+            widths.append(_width(given[name]))
+        elif spec.dimension(name) is None:
+            widths.append(getattr(spec.train, name))  # type: ignore[attr-defined]
+        else:
+            return None
+    return None if None in widths else tuple(widths)  # type: ignore[arg-type]
+
+
+def outside_budget(params: Mapping[str, Any], spec: SearchSpec) -> str | None:
+    """A few words flagging a trial whose network is outside the study's budget
+    (``outside the budget: 768x1024, 1,400,586 parameters``); None for one inside it, or whose
+    parameters make no network to judge."""
+    widths = trial_widths(params, spec)
+    if widths is None or spec.budget.admits(*widths):
+        return None
+    shown = "x".join(map(str, widths))
+    return f"outside the budget: {shown}, {parameter_count(*widths):,} parameters"
+
+
+#: Trials a report's summary line names before it says how many more there are.
+_NAMED = 20
+
+
+def outside_line(trials: Iterable[Any], spec: SearchSpec) -> str | None:
+    """The report's line naming the trials (anything with ``number`` and ``params``) whose
+    network is outside the budget; None if there are none."""
+    found = [t.number for t in trials if outside_budget(t.params, spec)]
+    if not found:
+        return None
+    named = ", ".join(f"#{n}" for n in found[:_NAMED])
+    more = f" and {len(found) - _NAMED:,} more" if len(found) > _NAMED else ""
+    return (f"- **{len(found):,} trial(s) outside the budget** ({named}{more}): another "
+            "client's (sweep's own trials never are), not answers inside the rules")  # fmt: skip

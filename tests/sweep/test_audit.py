@@ -1,0 +1,131 @@
+"""Trials outside the study's budget, from any client, are flagged by ``sweep status`` and the
+report: optuna's own optimize with an objective of its own drew 768x1024 (1,400,586
+parameters) in a study of 500,000 < parameters < 1,000,000, and nothing said so (issue 28)."""
+
+import json
+
+import optuna
+import pytest
+
+import sweep
+from mlp.sizes import parameter_count
+from sweep.queue.storage import open_storage
+from sweep.report.writer import write_report
+from sweep.study.audit import outside_budget, trial_widths
+from sweep.study.joining import open_study
+from sweep.study.spec import parse_spec
+from tests.sweep.helpers import main_in_process
+
+
+def _raw(space, train=None):
+    return {
+        "study": {"name": "t", "sampler": "tpe", "trials": 4},
+        "budget": {"min_params": 500_000, "max_params": 1_000_000},
+        "data": {"train_size": 300},
+        "train": {"epochs": 1, "batch_size": 100, **(train or {})},
+        "space": space,
+    }
+
+
+def _spec(space, train=None):
+    return parse_spec(_raw(space, train))
+
+
+RANGES = {"hidden_1": {"low": 300, "high": 1024}, "hidden_2": {"low": 100, "high": 1024}}
+
+
+@pytest.mark.parametrize(
+    ("space", "train", "params", "widths"),
+    [
+        (RANGES, None, {"hidden_1": 768, "hidden_2": 1024}, (768, 1024)),
+        (RANGES, None, {"hidden_1": 768.0, "hidden_2": 1024}, (768, 1024)),  # a float's
+        (RANGES, None, {"hidden_1": 768}, None),  # a searched width it lacks: not yet sampled
+        (RANGES, None, {}, None),
+        ({"hidden_1": RANGES["hidden_1"]}, {"hidden_2": 512}, {"hidden_1": 768}, (768, 512)),
+        (RANGES, None, {"hidden_1": 0, "hidden_2": 8}, None),
+        (RANGES, None, {"hidden_1": True, "hidden_2": 8}, None),
+        ({"hidden_1": [512, 1024], "hidden_2": [256, 1024]}, None,
+         {"architecture": "1024x256"}, (1024, 256)),  # the joint parameter of lists
+        ({"depth": [1, 2], **RANGES}, None, {"hidden_1": 700}, None),  # its depth unsaid
+        ({"depth": [1, 2], **RANGES}, None, {"depth": 1, "hidden_1": 700}, (700,)),
+        ({"depth": [1, 2], "hidden_1": [512, 1024], "hidden_2": [256, 1024]}, None,
+         {"depth": 2, "architecture_2": "512x1024"}, (512, 1024)),
+        ({"depth": [1, 2], **RANGES}, None, {"depth": 9, "hidden_1": 700}, None),
+    ],
+)  # fmt: skip
+def test_a_trials_network_is_read_from_its_parameters_as_the_objective_reads_them(
+    space, train, params, widths
+):
+    assert trial_widths(params, _spec(space, train)) == widths
+
+
+def test_a_network_outside_the_budget_is_flagged_and_one_inside_is_not():
+    spec = _spec(RANGES)
+    assert outside_budget({"hidden_1": 768, "hidden_2": 1024}, spec) == (
+        "outside the budget: 768x1024, 1,400,586 parameters"
+    )
+    assert parameter_count(768, 1024) == 1_400_586
+    assert outside_budget({"hidden_1": 512, "hidden_2": 768}, spec) is None
+    assert outside_budget({}, spec) is None  # nothing to judge
+
+
+def _theirs(tmp_path, trials):
+    """A sweep study whose ``trials`` ((hidden_1, hidden_2, value) each) optuna's own ask and
+    tell made, as another client's objective would."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    open_study(_spec(RANGES), open_storage(url))
+    theirs = optuna.load_study(study_name="t", storage=url)
+    for h1, h2, value in trials:
+        t = theirs.ask({"hidden_1": optuna.distributions.IntDistribution(h1, h1),
+                        "hidden_2": optuna.distributions.IntDistribution(h2, h2)})  # fmt: skip
+        theirs.tell(t, value)
+    return url
+
+
+def test_status_flags_a_best_trial_outside_the_budget(tmp_path):
+    url = _theirs(tmp_path, [(512, 768, 97.0), (768, 1024, 98.5)])
+    [status] = sweep.status(url)
+    flag = "outside the budget: 768x1024, 1,400,586 parameters"
+    assert status.best.number == 1 and status.best_outside == flag
+    out = main_in_process("status", "--storage", url)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[1] == (
+        f"  best: trial 1, 98.50% (hidden_1=768, hidden_2=1024): {flag}"
+    )
+    out = main_in_process("status", "--storage", url, "--format", "json")
+    assert json.loads(out.stdout)[0]["best_trial"]["outside_budget"] == flag
+    (tmp_path / "in").mkdir()
+    inside = _theirs(tmp_path / "in", [(512, 768, 97.0)])
+    assert sweep.status(inside)[0].best_outside is None
+
+
+def test_the_report_flags_every_trial_outside_the_budget(tmp_path):
+    url = _theirs(tmp_path, [(512, 768, 97.0), (768, 1024, 98.5), (1024, 1024, 98.0)])
+    storage = open_storage(url, heartbeat_interval=None, grace_period=None, read_only=True)
+    report = write_report(storage, "t", out_dir=tmp_path / "r")
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert report.best_text == (
+        "best trial 1: 98.50% (outside the budget: 768x1024, 1,400,586 parameters)"
+    )
+    assert "**outside the budget: 768x1024, 1,400,586 parameters**" in text  # the best line
+    assert "- **2 trial(s) outside the budget** (#1, #2): another client's" in text
+    rows = [r for r in text.splitlines() if r.startswith("| ") and r.endswith("parameters |")]
+    assert [r.split(" | ")[0] for r in rows] == ["| 1", "| 2"]  # each in the trials table
+    assert "| 0 |" in text and "outside the budget: 512x768" not in text
+
+
+def test_the_report_of_several_objectives_flags_them_too(tmp_path):
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    spec = parse_spec({**_raw(RANGES), "study": {"name": "t", "sampler": "tpe", "trials": 4,
+                                                "objectives": ["accuracy", "params"]}})  # fmt: skip
+    open_study(spec, open_storage(url))
+    theirs = optuna.load_study(study_name="t", storage=url)
+    for h1, h2, value in [(512, 768, 97.0), (768, 1024, 98.5)]:
+        t = theirs.ask({"hidden_1": optuna.distributions.IntDistribution(h1, h1),
+                        "hidden_2": optuna.distributions.IntDistribution(h2, h2)})  # fmt: skip
+        theirs.tell(t, [value, parameter_count(h1, h2)])
+    storage = open_storage(url, heartbeat_interval=None, grace_period=None, read_only=True)
+    write_report(storage, "t", out_dir=tmp_path / "r")
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "- **1 trial(s) outside the budget** (#1): another client's" in text
+    assert "| Pareto front; outside the budget: 768x1024, 1,400,586 parameters |" in text
