@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 LOCK := .ci/constraints.txt
 LOCKED := PIP_CONSTRAINT=$(CURDIR)/$(LOCK)
 # What the lock covers: the package with every extra but the benchmark's torch.
-EXTRAS := dev,postgres,s3,pandas,dask
+EXTRAS := dev,postgres,s3,pandas,dask,viz
 
 STORAGE ?= sqlite:///runs/sweep.db
 # One worker per core, one BLAS thread each: the fastest split measured (make bench).

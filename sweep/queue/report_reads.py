@@ -224,6 +224,26 @@ def read_curves(engine: sqlalchemy.engine.Engine, records: Iterable[Record]) -> 
         record.intermediate_values = dict(sorted(record.intermediate_values.items()))
 
 
+def read_attr(engine: sqlalchemy.engine.Engine, records: Iterable[Record], key: str) -> None:
+    """Fill ``user_attrs[key]`` of ``records`` (only those) with a user attribute outside
+    ``ATTRS`` that one figure needs (the timeline's ``worker`` tag), in statements of at most
+    ``_CHUNK`` trial ids; one longer than ``MAX_VALUE_CHARS`` or not JSON reads as absent."""
+    by_id = {r.trial_id: r for r in records}
+    u = tb.user_attrs
+    ids = sqlalchemy.bindparam("ids", expanding=True)
+    size = sqlalchemy.func.length(u.c.value_json)
+    query = sqlalchemy.select(
+        u.c.trial_id, sqlalchemy.case((size <= MAX_VALUE_CHARS, u.c.value_json))
+    ).where(u.c.trial_id.in_(ids), u.c.key == key)
+    chunks = list(by_id)
+    with reading(engine) as conn:
+        for i in range(0, len(chunks), _CHUNK):
+            for tid, text in conn.execute(query, {"ids": chunks[i : i + _CHUNK]}):
+                value = decoded(text) if text is not None else ABSENT
+                if value is not ABSENT:
+                    by_id[tid].user_attrs[key] = value
+
+
 ABSENT = object()
 
 

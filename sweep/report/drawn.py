@@ -16,8 +16,11 @@ import optuna
 from optuna.trial import TrialState
 
 from sweep.errors import SpecError
+from sweep.queue.attrs import WORKER_TAG
 from sweep.queue.front import non_dominated
-from sweep.report import digest, figures
+from sweep.report import digest, figures, standard_figures
+from sweep.report.quantities import LEARNING_RATE, PARAMETERS, quantity
+from sweep.report.scale import Scale
 from sweep.report.shown import (
     Trial,
     cell,
@@ -29,7 +32,7 @@ from sweep.report.shown import (
     param_names,
     varying,
 )
-from sweep.report.stored import Kind, count, number, series
+from sweep.report.stored import Kind, count, number, printable, series
 from sweep.study.spec import StudySpec
 
 logger = logging.getLogger(__name__)
@@ -38,10 +41,12 @@ NOTEBOOK_BEST = 97.74  # validation accuracy of the notebook's best grid point, 
 REFERENCE = ("the notebook's best (97.74%)", NOTEBOOK_BEST)  # the search-time figures' line
 
 
-def grid_section(done: Sequence[Trial], out: Path, files: list[str], large: bool) -> str:
+def grid_section(done: Sequence[Trial], out: Path, files: list[str], large: bool, *,
+                 scale: Scale | None = None) -> str:  # fmt: skip
     """The notebook's table and one heatmap per learning rate, for grids over the network; a
     large grid's table is left to trials.csv, and only the ``digest.HEATMAPS`` learning rates
-    with the best trials get a heatmap.
+    with the best trials get a heatmap. Every heatmap is painted in ``scale``, the report's
+    one colour scale (default: the span of ``done``'s values).
 
     A heatmap's axes are hidden_1 × hidden_2, so only a grid whose trials all have two hidden
     layers gets them; one over several depths is compared by its accuracy against parameter
@@ -50,14 +55,15 @@ def grid_section(done: Sequence[Trial], out: Path, files: list[str], large: bool
     if why is None:
         rows = sorted((config(t)["hidden_1"], config(t)["hidden_2"], count(t, "n_params"),
                        config(t)["learning_rate"], t.value) for t in done)  # fmt: skip
-        header = ["hidden_1", "hidden_2", "parameters", "lr", "r_valid [%]"]
-        shown = [[h1, h2, f"{n:,}" if n is not None else "?", lr, f"{v:.2f}"]
+        header = ["hidden_1", "hidden_2", PARAMETERS, LEARNING_RATE, figures.ACCURACY]
+        shown = [[h1, h2, quantity(PARAMETERS, n), lr, quantity(figures.ACCURACY, v)]
                  for h1, h2, n, lr, v in rows]  # fmt: skip
     else:
         nets = sorted((count(t, "n_params") or 0, network(t), config(t)["learning_rate"], t.value)
                       for t in done)  # fmt: skip
-        header = ["network", "parameters", "lr", "r_valid [%]"]
-        shown = [[net, f"{n:,}" if n else "?", lr, f"{v:.2f}"] for n, net, lr, v in nets]
+        header = ["network", PARAMETERS, LEARNING_RATE, figures.ACCURACY]
+        shown = [[net, quantity(PARAMETERS, n or None), lr, quantity(figures.ACCURACY, v)]
+                 for n, net, lr, v in nets]  # fmt: skip
     if large:
         text = (f"## The grid\n\n{len(done):,} grid points; each one's values are in "
                 "[trials.csv](trials.csv).")  # fmt: skip
@@ -76,12 +82,13 @@ def grid_section(done: Sequence[Trial], out: Path, files: list[str], large: bool
                      reverse=True)  # fmt: skip
         text += (f" The heatmaps show the {digest.HEATMAPS} of {len(by_lr)} learning rates "
                  "with the best trials.")  # fmt: skip
+    scale = scale or Scale.of([v for *_, v in rows])
     for lr in lrs:
         name = f"grid_lr_{lr:g}.png"
-        figures.grid_heatmap(f"Validation accuracy (%), learning rate {lr:g}", h1s, h2s,
-                             by_lr[lr], out / name)  # fmt: skip
+        figures.grid_heatmap(f"{figures.ACCURACY}, {LEARNING_RATE} = {lr:g}", h1s, h2s,
+                             by_lr[lr], out / name, scale=scale)  # fmt: skip
         files.append(name)
-        text += f"\n\n![validation accuracy at lr {lr:g}]({name})"
+        text += f"\n\n![validation accuracy at learning_rate {lr:g}]({name})"
     return text + "\n"
 
 
@@ -191,10 +198,10 @@ def _scores(study: optuna.Study, done: Sequence[Trial], kind: Kind,
 
 
 def draw(study: optuna.Study, trials: Sequence[Trial], kind: Kind, out: Path,
-         files: list[str]) -> str | None:  # fmt: skip
+         files: list[str]) -> tuple[str | None, dict[str, float]]:  # fmt: skip
     """The figures every single-objective study gets (of a small study: a large one's are
     ``sweep.report.large``'s), labelled with its metric; returns the parameter the curves are
-    coloured by."""
+    coloured by, and the parameters' importances (empty where none were found)."""
     done = finished(trials)
     if done:
         figures.history([t.number for t in done], [t.value for t in done], out / "history.png",
@@ -208,7 +215,7 @@ def draw(study: optuna.Study, trials: Sequence[Trial], kind: Kind, out: Path,
         figures.learning_curves(curves, out / "learning_curves.png", metric=kind.metric,
                                 legend_title=colour and "coloured by")  # fmt: skip
         files.append("learning_curves.png")
-    return colour
+    return colour, scores
 
 
 def importance_figure(study: optuna.Study, done: Sequence[Trial], varies: list[str], kind: Kind,
@@ -257,3 +264,66 @@ def draw_sweep(trials: Sequence[Trial], spec: StudySpec, out: Path, files: list[
         figures.accuracy_over_time(minutes, [t.value for t in done],
                                    out / "accuracy_over_time.png", reference=REFERENCE)  # fmt: skip
         files.append("accuracy_over_time.png")
+
+
+#: The standard plots (``sweep.report.standard_figures``), in the order report.md shows them.
+STANDARD = {"parallel_coordinates.png": "Parallel coordinates", "slice.png": "Slice",
+            "contour.png": "Contour of the two most important parameters",
+            "edf.png": "Empirical distribution of the values",
+            "timeline.png": "Timeline: trials per worker"}  # fmt: skip
+
+
+def draw_standard(
+    trials: Sequence[Trial], kind: Kind, scores: dict[str, float], out: Path, files: list[str],
+    *, scale: Scale, of: int | None = None,
+) -> None:  # fmt: skip
+    """The standard plots of ``trials``: parallel coordinates, slice, contour of the two most
+    important parameters (by ``scores``, else the first two that vary), EDF and the timeline
+    of trials per worker (the ``worker`` attribute sweep's claims write). The heatmaps are
+    painted in the report's ``scale``. ``of``: the study's trials in all, where ``trials``
+    is a sample of them (a large study's), which the titles then say."""
+    done = finished(trials)
+    varies = sorted(varying(done), key=lambda n: -scores.get(n, 0.0))  # stable: ties in order
+    values = [t.value for t in done]
+    which = (f"{len(done):,} complete trials" if of is None
+             else f"{len(done):,} of {of:,} trials, sampled evenly")  # fmt: skip
+    axes = [standard_figures.Axis.of(n, [t.params.get(n) for t in done], log=_log(done, n))
+            for n in varies]  # fmt: skip
+    if axes:
+        standard_figures.parallel_coordinates(
+            axes, values, out / "parallel_coordinates.png", scale=scale, metric=kind.metric,
+            title=f"Parallel coordinates ({which})")  # fmt: skip
+        standard_figures.slices(axes, values, [t.number for t in done], out / "slice.png",
+                                metric=kind.metric, title=f"Slice ({which})")  # fmt: skip
+        files += ["parallel_coordinates.png", "slice.png"]
+    if len(axes) >= 2:
+        best = (max if kind.maximize else min)(range(len(done)), key=lambda i: values[i])
+        standard_figures.contour(axes[0], axes[1], values, out / "contour.png", scale=scale,
+                                 metric=kind.metric, best=best)  # fmt: skip
+        files.append("contour.png")
+    if len(done) >= 2:
+        standard_figures.edf(values, out / "edf.png", metric=kind.metric, maximize=kind.maximize,
+                             title=f"Empirical distribution ({which})")  # fmt: skip
+        files.append("edf.png")
+    spans = _spans(trials)
+    if spans:
+        title = f"Timeline: trials per worker ({len(spans):,} trials)"
+        standard_figures.timeline(spans, out / "timeline.png", title=title)
+        files.append("timeline.png")
+
+
+def _log(done: Sequence[Trial], name: str) -> bool:
+    """Whether the study samples parameter ``name`` on a log scale."""
+    return any(getattr(t.distributions.get(name), "log", False) for t in done[:1])
+
+
+def _spans(trials: Sequence[Trial]) -> list[standard_figures.Span]:
+    """The trials that began, as the timeline draws them: a running trial up to the latest
+    moment the study records."""
+    began = [t for t in trials if t.datetime_start is not None]
+    if not began:
+        return []
+    last = max(t.datetime_complete or t.datetime_start for t in began)
+    return [standard_figures.Span(printable(str(t.user_attrs.get(WORKER_TAG, "")), 60),
+                                  t.datetime_start, t.datetime_complete or last, t.state.name)
+            for t in began]  # fmt: skip

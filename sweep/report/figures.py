@@ -23,9 +23,8 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from sweep.study.objectives import ACCURACY as _ACCURACY
-
-ACCURACY = _ACCURACY.label  # the label of every accuracy axis
+from sweep.report.quantities import ACCURACY  # the label of every accuracy axis
+from sweep.report.scale import Scale
 
 SIZE = (7.5, 4.6)  # inches; at DPI this is 900 × 552 pixels, readable at 100% zoom
 TALL = (7.5, 7.6)  # two panels sharing their x axis: 900 × 912 pixels
@@ -33,6 +32,8 @@ DPI = 120
 #: Heatmap cells that still get a printed value: 9-point text fills a 10 × 10 grid's cells.
 LABELLED_CELLS = 100
 MAX_TICKS = 20  # per heatmap axis, so that tick labels never overlap
+#: Learning curves above which each panel's lines are drawn as one collection, without markers.
+MANY_CURVES = 100
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -111,6 +112,8 @@ def learning_curves(
     legend entry each, so that 24 lines read as three families. Pruned trials are grey and
     dashed, so the survivors stand out.
     """
+    if len(curves) > MANY_CURVES:
+        return _many_curves(curves, path, metric=metric, legend_title=legend_title)
     fig, ax, loss_ax = _with_losses(curves)
     colours: dict[str, str] = {}
     for c in curves:
@@ -137,6 +140,45 @@ def learning_curves(
     ax.grid(alpha=0.3)
     if len(ax.get_legend_handles_labels()[1]) <= 12:  # beyond that a legend hides the curves
         ax.legend(fontsize=7, loc="lower right", title=legend_title, title_fontsize=7)
+    return _save(fig, path)
+
+
+def _many_curves(curves: Sequence[Curve], path: Path, *, metric: str,
+                 legend_title: str | None) -> Path:  # fmt: skip
+    """``learning_curves`` of more than ``MANY_CURVES`` trials: the same lines, colours and
+    styles without markers, each panel's lines one collection (3,000 separate lines took 3.6 s
+    of a 5.4 s report of 1,000 trials)."""
+    from matplotlib.collections import LineCollection
+
+    fig, ax, loss_ax = _with_losses(curves)
+    groups = dict.fromkeys(c.label for c in curves if not c.pruned)
+    colour = {g: f"C{i % 10}" for i, g in enumerate(groups)}
+    colours = ["0.6" if c.pruned else colour[c.label] for c in curves]
+    ax.add_collection(LineCollection(
+        [np.column_stack([c.steps, c.values]) for c in curves], colors=colours, linewidths=0.8,
+        alpha=0.6, linestyles=["--" if c.pruned else "-" for c in curves]))  # fmt: skip
+    ax.autoscale_view()
+    if loss_ax is not None:
+        for key, style in (("train_loss", "--"), ("valid_loss", "-")):
+            drawn = [(np.column_stack([np.arange(1, len(v) + 1), v]), k)
+                     for c, k in zip(curves, colours, strict=True)
+                     if (v := getattr(c, key))]  # fmt: skip
+            loss_ax.add_collection(LineCollection([d for d, _ in drawn], linestyles=style,
+                                                  colors=[k for _, k in drawn], linewidths=0.8,
+                                                  alpha=0.6, label="_loss"))  # fmt: skip
+        loss_ax.autoscale_view()
+        _finish_losses(loss_ax, curves)
+    if legend_title is not None and len(groups) <= 12:
+        for g in groups:
+            ax.plot([], [], color=colour[g], label=g)
+    if any(c.pruned for c in curves):
+        ax.plot([], [], color="0.6", linestyle="--", label="pruned")
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(fontsize=7, loc="lower right", title=legend_title, title_fontsize=7)
+    ax.set(title=f"Learning curves ({len(curves):,} trials)", xlabel="" if loss_ax else "epoch",
+           ylabel=metric)  # fmt: skip
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
@@ -167,6 +209,9 @@ def _finish_losses(ax: plt.Axes, curves: Sequence[Curve]) -> None:
     ax.legend(fontsize=7, loc="upper right")
     ax.set(title="Loss per epoch", xlabel="epoch", ylabel="cross-entropy")
     ax.set_yscale("log" if lowest > 0 else "linear")
+    plain = matplotlib.ticker.FuncFormatter(lambda y, _: f"{y:g}")  # 0.4, not 4 × 10⁻¹
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.grid(alpha=0.3, which="both")
 
 
@@ -265,30 +310,30 @@ def importances(scores: dict[str, float], path: Path, *, metric: str = ACCURACY)
 
 def grid_heatmap(
     title: str, rows: Sequence[int], cols: Sequence[int], cells: dict[tuple[int, int], float],
-    path: Path,
+    path: Path, *, scale: Scale | None = None, label: str = ACCURACY,
 ) -> Path:  # fmt: skip
     """hidden_1 × hidden_2 cells annotated with validation accuracy (up to ``LABELLED_CELLS``
-    cells; a larger grid is read by its colours alone); missing cells blank."""
+    cells; a larger grid is read by its colours alone), coloured in the report's ``scale``
+    (default: the span of these cells alone); missing cells blank."""
+    scale = scale or Scale.of(list(cells.values()))
     grid = np.full((len(rows), len(cols)), np.nan)
     for (r, c), v in cells.items():
         grid[rows.index(r), cols.index(c)] = v
     fig, ax = plt.subplots(figsize=(6.4, 5.0))
-    image = ax.imshow(grid, cmap="viridis", origin="lower", aspect="auto")
+    image = ax.imshow(grid, origin="lower", aspect="auto", **scale.kwargs())
     labelled = len(rows) * len(cols) <= LABELLED_CELLS
     for i in range(len(rows) if labelled else 0):
         for j in range(len(cols)):
             if not np.isnan(grid[i, j]):
-                # dark text on viridis' bright (yellow-green) end, white on its dark end
-                bright = image.norm(grid[i, j]) > 0.6
                 ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=9,
-                        color="black" if bright else "white", fontweight="bold")  # fmt: skip
+                        color=scale.text_colour(grid[i, j]), fontweight="bold")  # fmt: skip
     # every tick where they fit; beyond MAX_TICKS, evenly spaced ones (the colours carry it)
     xs = range(0, len(cols), max(1, math.ceil(len(cols) / MAX_TICKS)))
     ys = range(0, len(rows), max(1, math.ceil(len(rows) / MAX_TICKS)))
     ax.set_xticks(xs, [str(cols[j]) for j in xs])
     ax.set_yticks(ys, [str(rows[i]) for i in ys])
-    ax.set(title=title, xlabel="hidden_2 (units)", ylabel="hidden_1 (units)")
-    fig.colorbar(image, ax=ax, label=ACCURACY)
+    ax.set(title=title, xlabel="hidden_2", ylabel="hidden_1")
+    fig.colorbar(image, ax=ax, label=f"{label}, one scale for the report")
     return _save(fig, path)
 
 

@@ -29,9 +29,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep.errors import SweepError
 from sweep.queue import report_pages, report_reads, status_reads
+from sweep.queue.attrs import WORKER_TAG
 from sweep.queue.storage import mask_password, study_names
 from sweep.report import digest, digest_figures, distortions, drawn, front
 from sweep.report import large as large_report
+from sweep.report.quantities import PARAMETERS, SECONDS, quantity
+from sweep.report.scale import Scale
 from sweep.report.shown import (
     Trial,
     cell,
@@ -163,12 +166,16 @@ def write_report(
     else:
         report_reads.read_curves(engine, trials)  # every learning curve of a small study
         write_csv(trials, out_dir / "trials.csv", maximize=kind.maximize)
-        colour = drawn.draw(study, trials, kind, out_dir, files)
+        # one colour scale for every heatmap of the report: the span of its values
+        scale = Scale.of([t.value for t in finished(trials)], maximize=kind.maximize)
+        colour, scores = drawn.draw(study, trials, kind, out_dir, files)
+        report_reads.read_attr(engine, trials, WORKER_TAG)  # the timeline's rows
+        drawn.draw_standard(trials, kind, scores, out_dir, files, scale=scale)
         counts, sections = Counter(t.state for t in trials), []
         if kind.spec is not None:
             drawn.draw_sweep(trials, kind.spec, out_dir, files, colour)
             sections = _sections(trials, kind, out_dir, files, log_loss=log_loss,
-                                 data_path=data_path)  # fmt: skip
+                                 data_path=data_path, scale=scale)  # fmt: skip
     best = study.best_trial if counts[TrialState.COMPLETE] else None
     lines = [f"# Study `{printable(study_name, 400)}`", "", *_summary(study, counts, kind, best)]
     if kind.spec is not None and (outside := outside_line(trials, kind.spec)):
@@ -187,12 +194,13 @@ def write_report(
                         ("accuracy_over_time.png", "Accuracy against search time"),
                         ("learning_curves.png", "Learning curves"),
                         ("accuracy_vs_params.png", "Accuracy against parameter count"),
-                        ("importances.png", "Parameter importances")]:  # fmt: skip
+                        ("importances.png", "Parameter importances"),
+                        *drawn.STANDARD.items()]:  # fmt: skip
         if name in files:
             lines += [f"## {title}", "", f"![{title.lower()}]({name})", ""]
     lines += sections
     names = got.names if large else param_names(trials)
-    columns = ["network", "parameters", kind.metric, "seconds"] if kind.sweep else [kind.metric]
+    columns = ["network", PARAMETERS, kind.metric, SECONDS] if kind.sweep else [kind.metric]
     header = ["#", "state", *names, *columns, "note"]
     if large:
         lines += got.aggregates
@@ -242,14 +250,14 @@ def _optuna_read(study: optuna.Study, study_name: str, engine: Any) -> list[Tria
 
 
 def _sections(trials: Sequence[Trial], kind: Kind, out_dir: Path, files: list[str], *,
-              log_loss: bool, data_path: str | None) -> list[str]:  # fmt: skip
+              log_loss: bool, data_path: str | None, scale: Scale) -> list[str]:  # fmt: skip
     """A small sweep study's grid, initialisation and distortions sections."""
     assert kind.spec is not None
     sections = []
     done = finished(trials)
     varies = varying(done)
     if drawn.is_grid(done, varies, kind):
-        sections.append(drawn.grid_section(done, out_dir, files, False))
+        sections.append(drawn.grid_section(done, out_dir, files, False, scale=scale))
     if "init" in varies or kind.spec.dimension("init") is not None:
         sections.append(drawn.init_section(trials, out_dir, files, log_loss))
     # the best trials' settings: every trial of a small study, best first
@@ -266,8 +274,8 @@ def _trial_rows(trials: Sequence[Trial], kind: Kind, names: list[str]) -> list[l
     rows = []
     for t in ordered(list(trials), maximize=kind.maximize):
         value = "" if t.value is None else f"{t.value:.{'2f' if kind.sweep else '6g'}}"
-        ours = [network(t), count(t, "n_params") or "", value,
-                number(t.user_attrs.get("seconds")) or ""]  # fmt: skip
+        ours = [network(t), quantity(PARAMETERS, count(t, "n_params")), value,
+                quantity(SECONDS, number(t.user_attrs.get("seconds")))]  # fmt: skip
         flag = kind.spec and outside_budget(t.params, kind.spec)
         rows.append([t.number, t.state.name.lower(), *(t.params.get(n, "") for n in names),
                      *(ours if kind.sweep else [value]),

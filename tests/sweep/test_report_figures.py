@@ -184,7 +184,7 @@ def test_every_depth_is_named_by_its_network(tmp_path):
     # several depths in one grid: no hidden_1 × hidden_2 heatmap, a table of the networks
     assert not [n for n in written.files if n.startswith("grid_lr_")]
     grid = md.split("## The grid")[1].split("\n## ")[0]
-    assert "| network | parameters | lr | r_valid [%] |" in grid
+    assert "| network | parameters | learning_rate | validation accuracy [%] |" in grid
     assert ("\nTrials of 1, 2, 3 and 4 hidden layers: no hidden_1 × hidden_2 heatmaps; the "
             "accuracy against parameter count compares them.\n") in grid  # fmt: skip
     assert "accuracy_vs_params.png" in written.files
@@ -194,7 +194,7 @@ def test_a_grid_of_two_hidden_layers_keeps_its_heatmaps(tmp_path):
     written, md = _report(sweep_study(tmp_path, [{}, {"depth": 2}, {}, {}]), tmp_path / "out")
     assert sorted(n for n in written.files if n.startswith("grid_lr_")) == [
         "grid_lr_0.05.png", "grid_lr_0.1.png"]  # fmt: skip
-    assert "| hidden_1 | hidden_2 | parameters | lr | r_valid [%] |" in md
+    assert "| hidden_1 | hidden_2 | parameters | learning_rate | validation accuracy [%] |" in md
 
 
 @pytest.mark.parametrize(("forged", "line"), [
