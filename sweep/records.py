@@ -47,10 +47,18 @@ def dumps(record: Any) -> str:
     return json.dumps(plain(record), allow_nan=False)
 
 
-def plain(value: Any) -> Any:
+#: The deepest a value is written: anything nested deeper (only another client stores such an
+#: attribute) is null, where following it would exhaust Python's stack.
+MAX_DEPTH = 100
+
+
+def plain(value: Any, depth: int = 0) -> Any:
     """``value`` made of JSON's types alone: numbers (a non-finite one None; numpy's scalars
     as Python's), text, lists and objects with text keys; a time as optuna's CLI writes it,
-    a duration as ``str(timedelta)`` (as optuna's CLI: ``0:00:01.234567``), a path as text."""
+    a duration as ``str(timedelta)`` (as optuna's CLI: ``0:00:01.234567``), a path as text;
+    None past ``MAX_DEPTH`` levels of lists and objects."""
+    if depth > MAX_DEPTH:
+        return None
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, numbers.Integral):
@@ -59,11 +67,11 @@ def plain(value: Any) -> Any:
         number = float(value)
         return number if math.isfinite(number) else None
     if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
+        return {str(k): plain(v, depth + 1) for k, v in value.items()}
     if isinstance(value, datetime.datetime):
         return value.strftime(DATETIME_FORMAT)
     if isinstance(value, Iterable) and not isinstance(value, (bytes, Path)):
-        return [plain(v) for v in value]
+        return [plain(v, depth + 1) for v in value]
     return str(value)  # a timedelta, a path, an enum: as text
 
 

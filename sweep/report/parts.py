@@ -4,12 +4,19 @@ its rows of ``trials.csv`` staged in a file, then merged and written in the repo
 A report of 10⁶ trials spent some 90 s of one core reading, decoding and folding trials one by
 one (issue 27); the trials of a study are independent, so ``read`` splits them into ranges of
 trial ids of about equal counts (``report_pages.bounds``), one per core the process may use
-and at most one per ``PART`` trials, and reads each range in a forked process (its own
-connection; the parent's engine is disposed of in the child without closing the parent's
-connections, as SQLAlchemy says to). A part returns its columns, where each staged row ends,
-and the attributes it left unread for their length; the parent merges them (``Columns.merge``)
-and copies the staged rows into ``trials.csv`` in the order the report lists trials
-(``write_listed``). A study of fewer than ``2 * PART`` trials is read in the process itself.
+and at most one per ``PART`` trials, and reads each range in a forked child (its own
+connections: the parent's engine is disposed of in the child without closing the parent's, as
+SQLAlchemy says to). A child pickles its columns, where each staged row ends, and the
+attributes it left unread for their length into a file; the parent merges them
+(``Columns.merge``) and copies the staged rows into ``trials.csv`` in the order the report
+lists trials (``Staged.write_listed``). A study of fewer than ``2 * PART`` trials is read in
+the process itself, and so is any study read from a process that runs other threads (a
+notebook's kernel): forking one may copy a lock another thread holds.
+
+Stopping is clean at every point: Ctrl-C and SIGTERM stop the parent, which kills its children
+(they ignore Ctrl-C themselves); a child whose parent is killed ends within a second; the
+staging folder is the parent's temporary folder, and one left by a killed report is cleared by
+the next report into the same folder (``staging``).
 """
 
 from __future__ import annotations
@@ -17,17 +24,23 @@ from __future__ import annotations
 import csv
 import mmap
 import os
+import pickle
+import shutil
+import signal
 import tempfile
+import threading
+import time
 from array import array
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import sqlalchemy
 
+from sweep.errors import SweepError
 from sweep.queue import report_pages
 from sweep.queue.report_pages import Span
 from sweep.queue.report_reads import warn_too_long
@@ -75,36 +88,88 @@ def read(engine: sqlalchemy.engine.Engine, study_id: int, names: list[str], *, g
     total = report_pages.listed_count(engine, study_id)
     spans = report_pages.bounds(engine, study_id, max(1, min(_cores(), total // PART)))
     paths = [folder / f"part-{k}.csv" for k in range(len(spans))]
-    if len(spans) == 1:
+    if len(spans) == 1 or threading.active_count() > 1:  # fork only a lone thread
+        spans = [(None, None)]
         results = [_fold(engine, study_id, names, grid, spans[0], paths[0])]
     else:
-        _FORKED.update(engine=engine, study_id=study_id, names=names, grid=grid)
-        try:
-            with ProcessPoolExecutor(len(spans), mp_context=get_context("fork")) as pool:
-                results = list(pool.map(_fold_forked, spans, paths))
-        finally:
-            _FORKED.clear()
+        results = _in_children(engine, study_id, names, grid, spans, paths)
     cols, too_long = results[0][0], list(results[0][2])
     for other, _, told in results[1:]:
         cols.merge(other)
         too_long += told
     cols.finish()
     warn_too_long(too_long)
-    return Staged(cols, [(path, ends) for path, (_, ends, _) in zip(paths, results, strict=True)])
+    return Staged(cols, [(path, ends) for path, (_, ends, _) in zip(paths, results, strict=False)])
 
 
-#: What a forked part reads (``read`` sets it before the pool forks; the child inherits it).
-_FORKED: dict[str, Any] = {}
+Folded = tuple[Columns, array, list[tuple[int, str]]]  # what ``_fold`` returns
 
 
-def _fold_forked(span: Span, path: Path) -> tuple[Columns, array, list[tuple[int, str]]]:
-    engine = _FORKED["engine"]
-    engine.dispose(close=False)  # the parent's connections stay the parent's
-    return _fold(engine, _FORKED["study_id"], _FORKED["names"], _FORKED["grid"], span, path)
+def _in_children(engine: sqlalchemy.engine.Engine, study_id: int, names: list[str], grid: bool,
+                 spans: list[Span], paths: list[Path]) -> list[Folded]:  # fmt: skip
+    """Each span folded by a forked child (``_child``), whose result is pickled into a file
+    beside its staged rows (a pipe would hold a child that has more to say than its buffer
+    until the parent reads). The first child to fail ends the read; the others are killed
+    then, and whenever this process stops early (Ctrl-C, SIGTERM: the exception unwinds
+    through ``finally``); a child whose parent is killed ends itself (``_orphaned``)."""
+    fork = get_context("fork")
+    outs = [path.with_suffix(".result") for path in paths]
+    children = [fork.Process(target=_child, args=(engine, study_id, names, grid, span, path, out,
+                                                  os.getpid()), daemon=True)
+                for span, path, out in zip(spans, paths, outs, strict=True)]  # fmt: skip
+    try:
+        for child in children:
+            child.start()
+        running = {child.sentinel: child for child in children}
+        while running:
+            for ended in wait(list(running)):
+                child = running.pop(ended)  # type: ignore[call-overload]
+                child.join()
+                if child.exitcode != 0:
+                    raise SweepError(f"a process reading part of the study ended with exit "
+                                     f"code {child.exitcode}")  # fmt: skip
+    finally:
+        for child in children:
+            if child.is_alive():
+                child.kill()
+                child.join()
+    results = []
+    for out in outs:
+        done, value = pickle.loads(out.read_bytes())
+        if not done:
+            raise value
+        results.append(value)
+    return results
+
+
+def _child(engine: sqlalchemy.engine.Engine, study_id: int, names: list[str], grid: bool,
+           span: Span, path: Path, out: Path, parent: int) -> None:  # fmt: skip
+    """A forked child's part (``_fold``), its result or its error pickled into ``out``. Ctrl-C
+    is the parent's to handle (it kills the children): a child ignores it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_orphaned, args=(parent,), daemon=True).start()
+    engine.dispose(close=False)  # the parent's connections stay the parent's (SQLAlchemy)
+    try:
+        result: tuple[bool, Any] = (True, _fold(engine, study_id, names, grid, span, path))
+    except BaseException as e:  # SweepError, Terminated, anything: the parent raises it
+        result = (False, e)
+    try:
+        data = pickle.dumps(result)
+    except Exception:  # an exception that does not pickle: its line
+        data = pickle.dumps((False, SweepError(str(result[1]))))
+    out.write_bytes(data)
+
+
+def _orphaned(parent: int) -> None:
+    """End this process within a second of its parent's end (killed, out of memory): its part
+    is of no use to anyone then."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def _fold(engine: sqlalchemy.engine.Engine, study_id: int, names: list[str], grid: bool,
-          span: Span, path: Path) -> tuple[Columns, array, list[tuple[int, str]]]:  # fmt: skip
+          span: Span, path: Path) -> Folded:  # fmt: skip
     """One part: its trials folded into columns (unfinished) and their rows staged at
     ``path``; where each row ends there; the attributes left unread for their length."""
     cols = Columns(names, grid=grid)
@@ -125,8 +190,10 @@ def _fold(engine: sqlalchemy.engine.Engine, study_id: int, names: list[str], gri
 
 
 def _cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0))
+    """The cores this process may run on (all of the machine's where the system cannot say)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _mapped(path: Path) -> mmap.mmap | bytes:
@@ -154,5 +221,23 @@ class _Encoder:
 
 def staging(out: Path) -> tempfile.TemporaryDirectory[str]:
     """A folder for the staged parts, inside ``out`` (the same disk as ``trials.csv``), gone
-    with its context."""
-    return tempfile.TemporaryDirectory(dir=out, prefix=".trials-")
+    with its context; first, the folders of reports whose process is gone (killed before they
+    could clear theirs) are cleared: each is named after its process."""
+    for stale in out.glob(f"{_STAGED}*-*"):
+        pid = stale.name[len(_STAGED) :].split("-", 1)[0]
+        if stale.is_dir() and pid.isascii() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return tempfile.TemporaryDirectory(dir=out, prefix=f"{_STAGED}{os.getpid()}-")
+
+
+_STAGED = ".trials-"  # a staging folder's prefix; its process id and a random part follow
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True

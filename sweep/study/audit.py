@@ -22,9 +22,10 @@ from sweep.study.space import ARCHITECTURE, DEPTH, SearchSpec
 
 def _width(v: Any) -> int | None:
     """A width as a parameter stores it (64, 64.0 from a float distribution, "64" of an
-    architecture), if it is a positive integer."""
-    if isinstance(v, str) and v.isdigit():
-        v = int(v)
+    architecture), if it is a positive integer. Text counts only as ASCII digits, at most nine
+    (``"²".isdigit()`` holds, and ``int`` refuses it; ``int`` refuses 4,301 digits too)."""
+    if isinstance(v, str):
+        v = int(v) if v.isascii() and v.isdigit() and len(v) <= 9 else None
     if isinstance(v, float) and v.is_integer():
         v = int(v)
     return v if type(v) is int and v >= 1 else None

@@ -51,6 +51,10 @@ RANGES = {"hidden_1": {"low": 300, "high": 1024}, "hidden_2": {"low": 100, "high
         ({"depth": [1, 2], "hidden_1": [512, 1024], "hidden_2": [256, 1024]}, None,
          {"depth": 2, "architecture_2": "512x1024"}, (512, 1024)),
         ({"depth": [1, 2], **RANGES}, None, {"depth": 9, "hidden_1": 700}, None),
+        # another client's text: digits int() refuses, or too many for it
+        (RANGES, None, {"hidden_1": "\u00b2", "hidden_2": 8}, None),
+        (RANGES, None, {"hidden_1": "9" * 5000, "hidden_2": 8}, None),
+        (RANGES, None, {"hidden_1": "768", "hidden_2": 8}, (768, 8)),
     ],
 )  # fmt: skip
 def test_a_trials_network_is_read_from_its_parameters_as_the_objective_reads_them(

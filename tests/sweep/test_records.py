@@ -13,7 +13,7 @@ import pytest
 
 from sweep import commands
 from sweep.cli import COMMANDS, build_parser
-from sweep.records import epoch, plain
+from sweep.records import MAX_DEPTH, epoch, plain
 from tests.sweep.helpers import grid_study, main_in_process, run_cli
 
 #: What ``optuna trials -f json`` writes of each trial (optuna.cli._Trials).
@@ -99,7 +99,8 @@ def test_status_is_every_study_with_optunas_names(db):
     assert g == {
         "name": "g", "direction": ["MAXIMIZE"], "n_trials": 3,
         "metric_names": ["validation accuracy [%]"], "counts": {"complete": 3},
-        "best_trial": {"number": best.number, "value": best.value, "params": best.params},
+        "best_trial": {"number": best.number, "value": best.value, "params": best.params,
+                       "outside_budget": None},
         "best_trials": [{"number": best.number, "values": [best.value]}],
     }  # fmt: skip
     assert (m["name"], m["direction"], m["best_trial"]) == ("m", ["MAXIMIZE", "MINIMIZE"], None)
@@ -187,6 +188,13 @@ def test_an_epochs_accuracy_is_a_percentage_without_float_noise():
 def test_plain_makes_any_value_strict_json():
     value = {1: (math.inf, -math.inf, math.nan, 2.5), "p": Path("a/b"), "ok": [True, None]}
     assert plain(value) == {"1": [None, None, None, 2.5], "p": "a/b", "ok": [True, None]}
+    deep: list = []
+    for _ in range(5_000):  # another client's attribute, nested past Python's stack
+        deep = [deep]
+    shallow = plain(deep)
+    for _ in range(MAX_DEPTH):
+        shallow = shallow[0]
+    assert shallow == [None]
 
 
 #: The fewest arguments each command parses with.
