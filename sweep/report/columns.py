@@ -25,6 +25,8 @@ from sweep.queue.report_reads import Record
 from sweep.report.shown import Trial, config, reason
 from sweep.report.stored import count, number, series, series_of
 from sweep.report.summary import fmt
+from sweep.study.audit import outside_budget
+from sweep.study.space import SearchSpec
 
 _STATES = list(TrialState)
 _CODE = {s: i for i, s in enumerate(_STATES)}
@@ -86,8 +88,10 @@ class _Param:
 class Columns:
     """The trials of a large study, folded one by one (``add``), then read (``finish``)."""
 
-    def __init__(self, names: list[str], *, grid: bool) -> None:
+    def __init__(self, names: list[str], *, grid: bool, spec: SearchSpec | None = None) -> None:
         self.names = names
+        self._spec = spec  # a sweep study's: the trials outside its budget are noted
+        self.outside = array("q")  # their numbers (in number order once ``finish``ed)
         self.tid, self.number, self.state = array("q"), array("q"), array("b")
         self.value, self.n_params, self.seconds = array("d"), array("d"), array("d")
         self.start, self.complete = array("d"), array("d")  # µs since 1970, NaN if none
@@ -118,6 +122,8 @@ class Columns:
             init[0] = min(init[0], t.number)
             if t.number > init[1]:
                 init[1:] = [t.number, t.trial_id]
+        if self._spec is not None and outside_budget(t.params, self._spec):
+            self.outside.append(t.number)
         if self.grid is not None and _finite(t):
             n = count(t, "n_params")
             self.grid.append(Record(t.trial_id, t.number, t.state, t.value, None, None,
@@ -141,6 +147,7 @@ class Columns:
                 mine[1:] = [latest, tid]
         if self.grid is not None and other.grid is not None:
             self.grid += other.grid
+        self.outside.extend(other.outside)
 
     def finish(self) -> None:
         """Every column as a numpy array in trial-number order; ``folded``: the order each
@@ -155,6 +162,7 @@ class Columns:
                                       np.asarray(p.code)[by])  # fmt: skip
         if self.grid is not None:
             self.grid.sort(key=lambda r: r.number)
+        self.outside = array("q", sorted(self.outside))
         self.is_done = (self.state == _STATES.index(TrialState.COMPLETE)) & np.isfinite(self.value)
         self.done = np.flatnonzero(self.is_done)
 

@@ -307,7 +307,9 @@ def draw_standard(
         files.append("edf.png")
     spans = _spans(trials)
     if spans:
-        title = f"Timeline: trials per worker ({len(spans):,} trials)"
+        counted = (f"{len(spans):,} trials" if of is None
+                   else f"{len(spans):,} of {of:,} trials, sampled evenly")  # fmt: skip
+        title = f"Timeline: trials per worker ({counted})"
         standard_figures.timeline(spans, out / "timeline.png", title=title)
         files.append("timeline.png")
 

@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 from sweep.queue.front import along, non_dominated
 from sweep.report.shown import md_table, network, param_names, reason
 from sweep.report.stored import Kind, count, printable
-from sweep.study.audit import outside_budget, outside_line
+from sweep.study.audit import outside_budget, outside_line, outside_numbers
 from sweep.study.objectives import ACCURACY, EPOCH_TIME, PARAMS, Objective
 
 T = TypeVar("T")  # optuna's FrozenTrial, or ``status_reads.Valued``: a state and values
@@ -208,7 +208,7 @@ def write(study: optuna.Study, listed: Sequence[Any], along: Sequence[Any], kind
               "- trials: " + ", ".join(f"{n:,} {s}" for s, n in counts.items() if n),
               f"- {len(along)} trial(s) on the Pareto front"
               + (f": {_ends(kind, along)}" if along else "")]  # fmt: skip
-    if kind.spec is not None and (outside := outside_line(listed, kind.spec)):
+    if kind.spec is not None and (outside := outside_line(outside_numbers(listed, kind.spec))):
         lines.append(outside)
     lines.append("")
     if kind.sweep:

@@ -24,9 +24,11 @@ import optuna
 from optuna.trial import TrialState
 
 from sweep.queue import report_pages, report_reads
+from sweep.queue.attrs import WORKER_TAG
 from sweep.queue.report_reads import Record
 from sweep.report import digest, digest_figures, distortions, drawn, parts
 from sweep.report.columns import Columns
+from sweep.report.scale import Scale
 from sweep.report.shown import md_table
 from sweep.report.stored import Kind, series
 from sweep.report.summary import ORDER
@@ -42,6 +44,7 @@ class Digest:
     aggregates: list[str]  # quantiles, parameter buckets, notes (``digest_sections``)
     top: list[Record]  # the ``digest.TOP`` best, best first, whole
     names: list[str]  # every parameter name, in order of first appearance
+    outside: list[int]  # the numbers of the trials outside the budget, in order
 
 
 def write(storage: optuna.storages.BaseStorage, study: optuna.Study, kind: Kind, out: Path,
@@ -52,7 +55,7 @@ def write(storage: optuna.storages.BaseStorage, study: optuna.Study, kind: Kind,
     names = report_pages.param_names(engine, sid)
     grid = kind.spec is not None and kind.spec.sampler == "grid"
     with parts.staging(out) as folder:
-        staged = parts.read(engine, sid, names, grid=grid, folder=Path(folder))
+        staged = parts.read(engine, sid, names, grid=grid, spec=kind.spec, folder=Path(folder))
         cols = staged.cols
         listed = cols.listed(ORDER, maximize=kind.maximize)
         staged.write_listed(names, listed, out / "trials.csv")
@@ -74,7 +77,13 @@ def write(storage: optuna.storages.BaseStorage, study: optuna.Study, kind: Kind,
         if shown is not None:
             sections.append(shown)
     return Digest(
-        cols.counts(), len(cols.number), sections, digest_sections(cols, kind), top, names
+        cols.counts(),
+        len(cols.number),
+        sections,
+        digest_sections(cols, kind),
+        top,
+        names,
+        list(cols.outside),
     )
 
 
@@ -90,7 +99,12 @@ def _figures(engine: Any, study: optuna.Study, cols: Columns, kind: Kind, out: P
         files.append("history.png")
     evenly = digest.evenly(done, digest.IMPORTANCE_TRIALS)
     sample = report_pages.records(engine, [int(cols.tid[i]) for i in evenly])
-    drawn.importance_figure(study, sample, cols.varying(), kind, out, files, large=True)
+    scores = drawn.importance_figure(study, sample, cols.varying(), kind, out, files, large=True)
+    # the standard plots from the same even sample, painted in the whole study's scale
+    report_reads.read_attr(engine, sample, WORKER_TAG)
+    span = [float(values.min()), float(values.max())] if len(values) else []
+    drawn.draw_standard(sample, kind, scores, out, files,
+                        scale=Scale.of(span, maximize=kind.maximize), of=len(done))  # fmt: skip
     _curve_bands(engine, cols, top, kind, out, files)
     if kind.spec is None:
         return

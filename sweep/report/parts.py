@@ -22,6 +22,7 @@ the next report into the same folder (``staging``).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import mmap
 import os
 import pickle
@@ -46,6 +47,7 @@ from sweep.queue.report_pages import Span
 from sweep.queue.report_reads import warn_too_long
 from sweep.report.columns import Columns, kept
 from sweep.report.shown import csv_header, csv_row
+from sweep.study.space import SearchSpec
 
 #: The fewest trials a part holds: a process's start and its columns' trip back cost less
 #: than a second; below that the report reads in its own process.
@@ -81,18 +83,19 @@ class Staged:
 
 
 def read(engine: sqlalchemy.engine.Engine, study_id: int, names: list[str], *, grid: bool,
-         folder: Path) -> Staged:  # fmt: skip
+         spec: SearchSpec | None, folder: Path) -> Staged:  # fmt: skip
     """The study's trials (not the queued ones) folded into finished columns, with their
     ``trials.csv`` rows staged in files under ``folder``; in parts, in parallel where the
     study is large enough (module docstring). One warning names the attributes left unread."""
     total = report_pages.listed_count(engine, study_id)
     spans = report_pages.bounds(engine, study_id, max(1, min(_cores(), total // PART)))
     paths = [folder / f"part-{k}.csv" for k in range(len(spans))]
+    reading = _Reading(engine, study_id, names, grid, spec)
     if len(spans) == 1 or threading.active_count() > 1:  # fork only a lone thread
         spans = [(None, None)]
-        results = [_fold(engine, study_id, names, grid, spans[0], paths[0])]
+        results = [_fold(reading, spans[0], paths[0])]
     else:
-        results = _in_children(engine, study_id, names, grid, spans, paths)
+        results = _in_children(reading, spans, paths)
     cols, too_long = results[0][0], list(results[0][2])
     for other, _, told in results[1:]:
         cols.merge(other)
@@ -105,8 +108,19 @@ def read(engine: sqlalchemy.engine.Engine, study_id: int, names: list[str], *, g
 Folded = tuple[Columns, array, list[tuple[int, str]]]  # what ``_fold`` returns
 
 
-def _in_children(engine: sqlalchemy.engine.Engine, study_id: int, names: list[str], grid: bool,
-                 spans: list[Span], paths: list[Path]) -> list[Folded]:  # fmt: skip
+@dataclasses.dataclass(frozen=True)
+class _Reading:
+    """What each part reads: the study's trials in ``engine``, their parameters ``names``,
+    whether it is a grid's, its spec (for the budget) if sweep's."""
+
+    engine: sqlalchemy.engine.Engine
+    study_id: int
+    names: list[str]
+    grid: bool
+    spec: SearchSpec | None
+
+
+def _in_children(reading: _Reading, spans: list[Span], paths: list[Path]) -> list[Folded]:
     """Each span folded by a forked child (``_child``), whose result is pickled into a file
     beside its staged rows (a pipe would hold a child that has more to say than its buffer
     until the parent reads). The first child to fail ends the read; the others are killed
@@ -114,8 +128,8 @@ def _in_children(engine: sqlalchemy.engine.Engine, study_id: int, names: list[st
     through ``finally``); a child whose parent is killed ends itself (``_orphaned``)."""
     fork = get_context("fork")
     outs = [path.with_suffix(".result") for path in paths]
-    children = [fork.Process(target=_child, args=(engine, study_id, names, grid, span, path, out,
-                                                  os.getpid()), daemon=True)
+    children = [fork.Process(target=_child, args=(reading, span, path, out, os.getpid()),
+                             daemon=True)
                 for span, path, out in zip(spans, paths, outs, strict=True)]  # fmt: skip
     try:
         for child in children:
@@ -142,15 +156,14 @@ def _in_children(engine: sqlalchemy.engine.Engine, study_id: int, names: list[st
     return results
 
 
-def _child(engine: sqlalchemy.engine.Engine, study_id: int, names: list[str], grid: bool,
-           span: Span, path: Path, out: Path, parent: int) -> None:  # fmt: skip
+def _child(reading: _Reading, span: Span, path: Path, out: Path, parent: int) -> None:
     """A forked child's part (``_fold``), its result or its error pickled into ``out``. Ctrl-C
     is the parent's to handle (it kills the children): a child ignores it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_orphaned, args=(parent,), daemon=True).start()
-    engine.dispose(close=False)  # the parent's connections stay the parent's (SQLAlchemy)
+    reading.engine.dispose(close=False)  # the parent's connections stay the parent's
     try:
-        result: tuple[bool, Any] = (True, _fold(engine, study_id, names, grid, span, path))
+        result: tuple[bool, Any] = (True, _fold(reading, span, path))
     except BaseException as e:  # SweepError, Terminated, anything: the parent raises it
         result = (False, e)
     try:
@@ -168,16 +181,17 @@ def _orphaned(parent: int) -> None:
     os._exit(1)
 
 
-def _fold(engine: sqlalchemy.engine.Engine, study_id: int, names: list[str], grid: bool,
-          span: Span, path: Path) -> Folded:  # fmt: skip
+def _fold(reading: _Reading, span: Span, path: Path) -> Folded:
     """One part: its trials folded into columns (unfinished) and their rows staged at
     ``path``; where each row ends there; the attributes left unread for their length."""
-    cols = Columns(names, grid=grid)
+    names = reading.names
+    cols = Columns(names, grid=reading.grid, spec=reading.spec)
     too_long: list[tuple[int, str]] = []
     ends, at, encode = array("q"), 0, _Encoder()
     with path.open("wb") as staged:
-        for page in report_pages.pages(engine, study_id, names, kept=kept, span=span,
-                                       too_long=too_long):  # fmt: skip
+        pages = report_pages.pages(reading.engine, reading.study_id, names, kept=kept,
+                                   span=span, too_long=too_long)  # fmt: skip
+        for page in pages:
             lines = []
             for t in page:
                 lines.append(encode(csv_row(t, names)))

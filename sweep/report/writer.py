@@ -51,7 +51,7 @@ from sweep.report.shown import (
 )
 from sweep.report.stored import Kind, count, number, printable, study_kind
 from sweep.report.summary import listed, ordered
-from sweep.study.audit import outside_budget, outside_line
+from sweep.study.audit import outside_budget, outside_line, outside_numbers
 
 logger = logging.getLogger(__name__)
 
@@ -178,16 +178,17 @@ def write_report(
                                  data_path=data_path, scale=scale)  # fmt: skip
     best = study.best_trial if counts[TrialState.COMPLETE] else None
     lines = [f"# Study `{printable(study_name, 400)}`", "", *_summary(study, counts, kind, best)]
-    if kind.spec is not None and (outside := outside_line(trials, kind.spec)):
-        lines[-1:] = [outside, ""]  # every trial of a small study (a large one: in its table)
+    found = got.outside if large else outside_numbers(trials, kind.spec) if kind.spec else []
+    if outside := outside_line(found):
+        lines[-1:] = [outside, ""]
     if large:
         lines[-1:] = [
             f"- {got.trials:,} trials: this report shows the {digest.TOP} best and summarises "
             "the rest; every trial is in [trials.csv](trials.csv)",
             f"- figures: values in {digest_figures.BINS} bins of trials or time, learning curves "
             f"of {digest.CURVES:,} trials sampled evenly and the {digest.BEST_CURVES} best, "
-            f"accuracy against size as a 2-D histogram, importances from "
-            f"{digest.IMPORTANCE_TRIALS:,} trials sampled evenly",
+            f"accuracy against size as a 2-D histogram, importances and the standard plots "
+            f"from {digest.IMPORTANCE_TRIALS:,} complete trials sampled evenly",
             "",
         ]
     for name, title in [("history.png", "Optimisation history"),

@@ -11,7 +11,7 @@ flag it, so such a trial is never shown as an answer inside the rules.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from mlp.config import WIDTHS
@@ -71,10 +71,15 @@ def outside_budget(params: Mapping[str, Any], spec: SearchSpec) -> str | None:
 _NAMED = 20
 
 
-def outside_line(trials: Iterable[Any], spec: SearchSpec) -> str | None:
-    """The report's line naming the trials (anything with ``number`` and ``params``) whose
-    network is outside the budget; None if there are none."""
-    found = [t.number for t in trials if outside_budget(t.params, spec)]
+def outside_numbers(trials: Iterable[Any], spec: SearchSpec) -> list[int]:
+    """The numbers of the trials (anything with ``number`` and ``params``) whose network is
+    outside the budget."""
+    return [t.number for t in trials if outside_budget(t.params, spec)]
+
+
+def outside_line(found: Sequence[int]) -> str | None:
+    """The report's line naming the trials numbered ``found`` (``outside_numbers``, in the
+    order to name them) whose network is outside the budget; None if there are none."""
     if not found:
         return None
     named = ", ".join(f"#{n}" for n in found[:_NAMED])

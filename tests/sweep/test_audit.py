@@ -10,6 +10,7 @@ import pytest
 import sweep
 from mlp.sizes import parameter_count
 from sweep.queue.storage import open_storage
+from sweep.report import digest, parts
 from sweep.report.writer import write_report
 from sweep.study.audit import outside_budget, trial_widths
 from sweep.study.joining import open_study
@@ -116,6 +117,20 @@ def test_the_report_flags_every_trial_outside_the_budget(tmp_path):
     rows = [r for r in text.splitlines() if r.startswith("| ") and r.endswith("parameters |")]
     assert [r.split(" | ")[0] for r in rows] == ["| 1", "| 2"]  # each in the trials table
     assert "| 0 |" in text and "outside the budget: 512x768" not in text
+
+
+@pytest.mark.parametrize("cores", [1, 2], ids=["one-process", "in-parts"])
+def test_a_large_report_counts_every_trial_outside_the_budget(tmp_path, monkeypatch, cores):
+    monkeypatch.setattr(digest, "LARGE", 3)
+    monkeypatch.setattr(parts, "PART", 2)
+    monkeypatch.setattr(parts, "_cores", lambda: cores)
+    url = _theirs(tmp_path, [(512, 768, 97.0), (768, 1024, 98.5), (400, 400, 90.0),
+                             (1024, 1024, 98.0), (512, 700, 96.0)])  # fmt: skip
+    storage = open_storage(url, heartbeat_interval=None, grace_period=None, read_only=True)
+    write_report(storage, "t", out_dir=tmp_path / "r")
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "this report shows the" in text  # the large path
+    assert "- **3 trial(s) outside the budget** (#1, #2, #3): another client's" in text
 
 
 def test_the_report_of_several_objectives_flags_them_too(tmp_path):

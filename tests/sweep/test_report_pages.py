@@ -141,7 +141,7 @@ def test_a_large_report_writes_what_the_record_path_wrote(
     forked = []  # the parts read by forked children
     real_children = parts._in_children
     monkeypatch.setattr(
-        parts, "_in_children", lambda *a: forked.append(len(a[4])) or real_children(*a)
+        parts, "_in_children", lambda *a: forked.append(len(a[1])) or real_children(*a)
     )
     url, sid = odd_study
     storage = open_storage(url, read_only=True)
@@ -164,6 +164,14 @@ def test_a_large_report_writes_what_the_record_path_wrote(
     assert f"## The {digest.TOP} best trials\n\n{table}\n" in md
     assert f"- {N:,} trials: this report shows the {digest.TOP} best" in md
     assert "## Trials\n" not in md
+    for name in (
+        "parallel_coordinates.png",
+        "slice.png",
+        "contour.png",
+        "edf.png",
+        "timeline.png",
+    ):  # the standard plots, from the even sample
+        assert f"]({name})" in md and (tmp_path / "out" / name).stat().st_size, name
     assert forked == ([] if cores == 1 else [cores])
 
 
