@@ -8,8 +8,9 @@ states it:
 
 - ``# [host]`` (packages, services, the clone, a cluster) is skipped, but for the commands in
   ``STAND_INS``, which the script defines as shell functions: ``systemctl restart postgresql``
-  reloads the server, ``sbatch FILE`` runs FILE once in an empty environment (``srun`` runs its
-  arguments).
+  reloads the server, ``sbatch FILE`` runs FILE once in an empty environment, as ``bash -u``
+  (an unset variable fails it at once, where it would make ``--wait 600`` wait for a study in
+  another database) within 120 s (``srun`` runs its arguments).
 - ``# [yours]`` (a value of the reader's own) is skipped, and the test sets its variable:
   ``YOURS`` holds one value for each, no more and no fewer.
 
@@ -55,7 +56,8 @@ STAND_INS = {
   psql -U postgres -qAtc 'SELECT pg_reload_conf()' >/dev/null
 }""",
     "sbatch": """sbatch() {
-  env -i HOME="$HOME" PATH=<bare_path> PYTHONPATH=<pythonpath> MLP_SWEEP_CACHE=<cache> bash "$1"
+  env -i HOME="$HOME" PATH=<bare_path> PYTHONPATH=<pythonpath> MLP_SWEEP_CACHE=<cache> \
+    timeout 120 bash -u "$1"
 }""",
 }
 #: The commands the guide must show, at the least.
@@ -201,7 +203,7 @@ def test_the_guide_runs_as_written(tmp_path):
             env=env,
             capture_output=True,
             text=True,
-            timeout=900,
+            timeout=600,
         )
         assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
         # The password is what lets sweep in: a wrong one is refused, so the URL carried it.
