@@ -270,6 +270,13 @@ class MLP:
         """
         path = Path(path)
         sidecar = path.with_suffix(".json")
+        if not sidecar.exists() and _is_train_state(path):
+            raise CheckpointError(
+                f"{path}: expected a saved model (with its {sidecar.name}); got a training "
+                "checkpoint, which holds no architecture: mlp.load_state(path, like=model) "
+                "reads it into a model built as its trial's config says, and `sweep export "
+                "STUDY --trial N --out FILE.npz` writes a model of a kept trial"
+            )
         with reading(sidecar, "a model's JSON sidecar"):
             doc = json_object(_formats.read_regular(sidecar, _SIDECAR_BYTES), "the sidecar")
             if doc.get("format") != MODEL_FORMAT:
@@ -311,3 +318,18 @@ class MLP:
             raise CheckpointError(f"{path}: expected a trained model; got {bad} weights that "
                                   "are not finite (NaN or infinite)")  # fmt: skip
         return model
+
+
+def _is_train_state(path: Path) -> bool:
+    """Whether ``path`` looks like ``mlp.checkpoint.save_state``'s file (its ``state`` and
+    ``history`` members), for a useful line where a model's file was expected: the dashboard
+    downloads checkpoints under their artifact id (issue 28). Reads the zip's directory only."""
+    import zipfile
+
+    try:
+        if not path.is_file():  # a FIFO would block the read; anything else is not one
+            return False
+        with zipfile.ZipFile(path) as zf:
+            return {"state.npy", "history.npy"} <= set(zf.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False

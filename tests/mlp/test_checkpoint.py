@@ -168,6 +168,21 @@ def test_save_and_load_round_trip_every_field(saved, tmp_path):
     assert os.listdir(tmp_path) == ["s.npz"]
 
 
+def test_a_checkpoint_handed_to_mlp_load_is_named_for_what_it_is(saved, tmp_path):
+    """The dashboard downloads a checkpoint under its artifact id, without a sidecar (#28)."""
+    path, state, like = saved
+    download = tmp_path / "0f1e2d3c-aaaa-4bbb-8ccc-123456789abc"
+    download.write_bytes(path.read_bytes())
+    with pytest.raises(CheckpointError, match=r"got a training checkpoint, which holds no arch"):
+        MLP.load(download)
+    assert _same_state(load_state(download, like=like), state)  # what the line says works
+    # A model's file without its sidecar is still just that: no sidecar.
+    like.save(tmp_path / "model.npz")
+    (tmp_path / "model.json").unlink()
+    with pytest.raises(CheckpointError, match=r"model\.json: expected a model's JSON sidecar"):
+        MLP.load(tmp_path / "model.npz")
+
+
 def test_a_failed_save_leaves_the_old_file_and_no_temporary(saved, tmp_path):
     _, state, _ = saved
     target = tmp_path / "s.npz"
