@@ -23,6 +23,14 @@ class EpochMetrics:
     seconds: float  # wall time of this epoch, evaluation included
 
 
+def percent(fraction: float) -> float:
+    """A fraction in percent, as sweep stores and shows accuracies: ``100 * fraction`` rounded
+    to 10 decimals, so 0.9757 is 97.57 and not 97.57000000000001 (issue 28). An accuracy over
+    n examples has at most as many decimals as n has digits, so the rounding only drops the
+    float noise of the product."""
+    return round(100 * fraction, 10)
+
+
 @dataclass
 class TrainState:
     """Everything ``fit`` needs to continue after ``epoch`` completed epochs exactly as if it had

@@ -192,9 +192,9 @@ def export(done: Exported, name: str, weights: str | Path) -> dict[str, Any]:
 def epoch(m: EpochMetrics) -> dict[str, Any]:
     """One epoch of ``sweep train``: ``mlp.EpochMetrics``'s fields, its accuracies in percent
     as a trial's learning curves store them (``sweep.trial.objective``)."""
+    from mlp.state import percent
+
     record = dataclasses.asdict(m)
     for key in ("train_accuracy", "valid_accuracy"):
-        # rounded to 10 decimals: 100 * 0.9757 is 97.57000000000001 in floats (issue 28), and
-        # an accuracy of n examples has at most as many decimals as n has digits
-        record[key] = round(100 * record[key], 10)
+        record[key] = percent(record[key])
     return record

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.artifacts import download_artifact
 
+from mlp.state import percent
 from sweep.errors import SpecError, StorageError, SweepError
 from sweep.queue.artifact_names import forget_on_study
 from sweep.queue.attrs import (
@@ -155,7 +156,7 @@ def _load_weights(
             raise missing(f"artifact {artifact}: {_line(e).split(': ', 1)[-1]}") from e
     if (bad := not_finite(state.params)) is not None:  # its history may claim any value
         raise missing(f"artifact {artifact} holds {bad} weights that are not finite")
-    if not state.history or 100 * state.history[-1].valid_accuracy != trial.values[0]:
+    if not state.history or percent(state.history[-1].valid_accuracy) != trial.values[0]:
         raise missing(f"artifact {artifact} does not reproduce trial {trial.number}'s value")
     for p, w in zip(model.params, state.params, strict=True):
         p[...] = w

@@ -25,6 +25,7 @@ from mlp import MLP, Dataset, DivergedError, EpochMetrics, TrainConfig, fit, loa
 from mlp.config import ModelConfig
 from mlp.memory import require_training
 from mlp.sizes import parameter_count
+from mlp.state import percent
 from sweep.errors import SpecError
 from sweep.queue.attrs import FAIL_REASON
 from sweep.study.objectives import values_of
@@ -132,13 +133,13 @@ class Objective:
 
         def record(m: EpochMetrics) -> None:
             curves["train_loss"].append(m.train_loss)
-            curves["train_accuracy"].append(100 * m.train_accuracy)
+            curves["train_accuracy"].append(percent(m.train_accuracy))
             curves["valid_loss"].append(m.valid_loss)
-            curves["valid_accuracy"].append(100 * m.valid_accuracy)
+            curves["valid_accuracy"].append(percent(m.valid_accuracy))
             epoch_seconds.append(m.seconds)
             if self.spec.multi:
                 return  # optuna cannot prune a trial of several values, nor store its steps
-            trial.report(100 * m.valid_accuracy, m.epoch)
+            trial.report(percent(m.valid_accuracy), m.epoch)
 
         def on_epoch(m: EpochMetrics) -> None:
             ran[0] += 1
@@ -240,7 +241,7 @@ def evaluate_trial(
         history = fit(model, data, config)
         _, test_acc = model.evaluate(data.test.x.astype(model.dtype, copy=False), data.test.y,
                                      batch_size=config.eval_batch_size)  # fmt: skip
-    result = Evaluation(best.number, 100 * test_acc, 100 * history.epochs[-1].valid_accuracy,
+    result = Evaluation(best.number, percent(test_acc), percent(history.epochs[-1].valid_accuracy),
                         model=model, config=settings, seed=seed)  # fmt: skip
     study.set_user_attr("test_accuracy", result.test_accuracy)
     study.set_user_attr("test_trial", result.trial)

@@ -6,10 +6,11 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from mlp import MLP, TrainConfig, parameter_count
+from mlp import MLP, EpochMetrics, TrainConfig, parameter_count
 from mlp.config import ModelConfig, declared_fields
 from sweep.study.settings import TrainSettings
 from sweep.study.spec import parse_spec
+from sweep.trial import objective
 from sweep.trial.objective import Objective, build_model_and_config, trial_seed
 from tests.mlp.test_config import other_value
 
@@ -69,3 +70,24 @@ def test_a_trial_trains_the_network_of_its_depth_and_records_its_count(monkeypat
         parameter_count(16), parameter_count(16, 8, 8)
     ]  # fmt: skip
     assert set(study.trials[0].params) == {"depth", "hidden_1"}  # no unused width
+
+
+def test_a_trials_percentages_carry_no_float_noise(monkeypatch):
+    # 100 * 0.9757 is 97.57000000000001 in floats: the stored value and curves say 97.57
+    spec = parse_spec({
+        "study": {"name": "o", "sampler": "random", "trials": 1},
+        "budget": {"min_params": 10_000, "max_params": 20_000},
+        "data": {"train_size": 500},
+        "train": {"epochs": 1, "batch_size": 100, "hidden_2": 8},
+        "space": {"hidden_1": [16]},
+    })  # fmt: skip
+
+    def fit(model, data, config, *, on_epoch, **kw):
+        on_epoch(EpochMetrics(1, 0.5, 0.9757, 0.4, 0.9757, 0.1))
+
+    monkeypatch.setattr(objective, "fit", fit)
+    study = optuna.create_study(direction="maximize")
+    study.optimize(Objective(spec), n_trials=1)
+    [t] = study.trials
+    assert (t.value, t.intermediate_values) == (97.57, {1: 97.57})
+    assert t.user_attrs["valid_accuracy"] == t.user_attrs["train_accuracy"] == [97.57]
