@@ -91,7 +91,7 @@ def read(engine: sqlalchemy.engine.Engine, study_id: int, names: list[str], *, g
     spans = report_pages.bounds(engine, study_id, max(1, min(_cores(), total // PART)))
     paths = [folder / f"part-{k}.csv" for k in range(len(spans))]
     reading = _Reading(engine, study_id, names, grid, spec)
-    if len(spans) == 1 or threading.active_count() > 1:  # fork only a lone thread
+    if len(spans) == 1 or not _may_fork():
         spans = [(None, None)]
         results = [_fold(reading, spans[0], paths[0])]
     else:
@@ -201,6 +201,12 @@ def _fold(reading: _Reading, span: Span, path: Path) -> Folded:
                 ends.append(at)
             staged.write(b"".join(lines))
     return cols, ends, too_long
+
+
+def _may_fork() -> bool:
+    """Whether this process runs no other thread, so that a forked child copies no lock
+    another thread holds (a notebook's kernel runs several)."""
+    return threading.active_count() == 1
 
 
 def _cores() -> int:

@@ -124,6 +124,7 @@ def test_a_large_report_counts_every_trial_outside_the_budget(tmp_path, monkeypa
     monkeypatch.setattr(digest, "LARGE", 3)
     monkeypatch.setattr(parts, "PART", 2)
     monkeypatch.setattr(parts, "_cores", lambda: cores)
+    monkeypatch.setattr(parts, "_may_fork", lambda: True)  # earlier tests' idle threads
     url = _theirs(tmp_path, [(512, 768, 97.0), (768, 1024, 98.5), (400, 400, 90.0),
                              (1024, 1024, 98.0), (512, 700, 96.0)])  # fmt: skip
     storage = open_storage(url, heartbeat_interval=None, grace_period=None, read_only=True)

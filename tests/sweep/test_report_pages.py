@@ -138,6 +138,7 @@ def test_a_large_report_writes_what_the_record_path_wrote(
     monkeypatch.setattr(report_pages, "MAX_JOINED", joined)
     monkeypatch.setattr(parts, "PART", 15)
     monkeypatch.setattr(parts, "_cores", lambda: cores)
+    monkeypatch.setattr(parts, "_may_fork", lambda: True)  # earlier tests' idle threads
     forked = []  # the parts read by forked children
     real_children = parts._in_children
     monkeypatch.setattr(

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -41,6 +42,7 @@ def in_parts(monkeypatch):
     monkeypatch.setattr(digest, "LARGE", 10)
     monkeypatch.setattr(parts, "PART", 10)
     monkeypatch.setattr(parts, "_cores", lambda: 2)
+    monkeypatch.setattr(parts, "_may_fork", lambda: True)  # earlier tests' idle threads
 
 
 def test_a_part_that_fails_ends_the_report_in_its_line(tmp_path, in_parts, monkeypatch):
@@ -73,6 +75,25 @@ def test_a_part_that_dies_is_said_in_one_line(tmp_path, in_parts, monkeypatch):
     with pytest.raises(SweepError, match=r"^a process reading part of the study ended with "
                        r"exit code 3$"):  # fmt: skip
         writer.write_report(open_storage(url, read_only=True), "s", out_dir=tmp_path / "out")
+
+
+def test_a_process_running_threads_reads_in_one_process(tmp_path, monkeypatch):
+    monkeypatch.setattr(digest, "LARGE", 10)
+    monkeypatch.setattr(parts, "PART", 10)
+    monkeypatch.setattr(parts, "_cores", lambda: 2)
+    url = _study(tmp_path)
+    forked = []
+    monkeypatch.setattr(parts, "_in_children", lambda *a: forked.append(a))
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)  # one of our own, whatever others are left
+    other.start()
+    try:
+        writer.write_report(open_storage(url, read_only=True), "s", out_dir=tmp_path / "out")
+    finally:
+        stop.set()
+        other.join()
+    assert not forked
+    assert len((tmp_path / "out" / "trials.csv").read_text().splitlines()) == N + 1
 
 
 def test_a_stale_staging_folder_goes_with_the_next_report(tmp_path, in_parts):
