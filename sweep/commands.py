@@ -159,7 +159,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise SpecError("worker needs a study: --study NAME, or a study file")
     given = _study_spec(args.study, args.set) if args.study else None
     name = args.name or given.name
-    lines = None if args.verbosity == "quiet" else TrialLines(lambda text: _note(args, text))
+    lines = TrialLines(lambda text: _note(args, text))  # none with --quiet
     ran = join(name, storage=args.storage, spec=given, wait=args.wait, data_path=args.data,
                artifacts=args.artifacts, overrides=() if given else args.set,
                on_trial=lines)  # fmt: skip
