@@ -56,7 +56,8 @@ class Progress:
 def interactive() -> bool:
     """Whether someone watches as it runs: stderr is a terminal, or this is a Jupyter kernel
     (whose stderr is no terminal, but shows a bar)."""
-    return "ipykernel" in sys.modules or sys.stderr.isatty()
+    stderr = sys.stderr  # None under pythonw
+    return "ipykernel" in sys.modules or (stderr is not None and stderr.isatty())
 
 
 def quiet_tqdm() -> None:
