@@ -18,6 +18,7 @@ Errors are the exceptions of ``sweep.errors``, each with a one-line message.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -28,13 +29,20 @@ from sweep.errors import SpecError, SweepError
 # Each function imports what it uses when it is called: ``sweep status`` comes through here and
 # must not wait for the training code, boto3 and alembic (tests/sweep/test_startup.py).
 if TYPE_CHECKING:
+    from mlp.state import EpochMetrics
     from sweep.notebook import load_study, objective
+    from sweep.progress import TrialLines
     from sweep.report.summary import StudyStatus
     from sweep.report.writer import Report
     from sweep.runner import run
     from sweep.study.spec import StudySpec, load_spec
     from sweep.trial.best import Exported
     from sweep.trial.objective import Evaluation
+
+if "ipykernel" in sys.modules:  # a notebook: optuna's import would warn of a missing widget
+    from sweep.progress import quiet_tqdm
+
+    quiet_tqdm()
 
 __all__ = [
     "evaluate", "export", "join", "load_spec", "load_study", "objective", "report_all",
@@ -63,13 +71,14 @@ def __getattr__(name: str) -> Any:
 def join(
     name: str, *, storage: str | None = None, spec: StudySpec | None = None, wait: float = 0.0,
     data_path: str | None = None, artifacts: str | None = None,
-    overrides: Sequence[str] | Mapping[str, Any] = (),
+    overrides: Sequence[str] | Mapping[str, Any] = (), on_trial: TrialLines | None = None,
 ) -> int:  # fmt: skip
     """Work on study ``name`` as one more worker until it has nothing left to claim; return
     how many trials this worker ran. The stored spec decides what runs (``spec``, if given,
     must agree with it, as must ``overrides`` of it or of the stored spec, see
     ``sweep.load_spec``); ``wait`` seconds for the study to be created by its launcher;
-    ``artifacts`` where its trials checkpoint (see ``sweep.run``)."""
+    ``artifacts`` where its trials checkpoint (see ``sweep.run``); ``on_trial`` is told of
+    each trial it claims, each epoch and how each ended (``sweep.progress.TrialLines``)."""
     from sweep.queue.storage import resolve_url
     from sweep.study.joining import join as stored_spec_of
     from sweep.worker import work
@@ -79,11 +88,15 @@ def join(
     url = resolve_url(storage)
     stored = stored_spec_of(url, name, spec=spec, wait=wait, data_path=data_path,
                             overrides=overrides)  # fmt: skip
+    if on_trial is not None and on_trial.epochs is None:
+        from sweep.progress import fixed_epochs
+
+        on_trial = dataclasses.replace(on_trial, epochs=fixed_epochs(stored))
     run_id = uuid.uuid4().hex[:12]
     # A sampler seed of its own (the study seed plus a salt): the tasks of a batch array would
     # otherwise all draw the same random and TPE start-up points.
     return work(stored, url, run_id, salt=1 + int(run_id, 16) % 2**20, launch=True,
-                artifacts=artifacts)  # fmt: skip
+                artifacts=artifacts, on_trial=on_trial)  # fmt: skip
 
 
 def status(storage: str | None = None) -> list[StudyStatus]:
@@ -133,14 +146,15 @@ def report_all(
 
 def evaluate(
     spec: StudySpec, *, storage: str | None = None, artifacts: str | None = None,
-    trial: int | None = None,
+    trial: int | None = None, on_epoch: Callable[[EpochMetrics, int], None] | None = None,
 ) -> Evaluation:  # fmt: skip
     """Retrain the study's best configuration (same seed) and measure its test accuracy,
     once; stored on the study as ``test_accuracy`` and ``test_trial``. Of several objectives
     (no one best), the front's most accurate trial; ``trial`` (a COMPLETE trial's number)
     retrains that one instead. The retrained model
     (weights and JSON sidecar, ``mlp.MLP.save``) is uploaded to the study's artifact store
-    (``artifacts``, see ``sweep.run``); the result names the two artifacts and the store."""
+    (``artifacts``, see ``sweep.run``); the result names the two artifacts and the store.
+    ``on_epoch`` gets each epoch of the retraining as it ends, and the epochs it trains."""
     from sweep.queue.storage import open_storage, resolve_url
     from sweep.report.writer import load_study
     from sweep.trial import best, kept
@@ -154,7 +168,7 @@ def evaluate(
     if not any(t.values is not None for t in study.get_trials(deepcopy=False)):
         raise SweepError(f"study {spec.name!r} has no completed trial to evaluate")
     chosen, _ = kept.evaluated_trial(study, trial)
-    result = evaluate_trial(study, spec, chosen)
+    result = evaluate_trial(study, spec, chosen, on_epoch=on_epoch)
     assert result.model is not None and result.config is not None and result.seed is not None
     meta = best.model_meta(study, result.trial, result.config, result.seed,
                            result.valid_accuracy, result.test_accuracy)  # fmt: skip

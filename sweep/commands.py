@@ -18,7 +18,6 @@ if TYPE_CHECKING:  # optuna takes a second to import; `sweep --help` should not 
     from collections.abc import Sequence
 
     from sweep.report.writer import Report
-    from sweep.runner import Progress
     from sweep.study.overrides import Override
     from sweep.study.spec import StudySpec
 
@@ -95,49 +94,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-class _ProgressLine:
-    """Draws the run's progress on stderr: one updating line on a terminal, else a line per
-    finished trial. The header waits for the first report, so that a run that fails to start
-    prints only its error."""
-
-    def __init__(self, header: str) -> None:
-        self.header: str | None = header
-        self.last: tuple[int, str | None] = (-1, None)
-        self.tty = sys.stderr.isatty()
-
-    def __call__(self, p: Progress) -> None:
-        if self.header:
-            print(self.header, file=sys.stderr)
-            self.header = None
-        if p.front is not None:  # several objectives: no one best
-            best = f"front {p.front}"
-        else:
-            best = f"best {p.best:.2f}%" if p.best is not None else "best —"
-        eta = ""
-        if 0 < p.done < p.total:
-            eta = f"  ETA {_duration(p.elapsed / p.done * (p.total - p.done))}"
-        running = f"{p.running} running"
-        if p.running != p.here:
-            running += f" on {p.workers} worker(s), {p.here} here"
-        line = f"{p.done}/{p.total} trials  {running}  {best}  {_duration(p.elapsed)}{eta}"
-        if p.waiting_for:
-            line += f"  ({p.waiting_for})"
-        if self.tty:
-            print(f"\r{line:<78}", end="", file=sys.stderr, flush=True)
-        elif (p.done, p.waiting_for) != self.last:
-            print(line, file=sys.stderr, flush=True)
-        self.last = (p.done, p.waiting_for)
-
-    def close(self) -> None:
-        if self.tty and self.header is None:
-            print(file=sys.stderr)
-
-
-def _duration(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    return f"{m}m{s:02d}s" if m else f"{s}s"
-
-
 def _quiet_optuna(args: argparse.Namespace) -> None:
     """optuna logs every new study and trial at INFO; our own progress line says it better
     (with --quiet, only its errors)."""
@@ -154,13 +110,14 @@ TOP_TRIALS = 20
 def cmd_run(args: argparse.Namespace) -> int:
     """Create or resume a study and run it to the end with parallel worker processes."""
     from sweep.api import run
+    from sweep.progress import ProgressLine
     from sweep.queue.storage import mask_password, resolve_url
     from sweep.report.summary import shown_trials, trial_table
 
     _quiet_optuna(args)
     spec = _study_spec(args.study, args.set)
     url = resolve_url(args.storage)
-    progress = _ProgressLine(
+    progress = ProgressLine(
         f"study {spec.name!r} ({spec.sampler}) in {mask_password(url)}, "
         f"{args.jobs} local worker(s) × {spec.threads} BLAS thread(s)"
     )
@@ -195,14 +152,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Join a study as one worker (other hosts, batch-scheduler arrays): the study's stored
     spec decides what runs; a study file, if given, must agree with it."""
     from sweep.api import join
+    from sweep.progress import TrialLines
 
     _quiet_optuna(args)
     if not (args.study or args.name):
         raise SpecError("worker needs a study: --study NAME, or a study file")
     given = _study_spec(args.study, args.set) if args.study else None
     name = args.name or given.name
+    lines = TrialLines(lambda text: _note(args, text))  # none with --quiet
     ran = join(name, storage=args.storage, spec=given, wait=args.wait, data_path=args.data,
-               artifacts=args.artifacts, overrides=() if given else args.set)  # fmt: skip
+               artifacts=args.artifacts, overrides=() if given else args.set,
+               on_trial=lines)  # fmt: skip
     print(f"worker ran {ran} trial(s); study {name!r} has nothing left to claim")
     return EXIT_OK
 
@@ -339,11 +299,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     Of several objectives (a front, no one best): the front's most accurate trial, or --trial
     N."""
     from sweep.api import evaluate
+    from sweep.progress import epoch_line
     from sweep.trial.kept import FRONT_PICK
 
     _quiet_optuna(args)
     spec = _study_spec(args.study)
-    result = evaluate(spec, storage=args.storage, artifacts=args.artifacts, trial=args.trial)
+    result = evaluate(spec, storage=args.storage, artifacts=args.artifacts, trial=args.trial,
+                      on_epoch=lambda m, epochs: _note(args, epoch_line(m, epochs)))  # fmt: skip
     chosen = FRONT_PICK if spec.multi and args.trial is None else None
     if args.format == "json":
         _json(records.evaluation(result, spec.name, chosen=chosen))

@@ -20,15 +20,16 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import optuna
 
 from sweep.errors import SpecError, StorageError, StudyGone, SweepError, WorkerError
+from sweep.progress import SHOWN, Progress, ProgressBar, fixed_epochs, interactive
 from sweep.queue.attrs import stop_key
 from sweep.queue.front import read_front
-from sweep.queue.progress import Pending, pending, tally
+from sweep.queue.progress import Pending, latest_epochs, pending, tally
 from sweep.queue.recovery import abandon_run, release_run
 from sweep.queue.storage import (
     GRACE_PERIOD_S,
@@ -59,21 +60,6 @@ DASK_TIMEOUT_S = 10
 #: A claimed trial whose heartbeat is older than this is no longer counted as running: its
 #: worker missed two beats (it is likely dead, and recovered once the grace period is over).
 SILENT_S = 2 * HEARTBEAT_INTERVAL_S
-
-
-@dataclasses.dataclass(frozen=True)
-class Progress:
-    """A snapshot for the progress display."""
-
-    done: int  # trials finished (complete, pruned or failed for a reason)
-    total: int
-    running: int  # trials sweep workers are running, on every host (heartbeat fresh)
-    workers: int  # distinct workers running them
-    here: int  # of those trials, the ones this run's workers hold
-    best: float | None  # the best value; None for several objectives (``front`` instead)
-    elapsed: float  # seconds since the run started
-    waiting_for: str | None = None  # what the run waits for when nothing is left to claim
-    front: int | None = None  # of several objectives: the trials on the front, else None
 
 
 def _waiting_for(left: Pending, run_id: str, grace: float) -> str | None:
@@ -117,6 +103,8 @@ def _progress(
         done, total = grid_left(study, spec)
     left = pending(rdb, study._study_id)
     alive = [r for r in left.running if r.silent < SILENT_S]
+    # Of several objectives optuna stores no steps (sweep.trial.objective): none to read.
+    shown = [] if spec.multi else [r.number for r in alive[:SHOWN]]
     return Progress(
         done=done,
         total=total,
@@ -127,6 +115,8 @@ def _progress(
         elapsed=time.monotonic() - start,
         waiting_for=_waiting_for(left, run_id, rdb.grace_period or GRACE_PERIOD_S),
         front=front,
+        epochs=latest_epochs(rdb, study._study_id, shown),
+        epochs_per_trial=fixed_epochs(spec),
     )
 
 
@@ -168,6 +158,7 @@ def run(
     scheduler: str | None = None,
     artifacts: str | None = None,
     on_progress: Callable[[Progress], None] | None = None,
+    show_progress_bar: bool | None = None,
 ) -> optuna.Study:
     """Create or resume the study and run it to the end with ``jobs`` workers.
 
@@ -179,7 +170,41 @@ def run(
     SQLite database, see ``sweep.trial.checkpoint``). On Ctrl-C the run stops, its running trials go
     back to the queue with their checkpoints, and KeyboardInterrupt propagates; the next run
     resumes them.
+
+    ``on_progress`` is called every second or so with a ``Progress``; without it,
+    ``show_progress_bar`` draws a ``tqdm.auto`` bar (default: in a notebook or at a terminal,
+    ``sweep.progress.interactive``). optuna's INFO lines are held back while it runs.
     """
+    if on_progress is None and (interactive() if show_progress_bar is None
+                                else show_progress_bar):  # fmt: skip
+        bar = ProgressBar()
+        try:
+            with _optuna_warnings_only():
+                return _run(spec, storage, jobs, trials, backend, scheduler, artifacts, bar)
+        finally:
+            bar.close()
+    with _optuna_warnings_only():
+        return _run(spec, storage, jobs, trials, backend, scheduler, artifacts, on_progress)
+
+
+@contextlib.contextmanager
+def _optuna_warnings_only() -> Iterator[None]:
+    """optuna at WARNING at most while a run goes (its INFO "A new study created" is noise
+    beside sweep's own progress), put back after."""
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(max(level, optuna.logging.WARNING))
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(level)
+
+
+def _run(
+    spec: StudySpec, storage: str | None, jobs: int, trials: int | None, backend: str,
+    scheduler: str | None, artifacts: str | None,
+    on_progress: Callable[[Progress], None] | None,
+) -> optuna.Study:  # fmt: skip
+    """``run``'s work, with ``on_progress`` decided."""
     from joblib import Parallel, delayed
 
     url = resolve_url(storage)

@@ -61,6 +61,8 @@ from sweep.trial.objective import Objective, TrialFailed, load_data
 if TYPE_CHECKING:
     from optuna.artifacts._protocol import ArtifactStore
 
+    from sweep.progress import TrialLines
+
 Value = float | tuple[float, ...]  # an objective's: one value, or one per objective
 
 logger = logging.getLogger(__name__)
@@ -102,7 +104,7 @@ class _Heartbeat:
 
 def work(
     spec: StudySpec, url: str, run_id: str, *, salt: int = 0, launch: bool = False,
-    artifacts: str | None = None,
+    artifacts: str | None = None, on_trial: TrialLines | None = None,
 ) -> int:  # fmt: skip
     """One worker: claim and run trials until nothing is left that it could take.
 
@@ -110,7 +112,8 @@ def work(
     dataset is loaded before the first claim, so a host without it takes nothing. With
     ``launch`` (``sweep worker``), it first tops the queue up and recovers silent trials, as
     ``run`` does, so that any task of a batch array may be the first. ``artifacts`` is where
-    its trials' checkpoints go (``sweep.trial.artifacts.artifacts_location``).
+    its trials' checkpoints go (``sweep.trial.artifacts.artifacts_location``). ``on_trial``
+    is told of each trial it claims, each epoch and how each ended (``sweep worker``'s lines).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     on_sigterm_raise_terminated()  # a batch scheduler ending the job releases the trial
@@ -125,7 +128,7 @@ def work(
             study_name=spec.name, storage=storage,
             sampler=make_sampler(spec, salt), pruner=make_pruner(spec),
         )  # fmt: skip
-        return work_on(study, spec, url, run_id, store=store, launch=launch)
+        return work_on(study, spec, url, run_id, store=store, launch=launch, on_trial=on_trial)
     except STORAGE_ERRORS as e:
         raise storage_failure(e, url) from None  # a plain message survives the trip home
 
@@ -150,6 +153,7 @@ def work_on(
     launch: bool, objective: Callable[[optuna.Trial], Value] | None = None,
     limit: Limit | None = None,
     on_end: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    on_trial: TrialLines | None = None,
 ) -> int:  # fmt: skip
     """``work``'s claims on ``study`` (loaded with the spec's sampler and pruner), with the
     spec's ``Objective`` unless ``objective`` is given, until nothing is left or ``limit`` is
@@ -166,7 +170,7 @@ def work_on(
         clear_ended(store, rdb_of(study._storage), study._study_id)  # ends a kill cut short
     ran = serve(
         study, objective or Objective(spec, store), run_id=run_id, max_retries=spec.max_retries,
-        on_end=ended, refill=lambda: refill(study, spec), limit=limit,
+        on_end=ended, refill=lambda: refill(study, spec), limit=limit, on_trial=on_trial,
     )  # fmt: skip
     if limit is not None and limit.reached(ran):
         return ran  # left with trials to claim: what is left is not this worker's to judge
@@ -240,13 +244,15 @@ def serve(
     on_end: Callable[[optuna.Study, FrozenTrial], None] | None = None,
     refill: Callable[[], object] | None = None,
     limit: Limit | None = None,
+    on_trial: TrialLines | None = None,
 ) -> int:
     """Claim and run ``study``'s queued trials with ``objective`` until nothing is left that
     this worker could take, or ``limit`` is reached; return how many it ran. ``work`` is this
     with the MLP objective. ``on_end`` is called with each trial it finished (recorded), e.g.
     to clean its files up. ``refill`` tops the queue up when it runs dry
     (``sweep.study.joining.refill``): another client may have taken a queued point from it,
-    and the worker leaves only if nothing was queued.
+    and the worker leaves only if nothing was queued. ``on_trial`` is told of each trial it
+    claims, each epoch the trial reports and how it ended.
 
     A failure of the worker gives its trial back to the queue and raises: WorkerError (or the
     storage's own error, or KeyboardInterrupt) with one line saying what went wrong.
@@ -283,7 +289,8 @@ def serve(
             continue
         try:
             with _Heartbeat(storage, trial_id):  # the claim recorded the first beat
-                trial = optuna.Trial(study, trial_id)
+                trial = _Watched(study, trial_id, on_trial)
+                _tell(on_trial, "claimed", trial.number)
                 value, state = _run_one(objective, trial, n_values)
             study.tell(trial, value, state=state)
         except optuna.exceptions.UpdateFinishedTrialError as e:
@@ -304,18 +311,45 @@ def serve(
                 ) from e
             raise
         ran += 1
-        if on_end is not None:
-            _ended(on_end, study, trial_id)
+        if on_end is not None or on_trial is not None:
+            _ended(on_end, on_trial, study, trial_id)
     return ran
 
 
-def _ended(
-    on_end: Callable[[optuna.Study, FrozenTrial], None], study: optuna.Study, trial_id: int
-) -> None:
-    """``on_end`` of a recorded trial; its failure (the database, the store) leaves files
-    behind, never stops the worker."""
+class _Watched(optuna.Trial):
+    """A claimed trial whose reported epochs ``on_trial`` is told of as the objective reports
+    them (``trial.report``): in this process, none missed, no read of the database."""
+
+    def __init__(self, study: optuna.Study, trial_id: int, on_trial: TrialLines | None) -> None:
+        super().__init__(study, trial_id)
+        self._on_trial = on_trial
+
+    def report(self, value: float, step: int) -> None:
+        super().report(value, step)
+        _tell(self._on_trial, "epoch", self.number, step, value)
+
+
+def _tell(on_trial: TrialLines | None, event: str, *args: object) -> None:
+    """``on_trial``'s ``event``; its failure (stderr closed) never stops the trial or worker."""
+    if on_trial is None:
+        return
     try:
-        on_end(study, study._storage.get_trial(trial_id))
+        getattr(on_trial, event)(*args)
+    except Exception:
+        logger.debug("progress line failed", exc_info=True)
+
+
+def _ended(
+    on_end: Callable[[optuna.Study, FrozenTrial], None] | None, on_trial: TrialLines | None,
+    study: optuna.Study, trial_id: int,
+) -> None:  # fmt: skip
+    """``on_end`` of a recorded trial, then ``on_trial``'s line; their failure (the database,
+    the store) leaves files behind, never stops the worker."""
+    try:
+        frozen = study._storage.get_trial(trial_id)
+        _tell(on_trial, "ended", frozen)
+        if on_end is not None:
+            on_end(study, frozen)
     except Exception as e:
         logger.warning("trial id %d: clean-up after it ended failed: %s", trial_id,
                        root_message(e))  # fmt: skip

@@ -1,9 +1,11 @@
 """What a launcher reads while its workers run: what is left that it could take, how far the
-study is, and how many points of its grid are done; read-only, no lock."""
+study is, the epoch each running trial is at, and how many points of its grid are done;
+read-only, no lock."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -72,6 +74,49 @@ def pending(storage: RDBStorage, study_id: int) -> Pending:
                 Running(number, attr(run_json, str, "?"), attr(worker_json, str, "?"), silent)
             )
     return Pending(waiting, tuple(sorted(running, key=lambda r: r.number)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Epoch:
+    """A running trial's last reported epoch (``sweep.trial.objective`` reports the validation
+    accuracy after each)."""
+
+    number: int
+    epoch: int | None  # its last reported step; None before its first
+    accuracy: float | None  # the value reported then, in percent; None if not a finite number
+
+
+def latest_epochs(storage: RDBStorage, study_id: int, numbers: Sequence[int]) -> tuple[Epoch, ...]:
+    """The last reported epoch of each of the study's RUNNING trials ``numbers`` (a few: the
+    ones a display shows), read every second or two while a study runs: the RUNNING trials
+    through the queue's index (``tables.QUEUE_INDEX``), each one's last step through optuna's
+    unique index on ``(trial_id, step)``, at the same cost at 10^6 trials as at 10^3. A step or
+    value another client wrote in SQL that is not a number is shown as none."""
+    if not numbers:
+        return ()
+    s = tb.steps
+    last = (
+        sqlalchemy.select(sqlalchemy.func.max(s.c.step))
+        .where(s.c.trial_id == trials.c.trial_id)
+        .correlate(trials)
+        .scalar_subquery()
+    )
+    kind = sqlalchemy.type_coerce(s.c.intermediate_value_type, sqlalchemy.String)  # any name
+    query = (
+        sqlalchemy.select(trials.c.number, s.c.step, s.c.intermediate_value, kind)
+        .select_from(trials.outerjoin(s, sqlalchemy.and_(s.c.trial_id == trials.c.trial_id,
+                                                         s.c.step == last)))
+        .where(trials.c.study_id == study_id, trials.c.state == TrialState.RUNNING,
+               trials.c.number.in_(list(numbers)))
+    )  # fmt: skip
+    with reading(storage.engine) as conn:
+        rows = conn.execute(query).all()
+    shown = {}
+    for number, step, value, value_kind in rows:
+        finite = value_kind == "FINITE" and isinstance(value, int | float) and math.isfinite(value)
+        shown[number] = Epoch(number, step if type(step) is int else None,
+                              float(value) if finite else None)  # fmt: skip
+    return tuple(shown[n] for n in numbers if n in shown)
 
 
 def tally(storage: RDBStorage, study_id: int, *, grid: bool = False) -> tuple[int, float | None]:

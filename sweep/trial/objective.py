@@ -36,6 +36,8 @@ from sweep.study.spec import StudySpec
 from sweep.trial.checkpoint import Checkpoints, fits_of
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from optuna.artifacts._protocol import ArtifactStore
 
 logger = logging.getLogger(__name__)
@@ -223,13 +225,15 @@ def settings_of(trial: optuna.trial.FrozenTrial, spec: StudySpec) -> TrainSettin
 
 
 def evaluate_trial(
-    study: optuna.Study, spec: StudySpec, best: optuna.trial.FrozenTrial
-) -> Evaluation:
+    study: optuna.Study, spec: StudySpec, best: optuna.trial.FrozenTrial, *,
+    on_epoch: Callable[[EpochMetrics, int], None] | None = None,
+) -> Evaluation:  # fmt: skip
     """Retrain a COMPLETE trial of the study, its best or one of its front
     (``sweep.trial.kept.evaluated_trial``), with the same configuration and seed, and measure
     its test accuracy, stored on the study as ``test_accuracy`` and ``test_trial``.
 
     Model selection used the validation split only; the test split is touched here, once.
+    ``on_epoch`` gets each epoch as it ends and the epochs it trains (``sweep evaluate``'s lines).
     """
     settings = settings_of(best, spec)
     seed = trial_seed(spec.seed, best.params)
@@ -238,7 +242,8 @@ def evaluate_trial(
     _require_memory(model_config, config, data, best.number)
     model = MLP.from_config(model_config, seed=seed)
     with threadpool_limits(limits=spec.threads, user_api="blas"):
-        history = fit(model, data, config)
+        shown = None if on_epoch is None else (lambda m: on_epoch(m, config.epochs))
+        history = fit(model, data, config, on_epoch=shown)
         _, test_acc = model.evaluate(data.test.x.astype(model.dtype, copy=False), data.test.y,
                                      batch_size=config.eval_batch_size)  # fmt: skip
     result = Evaluation(best.number, percent(test_acc), percent(history.epochs[-1].valid_accuracy),

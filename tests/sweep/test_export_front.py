@@ -60,9 +60,9 @@ learning_rate = [0.02, 0.2]
 RUN = """
 import logging, sys
 import sweep
-from sweep.commands import _ProgressLine
+from sweep.progress import ProgressLine
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-line = _ProgressLine("run")
+line = ProgressLine("run")
 sweep.run(sweep.load_spec(sys.argv[1]), storage=sys.argv[2], jobs=int(sys.argv[4]),
           artifacts=sys.argv[3], on_progress=line)
 """
