@@ -181,7 +181,8 @@ def export(
     force: bool = False, trial: int | None = None,
 ) -> Exported:  # fmt: skip
     """Write study ``name``'s best model to ``out`` (.npz weights) and its JSON sidecar beside
-    it (``mlp.MLP.load(out)`` reads both); return which trial it was and the sidecar. The
+    it (``mlp.MLP.load(out)`` reads both); return which trial it was, the weights' path
+    (``weights``: give it to ``mlp.MLP.load``) and the sidecar's. The
     weights are the best trial's own final weights, kept by the workers in the artifact store
     (``artifacts``, see ``sweep.run``); of several objectives, the front's most accurate
     trial's; ``trial``: that trial's, if they were kept (the best trial's, every trial's on the

@@ -6,6 +6,7 @@ line naming the file; what the TOML says is checked by ``sweep.study.spec``.
 
 from __future__ import annotations
 
+import difflib
 import os
 import stat
 import sys
@@ -44,6 +45,26 @@ _FILE_KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: 
                stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}  # fmt: skip
 
 
+def missing(path: Path) -> SpecError:
+    """The line for a study file that does not exist, with a guess where one is near: the
+    shipped study of the closest name (``studies/*.toml`` here), or the same relative path one
+    or two folders up (a notebook runs in a folder of its own: ``studies/quick.toml`` from
+    ``notebooks/`` is ``../studies/quick.toml``)."""
+    shipped = {p.stem: p for p in sorted(Path("studies").glob("*.toml"))}
+    close = difflib.get_close_matches(path.stem, shipped, n=1, cutoff=0.6)
+    hint = f"; did you mean {shipped[close[0]]}?" if close else ""
+    if not close and not path.is_absolute():
+        for up in (Path(".."), Path("..", "..")):
+            if (up / path).is_file():
+                hint = f"; did you mean {up / path}? (a relative path is read from {Path.cwd()})"
+                break
+    return SpecError(f"{path}: no such study file{hint}")
+
+
+def _unread(path: Path, e: BaseException) -> SpecError:
+    return SpecError(f"{path}: cannot read study file: {getattr(e, 'strerror', 0) or e}")
+
+
 def _read_study_file(path: Path) -> bytes:
     """The bytes of a regular file of at most MAX_STUDY_FILE_BYTES. Anything else is refused
     before it is opened: a FIFO would block the open until some writer came, for ever."""
@@ -60,8 +81,10 @@ def _read_study_file(path: Path) -> bytes:
         # Non-blocking, so that even a file swapped for a FIFO since the stat cannot hang.
         with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
             data = f.read(limit + 1) or b""
+    except FileNotFoundError as e:
+        raise (missing(path) if not path.is_symlink() else _unread(path, e)) from e
     except (OSError, ValueError) as e:  # ValueError: a NUL in the path
-        raise SpecError(f"{path}: cannot read study file: {getattr(e, 'strerror', 0) or e}") from e
+        raise _unread(path, e) from e
     if len(data) > limit:  # it grew since the stat
         raise SpecError(f"{path}: cannot read study file: more than {limit:,} bytes")
     return data

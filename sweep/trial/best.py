@@ -72,6 +72,7 @@ class Exported:
     trial: int
     sidecar: Path
     chosen: str | None = None  # why this trial, when none was asked for and none is the best
+    weights: Path | None = None  # the .npz (``--out``): what ``mlp.MLP.load`` is given
 
 
 def model_meta(
@@ -127,7 +128,7 @@ def export(
     _load_weights(study, store, model, chosen, artifact, where=where, missing=missing)
     test = stored_test_accuracy(study, chosen.number)
     meta = model_meta(study, chosen.number, settings, seed, chosen.values[0], test)
-    return Exported(chosen.number, _save(model, out, meta), why)
+    return Exported(chosen.number, _save(model, out, meta), why, weights=out)
 
 
 def _load_weights(

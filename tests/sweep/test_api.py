@@ -43,7 +43,7 @@ def test_a_study_run_inspected_reported_and_evaluated_from_python(tmp_path, monk
 
 
 def test_errors_are_sweeps_own():
-    with pytest.raises(sweep.SpecError, match=r"no-such\.toml: cannot read study file"):
+    with pytest.raises(sweep.SpecError, match=r"no-such\.toml: no such study file"):
         sweep.load_spec("no-such.toml")
     with pytest.raises(sweep.StorageError, match="no such database file"):
         sweep.status("sqlite:///no/such.db")

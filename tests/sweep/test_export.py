@@ -91,6 +91,7 @@ def test_export_from_the_python_api_returns_the_sidecar(ran, tmp_path):
     _, _, url, store = ran
     done = sweep.export("g", out=tmp_path / "m.npz", storage=url, artifacts=str(store))
     assert done.sidecar == tmp_path / "m.json" and (tmp_path / "m.npz").is_file()
+    assert done.weights == tmp_path / "m.npz"  # what mlp.MLP.load is given
     assert (done.trial, done.chosen) == (_kept(url)["trial"], None)  # the best: no need to say
 
 

@@ -10,9 +10,11 @@ import textwrap
 import time
 
 import optuna
+import pytest
 from optuna.trial import TrialState, create_trial
 
 from sweep import runner
+from sweep.errors import SweepError
 from sweep.progress import ProgressLine, TrialLines
 from sweep.queue.progress import Epoch, latest_epochs
 from sweep.queue.storage import open_storage
@@ -161,3 +163,33 @@ def test_a_notebook_gets_a_bar_and_neither_optunas_info_nor_tqdms_warning(tmp_pa
     assert "Warning" not in out.stderr and "[I " not in out.stderr, out.stderr
     assert "2/2 [" in out.stderr and "best " in out.stderr  # tqdm's text bar, with our postfix
     assert out.stdout == f"{optuna.logging.INFO}\n"  # optuna's verbosity put back
+
+
+@pytest.mark.parametrize(
+    ("backend", "said"),
+    [(["--jobs", "3"], "3 local worker(s) × 1 BLAS thread(s)"),
+     (["--backend", "dask", "--scheduler", "tcp://10.0.0.5:8786"],
+      "the workers of the dask scheduler tcp://10.0.0.5:8786 × 1 BLAS thread(s)")],
+    ids=["local", "dask"],
+)  # fmt: skip
+def test_the_run_header_says_whose_workers_run_it(monkeypatch, backend, said):
+    import sweep.api
+    import sweep.progress
+
+    headers = []
+
+    class Recorded:
+        def __init__(self, header):
+            headers.append(header)
+
+        def close(self):
+            pass
+
+    def run(*args, **kw):
+        raise SweepError("stopped before any trial")
+
+    monkeypatch.setattr(sweep.progress, "ProgressLine", Recorded)
+    monkeypatch.setattr(sweep.api, "run", run)
+    out = main_in_process("run", "studies/quick.toml", *backend)
+    assert out.returncode == 1 and "stopped before any trial" in out.stderr
+    assert len(headers) == 1 and headers[0].endswith(said), headers

@@ -229,7 +229,7 @@ def test_malformed_toml_names_the_file(tmp_path):
     path.write_text("[study\nname = 1")
     with pytest.raises(SpecError, match=r"bad\.toml: not valid TOML"):
         load_spec(path)
-    with pytest.raises(SpecError, match=r"missing\.toml: cannot read study file"):
+    with pytest.raises(SpecError, match=r"missing\.toml: no such study file"):
         load_spec(tmp_path / "missing.toml")
 
 
@@ -662,3 +662,23 @@ def test_a_list_of_widths_whose_choices_change_with_the_depth_is_refused(space, 
     assert parse_spec(raw, source="x.toml").dimension("hidden_1").choices == tuple(
         space["hidden_1"]
     )
+
+
+def test_a_missing_study_file_from_python_gets_a_guess(tmp_path, monkeypatch):
+    # a notebook in a folder of its own asks for the repository's relative path
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "quick.toml").write_text('[study]\nname = "q"\n')
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    guess = (
+        r"^studies/quick\.toml: no such study file; did you mean \.\./studies/quick\.toml\? "
+        r"\(a relative path is read from .*notebooks\)$"
+    )
+    with pytest.raises(SpecError, match=guess):
+        load_spec("studies/quick.toml")
+    monkeypatch.chdir(tmp_path)  # a near name among the shipped studies
+    with pytest.raises(SpecError, match=r"^quik\.toml: no such study file; did you mean "
+                       r"studies/quick\.toml\?$"):  # fmt: skip
+        load_spec("quik.toml")
+    with pytest.raises(SpecError, match=r"^nothing\.toml: no such study file$"):
+        load_spec("nothing.toml")
