@@ -300,3 +300,40 @@ def test_a_parameter_column_takes_finite_numbers_only_as_numbers():
     assert list(p.code) == [num, 0, 1, 2, num, 3, 4, columns._ABSENT]
     assert list(p.isint) == [0, 0, 0, 0, 1, 0, 0, 0]
     assert p.shown[:3] == [fmt(math.inf), fmt(-math.inf), fmt(math.nan)]
+
+
+POOL = [0.5, 0.25, 2, 2.0, "a", "b", True, None, math.inf]  # None: the parameter absent
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_columns_find_the_varying_parameters_as_shown_does(seed):
+    import random
+
+    rng = random.Random(seed)
+    done = []
+    for i in range(rng.randint(1, 5)):
+        params = {n: v for n in ("p", "q") if (v := rng.choice(POOL[: rng.randint(1, 9)]))
+                  is not None}  # fmt: skip
+        done.append(report_reads.Record(i, i, TrialState.COMPLETE, 1.0, None, None,
+                                        params=params))  # fmt: skip
+    cols = columns.Columns(shown.param_names(done), grid=False)  # as report_pages names them
+    for t in done:
+        cols.add(t)
+    cols.finish()
+    assert cols.varying() == shown.varying(done), [t.params for t in done]
+
+
+@pytest.mark.parametrize(
+    ("values", "varies"),
+    [([2, 2.0], True), ([2, 2], False), ([2.0, 2.0], False), (["a", None], True),
+     (["a", "a"], False), ([0.5, "a"], True), ([None, 1], True), ([True, 1], True)],
+)  # fmt: skip
+def test_a_parameter_varies_by_its_shown_value_an_int_apart_from_its_float(values, varies):
+    done = [report_reads.Record(i, i, TrialState.COMPLETE, 1.0, None, None,
+                                params={} if v is None else {"p": v})
+            for i, v in enumerate(values)]  # fmt: skip
+    cols = columns.Columns(["p"], grid=False)
+    for t in done:
+        cols.add(t)
+    cols.finish()
+    assert cols.varying() == shown.varying(done) == (["p"] if varies else [])
