@@ -27,7 +27,7 @@ from optuna.storages._rdb import models
 from optuna.trial import TrialState
 
 from sweep.queue import tables as tb
-from sweep.queue.attrs import stored_param
+from sweep.queue.attrs import FAIL_REASON, SKIPPED, stored_param
 from sweep.queue.report_reads import (
     ABSENT,
     ATTRS,
@@ -132,7 +132,7 @@ def _pivot(names: Sequence[str]) -> tuple[sqlalchemy.Select, int]:
         joined = joined.outerjoin(p, sqlalchemy.and_(p.c.trial_id == t.c.trial_id,
                                                      p.c.param_name == name))  # fmt: skip
         columns += [p.c.param_value, p.c.distribution_json]
-    for i, key in enumerate(ATTRS):
+    for i, key in enumerate(JOINED):
         u = tb.user_attrs.alias(f"u{i}")
         joined = joined.outerjoin(u, sqlalchemy.and_(u.c.trial_id == t.c.trial_id,
                                                      u.c.key == key))  # fmt: skip
@@ -213,17 +213,41 @@ def pages(
                                              strict=True):  # fmt: skip
                     if text is not None and (param := stored_param(value, text)) is not None:
                         record.params[name], record.distributions[name] = param
-                for key, chars, text in zip(ATTRS, row[ends:-1:2], row[ends + 1 : -1 : 2],
+                for key, chars, text in zip(JOINED, row[ends:-1:2], row[ends + 1 : -1 : 2],
                                             strict=True):  # fmt: skip
-                    if chars is None:
-                        continue
-                    if text is None and chars > MAX_VALUE_CHARS:
-                        too_long.append((record.number, key))
-                    value = decoded(text)
-                    if value is not ABSENT:
-                        record.user_attrs[key] = value if kept is None else kept(key, value)
+                    if chars is not None:
+                        _attr(record, key, chars, text, kept, too_long)
                 record.last_step = row[-1]
+            ended = [i for i, r in page.items() if r.state in (TrialState.PRUNED, TrialState.FAIL)]
+            if ended:
+                for tid, key, chars, text in conn.execute(_ENDED_QUERY, {"ids": ended}):
+                    _attr(page[tid], key, chars, text, kept, too_long)
             yield list(page.values())
+
+
+#: The attributes only a pruned or failed trial's report reads (why it ended): read for those
+#: trials of a page alone, not joined for each trial (three joins of thirteen, issue 27).
+ENDED = ("pruned_at", FAIL_REASON, SKIPPED)
+JOINED = tuple(key for key in ATTRS if key not in ENDED)
+_SIZE = sqlalchemy.func.length(tb.user_attrs.c.value_json)
+_ENDED_QUERY = sqlalchemy.select(
+    tb.user_attrs.c.trial_id, tb.user_attrs.c.key, _SIZE,
+    sqlalchemy.case((_SIZE <= MAX_VALUE_CHARS, tb.user_attrs.c.value_json)),
+).where(tb.user_attrs.c.trial_id.in_(sqlalchemy.bindparam("ids", expanding=True)),
+        tb.user_attrs.c.key.in_(ENDED))  # fmt: skip
+
+
+def _attr(
+    record: Record, key: str, chars: int, text: str | None,
+    kept: Callable[[str, Any], Any] | None, too_long: list[tuple[int, str]],
+) -> None:  # fmt: skip
+    """One attribute of ``record`` as ``fill`` decodes it: absent where it was too long to
+    read (noted in ``too_long``) or is not JSON; else kept (``kept``)."""
+    if text is None and chars > MAX_VALUE_CHARS:
+        too_long.append((record.number, key))
+    value = decoded(text)
+    if value is not ABSENT:
+        record.user_attrs[key] = value if kept is None else kept(key, value)
 
 
 def records(engine: sqlalchemy.engine.Engine, ids: Sequence[int]) -> list[Record]:
