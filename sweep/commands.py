@@ -314,8 +314,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"trial {result.trial}{why}: validation {result.valid_accuracy:.2f}%, "
         f"test {result.test_accuracy:.2f}% (stored on the study as test_accuracy)"
     )
-    weights, sidecar = result.artifacts
-    print(f"retrained model uploaded to {result.store}: weights {weights}, sidecar {sidecar}")
+    weights, sidecar = result.paths()
+    print(f"retrained model uploaded: weights {weights}, sidecar {sidecar}")
     return EXIT_OK
 
 

@@ -167,8 +167,10 @@ def evaluation(e: Evaluation, name: str, *, chosen: str | None) -> dict[str, Any
     when none was asked for and the study has no one best; else null), its
     ``valid_accuracy`` and ``test_accuracy`` (percent), and where the model went: the
     ``artifact_store`` and the weights' and sidecar's ids in it (``artifact_id``,
-    ``sidecar_id``, as the study's ``evaluated_model`` names them)."""
+    ``sidecar_id``, as the study's ``evaluated_model`` names them) and where they are
+    (``weights_path``, ``sidecar_path``: a file, or an S3 object's URL)."""
     weights, sidecar = e.artifacts
+    weights_path, sidecar_path = e.paths()
     return {
         "study": name,
         "trial": e.trial,
@@ -178,6 +180,8 @@ def evaluation(e: Evaluation, name: str, *, chosen: str | None) -> dict[str, Any
         "artifact_store": e.store,
         "artifact_id": weights,
         "sidecar_id": sidecar,
+        "weights_path": weights_path,
+        "sidecar_path": sidecar_path,
     }
 
 

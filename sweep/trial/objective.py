@@ -206,6 +206,12 @@ class Evaluation:
     artifacts: tuple[str, ...] = ()  # the model's weights and sidecar in the artifact store
     store: str | None = None  # that store's location (``sweep.trial.artifacts.artifacts_location``)
 
+    def paths(self) -> tuple[str, ...]:
+        """Where the weights and sidecar are (``artifacts``, in that order): each id under the
+        store's location, as both stores lay them out (a folder's file ``folder/<id>``, an S3
+        object ``s3://bucket/prefix/<id>``)."""
+        return tuple(f"{(self.store or '').rstrip('/')}/{a}" for a in self.artifacts)
+
 
 def settings_of(trial: optuna.trial.FrozenTrial, spec: StudySpec) -> TrainSettings:
     """The trial's training settings, derived again from the spec and the trial's parameters as

@@ -154,6 +154,8 @@ def test_export_and_evaluate_say_what_they_wrote(db):
     assert e["valid_accuracy"] == pytest.approx(best.value) and 0 < e["test_accuracy"] <= 100
     assert e["artifact_store"] == str(tmp / "artifacts")
     assert all((tmp / "artifacts" / e[k]).is_file() for k in ("artifact_id", "sidecar_id"))
+    assert e["weights_path"] == str(tmp / "artifacts" / e["artifact_id"])
+    assert e["sidecar_path"] == str(tmp / "artifacts" / e["sidecar_id"])
 
 
 def test_an_error_is_one_line_on_stderr_and_no_json(db):
