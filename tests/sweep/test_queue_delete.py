@@ -31,7 +31,11 @@ from tests.sweep.helpers import (
 OPTUNA = Path(sys.executable).with_name("optuna")
 GONE = "sweep: error: study 'g' was deleted while sweep worked on it"
 #: The lines of a launcher's progress display (its header, then one line per change).
-_PROGRESS = re.compile(r"study 'g' \(grid\) in |\d+/\d+ trials ")
+# the run's header and progress lines, a trial's epochs and a worker's claims and ends
+# (sweep.progress)
+_PROGRESS = re.compile(
+    r"study 'g' \(grid\) in |\d+/\d+ trials |trial \d+ (claimed$|epoch \d+/\d+ \d|complete: )"
+)
 _LOST_CHECKPOINT = re.compile(
     r"WARNING sweep.trial.checkpoint: trial \d+: checkpoint of epoch \d+ failed: (its name could "
     r"not be written to the study database|trial id \d+ is no longer held by this claim; its "
