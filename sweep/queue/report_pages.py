@@ -226,7 +226,9 @@ def pages(
 
 
 #: The attributes only a pruned or failed trial's report reads (why it ended): read for those
-#: trials of a page alone, not joined for each trial (three joins of thirteen, issue 27).
+#: trials of a page alone, not joined for each trial (three joins of thirteen, issue 27). So one
+#: too long on a complete or running trial (another client's) is not read, nor counted in the
+#: warning about attributes left unread, as ``fill`` would count it.
 ENDED = ("pruned_at", FAIL_REASON, SKIPPED)
 JOINED = tuple(key for key in ATTRS if key not in ENDED)
 _SIZE = sqlalchemy.func.length(tb.user_attrs.c.value_json)

@@ -26,8 +26,10 @@ import dataclasses
 import mmap
 import os
 import pickle
+import re
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -123,9 +125,11 @@ class _Reading:
 def _in_children(reading: _Reading, spans: list[Span], paths: list[Path]) -> list[Folded]:
     """Each span folded by a forked child (``_child``), whose result is pickled into a file
     beside its staged rows (a pipe would hold a child that has more to say than its buffer
-    until the parent reads). The first child to fail ends the read; the others are killed
-    then, and whenever this process stops early (Ctrl-C, SIGTERM: the exception unwinds
-    through ``finally``); a child whose parent is killed ends itself (``_orphaned``)."""
+    until the parent reads). A child that dies (killed, out of memory) ends the read at once,
+    the others killed; an error a child raised is raised here, the first part's first, once
+    every child has ended. The children are killed whenever this process stops early (Ctrl-C,
+    SIGTERM: the exception unwinds through ``finally``); a child whose parent is killed ends
+    itself (``_orphaned``)."""
     fork = get_context("fork")
     outs = [path.with_suffix(".result") for path in paths]
     children = [fork.Process(target=_child, args=(reading, span, path, out, os.getpid()),
@@ -243,14 +247,21 @@ def staging(out: Path) -> tempfile.TemporaryDirectory[str]:
     """A folder for the staged parts, inside ``out`` (the same disk as ``trials.csv``), gone
     with its context; first, the folders of reports whose process is gone (killed before they
     could clear theirs) are cleared: each is named after its process."""
-    for stale in out.glob(f"{_STAGED}*-*"):
-        pid = stale.name[len(_STAGED) :].split("-", 1)[0]
-        if stale.is_dir() and pid.isascii() and pid.isdigit() and not _alive(int(pid)):
+    for stale in out.glob(f"{_STAGED}*"):
+        named = _STAGED_NAME.fullmatch(stale.name)
+        if named and named[1] == _HOST and stale.is_dir() and not _alive(int(named[2])):
             shutil.rmtree(stale, ignore_errors=True)
-    return tempfile.TemporaryDirectory(dir=out, prefix=f"{_STAGED}{os.getpid()}-")
+    return tempfile.TemporaryDirectory(dir=out, prefix=f"{_STAGED}{_HOST}-{os.getpid()}-")
 
 
-_STAGED = ".trials-"  # a staging folder's prefix; its process id and a random part follow
+_STAGED = ".trials-"  # a staging folder's prefix; this host, its process id, a random part
+_HOST = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:64] or "host"
+#: A staging folder's whole name, exactly as ``staging`` makes it (tempfile's random part is
+#: eight of [a-z0-9_]): only such a folder of this host is ever removed (an output folder may
+#: be shared between hosts, whose process ids mean nothing here).
+_STAGED_NAME = re.compile(
+    rf"{re.escape(_STAGED)}([A-Za-z0-9_]{{1,64}})-(\d{{1,10}})-[a-z0-9_]{{8}}"
+)
 
 
 def _alive(pid: int) -> bool:
@@ -258,6 +269,6 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:  # another user's process
+    except (OSError, OverflowError):  # another user's process; a number past any pid
         return True
     return True

@@ -55,7 +55,11 @@ def missing(path: Path) -> SpecError:
     hint = f"; did you mean {shipped[close[0]]}?" if close else ""
     if not close and not path.is_absolute():
         for up in (Path(".."), Path("..", "..")):
-            if (up / path).is_file():
+            try:
+                near = (up / path).is_file()
+            except (OSError, ValueError):  # too long a name, a folder we may not search
+                continue
+            if near:
                 hint = f"; did you mean {up / path}? (a relative path is read from {Path.cwd()})"
                 break
     return SpecError(f"{path}: no such study file{hint}")

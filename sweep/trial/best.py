@@ -157,10 +157,17 @@ def _load_weights(
             raise missing(f"artifact {artifact}: {_line(e).split(': ', 1)[-1]}") from e
     if (bad := not_finite(state.params)) is not None:  # its history may claim any value
         raise missing(f"artifact {artifact} holds {bad} weights that are not finite")
-    if not state.history or percent(state.history[-1].valid_accuracy) != trial.values[0]:
+    if not state.history or not reproduces(state.history[-1].valid_accuracy, trial.values[0]):
         raise missing(f"artifact {artifact} does not reproduce trial {trial.number}'s value")
     for p, w in zip(model.params, state.params, strict=True):
         p[...] = w
+
+
+def reproduces(accuracy: float, value: float) -> bool:
+    """Whether weights whose last epoch measured ``accuracy`` (a fraction) are those of a trial
+    that stored ``value``: its percentage as sweep stores it (``percent``), or as it stored it
+    before #28 (``100 * accuracy``, float noise and all: a study run then is still exported)."""
+    return value in (percent(accuracy), 100 * accuracy)
 
 
 def upload(study: optuna.Study, store: ArtifactStore, model: MLP, meta: dict) -> tuple[str, str]:

@@ -106,9 +106,11 @@ def test_evaluate_uploads_the_retrained_model_which_reproduces_its_test_accuracy
     assert out.returncode == 0, out.stderr
     first, second = out.stdout.splitlines()
     printed = first.split("test ")[1].split("%")[0]
-    prefix = f"retrained model uploaded to {store}: weights "
+    prefix = "retrained model uploaded: weights "
     assert second.startswith(prefix), second
-    weights, sidecar = second.removeprefix(prefix).split(", sidecar ")
+    paths = second.removeprefix(prefix).split(", sidecar ")
+    assert all(Path(p).is_file() and Path(p).parent == Path(store) for p in paths), paths
+    weights, sidecar = (Path(p).name for p in paths)  # where they are: the store's files
     assert {f"artifacts:{weights}", f"artifacts:{sidecar}"} <= _system_attrs(url).keys()
     study = load(url, "g")
 

@@ -91,3 +91,11 @@ def test_a_trials_percentages_carry_no_float_noise(monkeypatch):
     [t] = study.trials
     assert (t.value, t.intermediate_values) == (97.57, {1: 97.57})
     assert t.user_attrs["valid_accuracy"] == t.user_attrs["train_accuracy"] == [97.57]
+
+
+def test_a_best_model_reproduces_its_value_stored_either_way():
+    from sweep.trial.best import reproduces
+
+    # 100 * 0.0007 is 0.06999999999999999: a trial finished before #28 stored that
+    assert reproduces(0.0007, 0.07) and reproduces(0.0007, 100 * 0.0007)
+    assert not reproduces(0.0007, 0.08)

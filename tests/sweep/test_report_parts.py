@@ -102,14 +102,20 @@ def test_a_stale_staging_folder_goes_with_the_next_report(tmp_path, in_parts):
     out = tmp_path / "out"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
-    (out / f".trials-{dead}-abc").mkdir(parents=True)
-    (out / f".trials-{dead}-abc" / "part-0.csv").write_text("x")
-    (out / f".trials-{os.getpid()}-live").mkdir()  # a live process's: kept
-    (out / ".trials-notapid-x").mkdir()  # not named so by a report: kept
+    host = parts._HOST
+    (out / f".trials-{host}-{dead}-abcd1234").mkdir(parents=True)  # a killed report's: gone
+    (out / f".trials-{host}-{dead}-abcd1234" / "part-0.csv").write_text("x")
+    kept = {
+        f".trials-{host}-{os.getpid()}-live_123",  # a live process's
+        f".trials-otherhost-{dead}-abcd1234",  # another host's: its ids mean nothing here
+        f".trials-{host}-9999999999-abcd1234",  # past any pid: not a crash, kept
+        ".trials-2024-backup",  # a user's, not named as a report names its own
+        ".trials-notapid-x",
+    }
+    for name in kept:
+        (out / name).mkdir()
     writer.write_report(open_storage(url, read_only=True), "s", out_dir=out)
-    assert {p.name for p in out.glob(".trials-*")} == {
-        ".trials-notapid-x", f".trials-{os.getpid()}-live"
-    }  # fmt: skip
+    assert {p.name for p in out.glob(".trials-*")} == kept
 
 
 _SLOW_REPORT = textwrap.dedent("""

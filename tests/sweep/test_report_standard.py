@@ -165,6 +165,7 @@ def test_optunas_own_contour_plots_read_a_sweep_study(tmp_path):
     # plotly and scipy: the viz extra's, which the dev extra brings too (never skipped)
     import plotly  # noqa: F401
     import scipy  # noqa: F401
+
     study = optuna.load_study(study_name="g", storage=open_storage(_tagged(tmp_path)))
     figure = optuna.visualization.plot_contour(study, params=["hidden_1", "learning_rate"])
     assert figure.data

@@ -682,3 +682,7 @@ def test_a_missing_study_file_from_python_gets_a_guess(tmp_path, monkeypatch):
         load_spec("quik.toml")
     with pytest.raises(SpecError, match=r"^nothing\.toml: no such study file$"):
         load_spec("nothing.toml")
+    # 4,092 characters: it can be looked for, ../../ before it cannot (past PATH_MAX)
+    long = "a/" * 2_043 + "x.toml"
+    with pytest.raises(SpecError, match=r"no such study file$"):
+        load_spec(long)
