@@ -152,12 +152,12 @@ def _pivot(names: Sequence[str]) -> tuple[sqlalchemy.Select, int]:
 Span = tuple[int | None, int | None]
 
 
-def bounds(engine: sqlalchemy.engine.Engine, study_id: int, parts: int) -> list[Span]:
-    """Ranges of trial ids, ``[low, high)`` (None: unbounded), that split the study's trials
-    (not the queued ones) into ``parts`` of about equal counts, for ``pages`` to read apart;
-    fewer where the study has fewer trials than ``parts``."""
+def bounds(engine: sqlalchemy.engine.Engine, study_id: int, parts: int, total: int) -> list[Span]:
+    """Ranges of trial ids, ``[low, high)`` (None: unbounded), that split the study's ``total``
+    trials (not the queued ones: ``listed_count``, which the caller has already read) into
+    ``parts`` of about equal counts, for ``pages`` to read apart; fewer where the study has
+    fewer trials than ``parts``."""
     t = tb.trials
-    total = listed_count(engine, study_id)
     ids = sqlalchemy.select(t.c.trial_id).where(_listed(study_id)).order_by(t.c.trial_id)
     cuts: list[int] = []
     with reading(engine) as conn:

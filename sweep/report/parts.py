@@ -90,7 +90,7 @@ def read(engine: sqlalchemy.engine.Engine, study_id: int, names: list[str], *, g
     ``trials.csv`` rows staged in files under ``folder``; in parts, in parallel where the
     study is large enough (module docstring). One warning names the attributes left unread."""
     total = report_pages.listed_count(engine, study_id)
-    spans = report_pages.bounds(engine, study_id, max(1, min(_cores(), total // PART)))
+    spans = report_pages.bounds(engine, study_id, max(1, min(_cores(), total // PART)), total)
     paths = [folder / f"part-{k}.csv" for k in range(len(spans))]
     reading = _Reading(engine, study_id, names, grid, spec)
     if len(spans) == 1 or not _may_fork():
