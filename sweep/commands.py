@@ -196,6 +196,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  best: trial {s.best.number}, {s.best_value()} ({params}){flag}")
         if s.front:
             print(f"  {s.front_text()}")
+        if s.audit is not None and (outside := s.audit.text()):
+            print(f"  {outside}")
     return EXIT_OK
 
 

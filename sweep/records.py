@@ -82,7 +82,10 @@ def study(s: StudyStatus) -> dict[str, Any]:
     (of one objective: ``number``, ``value``, ``params`` and ``outside_budget``: why its
     network is outside the study's budget, else null; else null) and ``best_trials`` (the
     Pareto front: ``number`` and ``values`` of each, the first objective's best first; of one
-    objective, the best trial alone)."""
+    objective, the best trial alone), and ``outside_budget_trials`` (of sweep's study: the trials
+    ``sweep status`` judged against its budget, ``judged`` of them, ``all_judged`` whether
+    they are every trial that has run, not only the newest, and the ``numbers`` of those
+    outside it; else null)."""
     best = None
     front = [{"number": v.number, "values": list(v.values)} for v in s.front]
     if s.best is not None:
@@ -97,7 +100,9 @@ def study(s: StudyStatus) -> dict[str, Any]:
         "counts": s.counts,
         "best_trial": best,
         "best_trials": front,
-    }
+        "outside_budget_trials": None if s.audit is None else {
+            "judged": s.audit.judged, "all_judged": s.audit.every, "numbers": s.audit.outside},
+    }  # fmt: skip
 
 
 def trial(t: FrozenTrial, *, multi: bool) -> dict[str, Any]:

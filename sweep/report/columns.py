@@ -25,8 +25,6 @@ from sweep.queue.report_reads import Record
 from sweep.report.shown import Trial, config, reason
 from sweep.report.stored import count, number, series, series_of
 from sweep.report.summary import fmt
-from sweep.study.audit import outside_budget
-from sweep.study.space import SearchSpec
 
 _STATES = list(TrialState)
 _CODE = {s: i for i, s in enumerate(_STATES)}
@@ -88,10 +86,11 @@ class _Param:
 class Columns:
     """The trials of a large study, folded one by one (``add``), then read (``finish``)."""
 
-    def __init__(self, names: list[str], *, grid: bool, spec: SearchSpec | None = None) -> None:
+    def __init__(self, names: list[str], *, grid: bool) -> None:
         self.names = names
-        self._spec = spec  # a sweep study's: the trials outside its budget are noted
-        self.outside = array("q")  # their numbers (in number order once ``finish``ed)
+        #: the numbers of the trials outside the budget (``add``'s ``outside``), in number
+        #: order once ``finish``ed
+        self.outside = array("q")
         self.tid, self.number, self.state = array("q"), array("q"), array("b")
         self.value, self.n_params, self.seconds = array("d"), array("d"), array("d")
         self.start, self.complete = array("d"), array("d")  # µs since 1970, NaN if none
@@ -101,8 +100,9 @@ class Columns:
         self.grid: list[Record] | None = [] if grid else None  # a grid's points, small
         self._varying: list[str] | None = None
 
-    def add(self, t: Trial) -> None:
-        """Fold one trial in (any order)."""
+    def add(self, t: Trial, *, outside: bool = False) -> None:
+        """Fold one trial in (any order); ``outside``: its network is outside the study's
+        budget (``sweep.study.audit.outside_budget``, judged once for its row and here)."""
         self.tid.append(t.trial_id), self.number.append(t.number)
         self.state.append(_CODE[t.state])
         self.value.append(math.nan if t.value is None else t.value)
@@ -122,7 +122,7 @@ class Columns:
             init[0] = min(init[0], t.number)
             if t.number > init[1]:
                 init[1:] = [t.number, t.trial_id]
-        if self._spec is not None and outside_budget(t.params, self._spec):
+        if outside:
             self.outside.append(t.number)
         if self.grid is not None and _finite(t):
             n = count(t, "n_params")

@@ -185,13 +185,15 @@ def write(study: optuna.Study, listed: Sequence[Any], along: Sequence[Any], kind
     ours = ["network", "n_params"] if kind.sweep else []
     with (out / "trials.csv").open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["number", "state", *names, *ours, *kind.metrics, "pareto_front", "reason"])
+        w.writerow(["number", "state", *names, *ours, *kind.metrics, "pareto_front", "reason",
+                    "outside_budget"])  # fmt: skip
         for t in listed:
             values = list(t.values or []) + [None] * k
             sized = [network(t), count(t, "n_params") or ""] if kind.sweep else []
+            flag = outside_budget(t.params, kind.spec) if kind.spec is not None else None
             w.writerow([t.number, t.state.name, *(_plain(t.params.get(n)) for n in names),
                         *sized, *(_plain(v) for v in values[:k]), int(t.number in on),
-                        reason(t)])  # fmt: skip
+                        reason(t), flag or ""])  # fmt: skip
     counts = {s.name.lower(): sum(t.state == s for t in listed) for s in TrialState}
     lines = [f"# Study `{printable(study.study_name, 400)}`", ""]
     if kind.spec is not None:

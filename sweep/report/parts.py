@@ -49,6 +49,7 @@ from sweep.queue.report_pages import Span
 from sweep.queue.report_reads import warn_too_long
 from sweep.report.columns import Columns, kept
 from sweep.report.shown import csv_header, csv_row
+from sweep.study.audit import outside_budget
 from sweep.study.space import SearchSpec
 
 #: The fewest trials a part holds: a process's start and its columns' trip back cost less
@@ -188,8 +189,8 @@ def _orphaned(parent: int) -> None:
 def _fold(reading: _Reading, span: Span, path: Path) -> Folded:
     """One part: its trials folded into columns (unfinished) and their rows staged at
     ``path``; where each row ends there; the attributes left unread for their length."""
-    names = reading.names
-    cols = Columns(names, grid=reading.grid, spec=reading.spec)
+    names, spec = reading.names, reading.spec
+    cols = Columns(names, grid=reading.grid)
     too_long: list[tuple[int, str]] = []
     ends, at, encode = array("q"), 0, _Encoder()
     with path.open("wb") as staged:
@@ -198,8 +199,9 @@ def _fold(reading: _Reading, span: Span, path: Path) -> Folded:
         for page in pages:
             lines = []
             for t in page:
-                lines.append(encode(csv_row(t, names)))
-                cols.add(t)
+                outside = outside_budget(t.params, spec) if spec is not None else None
+                lines.append(encode(csv_row(t, names, outside)))
+                cols.add(t, outside=outside is not None)
             for line in lines:
                 at += len(line)
                 ends.append(at)

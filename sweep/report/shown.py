@@ -158,16 +158,17 @@ def md_table(header: list[str], rows: list[list[Any]]) -> str:
 
 def csv_header(names: Sequence[str]) -> list[str]:
     """``trials.csv``'s header: number, state, each parameter, size, value, final metrics,
-    seconds, reason."""
+    seconds, reason, and why the trial's network is outside the study's budget."""
     return ["number", "state", *names, "network", "n_params", "value", *METRICS, "seconds",
-            "reason"]  # fmt: skip
+            "reason", "outside_budget"]  # fmt: skip
 
 
-def csv_row(t: Trial, names: Sequence[str]) -> list[Any]:
-    """One trial's row of ``trials.csv`` (``csv_header``)."""
+def csv_row(t: Trial, names: Sequence[str], outside: str | None = None) -> list[Any]:
+    """One trial's row of ``trials.csv`` (``csv_header``); ``outside``: why its network is
+    outside the budget (``sweep.study.audit.outside_budget``), if it is."""
     return [
         t.number, t.state.name, *(t.params.get(n, "") for n in names), network(t),
         count(t, "n_params") or "", "" if t.value is None else t.value,
         *("" if (v := final(t, m)) is None else v for m in METRICS),
-        number(t.user_attrs.get("seconds")) or "", reason(t),
+        number(t.user_attrs.get("seconds")) or "", reason(t), outside or "",
     ]  # fmt: skip

@@ -26,12 +26,12 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep.queue import status_reads
+from sweep.queue import audit_reads, status_reads
 from sweep.queue.attrs import SKIPPED, why_failed
 from sweep.queue.status_reads import Best, Valued
 from sweep.report import front
 from sweep.report.stored import Kind, count, printable, study_kind
-from sweep.study.audit import outside_budget
+from sweep.study.audit import NETWORK_PARAMS, Audit, outside_budget
 from sweep.study.objectives import PARAMS
 
 #: How trials are listed: finished ones first, then those under way, then the failures.
@@ -79,6 +79,9 @@ class StudyStatus:
     #: the best trial's network, flagged if it is outside the budget (another client's trial:
     #: ``sweep.study.audit``); else None
     best_outside: str | None = None
+    #: its newest trials judged against the budget (``sweep.study.audit.Audit``); None for a
+    #: study that has no budget (another client's)
+    audit: Audit | None = None
 
     def best_value(self) -> str | None:
         """The best value as the study measures it: ``97.12%``, or ``loss 0.2031``."""
@@ -96,13 +99,23 @@ def status(engine: status_reads.Engine) -> list[StudyStatus]:
     """Every study in the database (``engine``: ``sweep.queue.storage.open_reader``, or an optuna
     storage's), in creation order, read in one transaction (``status_reads.studies``): its
     counts by state, its kind, and the number, value and parameters of its best trial, or the
-    front of a study of several objectives."""
+    front of a study of several objectives; and, for sweep's studies, its newest trials judged
+    against the budget in one more (``audit_reads.newest``)."""
     out = []
-    for s in status_reads.studies(engine):
-        kind = study_kind(s.user_attrs, s.directions or [StudyDirection.NOT_SET], s.metric_names)
+    rows = status_reads.studies(engine)
+    kinds = [study_kind(s.user_attrs, s.directions or [StudyDirection.NOT_SET], s.metric_names)
+             for s in rows]  # fmt: skip
+    judged = audit_reads.newest(engine, [s.study_id for s, k in zip(rows, kinds, strict=True)
+                                         if k.spec is not None], NETWORK_PARAMS)  # fmt: skip
+    for s, kind in zip(rows, kinds, strict=True):
         along = front.front(s.valued, kind.objectives) if kind.multi else []
         flag = outside_budget(s.best.params, kind.spec) if s.best and kind.spec else None
-        out.append(StudyStatus(s.name, _counts(s.states, s.skipped), kind, s.best, along, flag))
+        counts = _counts(s.states, s.skipped)
+        audit = None
+        if kind.spec is not None:
+            ran = sum(n for state, n in counts.items() if state != "waiting")
+            audit = Audit.of(judged[s.study_id], kind.spec, ran)
+        out.append(StudyStatus(s.name, counts, kind, s.best, along, flag, audit))
     return out
 
 

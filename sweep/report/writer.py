@@ -52,6 +52,7 @@ from sweep.report.shown import (
 from sweep.report.stored import Kind, count, number, printable, study_kind
 from sweep.report.summary import listed, ordered
 from sweep.study.audit import outside_budget, outside_line, outside_numbers
+from sweep.study.space import SearchSpec
 
 logger = logging.getLogger(__name__)
 
@@ -112,14 +113,16 @@ def report_folder(root: Path, storage: optuna.storages.BaseStorage, name: str) -
     return folder
 
 
-def write_csv(trials: Sequence[Trial], path: Path, *, maximize: bool = True) -> None:
-    """One row per trial (``shown.csv_row``) in ``ordered`` order."""
+def write_csv(trials: Sequence[Trial], path: Path, *, maximize: bool = True,
+              spec: SearchSpec | None = None) -> None:  # fmt: skip
+    """One row per trial (``shown.csv_row``) in ``ordered`` order; those outside ``spec``'s
+    budget flagged."""
     names = param_names(trials)
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(csv_header(names))
         for t in ordered(list(trials), maximize=maximize):
-            w.writerow(csv_row(t, names))
+            w.writerow(csv_row(t, names, outside_budget(t.params, spec) if spec else None))
 
 
 def write_report(
@@ -165,7 +168,7 @@ def write_report(
         counts, sections, top = got.counts, got.sections, got.top
     else:
         report_reads.read_curves(engine, trials)  # every learning curve of a small study
-        write_csv(trials, out_dir / "trials.csv", maximize=kind.maximize)
+        write_csv(trials, out_dir / "trials.csv", maximize=kind.maximize, spec=kind.spec)
         # one colour scale for every heatmap of the report: the span of its values
         scale = Scale.of([t.value for t in finished(trials)], maximize=kind.maximize)
         colour, scores = drawn.draw(study, trials, kind, out_dir, files)

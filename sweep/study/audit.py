@@ -11,6 +11,7 @@ flag it, so such a trial is never shown as an answer inside the rules.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -18,6 +19,10 @@ from mlp.config import WIDTHS
 from mlp.sizes import parameter_count
 from sweep.study.rules import MISSING
 from sweep.study.space import ARCHITECTURE, DEPTH, SearchSpec
+
+#: The parameters a trial's network is read from (``trial_widths``): what ``sweep status`` reads.
+NETWORK_PARAMS = (DEPTH, ARCHITECTURE, *(f"{ARCHITECTURE}_{d}" for d in range(1, len(WIDTHS) + 1)),
+                  *WIDTHS)  # fmt: skip
 
 
 def _width(v: Any) -> int | None:
@@ -86,3 +91,35 @@ def outside_line(found: Sequence[int]) -> str | None:
     more = f" and {len(found) - _NAMED:,} more" if len(found) > _NAMED else ""
     return (f"- **{len(found):,} trial(s) outside the budget** ({named}{more}): another "
             "client's (sweep's own trials never are), not answers inside the rules")  # fmt: skip
+
+
+#: Trials a status line names before it says how many more there are.
+_NAMED_IN_STATUS = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class Audit:
+    """Which of a study's trials ``sweep status`` judged against the budget, and what it found:
+    the newest ``sweep.queue.audit_reads.JUDGED`` that have run (all of a smaller study's)."""
+
+    judged: int  # how many trials were judged
+    every: bool  # whether they are every trial of the study that has run
+    outside: list[int]  # the numbers of those outside the budget, ascending
+
+    @classmethod
+    def of(cls, trials: Sequence[tuple[int, Mapping[str, Any]]], spec: SearchSpec,
+           ran: int) -> Audit:  # fmt: skip
+        """The judgement of ``trials`` ((number, parameters) each) of a study whose trials
+        that have run number ``ran``."""
+        found = sorted(number for number, params in trials if outside_budget(params, spec))
+        return cls(len(trials), len(trials) >= ran, found)
+
+    def text(self) -> str | None:
+        """``sweep status``'s line on the trials outside the budget; None if none was found."""
+        if not self.outside:
+            return None
+        n = len(self.outside)
+        named = ", ".join(f"#{k}" for k in self.outside[:_NAMED_IN_STATUS])
+        more = f" and {n - _NAMED_IN_STATUS:,} more" if n > _NAMED_IN_STATUS else ""
+        among = "" if self.every else f" among its newest {self.judged:,} (a report judges all)"
+        return f"{n:,} trial(s) outside the budget{among}: {named}{more}"

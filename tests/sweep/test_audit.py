@@ -2,6 +2,7 @@
 report: optuna's own optimize with an objective of its own drew 768x1024 (1,400,586
 parameters) in a study of 500,000 < parameters < 1,000,000, and nothing said so (issue 28)."""
 
+import csv
 import json
 
 import optuna
@@ -9,6 +10,7 @@ import pytest
 
 import sweep
 from mlp.sizes import parameter_count
+from sweep.queue import audit_reads
 from sweep.queue.storage import open_storage
 from sweep.report import digest, parts
 from sweep.report.writer import write_report
@@ -104,6 +106,36 @@ def test_status_flags_a_best_trial_outside_the_budget(tmp_path):
     assert sweep.status(inside)[0].best_outside is None
 
 
+def _outside_column(path):
+    """trials.csv's ``outside_budget`` column, by trial number."""
+    with path.open(newline="") as f:
+        return {int(r["number"]): r["outside_budget"] for r in csv.DictReader(f)}
+
+
+def test_status_counts_every_trial_outside_the_budget_not_only_the_best(tmp_path):
+    url = _theirs(tmp_path, [(768, 1024, 90.0), (512, 768, 97.0), (1024, 1024, 91.0)])
+    [status] = sweep.status(url)
+    assert status.best.number == 1 and status.best_outside is None  # the best is inside
+    assert (status.audit.judged, status.audit.every, status.audit.outside) == (3, True, [0, 2])
+    out = main_in_process("status", "--storage", url)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[2] == "  2 trial(s) outside the budget: #0, #2"
+    out = main_in_process("status", "--storage", url, "--format", "json")
+    assert json.loads(out.stdout)[0]["outside_budget_trials"] == {
+        "judged": 3, "all_judged": True, "numbers": [0, 2]}  # fmt: skip
+
+
+def test_status_judges_the_newest_trials_of_a_large_study_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(audit_reads, "JUDGED", 2)
+    url = _theirs(tmp_path, [(768, 1024, 90.0), (512, 768, 97.0), (1024, 1024, 91.0)])
+    [status] = sweep.status(url)
+    assert (status.audit.judged, status.audit.every, status.audit.outside) == (2, False, [2])
+    out = main_in_process("status", "--storage", url)
+    assert out.stdout.splitlines()[2] == (
+        "  1 trial(s) outside the budget among its newest 2 (a report judges all): #2"
+    )
+
+
 def test_the_report_flags_every_trial_outside_the_budget(tmp_path):
     url = _theirs(tmp_path, [(512, 768, 97.0), (768, 1024, 98.5), (1024, 1024, 98.0)])
     storage = open_storage(url, heartbeat_interval=None, grace_period=None, read_only=True)
@@ -117,6 +149,9 @@ def test_the_report_flags_every_trial_outside_the_budget(tmp_path):
     rows = [r for r in text.splitlines() if r.startswith("| ") and r.endswith("parameters |")]
     assert [r.split(" | ")[0] for r in rows] == ["| 1", "| 2"]  # each in the trials table
     assert "| 0 |" in text and "outside the budget: 512x768" not in text
+    assert _outside_column(tmp_path / "r" / "trials.csv") == {
+        0: "", 1: "outside the budget: 768x1024, 1,400,586 parameters",
+        2: "outside the budget: 1024x1024, 1,863,690 parameters"}  # fmt: skip
 
 
 @pytest.mark.parametrize("cores", [1, 2], ids=["one-process", "in-parts"])
@@ -132,6 +167,9 @@ def test_a_large_report_counts_every_trial_outside_the_budget(tmp_path, monkeypa
     text = (tmp_path / "r" / "report.md").read_text()
     assert "this report shows the" in text  # the large path
     assert "- **3 trial(s) outside the budget** (#1, #2, #3): another client's" in text
+    flagged = _outside_column(tmp_path / "r" / "trials.csv")
+    assert [n for n, flag in sorted(flagged.items()) if flag] == [1, 2, 3]
+    assert flagged[1] == "outside the budget: 768x1024, 1,400,586 parameters"
 
 
 def test_the_report_of_several_objectives_flags_them_too(tmp_path):
@@ -149,3 +187,5 @@ def test_the_report_of_several_objectives_flags_them_too(tmp_path):
     text = (tmp_path / "r" / "report.md").read_text()
     assert "- **1 trial(s) outside the budget** (#1): another client's" in text
     assert "| Pareto front; outside the budget: 768x1024, 1,400,586 parameters |" in text
+    assert _outside_column(tmp_path / "r" / "trials.csv") == {
+        0: "", 1: "outside the budget: 768x1024, 1,400,586 parameters"}  # fmt: skip

@@ -102,8 +102,10 @@ def test_status_is_every_study_with_optunas_names(db):
         "best_trial": {"number": best.number, "value": best.value, "params": best.params,
                        "outside_budget": None},
         "best_trials": [{"number": best.number, "values": [best.value]}],
+        "outside_budget_trials": {"judged": 3, "all_judged": True, "numbers": []},
     }  # fmt: skip
     assert (m["name"], m["direction"], m["best_trial"]) == ("m", ["MAXIMIZE", "MINIMIZE"], None)
+    assert m["outside_budget_trials"] is None  # another client's study: no budget
     assert m["best_trials"] == [{"number": 1, "values": [2.0, 9.0]},
                                 {"number": 0, "values": [1.0, 5.0]}]  # fmt: skip
     assert inf["name"] == "i\tnf" and inf["best_trial"]["value"] is None  # -inf: not JSON
