@@ -161,6 +161,20 @@ class SweepStudy(optuna.Study):
                 "sweep.run(spec, trials=N) or sweep run --trials N)",
             )  # fmt: skip
 
+    def ask(self, fixed_distributions: dict[str, Any] | None = None) -> optuna.Trial:
+        """Refused, in one line: a trial asked here would be made beside the queue, as optuna's
+        own ``ask`` makes it (the queue's guard keeps it from popping a queued trial), with
+        parameters from whatever the caller suggests, unchecked against the budget or the
+        grid's points, and trained by code of the caller's with no heartbeat or checkpoint.
+        Claiming a queued trial here instead is not sound either: nothing would beat its
+        heartbeat while the caller trains it, so recovery would take it as dead and queue it
+        again. ``optimize`` (or ``sweep worker``) trains inside the rules."""
+        raise SpecError(
+            f"study {self.study_name!r}: ask() would make a trial outside its queue (parameters "
+            "unchecked against its budget and grid, no heartbeat or checkpoint); use "
+            "study.optimize(sweep.objective(study.spec), n_trials=N) or `sweep worker`"
+        )
+
     def stop(self) -> None:
         """Stop ``optimize`` after the running trial (from a callback, as in optuna)."""
         if self._limit is None:

@@ -132,6 +132,24 @@ def test_optimize_refuses_what_would_leave_the_rules(tmp_path):
     assert study.trials == []  # nothing was queued or run
 
 
+def test_ask_is_refused_in_one_line_and_makes_no_trial(tmp_path):
+    spec = _grid(tmp_path)
+    url = _made(tmp_path, spec)
+    study = sweep.load_study("g", storage=url)
+    with pytest.raises(sweep.SpecError) as refused:
+        study.ask()
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith("study 'g': ask() would make a trial "
+                                                         "outside its queue")  # fmt: skip
+    assert message.endswith("use study.optimize(sweep.objective(study.spec), n_trials=N) or "
+                            "`sweep worker`")  # fmt: skip
+    with pytest.raises(sweep.SpecError, match=r"ask\(\) would make a trial outside"):
+        study.ask({"hidden_1": optuna.distributions.IntDistribution(1, 2)})
+    assert optuna.load_study(study_name="g", storage=url).trials == []  # none was made
+    study.optimize(sweep.objective(spec), n_trials=1)  # its own optimize still trains
+    assert Counter(t.state for t in study.trials)[TrialState.COMPLETE] == 1
+
+
 def test_optuna_load_study_then_optimize_with_sweeps_objective_is_refused(tmp_path):
     spec = _grid(tmp_path)
     url = _made(tmp_path, spec)
