@@ -329,3 +329,53 @@ def _spans(trials: Sequence[Trial]) -> list[standard_figures.Span]:
     return [standard_figures.Span(printable(str(t.user_attrs.get(WORKER_TAG, "")), 60),
                                   t.datetime_start, t.datetime_complete or last, t.state.name)
             for t in began]  # fmt: skip
+
+
+def draw_front_standard(done: Sequence[Trial], values: Sequence[Sequence[float]],
+                        trials: Sequence[Trial], kind: Kind, out: Path,
+                        files: list[str]) -> list[str]:  # fmt: skip
+    """The standard plots of a study of several objectives, and their sections of report.md:
+    per objective, parallel coordinates (coloured in that objective's own scale), slice and
+    EDF of ``done`` (its complete trials with a finite value per objective, ``values``: one
+    tuple each), at most ``digest.LARGE`` of them sampled evenly; the timeline of ``trials``.
+    No contour: which two parameters matter most differs by objective."""
+    picked = digest.evenly(range(len(done)), digest.LARGE)
+    shown = [done[i] for i in picked]
+    which = (f"{len(shown):,} complete trials" if len(shown) == len(done)
+             else f"{len(shown):,} of {len(done):,} complete trials, sampled evenly")  # fmt: skip
+    axes = [standard_figures.Axis.of(n, [t.params.get(n) for t in shown], log=_log(shown, n))
+            for n in varying(shown)]  # fmt: skip
+    lines: list[str] = []
+    for i, (objective, metric) in enumerate(zip(kind.objectives, kind.metrics, strict=True)):
+        ys = [float(values[j][i]) for j in picked]
+        key = objective.name if kind.sweep else f"objective{i + 1}"  # another's: any text
+        drawn = []
+        if axes:
+            name = f"parallel_coordinates_{key}.png"
+            standard_figures.parallel_coordinates(
+                axes, ys, out / name, metric=metric, title=f"Parallel coordinates ({which})",
+                scale=Scale.of(ys, maximize=objective.maximize))  # fmt: skip
+            drawn += [("Parallel coordinates", name)]
+            name = f"slice_{key}.png"
+            standard_figures.slices(axes, ys, [t.number for t in shown], out / name,
+                                    metric=metric, title=f"Slice ({which})")  # fmt: skip
+            drawn += [("Slice", name)]
+        if len(shown) >= 2:
+            name = f"edf_{key}.png"
+            standard_figures.edf(ys, out / name, metric=metric, maximize=objective.maximize,
+                                 title=f"Empirical distribution ({which})",
+                                 best="best on this objective alone")  # fmt: skip
+            drawn += [("Empirical distribution", name)]
+        for title, name in drawn:
+            files.append(name)
+            lines += [f"## {title}: {metric}", "", f"![{title.lower()}]({name})", ""]
+    spans = _spans(trials)
+    if spans:
+        standard_figures.timeline(
+            spans,
+            out / "timeline.png",
+            title=f"Timeline: trials per worker ({len(spans):,} trials)",
+        )
+        files.append("timeline.png")
+        lines += ["## Timeline: trials per worker", "", "![timeline](timeline.png)", ""]
+    return lines

@@ -54,6 +54,13 @@ def _number(v: Any) -> float | None:
     return float(v)
 
 
+def finite_values(listed: Sequence[Any], k: int) -> list[tuple[Any, tuple[float, ...]]]:
+    """The COMPLETE trials of ``listed`` with ``k`` finite values, and those, by number: the
+    ones a figure can place."""
+    placed = ((t, v) for t in listed if (v := readable_values(t, k)) and all(map(math.isfinite, v)))
+    return sorted(placed, key=lambda p: p[0].number)
+
+
 def readable_values(t: Any, k: int) -> tuple[float, ...] | None:
     """A COMPLETE trial's ``k`` values, if it holds ``k`` numbers; None for any other trial."""
     values = t.values if t.state == TrialState.COMPLETE else None
@@ -176,11 +183,13 @@ def _plain(v: Any) -> Any:
 
 
 def write(study: optuna.Study, listed: Sequence[Any], along: Sequence[Any], kind: Kind,
-          out: Path, files: list[str]) -> str | None:  # fmt: skip
+          out: Path, files: list[str], standard: Sequence[str] = ()) -> str | None:  # fmt: skip
     """The report of a study of several objectives: ``listed`` (its trials, the front first,
     ``sweep.report.summary.listed``) in trials.csv and report.md, ``along`` (its front) as a
     table; for sweep's study, figures of accuracy against parameters and time with the front
-    drawn, and the hypervolume over trials. Returns the front's ends (``ends_text``)."""
+    drawn, and the hypervolume over trials; then ``standard``, the sections of the standard
+    plots already drawn (``sweep.report.drawn.draw_front_standard``). Returns the front's ends
+    (``ends_text``)."""
     k, names, on = len(kind.objectives), param_names(listed), {t.number for t in along}
     ours = ["network", "n_params"] if kind.sweep else []
     with (out / "trials.csv").open("w", newline="") as f:
@@ -215,6 +224,7 @@ def write(study: optuna.Study, listed: Sequence[Any], along: Sequence[Any], kind
     lines.append("")
     if kind.sweep:
         lines += _drawn(listed, on, kind, out, files)
+    lines += standard
     front_rows = [[t.number, *([network(t)] if kind.sweep else []),
                    *(value_text(o, v, sweep=kind.sweep) for o, v in zip(kind.objectives, t.values,
                                                                           strict=True)),
@@ -246,8 +256,7 @@ def _drawn(listed: Sequence[Any], on: set[int], kind: Kind, out: Path,
     from sweep.report import figures
 
     k, names = len(kind.objectives), [o.name for o in kind.objectives]
-    finite = (t for t in listed if (v := readable_values(t, k)) and all(map(math.isfinite, v)))
-    done = sorted(finite, key=lambda t: t.number)
+    done = [t for t, _ in finite_values(listed, k)]
     lines: list[str] = []
     spec = kind.spec
     assert spec is not None

@@ -33,6 +33,9 @@ from sweep.text import printable
 
 MAX_CATEGORIES = 12  # category labels an axis prints; past that every other, and so on
 MAX_SLICES = 8  # parameters a slice figure shows (the most important first)
+#: A numeric axis of a slice panel (a quarter of the figure's width) with more distinct values
+#: than this gets at most this many ticks, not one per value: 12 labels overlapped there.
+_SLICE_TICKS = 5
 #: The colour of each trial state in the timeline (optuna's plot_timeline uses these hues).
 STATE_COLOURS = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange", "FAIL": "tab:red",
                  "RUNNING": "tab:green"}  # fmt: skip
@@ -83,7 +86,9 @@ class Axis:
         """What a position stands for: the category, or the number (10^x on a log axis)."""
         if self.categorical:
             return self.labels[self.ticks.index(position)] if position in self.ticks else ""
-        return f"{10**position if self.log else position:.4g}"
+        value = 10**position if self.log else position
+        # a count of parameters as every table writes it (54,375), not 5.438e+04
+        return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
 
     def label(self) -> str:
         return f"{self.name} (log scale)" if self.log else self.name
@@ -151,7 +156,13 @@ def slices(axes: Sequence[Axis], values: Sequence[float], numbers: Sequence[int]
     for ax, a in zip(grid.flat, shown, strict=False):
         points = ax.scatter(a.at, values, c=numbers, cmap="Blues", s=14, edgecolor="0.4",
                             linewidths=0.3)  # fmt: skip
+        if not a.categorical and len(a.ticks) > _SLICE_TICKS:
+            a = dataclasses.replace(a, ticks=[], labels=[])
         a.dress(ax, "x")
+        if a.log and not a.ticks:  # round values (0.02, 0.05, 0.1), short enough to fit
+            ax.set_xticks(_round_log_ticks(*a.span()))
+        elif not a.categorical and not a.ticks:  # matplotlib's own ran together here too
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=_SLICE_TICKS - 1))
         ax.grid(alpha=0.3)
     for ax in grid.flat[len(shown) :]:
         ax.set_visible(False)
@@ -163,6 +174,18 @@ def slices(axes: Sequence[Axis], values: Sequence[float], numbers: Sequence[int]
     fig.savefig(path, dpi=DPI)  # constrained, not ``_save``'s tight layout: the shared bar
     plt.close(fig)
     return path
+
+
+def _round_log_ticks(low: float, high: float) -> list[float]:
+    """Positions (log10) of round values between ``low`` and ``high`` (log10 positions): 1, 2
+    and 5 times a power of ten, or only the powers where those are more than ``_SLICE_TICKS``."""
+    decades = range(int(np.floor(low)), int(np.ceil(high)) + 1)
+    for steps in ((1, 2, 5), (1,)):
+        ticks = [float(np.log10(m * 10.0**e)) for e in decades for m in steps]
+        ticks = [t for t in ticks if low <= t <= high]
+        if len(ticks) <= _SLICE_TICKS:
+            return ticks
+    return ticks[:: -(-len(ticks) // _SLICE_TICKS)]
 
 
 def contour(x: Axis, y: Axis, values: Sequence[float], path: Path, *, scale: Scale,
@@ -203,15 +226,16 @@ def contour(x: Axis, y: Axis, values: Sequence[float], path: Path, *, scale: Sca
 
 
 def edf(values: Sequence[float], path: Path, *, metric: str, maximize: bool,
-        title: str) -> Path:  # fmt: skip
+        title: str, best: str = "best trial") -> Path:  # fmt: skip
     """The empirical distribution function of the values: the share of trials whose value is
-    at most x. A curve that rises late means most trials reached high values."""
+    at most x. A curve that rises late means most trials reached high values. ``best``: the
+    legend of the line at the best value."""
     ys = np.sort(np.asarray(values, dtype=float))
     share = np.arange(1, len(ys) + 1) / len(ys)
     fig, ax = plt.subplots(figsize=SIZE)
     ax.step(np.r_[ys[0], ys], np.r_[0.0, share], where="post", color="tab:blue", linewidth=1.5)
-    best = ys[-1] if maximize else ys[0]
-    ax.axvline(best, color="tab:red", linestyle=":", linewidth=1.2, label="best trial")
+    ax.axvline(ys[-1] if maximize else ys[0], color="tab:red", linestyle=":", linewidth=1.2,
+               label=best)  # fmt: skip
     ax.set(title=title, xlabel=metric, ylabel="share of trials with a value ≤ x", ylim=(0, 1.02))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")

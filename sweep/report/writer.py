@@ -160,7 +160,10 @@ def write_report(
     files = ["report.md", "trials.csv"]
     if multi:  # its front: ``sweep.report.front``
         shown, along = listed(trials, kind)
-        ends = front.write(study, shown, along, kind, out_dir, files)
+        placed = front.finite_values(shown, len(kind.objectives))
+        standard = drawn.draw_front_standard([t for t, _ in placed], [v for _, v in placed],
+                                             shown, kind, out_dir, files)  # fmt: skip
+        ends = front.write(study, shown, along, kind, out_dir, files, standard)
         return Report(out_dir, tuple(files), None, None, None, ends)
     if large:
         got = large_report.write(storage, study, kind, out_dir, files, log_loss=log_loss,

@@ -19,7 +19,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from sweep.queue.storage import open_storage
-from sweep.report import figures, front, summary, writer
+from sweep.report import figures, front, standard_figures, summary, writer
 from sweep.study.joining import open_study
 from sweep.study.objectives import EPOCH_TIME, labels
 from sweep.study.spec import load_spec
@@ -229,12 +229,55 @@ def test_another_clients_study_of_several_objectives_gets_the_same_plain_table(
     assert [r[1:3] for r in _md_rows(md, "The Pareto front")] == [
         ["512", "0.1"], ["937,500", "0.5"], ["1,250,000", "0.75"]]  # fmt: skip
     assert "e+" not in md and "- directions: minimize, maximize; metrics: size, score" in md
+    assert (
+        "## Empirical distribution: score" in md
+        and "![empirical distribution](edf_objective2.png)" in md
+    )
     rows = list(csv.DictReader((tmp_path / "out" / "trials.csv").open()))
     assert [r["size"] for r in rows] == ["512", "937500", "1250000", "600", "2000000"]
     status = main_in_process("status", "--storage", url)
     assert status.stdout.splitlines()[1] == (
         "  front 3 trials: size 1,250,000, score 0.75 (trial 1) … size 512, score 0.1 (trial 3)"
     )
+
+
+def _captured(monkeypatch) -> list[tuple[str, str, list[float], dict]]:
+    """Every standard plot drawn, as (function, file name, values, keywords), still drawn."""
+    calls = []
+    for name in ("parallel_coordinates", "slices", "edf"):
+        real = getattr(standard_figures, name)
+
+        def spy(*args, _real=real, _name=name, **kw):
+            path = next(a for a in args if isinstance(a, Path))
+            values = args[0] if _name == "edf" else args[1]  # (axes, values, ...) otherwise
+            calls.append((_name, path.name, [float(v) for v in values], kw))
+            return _real(*args, **kw)
+
+        monkeypatch.setattr(standard_figures, name, spy)
+    return calls
+
+
+def test_several_objectives_get_the_standard_plots_per_objective(tmp_path, storage_url,
+                                                                  monkeypatch):  # fmt: skip
+    calls = _captured(monkeypatch)
+    study = sweep_study(tmp_path, TWO, storage_url)
+    written = writer.write_report(open_storage(storage_url), "p", out_dir=tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    done = sorted((t for t in study.trials if t.state == TrialState.COMPLETE),
+                  key=lambda t: t.number)  # fmt: skip
+    for i, key in enumerate(TWO):
+        names = [f"parallel_coordinates_{key}.png", f"slice_{key}.png", f"edf_{key}.png"]
+        assert set(names) <= set(written.files)
+        assert all((tmp_path / "out" / n).stat().st_size > 0 for n in names)
+        assert f"![slice](slice_{key}.png)" in md
+        # each plot of the values of its own objective, the colours in its own direction
+        for call in (c for c in calls if c[1] in names):
+            assert call[2] == [t.values[i] for t in done], call[:2]
+        [coords] = [c for c in calls if c[1] == names[0]]
+        assert coords[3]["scale"].maximize is (key == "accuracy")
+        assert coords[3]["metric"] == labels(TWO)[i]
+    assert "timeline.png" in written.files and "![timeline](timeline.png)" in md
+    assert "contour.png" not in written.files  # which two parameters matter differs
 
 
 def test_the_hypervolume_is_an_exact_sweep_of_the_front(tmp_path):

@@ -173,3 +173,19 @@ def test_optunas_own_contour_plots_read_a_sweep_study(tmp_path):
         ax = optuna.visualization.matplotlib.plot_contour(
             study, params=["hidden_1", "learning_rate"])  # fmt: skip
     assert ax.get_xlabel() == "hidden_1"
+
+
+def test_slice_panels_tick_round_values_not_one_per_value(tmp_path, monkeypatch):
+    """Learning rates and widths in panels a quarter of the figure wide: a tick per value, or
+    matplotlib's own of a narrow log span (0.01585, 0.02512, ...), overlapped."""
+    closed = []
+    monkeypatch.setattr(standard_figures.plt, "close", closed.append)
+    rates = standard_figures.Axis.of("learning_rate", [0.015, 0.03, 0.06, 0.1, 0.2, 0.32],
+                                     log=True)  # fmt: skip
+    widths = standard_figures.Axis.of("hidden_1", [24, 30, 36, 42, 50, 64])
+    standard_figures.slices([rates, widths], list(range(6)), list(range(6)),
+                            tmp_path / "slice.png", metric="m", title="t")  # fmt: skip
+    lr, h1 = closed[0].axes[:2]
+    assert [round(10**t, 6) for t in lr.get_xticks()] == [0.02, 0.05, 0.1, 0.2]
+    assert len(h1.get_xticks()) <= 5  # not one per width
+    assert standard_figures.Axis.of("n", [20_000, 54_375]).text(54_375) == "54,375"
