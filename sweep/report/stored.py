@@ -89,15 +89,27 @@ def study_kind(user_attrs: dict[str, Any], directions: list[StudyDirection],
 
 
 def number(value: Any) -> float | None:
-    """A finite number stored by anyone, else None (attributes are JSON any client may write)."""
+    """A finite number stored by anyone, else None (attributes are JSON any client may write;
+    an integer past a float's range, as JSON's 400 digits, is none: ``float`` overflows)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        return float(value) if math.isfinite(value) else None
+    except OverflowError:
+        return None
+
+
+#: The integers a stored count may be (a 64-bit integer's, as SQL's BIGINT and numpy keep them);
+#: another client's beyond them (JSON has no limit: a 400-digit n_params overflowed the report's
+#: figures) reads as no count, as a value stored badly does elsewhere (``attrs.stored_param``).
+_COUNTS = range(-(2**63), 2**63)
 
 
 def count(t: FrozenTrial, key: str) -> int | None:
+    """A stored integer (``n_params``, ``pruned_at``) in ``_COUNTS``, else None."""
     value = t.user_attrs.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    ok = isinstance(value, int) and not isinstance(value, bool) and value in _COUNTS
+    return value if ok else None
 
 
 def series(t: FrozenTrial, key: str) -> list[float]:

@@ -26,6 +26,7 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from sweep.errors import StorageError
 from sweep.queue import audit_reads, status_reads
 from sweep.queue.attrs import SKIPPED, why_failed
 from sweep.queue.status_reads import Best, Valued
@@ -160,15 +161,23 @@ def shown_trials(
 
     With a limit, only the trials shown are read: SQL picks them (ordered and limited as
     ``ordered`` would), so the table at the end of a run of 10⁵ trials costs what one of 20
-    does.
+    does. StorageError (one line) where optuna cannot read a trial shown (an attribute
+    another client nested thousands deep exhausts its JSON decoder's recursion).
     """
     kind = study_kind(study.user_attrs, study.directions, study.metric_names)
-    if limit is None:
-        every = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
-        shown, along = listed(every, kind)
-        left_out = 0
-    else:
-        shown, along, left_out = _top(study, kind=kind, limit=limit)
+    try:
+        if limit is None:
+            every = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+            shown, along = listed(every, kind)
+            left_out = 0
+        else:
+            shown, along, left_out = _top(study, kind=kind, limit=limit)
+    except RecursionError:  # optuna's json.loads of an attribute another client nested deep
+        raise StorageError(
+            f"study {printable(study.study_name, 200)!r}: a trial holds an attribute nested too "
+            "deeply for optuna to read (another client wrote it); `sweep report` reads the "
+            "study around it"
+        ) from None
     return shown, kind, {t.number for t in along}, left_out
 
 

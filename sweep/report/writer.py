@@ -182,7 +182,8 @@ def write_report(
             drawn.draw_sweep(trials, kind.spec, out_dir, files, colour)
             sections = _sections(trials, kind, out_dir, files, log_loss=log_loss,
                                  data_path=data_path, scale=scale)  # fmt: skip
-    best = study.best_trial if counts[TrialState.COMPLETE] else None
+    best = _best(study, top if large else ordered(finished(trials), maximize=kind.maximize),
+                 complete=counts[TrialState.COMPLETE] > 0)  # fmt: skip
     lines = [f"# Study `{printable(study_name, 400)}`", "", *_summary(study, counts, kind, best)]
     found = got.outside if large else outside_numbers(trials, kind.spec) if kind.spec else []
     if outside := outside_line(found):
@@ -225,6 +226,18 @@ def write_report(
             best_text += f" ({flag})"
     return Report(out_dir, tuple(files), best and best.number, best and best.value,
                   best and config(best), best_text)  # fmt: skip
+
+
+def _best(study: optuna.Study, done: Sequence[Trial], *, complete: bool) -> Trial | None:
+    """optuna's ``best_trial`` (``complete``: the study has a COMPLETE trial); where optuna cannot
+    read it (an attribute another client nested past the stack: its ``json.loads`` recurses),
+    the first of ``done``, the report's own reading of its finished trials, best first."""
+    if not complete:
+        return None
+    try:
+        return study.best_trial
+    except RecursionError:
+        return done[0] if done else None
 
 
 def _optuna_read(study: optuna.Study, study_name: str, engine: Any) -> list[Trial]:

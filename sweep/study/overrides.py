@@ -84,10 +84,17 @@ def parse_override(text: str) -> Override:
     return checked(section, name, parsed, given=f"--set {_one_line(text)}")
 
 
+#: The most characters of an override a message quotes (as ``rules.show`` cuts a value): a
+#: value of thousands of characters was quoted whole, the message as long.
+_QUOTED = 200
+
+
 def _one_line(text: str) -> str:
     """An override as a message quotes it: a line break or other control character escaped,
-    as ``repr`` escapes it, so that the message stays one line."""
-    return text if text.isprintable() else repr(text)[1:-1]
+    as ``repr`` escapes it, so that the message stays one line; cut at ``_QUOTED``
+    characters."""
+    line = text if text.isprintable() else repr(text)[1:-1]
+    return line if len(line) <= _QUOTED else line[:_QUOTED] + "…"
 
 
 def checked(section: str, key: Any, value: Any, *, given: str) -> Override:
