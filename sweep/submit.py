@@ -22,7 +22,8 @@ from sweep.errors import SpecError
 if TYPE_CHECKING:
     from sweep.study.spec import StudySpec
 
-#: Where a task's log and, by default, the script go, under the folder submit runs in.
+#: Where the script goes by default, under the folder submit runs in; the tasks' logs go
+#: beside the script.
 FOLDER = Path("runs", "slurm")
 
 
@@ -45,7 +46,8 @@ def submit(
     """Submit ``workers`` tasks of ``sweep worker`` on study ``spec`` (a study file's, which is
     created first) or ``name`` (a stored study, which must exist) with ``options`` (``#SBATCH``
     lines, each checked: ``sweep.slurm.options``). The script goes to ``script`` (default
-    ``runs/slurm/STEM.sbatch``), mode 0600: it holds the storage URL. ``dry_run``: the script's
+    ``runs/slurm/STEM.sbatch``), mode 0600: it holds the storage URL; the tasks' logs beside
+    it (``STEM-JOB_TASK.log``). ``dry_run``: the script's
     text only; nothing is read, written or submitted."""
     from sweep.queue.storage import checked_url, mask_password
     from sweep.trial.artifacts import artifacts_location
@@ -58,16 +60,15 @@ def submit(
     url = checked_url(storage)
     location, _ = artifacts_location(artifacts, url)
     stem = slurm.stem(study)
-    here = Path.cwd()
-    batch = slurm.Batch(study, url, location, workers, wait, here / FOLDER, stem, here,
-                        options, slurm.carried())  # fmt: skip
     path = script or FOLDER / f"{stem}.sbatch"
+    here = Path.cwd()  # the tasks' logs go beside the script
+    batch = slurm.Batch(study, url, location, workers, wait, (here / path).parent, stem, here,
+                        options, slurm.carried())  # fmt: skip
     shown = slurm.script(batch, storage_shown=mask_password(url))
     if dry_run:
         return Submitted(study, workers, path, None, shown)
     _replaceable(path)
     _ready(spec, study, url, artifacts)
-    batch.log_dir.mkdir(parents=True, exist_ok=True)  # SLURM makes no folder for a log
     _write(path, slurm.script(batch))
     return Submitted(study, workers, path, slurm.sbatch(path), shown)
 
@@ -123,7 +124,7 @@ def _write(path: Path, text: str) -> None:
         os.fchmod(f.fileno(), 0o600)  # type: ignore[attr-defined]
         f.write(text.encode())  # type: ignore[attr-defined]
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)  # the logs' too: SLURM makes no folder
     write_atomically(path, write)
 
 
@@ -132,8 +133,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     one `sweep worker`, in this Python environment) and submits it with sbatch; --dry-run
     prints the script (the storage password masked) and submits nothing. A study file's study
     is created first, so every task joins its stored spec."""
-    from sweep.commands import _study_spec
+    from sweep.commands import _quiet_optuna, _study_spec
 
+    _quiet_optuna(args)
     if args.set and not args.study:
         raise SpecError("--set changes a study file: give the study file "
                         "(sweep submit STUDY.toml --set KEY=VALUE)")  # fmt: skip
