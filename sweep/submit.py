@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +22,8 @@ from sweep.errors import SpecError
 
 if TYPE_CHECKING:
     from sweep.study.spec import StudySpec
+
+logger = logging.getLogger(__name__)
 
 #: Where the script goes by default, under the folder submit runs in; the tasks' logs go
 #: beside the script.
@@ -58,7 +61,7 @@ def submit(
         raise SpecError(f"{spec.source}: [study.name] is {spec.name!r}, not {name!r}")
     study = spec.name if spec is not None else str(name)
     url = checked_url(storage)
-    location, _ = artifacts_location(artifacts, url)
+    location, local = artifacts_location(artifacts, url)
     stem = slurm.stem(study)
     path = script or FOLDER / f"{stem}.sbatch"
     here = Path.cwd()  # the tasks' logs go beside the script
@@ -69,24 +72,30 @@ def submit(
         return Submitted(study, workers, path, None, shown)
     _replaceable(path)
     _ready(spec, study, url, artifacts)
+    if local:  # a folder of this host's: the tasks reach it only if the nodes share it
+        logger.warning("%s", local)
     _write(path, slurm.script(batch))
     return Submitted(study, workers, path, slurm.sbatch(path), shown)
 
 
 def _replaceable(path: Path) -> None:
-    """A script file submit may write: new, or one it wrote before (``slurm.MARK``)."""
+    """A script file submit may write: new, or one it wrote before (``slurm.MARK`` on its
+    second line). Anything else is never opened for reading (a FIFO would block) nor replaced:
+    a folder, a link, a device, a file of the user's own."""
     if path.is_dir():
         raise SpecError(f"--script {path}: is a folder; give a file name")
-    if path.exists() or path.is_symlink():
+    if not (path.exists() or path.is_symlink()):
+        return
+    if path.is_file() and not path.is_symlink():
         try:
             with path.open("rb") as f:
-                head = f.read(200).split(b"\n")[1:2]
+                head = f.read(512).split(b"\n")
         except OSError:
             head = []
-        if head[:1] != [] and head[0].startswith(slurm.MARK.encode()) and not path.is_symlink():
+        if len(head) > 1 and head[1].startswith(slurm.MARK.encode()):
             return
-        raise SpecError(f"--script {path}: exists and sweep submit did not write it; "
-                        "give another --script")  # fmt: skip
+    raise SpecError(f"--script {path}: exists and sweep submit did not write it; "
+                    "give another --script")  # fmt: skip
 
 
 def _ready(spec: StudySpec | None, name: str, url: str, artifacts: str | None) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from sweep.cli import build_parser
 from sweep.slurm import MARK
-from tests.sweep.helpers import grid_study, main_in_process
+from tests.sweep.helpers import grid_study, main_in_process, run_cli
 
 SECRET_URL = "postgresql://me:SECRET@db.example:5432/sweep"
 
@@ -183,3 +183,25 @@ def test_a_bad_option_writes_and_submits_nothing(tmp_path):
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
         assert not (tmp_path / "s").exists() and not (tmp_path / "db").exists()
         assert not (tmp_path / "bin" / "args").exists(), "sbatch ran"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link", "own file"])
+def test_a_script_path_submit_did_not_write_is_never_read_nor_replaced(tmp_path, kind):
+    """A FIFO would block the read of its first lines (run in a process of its own, with a
+    timeout); a link would lead the write elsewhere; a file of one's own would be lost."""
+    target = tmp_path / "mine.sh"
+    target.write_text(f"#!/bin/bash\n{MARK}: a file that only looks like ours\n")
+    script = tmp_path / "s.sbatch"
+    if kind == "fifo":
+        os.mkfifo(script)
+    elif kind == "link":
+        script.symlink_to(target)
+    else:
+        script.write_text("#!/bin/bash\necho mine\n")
+    before = target.read_text()
+    out = run_cli("submit", str(grid_study(tmp_path)), "--workers", "1", "--script", str(script),
+                  "--storage", f"sqlite:///{tmp_path / 'db'}", timeout=60,
+                  env=_sbatch(tmp_path / "bin"))  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.endswith("exists and sweep submit did not write it; give another --script\n")
+    assert target.read_text() == before and not (tmp_path / "bin" / "args").exists()
