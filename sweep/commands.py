@@ -198,6 +198,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  {s.front_text()}")
         if s.audit is not None and (outside := s.audit.text()):
             print(f"  {outside}")
+        if s.running_by_host:
+            hosts = ", ".join(f"{printable(h, 60)} ({n} trial{'s' * (n != 1)})"
+                              for h, n in s.running_by_host.items())  # fmt: skip
+            more = s.running_elsewhere
+            more = f" and {more} trial{'s' * (more != 1)} on other hosts" if more else ""
+            print(f"  running on: {hosts}{more}")
     return EXIT_OK
 
 

@@ -82,10 +82,12 @@ def study(s: StudyStatus) -> dict[str, Any]:
     (of one objective: ``number``, ``value``, ``params`` and ``outside_budget``: why its
     network is outside the study's budget, else null; else null) and ``best_trials`` (the
     Pareto front: ``number`` and ``values`` of each, the first objective's best first; of one
-    objective, the best trial alone), and ``outside_budget_trials`` (of sweep's study: the trials
+    objective, the best trial alone), ``outside_budget_trials`` (of sweep's study: the trials
     ``sweep status`` judged against its budget, ``judged`` of them, ``all_judged`` whether
     they are every trial that has run, not only the newest, and the ``numbers`` of those
-    outside it; else null)."""
+    outside it; else null), ``running_by_host`` (the hosts whose workers hold most of
+    its RUNNING trials, 20 at most, each with how many) and ``running_elsewhere`` (how many
+    the workers of other hosts hold)."""
     best = None
     front = [{"number": v.number, "values": list(v.values)} for v in s.front]
     if s.best is not None:
@@ -102,6 +104,8 @@ def study(s: StudyStatus) -> dict[str, Any]:
         "best_trials": front,
         "outside_budget_trials": None if s.audit is None else {
             "judged": s.audit.judged, "all_judged": s.audit.every, "numbers": s.audit.outside},
+        "running_by_host": s.running_by_host,
+        "running_elsewhere": s.running_elsewhere,
     }  # fmt: skip
 
 

@@ -83,6 +83,11 @@ class StudyStatus:
     #: its newest trials judged against the budget (``sweep.study.audit.Audit``); None for a
     #: study that has no budget (another client's)
     audit: Audit | None = None
+    #: the hosts whose sweep workers hold most of its RUNNING trials, each with how many, the
+    #: busiest first (``sweep.queue.status_reads.HOSTS_SHOWN`` at most), and how many the
+    #: workers of other hosts hold
+    running_by_host: dict[str, int] = dataclasses.field(default_factory=dict)
+    running_elsewhere: int = 0
 
     def best_value(self) -> str | None:
         """The best value as the study measures it: ``97.12%``, or ``loss 0.2031``."""
@@ -116,7 +121,8 @@ def status(engine: status_reads.Engine) -> list[StudyStatus]:
         if kind.spec is not None:
             ran = sum(n for state, n in counts.items() if state != "waiting")
             audit = Audit.of(judged[s.study_id], kind.spec, ran)
-        out.append(StudyStatus(s.name, counts, kind, s.best, along, flag, audit))
+        out.append(StudyStatus(s.name, counts, kind, s.best, along, flag, audit,
+                               s.running_by_host, s.running_elsewhere))  # fmt: skip
     return out
 
 

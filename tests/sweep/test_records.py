@@ -103,6 +103,7 @@ def test_status_is_every_study_with_optunas_names(db):
                        "outside_budget": None},
         "best_trials": [{"number": best.number, "values": [best.value]}],
         "outside_budget_trials": {"judged": 3, "all_judged": True, "numbers": []},
+        "running_by_host": {}, "running_elsewhere": 0,
     }  # fmt: skip
     assert (m["name"], m["direction"], m["best_trial"]) == ("m", ["MAXIMIZE", "MINIMIZE"], None)
     assert m["outside_budget_trials"] is None  # another client's study: no budget
@@ -204,7 +205,7 @@ def test_plain_makes_any_value_strict_json():
 #: The fewest arguments each command parses with.
 REQUIRED = {"data": [], "train": [], "run": ["x.toml"], "worker": [], "report": ["all"],
             "evaluate": ["x.toml"], "export": ["g", "--out", "b.npz"], "gradcheck": [],
-            "status": [], "dashboard": []}  # fmt: skip
+            "status": [], "dashboard": [], "submit": ["x.toml", "--workers", "1"]}  # fmt: skip
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))
