@@ -10,6 +10,7 @@ import json
 import math
 from collections.abc import Iterator
 from types import SimpleNamespace
+from unittest import mock
 
 import optuna
 import pytest
@@ -18,6 +19,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 from sqlalchemy.engine.cursor import CursorResult
 
+from sweep.queue import audit_reads
 from sweep.queue.attrs import SKIPPED, SPEC
 from sweep.queue.storage import open_reader, open_storage
 from sweep.report import summary
@@ -203,13 +205,16 @@ def test_status_reads_a_few_rows_whatever_the_study_size(
     tmp_path, storage_url, monkeypatch, request
 ):
     # Two databases that differ only in how many trials sweep's study has (4 and 60): status
-    # sends the same statements and fetches the same rows from both, a few per study.
+    # sends the same statements and fetches the same rows from both, a few per study. The
+    # budget's check judges a study's newest trials up to a bound (``audit_reads.JUDGED``,
+    # 1,000): 3 here, so that both studies are past it (``_reads`` undoes ``monkeypatch``).
     seen = []
     for complete in (4, 60):
+        judged = mock.patch.object(audit_reads, "JUDGED", 3)
         url = storage_url if complete == 4 else _another(storage_url, tmp_path, request)
         _varied(url, tmp_path, complete=complete)
         reader = _reader(url)
-        with _reads(reader, monkeypatch) as reads:
+        with judged, _reads(reader, monkeypatch) as reads:
             summary.status(reader)
         seen.append(reads)
     small, big = seen
@@ -219,9 +224,10 @@ def test_status_reads_a_few_rows_whatever_the_study_size(
     # and, if there is one, its number); a single-objective study's best tier by tier
     # (``tables.best_first``: ours and theirs find theirs among the numbers, edge among the
     # infinitely good, empty in none of the three); one for the best trials' parameters, one
-    # for the complete trials' values of every multi-objective study (their fronts)
-    assert len(small.statements) == 4 + (5 * 3 + 4) + (2 + 2 + 1 + 3) + 2, small.statements
-    assert small.rows <= 50 and small.sent <= 50, (small.rows, small.sent)
+    # for the complete trials' values of every multi-objective study (their fronts); two for
+    # sweep's study's newest trials and their networks' parameters (the budget's check)
+    assert len(small.statements) == 4 + (5 * 3 + 4) + (2 + 2 + 1 + 3) + 2 + 2, small.statements
+    assert small.rows <= 70 and small.sent <= 70, (small.rows, small.sent)  # 3 judged: ~20
     # each best is one limited ordered statement; a front reads every complete trial's values
     # (of the multi-objective studies only: "two"'s 4 trials here, in both databases)
     fronts = [s for s in small.statements if s.endswith("ORDER BY trials.study_id, "
