@@ -26,9 +26,10 @@ NETWORK_PARAMS = (DEPTH, ARCHITECTURE, *(f"{ARCHITECTURE}_{d}" for d in range(1,
 
 
 def _width(v: Any) -> int | None:
-    """A width as a parameter stores it (64, 64.0 from a float distribution, "64" of an
-    architecture), if it is a positive integer. Text counts only as ASCII digits, at most nine
-    (``"²".isdigit()`` holds, and ``int`` refuses it; ``int`` refuses 4,301 digits too)."""
+    """A width (or a depth) as a parameter stores it (64, 64.0 from a float distribution, "64"
+    of an architecture or another client's categorical), if it is a positive integer. Text
+    counts only as ASCII digits, at most nine (``"²".isdigit()`` holds, and ``int`` refuses
+    it; ``int`` refuses 4,301 digits too)."""
     if isinstance(v, str):
         v = int(v) if v.isascii() and v.isdigit() and len(v) <= 9 else None
     if isinstance(v, float) and v.is_integer():
@@ -43,8 +44,8 @@ def trial_widths(params: Mapping[str, Any], spec: SearchSpec) -> tuple[int, ...]
     width they lack, as a trial not yet sampled; a value that is not a positive integer, an
     architecture that is not "h1xh2…")."""
     fixed = MISSING if spec.dimension(DEPTH) else spec.train.depth  # type: ignore[attr-defined]
-    depth = params.get(DEPTH, fixed)
-    if type(depth) is not int or not 1 <= depth <= len(WIDTHS):
+    depth = _width(params.get(DEPTH, fixed))  # stored as a width is: 2, 2.0, "2"
+    if depth is None or depth > len(WIDTHS):
         return None
     joint = params.get(ARCHITECTURE, params.get(f"{ARCHITECTURE}_{depth}"))
     given = dict(zip(WIDTHS, joint.split("x"), strict=False)) if isinstance(joint, str) else {}

@@ -55,6 +55,16 @@ RANGES = {"hidden_1": {"low": 300, "high": 1024}, "hidden_2": {"low": 100, "high
         ({"depth": [1, 2], "hidden_1": [512, 1024], "hidden_2": [256, 1024]}, None,
          {"depth": 2, "architecture_2": "512x1024"}, (512, 1024)),
         ({"depth": [1, 2], **RANGES}, None, {"depth": 9, "hidden_1": 700}, None),
+        # another client's depth: a float distribution's, a categorical of text
+        ({"depth": [1, 2], **RANGES}, None,
+         {"depth": 2.0, "hidden_1": 768, "hidden_2": 1024}, (768, 1024)),
+        ({"depth": [1, 2], **RANGES}, None,
+         {"depth": "2", "hidden_1": 768, "hidden_2": 1024}, (768, 1024)),
+        ({"depth": [1, 2], **RANGES}, None, {"depth": 1.5, "hidden_1": 700}, None),
+        ({"depth": [1, 2], **RANGES}, None, {"depth": "two", "hidden_1": 700}, None),
+        ({"depth": [1, 2], **RANGES}, None, {"depth": True, "hidden_1": 700}, None),
+        ({"depth": [1, 2], **RANGES}, None, {"depth": 0, "hidden_1": 700}, None),
+        ({"depth": [1, 2], **RANGES}, None, {"depth": 9.0, "hidden_1": 700}, None),
         # another client's text: digits int() refuses, or too many for it
         (RANGES, None, {"hidden_1": "\u00b2", "hidden_2": 8}, None),
         (RANGES, None, {"hidden_1": "9" * 5000, "hidden_2": 8}, None),
