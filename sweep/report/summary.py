@@ -174,10 +174,12 @@ def shown_trials(
         else:
             shown, along, left_out = _top(study, kind=kind, limit=limit)
     except RecursionError:  # optuna's json.loads of an attribute another client nested deep
+        # the report of one objective reads trials itself; of several, through optuna too
+        around = "`sweep status`" if kind.multi else "`sweep report`"
         raise StorageError(
             f"study {printable(study.study_name, 200)!r}: a trial holds an attribute nested too "
-            "deeply for optuna to read (another client wrote it); `sweep report` reads the "
-            "study around it"
+            f"deeply for optuna to read (another client wrote it); {around} reads the study "
+            "around it"
         ) from None
     return shown, kind, {t.number for t in along}, left_out
 
