@@ -178,14 +178,33 @@ def slices(axes: Sequence[Axis], values: Sequence[float], numbers: Sequence[int]
 
 def _round_log_ticks(low: float, high: float) -> list[float]:
     """Positions (log10) of round values between ``low`` and ``high`` (log10 positions): 1, 2
-    and 5 times a power of ten, or only the powers where those are more than ``_SLICE_TICKS``."""
+    and 5 times a power of ten, or only the powers where those are more than ``_SLICE_TICKS``;
+    where fewer than two lie between (learning rates 0.011 to 0.019), the ends too
+    (``_ends``), so that a narrow panel is never without numbers."""
     decades = range(int(np.floor(low)), int(np.ceil(high)) + 1)
     for steps in ((1, 2, 5), (1,)):
         ticks = [float(np.log10(m * 10.0**e)) for e in decades for m in steps]
         ticks = [t for t in ticks if low <= t <= high]
+        if len(ticks) < 2:
+            return sorted({*ticks, *_ends(low, high)})
         if len(ticks) <= _SLICE_TICKS:
             return ticks
     return ticks[:: -(-len(ticks) // _SLICE_TICKS)]
+
+
+def _ends(low: float, high: float) -> list[float]:
+    """Positions (log10) of the ends' values rounded inward, to the fewest significant digits
+    (up to six) that keep them apart: 0.012 and 0.018 of 0.0110034 to 0.0189917, not numbers of
+    seven digits a narrow panel runs together."""
+    lo, hi = 10.0**low, 10.0**high
+    for digits in range(1, 7):
+        up = 10.0 ** (np.floor(np.log10(lo)) - digits + 1)
+        down = 10.0 ** (np.floor(np.log10(hi)) - digits + 1)
+        # a tolerance: 10**log10(0.011) is 0.011000000000000001, which must not round up
+        a, b = np.ceil(lo / up - 1e-9) * up, np.floor(hi / down + 1e-9) * down
+        if a < b:
+            return [max(float(low), float(np.log10(a))), min(float(high), float(np.log10(b)))]
+    return [float(low), float(high)]
 
 
 def contour(x: Axis, y: Axis, values: Sequence[float], path: Path, *, scale: Scale,
