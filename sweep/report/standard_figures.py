@@ -15,6 +15,7 @@ learning rates do), anything else as evenly spaced categories in the order first
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -271,14 +272,25 @@ class Span:
     state: str  # TrialState's name
 
 
+#: Worker rows a timeline draws at most: a row is 0.28 in high, and 3,000 workers (a worker
+#: per trial, as SLURM array tasks are) made a figure 840 in high.
+TIMELINE_ROWS = 40  # each of them labelled (the labels step past 40)
+
+
 def timeline(spans: Sequence[Span], path: Path, *, title: str) -> Path:
     """Each trial as a bar on its worker's row, from its start to its end, in the colour of
     its state: gaps on a row are a worker idle, rows of unequal length workers that ended
-    early."""
+    early. Past ``TIMELINE_ROWS`` workers, those with the most trials (the title says so)."""
     first = min(s.start for s in spans)
     total = max((s.end - first).total_seconds() for s in spans)
     unit, per = ("min", 60) if total >= 120 else ("s", 1)  # a quick study in seconds
     workers = sorted({s.worker for s in spans}, key=lambda w: (w == "", w))
+    if len(workers) > TIMELINE_ROWS:
+        trials = Counter(s.worker for s in spans)
+        kept = set(sorted(workers, key=lambda w: -trials[w])[:TIMELINE_ROWS])  # stable: by name
+        title += f"\nthe {TIMELINE_ROWS} of its {len(workers):,} workers with the most trials"
+        workers = [w for w in workers if w in kept]
+        spans = [s for s in spans if s.worker in kept]
     row = {w: i for i, w in enumerate(workers)}
     fig, ax = plt.subplots(figsize=(SIZE[0], max(SIZE[1], 1.5 + 0.28 * len(workers))))
     for state in dict.fromkeys(s.state for s in spans):

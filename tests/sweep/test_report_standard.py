@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import tomllib
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -195,3 +196,22 @@ def test_slice_panels_tick_round_values_not_one_per_value(tmp_path, monkeypatch)
     assert [round(10**t, 6) for t in one] == [0.018, 0.02, 0.022]
     assert len(h1.get_xticks()) <= 5  # not one per width
     assert standard_figures.Axis.of("n", [20_000, 54_375]).text(54_375) == "54,375"
+
+
+def test_a_timeline_of_thousands_of_workers_draws_the_busiest(tmp_path, monkeypatch):
+    # a worker per trial, as SLURM array tasks are: 3,000 rows made a figure 840 in high
+    closed = []
+    monkeypatch.setattr(standard_figures.plt, "close", closed.append)
+    t0 = datetime(2026, 1, 1)
+    spans = [standard_figures.Span(f"h:{i}", t0 + timedelta(seconds=i), t0 + timedelta(
+        seconds=i + 5), "COMPLETE") for i in range(3_000)]  # fmt: skip
+    spans += [standard_figures.Span("h:7", t0, t0 + timedelta(seconds=1), "PRUNED")]  # 2 trials
+    standard_figures.timeline(spans, tmp_path / "timeline.png", title="Timeline (3,001 trials)")
+    [fig] = closed
+    ax = fig.axes[0]
+    assert ax.get_title() == (
+        "Timeline (3,001 trials)\nthe 40 of its 3,000 workers with the most trials"
+    )
+    assert ax.get_ylim() == (39.6, -0.6)  # 40 rows, inverted
+    assert fig.get_size_inches()[1] < 20
+    assert "h:7" in [t.get_text() for t in ax.get_yticklabels()]  # the busiest is among them
