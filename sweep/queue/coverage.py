@@ -125,17 +125,21 @@ def done_points(conn: Any, study_id: int, points: Sequence[dict[str, Any]]) -> i
     return len({point_key(p) for p in points} & done)
 
 
-def stored_params(conn: Any, trial_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-    """The parameters these trials ran with, as optuna shows them, in the order they were set
-    (a trial another client made, or whose parameters a sampler chose; ``sweep status``'s best
-    trials); a parameter stored badly is left out (``attrs.stored_param``)."""
+def stored_params(
+    conn: Any, trial_ids: Sequence[int], *, names: Sequence[str] | None = None
+) -> dict[int, dict[str, Any]]:
+    """The parameters these trials ran with (only those named ``names`` if given), as optuna
+    shows them, in the order they were set (a trial another client made, or whose parameters a
+    sampler chose; ``sweep status``'s best trials and those it judges against the budget); a
+    parameter stored badly is left out (``attrs.stored_param``)."""
     p = tb.params
+    named = [] if names is None else [p.c.param_name.in_(list(names))]
     stored: dict[int, dict[str, Any]] = {}
     for chunk in chunks(trial_ids):
         for tid, name, value, dist in conn.execute(
             sqlalchemy.select(p.c.trial_id, p.c.param_name, p.c.param_value,
                               p.c.distribution_json)
-            .where(p.c.trial_id.in_(chunk)).order_by(p.c.param_id)
+            .where(p.c.trial_id.in_(chunk), *named).order_by(p.c.param_id)
         ):  # fmt: skip
             param = stored_param(value, dist)
             if param is not None:

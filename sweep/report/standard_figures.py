@@ -15,6 +15,7 @@ learning rates do), anything else as evenly spaced categories in the order first
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -178,14 +179,33 @@ def slices(axes: Sequence[Axis], values: Sequence[float], numbers: Sequence[int]
 
 def _round_log_ticks(low: float, high: float) -> list[float]:
     """Positions (log10) of round values between ``low`` and ``high`` (log10 positions): 1, 2
-    and 5 times a power of ten, or only the powers where those are more than ``_SLICE_TICKS``."""
+    and 5 times a power of ten, or only the powers where those are more than ``_SLICE_TICKS``;
+    where fewer than two lie between (learning rates 0.011 to 0.019), the ends too
+    (``_ends``), so that a narrow panel is never without numbers."""
     decades = range(int(np.floor(low)), int(np.ceil(high)) + 1)
     for steps in ((1, 2, 5), (1,)):
         ticks = [float(np.log10(m * 10.0**e)) for e in decades for m in steps]
         ticks = [t for t in ticks if low <= t <= high]
+        if len(ticks) < 2:
+            return sorted({*ticks, *_ends(low, high)})
         if len(ticks) <= _SLICE_TICKS:
             return ticks
     return ticks[:: -(-len(ticks) // _SLICE_TICKS)]
+
+
+def _ends(low: float, high: float) -> list[float]:
+    """Positions (log10) of the ends' values rounded inward, to the fewest significant digits
+    (up to six) that keep them apart: 0.012 and 0.018 of 0.0110034 to 0.0189917, not numbers of
+    seven digits a narrow panel runs together."""
+    lo, hi = 10.0**low, 10.0**high
+    for digits in range(1, 7):
+        up = 10.0 ** (np.floor(np.log10(lo)) - digits + 1)
+        down = 10.0 ** (np.floor(np.log10(hi)) - digits + 1)
+        # a tolerance: 10**log10(0.011) is 0.011000000000000001, which must not round up
+        a, b = np.ceil(lo / up - 1e-9) * up, np.floor(hi / down + 1e-9) * down
+        if a < b:
+            return [max(float(low), float(np.log10(a))), min(float(high), float(np.log10(b)))]
+    return [float(low), float(high)]
 
 
 def contour(x: Axis, y: Axis, values: Sequence[float], path: Path, *, scale: Scale,
@@ -252,14 +272,25 @@ class Span:
     state: str  # TrialState's name
 
 
+#: Worker rows a timeline draws at most: a row is 0.28 in high, and 3,000 workers (a worker
+#: per trial, as SLURM array tasks are) made a figure 840 in high.
+TIMELINE_ROWS = 40  # each of them labelled (the labels step past 40)
+
+
 def timeline(spans: Sequence[Span], path: Path, *, title: str) -> Path:
     """Each trial as a bar on its worker's row, from its start to its end, in the colour of
     its state: gaps on a row are a worker idle, rows of unequal length workers that ended
-    early."""
+    early. Past ``TIMELINE_ROWS`` workers, those with the most trials (the title says so)."""
     first = min(s.start for s in spans)
     total = max((s.end - first).total_seconds() for s in spans)
     unit, per = ("min", 60) if total >= 120 else ("s", 1)  # a quick study in seconds
     workers = sorted({s.worker for s in spans}, key=lambda w: (w == "", w))
+    if len(workers) > TIMELINE_ROWS:
+        trials = Counter(s.worker for s in spans)
+        kept = set(sorted(workers, key=lambda w: -trials[w])[:TIMELINE_ROWS])  # stable: by name
+        title += f"\nthe {TIMELINE_ROWS} of its {len(workers):,} workers with the most trials"
+        workers = [w for w in workers if w in kept]
+        spans = [s for s in spans if s.worker in kept]
     row = {w: i for i, w in enumerate(workers)}
     fig, ax = plt.subplots(figsize=(SIZE[0], max(SIZE[1], 1.5 + 0.28 * len(workers))))
     for state in dict.fromkeys(s.state for s in spans):

@@ -105,23 +105,24 @@ def status(engine: status_reads.Engine) -> list[StudyStatus]:
     """Every study in the database (``engine``: ``sweep.queue.storage.open_reader``, or an optuna
     storage's), in creation order, read in one transaction (``status_reads.studies``): its
     counts by state, its kind, and the number, value and parameters of its best trial, or the
-    front of a study of several objectives; and, for sweep's studies, its newest trials judged
-    against the budget in one more (``audit_reads.newest``)."""
+    front of a study of several objectives; and, for sweep's studies, their newest trials judged
+    against the budget in one more (``audit_reads.newest``: a bound for the whole database,
+    shared among them; skipped slots and unknown states are not trials that ran)."""
     out = []
     rows = status_reads.studies(engine)
     kinds = [study_kind(s.user_attrs, s.directions or [StudyDirection.NOT_SET], s.metric_names)
              for s in rows]  # fmt: skip
-    judged = audit_reads.newest(engine, [s.study_id for s, k in zip(rows, kinds, strict=True)
-                                         if k.spec is not None], NETWORK_PARAMS)  # fmt: skip
-    for s, kind in zip(rows, kinds, strict=True):
+    counts = [_counts(s.states, s.skipped) for s in rows]
+    ran = {s.study_id: sum(n.get(state.name.lower(), 0) for state in audit_reads.RAN)
+           for s, k, n in zip(rows, kinds, counts, strict=True) if k.spec is not None}  # fmt: skip
+    judged = audit_reads.newest(engine, audit_reads.shares(ran), NETWORK_PARAMS)
+    for s, kind, n in zip(rows, kinds, counts, strict=True):
         along = front.front(s.valued, kind.objectives) if kind.multi else []
         flag = outside_budget(s.best.params, kind.spec) if s.best and kind.spec else None
-        counts = _counts(s.states, s.skipped)
         audit = None
         if kind.spec is not None:
-            ran = sum(n for state, n in counts.items() if state != "waiting")
-            audit = Audit.of(judged[s.study_id], kind.spec, ran)
-        out.append(StudyStatus(s.name, counts, kind, s.best, along, flag, audit,
+            audit = Audit.of(judged[s.study_id], kind.spec, ran[s.study_id])
+        out.append(StudyStatus(s.name, n, kind, s.best, along, flag, audit,
                                s.running_by_host, s.running_elsewhere))  # fmt: skip
     return out
 
@@ -179,10 +180,12 @@ def shown_trials(
         else:
             shown, along, left_out = _top(study, kind=kind, limit=limit)
     except RecursionError:  # optuna's json.loads of an attribute another client nested deep
+        # the report of one objective reads trials itself; of several, through optuna too
+        around = "`sweep status`" if kind.multi else "`sweep report`"
         raise StorageError(
             f"study {printable(study.study_name, 200)!r}: a trial holds an attribute nested too "
-            "deeply for optuna to read (another client wrote it); `sweep report` reads the "
-            "study around it"
+            f"deeply for optuna to read (another client wrote it); {around} reads the study "
+            "around it"
         ) from None
     return shown, kind, {t.number for t in along}, left_out
 

@@ -243,7 +243,8 @@ def _best(study: optuna.Study, done: Sequence[Trial], *, complete: bool) -> Tria
 def _optuna_read(study: optuna.Study, study_name: str, engine: Any) -> list[Trial]:
     """A study of several objectives read whole by optuna's ``get_trials``, refused past what
     that may hold: ``MAX_OPTUNA_READ`` characters of attributes, ``MAX_OPTUNA_TRIALS`` trials,
-    or values optuna cannot read."""
+    values optuna cannot read, or an attribute nested past its JSON decoder's recursion (found
+    by reading: nothing but a decoder measures a JSON value's depth)."""
     name = printable(study_name, 200)
     chars = report_reads.attribute_chars(engine, study._study_id)
     if chars > MAX_OPTUNA_READ:  # optuna reads them whole: 4 GB for 2 GB of them
@@ -266,7 +267,14 @@ def _optuna_read(study: optuna.Study, study_name: str, engine: Any) -> list[Tria
             "from 0, each a number stored as FINITE, or INF_POS or INF_NEG stored as NULL "
             "(SQLite keeps a NaN as NULL)"
         )
-    return [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+    try:
+        return [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+    except RecursionError:  # optuna's json.loads of an attribute another client nested deep
+        raise SweepError(
+            f"study {name!r} has several objectives and a trial holds an attribute nested too "
+            "deeply for optuna to read (another client wrote it); a report of such a study "
+            "reads every trial through optuna, an attribute nested at most about 900 deep"
+        ) from None
 
 
 def _sections(trials: Sequence[Trial], kind: Kind, out_dir: Path, files: list[str], *,

@@ -26,9 +26,10 @@ NETWORK_PARAMS = (DEPTH, ARCHITECTURE, *(f"{ARCHITECTURE}_{d}" for d in range(1,
 
 
 def _width(v: Any) -> int | None:
-    """A width as a parameter stores it (64, 64.0 from a float distribution, "64" of an
-    architecture), if it is a positive integer. Text counts only as ASCII digits, at most nine
-    (``"²".isdigit()`` holds, and ``int`` refuses it; ``int`` refuses 4,301 digits too)."""
+    """A width (or a depth) as a parameter stores it (64, 64.0 from a float distribution, "64"
+    of an architecture or another client's categorical), if it is a positive integer. Text
+    counts only as ASCII digits, at most nine (``"²".isdigit()`` holds, and ``int`` refuses
+    it; ``int`` refuses 4,301 digits too)."""
     if isinstance(v, str):
         v = int(v) if v.isascii() and v.isdigit() and len(v) <= 9 else None
     if isinstance(v, float) and v.is_integer():
@@ -43,8 +44,8 @@ def trial_widths(params: Mapping[str, Any], spec: SearchSpec) -> tuple[int, ...]
     width they lack, as a trial not yet sampled; a value that is not a positive integer, an
     architecture that is not "h1xh2…")."""
     fixed = MISSING if spec.dimension(DEPTH) else spec.train.depth  # type: ignore[attr-defined]
-    depth = params.get(DEPTH, fixed)
-    if type(depth) is not int or not 1 <= depth <= len(WIDTHS):
+    depth = _width(params.get(DEPTH, fixed))  # stored as a width is: 2, 2.0, "2"
+    if depth is None or depth > len(WIDTHS):
         return None
     joint = params.get(ARCHITECTURE, params.get(f"{ARCHITECTURE}_{depth}"))
     given = dict(zip(WIDTHS, joint.split("x"), strict=False)) if isinstance(joint, str) else {}
@@ -74,6 +75,15 @@ def outside_budget(params: Mapping[str, Any], spec: SearchSpec) -> str | None:
 
 #: Trials a report's summary line names before it says how many more there are.
 _NAMED = 20
+#: Trials a status line names before it says how many more there are.
+_NAMED_IN_STATUS = 5
+
+
+def _named(found: Sequence[int], named: int) -> str:
+    """The first ``named`` of these trial numbers, and how many more there are:
+    ``#0, #2 and 3 more``."""
+    more = f" and {len(found) - named:,} more" if len(found) > named else ""
+    return ", ".join(f"#{n}" for n in found[:named]) + more
 
 
 def outside_numbers(trials: Iterable[Any], spec: SearchSpec) -> list[int]:
@@ -87,20 +97,16 @@ def outside_line(found: Sequence[int]) -> str | None:
     order to name them) whose network is outside the budget; None if there are none."""
     if not found:
         return None
-    named = ", ".join(f"#{n}" for n in found[:_NAMED])
-    more = f" and {len(found) - _NAMED:,} more" if len(found) > _NAMED else ""
-    return (f"- **{len(found):,} trial(s) outside the budget** ({named}{more}): another "
-            "client's (sweep's own trials never are), not answers inside the rules")  # fmt: skip
-
-
-#: Trials a status line names before it says how many more there are.
-_NAMED_IN_STATUS = 5
+    named = _named(found, _NAMED)
+    return (f"- **{len(found):,} trial(s) outside the budget** ({named}): another client's "
+            "(sweep's own trials never are), not answers inside the rules")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
 class Audit:
     """Which of a study's trials ``sweep status`` judged against the budget, and what it found:
-    the newest ``sweep.queue.audit_reads.JUDGED`` that have run (all of a smaller study's)."""
+    its newest that have run, as many as its share of the database's bound
+    (``sweep.queue.audit_reads.shares``; all of a smaller study's)."""
 
     judged: int  # how many trials were judged
     every: bool  # whether they are every trial of the study that has run
@@ -115,11 +121,11 @@ class Audit:
         return cls(len(trials), len(trials) >= ran, found)
 
     def text(self) -> str | None:
-        """``sweep status``'s line on the trials outside the budget; None if none was found."""
-        if not self.outside:
-            return None
-        n = len(self.outside)
-        named = ", ".join(f"#{k}" for k in self.outside[:_NAMED_IN_STATUS])
-        more = f" and {n - _NAMED_IN_STATUS:,} more" if n > _NAMED_IN_STATUS else ""
+        """``sweep status``'s line on the trials outside the budget; None if every trial was
+        judged and none is. A check of only the newest says so whatever it found: that it found
+        none is no answer for the study."""
         among = "" if self.every else f" among its newest {self.judged:,} (a report judges all)"
-        return f"{n:,} trial(s) outside the budget{among}: {named}{more}"
+        if not self.outside:
+            return f"no trial outside the budget{among}" if among else None
+        n = len(self.outside)
+        return f"{n:,} trial(s) outside the budget{among}: {_named(self.outside, _NAMED_IN_STATUS)}"

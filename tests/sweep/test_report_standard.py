@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import tomllib
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -183,9 +184,34 @@ def test_slice_panels_tick_round_values_not_one_per_value(tmp_path, monkeypatch)
     rates = standard_figures.Axis.of("learning_rate", [0.015, 0.03, 0.06, 0.1, 0.2, 0.32],
                                      log=True)  # fmt: skip
     widths = standard_figures.Axis.of("hidden_1", [24, 30, 36, 42, 50, 64])
-    standard_figures.slices([rates, widths], list(range(6)), list(range(6)),
+    # no round value between 0.011 and 0.019: the ends, rounded inward
+    narrow = standard_figures.Axis.of("lr", [0.0110034, 0.012, 0.013, 0.015, 0.016, 0.0189917],
+                                      log=True)  # fmt: skip
+    standard_figures.slices([rates, widths, narrow], list(range(6)), list(range(6)),
                             tmp_path / "slice.png", metric="m", title="t")  # fmt: skip
-    lr, h1 = closed[0].axes[:2]
+    lr, h1, lr_narrow = closed[0].axes[:3]
     assert [round(10**t, 6) for t in lr.get_xticks()] == [0.02, 0.05, 0.1, 0.2]
+    assert [t.get_text() for t in lr_narrow.get_xticklabels()] == ["0.012", "0.018"]
+    one = standard_figures._round_log_ticks(np.log10(0.018), np.log10(0.022))  # one round
+    assert [round(10**t, 6) for t in one] == [0.018, 0.02, 0.022]
     assert len(h1.get_xticks()) <= 5  # not one per width
     assert standard_figures.Axis.of("n", [20_000, 54_375]).text(54_375) == "54,375"
+
+
+def test_a_timeline_of_thousands_of_workers_draws_the_busiest(tmp_path, monkeypatch):
+    # a worker per trial, as SLURM array tasks are: 3,000 rows made a figure 840 in high
+    closed = []
+    monkeypatch.setattr(standard_figures.plt, "close", closed.append)
+    t0 = datetime(2026, 1, 1)
+    spans = [standard_figures.Span(f"h:{i}", t0 + timedelta(seconds=i), t0 + timedelta(
+        seconds=i + 5), "COMPLETE") for i in range(3_000)]  # fmt: skip
+    spans += [standard_figures.Span("h:7", t0, t0 + timedelta(seconds=1), "PRUNED")]  # 2 trials
+    standard_figures.timeline(spans, tmp_path / "timeline.png", title="Timeline (3,001 trials)")
+    [fig] = closed
+    ax = fig.axes[0]
+    assert ax.get_title() == (
+        "Timeline (3,001 trials)\nthe 40 of its 3,000 workers with the most trials"
+    )
+    assert ax.get_ylim() == (39.6, -0.6)  # 40 rows, inverted
+    assert fig.get_size_inches()[1] < 20
+    assert "h:7" in [t.get_text() for t in ax.get_yticklabels()]  # the busiest is among them

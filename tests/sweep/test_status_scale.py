@@ -206,11 +206,12 @@ def test_status_reads_a_few_rows_whatever_the_study_size(
 ):
     # Two databases that differ only in how many trials sweep's study has (4 and 60): status
     # sends the same statements and fetches the same rows from both, a few per study. The
-    # budget's check judges a study's newest trials up to a bound (``audit_reads.JUDGED``,
-    # 1,000): 3 here, so that both studies are past it (``_reads`` undoes ``monkeypatch``).
+    # budget's check judges the newest trials of sweep's studies up to a bound for them all
+    # (``audit_reads.JUDGED``, 1,000, at least ``EACH``, 10, each): 3 here, so that both
+    # studies are past it (``_reads`` undoes ``monkeypatch``).
     seen = []
     for complete in (4, 60):
-        judged = mock.patch.object(audit_reads, "JUDGED", 3)
+        judged = mock.patch.multiple(audit_reads, JUDGED=3, EACH=1)
         url = storage_url if complete == 4 else _another(storage_url, tmp_path, request)
         _varied(url, tmp_path, complete=complete)
         reader = _reader(url)

@@ -9,7 +9,8 @@ import re
 import optuna
 import pytest
 
-from sweep.errors import SpecError
+from sweep.errors import SpecError, StorageError
+from sweep.report import summary
 from sweep.report.stored import count, number
 from sweep.study.overrides import parse_override
 from tests.sweep.helpers import grid_study, main_in_process, run_sql
@@ -50,6 +51,32 @@ def test_an_attribute_nested_past_the_stack_is_one_line_at_the_end_of_run(ran):
             tmp / "r" / "report.md").read_text()  # fmt: skip
     finally:
         run_sql(url, "DELETE FROM trial_user_attributes WHERE key = 'deep'")
+
+
+def test_an_attribute_nested_past_the_stack_in_a_study_of_several_objectives(tmp_path):
+    # its report reads every trial through optuna: one line, and the table of `sweep run`
+    # (``summary.trial_table``) names what does read around it, `sweep status`
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    study = optuna.create_study(study_name="m", storage=url, directions=["minimize", "maximize"])
+    x = optuna.distributions.FloatDistribution(0, 1)
+    study.add_trials([
+        optuna.trial.create_trial(params={"x": i / 5}, distributions={"x": x}, values=[i, i % 3])
+        for i in range(5)
+    ])  # fmt: skip
+    run_sql(url, "INSERT INTO trial_user_attributes (trial_id, key, value_json) "
+                 f"VALUES (1, 'deep', '{DEEP}')")  # fmt: skip
+    out = main_in_process("report", "m", "--storage", url, "--out", str(tmp_path / "r"))
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.splitlines() == [
+        "sweep: error: study 'm' has several objectives and a trial holds an attribute nested "
+        "too deeply for optuna to read (another client wrote it); a report of such a study "
+        "reads every trial through optuna, an attribute nested at most about 900 deep"
+    ]
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(StorageError, match=r"\); `sweep status` reads the study around it$"):
+        summary.trial_table(study, limit=3)
+    status = main_in_process("status", "--storage", url)
+    assert status.returncode == 0 and status.stdout.startswith("m: 5 complete"), status.stderr
 
 
 def test_a_count_of_400_digits_reads_as_no_count_in_the_report(ran):
