@@ -60,8 +60,14 @@ MEM = Rule(
 #: run that only tests, a script replaced by one command): an ``--sbatch`` option that names
 #: one of these, or a prefix of one (sbatch, by getopt_long, takes any unambiguous prefix of a
 #: long option: ``--arr=0-99`` is ``--array``), is refused; and their short forms.
-OWN_LONG = ("array", "output", "error", "job-name", "open-mode", "chdir", "signal",
-            "test-only", "wrap", "wait", "parsable", "help", "usage", "version")  # fmt: skip
+OWN_LONG = ("array", "output", "error", "job-name", "open-mode", "chdir", "test-only", "wrap",
+            "wait", "parsable", "help", "usage", "version")  # fmt: skip
+#: ``--signal``'s value: a warning before the time limit that the worker takes as its cue to
+#: give its trial back (TERM, USR2 as submitit asks, INT; by name or number), sent to the
+#: batch shell (``B:``), which the script replaces by the worker: without it SLURM signals
+#: only job steps, and the script starts none. Never one the worker cannot take (KILL, STOP:
+#: the trial would wait for its heartbeat to go stale).
+SIGNAL = re.compile(r"(?:R?B|BR):(?:(?:SIG)?(?:TERM|USR2|INT)|15|12|2)(?:@\d{1,5})?")
 OWN_SHORT = "aoeJDWhV"
 #: One sbatch option as SLURM reads it from a ``#SBATCH`` line, which it splits at whitespace
 #: and unquotes: ``--name`` or ``--name=value``, ``-X`` or ``-X value``, a value without
@@ -80,6 +86,8 @@ def _is_option_line(line: str) -> bool:
         return False
     if m["short"]:
         return m["short"] not in OWN_SHORT
+    if len(m["long"]) >= 2 and "signal".startswith(m["long"]):
+        return bool(m[2]) and SIGNAL.fullmatch(m[2][1:]) is not None
     return not any(own.startswith(m["long"]) for own in OWN_LONG)
 
 
@@ -87,7 +95,9 @@ SBATCH_LINE = Rule(str, _is_option_line, "one sbatch option: --NAME, --NAME=VALU
                    "'-X VALUE', the value without spaces, quotes, '#' or '\\' (e.g. --qos=long "
                    "or --gres=gpu:1), and none that sweep submit writes or forbids ("
                    + ", ".join([*(f"--{o}" for o in OWN_LONG), *(f"-{o}" for o in OWN_SHORT)])
-                   + ", or a prefix of one)")  # fmt: skip
+                   + ", or a prefix of one); --signal only of a signal the worker takes as "
+                   "its cue, sent to the batch shell (B:TERM, B:USR2 or B:INT, @SECONDS "
+                   "before the end)")  # fmt: skip
 #: The characters of a log path that SLURM's ``--output`` takes as written: no whitespace or
 #: quote (sbatch splits and unquotes the line), no ``%`` (a file name pattern), no ``#``, no
 #: ``\``; the folder of the script, where the logs go, must be made of them.

@@ -162,7 +162,8 @@ REFUSED = ["--qos=long\nrm -rf ~", "qos=long", "--array=0-99", "-o x", "--qos=lo
            "-a0-99", "-a", "--out=/x", "--o=/x", "--j=x", "--sig=USR1@60", "-o/tmp/evil",
            "--qos='long'", '--qos="a', "--comment=a#b", "--comment=a\\b", "-Chaswell",
            "--open-mode=truncate", "-e /x", "-J x", "-D /", "--chd=/", "--wr=ls", "-W",
-           "--test", "--qos=a\tb", "--qos=a\xa0b"]  # fmt: skip
+           "--test", "--qos=a\tb", "--qos=a\xa0b", "--signal=USR2@90", "--signal=B:KILL@60",
+           "--signal", "--si=B:STOP"]  # fmt: skip
 
 
 @pytest.mark.parametrize("line", REFUSED)
@@ -286,14 +287,15 @@ def test_the_installed_sbatch_reads_each_option_as_written(tmp_path, monkeypatch
         "submit", str(grid_study(tmp_path)), "--workers", "16", "--storage", SECRET_URL,
         "--time", "1-02:00", "--partition", "short,long", "--cpus-per-task", "2",
         "--mem", "4G", "--account", "lab_1", "--requeue", "--sbatch=--qos=low",
-        "--sbatch=--gres=gpu:1", "--sbatch=-C haswell", "--sbatch=--exclusive", "--dry-run",
+        "--sbatch=--gres=gpu:1", "--sbatch=-C haswell", "--sbatch=--exclusive",
+        "--sbatch=--signal=B:USR2@90", "--dry-run",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert _sbatch_reads(out.stdout, tmp_path) == {
         "job-name": "sweep-g", "array": "0-15", "output": f"{here}/runs/slurm/g-%A_%a.log",
         "open-mode": "a", "time": "1-02:00:00", "partition": "short,long", "cpus-per-task": "2",
         "mem": "4G", "account": "lab_1", "requeue": "requeue", "qos": "low", "gres": "gres:gpu:1",
-        "constraint": "haswell", "exclusive": "exclusive",
+        "constraint": "haswell", "exclusive": "exclusive", "signal": "B:USR2@90",
     }  # fmt: skip
 
 
