@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 from mlp.config import PARAMETERS, ModelConfig
 from mlp.errors import DivergedError, InsufficientMemory
 from sweep import commands as c
+from sweep import slurm
 from sweep.errors import (
     DataError,
     SpecError,
@@ -35,6 +36,7 @@ from sweep.study.overrides import FORM, parse_override
 from sweep.study.rules import DATA_RULES, STUDY_RULES, TRAIN_RULES, Rule, choice, float_in, int_in
 from sweep.study.settings import SetTrainSetting, add_train_arguments, checked, seed_rule
 from sweep.study.settings import flag as flag_of
+from sweep.submit import cmd_submit
 
 # -- what the flags accept: the study files' rules where a flag means the same value ----------
 
@@ -140,6 +142,32 @@ COMMANDS: dict[str, Command] = {
              help="this host's copy of MNIST (default: the stored study's)"),
         artifacts(),
         SET,
+    )),
+    "submit": Command(cmd_submit, "send a study's workers to SLURM as one job array (sbatch)",
+        "sweep submit studies/seed-grid.toml --workers 8 --time 2:00:00 --dry-run", (
+        flag("study", nargs="?", help="study file (TOML): created first; optional with --study"),
+        flag("--study", dest="name", help="study name: a stored study, joined by its spec"),
+        STORAGE,
+        artifacts("where the tasks checkpoint (every node must reach it)"),
+        flag("--workers", required=True, rule=slurm.WORKERS, metavar="N",
+             help="array tasks, each one sweep worker"),
+        flag("--wait", rule=SECONDS, default=600.0, metavar="SECONDS",
+             help="how long a task waits for the study to exist (default: 600)"),
+        flag("--time", rule=slurm.TIME, help="each task's time limit (e.g. 2:00:00)"),
+        flag("--partition", rule=slurm.PARTITION),
+        flag("--cpus-per-task", rule=slurm.CPUS, metavar="N",
+             help="CPUs of each task (give the study's threads)"),
+        flag("--mem", rule=slurm.MEM, help="memory of each task's node share (e.g. 4G)"),
+        flag("--account", rule=slurm.ACCOUNT),
+        flag("--requeue", action="store_true",
+             help="let SLURM requeue a preempted task (its trial resumes from its checkpoint)"),
+        flag("--sbatch", action="append", default=[], rule=slurm.SBATCH_LINE, metavar="OPTION",
+             help="one more #SBATCH option, e.g. --sbatch=--qos=long; repeatable"),
+        SET,
+        flag("--script", metavar="FILE",
+             help="where the script goes (default: runs/slurm/STUDY.sbatch)"),
+        flag("--dry-run", action="store_true", help="print the script; submit nothing"),
+        FORMAT,
     )),
     "report": Command(c.cmd_report, "tables and figures for a study, from the database",
         "sweep report studies/seed-grid.toml   |   sweep report all", (

@@ -196,6 +196,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  best: trial {s.best.number}, {s.best_value()} ({params}){flag}")
         if s.front:
             print(f"  {s.front_text()}")
+        if s.workers:
+            hosts = (
+                f"{printable(h, 60)} ({n} trial{'s' * (n != 1)})" for h, n in s.workers.items()
+            )
+            print(f"  running on: {', '.join(hosts)}")
     return EXIT_OK
 
 

@@ -82,7 +82,8 @@ def study(s: StudyStatus) -> dict[str, Any]:
     (of one objective: ``number``, ``value``, ``params`` and ``outside_budget``: why its
     network is outside the study's budget, else null; else null) and ``best_trials`` (the
     Pareto front: ``number`` and ``values`` of each, the first objective's best first; of one
-    objective, the best trial alone)."""
+    objective, the best trial alone) and ``workers`` (the hosts whose workers hold its RUNNING
+    trials, each with how many)."""
     best = None
     front = [{"number": v.number, "values": list(v.values)} for v in s.front]
     if s.best is not None:
@@ -97,6 +98,7 @@ def study(s: StudyStatus) -> dict[str, Any]:
         "counts": s.counts,
         "best_trial": best,
         "best_trials": front,
+        "workers": s.workers,
     }
 
 

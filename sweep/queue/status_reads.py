@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 from types import SimpleNamespace
 from typing import Any
 
@@ -33,7 +34,7 @@ from optuna.trial import TrialState
 
 from sweep.queue import census
 from sweep.queue import tables as tb
-from sweep.queue.attrs import SKIPPED, SPEC, attr, decoded
+from sweep.queue.attrs import SKIPPED, SPEC, WORKER_TAG, attr, decoded
 from sweep.queue.coverage import stored_params
 from sweep.queue.tables import trials
 from sweep.queue.transactions import reading
@@ -70,6 +71,9 @@ class StudyRow:
     #: the COMPLETE trials of a study of several objectives with a number for each objective,
     #: by number; empty for a single-objective study
     valued: list[Valued] = dataclasses.field(default_factory=list)
+    #: the hosts whose sweep workers hold its RUNNING trials now, each with how many (by the
+    #: workers' tags, ``host:pid``, as stored: any text), by host
+    workers: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +89,9 @@ class Valued:
 
 def studies(engine: Engine) -> list[StudyRow]:
     """Every study in the database (``engine``: ``sweep.queue.storage.open_reader``, or an optuna
-    storage's), in creation order, read in one transaction: five statements, plus five or so
-    per study (its counts by index probes, its best by a walk of the values' index from the
+    storage's), in creation order, read in one transaction: five statements, plus six or so
+    per study (its counts by index probes, its running trials' hosts by the RUNNING range of the
+    queue's index, its best by a walk of the values' index from the
     best end: none grows with the study), plus one for the values of every multi-objective
     study's complete trials (there is no best trial to pick in SQL: the front needs them all).
 
@@ -94,9 +99,10 @@ def studies(engine: Engine) -> list[StudyRow]:
     values, to find the front from)."""
     with reading(engine) as conn:
         found = _studies(conn)
-        states, skipped, best = {}, {}, {}
+        states, skipped, best, hosts = {}, {}, {}, {}
         for study_id, _, directions, _, _ in found:
             states[study_id], skipped[study_id] = _counts(conn, study_id)
+            hosts[study_id] = _hosts(conn, study_id)
             if len(directions) == 1:  # optuna has no best trial of several objectives
                 row = _best(conn, study_id, maximize=directions[0] != StudyDirection.MINIMIZE)
                 if row is not None:
@@ -113,7 +119,7 @@ def studies(engine: Engine) -> list[StudyRow]:
             shown = Best(number, value, params.get(trial_id, {}))
         out.append(StudyRow(study_id, name, directions, user_attrs, metric_names,
                             states.get(study_id, []), skipped.get(study_id, 0), shown,
-                            valued.get(study_id, [])))  # fmt: skip
+                            valued.get(study_id, []), hosts.get(study_id, {})))  # fmt: skip
     return out
 
 
@@ -245,6 +251,19 @@ def _counts(conn: sqlalchemy.Connection, study_id: int) -> tuple[list[tuple[str,
     return list(census.by_state(conn, study_id).items()), marked
 
 
+def _hosts(conn: sqlalchemy.Connection, study_id: int) -> dict[str, int]:
+    """The hosts of the sweep workers that hold the study's RUNNING trials, each with how many
+    it holds, by host: the RUNNING range of the queue's index (a few trials, at any study size)
+    and each one's worker tag by optuna's unique (trial_id, key) index. A trial without a tag
+    is another client's, not counted; a tag that is not text of ``host:pid`` is its own host."""
+    out: dict[str, int] = {}
+    for text in conn.execute(_prepared().running, {"sid": study_id}).scalars():
+        tag = attr(text, str, "?")
+        host = tag.rpartition(":")[0] if re.fullmatch(r".*:\d+", tag) else tag
+        out[host] = out.get(host, 0) + 1
+    return dict(sorted(out.items()))
+
+
 def _best(conn: sqlalchemy.Connection, study_id: int, *, maximize: bool) -> Any:
     """(trial id, number, rank, value) of the study's best COMPLETE trial, the first of equals,
     as optuna's ``best_trial`` (rank -1, 0, 1: -inf, a number, +inf); None if none has a value.
@@ -265,7 +284,12 @@ def _prepared() -> SimpleNamespace:
     anew for each study was most of the time of ``sweep status`` on a database of 200."""
     sid = sqlalchemy.bindparam("sid")
     skipped = tb.user_attrs.alias("skipped")
+    tag = tb.user_attrs.alias("worker")
     return SimpleNamespace(
+        running=sqlalchemy.select(tag.c.value_json)
+        .select_from(trials.join(tag, sqlalchemy.and_(
+            tag.c.trial_id == trials.c.trial_id, tag.c.key == WORKER_TAG)))
+        .where(trials.c.study_id == sid, trials.c.state == TrialState.RUNNING),
         skipped=sqlalchemy.select(sqlalchemy.func.count())
         .select_from(trials.join(skipped, sqlalchemy.and_(
             skipped.c.trial_id == trials.c.trial_id, skipped.c.key == SKIPPED)))

@@ -130,6 +130,12 @@ def _supported(url: str | None) -> tuple[str, str, Path | None]:
     return url, shown, path
 
 
+def checked_url(url: str | None) -> str:
+    """The resolved URL, refused as every opening refuses it (``_supported``) but without
+    opening anything: for a command that hands the URL on (``sweep submit``)."""
+    return _supported(url)[0]
+
+
 def _postgresql_kwargs(*, read_only: bool) -> dict[str, Any]:
     """Engine arguments for PostgreSQL; ``read_only``: the server refuses every write."""
     # A host cut off mid-transaction must not hold its row locks for the OS's two hours of TCP

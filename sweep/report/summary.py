@@ -79,6 +79,8 @@ class StudyStatus:
     #: the best trial's network, flagged if it is outside the budget (another client's trial:
     #: ``sweep.study.audit``); else None
     best_outside: str | None = None
+    #: the hosts whose sweep workers hold its RUNNING trials, each with how many, by host
+    workers: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def best_value(self) -> str | None:
         """The best value as the study measures it: ``97.12%``, or ``loss 0.2031``."""
@@ -102,7 +104,8 @@ def status(engine: status_reads.Engine) -> list[StudyStatus]:
         kind = study_kind(s.user_attrs, s.directions or [StudyDirection.NOT_SET], s.metric_names)
         along = front.front(s.valued, kind.objectives) if kind.multi else []
         flag = outside_budget(s.best.params, kind.spec) if s.best and kind.spec else None
-        out.append(StudyStatus(s.name, _counts(s.states, s.skipped), kind, s.best, along, flag))
+        out.append(StudyStatus(s.name, _counts(s.states, s.skipped), kind, s.best, along, flag,
+                               s.workers))  # fmt: skip
     return out
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import resource
+import shlex
 import shutil
 import socket
 import sqlite3
@@ -411,7 +412,20 @@ def _good_study(tmp: Path) -> None:
     (tmp / "x.toml").write_text(study())
 
 
+def _sbatch_refusing(tmp: Path) -> dict[str, str]:
+    """A stand-in sbatch on PATH that refuses every job, as SLURM refuses an unknown account."""
+    (tmp / "bin").mkdir()
+    (tmp / "bin" / "sbatch").write_text(f"#!/bin/sh\necho {shlex.quote(REFUSAL)} >&2\nexit 1\n")
+    (tmp / "bin" / "sbatch").chmod(0o755)
+    return {"PATH": f"{tmp / 'bin'}:{os.environ['PATH']}"}
+
+
+REFUSAL = ("sbatch: error: Batch job submission failed: Invalid account or account/partition "
+           "combination specified")  # fmt: skip
 RUN_GOOD = ["run", "{tmp}x.toml", "--storage", "sqlite:///{db}"]
+#: ``sweep submit`` of the existing study: it only reads the database.
+SUBMIT = ["submit", "--study", "g", "--storage", "sqlite:///{db}", "--workers", "2",
+          "--script", "{tmp}g.sbatch"]  # fmt: skip
 EXPORT = ["export", "g", "--storage", "sqlite:///{db}"]
 
 # Other commands: (case, arguments, set-up, exit code, message pattern); in the arguments,
@@ -717,6 +731,120 @@ OTHER_CASES = [
         r"--set study\.name=x: \[study\.name\] is not a setting of sweep train; use "
         r"train\.KEY, data\.train_size or data\.path",
     ),
+    (
+        "a SLURM time limit that is not one",
+        [*SUBMIT, "--time", "2h"],
+        None,
+        2,
+        r"--time must be a SLURM time limit: MINUTES, MINUTES:SECONDS, HOURS:MINUTES:SECONDS, "
+        r"DAYS-HOURS, DAYS-HOURS:MINUTES or DAYS-HOURS:MINUTES:SECONDS \(e\.g\. 2:00:00\); "
+        r"got '2h'",
+    ),
+    (
+        "more array tasks than SLURM allows",
+        [*SUBMIT, "--workers", "4000002"],
+        None,
+        2,
+        r"--workers must be an integer in \[1, 4000001\] \(SLURM's largest array\); got 4000002",
+    ),
+    (
+        "a partition name with a space",
+        [*SUBMIT, "--partition", "gpu long"],
+        None,
+        2,
+        r"--partition must be a partition name \(letters, digits, '_', '\.', '-'\), or several "
+        r"separated by commas; got 'gpu long'",
+    ),
+    (
+        "a memory size SLURM does not read",
+        [*SUBMIT, "--mem", "4GB"],
+        None,
+        2,
+        r"--mem must be a size in megabytes, or with a unit K, M, G or T \(e\.g\. 4G; 0: all of a "
+        r"node's\); got '4GB'",
+    ),
+    (
+        "an account name with a semicolon",
+        [*SUBMIT, "--account", "lab;x"],
+        None,
+        2,
+        r"--account must be an account name \(letters, digits, '_', '\.', '-'\); got 'lab;x'",
+    ),
+    (
+        "no CPUs per task",
+        [*SUBMIT, "--cpus-per-task", "0"],
+        None,
+        2,
+        r"--cpus-per-task must be an integer in \[1, 4096\]; got 0",
+    ),
+    (
+        "an --sbatch line with a line break",
+        [*SUBMIT, "--sbatch=--qos=long\nrm -rf ~"],
+        None,
+        2,
+        r"--sbatch must be one sbatch option on one line, as on sbatch's command line \(e\.g\. "
+        r"--qos=long or '--gres=gpu:1'\), not --array or --output \(sweep submit writes them\); "
+        r"got '--qos=long\\nrm -rf ~'",
+    ),
+    (
+        "an --sbatch line of an option submit writes",
+        [*SUBMIT, "--sbatch=--array=0-99"],
+        None,
+        2,
+        r"--sbatch must be one sbatch option on one line, as on sbatch's command line \(e\.g\. "
+        r"--qos=long or '--gres=gpu:1'\), not --array or --output \(sweep submit writes them\); "
+        r"got '--array=0-99'",
+    ),
+    (
+        "a submit of a stored study that does not exist",
+        [
+            "submit",
+            "--study",
+            "nope",
+            "--storage",
+            "sqlite:///{db}",
+            "--workers",
+            "2",
+            "--script",
+            "{tmp}g.sbatch",
+        ],
+        None,
+        2,
+        r"study 'nope' does not exist in sqlite:///\S+; give its study file, which submit "
+        r"creates it from",
+    ),
+    (
+        "a submit's --set without its study file",
+        [*SUBMIT, "--set", "train.epochs=2"],
+        None,
+        2,
+        r"--set changes a study file: give the study file \(sweep submit STUDY\.toml --set "
+        r"KEY=VALUE\)",
+    ),
+    (
+        "a submit --script over a file it did not write",
+        SUBMIT,
+        lambda tmp: (tmp / "g.sbatch").write_text("#!/bin/sh\necho mine\n"),
+        2,
+        r"--script {tmp}g\.sbatch: exists and sweep submit did not write it; give another "
+        r"--script",
+    ),
+    (
+        "a submit where SLURM is not installed",
+        SUBMIT,
+        lambda tmp: {"PATH": str(tmp)},
+        1,
+        r"sbatch not found: run sweep submit where SLURM's client is \(a login node\), or "
+        r"--dry-run to see the script",
+    ),
+    (
+        "a submit that sbatch refuses",
+        SUBMIT,
+        _sbatch_refusing,
+        1,
+        r"sbatch refused {tmp}g\.sbatch: sbatch: error: Batch job submission failed: Invalid "
+        r"account or account/partition combination specified",
+    ),
 ]
 
 
@@ -751,8 +879,8 @@ def test_bad_input_to_other_commands(case, args, setup, code, pattern, existing_
     try:
         if case in ISOLATED:
             out = run_cli(*args, timeout=60, preexec_fn=_bounded)
-        else:
-            out = main_in_process(*args)
+        else:  # a set-up may give the environment: a PATH with its own sbatch, or none
+            out = main_in_process(*args, env=held if isinstance(held, dict) else None)
     finally:
         if isinstance(held, socket.socket):
             held.close()
@@ -837,6 +965,17 @@ FLAGS = [
     (["gradcheck", "--data", ""], f"--data {_DATASET}"),
     (["worker", "--study", "g", "--data", ""], f"--data {_DATASET}"),
     (["train", "-f", "yaml"], "--format must be one of 'text', 'json'; got 'yaml'"),
+    (["submit", "x.toml", "--workers", "0"], "--workers must be an integer in [1, 4000001] "
+     "(SLURM's largest array); got 0"),
+    (["submit", "x.toml", "--workers", "1", "--time", "1:2:3:4"], "--time must be a SLURM time "
+     "limit: MINUTES, MINUTES:SECONDS, HOURS:MINUTES:SECONDS, DAYS-HOURS, DAYS-HOURS:MINUTES or "
+     "DAYS-HOURS:MINUTES:SECONDS (e.g. 2:00:00); got '1:2:3:4'"),
+    (["submit", "x.toml", "--workers", "1", "--sbatch", "qos=long"], "--sbatch must be one sbatch "
+     "option on one line, as on sbatch's command line (e.g. --qos=long or '--gres=gpu:1'), not "
+     "--array or --output (sweep submit writes them); got 'qos=long'"),
+    (["submit", "x.toml", "--workers", "1", "--sbatch=-o x"], "--sbatch must be one sbatch "
+     "option on one line, as on sbatch's command line (e.g. --qos=long or '--gres=gpu:1'), not "
+     "--array or --output (sweep submit writes them); got '-o x'"),
 ]  # fmt: skip
 
 
@@ -861,6 +1000,13 @@ def test_a_flag_that_breaks_its_rule_is_refused_while_parsed(args, line):
      (["gradcheck", "--depth", "1"], "depth", 1),
      (["data", "--path", "~/mnist.pkl.gz"], "path", "~/mnist.pkl.gz"),
      (["status", "-f", "json"], "format", "json"),
+     (["submit", "x.toml", "--workers", "4000001"], "workers", 4_000_001),
+     (["submit", "x.toml", "--workers", "1"], "workers", 1),
+     (["submit", "x.toml", "--workers", "1", "--time", "7-00:00:00"], "time", "7-00:00:00"),
+     (["submit", "x.toml", "--workers", "1", "--time", "UNLIMITED"], "time", "UNLIMITED"),
+     (["submit", "x.toml", "--workers", "1", "--mem", "0"], "mem", "0"),
+     (["submit", "x.toml", "--workers", "1", "--partition", "a,b.c"], "partition", "a,b.c"),
+     (["submit", "x.toml", "--workers", "1", "--sbatch=-C haswell"], "sbatch", ["-C haswell"]),
      (["export", "g", "--out", "b.npz"], "format", "text")],
 )  # fmt: skip
 def test_a_flag_at_the_edge_of_its_rule_is_its_value(args, dest, value):
@@ -899,6 +1045,7 @@ def test_no_command_prints_a_password(tmp_path, url):
         ["report", "g", "--storage", url],
         ["report", "all", "--storage", url],
         ["evaluate", study_file, "--storage", url],
+        ["submit", study_file, "--storage", url, "--workers", "1"],
         # a host that does not resolve: had the storage opened, serving fails rather than waits
         ["dashboard", "--storage", url, "--host", "nosuchhost.invalid"],
         ["status"],  # from the environment

@@ -8,9 +8,8 @@ states it:
 
 - ``# [host]`` (packages, services, the clone, a cluster) is skipped, but for the commands in
   ``STAND_INS``, which the script defines as shell functions: ``systemctl restart postgresql``
-  reloads the server, ``sbatch FILE`` runs FILE once in an empty environment, as ``bash -u``
-  (an unset variable fails it at once, where it would make ``--wait 600`` wait for a study in
-  another database) within 120 s (``srun`` runs its arguments).
+  reloads the server. (The SLURM section after the guide runs on a real SLURM:
+  tests/sweep/test_slurm.py.)
 - ``# [yours]`` (a value of the reader's own) is skipped, and the test sets its variable:
   ``YOURS`` holds one value for each, no more and no fewer.
 
@@ -55,10 +54,6 @@ STAND_INS = {
   [ "$*" = "restart postgresql" ] || { echo "no stand-in for: systemctl $*" >&2; return 1; }
   psql -U postgres -qAtc 'SELECT pg_reload_conf()' >/dev/null
 }""",
-    "sbatch": """sbatch() {
-  env -i HOME="$HOME" PATH=<bare_path> PYTHONPATH=<pythonpath> MLP_SWEEP_CACHE=<cache> \
-    timeout 120 bash -u "$1"
-}""",
 }
 #: The commands the guide must show, at the least.
 MUST_RUN = {"data", "run", "worker", "status", "report", "export", "evaluate"}
@@ -78,12 +73,10 @@ def guide_lines() -> list[str]:
 
 
 def sweep_commands(lines: list[str]) -> list[list[str]]:
-    """Each ``sweep …`` command line (also ``srun sweep …``) as its arguments after ``sweep``."""
+    """Each ``sweep …`` command line as its arguments after ``sweep``."""
     found = []
     for line in lines:
         words = shlex.split(TAG.sub("", line), comments=True)
-        if words[:1] == ["srun"]:
-            words = words[1:]
         if words[:1] == ["sweep"]:
             found.append(words[1:])
     return found
@@ -158,8 +151,7 @@ def test_the_guide_runs_as_written(tmp_path):
     (clone / "studies" / "tpe-budget.toml").write_text(_study_file())
     (clone / ".venv").symlink_to(Path(sys.prefix))
     bin_dir.mkdir()
-    (bin_dir / "srun").write_text('#!/bin/sh\nexec "$@"\n')
-    shims = ["srun"]
+    shims = []
     if os.geteuid() != 0:  # runuser needs root; the server runs as this user then
         (bin_dir / "runuser").write_text('#!/bin/sh\nshift 3\nexec "$@"\n')  # -u postgres --
         shims.append("runuser")
@@ -181,9 +173,6 @@ def test_the_guide_runs_as_written(tmp_path):
         values = {
             "port": port,
             "shared": str(shared),
-            "bare_path": ":".join(bare),
-            "pythonpath": pythonpath,
-            "cache": str(cache_dir()),
         }
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SWEEP_", "PG"))}
         env |= {k: v.format(**values) for k, v in YOURS.items()}

@@ -101,7 +101,7 @@ def test_status_is_every_study_with_optunas_names(db):
         "metric_names": ["validation accuracy [%]"], "counts": {"complete": 3},
         "best_trial": {"number": best.number, "value": best.value, "params": best.params,
                        "outside_budget": None},
-        "best_trials": [{"number": best.number, "values": [best.value]}],
+        "best_trials": [{"number": best.number, "values": [best.value]}], "workers": {},
     }  # fmt: skip
     assert (m["name"], m["direction"], m["best_trial"]) == ("m", ["MAXIMIZE", "MINIMIZE"], None)
     assert m["best_trials"] == [{"number": 1, "values": [2.0, 9.0]},
@@ -202,7 +202,7 @@ def test_plain_makes_any_value_strict_json():
 #: The fewest arguments each command parses with.
 REQUIRED = {"data": [], "train": [], "run": ["x.toml"], "worker": [], "report": ["all"],
             "evaluate": ["x.toml"], "export": ["g", "--out", "b.npz"], "gradcheck": [],
-            "status": [], "dashboard": []}  # fmt: skip
+            "status": [], "dashboard": [], "submit": ["x.toml", "--workers", "1"]}  # fmt: skip
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))

@@ -214,13 +214,14 @@ def test_status_reads_a_few_rows_whatever_the_study_size(
         seen.append(reads)
     small, big = seen
     assert (big.statements, big.rows, big.sent) == (small.statements, small.rows, small.sent)
-    # four for the studies' names and attributes; per study, its skipped trials and three
-    # for its counts (``census``: its trials that are not COMPLETE, its newest COMPLETE one
-    # and, if there is one, its number); a single-objective study's best tier by tier
-    # (``tables.best_first``: ours and theirs find theirs among the numbers, edge among the
-    # infinitely good, empty in none of the three); one for the best trials' parameters, one
-    # for the complete trials' values of every multi-objective study (their fronts)
-    assert len(small.statements) == 4 + (5 * 3 + 4) + (2 + 2 + 1 + 3) + 2, small.statements
+    # four for the studies' names and attributes; per study, its skipped trials, its running
+    # trials' hosts and three for its counts (``census``: its trials that are not COMPLETE,
+    # its newest COMPLETE one and, if there is one, its number); a single-objective study's
+    # best tier by tier (``tables.best_first``: ours and theirs find theirs among the
+    # numbers, edge among the infinitely good, empty in none of the three); one for the best
+    # trials' parameters, one for the complete trials' values of every multi-objective study
+    # (their fronts)
+    assert len(small.statements) == 4 + (5 * 4 + 4) + (2 + 2 + 1 + 3) + 2, small.statements
     assert small.rows <= 50 and small.sent <= 50, (small.rows, small.sent)
     # each best is one limited ordered statement; a front reads every complete trial's values
     # (of the multi-objective studies only: "two"'s 4 trials here, in both databases)
