@@ -82,10 +82,11 @@ def _submit(cwd: Path, env: dict[str, str], *args: str) -> str:
     return json.loads(done.stdout)["job_id"]
 
 
-def _checkpointed(url: str, name: str) -> bool:
-    """Whether a RUNNING trial of the study has a checkpoint: its workers are mid-trial."""
+def _checkpointed(url: str, name: str, epoch: int) -> bool:
+    """Whether a RUNNING trial of the study has a checkpoint of ``epoch`` or later: a worker is
+    mid-trial, and a cut there that did not keep its checkpoint would lose more than one epoch."""
     running = load(url, name).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    return any(t.system_attrs.get(CHECKPOINT) for t in running)
+    return any(t.system_attrs.get(CHECKPOINT, {}).get("epoch", 0) >= epoch for t in running)
 
 
 Claim = collections.namedtuple("Claim", "log trial epoch ended")
@@ -105,6 +106,12 @@ def _claims(cwd: Path) -> list[Claim]:
                     epoch=max(found[-1].epoch, int(m[3] or 0)), ended=m[3] is None
                 )
     return found
+
+
+def _in_epoch(log: Path) -> int:
+    """The last epoch the claim a task's log ends with reported (0 if it ended or none)."""
+    claims = [c for c in _claims(log.parents[2]) if c.log == log.name]
+    return claims[-1].epoch if claims and not claims[-1].ended else 0
 
 
 def _assert_at_most_one_epoch_lost(url: str, name: str, claims: list[Claim]) -> int:
@@ -140,15 +147,17 @@ def test_an_array_finishes_a_grid_exactly_once_and_a_requeued_task_rejoins(slurm
     env = _env(slurm, pace=1.0)
     job = _submit(tmp_path, env, str(study), "--storage", url, "--workers", "3", "--requeue")
     slurm.wait_running(job, 3)
-    assert wait_for(lambda: _checkpointed(url, "g"))
+    log = tmp_path / "runs" / "slurm" / f"g-{job}_1.log"
+    assert wait_for(lambda: log.exists() and _in_epoch(log) >= 2)  # reported epoch 2 of 4
     slurm.run("scontrol", "requeue", f"{job}_1")  # SIGTERM now, the same task again later
     slurm.wait_ended(job)
     assert set(slurm.states(job).values()) == {"COMPLETED"}, slurm.states(job)  # all exit 0
-    log = (tmp_path / "runs" / "slurm" / f"g-{job}_1.log").read_text()
-    assert "sweep: terminated; rerun to resume" in log  # the requeue's SIGTERM ...
-    assert log.index("terminated") < log.index("worker ran")  # ... then the rerun's worker
+    text = log.read_text()
+    assert "sweep: terminated; rerun to resume" in text  # the requeue's SIGTERM ...
+    assert text.index("terminated") < text.index("worker ran")  # ... then the rerun's worker
     _assert_grid_done_once(url)
-    _assert_at_most_one_epoch_lost(url, "g", _claims(tmp_path))
+    assert set(states(load(url, "g"))) == {TrialState.COMPLETE}  # given back, not died
+    assert _assert_at_most_one_epoch_lost(url, "g", _claims(tmp_path)) == 1
 
 
 def _section_blocks() -> list[str]:
@@ -180,14 +189,14 @@ def test_the_readme_section_runs_as_written_and_a_cancelled_array_resubmitted_fi
     home, trials = tmp_path / "home", 6
     clone = home / "mlp-sweep"
     (clone / "studies").mkdir(parents=True)
-    (clone / "studies" / "tpe-budget.toml").write_text(_tpe_budget(trials, epochs=3))
+    (clone / "studies" / "tpe-budget.toml").write_text(_tpe_budget(trials, epochs=4))
     (clone / ".venv").symlink_to(Path(sys.prefix))  # the package in a venv on a shared home
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"  # one node: SQLite is fine, as the README says
     (home / "sweep.env").write_text(f"export SWEEP_STORAGE={url}\n"
                                     f"export ARTIFACTS={tmp_path / 'shared'}\n")  # fmt: skip
     # Without the environment under test on PATH, so the section's activation is what finds it.
     bare = [d for d in os.environ["PATH"].split(":") if d and not (Path(d) / "sweep").exists()]
-    env = {k: v for k, v in _env(slurm, pace=2.0).items()
+    env = {k: v for k, v in _env(slurm, pace=1.5).items()
            if k not in ("VIRTUAL_ENV", "SWEEP_STORAGE")}  # fmt: skip
     env |= {"HOME": str(home), "PATH": ":".join(bare), "MLP_SWEEP_CACHE": str(cache_dir())}
 
@@ -201,17 +210,18 @@ def test_the_readme_section_runs_as_written_and_a_cancelled_array_resubmitted_fi
     job = re.search(r"^submitted job (\d+): 4 workers of study tpe-budget \(script "
                     r"runs/slurm/tpe-budget.sbatch\)$", out, flags=re.M)[1]  # fmt: skip
     assert "#SBATCH --array=0-3" in out and "SWEEP_STORAGE=sqlite:///" in out  # the dry run
-    assert wait_for(lambda: _checkpointed(url, "tpe-budget"))  # mid-study
+    assert wait_for(lambda: _checkpointed(url, "tpe-budget", epoch=2))  # mid-study
     # The same shell as the first block's: its set-up (activate, sweep.env, cd) holds.
     setup = first[: first.index("\nsweep ")]
     run(f"{setup}\n{second}")
     assert set(slurm.states(job).values()) == {"CANCELLED"}, slurm.states(job)
-    study = load(url, "tpe-budget")
-    left = states(study)
+    left = states(load(url, "tpe-budget"))
     assert left[TrialState.COMPLETE] + left[TrialState.PRUNED] == trials, left
-    assert not (left[TrialState.RUNNING] or left[TrialState.WAITING]), left
+    assert set(left) <= {TrialState.COMPLETE, TrialState.PRUNED}, left  # given back, not died
+    cancelled = [p.read_text() for p in (clone / "runs" / "slurm").glob(f"*-{job}_*.log")]
+    assert len(cancelled) == 4
+    assert all("sweep: terminated; rerun to resume" in log for log in cancelled), cancelled
     claims = _claims(clone)
-    assert any(f"tpe-budget-{job}_" in c.log and not c.ended for c in claims), claims
     assert _assert_at_most_one_epoch_lost(url, "tpe-budget", claims) >= 1  # cut mid-trial
 
 
