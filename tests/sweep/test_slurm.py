@@ -22,7 +22,7 @@ import pytest
 from optuna.trial import TrialState
 
 from mlp.data import cache_dir
-from sweep.queue.attrs import CHECKPOINT
+from sweep.queue.attrs import CHECKPOINT, RESUME_FROM
 from tests.slurm import CPUS, cluster
 from tests.sweep.helpers import (
     FAST_STALE,
@@ -274,3 +274,22 @@ def test_a_time_limit_shorter_than_the_study_then_a_new_submit_finishes_it_losin
     assert _assert_at_most_one_epoch_lost(url, "long", claims) == 4
     for trial in finished.trials:  # and each went on from its own checkpoint
         assert trial.user_attrs["epochs_run"] == 45 - trial.user_attrs["resumed_from_epoch"]
+
+
+def test_a_warning_signal_before_the_time_limit_gives_the_trial_back(slurm, tmp_path):
+    # submitit's cue, SIGUSR2 before the limit, sent to the batch shell (B:): the task's shell
+    # is the worker itself (the script execs it); a plain --signal=USR2@N goes to job steps
+    # only, which the script has none of. SLURM sends it at a periodic check, as the limit.
+    study, url = tmp_path / "long.toml", f"sqlite:///{tmp_path / 'db.sqlite'}"
+    study.write_text(LONG.replace("hidden_1 = [64, 128]", "hidden_1 = [64]"))
+    job = _submit(tmp_path, _env(slurm, pace=2.0), str(study), "--storage", url, "--workers",
+                  "1", "--time", "1", "--sbatch=--signal=B:USR2@55")  # fmt: skip
+    slurm.wait_ended(job)
+    log = (tmp_path / "runs" / "slurm" / f"long-{job}_0.log").read_text()
+    assert "sweep: terminated by SIGUSR2; rerun to resume" in log, log
+    assert "TIME LIMIT" not in log  # the warning, not the limit, ended it
+    [cut] = _claims(tmp_path)
+    assert not cut.ended and cut.epoch >= 1
+    trials = load(url, "long").trials
+    assert [t.state for t in trials] == [TrialState.WAITING, TrialState.WAITING]
+    assert trials[cut.trial].system_attrs[RESUME_FROM]["epoch"] >= cut.epoch - 1
