@@ -196,11 +196,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  best: trial {s.best.number}, {s.best_value()} ({params}){flag}")
         if s.front:
             print(f"  {s.front_text()}")
-        if s.workers:
-            hosts = (
-                f"{printable(h, 60)} ({n} trial{'s' * (n != 1)})" for h, n in s.workers.items()
-            )
-            print(f"  running on: {', '.join(hosts)}")
+        if s.running_by_host:
+            hosts = ", ".join(f"{printable(h, 60)} ({n} trial{'s' * (n != 1)})"
+                              for h, n in s.running_by_host.items())  # fmt: skip
+            more = s.running_elsewhere
+            more = f" and {more} trial{'s' * (more != 1)} on other hosts" if more else ""
+            print(f"  running on: {hosts}{more}")
     return EXIT_OK
 
 

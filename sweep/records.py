@@ -82,8 +82,9 @@ def study(s: StudyStatus) -> dict[str, Any]:
     (of one objective: ``number``, ``value``, ``params`` and ``outside_budget``: why its
     network is outside the study's budget, else null; else null) and ``best_trials`` (the
     Pareto front: ``number`` and ``values`` of each, the first objective's best first; of one
-    objective, the best trial alone) and ``workers`` (the hosts whose workers hold its RUNNING
-    trials, each with how many)."""
+    objective, the best trial alone), ``running_by_host`` (the hosts whose workers hold most of
+    its RUNNING trials, 20 at most, each with how many) and ``running_elsewhere`` (how many
+    the workers of other hosts hold)."""
     best = None
     front = [{"number": v.number, "values": list(v.values)} for v in s.front]
     if s.best is not None:
@@ -98,7 +99,8 @@ def study(s: StudyStatus) -> dict[str, Any]:
         "counts": s.counts,
         "best_trial": best,
         "best_trials": front,
-        "workers": s.workers,
+        "running_by_host": s.running_by_host,
+        "running_elsewhere": s.running_elsewhere,
     }
 
 

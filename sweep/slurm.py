@@ -18,6 +18,7 @@ the first command, so a line of ``--sbatch`` is one option, on one line, and not
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
 import shlex
@@ -55,23 +56,47 @@ MEM = Rule(
     lambda v: bool(re.fullmatch(r"\d{1,12}[KMGTkmgt]?", v)),
     "a size in megabytes, or with a unit K, M, G or T (e.g. 4G; 0: all of a node's)",
 )
-#: Options ``sweep submit`` writes itself, from its own flags.
-OWN = {"--array": "--workers", "-a": "--workers", "--output": "nothing (logs go to "
-       "runs/slurm/)", "-o": "nothing (logs go to runs/slurm/)"}  # fmt: skip
+#: What ``sweep submit`` writes itself (``script``) or must not be asked (a job that waits, a
+#: run that only tests, a script replaced by one command): an ``--sbatch`` option that names
+#: one of these, or a prefix of one (sbatch, by getopt_long, takes any unambiguous prefix of a
+#: long option: ``--arr=0-99`` is ``--array``), is refused; and their short forms.
+OWN_LONG = ("array", "output", "error", "job-name", "open-mode", "chdir", "signal",
+            "test-only", "wrap", "wait", "parsable", "help", "usage", "version")  # fmt: skip
+OWN_SHORT = "aoeJDWhV"
+#: One sbatch option as SLURM reads it from a ``#SBATCH`` line, which it splits at whitespace
+#: and unquotes: ``--name`` or ``--name=value``, ``-X`` or ``-X value``, a value without
+#: whitespace, quotes, ``#`` or ``\`` (so that it is read as written, and is one option).
+_VALUE = r"[^\s'\"#\\]+"
+_OPTION = re.compile(
+    rf"--(?P<long>[A-Za-z][A-Za-z0-9-]+)(={_VALUE})?|-(?P<short>[A-Za-z])( {_VALUE})?"
+)
 
 
 def _is_option_line(line: str) -> bool:
-    """One sbatch option as a command line gives it: ``--qos=long``, ``--gres=gpu:1``,
-    ``-C haswell``; printable, so on one line (a line break would end the comment and start
-    a command), and not one of the options submit writes itself."""
-    if not (line.isprintable() and re.match(r"--?[A-Za-z]", line)) or len(line) > 500:
+    """One sbatch option (``_OPTION``) on one line, printable, and not one that submit writes
+    itself nor a prefix of one (``OWN_LONG``, ``OWN_SHORT``)."""
+    m = _OPTION.fullmatch(line) if line.isprintable() and len(line) <= 500 else None
+    if m is None:
         return False
-    return re.split(r"[=\s]", line, maxsplit=1)[0] not in OWN
+    if m["short"]:
+        return m["short"] not in OWN_SHORT
+    return not any(own.startswith(m["long"]) for own in OWN_LONG)
 
 
-SBATCH_LINE = Rule(str, _is_option_line, "one sbatch option on one line, as on sbatch's "
-                   "command line (e.g. --qos=long or '--gres=gpu:1'), not --array or --output "
-                   "(sweep submit writes them)")  # fmt: skip
+SBATCH_LINE = Rule(str, _is_option_line, "one sbatch option: --NAME, --NAME=VALUE, -X or "
+                   "'-X VALUE', the value without spaces, quotes, '#' or '\\' (e.g. --qos=long "
+                   "or --gres=gpu:1), and none that sweep submit writes or forbids ("
+                   + ", ".join([*(f"--{o}" for o in OWN_LONG), *(f"-{o}" for o in OWN_SHORT)])
+                   + ", or a prefix of one)")  # fmt: skip
+#: The characters of a log path that SLURM's ``--output`` takes as written: no whitespace or
+#: quote (sbatch splits and unquotes the line), no ``%`` (a file name pattern), no ``#``, no
+#: ``\``; the folder of the script, where the logs go, must be made of them.
+LOG_CHARS = "[A-Za-z0-9._/+,:@-]"
+
+
+def log_path_ok(folder: Path) -> bool:
+    """Whether SLURM takes ``folder`` (absolute) as written, in an ``#SBATCH --output`` line."""
+    return bool(re.fullmatch(f"{LOG_CHARS}+", str(folder)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,28 +108,41 @@ class Batch:
     artifacts: str  # the artifact store's location, resolved (every task checkpoints there)
     workers: int  # array tasks (WORKERS)
     wait: float  # seconds a task waits for the study to exist
-    log_dir: Path  # absolute: each task's stdout and stderr, as STEM-JOB_TASK.log
-    stem: str  # the job's name after ``sweep-`` and its logs' first part: letters, digits, ._-
+    log_dir: Path  # absolute, of LOG_CHARS: each task's stdout and stderr, STEM-JOB_TASK.log
+    stem: str  # the job's name after ``sweep-`` and its logs' first part (``stem``)
     cwd: Path  # absolute: where the tasks run (a relative SQLite path or store means the same)
     #: ``#SBATCH`` options, each checked by its rule: ``--time=…`` and so on, then ``--sbatch``'s
     options: tuple[str, ...] = ()
-    #: environment values the worker reads, as they are where submit runs (``CARRIED``)
+    #: environment values the worker reads, as they are where submit runs (``carried``)
     environment: tuple[tuple[str, str], ...] = ()
+    #: the study file's dataset, absolute (``--data``: the tasks read the copy submit checked,
+    #: not the stored spec's, which is whichever host created the study); None: the cache's
+    data: str | None = None
 
 
-#: What a worker reads from its environment besides the storage: the heartbeat, grace and
-#: checkpoint settings, the MNIST cache, and the path Python imports from. A batch job may
-#: start without the submitting shell's environment (``--export=NONE``), so the script sets
-#: those that are set here.
+#: What a worker reads from its environment besides the storage: sweep's heartbeat, grace,
+#: SQLite and checkpoint settings, the MNIST cache (``MLP_SWEEP_CACHE``, ``XDG_CACHE_HOME``),
+#: where Python imports from and its libraries load from, boto3's settings for an S3 store
+#: and libpq's for PostgreSQL. A batch job may start without the submitting shell's
+#: environment (``--export=NONE``), so the script sets those that are set here.
 CARRIED = (
     "SWEEP_HEARTBEAT_INTERVAL", "SWEEP_GRACE_PERIOD", "SWEEP_BUSY_TIMEOUT",
-    "SWEEP_CHECKPOINT_EPOCHS", "SWEEP_CHECKPOINT_OVERHEAD", "MLP_SWEEP_CACHE", "PYTHONPATH",
+    "SWEEP_CHECKPOINT_EPOCHS", "SWEEP_CHECKPOINT_OVERHEAD", "MLP_SWEEP_CACHE",
+    "XDG_CACHE_HOME", "PYTHONPATH", "LD_LIBRARY_PATH",
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
+    "AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CA_BUNDLE",
+    "PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSFILE", "PGSERVICE",
+    "PGSERVICEFILE", "PGSSLMODE", "PGSSLROOTCERT", "PGSSLCERT", "PGSSLKEY", "PGSSLCRL",
+    "PGCONNECT_TIMEOUT", "PGAPPNAME", "PGOPTIONS", "PGTZ", "PGCLIENTENCODING",
 )  # fmt: skip
+#: Credentials a worker reads from its environment: carried too (the script is mode 0600, as
+#: the storage URL's password in it), and shown as ``***`` by ``--dry-run``.
+SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "PGPASSWORD")
 
 
 def carried() -> tuple[tuple[str, str], ...]:
-    """The ``CARRIED`` variables set in this process, with their values."""
-    return tuple((k, os.environ[k]) for k in CARRIED if k in os.environ)
+    """The ``CARRIED`` and ``SECRETS`` variables set in this process, with their values."""
+    return tuple((k, os.environ[k]) for k in (*CARRIED, *SECRETS) if k in os.environ)
 
 
 def activation() -> list[str]:
@@ -118,29 +156,38 @@ def activation() -> list[str]:
 
 
 def worker_args(batch: Batch) -> list[str]:
-    """The arguments of ``sweep worker`` in each task (the storage comes from the environment,
-    so that its password is in no process's command line: ``ps`` shows those to every user of
-    a node)."""
-    return ["worker", "--study", batch.study, "--wait", f"{batch.wait:g}",
-            "--artifacts", batch.artifacts]  # fmt: skip
+    """The arguments of ``sweep worker`` in each task, each value after ``=`` (a study named
+    ``-lr`` is a value, not an option) and the wait as ``repr`` (every digit). The storage comes
+    from the environment, so that its password is in no process's command line: ``ps`` shows
+    those to every user of a node."""
+    data = [f"--data={batch.data}"] if batch.data is not None else []
+    return ["worker", f"--study={batch.study}", f"--wait={batch.wait!r}",
+            f"--artifacts={batch.artifacts}", *data]  # fmt: skip
 
 
 def script(batch: Batch, *, storage_shown: str | None = None) -> str:
     """The batch script's text; ``storage_shown`` in place of the URL (the password masked,
-    for ``--dry-run``)."""
+    for ``--dry-run``), and then the ``SECRETS`` as ``***`` too. Every task appends to its
+    log (``--open-mode=append``): a requeued task's lines follow its first run's."""
     q = shlex.quote
     log = batch.log_dir / f"{batch.stem}-%A_%a.log"
+    assert log_path_ok(batch.log_dir), "submit refuses a folder SLURM would not read as written"
+
+    def shown(k: str, v: str) -> str:
+        return "***" if storage_shown is not None and k in SECRETS else v
+
     lines = [
         "#!/bin/bash",
         f"{MARK}: {batch.workers} worker(s) of one study, each `sweep worker` in one array task",
         f"#SBATCH --job-name=sweep-{batch.stem}",
         f"#SBATCH --array=0-{batch.workers - 1}",
         f"#SBATCH --output={log}",
+        "#SBATCH --open-mode=append",
         *(f"#SBATCH {option}" for option in batch.options),
         "set -eu",
         *activation(),
         f"export SWEEP_STORAGE={q(storage_shown or batch.storage)}",
-        *(f"export {k}={q(v)}" for k, v in batch.environment),
+        *(f"export {k}={q(shown(k, v))}" for k, v in batch.environment),
         f"cd {q(str(batch.cwd))}",
         "exec " + shlex.join([sys.executable, "-m", "sweep.cli", *worker_args(batch)]),
     ]
@@ -152,13 +199,12 @@ def options(
     mem: str | None = None, account: str | None = None, requeue: bool = False,
     extra: tuple[str, ...] = (),
 ) -> tuple[str, ...]:  # fmt: skip
-    """The ``#SBATCH`` options of the given values (each already checked by its rule). A
-    requeued task appends to its log rather than starting it anew."""
+    """The ``#SBATCH`` options of the given values (each already checked by its rule)."""
     given = {"--time": time, "--partition": partition, "--cpus-per-task": cpus_per_task,
              "--mem": mem, "--account": account}  # fmt: skip
     out = [f"{k}={v}" for k, v in given.items() if v is not None]
     if requeue:
-        out += ["--requeue", "--open-mode=append"]
+        out.append("--requeue")
     for line in extra:  # checked by SBATCH_LINE again: a value from Python came no other way
         if not SBATCH_LINE.check(line):
             raise SpecError(f"--sbatch must be {SBATCH_LINE.allowed}; got {line!r}")
@@ -166,26 +212,45 @@ def options(
 
 
 def stem(name: str) -> str:
-    """A study name as a job's name and its logs' first part: letters, digits, '.', '_', '-'
-    (a name is anyone's text; the report folder's slug, ``sweep.report.writer``, the same)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-")[:60] or "study"
+    """A study name as a job's name and its files' first part: letters, digits, '.', '_', '-'
+    (a name is anyone's text), and, unless that is the name itself, 8 hex digits of the name's
+    SHA-256 after it, so that two studies (``a b``, ``a/b``, ``a-b``) never share a job name
+    or a script."""
+    plain = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-")[:50] or "study"
+    if plain == name:
+        return plain
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{plain}-{digest}"
 
 
-def sbatch(path: Path) -> str:
-    """Submit the script at ``path`` with ``sbatch --parsable``; the job's id. SweepError (exit
-    1) if there is no ``sbatch`` here or it refuses the job: the first line it wrote."""
+#: How long ``sbatch`` may take to answer: a busy controller takes seconds; more is a fault.
+SBATCH_TIMEOUT = 120
+
+
+def sbatch(text: str, *, shown: str, job_name: str) -> str:
+    """Submit the script ``text`` with ``sbatch --parsable``, the text on its stdin (the job
+    runs exactly this text, whatever another submit writes to the same file meanwhile; and no
+    path reaches sbatch's command line, where one starting with ``-`` would be an option);
+    the job's id. SweepError (exit 1) if there is no ``sbatch`` here, it refuses the job (its
+    last ``error:`` line) or does not answer. ``shown``: the script's path, for messages."""
     try:
-        done = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True,
-                              text=True, timeout=120)  # fmt: skip
+        done = subprocess.run(["sbatch", "--parsable"], input=text, capture_output=True,
+                              text=True, timeout=SBATCH_TIMEOUT)  # fmt: skip
     except FileNotFoundError:
         raise SweepError("sbatch not found: run sweep submit where SLURM's client is (a login "
                          "node), or --dry-run to see the script") from None  # fmt: skip
     except subprocess.TimeoutExpired:
-        raise SweepError("sbatch did not answer within 120 s (is slurmctld up?)") from None
-    said = printable((done.stderr.strip().splitlines() or [""])[0], 300)
+        raise SweepError(f"sbatch did not answer within {SBATCH_TIMEOUT} s (is slurmctld up?); "
+                         "the job may have been submitted all the same: see squeue --me "
+                         f"--name {job_name} before submitting again") from None  # fmt: skip
     if done.returncode != 0:
-        raise SweepError(f"sbatch refused {path}: {said or f'exit {done.returncode}'}")
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        said = [line for line in lines if "error:" in line] or lines or [f"exit {done.returncode}"]
+        raise SweepError(
+            f"sbatch refused {printable(shown, 300)}: {printable(said[-1].strip(), 300)}"
+        )
     job = done.stdout.strip().split(";")[0]  # --parsable: "JOBID" or "JOBID;CLUSTER"
     if not job.isdigit():
-        raise SweepError(f"sbatch gave no job id for {path}: {printable(done.stdout, 200)!r}")
+        raise SweepError(f"sbatch gave no job id for {printable(shown, 300)}: "
+                         f"{printable(done.stdout, 200)!r}")  # fmt: skip
     return job

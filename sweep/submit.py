@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import logging
 import os
+import stat
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,9 +53,11 @@ def submit(
     created first) or ``name`` (a stored study, which must exist) with ``options`` (``#SBATCH``
     lines, each checked: ``sweep.slurm.options``). The script goes to ``script`` (default
     ``runs/slurm/STEM.sbatch``), mode 0600: it holds the storage URL; the tasks' logs beside
-    it (``STEM-JOB_TASK.log``). ``dry_run``: the script's
-    text only; nothing is read, written or submitted."""
+    it (``STEM-JOB_TASK.log``). Every path is checked, and the script's folder made and
+    written to, before the study is created. ``dry_run``: the script's text only; nothing is
+    read, written or submitted."""
     from sweep.queue.storage import checked_url, mask_password
+    from sweep.text import printable
     from sweep.trial.artifacts import artifacts_location
 
     if spec is None and name is None:
@@ -65,37 +70,74 @@ def submit(
     stem = slurm.stem(study)
     path = script or FOLDER / f"{stem}.sbatch"
     here = Path.cwd()  # the tasks' logs go beside the script
+    if not slurm.log_path_ok((here / path).parent):
+        where = (f"--script {printable(str(path), 300)}: its folder" if script is not None
+                 else f"the current folder {printable(str(here), 300)}")  # fmt: skip
+        raise SpecError(f"{where} holds characters SLURM's #SBATCH --output cannot take "
+                        "as written (the tasks' logs go there); allowed: "
+                        f"{slurm.LOG_CHARS}")  # fmt: skip
+    data = os.path.join(here, spec.data_path) if spec is not None and spec.data_path else None
     batch = slurm.Batch(study, url, location, workers, wait, (here / path).parent, stem, here,
-                        options, slurm.carried())  # fmt: skip
+                        options, slurm.carried(), data)  # fmt: skip
     shown = slurm.script(batch, storage_shown=mask_password(url))
+    notes = [local] if local else []  # a folder of this host's: the nodes may not share it
+    if url.startswith("sqlite"):
+        notes.append("the study is in SQLite, which works on one node only (its locks need "
+                     "one machine's file system): an array's tasks may start on several; use "
+                     "PostgreSQL across nodes")  # fmt: skip
     if dry_run:
+        _warn(notes)
         return Submitted(study, workers, path, None, shown)
-    _replaceable(path)
+    _writable(here / path, shown=printable(str(path), 300))
     _ready(spec, study, url, artifacts)
-    if local:  # a folder of this host's: the tasks reach it only if the nodes share it
-        logger.warning("%s", local)
-    _write(path, slurm.script(batch))
-    return Submitted(study, workers, path, slurm.sbatch(path), shown)
+    text = slurm.script(batch)
+    try:
+        _write(here / path, text)
+    except OSError as e:
+        raise SpecError(f"--script {printable(str(path), 300)}: cannot write it: "
+                        f"{e.strerror or e}") from e  # fmt: skip
+    job = slurm.sbatch(text, shown=str(path), job_name=f"sweep-{stem}")
+    _warn(notes)
+    return Submitted(study, workers, path, job, shown)
 
 
-def _replaceable(path: Path) -> None:
-    """A script file submit may write: new, or one it wrote before (``slurm.MARK`` on its
-    second line). Anything else is never opened for reading (a FIFO would block) nor replaced:
-    a folder, a link, a device, a file of the user's own."""
-    if path.is_dir():
-        raise SpecError(f"--script {path}: is a folder; give a file name")
-    if not (path.exists() or path.is_symlink()):
-        return
-    if path.is_file() and not path.is_symlink():
-        try:
-            with path.open("rb") as f:
-                head = f.read(512).split(b"\n")
-        except OSError:
-            head = []
-        if len(head) > 1 and head[1].startswith(slurm.MARK.encode()):
-            return
-    raise SpecError(f"--script {path}: exists and sweep submit did not write it; "
-                    "give another --script")  # fmt: skip
+def _warn(notes: list[str]) -> None:
+    """Each note as one warning (after the job is submitted: an error stays one line)."""
+    for note in notes:
+        logger.warning("%s", note)
+
+
+def _writable(path: Path, *, shown: str) -> None:
+    """A script file submit may write at ``path`` (absolute): new, or one it wrote before
+    (``slurm.MARK`` on its second line), in a folder it can make and write to. Anything else
+    is refused in one line, before the study is created. The file is opened without following
+    a link and without blocking (a FIFO would block a read) and checked by what was opened
+    (``fstat``), so that it cannot be swapped between the check and the read; it is then
+    replaced by a rename, never written through."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        fd = None
+    except OSError as e:  # a link (ELOOP), a path through a file, no permission
+        if e.errno == errno.ELOOP:
+            raise SpecError(f"--script {shown}: exists and sweep submit did not write it; "
+                            "give another --script") from None  # fmt: skip
+        raise SpecError(f"--script {shown}: cannot write it: {e.strerror}") from None
+    if fd is not None:
+        with os.fdopen(fd, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if stat.S_ISDIR(mode):
+                raise SpecError(f"--script {shown}: is a folder; give a file name")
+            head = f.read(512).split(b"\n") if stat.S_ISREG(mode) else []
+        if not (len(head) > 1 and head[1].startswith(slurm.MARK.encode())):
+            raise SpecError(f"--script {shown}: exists and sweep submit did not write it; "
+                            "give another --script")  # fmt: skip
+    try:  # the folder made (the logs' too: SLURM makes none) and written to, as _write will
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as e:
+        raise SpecError(f"--script {shown}: cannot write it: {e.strerror or e}") from None
 
 
 def _ready(spec: StudySpec | None, name: str, url: str, artifacts: str | None) -> None:
@@ -133,7 +175,6 @@ def _write(path: Path, text: str) -> None:
         os.fchmod(f.fileno(), 0o600)  # type: ignore[attr-defined]
         f.write(text.encode())  # type: ignore[attr-defined]
 
-    path.parent.mkdir(parents=True, exist_ok=True)  # the logs' too: SLURM makes no folder
     write_atomically(path, write)
 
 
@@ -157,7 +198,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                   script=Path(args.script) if args.script else None,
                   dry_run=args.dry_run)  # fmt: skip
     if args.format == "json":
-        record = {"job_id": done.job_id, "script": done.script, "workers": done.workers,
+        record = {"job_id": done.job_id, "script": str(done.script), "workers": done.workers,
                   "study": done.study}  # fmt: skip
         print(records.dumps(record | ({"text": done.text} if args.dry_run else {})), flush=True)
     elif args.dry_run:
@@ -165,6 +206,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     else:
         from sweep.text import printable
 
+        script = printable(str(done.script), 300)
         print(f"submitted job {done.job_id}: {done.workers} workers of study "
-              f"{printable(done.study, 200)} (script {done.script})")  # fmt: skip
+              f"{printable(done.study, 200)} (script {script})")  # fmt: skip
     return 0

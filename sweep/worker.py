@@ -31,7 +31,7 @@ from sweep.errors import (
     WorkerError,
     on_stop_signals_raise_terminated,
 )
-from sweep.queue.attrs import FAIL_REASON, RUN_TAG, WORKER_TAG, stop_key
+from sweep.queue.attrs import FAIL_REASON, RUN_TAG, WORKER_TAG, stop_key, worker_tag
 from sweep.queue.progress import pending
 from sweep.queue.storage import (
     HEARTBEAT_INTERVAL_S,
@@ -261,7 +261,7 @@ def serve(
     storage = study._storage
     rdb = storage.backend
     tags = {
-        WORKER_TAG: f"{socket.gethostname()}:{os.getpid()}",
+        WORKER_TAG: worker_tag(socket.gethostname(), os.getpid()),
         RUN_TAG: run_id,
     }
     ran = 0

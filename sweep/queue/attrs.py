@@ -61,6 +61,26 @@ FRONT_MODELS = "front_models"
 STOP_PREFIX = "stop:"
 
 
+#: The longest host a ``worker`` tag is read with: a DNS name has at most 253 characters, and
+#: the tag is anyone's text (a 5 MB one must not reach a terminal or a JSON record whole).
+MAX_HOST = 255
+
+
+def worker_tag(host: str, pid: int) -> str:
+    """The ``worker`` tag of a claim: ``host:pid`` (``tag_host`` reads its host back)."""
+    return f"{host}:{pid}"
+
+
+def tag_host(value: Any) -> str:
+    """The host of a ``worker`` tag as any client stored it (decoded JSON): the text before
+    its last ':' if a pid of ASCII digits follows, else the whole text, at most ``MAX_HOST``
+    characters; '?' if it is not text. (Not made printable: each face does that.)"""
+    if not isinstance(value, str):
+        return "?"
+    host, colon, pid = value.rpartition(":")
+    return (host if colon and pid.isascii() and pid.isdigit() else value)[:MAX_HOST]
+
+
 def stop_key(run_id: str) -> str:
     """The study's system attribute that stops the workers of run ``run_id``."""
     return STOP_PREFIX + run_id

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import re
 from types import SimpleNamespace
 from typing import Any
 
@@ -34,7 +33,7 @@ from optuna.trial import TrialState
 
 from sweep.queue import census
 from sweep.queue import tables as tb
-from sweep.queue.attrs import SKIPPED, SPEC, WORKER_TAG, attr, decoded
+from sweep.queue.attrs import MAX_HOST, SKIPPED, SPEC, WORKER_TAG, attr, decoded, tag_host
 from sweep.queue.coverage import stored_params
 from sweep.queue.tables import trials
 from sweep.queue.transactions import reading
@@ -71,9 +70,12 @@ class StudyRow:
     #: the COMPLETE trials of a study of several objectives with a number for each objective,
     #: by number; empty for a single-objective study
     valued: list[Valued] = dataclasses.field(default_factory=list)
-    #: the hosts whose sweep workers hold its RUNNING trials now, each with how many (by the
-    #: workers' tags, ``host:pid``, as stored: any text), by host
-    workers: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: the hosts whose sweep workers hold most of its RUNNING trials now (``HOSTS_SHOWN`` at
+    #: most), each with how many, the busiest first (by the workers' tags, ``host:pid``, as
+    #: stored: any text, ``attrs.tag_host``)
+    running_by_host: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: its RUNNING trials held by sweep workers on other hosts than those
+    running_elsewhere: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +121,7 @@ def studies(engine: Engine) -> list[StudyRow]:
             shown = Best(number, value, params.get(trial_id, {}))
         out.append(StudyRow(study_id, name, directions, user_attrs, metric_names,
                             states.get(study_id, []), skipped.get(study_id, 0), shown,
-                            valued.get(study_id, []), hosts.get(study_id, {})))  # fmt: skip
+                            valued.get(study_id, []), *hosts[study_id]))  # fmt: skip
     return out
 
 
@@ -251,17 +253,30 @@ def _counts(conn: sqlalchemy.Connection, study_id: int) -> tuple[list[tuple[str,
     return list(census.by_state(conn, study_id).items()), marked
 
 
-def _hosts(conn: sqlalchemy.Connection, study_id: int) -> dict[str, int]:
-    """The hosts of the sweep workers that hold the study's RUNNING trials, each with how many
-    it holds, by host: the RUNNING range of the queue's index (a few trials, at any study size)
-    and each one's worker tag by optuna's unique (trial_id, key) index. A trial without a tag
-    is another client's, not counted; a tag that is not text of ``host:pid`` is its own host."""
-    out: dict[str, int] = {}
-    for text in conn.execute(_prepared().running, {"sid": study_id}).scalars():
-        tag = attr(text, str, "?")
-        host = tag.rpartition(":")[0] if re.fullmatch(r".*:\d+", tag) else tag
-        out[host] = out.get(host, 0) + 1
-    return dict(sorted(out.items()))
+#: Hosts ``sweep status`` shows per study (the busiest); the rest are counted together.
+HOSTS_SHOWN = 20
+#: Workers (distinct tags) read per study, the busiest first, and the characters of each tag
+#: read: a host of ``MAX_HOST`` characters, each escaped in JSON (``\\uXXXX``), and a pid. The
+#: database groups and counts the RUNNING trials (10⁶ of them are 10⁶ rows it reads, never
+#: rows sent), so that what comes back is bounded whatever another client stored.
+TAGS_READ, TAG_CHARS = 1000, 6 * MAX_HOST + 32
+
+
+def _hosts(conn: sqlalchemy.Connection, study_id: int) -> tuple[dict[str, int], int]:
+    """The hosts of the sweep workers that hold the study's RUNNING trials, the busiest
+    ``HOSTS_SHOWN`` with how many each holds, and how many the others hold: the RUNNING range
+    of the queue's index and each trial's worker tag by optuna's unique (trial_id, key) index,
+    grouped by tag in SQL (``TAGS_READ`` tags at most, with the total). A trial without a tag
+    is another client's, not counted; a tag is read by ``attrs.tag_host`` (one cut short at
+    ``TAG_CHARS`` is not JSON: '?')."""
+    by_host: dict[str, int] = {}
+    rows = conn.execute(_prepared().running, {"sid": study_id}).all()
+    for text, n, _ in rows:
+        host = tag_host(decoded(text))
+        by_host[host] = by_host.get(host, 0) + n
+    total = rows[0][2] if rows else 0
+    busiest = sorted(by_host.items(), key=lambda kv: (-kv[1], kv[0]))[:HOSTS_SHOWN]
+    return dict(busiest), int(total or 0) - sum(n for _, n in busiest)
 
 
 def _best(conn: sqlalchemy.Connection, study_id: int, *, maximize: bool) -> Any:
@@ -285,11 +300,13 @@ def _prepared() -> SimpleNamespace:
     sid = sqlalchemy.bindparam("sid")
     skipped = tb.user_attrs.alias("skipped")
     tag = tb.user_attrs.alias("worker")
+    text, held = sqlalchemy.func.substr(tag.c.value_json, 1, TAG_CHARS), sqlalchemy.func.count()
     return SimpleNamespace(
-        running=sqlalchemy.select(tag.c.value_json)
+        running=sqlalchemy.select(text, held, sqlalchemy.func.sum(held).over())
         .select_from(trials.join(tag, sqlalchemy.and_(
             tag.c.trial_id == trials.c.trial_id, tag.c.key == WORKER_TAG)))
-        .where(trials.c.study_id == sid, trials.c.state == TrialState.RUNNING),
+        .where(trials.c.study_id == sid, trials.c.state == TrialState.RUNNING)
+        .group_by(text).order_by(held.desc(), text).limit(TAGS_READ),
         skipped=sqlalchemy.select(sqlalchemy.func.count())
         .select_from(trials.join(skipped, sqlalchemy.and_(
             skipped.c.trial_id == trials.c.trial_id, skipped.c.key == SKIPPED)))

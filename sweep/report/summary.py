@@ -79,8 +79,11 @@ class StudyStatus:
     #: the best trial's network, flagged if it is outside the budget (another client's trial:
     #: ``sweep.study.audit``); else None
     best_outside: str | None = None
-    #: the hosts whose sweep workers hold its RUNNING trials, each with how many, by host
-    workers: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: the hosts whose sweep workers hold most of its RUNNING trials, each with how many, the
+    #: busiest first (``sweep.queue.status_reads.HOSTS_SHOWN`` at most), and how many the
+    #: workers of other hosts hold
+    running_by_host: dict[str, int] = dataclasses.field(default_factory=dict)
+    running_elsewhere: int = 0
 
     def best_value(self) -> str | None:
         """The best value as the study measures it: ``97.12%``, or ``loss 0.2031``."""
@@ -105,7 +108,7 @@ def status(engine: status_reads.Engine) -> list[StudyStatus]:
         along = front.front(s.valued, kind.objectives) if kind.multi else []
         flag = outside_budget(s.best.params, kind.spec) if s.best and kind.spec else None
         out.append(StudyStatus(s.name, _counts(s.states, s.skipped), kind, s.best, along, flag,
-                               s.workers))  # fmt: skip
+                               s.running_by_host, s.running_elsewhere))  # fmt: skip
     return out
 
 

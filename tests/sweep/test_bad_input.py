@@ -28,6 +28,7 @@ import pytest
 
 from sweep.cli import build_parser
 from sweep.errors import SpecError
+from sweep.slurm import SBATCH_LINE
 from tests.sweep.helpers import grid_study, main_in_process, run_cli
 
 README = Path(__file__).parents[2] / "README.md"
@@ -420,6 +421,8 @@ def _sbatch_refusing(tmp: Path) -> dict[str, str]:
     return {"PATH": f"{tmp / 'bin'}:{os.environ['PATH']}"}
 
 
+#: What an --sbatch value may be, as the error says it (a pattern).
+SBATCH_ALLOWED = r"--sbatch must be " + re.escape(SBATCH_LINE.allowed)
 REFUSAL = ("sbatch: error: Batch job submission failed: Invalid account or account/partition "
            "combination specified")  # fmt: skip
 RUN_GOOD = ["run", "{tmp}x.toml", "--storage", "sqlite:///{db}"]
@@ -782,18 +785,16 @@ OTHER_CASES = [
         [*SUBMIT, "--sbatch=--qos=long\nrm -rf ~"],
         None,
         2,
-        r"--sbatch must be one sbatch option on one line, as on sbatch's command line \(e\.g\. "
-        r"--qos=long or '--gres=gpu:1'\), not --array or --output \(sweep submit writes them\); "
+        SBATCH_ALLOWED + r"; "
         r"got '--qos=long\\nrm -rf ~'",
     ),
     (
         "an --sbatch line of an option submit writes",
-        [*SUBMIT, "--sbatch=--array=0-99"],
+        [*SUBMIT, "--sbatch=--qos=long --arr=0-99"],
         None,
         2,
-        r"--sbatch must be one sbatch option on one line, as on sbatch's command line \(e\.g\. "
-        r"--qos=long or '--gres=gpu:1'\), not --array or --output \(sweep submit writes them\); "
-        r"got '--array=0-99'",
+        SBATCH_ALLOWED + r"; "
+        r"got '--qos=long --arr=0-99'",
     ),
     (
         "a submit of a stored study that does not exist",
@@ -844,6 +845,21 @@ OTHER_CASES = [
         1,
         r"sbatch refused {tmp}g\.sbatch: sbatch: error: Batch job submission failed: Invalid "
         r"account or account/partition combination specified",
+    ),
+    (
+        "a submit --script in a folder SLURM cannot take as written",
+        [*SUBMIT[:-1], "{tmp}my jobs/g.sbatch"],
+        None,
+        2,
+        r"--script {tmp}my jobs/g\.sbatch: its folder holds characters SLURM's #SBATCH --output "
+        r"cannot take as written \(the tasks' logs go there\); allowed: \[A-Za-z0-9\._/\+,:@-\]",
+    ),
+    (
+        "a submit --script under a file",
+        [*SUBMIT[:-1], "{tmp}x.toml/g.sbatch"],
+        _good_study,
+        2,
+        r"--script {tmp}x\.toml/g\.sbatch: cannot write it: (Not a directory|File exists)",
     ),
 ]
 
@@ -970,12 +986,12 @@ FLAGS = [
     (["submit", "x.toml", "--workers", "1", "--time", "1:2:3:4"], "--time must be a SLURM time "
      "limit: MINUTES, MINUTES:SECONDS, HOURS:MINUTES:SECONDS, DAYS-HOURS, DAYS-HOURS:MINUTES or "
      "DAYS-HOURS:MINUTES:SECONDS (e.g. 2:00:00); got '1:2:3:4'"),
-    (["submit", "x.toml", "--workers", "1", "--sbatch", "qos=long"], "--sbatch must be one sbatch "
-     "option on one line, as on sbatch's command line (e.g. --qos=long or '--gres=gpu:1'), not "
-     "--array or --output (sweep submit writes them); got 'qos=long'"),
-    (["submit", "x.toml", "--workers", "1", "--sbatch=-o x"], "--sbatch must be one sbatch "
-     "option on one line, as on sbatch's command line (e.g. --qos=long or '--gres=gpu:1'), not "
-     "--array or --output (sweep submit writes them); got '-o x'"),
+    (["submit", "x.toml", "--workers", "1", "--sbatch", "qos=long"],
+     f"--sbatch must be {SBATCH_LINE.allowed}; got 'qos=long'"),
+    (["submit", "x.toml", "--workers", "1", "--sbatch=-o x"],
+     f"--sbatch must be {SBATCH_LINE.allowed}; got '-o x'"),
+    (["submit", "x.toml", "--workers", "1", "--sbatch=-a0-99"],
+     f"--sbatch must be {SBATCH_LINE.allowed}; got '-a0-99'"),
 ]  # fmt: skip
 
 

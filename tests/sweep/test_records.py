@@ -101,7 +101,8 @@ def test_status_is_every_study_with_optunas_names(db):
         "metric_names": ["validation accuracy [%]"], "counts": {"complete": 3},
         "best_trial": {"number": best.number, "value": best.value, "params": best.params,
                        "outside_budget": None},
-        "best_trials": [{"number": best.number, "values": [best.value]}], "workers": {},
+        "best_trials": [{"number": best.number, "values": [best.value]}], "running_by_host": {},
+        "running_elsewhere": 0,
     }  # fmt: skip
     assert (m["name"], m["direction"], m["best_trial"]) == ("m", ["MAXIMIZE", "MINIMIZE"], None)
     assert m["best_trials"] == [{"number": 1, "values": [2.0, 9.0]},
