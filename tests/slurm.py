@@ -113,7 +113,8 @@ class Slurm:
         deadline = time.monotonic() + timeout
         while self.queued(job):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"SLURM job {job or '(all)'} still queued: {self.queued(job)}"
+                why = self.run("squeue", "-h", "-r", "-o", "%i %T %r", check=False).stdout
+                raise TimeoutError(f"SLURM job {job or '(all)'} still queued: {why}"
                                    f"\n{self.logs()}")  # fmt: skip
             time.sleep(0.5)
 

@@ -4,10 +4,11 @@ its time limit, `scancel`, `scontrol requeue`.
 
 The trials sleep a set time at the end of each epoch (``SWEEP_TEST_EPOCH_SECONDS``,
 tests/sweep/stall), so that they last long enough for SLURM's signals to land in them without
-burning the two cores the whole array shares; the submit script carries ``PYTHONPATH`` and the
-worker settings to its tasks, as it carries them on a real cluster. What a task's worker did is
-read from its log (``runs/slurm/STEM-JOB_TASK.log``): each claim's ``trial N claimed`` and
-``trial N epoch K/E`` lines, and how the trial ended.
+burning the two cores the whole array shares; the submit script carries ``PYTHONPATH`` (with
+that folder first) and the worker settings to its tasks, as on a real cluster, and the pace
+reaches them in the environment sbatch exports (its default, ``--export=ALL``). What a task's
+worker did is read from its log (``runs/slurm/STEM-JOB_TASK.log``): each claim's ``trial N
+claimed`` and ``trial N epoch K/E`` lines, and how the trial ended.
 """
 
 import collections
@@ -279,13 +280,21 @@ def test_a_time_limit_shorter_than_the_study_then_a_new_submit_finishes_it_losin
 def test_a_warning_signal_before_the_time_limit_gives_the_trial_back(slurm, tmp_path):
     # submitit's cue, SIGUSR2 before the limit, sent to the batch shell (B:): the task's shell
     # is the worker itself (the script execs it); a plain --signal=USR2@N goes to job steps
-    # only, which the script has none of. SLURM sends it at a periodic check, as the limit.
+    # only, which the script has none of. sweep submit takes no --signal, so the script it
+    # wrote (its job held, then cancelled) is submitted again with one, as a user may, and
+    # released. SLURM sends the signal at a periodic check, as it enforces the limit.
     study, url = tmp_path / "long.toml", f"sqlite:///{tmp_path / 'db.sqlite'}"
     study.write_text(LONG.replace("hidden_1 = [64, 128]", "hidden_1 = [64]"))
-    job = _submit(tmp_path, _env(slurm, pace=2.0), str(study), "--storage", url, "--workers",
-                  "1", "--time", "1", "--sbatch=--signal=B:USR2@55")  # fmt: skip
+    env = _env(slurm, pace=2.0)
+    held = _submit(tmp_path, env, str(study), "--storage", url, "--workers", "1", "--time", "1",
+                   "--sbatch=--hold")  # fmt: skip
+    slurm.run("scancel", held)
+    script = next((tmp_path / "runs" / "slurm").glob("*.sbatch"))
+    sbatch = ["sbatch", "--parsable", "--signal=B:USR2@55", str(script)]  # env: the pace
+    job = subprocess.run(sbatch, env=env, capture_output=True, text=True, check=True).stdout.strip()
+    slurm.run("scontrol", "release", job)  # the script's own --hold
     slurm.wait_ended(job)
-    log = (tmp_path / "runs" / "slurm" / f"long-{job}_0.log").read_text()
+    log = next((tmp_path / "runs" / "slurm").glob(f"*-{job}_0.log")).read_text()
     assert "sweep: terminated by SIGUSR2; rerun to resume" in log, log
     assert "TIME LIMIT" not in log  # the warning, not the limit, ended it
     [cut] = _claims(tmp_path)
