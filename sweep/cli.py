@@ -3,7 +3,8 @@ the one place where errors become a line and an exit code. What each command doe
 ``sweep.commands``.
 
 Exit codes: 0 success, 1 other errors (data, storage), 2 bad usage or study file,
-130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 140 terminated by SIGUSR2 (a batch
+scheduler's warning that a job's time is nearly up, as submitit asks SLURM for).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import logging
 import math
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -27,7 +29,7 @@ from sweep.errors import (
     SpecError,
     SweepError,
     Terminated,
-    on_sigterm_raise_terminated,
+    on_stop_signals_raise_terminated,
 )  # fmt: skip
 from sweep.records import FORMATS
 from sweep.study.overrides import FORM, parse_override
@@ -336,11 +338,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                             format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
         if args.verbosity == "quiet":
             warnings.simplefilter("ignore")  # Python's warnings, optuna's among them
-        on_sigterm_raise_terminated()
+        on_stop_signals_raise_terminated()
         return args.func(args)
-    except Terminated:
-        print("sweep: terminated; rerun to resume", file=sys.stderr)
-        return c.EXIT_TERMINATED
+    except Terminated as e:
+        by = "" if e.signum == signal.SIGTERM else f" by {signal.Signals(e.signum).name}"
+        print(f"sweep: terminated{by}; rerun to resume", file=sys.stderr)
+        return c.EXIT_TERMINATED - signal.SIGTERM + e.signum  # 128 + the signal's number
     except KeyboardInterrupt:
         print("sweep: interrupted; rerun to resume", file=sys.stderr)
         return c.EXIT_INTERRUPTED

@@ -1,5 +1,7 @@
 """The framework's exceptions: one tree, turned into a one-line message by the CLI only."""
 
+import signal
+
 from mlp.errors import DataError
 
 
@@ -43,30 +45,44 @@ class UnfinishedError(SweepError):
     took their trials from the queue while nothing was left to put them back)."""
 
 
+#: The signals that end sweep as Ctrl-C does: SIGTERM (``kill``, ``scancel``, a batch job's time
+#: limit or preemption, after which SLURM waits ``KillWait`` seconds, then SIGKILLs) and SIGUSR2,
+#: the warning submitit asks SLURM for (``--signal=USR2@90``, 90 s before a time limit; #29). On
+#: either a worker gives its trial back at once with its last epoch's checkpoint, so the next
+#: worker goes on from there, rather than racing an epoch against the SIGKILL.
+STOP_SIGNALS = ("SIGTERM", "SIGUSR2")
+
+
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (a batch scheduler ending its job, ``kill``), taken through the same clean-up
-    as Ctrl-C: running trials go back to the queue. The CLI exits 143 for it, 130 for Ctrl-C."""
+    """One of ``STOP_SIGNALS`` (a batch scheduler ending its job, ``kill``), taken through the
+    same clean-up as Ctrl-C: running trials go back to the queue. The CLI exits 128 + its
+    number for it (143 for SIGTERM, 140 for SIGUSR2), 130 for Ctrl-C."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
-def on_sigterm_raise_terminated() -> None:
-    """Make SIGTERM raise ``Terminated`` in the main thread, where nobody handles it yet (a
-    worker process run inside ``sweep`` keeps the command's own handler). The one handler of
-    the CLI and of every kind of worker process."""
-    import signal
+def on_stop_signals_raise_terminated() -> None:
+    """Make each of ``STOP_SIGNALS`` raise ``Terminated`` in the main thread, where nobody
+    handles it yet (a worker process run inside ``sweep`` keeps the command's own handler). The
+    one handler of the CLI and of every kind of worker process."""
     import threading
 
     def handler(signum: int, frame: object) -> None:
-        raise Terminated
+        raise Terminated(signum)
 
-    if threading.current_thread() is threading.main_thread() and (
-        signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    ):
-        signal.signal(signal.SIGTERM, handler)
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for name in STOP_SIGNALS:
+        signum = getattr(signal, name)
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, handler)
 
 
 # mlp cannot import sweep, so its DataError is re-exported here as part of the same family.
 __all__ = [
-    "DataError", "ForeignDistribution", "SpecError", "StorageError", "StudyGone", "SweepError",
-    "Terminated",
-    "UnfinishedError", "WorkerError", "on_sigterm_raise_terminated",
+    "STOP_SIGNALS", "DataError", "ForeignDistribution", "SpecError", "StorageError", "StudyGone",
+    "SweepError", "Terminated", "UnfinishedError", "WorkerError",
+    "on_stop_signals_raise_terminated",
 ]  # fmt: skip

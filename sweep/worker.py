@@ -29,7 +29,7 @@ from sweep.errors import (
     StudyGone,
     SweepError,
     WorkerError,
-    on_sigterm_raise_terminated,
+    on_stop_signals_raise_terminated,
 )
 from sweep.queue.attrs import FAIL_REASON, RUN_TAG, WORKER_TAG, stop_key, worker_tag
 from sweep.queue.progress import pending
@@ -116,7 +116,7 @@ def work(
     is told of each trial it claims, each epoch and how each ended (``sweep worker``'s lines).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    on_sigterm_raise_terminated()  # a batch scheduler ending the job releases the trial
+    on_stop_signals_raise_terminated()  # a batch scheduler ending the job releases the trial
     load_data(spec)
     checkpoint_policy()  # bad $SWEEP_CHECKPOINT_* values: one line, not every trial FAIL
     store, _, warning = study_store(artifacts, url)

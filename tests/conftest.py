@@ -29,6 +29,14 @@ def postgres_server():
     yield from server()
 
 
+@pytest.fixture(scope="session")
+def slurm():
+    """A one-node SLURM on loopback (tests/slurm.py): its clients' env, its jobs' states."""
+    from tests.slurm import cluster
+
+    yield from cluster()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def storage_url(request: pytest.FixtureRequest, tmp_path) -> str:
     """A fresh, empty study database on each backend."""

@@ -95,8 +95,8 @@ def main_in_process(*args: str, env: dict[str, str] | None = None):
     Everything the process would write to stderr is gathered there: its prints, its log records
     (sweep's from WARNING up, as ``main``'s logging set-up has them; optuna's at optuna's own
     level, through optuna's handler) and every warning the interpreter would show. ``main``'s
-    SIGTERM handler and optuna's verbosity are put back. For inputs whose check, if it were
-    gone, could not hang or take the machine's memory: those run in a bounded process
+    SIGTERM and SIGUSR2 handlers and optuna's verbosity are put back. For inputs whose check,
+    if it were gone, could not hang or take the machine's memory: those run in a bounded process
     (``run_cli``), as does one command per way out of ``main`` (tests/sweep/test_cli.py)."""
     import contextlib
     import io
@@ -111,7 +111,8 @@ def main_in_process(*args: str, env: dict[str, str] | None = None):
     ours.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     ours.setLevel(logging.WARNING)
     theirs = logging.StreamHandler(err)  # optuna's logger does not propagate to the root
-    sigterm, verbosity = signal.getsignal(signal.SIGTERM), optuna.logging.get_verbosity()
+    handlers = {n: signal.getsignal(n) for n in (signal.SIGTERM, signal.SIGUSR2)}
+    verbosity = optuna.logging.get_verbosity()
     logging.getLogger().addHandler(ours)
     logging.getLogger("optuna").addHandler(theirs)
     try:
@@ -126,7 +127,8 @@ def main_in_process(*args: str, env: dict[str, str] | None = None):
     finally:
         logging.getLogger().removeHandler(ours)
         logging.getLogger("optuna").removeHandler(theirs)
-        signal.signal(signal.SIGTERM, sigterm)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
         optuna.logging.set_verbosity(verbosity)
     for w in shown:
         if not issubclass(w.category, _HIDDEN_WARNINGS):

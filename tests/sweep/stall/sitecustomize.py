@@ -14,18 +14,24 @@ launcher ended its run:
     (``sweep.trial.cleanup.trial_ended``) starts;
   - ``unnamed``: inside a trial's end, after files were deleted and before their names are
     (``sweep.queue.artifact_names.forget``).
+
+With $SWEEP_TEST_EPOCH_SECONDS = S (with or without a stall), every epoch of every process ends
+with S seconds of sleep after its training and before it is reported and checkpointed: trials
+that take long enough for a batch scheduler's time limit to land in one (tests/sweep/test_slurm.py)
+without burning the CPUs a whole array shares, and whose every kill lands "mid-epoch".
 """
 
 import os
 
-if os.environ.get("SWEEP_TEST_STALL_EPOCH"):
+if os.environ.get("SWEEP_TEST_STALL_EPOCH") or os.environ.get("SWEEP_TEST_EPOCH_SECONDS"):
     import time
 
     import mlp
     import mlp.train
 
-    _stall_at = int(os.environ["SWEEP_TEST_STALL_EPOCH"])
-    _marker = os.environ["SWEEP_TEST_STALL_FILE"]
+    _stall_at = int(os.environ.get("SWEEP_TEST_STALL_EPOCH") or 0)
+    _pace = float(os.environ.get("SWEEP_TEST_EPOCH_SECONDS") or 0)
+    _marker = os.environ.get("SWEEP_TEST_STALL_FILE", "")
     _then = os.environ.get("SWEEP_TEST_STALL_THEN")
     _then_marker = os.environ.get("SWEEP_TEST_STALL_THEN_FILE", "")
     _fit = mlp.train.fit
@@ -55,6 +61,7 @@ if os.environ.get("SWEEP_TEST_STALL_EPOCH"):
 
     def fit(model, data, config, *, on_epoch=None, **kwargs):  # type: ignore[no-untyped-def]
         def stalling(m):  # type: ignore[no-untyped-def]
+            time.sleep(_pace)
             stop = on_epoch(m) if on_epoch is not None else None
             if not (m.epoch == _stall_at and _stall(_marker)) and m.epoch > 1:
                 _reached("epoch")

@@ -1,0 +1,119 @@
+"""A `sweep worker` under a batch scheduler's signals (#29): SIGTERM (``scancel``, a time limit,
+preemption) and SIGUSR2 (submitit's warning, ``--signal=USR2@90``) mid-trial give the trial back
+at once with its last epoch's checkpoint, and the next worker goes on from there, losing at most
+the epoch that was running; a worker started after its study finished (a batch array's late
+task) exits 0 without running anything.
+
+The worker stalls after training epoch STALL_AT, before that epoch's checkpoint
+(tests/sweep/stall): the signal lands "in the middle of epoch STALL_AT + 1" however fast an
+epoch is, with epoch STALL_AT - 1 checkpointed.
+"""
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from sweep.queue.attrs import CHECKPOINT, RESUME_FROM
+from sweep.queue.storage import open_storage
+from sweep.study.joining import open_study, top_up
+from sweep.study.spec import load_spec
+from tests.sweep.helpers import FAST_STALE, grid_study, load, run_cli, start_cli, wait_for
+
+STALL = Path(__file__).with_name("stall")
+EPOCHS, STALL_AT = 4, 3
+
+STUDY = """
+[study]
+name = "s"
+sampler = "grid"
+seed = 0
+[budget]
+min_params = 0
+max_params = 100_000
+[data]
+train_size = 500
+[train]
+epochs = {epochs}
+batch_size = 50
+[space]
+hidden_1 = [16]
+hidden_2 = [8]
+learning_rate = [0.05]
+"""
+
+
+def _queued(tmp_path: Path) -> tuple[Path, str]:
+    study = tmp_path / "s.toml"
+    study.write_text(STUDY.format(epochs=EPOCHS))
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    spec = load_spec(study)
+    top_up(open_study(spec, open_storage(url)), spec)
+    return study, url
+
+
+def _env(tmp_path: Path, stall: bool) -> dict[str, str]:
+    env = {**FAST_STALE, "SWEEP_CHECKPOINT_OVERHEAD": "inf"}  # every epoch checkpointed
+    if stall:
+        env |= {
+            "PYTHONPATH": os.pathsep.join([str(STALL), os.environ.get("PYTHONPATH", "")]),
+            "SWEEP_TEST_STALL_EPOCH": str(STALL_AT),
+            "SWEEP_TEST_STALL_FILE": str(tmp_path / "stalled.pid"),
+        }
+    return env
+
+
+def _checkpointed(url: str) -> int | None:
+    running = load(url, "s").get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return max((t.system_attrs.get(CHECKPOINT, {}).get("epoch", 0) for t in running), default=None)
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "word"),
+    [(signal.SIGTERM, 143, "terminated"), (signal.SIGUSR2, 140, "terminated by SIGUSR2")],
+)
+def test_a_stop_signal_mid_trial_gives_it_back_at_once_and_the_next_worker_resumes_it(
+    tmp_path, sig, code, word
+):
+    study, url = _queued(tmp_path)
+    worker = start_cli("worker", str(study), "--storage", url, env=_env(tmp_path, stall=True))
+    marker = tmp_path / "stalled.pid"
+    wait_for(lambda: worker.poll() is None and marker.exists() and marker.read_text())
+    assert int(marker.read_text()) == worker.pid  # `sweep worker` trains in its own process
+    assert wait_for(lambda: _checkpointed(url) == STALL_AT - 1)
+    worker.send_signal(sig)
+    _, err = worker.communicate(timeout=60)  # at once: the stall would last 600 s
+    assert worker.returncode == code, err
+    assert err.splitlines()[-1] == f"sweep: {word}; rerun to resume"
+    [waiting] = load(url, "s").trials  # given back (released), not left RUNNING to go stale
+    assert waiting.state == TrialState.WAITING
+    assert waiting.system_attrs[RESUME_FROM]["epoch"] == STALL_AT - 1
+
+    out = run_cli("worker", str(study), "--storage", url, env=_env(tmp_path, stall=False))
+    assert out.returncode == 0, out.stderr
+    [done] = load(url, "s").trials
+    assert done.state == TrialState.COMPLETE
+    assert done.user_attrs["resumed_from_epoch"] == STALL_AT - 1
+    # Epochs 1..STALL_AT trained before the signal, STALL_AT..EPOCHS after: one epoch lost.
+    assert done.user_attrs["epochs_run"] == EPOCHS - STALL_AT + 1
+    assert len(done.intermediate_values) == EPOCHS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", ["grid", "random"])
+def test_a_worker_started_after_its_study_finished_exits_0_and_runs_nothing(tmp_path, sampler):
+    extra = "" if sampler == "grid" else 'sampler = "random"\ntrials = 2'
+    study = grid_study(tmp_path, train_size=200, epochs=1, extra_study=extra)
+    if sampler != "grid":  # the file's grid sampler line is overridden by the later one
+        study.write_text(study.read_text().replace('sampler = "grid"\n', "", 1))
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    assert run_cli("run", str(study), "--storage", url, "--jobs", "1").returncode == 0
+    before = [(t.number, t.state, t.datetime_complete) for t in load(url, "g").trials]
+    for how in (["--study", "g"], [str(study), "--wait", "600"]):  # --wait: no wait either
+        # A bounded run: a worker that waited for work that never comes would fail here.
+        out = run_cli("worker", *how, "--storage", url, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == "worker ran 0 trial(s); study 'g' has nothing left to claim\n"
+        assert [(t.number, t.state, t.datetime_complete) for t in load(url, "g").trials] == before
