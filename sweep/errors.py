@@ -1,6 +1,9 @@
 """The framework's exceptions: one tree, turned into a one-line message by the CLI only."""
 
+import contextlib
 import signal
+import threading
+from collections.abc import Iterator
 
 from mlp.errors import DataError
 
@@ -63,26 +66,74 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+def stop_signals() -> list[int]:
+    """The numbers of ``STOP_SIGNALS`` this platform has (Windows has no SIGUSR2)."""
+    found = (getattr(signal, name, None) for name in STOP_SIGNALS)
+    return [signum for signum in found if signum is not None]
+
+
+#: The stop signals that came while they were held (``hold_stop_signals``); None: not held.
+_held: list[int] | None = None
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    if _held is not None:  # a claim or a release under way: raised when it is done
+        _held.append(signum)
+        return
+    raise Terminated(signum)
+
+
 def on_stop_signals_raise_terminated() -> None:
     """Make each of ``STOP_SIGNALS`` raise ``Terminated`` in the main thread, where nobody
     handles it yet (a worker process run inside ``sweep`` keeps the command's own handler). The
     one handler of the CLI and of every kind of worker process."""
-    import threading
-
-    def handler(signum: int, frame: object) -> None:
-        raise Terminated(signum)
-
     if threading.current_thread() is not threading.main_thread():
         return
-    for name in STOP_SIGNALS:
-        signum = getattr(signal, name)
+    for signum in stop_signals():
         if signal.getsignal(signum) is signal.SIG_DFL:
-            signal.signal(signum, handler)
+            signal.signal(signum, _raise_terminated)
+
+
+def hold_stop_signals() -> bool:
+    """Hold ``Terminated`` back until ``let_stop_signals_through``: a stop signal that comes
+    meanwhile is raised then. A worker holds it over a claim, until it is inside the ``try``
+    that releases the trial, and over a release, so that no signal leaves a trial claimed and
+    not given back (#29). Held in Python's handler, not by ``pthread_sigmask``: a signal
+    masked in the main thread is taken by another thread (numpy's, the heartbeat's) and its
+    Python handler still runs in the main thread at once. Only in the main thread, where
+    handlers run (a worker in a notebook's thread holds nothing); True if it holds."""
+    global _held
+    if threading.current_thread() is not threading.main_thread() or _held is not None:
+        return False
+    _held = []
+    return True
+
+
+def let_stop_signals_through(held: bool) -> None:
+    """End what ``hold_stop_signals`` began (if it returned True): raise ``Terminated`` for the
+    first stop signal that came while held."""
+    global _held
+    if not held:
+        return
+    came, _held = _held, None  # a signal after this line raises at once
+    if came:
+        raise Terminated(came[0])
+
+
+@contextlib.contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """``hold_stop_signals`` over the block: a stop signal that came is raised at its end."""
+    held = hold_stop_signals()
+    try:
+        yield
+    finally:
+        let_stop_signals_through(held)
 
 
 # mlp cannot import sweep, so its DataError is re-exported here as part of the same family.
 __all__ = [
     "STOP_SIGNALS", "DataError", "ForeignDistribution", "SpecError", "StorageError", "StudyGone",
     "SweepError", "Terminated", "UnfinishedError", "WorkerError",
-    "on_stop_signals_raise_terminated",
+    "hold_stop_signals", "let_stop_signals_through", "on_stop_signals_raise_terminated",
+    "stop_signals", "stop_signals_held",
 ]  # fmt: skip

@@ -29,7 +29,10 @@ from sweep.errors import (
     StudyGone,
     SweepError,
     WorkerError,
+    hold_stop_signals,
+    let_stop_signals_through,
     on_stop_signals_raise_terminated,
+    stop_signals_held,
 )
 from sweep.queue.attrs import FAIL_REASON, RUN_TAG, WORKER_TAG, stop_key, worker_tag
 from sweep.queue.progress import pending
@@ -97,9 +100,11 @@ class _Heartbeat:
                 logger.warning("heartbeat of trial %d failed: %s", self.trial_id, root_message(e))
                 logger.debug("heartbeat failure", exc_info=True)
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         self._stop.set()
-        self._thread.join()
+        # A failing trial (a stop signal) is given back at once: a beat held up in SQLite's
+        # busy wait (up to 60 s) is not waited for; the thread is a daemon and beats no more.
+        self._thread.join(timeout=None if kind is None else 1.0)
 
 
 def work(
@@ -275,7 +280,14 @@ def serve(
             if storage.has_study_system_attr(study._study_id, stopped):
                 return ran
             next_stop_check = time.monotonic() + POLL_S
-        trial_id = storage.claim(study._study_id, tags)
+        # A stop signal between the claim's commit and the ``try`` below would leave the trial
+        # claimed by nobody until it went stale: held until inside the ``try`` (#29).
+        held, trial_id = hold_stop_signals(), None
+        try:
+            trial_id = storage.claim(study._study_id, tags)
+        finally:
+            if trial_id is None:
+                let_stop_signals_through(held)
         if trial_id is None:
             recover(study, max_retries=max_retries)
             if pending(rdb, study._study_id).empty:
@@ -288,6 +300,7 @@ def serve(
             time.sleep(POLL_S)
             continue
         try:
+            let_stop_signals_through(held)  # a signal since the claim is raised here
             with _Heartbeat(storage, trial_id):  # the claim recorded the first beat
                 trial = _Watched(study, trial_id, on_trial)
                 _tell(on_trial, "claimed", trial.number)
@@ -301,7 +314,8 @@ def serve(
             logger.warning("trial id %d was failed elsewhere while it ran", trial_id)
             continue
         except BaseException as e:  # the worker's failure, Ctrl-C or SIGTERM
-            _give_back(storage, trial_id)
+            with stop_signals_held():  # a second SIGTERM is raised after the release, not in it
+                _give_back(storage, trial_id)
             if isinstance(e, Exception) and not isinstance(
                 e, (*STORAGE_ERRORS, SweepError, DataError)
             ):

@@ -9,6 +9,7 @@ The worker stalls after training epoch STALL_AT, before that epoch's checkpoint
 epoch is, with epoch STALL_AT - 1 checkpointed.
 """
 
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -16,10 +17,13 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
+from sweep.errors import Terminated, on_stop_signals_raise_terminated
 from sweep.queue.attrs import CHECKPOINT, RESUME_FROM
 from sweep.queue.storage import open_storage
+from sweep.queue.writeback import WriteBackStorage
 from sweep.study.joining import open_study, top_up
 from sweep.study.spec import load_spec
+from sweep.worker import serve
 from tests.sweep.helpers import FAST_STALE, grid_study, load, run_cli, start_cli, wait_for
 
 STALL = Path(__file__).with_name("stall")
@@ -80,11 +84,16 @@ def test_a_stop_signal_mid_trial_gives_it_back_at_once_and_the_next_worker_resum
     study, url = _queued(tmp_path)
     worker = start_cli("worker", str(study), "--storage", url, env=_env(tmp_path, stall=True))
     marker = tmp_path / "stalled.pid"
-    wait_for(lambda: worker.poll() is None and marker.exists() and marker.read_text())
-    assert int(marker.read_text()) == worker.pid  # `sweep worker` trains in its own process
-    assert wait_for(lambda: _checkpointed(url) == STALL_AT - 1)
-    worker.send_signal(sig)
-    _, err = worker.communicate(timeout=60)  # at once: the stall would last 600 s
+    try:  # a failed wait must not leave the stalled worker for 600 s
+        wait_for(lambda: worker.poll() is None and marker.exists() and marker.read_text())
+        assert int(marker.read_text()) == worker.pid  # `sweep worker` trains in its own process
+        assert wait_for(lambda: _checkpointed(url) == STALL_AT - 1)
+        worker.send_signal(sig)
+        _, err = worker.communicate(timeout=60)  # at once: the stall would last 600 s
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)  # its own group (start_cli): nothing else
+        worker.wait(timeout=10)
     assert worker.returncode == code, err
     assert err.splitlines()[-1] == f"sweep: {word}; rerun to resume"
     [waiting] = load(url, "s").trials  # given back (released), not left RUNNING to go stale
@@ -117,3 +126,51 @@ def test_a_worker_started_after_its_study_finished_exits_0_and_runs_nothing(tmp_
         assert out.returncode == 0, out.stderr
         assert out.stdout == "worker ran 0 trial(s); study 'g' has nothing left to claim\n"
         assert [(t.number, t.state, t.datetime_complete) for t in load(url, "g").trials] == before
+
+
+@contextlib.contextmanager
+def _handled():
+    """SIGTERM raising ``Terminated`` in this process, as in a worker's; pytest's own after."""
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        on_stop_signals_raise_terminated()
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _sigterm(*_: object) -> None:
+    os.kill(os.getpid(), signal.SIGTERM)  # the handler runs in this (the main) thread at once
+
+
+def test_a_second_sigterm_during_the_release_still_gives_the_trial_back(tmp_path, monkeypatch):
+    # scancel, then SLURM's or a user's second SIGTERM while the first one's release is under
+    # way: the release completes, and the worker ends as terminated after it.
+    _, url = _queued(tmp_path)
+    release = WriteBackStorage.release
+
+    def slow_release(self, trial_id):
+        _sigterm()
+        return release(self, trial_id)
+
+    monkeypatch.setattr(WriteBackStorage, "release", slow_release)
+    with _handled(), pytest.raises(Terminated):
+        serve(load(url, "s"), _sigterm, run_id="r")
+    assert [t.state for t in load(url, "s").trials] == [TrialState.WAITING]
+
+
+def test_a_sigterm_just_after_the_claim_gives_the_trial_back(tmp_path, monkeypatch):
+    # The signal lands after the claim committed, before the worker is in the code that gives
+    # its trial back: held, and raised there.
+    _, url = _queued(tmp_path)
+    claim = WriteBackStorage.claim
+
+    def claim_then_signal(self, study_id, tags):
+        claimed = claim(self, study_id, tags)
+        _sigterm()
+        return claimed
+
+    monkeypatch.setattr(WriteBackStorage, "claim", claim_then_signal)
+    with _handled(), pytest.raises(Terminated):
+        serve(load(url, "s"), pytest.fail, run_id="r")
+    assert [t.state for t in load(url, "s").trials] == [TrialState.WAITING]
