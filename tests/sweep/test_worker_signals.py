@@ -174,3 +174,11 @@ def test_a_sigterm_just_after_the_claim_gives_the_trial_back(tmp_path, monkeypat
     with _handled(), pytest.raises(Terminated):
         serve(load(url, "s"), pytest.fail, run_id="r")
     assert [t.state for t in load(url, "s").trials] == [TrialState.WAITING]
+
+
+def test_a_stop_signal_the_platform_lacks_is_skipped(monkeypatch):
+    # Windows has no SIGUSR2: the worker takes the signals there are, and starts.
+    import sweep.errors
+
+    monkeypatch.setattr(sweep.errors, "STOP_SIGNALS", ("SIGTERM", "SIGNOSUCH"))
+    assert sweep.errors.stop_signals() == [signal.SIGTERM]
