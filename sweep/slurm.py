@@ -150,9 +150,23 @@ CARRIED = (
 SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "PGPASSWORD")
 
 
+#: Search paths among ``CARRIED``: an empty entry (``PYTHONPATH=/a:``, as ``/a:$PYTHONPATH``
+#: makes of an unset one) means "the current folder" to Python and the loader, which the
+#: task's is not meant to add; the script carries the other entries only.
+PATH_LISTS = ("PYTHONPATH", "LD_LIBRARY_PATH")
+
+
 def carried() -> tuple[tuple[str, str], ...]:
-    """The ``CARRIED`` and ``SECRETS`` variables set in this process, with their values."""
-    return tuple((k, os.environ[k]) for k in (*CARRIED, *SECRETS) if k in os.environ)
+    """The ``CARRIED`` and ``SECRETS`` variables set in this process, with their values; of a
+    search path (``PATH_LISTS``) its non-empty entries, and none if it has none."""
+    found = []
+    for k in (*CARRIED, *SECRETS):
+        v = os.environ.get(k)
+        if v is not None and k in PATH_LISTS:
+            v = os.pathsep.join(filter(None, v.split(os.pathsep))) or None
+        if v is not None:
+            found.append((k, v))
+    return tuple(found)
 
 
 def activation() -> list[str]:

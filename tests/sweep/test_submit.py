@@ -155,6 +155,25 @@ def test_environment_values_a_worker_reads_are_carried(tmp_path):
     assert "pw" not in out.stdout  # only what a worker reads, never the user's own secrets
 
 
+@pytest.mark.parametrize(
+    ("given", "line"),
+    [
+        ("/a::/b:", "export PYTHONPATH=/a:/b"),
+        (":", None),
+        ("", None),
+        ("/a", "export PYTHONPATH=/a"),
+    ],
+)
+def test_a_search_path_is_carried_without_empty_entries(tmp_path, given, line):
+    # An empty entry (`/a:$PYTHONPATH` of an unset one) would put the task's folder on its path.
+    out = main_in_process("submit", "--study", "g", "--workers", "1", "--dry-run",
+                          "--storage", f"sqlite:///{tmp_path / 'db'}",
+                          env={"PYTHONPATH": given})  # fmt: skip
+    _, commands, _ = _parts(out.stdout)
+    exported = [c for c in commands if c.startswith("export PYTHONPATH")]
+    assert exported == ([line] if line else []), commands
+
+
 #: ``--sbatch`` values that are not one option SLURM reads as written, or that set what submit
 #: writes itself: sbatch splits a ``#SBATCH`` line at whitespace, takes a long option's prefix
 #: and a short option's attached value, and unquotes.
