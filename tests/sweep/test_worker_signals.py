@@ -182,3 +182,33 @@ def test_a_stop_signal_the_platform_lacks_is_skipped(monkeypatch):
 
     monkeypatch.setattr(sweep.errors, "STOP_SIGNALS", ("SIGTERM", "SIGNOSUCH"))
     assert sweep.errors.stop_signals() == [signal.SIGTERM]
+
+
+def test_a_trial_given_back_does_not_wait_for_a_heartbeat_held_up_in_the_database(
+    tmp_path, monkeypatch
+):
+    # A beat in SQLite's busy wait (up to 60 s) while SIGTERM comes: the trial is given back
+    # without it; the beat, a daemon thread's, ends on its own.
+    import threading
+
+    _, url = _queued(tmp_path)
+    beating, let_go, beat_ended = threading.Event(), threading.Event(), threading.Event()
+
+    def held_up_beat(self, trial_id):
+        beating.set()
+        let_go.wait(20)
+        beat_ended.set()
+
+    def objective(trial):
+        assert beating.wait(10)
+        _sigterm()
+
+    monkeypatch.setattr(WriteBackStorage, "get_heartbeat_interval", lambda self: 0.01)
+    monkeypatch.setattr(WriteBackStorage, "record_heartbeat", held_up_beat)
+    try:
+        with _handled(), pytest.raises(Terminated):
+            serve(load(url, "s"), objective, run_id="r")
+        assert not beat_ended.is_set()  # given back while the beat was still held up
+    finally:
+        let_go.set()
+    assert [t.state for t in load(url, "s").trials] == [TrialState.WAITING]
