@@ -30,11 +30,19 @@ def postgres_server():
 
 
 @pytest.fixture(scope="session")
-def slurm():
-    """A one-node SLURM on loopback (tests/slurm.py): its clients' env, its jobs' states."""
+def slurm_cluster():
+    """A one-node SLURM on loopback (tests/slurm.py), started once for the session."""
     from tests.slurm import cluster
 
     yield from cluster()
+
+
+@pytest.fixture
+def slurm(slurm_cluster):
+    """The session's SLURM (its clients' env, its jobs' states), its jobs all ended after the
+    test, passed or failed, so that none runs into the next test."""
+    yield slurm_cluster
+    slurm_cluster.cancel_all()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -22,6 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -83,6 +84,8 @@ class Slurm:
 
     root: Path
     env: dict[str, str]
+    #: the PIDs of munged, slurmctld and slurmd, as started
+    daemons: list[int] = dataclasses.field(default_factory=list)
 
     def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
         """A client command against this cluster."""
@@ -135,6 +138,12 @@ class Slurm:
                 parts.append(f"--- {name}.log\n" + "\n".join(path.read_text().splitlines()[-15:]))
         return "\n".join(parts)
 
+    def cancel_all(self) -> None:
+        """Cancel every job (its batch shell and steps: ``--full``) and wait until none is
+        queued: what one test started never runs into the next."""
+        self.run("scancel", "--full", "--user", _user(), check=False)
+        self.wait_ended(timeout=3 * KILL_WAIT + 30)
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -170,7 +179,7 @@ def _left_behind(conf: Path) -> list[int]:
     """Processes whose environment names this cluster's configuration (its job steps and the
     jobs' own processes): what a stopped cluster must not leave running."""
     mark = f"SLURM_CONF={conf}".encode()
-    pids = []
+    pids: list[int] = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
@@ -192,9 +201,25 @@ def _stop(procs: list[subprocess.Popen], conf: Path) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
-    for pid in _left_behind(conf):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    for _ in range(50):  # again until none is found: a process may fork while it is killed
+        left = _left_behind(conf)
+        if not left:
+            return
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    raise RuntimeError(f"SLURM: processes of {conf} still running: {_left_behind(conf)}")
+
+
+def _die_with_parent() -> None:
+    """In a daemon before it runs: SIGKILL it when the test process dies (Linux's
+    ``PR_SET_PDEATHSIG``), so a pytest killed outright leaves no daemon behind."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def cluster() -> Iterator[Slurm]:
@@ -230,8 +255,10 @@ def cluster() -> Iterator[Slurm]:
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     start_new_session=True,
+                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,
                 )
             )
+            slurm.daemons.append(procs[-1].pid)
 
     slurm = Slurm(root, env)
     try:
@@ -249,10 +276,11 @@ def cluster() -> Iterator[Slurm]:
     finally:
         with contextlib.suppress(Exception):
             if procs and procs[-1].poll() is None:
-                slurm.run("scancel", "--full", "--user", _user(), check=False)
-                slurm.wait_ended(timeout=3 * KILL_WAIT)
-        _stop(procs, conf)
-        shutil.rmtree(root, ignore_errors=True)
+                slurm.cancel_all()
+        try:
+            _stop(procs, conf)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def _user() -> str:

@@ -5,13 +5,15 @@ its time limit, `scancel`, `scontrol requeue`.
 The trials sleep a set time at the end of each epoch (``SWEEP_TEST_EPOCH_SECONDS``,
 tests/sweep/stall), so that they last long enough for SLURM's signals to land in them without
 burning the two cores the whole array shares; the submit script carries ``PYTHONPATH`` (with
-that folder first) and the worker settings to its tasks, as on a real cluster, and the pace
-reaches them in the environment sbatch exports (its default, ``--export=ALL``). What a task's
+that folder first) and the worker settings to its tasks, as on a real cluster, and the pace is
+the one variable sbatch exports besides SLURM's own (``SBATCH_EXPORT``): what a worker needs
+comes from the script, as under ``--export=NONE``. What a task's
 worker did is read from its log (``runs/slurm/STEM-JOB_TASK.log``): each claim's ``trial N
 claimed`` and ``trial N epoch K/E`` lines, and how the trial ended.
 """
 
 import collections
+import contextlib
 import json
 import os
 import re
@@ -26,7 +28,6 @@ from mlp.data import cache_dir
 from sweep.queue.attrs import CHECKPOINT, RESUME_FROM
 from tests.slurm import CPUS, cluster
 from tests.sweep.helpers import (
-    FAST_STALE,
     alive,
     completed_points,
     grid_study,
@@ -44,17 +45,19 @@ GRID_POINTS = 8  # tests.sweep.helpers.GRID's points in budget
 
 
 def test_the_cluster_runs_an_array_at_once_and_leaves_nothing_running(tmp_path):
-    own = cluster()
-    slurm = next(own)
-    script = tmp_path / "sleep.sh"
-    script.write_text(f"#!/bin/sh\n#SBATCH --array=0-{CPUS - 1}\necho $$ >> {tmp_path}/pids\n"
-                      "exec sleep 600\n")  # fmt: skip
-    job = slurm.run("sbatch", "--parsable", f"--chdir={tmp_path}", str(script)).stdout.strip()
-    slurm.wait_running(job, CPUS)
-    pids = wait_for(lambda: len(_pids(tmp_path)) == CPUS and _pids(tmp_path))
-    assert all(alive(pid) for pid in pids)
-    own.close()  # the fixture's end: its jobs, daemons and folder go
-    assert not any(alive(pid) for pid in pids)
+    with contextlib.closing(cluster()) as own:  # closed (torn down) even when a check fails
+        slurm = next(own)
+        daemons = list(slurm.daemons)
+        assert len(daemons) == 3 and all(alive(pid) for pid in daemons)
+        script = tmp_path / "sleep.sh"
+        script.write_text(f"#!/bin/sh\n#SBATCH --array=0-{CPUS - 1}\necho $$ >> {tmp_path}/pids\n"
+                          "exec sleep 600\n")  # fmt: skip
+        job = slurm.run("sbatch", "--parsable", f"--chdir={tmp_path}", str(script)).stdout.strip()
+        slurm.wait_running(job, CPUS)
+        pids = wait_for(lambda: len(_pids(tmp_path)) == CPUS and _pids(tmp_path))
+        assert all(alive(pid) for pid in pids)
+    # The fixture's end: its jobs, daemons and folder go.
+    assert not any(alive(pid) for pid in pids + daemons)
     assert not slurm.root.exists()
 
 
@@ -63,15 +66,26 @@ def _pids(folder: Path) -> list[int]:
     return [int(line) for line in path.read_text().split()] if path.exists() else []
 
 
+#: Heartbeats every second, as FAST_STALE, but a grace of 20 s: these tests check that a
+#: signalled worker gives its trial back, not that a silent one is recovered; 3 s on two busy
+#: cores could fail a live trial as stale.
+HEARTBEATS = {"SWEEP_HEARTBEAT_INTERVAL": "1", "SWEEP_GRACE_PERIOD": "20"}
+
+
 def _env(slurm, pace: float) -> dict[str, str]:
     """The cluster's client environment, with the worker settings a submit carries to its
-    tasks: fast stale-trial recovery, a checkpoint every epoch, ``pace`` seconds per epoch."""
+    tasks: heartbeats, a checkpoint every epoch, the dataset's cache and ``PYTHONPATH`` (the
+    pace's ``sitecustomize`` first). Jobs get only the pace and SLURM's own variables from it
+    (``SBATCH_EXPORT``, as ``--export``): what else a worker needs comes from the script."""
+    path = [str(STALL), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     return {
         **slurm.env,
-        **FAST_STALE,
+        **HEARTBEATS,
         "SWEEP_CHECKPOINT_OVERHEAD": "inf",
+        "MLP_SWEEP_CACHE": str(cache_dir()),
         "SWEEP_TEST_EPOCH_SECONDS": str(pace),
-        "PYTHONPATH": os.pathsep.join([str(STALL), os.environ.get("PYTHONPATH", "")]),
+        "SBATCH_EXPORT": "SWEEP_TEST_EPOCH_SECONDS",
+        "PYTHONPATH": os.pathsep.join(path),
     }
 
 
@@ -144,12 +158,12 @@ def _assert_grid_done_once(url: str) -> None:
 
 
 def test_an_array_finishes_a_grid_exactly_once_and_a_requeued_task_rejoins(slurm, tmp_path):
-    study, url = grid_study(tmp_path, train_size=500, epochs=4), f"sqlite:///{tmp_path}/db.sqlite"
+    study, url = grid_study(tmp_path, train_size=500, epochs=8), f"sqlite:///{tmp_path}/db.sqlite"
     env = _env(slurm, pace=1.0)
     job = _submit(tmp_path, env, str(study), "--storage", url, "--workers", "3", "--requeue")
     slurm.wait_running(job, 3)
     log = tmp_path / "runs" / "slurm" / f"g-{job}_1.log"
-    assert wait_for(lambda: log.exists() and _in_epoch(log) >= 2)  # reported epoch 2 of 4
+    assert wait_for(lambda: log.exists() and _in_epoch(log) >= 2)  # reported epoch 2 of 8
     slurm.run("scontrol", "requeue", f"{job}_1")  # SIGTERM now, the same task again later
     slurm.wait_ended(job)
     assert set(slurm.states(job).values()) == {"COMPLETED"}, slurm.states(job)  # all exit 0
@@ -190,7 +204,7 @@ def test_the_readme_section_runs_as_written_and_a_cancelled_array_resubmitted_fi
     home, trials = tmp_path / "home", 6
     clone = home / "mlp-sweep"
     (clone / "studies").mkdir(parents=True)
-    (clone / "studies" / "tpe-budget.toml").write_text(_tpe_budget(trials, epochs=4))
+    (clone / "studies" / "tpe-budget.toml").write_text(_tpe_budget(trials, epochs=6))
     (clone / ".venv").symlink_to(Path(sys.prefix))  # the package in a venv on a shared home
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"  # one node: SQLite is fine, as the README says
     (home / "sweep.env").write_text(f"export SWEEP_STORAGE={url}\n"
@@ -211,6 +225,10 @@ def test_the_readme_section_runs_as_written_and_a_cancelled_array_resubmitted_fi
     job = re.search(r"^submitted job (\d+): 4 workers of study tpe-budget \(script "
                     r"runs/slurm/tpe-budget.sbatch\)$", out, flags=re.M)[1]  # fmt: skip
     assert "#SBATCH --array=0-3" in out and "SWEEP_STORAGE=sqlite:///" in out  # the dry run
+    logs = clone / "runs" / "slurm"
+    # Every task has claimed a trial (none found the study done), and one is 2 epochs in.
+    assert wait_for(lambda: len([p for p in logs.glob(f"*-{job}_*.log")
+                                 if "claimed" in p.read_text()]) == 4, timeout=120)  # fmt: skip
     assert wait_for(lambda: _checkpointed(url, "tpe-budget", epoch=2))  # mid-study
     # The same shell as the first block's: its set-up (activate, sweep.env, cd) holds.
     setup = first[: first.index("\nsweep ")]
@@ -237,7 +255,7 @@ max_params = 200_000
 [data]
 train_size = 500
 [train]
-epochs = 45
+epochs = 60
 batch_size = 64
 [space]
 hidden_1 = [64, 128]
@@ -249,9 +267,9 @@ learning_rate = [0.1, 0.05]
 def test_a_time_limit_shorter_than_the_study_then_a_new_submit_finishes_it_losing_an_epoch_at_most(
     slurm, tmp_path
 ):
-    # 4 workers on 4 points of 45 epochs of 2 s: about 95 s each. SLURM ends a job past its
+    # 4 workers on 4 points of 60 epochs of 2 s: about 125 s each. SLURM ends a job past its
     # time limit (1 minute, its least) at its next periodic check, within 30 s: every worker
-    # is in the middle of its trial then, some 30 epochs in.
+    # is in the middle of its trial then, some 30 to 45 epochs in.
     study, url = tmp_path / "long.toml", f"sqlite:///{tmp_path / 'db.sqlite'}"
     study.write_text(LONG)
     env = _env(slurm, pace=2.0)
@@ -274,26 +292,22 @@ def test_a_time_limit_shorter_than_the_study_then_a_new_submit_finishes_it_losin
     assert len(cut) == 4 and all(c.epoch >= 1 for c in cut), claims  # all cut mid-trial
     assert _assert_at_most_one_epoch_lost(url, "long", claims) == 4
     for trial in finished.trials:  # and each went on from its own checkpoint
-        assert trial.user_attrs["epochs_run"] == 45 - trial.user_attrs["resumed_from_epoch"]
+        assert trial.user_attrs["epochs_run"] == 60 - trial.user_attrs["resumed_from_epoch"]
 
 
 def test_a_warning_signal_before_the_time_limit_gives_the_trial_back(slurm, tmp_path):
     # submitit's cue, SIGUSR2 before the limit, sent to the batch shell (B:): the task's shell
     # is the worker itself (the script execs it); a plain --signal=USR2@N goes to job steps
-    # only, which the script has none of. sweep submit takes no --signal, so the script it
-    # wrote (its job held, then cancelled) is submitted again with one, as a user may, and
-    # released. SLURM sends the signal at a periodic check, as it enforces the limit.
+    # only, which the script has none of. SLURM sends it at a periodic check (every 30 s, so
+    # up to 60 s early by its manual): with 2 minutes and @60, 0 to 60 s after the start,
+    # and, as checks go 30 s apart, in practice 30 s or more in, after the worker claimed.
     study, url = tmp_path / "long.toml", f"sqlite:///{tmp_path / 'db.sqlite'}"
     study.write_text(LONG.replace("hidden_1 = [64, 128]", "hidden_1 = [64]"))
     env = _env(slurm, pace=2.0)
-    held = _submit(tmp_path, env, str(study), "--storage", url, "--workers", "1", "--time", "1",
-                   "--sbatch=--hold")  # fmt: skip
-    slurm.run("scancel", held)
-    script = next((tmp_path / "runs" / "slurm").glob("*.sbatch"))
-    sbatch = ["sbatch", "--parsable", "--signal=B:USR2@55", str(script)]  # env: the pace
-    job = subprocess.run(sbatch, env=env, capture_output=True, text=True, check=True).stdout.strip()
-    slurm.run("scontrol", "release", job)  # the script's own --hold
+    job = _submit(tmp_path, env, str(study), "--storage", url, "--workers", "1", "--time", "2",
+                  "--sbatch=--signal=B:USR2@60")  # fmt: skip
     slurm.wait_ended(job)
+    assert set(slurm.states(job).values()) == {"FAILED"}, slurm.states(job)  # exit 140
     log = next((tmp_path / "runs" / "slurm").glob(f"*-{job}_0.log")).read_text()
     assert "sweep: terminated by SIGUSR2; rerun to resume" in log, log
     assert "TIME LIMIT" not in log  # the warning, not the limit, ended it
