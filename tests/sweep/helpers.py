@@ -18,6 +18,25 @@ from optuna.trial import TrialState
 SWEEP = Path(sys.executable).with_name("sweep")
 #: Heartbeats every second and a grace period of three, for tests that kill workers.
 FAST_STALE = {"SWEEP_HEARTBEAT_INTERVAL": "1", "SWEEP_GRACE_PERIOD": "3"}
+#: Every epoch checkpointed, whatever it costs.
+EVERY_EPOCH = {"SWEEP_CHECKPOINT_OVERHEAD": "inf"}
+#: The test-only sitecustomize that stalls a worker after an epoch (tests/sweep/stall).
+STALL = Path(__file__).with_name("stall")
+
+
+def stalled_env(tmp_path: Path, epoch: int, stall: bool = True) -> dict[str, str]:
+    """Fast heartbeats and every epoch checkpointed; with ``stall``, the worker stalls after
+    training ``epoch``, before its checkpoint, and writes its pid to tmp_path/stalled.pid."""
+    env = {**FAST_STALE, **EVERY_EPOCH}
+    if stall:
+        env |= {
+            "PYTHONPATH": os.pathsep.join([str(STALL), os.environ.get("PYTHONPATH", "")]),
+            "SWEEP_TEST_STALL_EPOCH": str(epoch),
+            "SWEEP_TEST_STALL_FILE": str(tmp_path / "stalled.pid"),
+        }
+    return env
+
+
 #: What a sweep worker tags its claims with (sweep.queue.attrs.RUN_TAG, WORKER_TAG).
 WORKER_TAGS = {"run": "r", "worker": "host:1"}
 

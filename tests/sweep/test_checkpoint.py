@@ -25,12 +25,10 @@ from sweep.queue.storage import open_storage
 from sweep.study.spec import load_spec
 from sweep.trial.artifacts import open_store
 from sweep.trial.cleanup import keep_best
-from tests.sweep.helpers import FAST_STALE, load, run_cli, start_cli, wait_for
+from tests.sweep.helpers import load, run_cli, stalled_env, start_cli, wait_for
 
-STALL = Path(__file__).with_name("stall")
 EPOCHS, STALL_AT = 10, 6
 #: Every epoch checkpointed, whatever it costs.
-EVERY_EPOCH = {"SWEEP_CHECKPOINT_OVERHEAD": "inf"}
 
 STUDY = """
 [study]
@@ -72,14 +70,7 @@ def _study(tmp_path: Path, name: str = "c", hidden_1: str = "[16]") -> Path:
 
 
 def _env(tmp_path: Path, stall: bool = True) -> dict[str, str]:
-    env = {**FAST_STALE, **EVERY_EPOCH}
-    if stall:
-        env |= {
-            "PYTHONPATH": os.pathsep.join([str(STALL), os.environ.get("PYTHONPATH", "")]),
-            "SWEEP_TEST_STALL_EPOCH": str(STALL_AT),
-            "SWEEP_TEST_STALL_FILE": str(tmp_path / "stalled.pid"),
-        }
-    return env
+    return stalled_env(tmp_path, STALL_AT, stall)
 
 
 def _reference(tmp_path: Path, study: Path) -> dict:

@@ -24,9 +24,8 @@ from sweep.queue.writeback import WriteBackStorage
 from sweep.study.joining import open_study, top_up
 from sweep.study.spec import load_spec
 from sweep.worker import serve
-from tests.sweep.helpers import FAST_STALE, grid_study, load, run_cli, start_cli, wait_for
+from tests.sweep.helpers import grid_study, load, run_cli, stalled_env, start_cli, wait_for
 
-STALL = Path(__file__).with_name("stall")
 EPOCHS, STALL_AT = 4, 3
 
 STUDY = """
@@ -59,14 +58,7 @@ def _queued(tmp_path: Path) -> tuple[Path, str]:
 
 
 def _env(tmp_path: Path, stall: bool) -> dict[str, str]:
-    env = {**FAST_STALE, "SWEEP_CHECKPOINT_OVERHEAD": "inf"}  # every epoch checkpointed
-    if stall:
-        env |= {
-            "PYTHONPATH": os.pathsep.join([str(STALL), os.environ.get("PYTHONPATH", "")]),
-            "SWEEP_TEST_STALL_EPOCH": str(STALL_AT),
-            "SWEEP_TEST_STALL_FILE": str(tmp_path / "stalled.pid"),
-        }
-    return env
+    return stalled_env(tmp_path, STALL_AT, stall)
 
 
 def _checkpointed(url: str) -> int | None:
