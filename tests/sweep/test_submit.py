@@ -449,3 +449,20 @@ def test_a_script_that_cannot_be_written_is_one_line_before_the_study_is_made(tm
     assert ": cannot write it: " in out.stderr
     assert not (tmp_path / "db").exists(), "the study was created"
     assert not (tmp_path / "bin" / "args").exists()
+
+
+def test_every_setting_sweep_reads_from_its_environment_is_carried_to_the_tasks():
+    """The script carries what a worker reads (``slurm.CARRIED``), so a task under
+    ``--export=NONE`` runs as it would here. The names are read where they are used; this
+    finds each one in the sources, so that a new setting cannot be left out of the script."""
+    from sweep import slurm
+
+    root = Path(__file__).parents[2]
+    read = set()
+    for path in [*root.glob("sweep/**/*.py"), *root.glob("mlp/**/*.py")]:
+        text = path.read_text()
+        read |= set(re.findall(r'environ(?:\.get)?[\[(]\s*"((?:SWEEP|MLP|XDG)_[A-Z_]+)"', text))
+        read |= set(re.findall(r'_ENV = "((?:SWEEP|MLP)_[A-Z_]+)"', text))
+    given = {"SWEEP_STORAGE", "SWEEP_ARTIFACTS"}  # exported, and a flag, by the script itself
+    assert len(read) >= 8, read  # the search still finds what it looks for
+    assert read - given <= set(slurm.CARRIED), read - given - set(slurm.CARRIED)
