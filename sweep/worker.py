@@ -35,6 +35,7 @@ from sweep.errors import (
     stop_signals_held,
 )
 from sweep.queue.attrs import FAIL_REASON, RUN_TAG, WORKER_TAG, stop_key, worker_tag
+from sweep.queue.claims import disown
 from sweep.queue.progress import pending
 from sweep.queue.storage import (
     HEARTBEAT_INTERVAL_S,
@@ -63,6 +64,7 @@ from sweep.trial.objective import Objective, TrialFailed, load_data
 
 if TYPE_CHECKING:
     from optuna.artifacts._protocol import ArtifactStore
+    from optuna.storages import RDBStorage
 
     from sweep.progress import TrialLines
 
@@ -310,8 +312,14 @@ def serve(
             if isinstance(e, TrialDeleted) and not study_exists(rdb, study._study_id):
                 raise StudyGone(f"study {study.study_name!r}") from None
             # Failed as stale while it ran (its heartbeats were held up past the grace
-            # period); whoever failed it queued a replacement, so this result is not needed.
-            logger.warning("trial id %d was failed elsewhere while it ran", trial_id)
+            # period): whoever failed it queued a replacement, so this result is not needed.
+            # Or taken over by another client: its point is judged by what that client ran.
+            if _disown(rdb, trial_id, tags):
+                logger.warning("trial id %d was taken over by another optuna client while it "
+                               "ran; its point is queued again unless that client trained it",
+                               trial_id)  # fmt: skip
+            else:
+                logger.warning("trial id %d was failed elsewhere while it ran", trial_id)
             continue
         except BaseException as e:  # the worker's failure, Ctrl-C or SIGTERM
             with stop_signals_held():  # a second SIGTERM is raised after the release, not in it
@@ -367,6 +375,17 @@ def _ended(
     except Exception as e:
         logger.warning("trial id %d: clean-up after it ended failed: %s", trial_id,
                        root_message(e))  # fmt: skip
+
+
+def _disown(rdb: RDBStorage, trial_id: int, tags: dict[str, str]) -> bool:
+    """``sweep.queue.claims.disown``; its failure (the database) is one warning, and the trial
+    is left as it is: coverage then counts it as the point trained."""
+    try:
+        return disown(rdb, trial_id, tags)
+    except Exception as e:
+        logger.warning("trial id %d: could not check who finished it: %s", trial_id,
+                       root_message(e))  # fmt: skip
+        return False
 
 
 def _give_back(storage: WriteBackStorage, trial_id: int) -> None:

@@ -14,6 +14,9 @@ parameters it ran with and handing its checkpoint on (``sweep.queue.handover``).
 Each claim is fenced by its start time: a write-back or release names the claim it belongs to
 (``sweep.queue.tables.held_by``), so a worker that was cut off while its trial was recovered
 and claimed again can never write into the new claim.
+
+``disown`` takes a claim's tags off a trial another client took over from it, whose result the
+fence refused: what that trial ran is then judged by its parameters (``sweep.queue.coverage``).
 """
 
 from __future__ import annotations
@@ -122,3 +125,27 @@ def release_in(conn: Any, trial_id: int, started: datetime | None) -> bool:
     if rows:
         conn.execute(system.insert(), rows)
     return True
+
+
+def disown(storage: RDBStorage, trial_id: int, tags: dict[str, Any]) -> bool:
+    """Take the claim's ``tags`` off a trial that another client took over while the claimer
+    ran it (optuna's pop overwrites a claim on SQLite where the queue's guard is gone), so that
+    the trial counts as that client's: the grid point is trained again unless the client ran it
+    (``sweep.queue.coverage``). False, changing nothing, if the trial is not so: failed as
+    stale (a replacement is queued), released, deleted, or claimed again by another worker."""
+    user = tb.user_attrs
+    mine = user.alias("mine")
+    ours = sqlalchemy.exists().where(
+        mine.c.trial_id == trial_id,
+        mine.c.key == WORKER_TAG,
+        mine.c.value_json == json.dumps(tags[WORKER_TAG]),
+    )
+    live = [TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED]
+    taken = sqlalchemy.exists().where(trials.c.trial_id == trial_id, trials.c.state.in_(live))
+    # One statement: a release and a new claim committed meanwhile are never undone.
+    with writing(storage.engine) as conn:
+        deleted = conn.execute(
+            user.delete().where(user.c.trial_id == trial_id, user.c.key.in_(list(tags)),
+                                taken, ours)
+        )  # fmt: skip
+    return deleted.rowcount > 0
