@@ -94,7 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _quiet_optuna(args: argparse.Namespace) -> None:
+def quiet_optuna(args: argparse.Namespace) -> None:
     """optuna logs every new study and trial at INFO; our own progress line says it better
     (with --quiet, only its errors)."""
     import optuna
@@ -115,8 +115,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sweep.report.stored import printable
     from sweep.report.summary import shown_trials, trial_table
 
-    _quiet_optuna(args)
-    spec = _study_spec(args.study, args.set)
+    quiet_optuna(args)
+    spec = study_spec(args.study, args.set)
     url = resolve_url(args.storage)
     progress = ProgressLine(
         f"study {spec.name!r} ({spec.sampler}) in {mask_password(url)}, "
@@ -160,10 +160,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from sweep.api import join
     from sweep.progress import TrialLines
 
-    _quiet_optuna(args)
+    quiet_optuna(args)
     if not (args.study or args.name):
         raise SpecError("worker needs a study: --study NAME, or a study file")
-    given = _study_spec(args.study, args.set) if args.study else None
+    given = study_spec(args.study, args.set) if args.study else None
     name = args.name or given.name
     lines = TrialLines(lambda text: _note(args, text))  # none with --quiet
     ran = join(name, storage=args.storage, spec=given, wait=args.wait, data_path=args.data,
@@ -246,7 +246,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _study_spec(study: str, overrides: Sequence[Override] = ()) -> StudySpec:
+def study_spec(study: str, overrides: Sequence[Override] = ()) -> StudySpec:
     """A study file, or the name of a shipped one (``seed-grid`` → studies/seed-grid.toml),
     with ``--set`` overrides."""
     from pathlib import Path
@@ -265,7 +265,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from sweep.api import report_all, report_study
 
-    _quiet_optuna(args)
+    quiet_optuna(args)
     as_json = args.format == "json"
     if args.study != "all":
         out = Path(args.out) if args.out else None
@@ -297,7 +297,7 @@ def _study_name(study: str) -> str:
     from pathlib import Path
 
     if study.endswith(".toml") or Path(study).exists():
-        return _study_spec(study).name
+        return study_spec(study).name
     return study
 
 
@@ -309,8 +309,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from sweep.progress import epoch_line
     from sweep.trial.kept import FRONT_PICK
 
-    _quiet_optuna(args)
-    spec = _study_spec(args.study)
+    quiet_optuna(args)
+    spec = study_spec(args.study)
     result = evaluate(spec, storage=args.storage, artifacts=args.artifacts, trial=args.trial,
                       on_epoch=lambda m, epochs: _note(args, epoch_line(m, epochs)))  # fmt: skip
     chosen = FRONT_PICK if spec.multi and args.trial is None else None
@@ -334,7 +334,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     default, any of them with --trial N."""
     from sweep.api import export
 
-    _quiet_optuna(args)
+    quiet_optuna(args)
     name = _study_name(args.study)
     done = export(name, out=args.out, storage=args.storage,
                   artifacts=args.artifacts, force=args.force, trial=args.trial)  # fmt: skip

@@ -183,13 +183,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
     one `sweep worker`, in this Python environment) and submits it with sbatch; --dry-run
     prints the script (the storage password masked) and submits nothing. A study file's study
     is created first, so every task joins its stored spec."""
-    from sweep.commands import _quiet_optuna, _study_spec
+    from sweep.commands import quiet_optuna, study_spec
 
-    _quiet_optuna(args)
+    quiet_optuna(args)
     if args.set and not args.study:
         raise SpecError("--set changes a study file: give the study file "
                         "(sweep submit STUDY.toml --set KEY=VALUE)")  # fmt: skip
-    spec = _study_spec(args.study, args.set) if args.study else None
+    spec = study_spec(args.study, args.set) if args.study else None
     extra = slurm.options(time=args.time, partition=args.partition,
                           cpus_per_task=args.cpus_per_task, mem=args.mem, account=args.account,
                           requeue=args.requeue, extra=tuple(args.sbatch))  # fmt: skip
