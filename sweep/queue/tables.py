@@ -236,8 +236,7 @@ def _prepared() -> SimpleNamespace:
         start=trials.update()
         .where(trials.c.trial_id == tid)
         .values(state=TrialState.RUNNING, datetime_start=sqlalchemy.bindparam("started")),
-        # A write-back's fence, and its lock of the row on PostgreSQL. It leaves ``state`` out of
-        # its SET: the queue's guard refuses a trial that becomes RUNNING other than from WAITING.
+        # A write-back's fence and row lock: no SET of ``state``, so the queue's guard never fires.
         touch=trials.update().where(*running).values(number=trials.c.number),
         end=trials.update()
         .where(*running)
