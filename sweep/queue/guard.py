@@ -7,11 +7,11 @@ took a grid point away and it was never trained. So sweep adds one trigger to op
 ``trials`` table: in a study that has a stored spec (a sweep study), a WAITING trial becomes
 RUNNING only if it already has a heartbeat, and a trial that is not WAITING is never started
 (set RUNNING with a new start) again. A sweep worker's claim records the heartbeat first, in
-the same transaction; optuna's pop never does. optuna takes the refusal
-(an integrity error) as "claimed by someone else", tries the next WAITING trial, and having
-found none creates a new trial of its own: the other client gets a trial, and the queue stays
-whole. Reading the study (the dashboard, the ``optuna`` CLI, SQL) is untouched; WAITING trials
-are still WAITING trials.
+the same transaction; optuna's pop never does. optuna takes the refusal (an integrity error)
+as "claimed by someone else", tries the next WAITING trial, and having found none creates a
+new trial of its own: the other client gets a trial, and the queue stays whole. Reading the
+study (the dashboard, the ``optuna`` CLI, SQL) is untouched; WAITING trials are still WAITING
+trials.
 
 "Never started again" closes a race of optuna's pop on SQLite: it reads the trial's state, and
 then, in a transaction of its own, sets RUNNING with a new start, whatever the state has become.
